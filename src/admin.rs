@@ -1,0 +1,153 @@
+//! The admin listener, for operators and orchestrators, never for API traffic:
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when every credential a route uses holds a valid token, else 503 naming each that does not and why |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /tokens` | per credential: grant, expiry, keys, last/next refresh, failures — never a token |
+//! | `POST /refresh/{credential}` | renew now |
+//! | `GET /login/{credential}` | 302 to GoTo's sign-in page (see [`crate::login`]) |
+//! | `GET /callback?code=…&state=…` | finishes a sign-in |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::login::LoginFlows;
+use crate::metrics::Metrics;
+use crate::token::{Credential, Trigger};
+
+/// The admin service.
+pub struct Admin {
+    /// Every credential, by name.
+    credentials: BTreeMap<String, Arc<Credential>>,
+    /// Names of the credentials that routes use (readiness considers only these).
+    used: Vec<String>,
+    metrics: Metrics,
+    login: Arc<LoginFlows>,
+}
+
+impl Admin {
+    /// An admin service over the running credentials.
+    pub fn new(
+        credentials: BTreeMap<String, Arc<Credential>>,
+        used: Vec<String>,
+        metrics: Metrics,
+        login: Arc<LoginFlows>,
+    ) -> Admin {
+        Admin { credentials, used, metrics, login }
+    }
+
+    /// Answers one admin request.
+    pub async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+            (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
+            (&Method::GET, ["metrics"]) => {
+                let mut res = text(StatusCode::OK, &self.metrics.render());
+                res.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                res
+            }
+            (&Method::GET, ["tokens"]) => {
+                let infos: BTreeMap<&str, _> = self.credentials.iter().map(|(n, c)| (n.as_str(), c.info())).collect();
+                json(StatusCode::OK, &serde_json::to_value(infos).unwrap_or_default())
+            }
+            (&Method::POST, ["refresh", name]) => match self.credentials.get(*name) {
+                None => self.unknown(name),
+                Some(c) => match c.refresh(Trigger::Manual).await {
+                    Ok(_) => json(StatusCode::OK, &serde_json::to_value(c.info()).unwrap_or_default()),
+                    Err(e) => json(
+                        StatusCode::BAD_GATEWAY,
+                        &serde_json::json!({ "error": "refresh_failed", "message": e.message, "needs_login": e.needs_login }),
+                    ),
+                },
+            },
+            (&Method::GET, ["login", name]) => match self.credentials.get(*name) {
+                None => self.unknown(name),
+                Some(c) => match self.login.start(c) {
+                    Ok(url) => redirect(&url),
+                    Err(e) => json(
+                        StatusCode::BAD_REQUEST,
+                        &serde_json::json!({ "error": "login_unavailable", "message": e.to_string() }),
+                    ),
+                },
+            },
+            (&Method::GET, ["callback"]) => {
+                let query = req.uri().query().unwrap_or("");
+                let (status, page) = self.login.callback(query, &self.credentials).await;
+                html(status, &page)
+            }
+            (_, ["healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({ "error": "method_not_allowed", "message": format!("{method} {path} is not supported") }),
+            ),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "not_found", "message": format!("{path}: try /healthz, /readyz, /metrics, /tokens, POST /refresh/{{credential}}, /login/{{credential}}") }),
+            ),
+        }
+    }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let mut not_ready = BTreeMap::new();
+        for name in &self.used {
+            if let Some(c) = self.credentials.get(name) {
+                if c.valid_token().is_none() {
+                    not_ready.insert(name.clone(), c.why_unavailable());
+                }
+            }
+        }
+        if not_ready.is_empty() {
+            json(StatusCode::OK, &serde_json::json!({ "ready": true, "credentials": self.used }))
+        } else {
+            json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "ready": false, "not_ready": not_ready }))
+        }
+    }
+
+    fn unknown(&self, name: &str) -> Response<Full<Bytes>> {
+        let known: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
+        json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({ "error": "unknown_credential", "message": format!("no credential named {name:?} (configured: {})", known.join(", ")) }),
+        )
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(format!("{v}\n"))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn html(status: StatusCode, page: &str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(page.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    res
+}
+
+fn redirect(url: &str) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(url) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}

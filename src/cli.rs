@@ -1,0 +1,407 @@
+//! The command line (clap): `run` (default), `demo`, `check`, `login`, `token`.
+//! Exit codes: 0 success, 1 runtime failure, 64 bad config or usage, 69 could not start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, GrantKind, DEFAULT_CONFIG_PATH};
+use crate::login::{parse_pasted, LoginFlows};
+use crate::metrics::Metrics;
+use crate::token::{Credential, Token};
+
+/// Exit code for a bad config or bad usage (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code when the proxy could not start, e.g. a busy port (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "goto-auth-proxy",
+    version,
+    about = "Loopback sidecar that adds a fresh GoTo OAuth token to every plain HTTP request",
+    after_help = "Examples:\n  goto-auth-proxy demo                      # try it: mock GoTo API, no credentials\n  goto-auth-proxy check --config my.toml     # validate a config\n  goto-auth-proxy run --config my.toml       # serve\n  goto-auth-proxy login --credential goto    # sign in once in a browser\n  goto-auth-proxy token --credential goto    # print the current access token"
+)]
+struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default): forward requests to GoTo with the token injected.
+    #[command(
+        after_help = "Example:\n  goto-auth-proxy run --config config/goto-auth-proxy.toml --listen 127.0.0.1:8080"
+    )]
+    Run(RunArgs),
+    /// Serve with no set-up: a built-in mock GoTo API, a credential for it, and curl lines to paste.
+    #[command(after_help = "Example:\n  goto-auth-proxy demo\n  curl -s http://127.0.0.1:8080/admin/rest/v1/me")]
+    Demo(ListenArgs),
+    /// Validate the config and print the resolved routes and credentials (secrets redacted).
+    #[command(after_help = "Example:\n  goto-auth-proxy check --config config/goto-auth-proxy.toml")]
+    Check(ConfigArg),
+    /// Sign in once (authorization code): prints the URL, accepts the callback or a pasted URL/code.
+    #[command(after_help = "Example:\n  goto-auth-proxy login --config config/goto-auth-proxy.toml --credential goto")]
+    Login(CredentialArgs),
+    /// Print the current access token of a credential from the state store.
+    #[command(
+        after_help = "Example:\n  curl -H \"Authorization: Bearer $(goto-auth-proxy token --credential goto)\" https://api.getgo.com/admin/rest/v1/me"
+    )]
+    Token(CredentialArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArg {
+    /// Config file [default: $GOTO_AUTH_PROXY_CONFIG, else config/goto-auth-proxy.toml]
+    #[arg(long, env = "GOTO_AUTH_PROXY_CONFIG", default_value = DEFAULT_CONFIG_PATH, hide_default_value = true, hide_env = true)]
+    config: PathBuf,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ListenArgs {
+    /// Data-path listen address (overrides proxy.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listen address (overrides proxy.admin_listen).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    listen: ListenArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct CredentialArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Credential name (may be omitted when only one fits).
+    #[arg(long)]
+    credential: Option<String>,
+}
+
+/// Entry point: parse, log, dispatch; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let command = cli.command.unwrap_or_else(|| {
+        let config =
+            std::env::var_os("GOTO_AUTH_PROXY_CONFIG").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+        Command::Run(RunArgs { config: ConfigArg { config }, listen: ListenArgs::default() })
+    });
+    match command {
+        Command::Check(a) => check(&a),
+        Command::Run(a) => run(&a),
+        Command::Demo(a) => demo(&a),
+        Command::Login(a) => with_config(&a.config, |c| block_on(c.proxy.workers, login(c, a.credential.as_deref()))),
+        Command::Token(a) => with_config(&a.config, |c| block_on(Some(1), token(c, a.credential.as_deref()))),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load(&arg.config).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match load(arg) {
+        Ok(c) => f(c),
+        Err(code) => code,
+    }
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    match load(arg) {
+        Ok(c) => {
+            print!("{c}");
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = workers {
+        b.worker_threads(w);
+    }
+    let rt = match b.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let unavailable = e.downcast_ref::<crate::app::StartError>().is_some()
+                || e.downcast_ref::<crate::demo::DemoError>().is_some();
+            ExitCode::from(if unavailable { EXIT_UNAVAILABLE } else { 1 })
+        }
+    }
+}
+
+fn run(a: &RunArgs) -> ExitCode {
+    with_config(&a.config, |mut config| {
+        if let Some(l) = a.listen.listen {
+            config.proxy.listen = l;
+        }
+        if let Some(l) = a.listen.admin_listen {
+            config.proxy.admin_listen = l;
+        }
+        block_on(config.proxy.workers, async move {
+            let running = crate::app::start(config).await?;
+            wait_for_stop(running.shutdown_token()).await;
+            tracing::info!("stopping: draining in-flight requests");
+            running.wait().await;
+            tracing::info!("stopped");
+            Ok(())
+        })
+    })
+}
+
+fn demo(a: &ListenArgs) -> ExitCode {
+    let listen = a.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin = a.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+    block_on(None, async move {
+        let dir = tempfile_dir()?;
+        let demo = crate::demo::start(listen, admin, &dir).await?;
+        println!("{}", demo.banner);
+        wait_for_stop(demo.running.shutdown_token()).await;
+        demo.running.wait().await;
+        drop(demo.mock);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+}
+
+/// A private directory for the demo's state file.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("goto-auth-proxy-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Returns when SIGTERM or SIGINT arrives (cancelling `shutdown`), or when `shutdown`
+/// is cancelled some other way.
+async fn wait_for_stop(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+        else {
+            tracing::error!("cannot install signal handlers");
+            shutdown.cancelled().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported by this version; restart to apply changes"),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    shutdown.cancel();
+}
+
+/// Picks the credential: the one named, or the only one that fits.
+fn pick(config: &Config, name: Option<&str>, fits: impl Fn(GrantKind) -> bool) -> anyhow::Result<String> {
+    if let Some(n) = name {
+        if !config.credentials.contains_key(n) {
+            let known: Vec<&str> = config.credentials.keys().map(String::as_str).collect();
+            bail!("no credential named {n:?} in {} (configured: {})", config.source, known.join(", "));
+        }
+        return Ok(n.to_string());
+    }
+    let candidates: Vec<&String> = config.credentials.iter().filter(|(_, c)| fits(c.grant)).map(|(n, _)| n).collect();
+    match candidates.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("{} has no credential this command applies to", config.source),
+        many => bail!(
+            "several credentials fit; choose one with --credential ({})",
+            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
+    let store = crate::app::open_store(config)?;
+    let metrics = Metrics::new(prometheus::Registry::new())?;
+    Ok(crate::app::credentials(config, &store, &metrics))
+}
+
+async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
+    let name = pick(&config, name, |_| true)?;
+    let store = crate::app::open_store(&config)?;
+    let stored = store.load(&name).await?;
+    let Some(stored) = stored else {
+        bail!(
+            "no token stored for credential {name:?} in {}: start the proxy (or run `login`) first",
+            store.describe()
+        );
+    };
+    let token = Token::from_stored(&stored)?;
+    if !token.is_valid_at(std::time::SystemTime::now()) {
+        bail!("the stored token of {name:?} has expired: a running proxy renews it; is it running?");
+    }
+    println!("{}", token.access_token.expose());
+    Ok(())
+}
+
+async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
+    let name = pick(&config, name, |g| g == GrantKind::AuthorizationCode)?;
+    let credentials = runtime_credentials(&config)?;
+    let cred = credentials.get(&name).cloned().context("credential vanished")?;
+    let admin = config.proxy.admin_listen;
+    let flows = Arc::new(LoginFlows::new(format!("http://{admin}/callback")));
+    let started = flows.begin(&cred)?;
+    let redirect = cred.config().redirect_uri.clone().unwrap_or_else(|| format!("http://{admin}/callback"));
+
+    println!("{}", started.url);
+    eprintln!("Open the URL above in a browser and sign in to GoTo.");
+    eprintln!("Then either let the browser return to {redirect}, or paste here the address the browser");
+    eprintln!("ended on (a 404 page is fine: the code is in the address bar), or just the code.");
+
+    // The callback, when the redirect URI points at a loopback port we can take.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let stop = CancellationToken::new();
+    let mut proxy_running = false;
+    if let Some(addr) = loopback_callback_addr(&redirect) {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let flows = flows.clone();
+                let creds = credentials.clone();
+                let tx = done_tx.clone();
+                tokio::spawn(crate::server::serve(
+                    listener,
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let (flows, creds, tx) = (flows.clone(), creds.clone(), tx.clone());
+                        async move {
+                            let query = req.uri().query().unwrap_or("").to_string();
+                            let (status, page) = if req.uri().path() == "/callback" {
+                                flows.callback(&query, &creds).await
+                            } else {
+                                (http::StatusCode::NOT_FOUND, "not found\n".to_string())
+                            };
+                            if status.is_success() {
+                                let _ = tx.try_send(());
+                            }
+                            let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(page)));
+                            *res.status_mut() = status;
+                            res
+                        }
+                    },
+                    stop.clone(),
+                    Duration::from_secs(2),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                proxy_running = true;
+                eprintln!("({addr} is in use, probably by a running proxy: paste the redirected address here.)");
+            }
+            Err(e) => eprintln!("(cannot listen on {addr} for the callback: {e}; paste the redirected address here.)"),
+        }
+    }
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut progress = tokio::time::interval(Duration::from_secs(30));
+    progress.tick().await;
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = done_rx.recv() => break Ok(()),
+            _ = progress.tick() => eprintln!("… still waiting for the sign-in (Ctrl-C to give up)"),
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(line)) => match parse_pasted(&line) {
+                    Some((code, state)) => {
+                        let state = state.unwrap_or_else(|| started.state.clone());
+                        match flows.finish(&credentials, &code, &state).await {
+                            Ok(_) => break Ok(()),
+                            Err(e) => break Err(e.into()),
+                        }
+                    }
+                    None => eprintln!("That holds no code; paste the whole address from the browser, or the code."),
+                },
+                Ok(None) | Err(_) => stdin_open = false,
+            },
+        }
+    };
+    stop.cancel();
+    outcome?;
+
+    let info = cred.info();
+    println!(
+        "Signed in: credential {name:?} now holds a token (expires {}); stored in {}.",
+        info.expires_at.unwrap_or_default(),
+        crate::app::open_store(&config)?.describe()
+    );
+    if proxy_running {
+        let url = format!("http://{admin}/refresh/{name}");
+        match reqwest::Client::new().post(&url).timeout(Duration::from_secs(10)).send().await {
+            Ok(r) if r.status().is_success() => println!("The running proxy at {admin} picked up the new token."),
+            _ => println!("A running proxy picks the new token up at its next renewal (or: curl -X POST {url})."),
+        }
+    }
+    Ok(())
+}
+
+/// The loopback `host:port` of an `http://` redirect URI, if it is one.
+fn loopback_callback_addr(redirect: &str) -> Option<SocketAddr> {
+    let u = url::Url::parse(redirect).ok()?;
+    if u.scheme() != "http" {
+        return None;
+    }
+    let host = match u.host()? {
+        url::Host::Ipv4(ip) => std::net::IpAddr::V4(ip),
+        url::Host::Ipv6(ip) => std::net::IpAddr::V6(ip),
+        url::Host::Domain("localhost") => std::net::IpAddr::from([127, 0, 0, 1]),
+        url::Host::Domain(_) => return None,
+    };
+    host.is_loopback().then(|| SocketAddr::new(host, u.port_or_known_default().unwrap_or(80)))
+}

@@ -1,0 +1,107 @@
+//! The errors the proxy itself answers with: SPEC's stable codes, each with its status,
+//! sent as `x-goto-auth-proxy-error: <code>` plus `{"error":"<code>","message":"…"}`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+
+/// The header that marks an answer as made by the proxy, not by GoTo.
+pub const ERROR_HEADER: &str = "x-goto-auth-proxy-error";
+
+/// A stable error code from SPEC's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 404: no route matches.
+    NoRoute,
+    /// 405: the route's `methods` excludes the method.
+    MethodNotAllowed,
+    /// 400: absolute-form target, CONNECT, malformed path.
+    BadRequest,
+    /// 401: inbound key required and missing or wrong.
+    UnauthorizedClient,
+    /// 413: body over `max_request_body`.
+    BodyTooLarge,
+    /// 503: no valid token within `token_wait`.
+    TokenUnavailable,
+    /// 502: connect/TLS failure or a broken upstream connection.
+    UpstreamUnreachable,
+    /// 504: no response headers within `request_timeout`.
+    UpstreamTimeout,
+}
+
+impl ErrorCode {
+    /// The code as users see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnauthorizedClient => "unauthorized_client",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::TokenUnavailable => "token_unavailable",
+            ErrorCode::UpstreamUnreachable => "upstream_unreachable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::NoRoute => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::UnauthorizedClient => StatusCode::UNAUTHORIZED,
+            ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// An error answer the proxy produces, with a message for the user.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProxyError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail; never holds a secret.
+    pub message: String,
+}
+
+impl ProxyError {
+    /// An error with its code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ProxyError { code, message: message.into() }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let v = serde_json::json!({ "error": self.code.as_str(), "message": self.message });
+        Bytes::from(v.to_string())
+    }
+
+    /// The full HTTP answer, for any body type that can be built from bytes.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let mut res = Response::new(B::from(self.body()));
+        *res.status_mut() = self.code.status();
+        let h = res.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_has_header_status_and_json() {
+        let res: Response<Bytes> = ProxyError::new(ErrorCode::NoRoute, "no route for /x").into_response();
+        assert_eq!(res.status(), 404);
+        assert_eq!(res.headers()[ERROR_HEADER], "no_route");
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(v["error"], "no_route");
+        assert_eq!(v["message"], "no route for /x");
+    }
+}

@@ -1,0 +1,36 @@
+//! goto-auth-proxy: a loopback sidecar that forwards plain HTTP requests to the GoTo
+//! APIs and adds `Authorization: Bearer <token>`, with a background refresher keeping
+//! the token fresh. The modules, top-down:
+//!
+//! * [`cli`] — the command line: `run`, `demo`, `check`, `login`, `token`.
+//! * [`config`] — TOML → validated [`config::Config`]; errors name file, line and key.
+//! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
+//! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
+//! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
+//! * [`token`] — per-credential tokens: grants, token endpoint, store, refresher.
+//! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
+//! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
+//! * [`metrics`] — the Prometheus metrics, in a registry passed in.
+//! * [`error`] — the proxy's own error answers (SPEC codes).
+//! * [`server`] — the shared hyper accept loop with graceful drain.
+//! * [`mock`] — a faithful mock of GoTo's token endpoints and APIs (demo and tests).
+//! * [`demo`] — `goto-auth-proxy demo`: the mock plus a proxy, zero set-up.
+//! * [`secret`] — the redacting `Secret` type.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod login;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod token;
+
+/// Header a client sends its inbound key in; never forwarded upstream.
+pub const INBOUND_KEY_HEADER: &str = "x-goto-auth-proxy-key";

@@ -1,0 +1,265 @@
+//! Authorization-code sign-in: the authorize URL (with `state` and PKCE S256), the
+//! callback that checks the state and exchanges the code exactly once, and parsing of
+//! what a person pastes into `goto-auth-proxy login` (the redirected URL, or the code).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::StatusCode;
+use sha2::Digest;
+
+use crate::config::GrantKind;
+use crate::token::{Credential, Token};
+
+/// A pending sign-in expires after this long.
+const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Why a sign-in could not start or finish; safe to show.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoginError {
+    /// The credential's grant has no browser sign-in.
+    #[error("credential {0:?} does not use grant \"authorization_code\"; it needs no sign-in")]
+    NotAuthorizationCode(String),
+    /// The callback's `state` is unknown, expired or already used.
+    #[error(
+        "unknown or already used sign-in state: start again from /login/{{credential}} or `goto-auth-proxy login`"
+    )]
+    BadState,
+    /// The callback carried no code.
+    #[error("no authorization code in the callback{}", .0.as_deref().map(|e| format!(" (GoTo said: {e})")).unwrap_or_default())]
+    NoCode(Option<String>),
+    /// The token endpoint refused the code, or was unreachable.
+    #[error("code exchange failed: {0}")]
+    Exchange(String),
+}
+
+/// One sign-in in progress.
+struct Pending {
+    credential: String,
+    verifier: String,
+    redirect_uri: String,
+    created: Instant,
+}
+
+/// Sign-ins in progress, keyed by their `state`.
+pub struct LoginFlows {
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Used when a credential sets no `redirect_uri`: the admin listener's `/callback`.
+    default_redirect: String,
+}
+
+/// An authorize URL and the state that will come back with the code.
+pub struct Started {
+    /// Where the person signs in.
+    pub url: String,
+    /// The `state` value sent.
+    pub state: String,
+}
+
+impl LoginFlows {
+    /// Flows whose default redirect URI is `default_redirect`.
+    pub fn new(default_redirect: String) -> LoginFlows {
+        LoginFlows { pending: Mutex::new(HashMap::new()), default_redirect }
+    }
+
+    /// Begins a sign-in for `cred` and returns the authorize URL.
+    pub fn start(&self, cred: &Credential) -> Result<String, LoginError> {
+        self.begin(cred).map(|s| s.url)
+    }
+
+    /// Begins a sign-in, returning the URL and its state.
+    pub fn begin(&self, cred: &Credential) -> Result<Started, LoginError> {
+        let cfg = cred.config();
+        if cfg.grant != GrantKind::AuthorizationCode {
+            return Err(LoginError::NotAuthorizationCode(cfg.name.clone()));
+        }
+        let redirect_uri = cfg.redirect_uri.clone().unwrap_or_else(|| self.default_redirect.clone());
+        let state = random_token(24);
+        let verifier = random_token(48);
+        let url = authorize_url(
+            &cfg.authorize_url,
+            cfg.client_id.as_deref().unwrap_or_default(),
+            &redirect_uri,
+            &state,
+            &pkce_challenge(&verifier),
+            cfg.scope.as_deref(),
+        );
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|_, v| v.created.elapsed() < PENDING_TTL);
+            p.insert(
+                state.clone(),
+                Pending { credential: cfg.name.clone(), verifier, redirect_uri, created: Instant::now() },
+            );
+        }
+        Ok(Started { url, state })
+    }
+
+    /// Finishes a sign-in: the state must be pending (it is consumed either way).
+    pub async fn finish(
+        &self,
+        credentials: &BTreeMap<String, Arc<Credential>>,
+        code: &str,
+        state: &str,
+    ) -> Result<(Arc<Credential>, Arc<Token>), LoginError> {
+        let pending = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(state))
+            .filter(|p| p.created.elapsed() < PENDING_TTL)
+            .ok_or(LoginError::BadState)?;
+        let cred = credentials.get(&pending.credential).cloned().ok_or(LoginError::BadState)?;
+        let response = cred
+            .source()
+            .exchange_code(code, &pending.redirect_uri, Some(&pending.verifier))
+            .await
+            .map_err(|e| LoginError::Exchange(e.to_string()))?;
+        let token = cred.install_response(response).await.map_err(|e| LoginError::Exchange(e.message))?;
+        Ok((cred, token))
+    }
+
+    /// Handles `GET /callback?…`, answering a short HTML page.
+    pub async fn callback(&self, query: &str, credentials: &BTreeMap<String, Arc<Credential>>) -> (StatusCode, String) {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let result = match (params.get("code"), params.get("state")) {
+            (Some(code), Some(state)) => self.finish(credentials, code, state).await,
+            (None, _) => Err(LoginError::NoCode(params.get("error_description").or(params.get("error")).cloned())),
+            (Some(_), None) => Err(LoginError::BadState),
+        };
+        match result {
+            Ok((cred, _)) => (
+                StatusCode::OK,
+                page(
+                    "Signed in",
+                    &format!("Credential <b>{}</b> is now signed in. You can close this tab.", escape(cred.name())),
+                ),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "sign-in callback failed");
+                let status = match e {
+                    LoginError::Exchange(_) => StatusCode::BAD_GATEWAY,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, page("Sign-in failed", &escape(&e.to_string())))
+            }
+        }
+    }
+}
+
+/// GoTo's authorize URL with every parameter the code flow needs.
+pub fn authorize_url(
+    base: &str,
+    client_id: &str,
+    redirect_uri: &str,
+    state: &str,
+    challenge: &str,
+    scope: Option<&str>,
+) -> String {
+    let mut u = url::Url::parse(base)
+        .unwrap_or_else(|_| url::Url::parse(crate::config::GOTO_AUTHORIZE_URL).expect("constant URL"));
+    {
+        let mut q = u.query_pairs_mut();
+        q.append_pair("client_id", client_id)
+            .append_pair("response_type", "code")
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", state)
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256");
+        if let Some(s) = scope {
+            q.append_pair("scope", s);
+        }
+    }
+    u.into()
+}
+
+/// `BASE64URL(SHA256(verifier))` without padding (RFC 7636).
+pub fn pkce_challenge(verifier: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+/// An unguessable URL-safe token of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let buf: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// What a person pasted: the redirected URL (code and state in its query) or a bare code.
+pub fn parse_pasted(line: &str) -> Option<(String, Option<String>)> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let query = if let Ok(u) = url::Url::parse(line) {
+        u.query().map(str::to_string)
+    } else if let Some((_, q)) = line.split_once('?') {
+        Some(q.to_string())
+    } else if line.contains("code=") {
+        Some(line.to_string())
+    } else {
+        return Some((line.to_string(), None));
+    };
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query?.as_bytes()).into_owned().collect();
+    let code = params.get("code")?.clone();
+    Some((code, params.get("state").cloned()))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>goto-auth-proxy: {title}</title></head><body><h1>{title}</h1><p>{body}</p></body></html>\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_matches_rfc7636_example() {
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn authorize_url_has_every_parameter() {
+        let u = authorize_url(
+            "https://auth.example/oauth/authorize",
+            "cid",
+            "http://127.0.0.1:9901/callback",
+            "st",
+            "ch",
+            None,
+        );
+        let parsed = url::Url::parse(&u).unwrap();
+        let q: HashMap<_, _> = parsed.query_pairs().into_owned().collect();
+        assert_eq!(q["client_id"], "cid");
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["redirect_uri"], "http://127.0.0.1:9901/callback");
+        assert_eq!(q["state"], "st");
+        assert_eq!(q["code_challenge_method"], "S256");
+    }
+
+    #[test]
+    fn pasted_forms() {
+        assert_eq!(
+            parse_pasted("http://127.0.0.1:9901/callback?code=abc&state=xyz\n"),
+            Some(("abc".into(), Some("xyz".into())))
+        );
+        assert_eq!(parse_pasted("https://example.com/404?state=s&code=a%2Fb"), Some(("a/b".into(), Some("s".into()))));
+        assert_eq!(parse_pasted("  thecode  "), Some(("thecode".into(), None)));
+        assert_eq!(parse_pasted("code=abc&state=q"), Some(("abc".into(), Some("q".into()))));
+        assert_eq!(parse_pasted(""), None);
+        assert_eq!(parse_pasted("https://example.com/cb?error=access_denied"), None);
+    }
+
+    #[test]
+    fn random_tokens_differ() {
+        assert_ne!(random_token(24), random_token(24));
+        assert_eq!(random_token(24).len(), 32);
+    }
+}

@@ -1,0 +1,669 @@
+//! A mock of GoTo's token endpoints and APIs on a real socket, faithful to how GoTo
+//! issues tokens (SPEC "How GoTo issues tokens"). `demo` runs it, and every test runs
+//! against it, so what the demo shows is what the tests prove.
+//!
+//! * `POST /oauth/token` — Basic client auth; grants `authorization_code` (single-use
+//!   codes, `redirect_uri` must match, PKCE S256 checked), `refresh_token` (rotating:
+//!   the old refresh token and its access token die), `personal_access_token`,
+//!   `client_credentials`. Numeric `expires_in`; no organizer/account keys unless asked.
+//! * `POST /oauth/access_token` — Direct Login (`password`, or `refresh_token` with
+//!   `client_id`), no Basic header, **string** `expires_in`, keys in the answer, and every
+//!   other token of the application revoked.
+//! * `GET /oauth/authorize` — auto-approves: 302 to `redirect_uri?code=…&state=…`.
+//! * Anything else is "the API": a valid bearer gets an answer; a dead one gets 401 on
+//!   `/admin/…`, an empty 401 with `WWW-Authenticate: … error="invalid_token"` on
+//!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
+//!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
+//!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
+//!   `/_mock/bytes/N` streams N bytes; `/_mock/slow/MS` waits before answering; other
+//!   requests echo their body (or a JSON document with keys beyond 2^53).
+//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::login::{pkce_challenge, random_token};
+
+/// How the mock behaves; the defaults match the demo.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Lifetime of every access token it issues.
+    pub token_lifetime: Duration,
+    /// OAuth client id (`/oauth/token`).
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: String,
+    /// Direct Login consumer key.
+    pub consumer_key: String,
+    /// Direct Login user id.
+    pub user_id: String,
+    /// Direct Login password.
+    pub password: String,
+    /// A personal access token it accepts.
+    pub pat: String,
+    /// The organizer key of "the user".
+    pub organizer_key: String,
+    /// The account key.
+    pub account_key: String,
+    /// Whether OAuth answers carry organizer/account keys (the old host's shape).
+    pub keys_in_oauth_response: bool,
+    /// Whether refresh tokens are single-use (a new one each refresh).
+    pub rotate_refresh_tokens: bool,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            token_lifetime: Duration::from_secs(3600),
+            client_id: "demo-client-id".into(),
+            client_secret: "demo-client-secret".into(),
+            consumer_key: "demo-consumer-key".into(),
+            user_id: "api-manager@example.com".into(),
+            password: "demo-password".into(),
+            pat: "demo-personal-access-token".into(),
+            organizer_key: "8439885694023999999".into(),
+            account_key: "9999982253621659654".into(),
+            keys_in_oauth_response: false,
+            rotate_refresh_tokens: true,
+        }
+    }
+}
+
+/// A fault the token endpoints answer with instead of a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFault {
+    /// Answer this status with an OAuth-ish error body.
+    Status(u16),
+    /// Wait this long before answering normally.
+    Delay(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// A token with no `expires_in`.
+    NoExpiresIn,
+    /// 429 with `Retry-After`.
+    TooManyRequests(u64),
+}
+
+/// Counters a test asserts on.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Every call to a token endpoint, whatever its outcome.
+    pub token_calls: AtomicU64,
+    /// Direct Login password logins that issued a token.
+    pub password_logins: AtomicU64,
+    /// Successful refresh-token grants (both endpoints).
+    pub refreshes: AtomicU64,
+    /// Successful code exchanges.
+    pub code_exchanges: AtomicU64,
+    /// API calls with a valid token.
+    pub api_ok: AtomicU64,
+    /// API calls whose token was rejected.
+    pub api_rejected: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Every call to a token endpoint.
+    pub token_calls: u64,
+    /// Password logins that issued a token.
+    pub password_logins: u64,
+    /// Successful refreshes.
+    pub refreshes: u64,
+    /// Successful code exchanges.
+    pub code_exchanges: u64,
+    /// API calls with a valid token.
+    pub api_ok: u64,
+    /// API calls whose token was rejected.
+    pub api_rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum App {
+    OAuth,
+    DirectLogin,
+}
+
+struct AccessEntry {
+    app: App,
+    expires: Instant,
+    chain: u64,
+}
+
+struct RefreshEntry {
+    app: App,
+    chain: u64,
+}
+
+struct CodeEntry {
+    redirect_uri: String,
+    challenge: Option<String>,
+}
+
+#[derive(Default)]
+struct Tokens {
+    access: HashMap<String, AccessEntry>,
+    refresh: HashMap<String, RefreshEntry>,
+    codes: HashMap<String, CodeEntry>,
+    used_codes: Vec<String>,
+    next_chain: u64,
+}
+
+struct State {
+    opts: Mutex<MockOptions>,
+    tokens: Mutex<Tokens>,
+    fault: Mutex<Option<TokenFault>>,
+    counters: Counters,
+}
+
+/// A running mock GoTo server.
+pub struct MockGoto {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+type MockBody = Either<Full<Bytes>, Zeros>;
+
+impl MockGoto {
+    /// Starts on a free loopback port.
+    pub async fn start(opts: MockOptions) -> std::io::Result<MockGoto> {
+        MockGoto::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, opts: MockOptions) -> std::io::Result<MockGoto> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            opts: Mutex::new(opts),
+            tokens: Mutex::new(Tokens::default()),
+            fault: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let s = state.clone();
+        tokio::spawn(crate::server::serve(
+            listener,
+            move |req| {
+                let s = s.clone();
+                async move { handle(&s, req).await }
+            },
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        Ok(MockGoto { addr, state, shutdown })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> MockOptions {
+        lock(&self.state.opts).clone()
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        lock(&self.state.opts).token_lifetime = d;
+    }
+
+    /// Makes token endpoints fail (or stop failing, with `None`).
+    pub fn set_fault(&self, fault: Option<TokenFault>) {
+        *lock(&self.state.fault) = fault;
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.state.counters.snapshot()
+    }
+
+    /// Kills every access token (refresh tokens survive), as a password change would.
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state.tokens).access.clear();
+    }
+
+    /// Kills every refresh token, so renewals fail with `invalid_grant`.
+    pub fn revoke_refresh_tokens(&self) {
+        lock(&self.state.tokens).refresh.clear();
+    }
+
+    /// Issues a refresh token for the OAuth client, as if someone had signed in.
+    pub fn mint_refresh_token(&self) -> String {
+        let mut t = lock(&self.state.tokens);
+        let chain = t.new_chain();
+        let rt = format!("mock-rt-{}", random_token(18));
+        t.refresh.insert(rt.clone(), RefreshEntry { app: App::OAuth, chain });
+        rt
+    }
+
+    /// Whether `access_token` would be accepted now.
+    pub fn is_valid(&self, access_token: &str) -> bool {
+        lock(&self.state.tokens).access.get(access_token).is_some_and(|a| a.expires > Instant::now())
+    }
+}
+
+impl Drop for MockGoto {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            token_calls: g(&self.token_calls),
+            password_logins: g(&self.password_logins),
+            refreshes: g(&self.refreshes),
+            code_exchanges: g(&self.code_exchanges),
+            api_ok: g(&self.api_ok),
+            api_rejected: g(&self.api_rejected),
+        }
+    }
+}
+
+impl Tokens {
+    fn new_chain(&mut self) -> u64 {
+        self.next_chain += 1;
+        self.next_chain
+    }
+
+    fn revoke_app(&mut self, app: App) {
+        self.access.retain(|_, a| a.app != app);
+        self.refresh.retain(|_, r| r.app != app);
+    }
+
+    fn revoke_chain(&mut self, chain: u64) {
+        self.access.retain(|_, a| a.chain != chain);
+    }
+
+    fn issue(&mut self, app: App, chain: u64, lifetime: Duration, with_refresh: bool) -> (String, Option<String>) {
+        let at = format!("mock-at-{}", random_token(18));
+        self.access.insert(at.clone(), AccessEntry { app, expires: Instant::now() + lifetime, chain });
+        let rt = with_refresh.then(|| {
+            let rt = format!("mock-rt-{}", random_token(18));
+            self.refresh.insert(rt.clone(), RefreshEntry { app, chain });
+            rt
+        });
+        (at, rt)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ===== handlers =====
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/oauth/token") => token_endpoint(state, req, false).await,
+        (&Method::POST, "/oauth/access_token") => token_endpoint(state, req, true).await,
+        (&Method::GET, "/oauth/authorize") => authorize(state, &req),
+        (&Method::GET, "/_mock/stats") => {
+            json(StatusCode::OK, serde_json::to_string(&state.counters.snapshot()).unwrap_or_default())
+        }
+        (&Method::POST, "/_mock/revoke") => {
+            lock(&state.tokens).access.clear();
+            json(StatusCode::OK, r#"{"revoked":"all access tokens"}"#.to_string())
+        }
+        _ => api(state, req).await,
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<MockBody> {
+    let mut res = Response::new(Either::Left(Full::new(Bytes::from(body))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<MockBody> {
+    json(status, serde_json::json!({ "error": error, "error_description": description }).to_string())
+}
+
+async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: bool) -> Response<MockBody> {
+    state.counters.token_calls.fetch_add(1, Ordering::Relaxed);
+    let fault = lock(&state.fault).clone();
+    match fault {
+        Some(TokenFault::Status(s)) => {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return oauth_error(status, "server_error", "injected fault");
+        }
+        Some(TokenFault::TooManyRequests(secs)) => {
+            let mut res = oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "injected fault");
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return res;
+        }
+        Some(TokenFault::Garbage) => {
+            return Response::new(Either::Left(Full::new(Bytes::from_static(
+                b"<html>upstream gateway says hi</html>",
+            ))));
+        }
+        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
+        Some(TokenFault::NoExpiresIn) | None => {}
+    }
+    let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unreadable body"),
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let opts = lock(&state.opts).clone();
+    let f = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let no_expiry = fault == Some(TokenFault::NoExpiresIn);
+
+    if direct_login {
+        if f("client_id") != opts.consumer_key {
+            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown consumer key");
+        }
+        let mut t = lock(&state.tokens);
+        match f("grant_type") {
+            "password" => {
+                if f("user_id") != opts.user_id || f("password") != opts.password {
+                    return oauth_error(StatusCode::UNAUTHORIZED, "invalid_grant", "bad user id or password");
+                }
+                state.counters.password_logins.fetch_add(1, Ordering::Relaxed);
+            }
+            "refresh_token" => {
+                let ok = t.refresh.get(f("refresh_token")).is_some_and(|r| r.app == App::DirectLogin);
+                if !ok {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "refresh token invalid or revoked");
+                }
+                state.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            }
+            other => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", other),
+        }
+        // Creating a token revokes every other token of the application.
+        t.revoke_app(App::DirectLogin);
+        let chain = t.new_chain();
+        let (at, rt) = t.issue(App::DirectLogin, chain, opts.token_lifetime, true);
+        let mut v = serde_json::json!({
+            "access_token": at,
+            "refresh_token": rt,
+            "organizer_key": opts.organizer_key,
+            "account_key": opts.account_key,
+            "account_type": "",
+            "firstName": "Mahar",
+            "lastName": "Singh",
+            "email": "",
+            "platform": "GLOBAL",
+            "version": "2",
+        });
+        if !no_expiry {
+            v["expires_in"] = serde_json::Value::String(opts.token_lifetime.as_secs().max(1).to_string());
+        }
+        return json(StatusCode::OK, v.to_string());
+    }
+
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", opts.client_id, opts.client_secret))
+    );
+    if basic.as_deref() != Some(expected.as_str()) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed.");
+    }
+    let mut t = lock(&state.tokens);
+    let (chain, with_refresh) = match f("grant_type") {
+        "authorization_code" => {
+            let code = f("code").to_string();
+            let Some(entry) = t.codes.remove(&code) else {
+                let why = if t.used_codes.contains(&code) { "code already used" } else { "unknown code" };
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why);
+            };
+            t.used_codes.push(code);
+            if entry.redirect_uri != f("redirect_uri") {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri does not match");
+            }
+            if let Some(challenge) = entry.challenge {
+                if pkce_challenge(f("code_verifier")) != challenge {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "PKCE verification failed");
+                }
+            }
+            state.counters.code_exchanges.fetch_add(1, Ordering::Relaxed);
+            (t.new_chain(), true)
+        }
+        "refresh_token" => {
+            let rt = f("refresh_token").to_string();
+            let Some(chain) = t.refresh.get(&rt).filter(|r| r.app == App::OAuth).map(|r| r.chain) else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "The provided authorization grant or refresh token is invalid, expired or revoked.",
+                );
+            };
+            state.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            if opts.rotate_refresh_tokens {
+                // Single-use: the old refresh token and the access tokens of its chain die.
+                t.refresh.remove(&rt);
+                t.revoke_chain(chain);
+            }
+            (chain, opts.rotate_refresh_tokens)
+        }
+        "personal_access_token" => {
+            if f("pat") != opts.pat {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "personal access token not accepted");
+            }
+            (t.new_chain(), false)
+        }
+        "client_credentials" => (t.new_chain(), false),
+        other => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", other),
+    };
+    let (at, rt) = t.issue(App::OAuth, chain, opts.token_lifetime, with_refresh);
+    let mut v = serde_json::json!({
+        "access_token": at,
+        "token_type": "Bearer",
+        "scope": "collab:",
+        "principal": "mister.jones@fakemail.com",
+    });
+    if !no_expiry {
+        v["expires_in"] = serde_json::Value::from(opts.token_lifetime.as_secs().max(1));
+    }
+    if let Some(rt) = rt {
+        v["refresh_token"] = serde_json::Value::String(rt);
+    }
+    if opts.keys_in_oauth_response {
+        v["organizer_key"] = serde_json::Value::String(opts.organizer_key.clone());
+        v["account_key"] = serde_json::Value::String(opts.account_key.clone());
+    }
+    json(StatusCode::OK, v.to_string())
+}
+
+fn authorize(state: &State, req: &Request<Incoming>) -> Response<MockBody> {
+    let q: HashMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let opts = lock(&state.opts).clone();
+    if q.get("client_id") != Some(&opts.client_id) || q.get("response_type").map(String::as_str) != Some("code") {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_id or response_type wrong");
+    }
+    let Some(redirect) = q.get("redirect_uri").and_then(|r| url::Url::parse(r).ok()) else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "redirect_uri missing");
+    };
+    let challenge = match q.get("code_challenge_method").map(String::as_str) {
+        Some("S256") | None => q.get("code_challenge").cloned(),
+        Some(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "only S256 is supported"),
+    };
+    let code = format!("mock-code-{}", random_token(12));
+    lock(&state.tokens).codes.insert(code.clone(), CodeEntry { redirect_uri: redirect.to_string(), challenge });
+    let mut target = redirect;
+    target.query_pairs_mut().append_pair("code", &code);
+    if let Some(s) = q.get("state") {
+        target.query_pairs_mut().append_pair("state", s);
+    }
+    let mut res = Response::new(Either::Left(Full::new(Bytes::new())));
+    *res.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(target.as_str()) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let path = req.uri().path().to_string();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let valid = bearer
+        .as_deref()
+        .is_some_and(|b| lock(&state.tokens).access.get(b).is_some_and(|a| a.expires > Instant::now()));
+    if !valid {
+        state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
+        return if path.starts_with("/admin/") {
+            json(
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"invalid_token","error_description":"The access token expired"}"#.into(),
+            )
+        } else if path.starts_with("/identity/") {
+            let mut res = Response::new(Either::Left(Full::new(Bytes::new())));
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    r#"Bearer realm="identity", error="invalid_token", error_description="expired""#,
+                ),
+            );
+            res
+        } else {
+            json(StatusCode::FORBIDDEN, r#"{"int_err_code":"InvalidToken","msg":"Invalid token passed"}"#.into())
+        };
+    }
+    state.counters.api_ok.fetch_add(1, Ordering::Relaxed);
+    let opts = lock(&state.opts).clone();
+    let segments: Vec<&str> = path.split('/').collect();
+
+    if segments.contains(&"forbidden") {
+        return json(StatusCode::FORBIDDEN, r#"{"int_err_code":"NoPermission","msg":"Not allowed"}"#.into());
+    }
+    for (i, s) in segments.iter().enumerate() {
+        let expected = match *s {
+            "organizers" => &opts.organizer_key,
+            "accounts" => &opts.account_key,
+            _ => continue,
+        };
+        if let Some(k) = segments.get(i + 1) {
+            if *k != expected.as_str() {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    format!(r#"{{"errorCode":"NotFound","description":"no {s} with key {k}"}}"#),
+                );
+            }
+        }
+    }
+    if let ["", "_mock", "bytes", n] = segments.as_slice() {
+        let n: u64 = n.parse().unwrap_or(0);
+        let mut res = Response::new(Either::Right(Zeros { remaining: n }));
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return res;
+    }
+    if let ["", "_mock", "slow", ms] = segments.as_slice() {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+    }
+    if path == "/admin/rest/v1/me" || path == "/identity/v1/Users/me" {
+        return json(
+            StatusCode::OK,
+            format!(
+                r#"{{"key":"{}","accountKey":"{}","email":"mister.jones@fakemail.com","firstName":"Moon","lastName":"Beam","locale":"en_US","accounts":[{{"key":"{}","name":"Example Co"}}]}}"#,
+                opts.organizer_key, opts.account_key, opts.account_key
+            ),
+        );
+    }
+
+    let method = req.method().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let hop: Vec<String> =
+        ["connection", "keep-alive", "te", "upgrade", "proxy-authorization", "x-goto-auth-proxy-key"]
+            .iter()
+            .filter(|h| req.headers().contains_key(**h))
+            .map(|h| h.to_string())
+            .collect();
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json(StatusCode::BAD_REQUEST, r#"{"error":"unreadable body"}"#.into()),
+    };
+    let mut res = if body.is_empty() {
+        // Keys beyond 2^53: a proxy that re-encodes JSON through f64 would corrupt them.
+        json(
+            StatusCode::OK,
+            format!(
+                r#"{{"path":{},"webinarKey":8439885694023999999,"organizerKey":{}}}"#,
+                serde_json::Value::String(path.clone()),
+                opts.organizer_key
+            ),
+        )
+    } else {
+        let mut r = Response::new(Either::Left(Full::new(body.clone())));
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        r
+    };
+    let h = res.headers_mut();
+    let mut put = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    put("x-mock-method", &method);
+    put("x-mock-path", &path);
+    put("x-mock-query", &query);
+    put("x-mock-host", &host);
+    put("x-mock-hop-by-hop", &hop.join(","));
+    put("x-mock-body-bytes", &body.len().to_string());
+    res
+}
+
+/// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering.
+pub struct Zeros {
+    remaining: u64,
+}
+
+static ZERO_CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
+
+impl hyper::body::Body for Zeros {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(ZERO_CHUNK.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZERO_CHUNK[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}

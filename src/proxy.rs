@@ -1,0 +1,487 @@
+//! The data path: route the request, inject the token, forward it on the pooled
+//! upstream client, and retry once when the upstream rejects the token.
+//!
+//! Per request this does one `ArcSwap` load for the routes and one for the token; the
+//! `Authorization` value is built once per token, never per request.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::{Config, ProxySettings, RouteConfig};
+use crate::error::{ErrorCode, ProxyError};
+use crate::metrics::Metrics;
+use crate::route::{self, Router};
+use crate::token::{Credential, Token, Trigger};
+
+/// Bodies up to this size are buffered so the request can be retried after a rejection.
+pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Largest 401/403 body read to decide whether the token was rejected.
+const REJECTION_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What the proxy answers with: the upstream's streamed body, or bytes it made.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// What the proxy sends upstream: a buffered (retryable) body or the client's stream.
+pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
+
+/// The pooled upstream client (HTTP/1.1 keep-alive, HTTP/2 via ALPN, rustls).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Builds the upstream client: rustls with the ring provider and webpki roots.
+pub fn upstream_client(settings: &ProxySettings) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = match builder {
+        Ok(b) => b,
+        Err(e) => unreachable!("ring supports the default TLS versions: {e}"),
+    };
+    let https = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
+
+// ===== compiled routes =====
+
+/// A route compiled at config load: everything per request is precomputed.
+pub struct Route {
+    /// The prefix, also the metrics label.
+    pub prefix: String,
+    scheme: Scheme,
+    authority: Authority,
+    /// Upstream base path without a trailing slash (usually empty).
+    base_path: String,
+    /// `Host` sent upstream.
+    host: HeaderValue,
+    /// Token to inject; `None` passes the request through untouched.
+    pub credential: Option<Arc<Credential>>,
+    strip_prefix: bool,
+    methods: Option<Vec<Method>>,
+    duration: prometheus::Histogram,
+}
+
+impl Route {
+    fn compile(cfg: &RouteConfig, credentials: &HashMap<String, Arc<Credential>>, metrics: &Metrics) -> Route {
+        let u = &cfg.upstream;
+        let host = u.host_str().unwrap_or_default();
+        let authority = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let authority = Authority::try_from(authority.as_str()).unwrap_or_else(|_| Authority::from_static("invalid"));
+        Route {
+            prefix: cfg.prefix.clone(),
+            scheme: if u.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP },
+            host: HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("invalid")),
+            authority,
+            base_path: u.path().trim_end_matches('/').to_string(),
+            credential: cfg.credential.as_ref().and_then(|c| credentials.get(c).cloned()),
+            strip_prefix: cfg.strip_prefix,
+            methods: cfg.methods.clone(),
+            duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
+        }
+    }
+
+    /// The upstream URL the route forwards to (for logs and `check`).
+    pub fn upstream(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+/// What a reload swaps: routes and the data-path settings.
+pub struct Snapshot {
+    /// Longest-prefix table.
+    pub router: Router<Route>,
+    /// Timeouts and limits.
+    pub settings: ProxySettings,
+}
+
+impl Snapshot {
+    /// Compiles the config's routes against the running credentials.
+    pub fn compile(config: &Config, credentials: &HashMap<String, Arc<Credential>>, metrics: &Metrics) -> Snapshot {
+        let router =
+            Router::new(config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics))));
+        Snapshot { router, settings: config.proxy.clone() }
+    }
+}
+
+// ===== the service =====
+
+/// The data-path service shared by every connection.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    client: UpstreamClient,
+    metrics: Metrics,
+}
+
+impl Proxy {
+    /// A proxy serving `snapshot` through `client`.
+    pub fn new(snapshot: Snapshot, client: UpstreamClient, metrics: Metrics) -> Proxy {
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), client, metrics }
+    }
+
+    /// Swaps in new routes and settings; requests in flight finish on the old ones.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The current routes and settings.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Answers one request; never fails (errors become SPEC's JSON answers).
+    pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let snap = self.snapshot.load_full();
+        let method = req.method().clone();
+        let (route, result) = self.forward(&snap, req).await;
+        let res = match result {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
+                error_response(e)
+            }
+        };
+        let label = route.map(|r| r.prefix.as_str()).unwrap_or("none");
+        self.metrics.requests_total.with_label_values(&[label, method.as_str(), res.status().as_str()]).inc();
+        if let Some(r) = route {
+            r.duration.observe(start.elapsed().as_secs_f64());
+        }
+        res
+    }
+
+    async fn forward<'s>(
+        &self,
+        snap: &'s Snapshot,
+        req: Request<Incoming>,
+    ) -> (Option<&'s Route>, Result<Response<Body>, ProxyError>) {
+        if req.method() == Method::CONNECT {
+            return (
+                None,
+                Err(bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams")),
+            );
+        }
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return (
+                None,
+                Err(bad_request(
+                    "absolute-form request targets are refused: send the path only, e.g. `GET /admin/rest/v1/me`",
+                )),
+            );
+        }
+        let uri = req.uri().clone();
+        let path = match route::normalize_path(uri.path()) {
+            Ok(p) => p,
+            Err(e) => return (None, Err(bad_request(e.to_string()))),
+        };
+        let Some(route) = snap.router.find(&path) else {
+            return (None, Err(ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
+        };
+        let res = self.forward_on(snap, route, &path, uri.query(), req).await;
+        (Some(route), res)
+    }
+
+    async fn forward_on(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        path: &str,
+        query: Option<&str>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
+        if let Some(methods) = &route.methods {
+            if !methods.contains(req.method()) {
+                let allowed: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                return Err(ProxyError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{} is not allowed on {} (allowed: {})", req.method(), route.prefix, allowed.join(", ")),
+                ));
+            }
+        }
+        let settings = &snap.settings;
+        let (mut parts, body) = req.into_parts();
+
+        // Body: refuse what is known to be too large; buffer what is small enough to retry.
+        let max = settings.max_request_body;
+        let hint = body.size_hint();
+        if hint.lower() > max {
+            return Err(too_large(max));
+        }
+        let (buffered, stream): (Option<Bytes>, Option<Limited<Incoming>>) = match hint.exact() {
+            Some(0) => (Some(Bytes::new()), None),
+            Some(n) if n <= RETRY_BODY_LIMIT => match Limited::new(body, max as usize).collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(_) => return Err(bad_request("the request body ended early")),
+            },
+            _ => (None, Some(Limited::new(body, max as usize))),
+        };
+
+        // Token: one load on the fast path; wait (bounded) only when none is valid.
+        let token = match &route.credential {
+            None => None,
+            Some(cred) => Some(current_token(cred, settings).await?),
+        };
+
+        // Upstream URI and headers.
+        let fwd_path: Cow<str> =
+            if route.strip_prefix { route::strip_prefix(&route.prefix, path) } else { Cow::Borrowed(path) };
+        let fwd_path: Cow<str> = match &token {
+            Some(t) if route::has_key_placeholder(&fwd_path) => {
+                Cow::Owned(route::substitute_keys(&fwd_path, t.organizer_key.as_deref(), t.account_key.as_deref()))
+            }
+            _ => fwd_path,
+        };
+        let uri = upstream_uri(route, &fwd_path, query)?;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(crate::INBOUND_KEY_HEADER);
+        parts.headers.insert(header::HOST, route.host.clone());
+        if let Some(t) = &token {
+            parts.headers.insert(header::AUTHORIZATION, t.bearer().clone());
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+
+        let Some(cred) = route.credential.as_ref() else {
+            let body = upstream_body(buffered, stream);
+            return self.send(settings, route, Request::from_parts(parts, body)).await.map(passthrough);
+        };
+        let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
+
+        // Keep what a retry needs: only for bodies small enough to resend.
+        let retry =
+            buffered.as_ref().map(|b| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), b.clone()));
+        let body = upstream_body(buffered, stream);
+        let res = self.send(settings, route, Request::from_parts(parts, body)).await?;
+        let (res, rejected) = inspect_rejection(res).await?;
+        if !rejected {
+            return Ok(res);
+        }
+
+        tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
+        let renewed = cred.refresh(Trigger::Rejected(token.generation)).await;
+        let (Some((method, uri, mut headers, body)), Ok(fresh)) = (retry, renewed) else {
+            return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
+        };
+        self.metrics.retries.with_label_values(&[&route.prefix]).inc();
+        headers.insert(header::AUTHORIZATION, fresh.bearer().clone());
+        let mut req = Request::new(Either::Left(Full::new(body)));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        self.send(settings, route, req).await.map(passthrough)
+    }
+
+    async fn send(
+        &self,
+        settings: &ProxySettings,
+        route: &Route,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(settings.request_timeout, self.client.request(req)).await {
+            Ok(Ok(res)) => Ok(res),
+            Err(_) => {
+                self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
+                Err(ProxyError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "{} did not answer within {}",
+                        route.upstream(),
+                        humantime::format_duration(settings.request_timeout)
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                let (kind, err) = classify_upstream_error(&e, route, settings.max_request_body);
+                self.metrics.upstream_errors.with_label_values(&[&route.prefix, kind]).inc();
+                Err(err)
+            }
+        }
+    }
+}
+
+fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> UpstreamBody {
+    match (buffered, stream) {
+        (_, Some(s)) => Either::Right(s),
+        (Some(b), None) => Either::Left(Full::new(b)),
+        (None, None) => Either::Left(Full::new(Bytes::new())),
+    }
+}
+
+async fn current_token(cred: &Credential, settings: &ProxySettings) -> Result<Arc<Token>, ProxyError> {
+    {
+        let guard = cred.load();
+        if let Some(t) = guard.as_ref() {
+            if t.is_valid_at(SystemTime::now()) {
+                return Ok(t.clone());
+            }
+        }
+    }
+    cred.wait_valid(settings.token_wait).await.map_err(|why| ProxyError::new(ErrorCode::TokenUnavailable, why))
+}
+
+fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let mut pq = String::with_capacity(route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(&route.base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq).map_err(|_| bad_request("the request path cannot be forwarded"))?;
+    Uri::builder()
+        .scheme(route.scheme.clone())
+        .authority(route.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| bad_request("the request path cannot be forwarded"))
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+fn passthrough(mut res: Response<Incoming>) -> Response<Body> {
+    strip_hop_by_hop(res.headers_mut());
+    res.map(Either::Left)
+}
+
+/// Reads enough of a 401/403 to tell a rejected token from a real permission error.
+async fn inspect_rejection(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
+    let status = res.status();
+    let www_invalid =
+        res.headers().get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"));
+    if status != StatusCode::FORBIDDEN {
+        let rejected = status == StatusCode::UNAUTHORIZED || www_invalid;
+        return Ok((passthrough(res), rejected));
+    }
+    let (mut parts, body) = res.into_parts();
+    let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Err(ProxyError::new(
+                ErrorCode::UpstreamUnreachable,
+                format!("reading the upstream's 403 answer failed: {e}"),
+            ))
+        }
+    };
+    let rejected = www_invalid || contains(&bytes, b"InvalidToken") || contains(&bytes, b"invalid_token");
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((Response::from_parts(parts, Either::Right(Full::new(bytes))), rejected))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn classify_upstream_error(
+    e: &hyper_util::client::legacy::Error,
+    route: &Route,
+    max: u64,
+) -> (&'static str, ProxyError) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ("body_too_large", too_large(max));
+        }
+        if !detail.is_empty() {
+            detail.push_str(": ");
+        }
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    let kind = if e.is_connect() { "connect" } else { "reset" };
+    let what = if e.is_connect() { "cannot connect to" } else { "connection failed with" };
+    (kind, ProxyError::new(ErrorCode::UpstreamUnreachable, format!("{what} {}: {detail}", route.upstream())))
+}
+
+fn bad_request(message: impl Into<String>) -> ProxyError {
+    ProxyError::new(ErrorCode::BadRequest, message)
+}
+
+fn too_large(max: u64) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::BodyTooLarge,
+        format!("the request body is larger than max_request_body ({})", bytesize::ByteSize(max).to_string_as(true)),
+    )
+}
+
+/// A proxy-made error as a response of the data path's body type.
+pub fn error_response(e: ProxyError) -> Response<Body> {
+    e.into_response::<Full<Bytes>>().map(Either::Right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_removed_including_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn contains_finds_needle() {
+        assert!(contains(br#"{"int_err_code":"InvalidToken"}"#, b"InvalidToken"));
+        assert!(!contains(br#"{"int_err_code":"NoPermission"}"#, b"InvalidToken"));
+        assert!(!contains(b"", b"x"));
+    }
+}

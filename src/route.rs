@@ -1,0 +1,220 @@
+//! Pure routing decisions: path normalisation, longest-prefix match, prefix stripping
+//! and `{organizerKey}`/`{accountKey}` substitution. No I/O, so every spelling that
+//! could smuggle a request past a prefix is unit-tested here.
+
+use std::borrow::Cow;
+
+/// A request path that cannot be routed safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed request path: {0}")]
+pub struct PathError(pub &'static str);
+
+/// Normalises a request path for routing and forwarding.
+///
+/// Percent-encoded dots, slashes and backslashes (`%2e`, `%2f`, `%5c`, any case) are
+/// decoded, backslashes count as slashes, empty segments (`//`) collapse, and `.`/`..`
+/// segments are resolved (never above the root). Other escapes are left as they are.
+/// Paths that need none of this are returned without copying.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError("the path must start with `/`"));
+    }
+    let needs_work = raw.contains('%') || raw.contains('\\') || raw.contains("//") || raw.contains("/.");
+    if !needs_work {
+        return Ok(Cow::Borrowed(raw));
+    }
+
+    let decoded = decode_separators(raw);
+    let trailing_slash = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Decodes `%2e`, `%2f`, `%5c` and turns `\` into `/`.
+fn decode_separators(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let decoded = match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
+                (b'2', b'e') => Some('.'),
+                (b'2', b'f') | (b'5', b'c') => Some('/'),
+                _ => None,
+            };
+            if let Some(c) = decoded {
+                out.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        let c = raw[i..].chars().next().unwrap_or('\u{fffd}');
+        out.push(if c == '\\' { '/' } else { c });
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// True when `prefix` covers `path` at a segment boundary: `/G2A/` covers `/G2A/x`
+/// and `/G2A`; `/G2A` covers `/G2A/x` but not `/G2AX`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if let Some(rest) = path.strip_prefix(prefix) {
+        return prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/');
+    }
+    prefix.len() > 1 && prefix.ends_with('/') && path == &prefix[..prefix.len() - 1]
+}
+
+/// The path forwarded when the route strips its prefix; always starts with `/`.
+pub fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Cow<'a, str> {
+    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
+    if rest.starts_with('/') {
+        Cow::Borrowed(rest)
+    } else {
+        Cow::Owned(format!("/{rest}"))
+    }
+}
+
+/// Longest-prefix routing over values of any type; built once per config.
+#[derive(Debug, Clone)]
+pub struct Router<T> {
+    /// Sorted by prefix length, longest first.
+    entries: Vec<(String, T)>,
+}
+
+impl<T> Router<T> {
+    /// Compiles the table.
+    pub fn new(entries: impl IntoIterator<Item = (String, T)>) -> Router<T> {
+        let mut entries: Vec<(String, T)> = entries.into_iter().collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
+        Router { entries }
+    }
+
+    /// The route with the longest prefix covering `path`.
+    #[inline]
+    pub fn find(&self, path: &str) -> Option<&T> {
+        self.entries.iter().find(|(p, _)| prefix_matches(p, path)).map(|(_, v)| v)
+    }
+
+    /// All values, longest prefix first.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+/// True when `path` holds a `{organizerKey}`/`{accountKey}` placeholder (raw or escaped).
+#[inline]
+pub fn has_key_placeholder(path: &str) -> bool {
+    path.contains('{') || path.contains("%7B") || path.contains("%7b")
+}
+
+/// Replaces whole path segments `{organizerKey}` and `{accountKey}` (also written
+/// `%7BorganizerKey%7D`, hex in any case) with the credential's keys. A placeholder
+/// whose key is unknown is left as it is.
+pub fn substitute_keys(path: &str, organizer_key: Option<&str>, account_key: Option<&str>) -> String {
+    let mut out = String::with_capacity(path.len() + 32);
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')).or_else(|| {
+            let lower = seg.get(..3)?.eq_ignore_ascii_case("%7b") && seg.len() >= 6;
+            let upper = seg.get(seg.len() - 3..)?.eq_ignore_ascii_case("%7d");
+            (lower && upper).then(|| &seg[3..seg.len() - 3])
+        });
+        let value = match name {
+            Some("organizerKey") => organizer_key,
+            Some("accountKey") => account_key,
+            _ => None,
+        };
+        out.push_str(value.unwrap_or(seg));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_paths_are_borrowed() {
+        assert!(matches!(normalize_path("/admin/rest/v1/me").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(normalize_path("/G2W/rest/v2/x.json").unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn dot_segments_and_escapes() {
+        let n = |p| normalize_path(p).unwrap().into_owned();
+        assert_eq!(n("/a/./b/../c"), "/a/c");
+        assert_eq!(n("/../../etc"), "/etc");
+        assert_eq!(n("/G2A/%2e%2e/admin"), "/admin");
+        assert_eq!(n("/G2A/%2E%2E%2Fadmin"), "/admin");
+        assert_eq!(n("/G2A/..%2fadmin"), "/admin");
+        assert_eq!(n("/G2A/..%5cadmin"), "/admin");
+        assert_eq!(n("/G2A/..\\admin"), "/admin");
+        assert_eq!(n("//G2A//x//"), "/G2A/x/");
+        assert_eq!(n("/a/b/.."), "/a/");
+        assert_eq!(n("/a%20b/%7BorganizerKey%7D"), "/a%20b/%7BorganizerKey%7D");
+        assert_eq!(n("/%"), "/%");
+        assert_eq!(n("/ab%2"), "/ab%2");
+        assert!(normalize_path("*").is_err());
+    }
+
+    #[test]
+    fn prefix_boundaries() {
+        assert!(prefix_matches("/G2A/", "/G2A/x"));
+        assert!(prefix_matches("/G2A/", "/G2A"));
+        assert!(prefix_matches("/G2A", "/G2A/x"));
+        assert!(!prefix_matches("/G2A", "/G2AX"));
+        assert!(!prefix_matches("/G2A/", "/G2AX"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let r = Router::new(vec![("/".to_string(), 0), ("/G2A/".to_string(), 1), ("/G2A/rest/".to_string(), 2)]);
+        assert_eq!(r.find("/G2A/rest/x"), Some(&2));
+        assert_eq!(r.find("/G2A/other"), Some(&1));
+        assert_eq!(r.find("/admin"), Some(&0));
+        let r = Router::new(vec![("/G2A/".to_string(), 1)]);
+        assert_eq!(r.find("/admin"), None);
+        // an escaped climb out of /G2A/ lands on the other route, never on /G2A/'s
+        assert_eq!(r.find(&normalize_path("/G2A/%2e%2e/admin").unwrap()), None);
+    }
+
+    #[test]
+    fn strip() {
+        assert_eq!(strip_prefix("/g2a/", "/g2a/x/y"), "/x/y");
+        assert_eq!(strip_prefix("/g2a", "/g2a/x"), "/x");
+        assert_eq!(strip_prefix("/g2a/", "/g2a"), "/");
+        assert_eq!(strip_prefix("/", "/x"), "/x");
+    }
+
+    #[test]
+    fn key_substitution() {
+        let s = |p| substitute_keys(p, Some("111"), Some("222"));
+        assert_eq!(s("/G2W/rest/v2/organizers/{organizerKey}/webinars"), "/G2W/rest/v2/organizers/111/webinars");
+        assert_eq!(s("/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars"), "/G2W/rest/v2/organizers/111/webinars");
+        assert_eq!(s("/G2W/rest/v2/accounts/%7baccountKey%7d/x"), "/G2W/rest/v2/accounts/222/x");
+        assert_eq!(s("/a/{other}/b"), "/a/{other}/b");
+        assert_eq!(substitute_keys("/o/{organizerKey}", None, None), "/o/{organizerKey}");
+        assert!(has_key_placeholder("/o/%7borganizerKey%7d"));
+        assert!(!has_key_placeholder("/o/x"));
+    }
+}

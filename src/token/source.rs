@@ -1,0 +1,350 @@
+//! Talks to token endpoints (reqwest): sends a [`TokenRequest`], parses GoTo's answers
+//! (string or number `expires_in`, keys as strings or big integers), and looks up
+//! organizer/account keys when a token response lacks them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::grant::{self, TokenRequest};
+use crate::config::{CredentialConfig, GrantKind};
+use crate::secret::Secret;
+
+/// Why a token endpoint call did not yield a token.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Network, TLS or timeout.
+    #[error("token endpoint unreachable: {0}")]
+    Unreachable(String),
+    /// The endpoint refused the grant (OAuth error body).
+    #[error("token endpoint refused the {kind} grant: HTTP {status} {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        /// Which grant was sent.
+        kind: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// OAuth `error` code, or `http_error` when the body had none.
+        error: String,
+        /// OAuth `error_description`.
+        description: Option<String>,
+    },
+    /// The body was not a token response.
+    #[error("token endpoint answered something that is not a token: {0}")]
+    Malformed(String),
+    /// Nothing to renew with: a person must sign in.
+    #[error("{0}")]
+    NeedsLogin(String),
+}
+
+impl SourceError {
+    /// True when the grant itself was refused (a dead refresh token, wrong password…),
+    /// as opposed to a transient failure worth retrying as is.
+    pub fn is_grant_refused(&self) -> bool {
+        matches!(self, SourceError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
+    }
+}
+
+/// A token endpoint's answer, with every field GoTo may send that the proxy uses.
+#[derive(Deserialize)]
+pub struct TokenResponse {
+    /// The bearer token.
+    #[serde(deserialize_with = "secret")]
+    pub access_token: Secret,
+    /// Seconds of validity: a number, or a string in Direct Login answers.
+    #[serde(default, deserialize_with = "number_or_string")]
+    pub expires_in: Option<u64>,
+    /// Present when the server issued (or rotated) one.
+    #[serde(default, deserialize_with = "opt_secret")]
+    pub refresh_token: Option<Secret>,
+    /// GoTo organizer key.
+    #[serde(default, deserialize_with = "key_string")]
+    pub organizer_key: Option<String>,
+    /// GoTo account key.
+    #[serde(default, deserialize_with = "key_string")]
+    pub account_key: Option<String>,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("expires_in", &self.expires_in)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("organizer_key", &self.organizer_key)
+            .field("account_key", &self.account_key)
+            .finish()
+    }
+}
+
+impl TokenResponse {
+    /// Parses a token endpoint body.
+    pub fn parse(body: &[u8]) -> Result<TokenResponse, SourceError> {
+        let r: TokenResponse =
+            serde_json::from_slice(body).map_err(|e| SourceError::Malformed(format!("{e} ({} bytes)", body.len())))?;
+        if r.access_token.expose().is_empty() {
+            return Err(SourceError::Malformed("empty access_token".into()));
+        }
+        Ok(r)
+    }
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    String::deserialize(d).map(Secret::new)
+}
+
+fn opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()).map(Secret::new))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Float(f64),
+    Str(String),
+}
+
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Option::<NumOrStr>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumOrStr::Num(n)) => Ok(Some(n)),
+        Some(NumOrStr::Float(f)) if f >= 0.0 => Ok(Some(f as u64)),
+        Some(NumOrStr::Float(f)) => Err(D::Error::custom(format!("negative expires_in {f}"))),
+        Some(NumOrStr::Str(s)) => {
+            s.trim().parse().map(Some).map_err(|_| D::Error::custom(format!("expires_in {s:?} is not a number")))
+        }
+    }
+}
+
+/// Keys are integers beyond 2^53: keep them as exact decimal strings.
+fn key_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Organizer and account keys of the signed-in user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// `{organizerKey}`.
+    pub organizer_key: Option<String>,
+    /// `{accountKey}`.
+    pub account_key: Option<String>,
+}
+
+/// Reads keys from an Admin `me` (or identity) answer, tolerating the shapes seen.
+pub fn parse_keys(body: &[u8]) -> Keys {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Keys::default();
+    };
+    let as_key = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let first = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(as_key));
+    Keys {
+        organizer_key: first(&["organizer_key", "organizerKey", "key"]),
+        account_key: first(&["account_key", "accountKey"])
+            .or_else(|| v.get("accounts").and_then(|a| a.get(0)).and_then(|a| a.get("key")).and_then(as_key)),
+    }
+}
+
+/// Obtains tokens for one credential.
+#[derive(Clone)]
+pub struct TokenSource {
+    http: reqwest::Client,
+    cfg: Arc<CredentialConfig>,
+    keys_url: Option<String>,
+}
+
+impl TokenSource {
+    /// A source for `cfg`, sharing `http` with the others.
+    pub fn new(http: reqwest::Client, cfg: Arc<CredentialConfig>) -> TokenSource {
+        // Keys are looked up only where the token is meant to go: an explicit keys_url,
+        // or GoTo's own when the token also comes from GoTo.
+        let goto_token =
+            cfg.token_url == crate::config::GOTO_TOKEN_URL || cfg.token_url == crate::config::GOTO_DIRECT_LOGIN_URL;
+        let keys_url =
+            if cfg.keys_url != crate::config::GOTO_KEYS_URL || goto_token { Some(cfg.keys_url.clone()) } else { None };
+        TokenSource { http, cfg, keys_url }
+    }
+
+    /// The credential's configuration.
+    pub fn config(&self) -> &Arc<CredentialConfig> {
+        &self.cfg
+    }
+
+    /// A shared HTTP client for token endpoints: rustls, bounded timeouts, no redirects
+    /// (a token endpoint that redirects is misconfigured; secrets must not follow it).
+    pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("goto-auth-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    /// Obtains a new token with whatever this grant renews with.
+    ///
+    /// `refresh_token` is the newest one held (stored, or the config's seed).
+    pub async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
+        let cfg = &self.cfg;
+        match cfg.grant {
+            GrantKind::Static => Ok(TokenResponse {
+                access_token: cfg.token.clone().unwrap_or_else(|| Secret::new("")),
+                expires_in: None,
+                refresh_token: None,
+                organizer_key: None,
+                account_key: None,
+            }),
+            GrantKind::AuthorizationCode => match refresh_token {
+                Some(rt) => self.send(grant::refresh(cfg, rt)).await,
+                None => Err(SourceError::NeedsLogin(format!(
+                    "credential {:?} has never been signed in: run `goto-auth-proxy login --credential {}`",
+                    cfg.name, cfg.name
+                ))),
+            },
+            GrantKind::Password => {
+                if let Some(rt) = refresh_token {
+                    match self.send(grant::refresh(cfg, rt)).await {
+                        Err(e) if e.is_grant_refused() => {
+                            tracing::info!(credential = %cfg.name, error = %e, "refresh refused; logging in with the password again");
+                        }
+                        other => return other,
+                    }
+                }
+                self.send(grant::password(cfg)).await
+            }
+            GrantKind::PersonalAccessToken => self.send(grant::personal_access_token(cfg)).await,
+            GrantKind::ClientCredentials => self.send(grant::client_credentials(cfg)).await,
+        }
+    }
+
+    /// Exchanges an authorization code (once) for tokens.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: Option<&str>,
+    ) -> Result<TokenResponse, SourceError> {
+        self.send(grant::authorization_code(&self.cfg, code, redirect_uri, verifier)).await
+    }
+
+    /// Sends one token request and parses the answer.
+    pub async fn send(&self, req: TokenRequest) -> Result<TokenResponse, SourceError> {
+        let mut b = self.http.post(&req.url).form(&req.form).header(http::header::ACCEPT, "application/json");
+        if let Some((id, secret)) = &req.basic {
+            b = b.basic_auth(id, Some(secret.expose()));
+        }
+        let res = b.send().await.map_err(|e| SourceError::Unreachable(e.without_url().to_string()))?;
+        let status = res.status().as_u16();
+        let body = res.bytes().await.map_err(|e| SourceError::Unreachable(e.without_url().to_string()))?;
+        if !(200..300).contains(&status) {
+            let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
+            let (error, description) = match parsed {
+                Some(OAuthError { error: Some(e), error_description }) => (e, error_description),
+                _ => ("http_error".to_string(), None),
+            };
+            return Err(SourceError::Refused { kind: req.kind, status, error, description });
+        }
+        TokenResponse::parse(&body)
+    }
+
+    /// Looks up organizer/account keys with `access_token`, when a keys URL applies.
+    pub async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
+        let url = self.keys_url.as_ref()?;
+        let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
+        match res {
+            Ok(r) if r.status().is_success() => r.bytes().await.ok().map(|b| parse_keys(&b)),
+            Ok(r) => {
+                tracing::warn!(credential = %self.cfg.name, status = r.status().as_u16(), "organizer/account key lookup failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(credential = %self.cfg.name, error = %e.without_url(), "organizer/account key lookup failed");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/goto").join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn direct_login_string_expires_in() {
+        let r = TokenResponse::parse(&fixture("direct-login-response.json")).unwrap();
+        assert_eq!(r.expires_in, Some(3600));
+        assert!(r.refresh_token.is_some());
+        assert_eq!(r.organizer_key.as_deref(), Some("8439885694023999999"));
+        assert_eq!(r.account_key.as_deref(), Some("9999982253621659654"));
+    }
+
+    #[test]
+    fn oauth_shapes() {
+        let r = TokenResponse::parse(&fixture("oauth-v2-token-response.json")).unwrap();
+        assert_eq!(r.expires_in, Some(3600));
+        assert!(r.refresh_token.is_some());
+        let r = TokenResponse::parse(&fixture("oauth-new-host-token-response.json")).unwrap();
+        assert!(r.refresh_token.is_none() && r.organizer_key.is_none());
+        let r = TokenResponse::parse(&fixture("oauth-refresh-response-without-refresh-token.json")).unwrap();
+        assert!(r.refresh_token.is_none());
+    }
+
+    #[test]
+    fn numeric_keys_kept_exact_and_garbage_refused() {
+        let r = TokenResponse::parse(br#"{"access_token":"a","organizer_key":8439885694023999999,"expires_in":"7"}"#)
+            .unwrap();
+        assert_eq!(r.organizer_key.as_deref(), Some("8439885694023999999"));
+        assert_eq!(r.expires_in, Some(7));
+        assert!(TokenResponse::parse(b"<html>").is_err());
+        assert!(TokenResponse::parse(br#"{"expires_in":3600}"#).is_err());
+        assert!(TokenResponse::parse(br#"{"access_token":"a","expires_in":"soon"}"#).is_err());
+        let r = TokenResponse::parse(br#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(r.expires_in, None);
+    }
+
+    #[test]
+    fn admin_me_keys() {
+        let k = parse_keys(&fixture("admin-me-response.json"));
+        assert_eq!(k.organizer_key.as_deref(), Some("8439885694023999999"));
+        assert_eq!(k.account_key.as_deref(), Some("9999982253621659654"));
+        let k = parse_keys(br#"{"key":1,"accounts":[{"key":"9"}]}"#);
+        assert_eq!(k.account_key.as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn refused_classification() {
+        let e = SourceError::Refused {
+            kind: "refresh_token",
+            status: 400,
+            error: "invalid_grant".into(),
+            description: None,
+        };
+        assert!(e.is_grant_refused());
+        let e =
+            SourceError::Refused { kind: "refresh_token", status: 503, error: "http_error".into(), description: None };
+        assert!(!e.is_grant_refused());
+        let e =
+            SourceError::Refused { kind: "refresh_token", status: 429, error: "http_error".into(), description: None };
+        assert!(!e.is_grant_refused());
+    }
+}
