@@ -166,7 +166,10 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    let result = rt.block_on(fut);
+    // Work is done; do not wait for a blocking stdin read (`login`) to end.
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -303,11 +306,6 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let started = flows.begin(&cred)?;
     let redirect = cred.config().redirect_uri.clone().unwrap_or_else(|| format!("http://{admin}/callback"));
 
-    println!("{}", started.url);
-    eprintln!("Open the URL above in a browser and sign in to GoTo.");
-    eprintln!("Then either let the browser return to {redirect}, or paste here the address the browser");
-    eprintln!("ended on (a 404 page is fine: the code is in the address bar), or just the code.");
-
     // The callback, when the redirect URI points at a loopback port we can take.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop = CancellationToken::new();
@@ -348,6 +346,12 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
             Err(e) => eprintln!("(cannot listen on {addr} for the callback: {e}; paste the redirected address here.)"),
         }
     }
+
+    // The URL goes out only once the callback listener is up, so a fast browser finds it.
+    println!("{}", started.url);
+    eprintln!("Open the URL above in a browser and sign in to GoTo.");
+    eprintln!("Then either let the browser return to {redirect}, or paste here the address the browser");
+    eprintln!("ended on (a 404 page is fine: the code is in the address bar), or just the code.");
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;

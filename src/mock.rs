@@ -4,7 +4,8 @@
 //!
 //! * `POST /oauth/token` — Basic client auth; grants `authorization_code` (single-use
 //!   codes, `redirect_uri` must match, PKCE S256 checked), `refresh_token` (rotating:
-//!   the old refresh token and its access token die), `personal_access_token`,
+//!   the old access token dies at once, the old refresh token once the new tokens are
+//!   used), `personal_access_token`,
 //!   `client_credentials`. Numeric `expires_in`; no organizer/account keys unless asked.
 //! * `POST /oauth/access_token` — Direct Login (`password`, or `refresh_token` with
 //!   `client_id`), no Basic header, **string** `expires_in`, keys in the answer, and every
@@ -15,7 +16,7 @@
 //!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
 //!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
 //!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
-//!   `/_mock/bytes/N` streams N bytes; `/_mock/slow/MS` waits before answering; other
+//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering; other
 //!   requests echo their body (or a JSON document with keys beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
@@ -146,6 +147,8 @@ struct AccessEntry {
 struct RefreshEntry {
     app: App,
     chain: u64,
+    /// Set once rotated: the token stays usable until its successor proves received.
+    superseded: bool,
 }
 
 struct CodeEntry {
@@ -253,7 +256,7 @@ impl MockGoto {
         let mut t = lock(&self.state.tokens);
         let chain = t.new_chain();
         let rt = format!("mock-rt-{}", random_token(18));
-        t.refresh.insert(rt.clone(), RefreshEntry { app: App::OAuth, chain });
+        t.refresh.insert(rt.clone(), RefreshEntry { app: App::OAuth, chain, superseded: false });
         rt
     }
 
@@ -298,12 +301,18 @@ impl Tokens {
         self.access.retain(|_, a| a.chain != chain);
     }
 
+    /// A token of `chain` was used: its client has the newest tokens, so the rotated
+    /// refresh tokens of the chain die for good.
+    fn confirm_chain(&mut self, chain: u64) {
+        self.refresh.retain(|_, r| r.chain != chain || !r.superseded);
+    }
+
     fn issue(&mut self, app: App, chain: u64, lifetime: Duration, with_refresh: bool) -> (String, Option<String>) {
         let at = format!("mock-at-{}", random_token(18));
         self.access.insert(at.clone(), AccessEntry { app, expires: Instant::now() + lifetime, chain });
         let rt = with_refresh.then(|| {
             let rt = format!("mock-rt-{}", random_token(18));
-            self.refresh.insert(rt.clone(), RefreshEntry { app, chain });
+            self.refresh.insert(rt.clone(), RefreshEntry { app, chain, superseded: false });
             rt
         });
         (at, rt)
@@ -456,8 +465,17 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
             };
             state.counters.refreshes.fetch_add(1, Ordering::Relaxed);
             if opts.rotate_refresh_tokens {
-                // Single-use: the old refresh token and the access tokens of its chain die.
-                t.refresh.remove(&rt);
+                // Single-use: the access tokens of the chain die now; the old refresh token
+                // dies once the new tokens are used (a reuse interval, as OAuth servers
+                // have, so a client that crashed before saving the answer can try again).
+                // Reusing it retires every refresh token issued after it.
+                let was_superseded = t.refresh.get(&rt).is_some_and(|r| r.superseded);
+                if was_superseded {
+                    t.refresh.retain(|k, r| r.chain != chain || k == &rt);
+                }
+                if let Some(r) = t.refresh.get_mut(&rt) {
+                    r.superseded = true;
+                }
                 t.revoke_chain(chain);
             }
             (chain, opts.rotate_refresh_tokens)
@@ -528,9 +546,14 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let valid = bearer
-        .as_deref()
-        .is_some_and(|b| lock(&state.tokens).access.get(b).is_some_and(|a| a.expires > Instant::now()));
+    let valid = bearer.as_deref().is_some_and(|b| {
+        let mut t = lock(&state.tokens);
+        let chain = t.access.get(b).filter(|a| a.expires > Instant::now()).map(|a| a.chain);
+        if let Some(c) = chain {
+            t.confirm_chain(c);
+        }
+        chain.is_some()
+    });
     if !valid {
         state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
         return if path.starts_with("/admin/") {
@@ -574,13 +597,14 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             }
         }
     }
-    if let ["", "_mock", "bytes", n] = segments.as_slice() {
+    let mock_op = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]);
+    if let Some(["bytes", n]) = mock_op {
         let n: u64 = n.parse().unwrap_or(0);
         let mut res = Response::new(Either::Right(Zeros { remaining: n }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return res;
     }
-    if let ["", "_mock", "slow", ms] = segments.as_slice() {
+    if let Some(["slow", ms]) = mock_op {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if path == "/admin/rest/v1/me" || path == "/identity/v1/Users/me" {

@@ -126,6 +126,19 @@ fn key_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     })
 }
 
+/// An error with its causes ("error sending request: connection refused"). URLs here
+/// never carry secrets: those travel in form bodies and headers.
+fn describe(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[derive(Deserialize)]
 struct OAuthError {
     error: Option<String>,
@@ -248,9 +261,9 @@ impl TokenSource {
         if let Some((id, secret)) = &req.basic {
             b = b.basic_auth(id, Some(secret.expose()));
         }
-        let res = b.send().await.map_err(|e| SourceError::Unreachable(e.without_url().to_string()))?;
+        let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
         let status = res.status().as_u16();
-        let body = res.bytes().await.map_err(|e| SourceError::Unreachable(e.without_url().to_string()))?;
+        let body = res.bytes().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
             let (error, description) = match parsed {
@@ -273,7 +286,7 @@ impl TokenSource {
                 None
             }
             Err(e) => {
-                tracing::warn!(credential = %self.cfg.name, error = %e.without_url(), "organizer/account key lookup failed");
+                tracing::warn!(credential = %self.cfg.name, error = %describe(&e), "organizer/account key lookup failed");
                 None
             }
         }

@@ -1,0 +1,134 @@
+//! The binary's commands as a user runs them: `check`, `demo`, `token`, `--help`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:18080"
+
+[credentials.g2a]
+grant = "password"
+client_id = "consumer-key"
+username = { env = "IT_G2A_USER" }
+password = { env = "IT_G2A_PASSWORD" }
+
+[[routes]]
+prefix = "/G2A/"
+upstream = "https://api.getgo.com"
+credential = "g2a"
+"#;
+
+#[test]
+fn check_prints_routes_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "good.toml", GOOD);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("IT_G2A_USER", "user-SECRETVALUE-1")
+        .env("IT_G2A_PASSWORD", "pw-SECRETVALUE-2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("/G2A/ -> https://api.getgo.com credential g2a"), "{stdout}");
+    assert!(stdout.contains("password: [redacted]"), "{stdout}");
+    assert!(!stdout.contains("SECRETVALUE") && !stderr.contains("SECRETVALUE"));
+}
+
+#[test]
+fn check_refuses_bad_configs_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // (config, what the error must name, a text on the line it must point at)
+    let cases = [
+        (GOOD.replace("credential = \"g2a\"", "credential = \"nope\""), "routes[0].credential", "\"nope\""),
+        (GOOD.replace("listen = ", "lisen = "), "lisen", "lisen"),
+        (GOOD.to_string(), "IT_G2A_PASSWORD", "IT_G2A_PASSWORD"),
+    ];
+    for (i, (text, key, on_line)) in cases.iter().enumerate() {
+        let path = write_config(dir.path(), &format!("bad{i}.toml"), text);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--config"]).arg(&path).env("IT_G2A_USER", "u").env_remove("IT_G2A_PASSWORD");
+        if i < 2 {
+            cmd.env("IT_G2A_PASSWORD", "p");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "case {i}: {stderr}");
+        let line = text.lines().position(|l| l.contains(on_line)).expect("case text") + 1;
+        assert!(stderr.contains(key), "case {i}: {stderr}");
+        assert!(stderr.contains(&format!("{}:{line}:", path.display())), "case {i}: expected line {line}: {stderr}");
+    }
+    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/x.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn config_path_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "env.toml", "");
+    let out = Command::new(BIN).arg("check").env("GOTO_AUTH_PROXY_CONFIG", &path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&path.display().to_string()));
+}
+
+#[test]
+fn help_on_every_command() {
+    for cmd in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["demo", "--help"],
+        vec!["check", "--help"],
+        vec!["login", "--help"],
+        vec!["token", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&cmd).output().unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{cmd:?} has no example");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// The README's first command: every curl line the banner prints works as printed.
+#[test]
+fn demo_banner_curl_lines_work() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut curls = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        if let Some(c) = line.trim_start().strip_prefix("curl ") {
+            curls.push(format!("curl {c}"));
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(curls.len() >= 8, "banner: {curls:?}");
+    for c in &curls {
+        let out = Command::new("sh").arg("-c").arg(format!("{c} -o /dev/null -w '%{{http_code}}'")).output().unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(code, "200", "{c} answered {code}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,186 @@
+//! Authorization-code sign-in: browser flow through the admin listener, and the
+//! `login` command with a pasted URL or code.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+use goto_auth_proxy::mock::MockOptions;
+
+async fn never_signed_in() -> Stack {
+    stack(MockOptions::default(), |mock, dir| {
+        config_text(dir, "", &format!("{}\n{}", code_cred("goto", mock, None), route("/", mock, Some("goto"))))
+    })
+    .await
+}
+
+/// Follows redirects by hand and returns (status, final body, the Location chain).
+async fn follow(http: &reqwest::Client, url: &str) -> (u16, String, Vec<String>) {
+    let mut url = url.to_string();
+    let mut chain = Vec::new();
+    for _ in 0..5 {
+        let r = http.get(&url).send().await.unwrap();
+        if r.status().is_redirection() {
+            url = r.headers()["location"].to_str().unwrap().to_string();
+            chain.push(url.clone());
+            continue;
+        }
+        return (r.status().as_u16(), r.text().await.unwrap(), chain);
+    }
+    panic!("redirect loop: {chain:?}");
+}
+
+#[tokio::test]
+async fn browser_sign_in_through_the_admin_listener() {
+    let s = never_signed_in().await;
+    assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 503);
+    let (status, page, chain) = follow(&s.http, &s.admin("/login/goto")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("goto") && page.contains("signed in"), "{page}");
+    // The authorize URL carried state and a PKCE challenge (the mock verified the verifier).
+    let authorize = url::Url::parse(&chain[0]).unwrap();
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["state"].len() >= 20);
+    assert_eq!(s.mock.stats().code_exchanges, 1);
+    assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+    let tokens: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tokens["goto"]["organizer_key"], "8439885694023999999");
+    assert!(std::fs::read_to_string(s.dir.path().join("state.json")).unwrap().contains("refresh_token"));
+
+    // Replaying the callback: the state is spent, nothing is exchanged.
+    let callback = chain.last().unwrap().clone();
+    let r = s.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(s.mock.stats().code_exchanges, 1);
+}
+
+#[tokio::test]
+async fn callback_with_unknown_state_is_refused() {
+    let s = never_signed_in().await;
+    // A real code from the mock, but a forged state.
+    let login = s.http.get(s.admin("/login/goto")).send().await.unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let r = s.http.get(&authorize).send().await.unwrap();
+    let callback = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let code = callback.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    let r = s.http.get(s.admin(&format!("/callback?code={code}&state=forged"))).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(s.mock.stats().token_calls, 0);
+    // The real one still works, once.
+    assert_eq!(s.http.get(callback.as_str()).send().await.unwrap().status(), 200);
+    assert_eq!(s.http.get(callback.as_str()).send().await.unwrap().status(), 400);
+    // Logins for grants that have none are refused clearly.
+    assert_eq!(s.http.get(s.admin("/login/nope")).send().await.unwrap().status(), 404);
+}
+
+/// `goto-auth-proxy login` with the redirected URL pasted on stdin, or only the code;
+/// then `goto-auth-proxy token` prints a token the API accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_command_accepts_pasted_url_or_bare_code() {
+    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The redirect URI points at a port nobody serves: like GoTo's 404 page.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "{}redirect_uri = \"https://app.example.com/oauth/done\"\n{}",
+            code_cred("goto", &mock, None),
+            route("/", &mock, Some("goto"))
+        ),
+    )
+    .replace("127.0.0.1:0\"\ntoken_wait", &format!("{nobody}\"\ntoken_wait"));
+    let path = write_config(dir.path(), "login.toml", &text);
+    let http = client();
+
+    for bare_code in [false, true] {
+        let mut child = Command::new(BIN)
+            .args(["login", "--credential", "goto", "--config"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut url = String::new();
+        stdout.read_line(&mut url).unwrap();
+        // The person signs in; the browser lands on the redirect URI with the code.
+        let r = http.get(url.trim()).send().await.unwrap();
+        let landed = r.headers()["location"].to_str().unwrap().to_string();
+        assert!(landed.starts_with("https://app.example.com/oauth/done?"), "{landed}");
+        let pasted = if bare_code {
+            url::Url::parse(&landed).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
+        } else {
+            landed
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{pasted}").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+        assert!(out.status.success(), "{:?} {rest}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(rest.contains("Signed in"), "{rest}");
+    }
+    assert_eq!(mock.stats().code_exchanges, 2);
+
+    let out = Command::new(BIN).args(["token", "--credential", "goto", "--config"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(mock.is_valid(&token), "`token` printed a token GoTo does not accept");
+}
+
+/// `login` with the redirect URI on its own loopback port: the browser's callback
+/// completes it, no pasting needed; a running proxy then picks the token up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_command_takes_the_browser_callback() {
+    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "{}redirect_uri = \"http://{free}/callback\"\n{}",
+            code_cred("goto", &mock, None),
+            route("/", &mock, Some("goto"))
+        ),
+    );
+    let path = write_config(dir.path(), "login.toml", &text);
+    let mut child = Command::new(BIN)
+        .args(["login", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    let http = client();
+    // The login command binds the callback port right after printing the URL.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, page) = loop {
+        let (status, page, _) = follow(&http, url.trim()).await;
+        if status == 200 || tokio::time::Instant::now() > deadline {
+            break (status, page);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 200, "{page}");
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    assert!(out.status.success());
+    assert_eq!(mock.stats().code_exchanges, 1);
+
+    // A proxy started now uses the stored sign-in.
+    let p = Proc::spawn(&path);
+    wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+    assert_eq!(http.get(p.url("/G2W/rest/v2/x")).send().await.unwrap().status(), 200);
+    assert_eq!(mock.stats().code_exchanges, 1);
+}

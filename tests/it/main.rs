@@ -1,0 +1,9 @@
+//! Integration tests: real sockets on loopback, the mock GoTo server from the crate,
+//! in-process proxies and the real binary. One test binary, so one link.
+
+mod cli;
+mod data_path;
+mod errors;
+mod login;
+mod support;
+mod tokens;
