@@ -11,6 +11,7 @@
 //! | `GET /callback?code=…&state=…` | finishes a sign-in |
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,51 +19,55 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::app::{Core, Credentials};
+use crate::inbound;
 use crate::login::LoginFlows;
-use crate::metrics::Metrics;
-use crate::token::{Credential, Trigger};
+use crate::token::Trigger;
 
 /// The admin service.
 pub struct Admin {
-    /// Every credential, by name.
-    credentials: BTreeMap<String, Arc<Credential>>,
-    /// Names of the credentials that routes use (readiness considers only these).
-    used: Vec<String>,
-    metrics: Metrics,
+    /// The live credentials, routes and inbound rules (swapped by reloads).
+    core: Arc<Core>,
     login: Arc<LoginFlows>,
 }
 
 impl Admin {
-    /// An admin service over the running credentials.
-    pub fn new(
-        credentials: BTreeMap<String, Arc<Credential>>,
-        used: Vec<String>,
-        metrics: Metrics,
-        login: Arc<LoginFlows>,
-    ) -> Admin {
-        Admin { credentials, used, metrics, login }
+    /// An admin service over the running proxy.
+    pub fn new(core: Arc<Core>, login: Arc<LoginFlows>) -> Admin {
+        Admin { core, login }
     }
 
-    /// Answers one admin request.
-    pub async fn serve(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one admin request from `peer`. The inbound rules apply as on the data
+    /// path, except that `/healthz` and `/readyz` need no key (orchestrators probe them).
+    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let snapshot = self.core.proxy.snapshot();
+        let admitted = match segments.as_slice() {
+            ["healthz"] | ["readyz"] => inbound::admit_address(&snapshot.inbound, peer.ip()),
+            _ => inbound::admit(&snapshot.inbound, peer.ip(), req.headers().get(crate::INBOUND_KEY_HEADER)),
+        };
+        if let Err(e) = admitted {
+            return e.into_response();
+        }
+        let credentials = self.core.credentials();
+        let metrics = &self.core.metrics;
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
             (&Method::GET, ["metrics"]) => {
-                let mut res = text(StatusCode::OK, &self.metrics.render());
+                let mut res = text(StatusCode::OK, &metrics.render());
                 res.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 res
             }
             (&Method::GET, ["tokens"]) => {
-                let infos: BTreeMap<&str, _> = self.credentials.iter().map(|(n, c)| (n.as_str(), c.info())).collect();
+                let infos: BTreeMap<&str, _> = credentials.iter().map(|(n, c)| (n.as_str(), c.info())).collect();
                 json(StatusCode::OK, &serde_json::to_value(infos).unwrap_or_default())
             }
-            (&Method::POST, ["refresh", name]) => match self.credentials.get(*name) {
-                None => self.unknown(name),
+            (&Method::POST, ["refresh", name]) => match credentials.get(*name) {
+                None => unknown(&credentials, name),
                 Some(c) => match c.refresh(Trigger::Manual).await {
                     Ok(_) => json(StatusCode::OK, &serde_json::to_value(c.info()).unwrap_or_default()),
                     Err(e) => json(
@@ -71,8 +76,8 @@ impl Admin {
                     ),
                 },
             },
-            (&Method::GET, ["login", name]) => match self.credentials.get(*name) {
-                None => self.unknown(name),
+            (&Method::GET, ["login", name]) => match credentials.get(*name) {
+                None => unknown(&credentials, name),
                 Some(c) => match self.login.start(c) {
                     Ok(url) => redirect(&url),
                     Err(e) => json(
@@ -83,7 +88,7 @@ impl Admin {
             },
             (&Method::GET, ["callback"]) => {
                 let query = req.uri().query().unwrap_or("");
-                let (status, page) = self.login.callback(query, &self.credentials).await;
+                let (status, page) = self.login.callback(query, &credentials).await;
                 html(status, &page)
             }
             (_, ["healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
@@ -98,28 +103,29 @@ impl Admin {
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {
+        let (used, credentials) = (self.core.used(), self.core.credentials());
         let mut not_ready = BTreeMap::new();
-        for name in &self.used {
-            if let Some(c) = self.credentials.get(name) {
+        for name in used.iter() {
+            if let Some(c) = credentials.get(name) {
                 if c.valid_token().is_none() {
                     not_ready.insert(name.clone(), c.why_unavailable());
                 }
             }
         }
         if not_ready.is_empty() {
-            json(StatusCode::OK, &serde_json::json!({ "ready": true, "credentials": self.used }))
+            json(StatusCode::OK, &serde_json::json!({ "ready": true, "credentials": *used }))
         } else {
             json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "ready": false, "not_ready": not_ready }))
         }
     }
+}
 
-    fn unknown(&self, name: &str) -> Response<Full<Bytes>> {
-        let known: Vec<&str> = self.credentials.keys().map(String::as_str).collect();
-        json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({ "error": "unknown_credential", "message": format!("no credential named {name:?} (configured: {})", known.join(", ")) }),
-        )
-    }
+fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {
+    let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": "unknown_credential", "message": format!("no credential named {name:?} (configured: {})", known.join(", ")) }),
+    )
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -1,12 +1,13 @@
 //! Wiring: store, credentials and their refreshers, the data-path and admin listeners,
-//! and an orderly stop. [`start`] returns the bound addresses, so tests (and `demo`)
-//! run whole proxies in-process on `127.0.0.1:0`.
+//! reloads and an orderly stop. [`start`] returns the bound addresses, so tests (and
+//! `demo`) run whole proxies in-process on `127.0.0.1:0`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +24,9 @@ use crate::token::Credential;
 /// How long in-flight requests may take to finish after a stop is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Credentials by name.
+pub type Credentials = BTreeMap<String, Arc<Credential>>;
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,13 +41,16 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A non-loopback listener without the opt-in SPEC requires.
-    #[error("refusing to listen on {addr} ({what}): it is not a loopback address, and anyone who can reach it could call GoTo with your token")]
+    #[error("refusing to listen on {addr} ({what}): it is not a loopback address, and anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs")]
     NotLoopback {
         /// The address.
         addr: SocketAddr,
         /// `listen` or `admin_listen`.
         what: &'static str,
     },
+    /// Inbound TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::inbound::TlsError),
     /// The configured state store is not available.
     #[error("state store: {0}")]
     Store(String),
@@ -52,37 +59,170 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// What a reload swaps and the admin listener reads: the live configuration.
+pub struct Core {
+    config: ArcSwap<Config>,
+    credentials: ArcSwap<Credentials>,
+    used: ArcSwap<Vec<String>>,
+    /// Running refresh loops: the credential they renew and how to stop them.
+    refreshers: Mutex<HashMap<String, (Arc<Credential>, CancellationToken)>>,
+    /// The data-path service.
+    pub proxy: Arc<Proxy>,
+    /// The metrics.
+    pub metrics: Metrics,
+    store: Arc<dyn TokenStore>,
+    http: reqwest::Client,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// A reload that was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadError(pub String);
+
+impl Core {
+    /// Every credential, by name.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.load_full()
+    }
+
+    /// Names of the credentials routes use.
+    pub fn used(&self) -> Arc<Vec<String>> {
+        self.used.load_full()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Applies `config`: credentials whose settings did not change keep their tokens and
+    /// refreshers; new or changed ones load from the store and start renewing; routes
+    /// and limits swap atomically (requests in flight finish on the old ones).
+    async fn apply(&self, config: Config) {
+        let old = self.credentials.load_full();
+        let mut fresh: Vec<Arc<Credential>> = Vec::new();
+        let mut next = Credentials::new();
+        for (name, cfg) in &config.credentials {
+            let cred = match old.get(name) {
+                Some(c) if **c.config() == **cfg => c.clone(),
+                _ => {
+                    let c = Arc::new(Credential::new(
+                        cfg.clone(),
+                        self.http.clone(),
+                        self.store.clone(),
+                        self.metrics.clone(),
+                    ));
+                    fresh.push(c.clone());
+                    c
+                }
+            };
+            next.insert(name.clone(), cred);
+        }
+        let used = config.used_credentials();
+        for c in &fresh {
+            if used.iter().any(|u| u == c.name()) {
+                c.init().await;
+            }
+        }
+        {
+            let mut running = self.refreshers.lock().unwrap_or_else(|p| p.into_inner());
+            running.retain(|name, (c, stop)| {
+                let keep = used.contains(name) && next.get(name).is_some_and(|n| Arc::ptr_eq(n, c));
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for name in &used {
+                if let (false, Some(c)) = (running.contains_key(name), next.get(name)) {
+                    let stop = self.shutdown.child_token();
+                    self.tasks.spawn(c.clone().run(stop.clone()));
+                    running.insert(name.clone(), (c.clone(), stop));
+                }
+            }
+        }
+        let by_name: HashMap<String, Arc<Credential>> = next.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics));
+        self.credentials.store(Arc::new(next));
+        self.used.store(Arc::new(used));
+        self.config.store(Arc::new(config));
+    }
+
+    /// Reloads: validates nothing itself (pass a validated [`Config`]), refuses changes
+    /// that need a restart, applies the rest.
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.config.load_full();
+        let mut needs_restart = Vec::new();
+        if config.proxy.listen != current.proxy.listen {
+            needs_restart.push("proxy.listen");
+        }
+        if config.proxy.admin_listen != current.proxy.admin_listen {
+            needs_restart.push("proxy.admin_listen");
+        }
+        if format!("{:?}", config.state) != format!("{:?}", current.state) {
+            needs_restart.push("[state]");
+        }
+        if config.inbound.tls != current.inbound.tls {
+            needs_restart.push("inbound TLS");
+        }
+        if config.proxy.max_concurrent_requests != current.proxy.max_concurrent_requests {
+            needs_restart.push("proxy.max_concurrent_requests");
+        }
+        if config.proxy.workers != current.proxy.workers {
+            needs_restart.push("proxy.workers");
+        }
+        if !needs_restart.is_empty() {
+            self.metrics.reloads.with_label_values(&["rejected"]).inc();
+            return Err(ReloadError(format!(
+                "{} changed: these need a restart; the running configuration stays",
+                needs_restart.join(", ")
+            )));
+        }
+        self.apply(config).await;
+        self.metrics.reloads.with_label_values(&["applied"]).inc();
+        Ok(())
+    }
+
+    /// Counts a reload whose config did not validate.
+    pub fn reload_rejected(&self) {
+        self.metrics.reloads.with_label_values(&["rejected"]).inc();
+    }
+}
+
 /// A running proxy.
 pub struct Running {
     /// Where the data path listens.
     pub proxy_addr: SocketAddr,
     /// Where the admin listener listens.
     pub admin_addr: SocketAddr,
-    /// Every credential, by name.
-    pub credentials: BTreeMap<String, Arc<Credential>>,
-    /// The data-path service (reload swaps its routes).
-    pub proxy: Arc<Proxy>,
-    /// The metrics.
-    pub metrics: Metrics,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    /// The live state (reload, credentials, metrics).
+    pub core: Arc<Core>,
 }
 
 impl Running {
     /// Asks everything to stop; [`Running::wait`] returns once it has.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.core.shutdown.cancel();
     }
 
     /// A handle that stops this proxy when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.core.shutdown.clone()
+    }
+
+    /// Every credential, by name.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.core.credentials()
     }
 
     /// Waits until the listeners have drained and the refreshers have stopped.
     pub async fn wait(self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
     }
 
     /// Stops and waits.
@@ -102,12 +242,8 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
     }
 }
 
-/// Builds every credential over `store` (no refresher started).
-pub fn credentials(
-    config: &Config,
-    store: &Arc<dyn TokenStore>,
-    metrics: &Metrics,
-) -> BTreeMap<String, Arc<Credential>> {
+/// Builds every credential over `store` (no refresher started): for `login` and `token`.
+pub fn credentials(config: &Config, store: &Arc<dyn TokenStore>, metrics: &Metrics) -> Credentials {
     let http = TokenSource::http_client(config.proxy.connect_timeout);
     config
         .credentials
@@ -118,8 +254,9 @@ pub fn credentials(
         .collect()
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    if !addr.ip().is_loopback() {
+async fn bind(addr: SocketAddr, what: &'static str, config: &Config) -> Result<TcpListener, StartError> {
+    // `--listen` overrides come after validation: check the rule again here.
+    if !addr.ip().is_loopback() && !config.inbound.allow_remote {
         return Err(StartError::NotLoopback { addr, what });
     }
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
@@ -129,62 +266,55 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// loads stored tokens, then starts the refreshers and serves.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let proxy_listener = bind(config.proxy.listen, "listen").await?;
-    let admin_listener = bind(config.proxy.admin_listen, "admin_listen").await?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.proxy.listen,
-        what: "listen",
-        source,
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.proxy.admin_listen,
-        what: "admin_listen",
-        source,
-    })?;
+    let proxy_listener = bind(config.proxy.listen, "listen", &config).await?;
+    let admin_listener = bind(config.proxy.admin_listen, "admin_listen", &config).await?;
+    let local = |l: &TcpListener, addr, what| l.local_addr().map_err(|source| StartError::Bind { addr, what, source });
+    let proxy_addr = local(&proxy_listener, config.proxy.listen, "listen")?;
+    let admin_addr = local(&admin_listener, config.proxy.admin_listen, "admin_listen")?;
+    let tls = config.inbound.tls.as_ref().map(crate::inbound::tls_acceptor).transpose()?;
 
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = open_store(&config)?;
-    let credentials = credentials(&config, &store, &metrics);
-    let used = config.used_credentials();
-    for name in &used {
-        if let Some(c) = credentials.get(name) {
-            c.init().await;
-        }
-    }
+    let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
+    let proxy = Arc::new(Proxy::new(empty, upstream_client(&config.proxy), metrics.clone()));
+    let core = Arc::new(Core {
+        config: ArcSwap::from_pointee(config.clone()),
+        credentials: ArcSwap::from_pointee(Credentials::new()),
+        used: ArcSwap::from_pointee(Vec::new()),
+        refreshers: Mutex::new(HashMap::new()),
+        proxy: proxy.clone(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        http: TokenSource::http_client(config.proxy.connect_timeout),
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        reload_lock: tokio::sync::Mutex::new(()),
+    });
+    core.apply(config).await;
 
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    for name in &used {
-        if let Some(c) = credentials.get(name) {
-            tasks.spawn(c.clone().run(shutdown.clone()));
-        }
-    }
-
-    let by_name: HashMap<String, Arc<Credential>> = credentials.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let snapshot = Snapshot::compile(&config, &by_name, &metrics);
-    let proxy = Arc::new(Proxy::new(snapshot, upstream_client(&config.proxy), metrics.clone()));
     let login = Arc::new(LoginFlows::new(format!("http://{admin_addr}/callback")));
-    let admin = Arc::new(Admin::new(credentials.clone(), used.clone(), metrics.clone(), login));
-
+    let admin = Arc::new(Admin::new(core.clone(), login));
     let p = proxy.clone();
-    tasks.spawn(crate::server::serve(
+    core.tasks.spawn(crate::server::serve(
         proxy_listener,
-        move |req| {
+        move |req, peer| {
             let p = p.clone();
-            async move { p.serve(req).await }
+            async move { p.serve(req, peer).await }
         },
-        shutdown.clone(),
+        tls,
+        core.shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
-    tasks.spawn(crate::server::serve(
+    core.tasks.spawn(crate::server::serve(
         admin_listener,
-        move |req| {
+        move |req, peer| {
             let a = admin.clone();
-            async move { a.serve(req).await }
+            async move { a.serve(req, peer).await }
         },
-        shutdown.clone(),
+        None,
+        core.shutdown.clone(),
         DRAIN_TIMEOUT,
     ));
-    tracing::info!(%proxy_addr, %admin_addr, store = %store.describe(), credentials = ?used, "goto-auth-proxy serving");
-    Ok(Running { proxy_addr, admin_addr, credentials, proxy, metrics, shutdown, tasks })
+    tracing::info!(%proxy_addr, %admin_addr, store = %store.describe(), credentials = ?core.used(), "goto-auth-proxy serving");
+    Ok(Running { proxy_addr, admin_addr, core })
 }

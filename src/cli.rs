@@ -122,7 +122,8 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -188,9 +189,10 @@ fn run(a: &RunArgs) -> ExitCode {
         if let Some(l) = a.listen.admin_listen {
             config.proxy.admin_listen = l;
         }
+        let reload = Reload { path: a.config.config.clone(), overrides: a.listen.clone() };
         block_on(config.proxy.workers, async move {
             let running = crate::app::start(config).await?;
-            wait_for_stop(running.shutdown_token()).await;
+            wait_for_stop(running.shutdown_token(), Some((&running.core, &reload))).await;
             tracing::info!("stopping: draining in-flight requests");
             running.wait().await;
             tracing::info!("stopped");
@@ -206,7 +208,7 @@ fn demo(a: &ListenArgs) -> ExitCode {
         let dir = tempfile_dir()?;
         let demo = crate::demo::start(listen, admin, &dir).await?;
         println!("{}", demo.banner);
-        wait_for_stop(demo.running.shutdown_token()).await;
+        wait_for_stop(demo.running.shutdown_token(), None).await;
         demo.running.wait().await;
         drop(demo.mock);
         let _ = std::fs::remove_dir_all(&dir);
@@ -221,9 +223,40 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where a SIGHUP reload reads the config from, and the flags that override it.
+struct Reload {
+    path: PathBuf,
+    overrides: ListenArgs,
+}
+
+impl Reload {
+    /// Re-reads and validates the config, then applies it; any failure keeps the
+    /// running configuration and is logged.
+    async fn run(&self, core: &crate::app::Core) {
+        let mut config = match Config::load(&self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                core.reload_rejected();
+                tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one");
+                return;
+            }
+        };
+        if let Some(l) = self.overrides.listen {
+            config.proxy.listen = l;
+        }
+        if let Some(l) = self.overrides.admin_listen {
+            config.proxy.admin_listen = l;
+        }
+        match core.reload(config).await {
+            Ok(()) => tracing::info!(config = %self.path.display(), "SIGHUP: configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
+        }
+    }
+}
+
 /// Returns when SIGTERM or SIGINT arrives (cancelling `shutdown`), or when `shutdown`
-/// is cancelled some other way.
-async fn wait_for_stop(shutdown: CancellationToken) {
+/// is cancelled some other way; SIGHUP reloads when `reload` is given.
+async fn wait_for_stop(shutdown: CancellationToken, reload: Option<(&Arc<crate::app::Core>, &Reload)>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -238,7 +271,10 @@ async fn wait_for_stop(shutdown: CancellationToken) {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported by this version; restart to apply changes"),
+                _ = hup.recv() => match reload {
+                    Some((core, r)) => r.run(core).await,
+                    None => tracing::info!("SIGHUP ignored: nothing to reload"),
+                },
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -318,7 +354,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                 let tx = done_tx.clone();
                 tokio::spawn(crate::server::serve(
                     listener,
-                    move |req: http::Request<hyper::body::Incoming>| {
+                    move |req: http::Request<hyper::body::Incoming>, _peer| {
                         let (flows, creds, tx) = (flows.clone(), creds.clone(), tx.clone());
                         async move {
                             let query = req.uri().query().unwrap_or("").to_string();
@@ -335,6 +371,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                             res
                         }
                     },
+                    None,
                     stop.clone(),
                     Duration::from_secs(2),
                 ));

@@ -88,6 +88,8 @@ struct RawConfig {
     #[serde(default)]
     state: RawState,
     #[serde(default)]
+    inbound: RawInbound,
+    #[serde(default)]
     credentials: BTreeMap<String, Spanned<RawCredential>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
@@ -110,6 +112,8 @@ struct RawProxy {
     token_wait: Duration,
     #[serde(default)]
     workers: Option<usize>,
+    #[serde(default = "default_max_concurrent_requests")]
+    max_concurrent_requests: usize,
 }
 
 impl Default for RawProxy {
@@ -122,6 +126,7 @@ impl Default for RawProxy {
             max_request_body: default_max_request_body(),
             token_wait: default_token_wait(),
             workers: None,
+            max_concurrent_requests: default_max_concurrent_requests(),
         }
     }
 }
@@ -143,6 +148,24 @@ fn default_max_request_body() -> bytesize::ByteSize {
 }
 fn default_token_wait() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_concurrent_requests() -> usize {
+    4096
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    #[serde(default)]
+    allow_remote: Option<Spanned<bool>>,
+    #[serde(default)]
+    keys: Vec<Spanned<RawSecret>>,
+    #[serde(default)]
+    allow_cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    tls_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    tls_key: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +219,7 @@ struct RawRoute {
     #[serde(default)]
     strip_prefix: bool,
     methods: Option<Spanned<Vec<String>>>,
+    rate_limit: Option<Spanned<f64>>,
 }
 
 // ===== validated config =====
@@ -209,6 +233,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Where tokens are persisted.
     pub state: StateSettings,
+    /// Who may use the listeners.
+    pub inbound: InboundSettings,
     /// Credentials by name; only those routes use get a refresher.
     pub credentials: BTreeMap<String, Arc<CredentialConfig>>,
     /// Routes in file order (matching is longest prefix, not order).
@@ -232,6 +258,30 @@ pub struct ProxySettings {
     pub token_wait: Duration,
     /// Runtime worker threads; `None` = number of cores.
     pub workers: Option<usize>,
+    /// Requests served at once; beyond it clients get `503 overloaded` at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// `[inbound]`: who may send requests, since any request becomes an authenticated one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboundSettings {
+    /// Non-loopback listen addresses are allowed (with keys and/or CIDRs).
+    pub allow_remote: bool,
+    /// Accepted values of `x-goto-auth-proxy-key`; when set, every client needs one.
+    pub keys: Vec<Secret>,
+    /// Remote peers allowed to connect (loopback always is).
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// TLS on the data-path listener: certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for inbound TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
 }
 
 /// `[state]`.
@@ -318,7 +368,7 @@ impl fmt::Display for GrantKind {
 }
 
 /// One `[credentials.NAME]` table, secrets resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CredentialConfig {
     /// The table's name.
     pub name: String,
@@ -365,6 +415,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Allowed methods; `None` allows all.
     pub methods: Option<Vec<http::Method>>,
+    /// Requests per second sent upstream; excess requests queue up to `token_wait`.
+    pub rate_limit: Option<f64>,
 }
 
 impl Config {
@@ -414,6 +466,7 @@ fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         max_request_body: raw.proxy.max_request_body.as_u64(),
         token_wait: raw.proxy.token_wait,
         workers: raw.proxy.workers,
+        max_concurrent_requests: raw.proxy.max_concurrent_requests,
     };
     if proxy.workers == Some(0) {
         return Err(ConfigError::At {
@@ -423,7 +476,16 @@ fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             message: "must be at least 1".into(),
         });
     }
+    if proxy.max_concurrent_requests == 0 {
+        return Err(ConfigError::At {
+            file: loc.file.to_string(),
+            line: line_of_key(loc.text, "max_concurrent_requests"),
+            key: "proxy.max_concurrent_requests".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     let state = validate_state(loc, raw.state)?;
+    let inbound = validate_inbound(loc, raw.inbound, &proxy)?;
 
     let mut credentials = BTreeMap::new();
     for (name, spanned) in raw.credentials {
@@ -477,10 +539,70 @@ fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 Some(out)
             }
         };
-        routes.push(RouteConfig { prefix, upstream, credential, strip_prefix: r.strip_prefix, methods });
+        let rate_limit = match r.rate_limit {
+            Some(l) if !(*l.get_ref() > 0.0 && l.get_ref().is_finite()) => {
+                return Err(loc.err(&l.span(), key("rate_limit"), "must be a positive number of requests per second"));
+            }
+            l => l.map(Spanned::into_inner),
+        };
+        routes.push(RouteConfig { prefix, upstream, credential, strip_prefix: r.strip_prefix, methods, rate_limit });
     }
 
-    Ok(Config { source: loc.file.to_string(), proxy, state, credentials, routes })
+    Ok(Config { source: loc.file.to_string(), proxy, state, inbound, credentials, routes })
+}
+
+fn validate_inbound(loc: &Locator<'_>, raw: RawInbound, proxy: &ProxySettings) -> Result<InboundSettings, ConfigError> {
+    let allow_remote = raw.allow_remote.as_ref().is_some_and(|a| *a.get_ref());
+    let keys = raw
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| resolve_secret(loc, k, &format!("inbound.keys[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut allow_cidrs = Vec::new();
+    for (i, c) in raw.allow_cidrs.iter().enumerate() {
+        let net = c
+            .get_ref()
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| c.get_ref().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                loc.err(
+                    &c.span(),
+                    format!("inbound.allow_cidrs[{i}]"),
+                    format!("{:?} is not a CIDR such as \"10.0.0.0/8\"", c.get_ref()),
+                )
+            })?;
+        allow_cidrs.push(net);
+    }
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            for (k, f) in [("inbound.tls_cert", &cert), ("inbound.tls_key", &key)] {
+                if !f.get_ref().is_file() {
+                    return Err(loc.err(&f.span(), k, format!("{} is not a readable file", f.get_ref().display())));
+                }
+            }
+            Some(TlsFiles { cert: cert.into_inner(), key: key.into_inner() })
+        }
+        (Some(c), None) => return Err(loc.err(&c.span(), "inbound.tls_key", "is required with tls_cert")),
+        (None, Some(k)) => return Err(loc.err(&k.span(), "inbound.tls_cert", "is required with tls_key")),
+    };
+    if allow_remote && keys.is_empty() && allow_cidrs.is_empty() {
+        let span = raw.allow_remote.as_ref().map(Spanned::span).unwrap_or(0..0);
+        return Err(loc.err(&span, "inbound.allow_remote", "needs `keys` or `allow_cidrs` (or both): otherwise anyone who can reach the proxy could call GoTo with your token"));
+    }
+    for (what, addr) in [("proxy.listen", proxy.listen), ("proxy.admin_listen", proxy.admin_listen)] {
+        if !addr.ip().is_loopback() && !allow_remote {
+            let short = what.trim_start_matches("proxy.");
+            return Err(ConfigError::At {
+                file: loc.file.to_string(),
+                line: line_of_key(loc.text, &format!("{short} ")),
+                key: what.to_string(),
+                message: format!("{addr} is not a loopback address: anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs to allow it"),
+            });
+        }
+    }
+    Ok(InboundSettings { allow_remote, keys, allow_cidrs, tls })
 }
 
 /// Line of the first occurrence of `key =` (for settings whose value carries no span).
@@ -643,6 +765,19 @@ impl fmt::Display for Config {
             StateSettings::File { path } => writeln!(f, "state: file {}", path.display())?,
             StateSettings::Redis { prefix, .. } => writeln!(f, "state: redis [redacted url] prefix {prefix}")?,
         }
+        let i = &self.inbound;
+        writeln!(
+            f,
+            "inbound: {}{}{}{}",
+            if i.allow_remote { "remote allowed" } else { "loopback only" },
+            if i.keys.is_empty() { String::new() } else { format!(", {} key(s) [redacted]", i.keys.len()) },
+            if i.allow_cidrs.is_empty() {
+                String::new()
+            } else {
+                format!(", cidrs {}", i.allow_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(","))
+            },
+            if i.tls.is_some() { ", TLS" } else { "" },
+        )?;
         writeln!(f, "credentials:")?;
         for c in self.credentials.values() {
             writeln!(f, "  {} ({})", c.name, c.grant)?;
@@ -682,6 +817,9 @@ impl fmt::Display for Config {
             if let Some(m) = &r.methods {
                 let m: Vec<&str> = m.iter().map(http::Method::as_str).collect();
                 write!(f, " methods {}", m.join(","))?;
+            }
+            if let Some(l) = r.rate_limit {
+                write!(f, " rate_limit {l}/s")?;
             }
             writeln!(f)?;
         }
@@ -795,6 +933,30 @@ credential = "goto"
     fn bad_duration_and_size_refused() {
         assert!(err("[proxy]\nrequest_timeout = \"soon\"\n").starts_with("t.toml:2:"));
         assert!(err("[proxy]\nmax_request_body = \"ten\"\n").starts_with("t.toml:2:"));
+    }
+
+    #[test]
+    fn remote_listen_needs_opt_in_with_keys_or_cidrs() {
+        let text = GOOD.replace("127.0.0.1:18080", "0.0.0.0:18080");
+        let e = err(&text);
+        assert!(e.contains("proxy.listen") && e.contains("not a loopback"), "{e}");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+        let open = format!("{text}\n[inbound]\nallow_remote = true\n");
+        assert!(err(&open).contains("needs `keys` or `allow_cidrs`"));
+        let ok = format!("{text}\n[inbound]\nallow_remote = true\nkeys = [\"k-secret-1\"]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.1.7\"]\n");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert_eq!(c.inbound.allow_cidrs.len(), 2);
+        assert!(!c.to_string().contains("k-secret-1"));
+        let bad = format!("{text}\n[inbound]\nallow_remote = true\nallow_cidrs = [\"ten\"]\n");
+        assert!(err(&bad).contains("inbound.allow_cidrs[0]"));
+    }
+
+    #[test]
+    fn rate_limit_must_be_positive() {
+        let text = GOOD.replace("credential = \"g2a\"", "credential = \"g2a\"\nrate_limit = 0");
+        assert!(err(&text).contains("routes[0].rate_limit"));
+        let text = GOOD.replace("credential = \"g2a\"", "credential = \"g2a\"\nrate_limit = 10");
+        assert_eq!(Config::parse("t.toml", &text).unwrap().routes[0].rate_limit, Some(10.0));
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum ErrorCode {
     UpstreamUnreachable,
     /// 504: no response headers within `request_timeout`.
     UpstreamTimeout,
+    /// 429: the route's `rate_limit` queue would hold the request longer than `token_wait`.
+    RateLimited,
+    /// 503: `max_concurrent_requests` are already in flight.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -40,6 +44,8 @@ impl ErrorCode {
             ErrorCode::TokenUnavailable => "token_unavailable",
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 
@@ -54,6 +60,8 @@ impl ErrorCode {
             ErrorCode::TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
 //! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
 //! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
+//! * [`inbound`] — who may use the proxy: loopback, CIDRs, keys, inbound TLS.
+//! * [`limit`] — per-route rate limiting.
 //! * [`token`] — per-credential tokens: grants, token endpoint, store, refresher.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
 //! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
@@ -23,6 +25,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod inbound;
+pub mod limit;
 pub mod login;
 pub mod metrics;
 pub mod mock;

@@ -20,6 +20,12 @@ pub struct Metrics {
     pub token_expiry: prometheus::GaugeVec,
     /// Requests retried once after the upstream rejected the token.
     pub retries: IntCounterVec,
+    /// Requests waiting in a route's rate-limit queue now.
+    pub rate_limit_queue: prometheus::IntGaugeVec,
+    /// Time requests spent in a route's rate-limit queue.
+    pub rate_limit_wait: HistogramVec,
+    /// Config reloads (SIGHUP), by outcome.
+    pub reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +64,25 @@ impl Metrics {
             Opts::new("goto_auth_proxy_retries_total", "Requests retried after the upstream rejected the token."),
             &["route"],
         )?;
+        let rate_limit_queue = prometheus::IntGaugeVec::new(
+            Opts::new("goto_auth_proxy_rate_limit_queue", "Requests waiting in the route's rate-limit queue."),
+            &["route"],
+        )?;
+        let rate_limit_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "goto_auth_proxy_rate_limit_wait_seconds",
+                "Time spent waiting for the route's rate limit.",
+            )
+            .buckets(vec![0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new("goto_auth_proxy_config_reloads_total", "Configuration reloads, by outcome (applied, rejected)."),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(rate_limit_queue.clone()))?;
+        registry.register(Box::new(rate_limit_wait.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -72,6 +97,9 @@ impl Metrics {
             token_refreshes,
             token_expiry,
             retries,
+            rate_limit_queue,
+            rate_limit_wait,
+            reloads,
         })
     }
 

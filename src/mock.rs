@@ -16,7 +16,8 @@
 //!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
 //!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
 //!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
-//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering; other
+//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
+//!   `…/_mock/redirect` answers 302 to another host; other
 //!   requests echo their body (or a JSON document with keys beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
@@ -201,10 +202,11 @@ impl MockGoto {
         let s = state.clone();
         tokio::spawn(crate::server::serve(
             listener,
-            move |req| {
+            move |req, _peer| {
                 let s = s.clone();
                 async move { handle(&s, req).await }
             },
+            None,
             shutdown.clone(),
             Duration::from_secs(1),
         ));
@@ -602,6 +604,11 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         let n: u64 = n.parse().unwrap_or(0);
         let mut res = Response::new(Either::Right(Zeros { remaining: n }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return res;
+    }
+    if let Some(["redirect"]) = mock_op {
+        let mut res = json(StatusCode::FOUND, r#"{"moved":true}"#.into());
+        res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://elsewhere.invalid/collect"));
         return res;
     }
     if let Some(["slow", ms]) = mock_op {

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -20,8 +21,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Config, ProxySettings, RouteConfig};
+use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::error::{ErrorCode, ProxyError};
+use crate::inbound;
+use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::route::{self, Router};
 use crate::token::{Credential, Token, Trigger};
@@ -79,6 +82,14 @@ pub struct Route {
     strip_prefix: bool,
     methods: Option<Vec<Method>>,
     duration: prometheus::Histogram,
+    limiter: Option<RouteLimiter>,
+}
+
+/// A route's rate limit with its metric handles, resolved once.
+struct RouteLimiter {
+    limiter: RateLimiter,
+    queue: prometheus::IntGauge,
+    wait: prometheus::Histogram,
 }
 
 impl Route {
@@ -100,6 +111,11 @@ impl Route {
             strip_prefix: cfg.strip_prefix,
             methods: cfg.methods.clone(),
             duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
+            limiter: cfg.rate_limit.map(|rate| RouteLimiter {
+                limiter: RateLimiter::new(rate),
+                queue: metrics.rate_limit_queue.with_label_values(&[&cfg.prefix]),
+                wait: metrics.rate_limit_wait.with_label_values(&[&cfg.prefix]),
+            }),
         }
     }
 
@@ -115,6 +131,8 @@ pub struct Snapshot {
     pub router: Router<Route>,
     /// Timeouts and limits.
     pub settings: ProxySettings,
+    /// Who may send requests.
+    pub inbound: InboundSettings,
 }
 
 impl Snapshot {
@@ -122,7 +140,7 @@ impl Snapshot {
     pub fn compile(config: &Config, credentials: &HashMap<String, Arc<Credential>>, metrics: &Metrics) -> Snapshot {
         let router =
             Router::new(config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics))));
-        Snapshot { router, settings: config.proxy.clone() }
+        Snapshot { router, settings: config.proxy.clone(), inbound: config.inbound.clone() }
     }
 }
 
@@ -133,12 +151,15 @@ pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     client: UpstreamClient,
     metrics: Metrics,
+    /// Caps requests in flight (`max_concurrent_requests`, fixed at start).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Proxy {
     /// A proxy serving `snapshot` through `client`.
     pub fn new(snapshot: Snapshot, client: UpstreamClient, metrics: Metrics) -> Proxy {
-        Proxy { snapshot: ArcSwap::from_pointee(snapshot), client, metrics }
+        let in_flight = tokio::sync::Semaphore::new(snapshot.settings.max_concurrent_requests);
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), client, metrics, in_flight }
     }
 
     /// Swaps in new routes and settings; requests in flight finish on the old ones.
@@ -151,12 +172,28 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// Answers one request; never fails (errors become SPEC's JSON answers).
-    pub async fn serve(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one request from `peer`; never fails (errors become SPEC's JSON answers).
+    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
-        let (route, result) = self.forward(&snap, req).await;
+        let (route, result) = match self.in_flight.try_acquire() {
+            Err(_) => (
+                None,
+                Err(ProxyError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "{} requests are in flight (max_concurrent_requests); retry shortly",
+                        snap.settings.max_concurrent_requests
+                    ),
+                )),
+            ),
+            Ok(_permit) => match inbound::admit(&snap.inbound, peer.ip(), req.headers().get(crate::INBOUND_KEY_HEADER))
+            {
+                Err(e) => (None, Err(e)),
+                Ok(()) => self.forward(&snap, req).await,
+            },
+        };
         let res = match result {
             Ok(res) => res,
             Err(e) => {
@@ -221,6 +258,24 @@ impl Proxy {
             }
         }
         let settings = &snap.settings;
+        if let Some(l) = &route.limiter {
+            match l.limiter.reserve(Instant::now(), settings.token_wait) {
+                None => {
+                    return Err(ProxyError::new(
+                        ErrorCode::RateLimited,
+                        format!("{} is limited to its rate_limit and its queue is full; retry later", route.prefix),
+                    ))
+                }
+                Some(wait) => {
+                    if !wait.is_zero() {
+                        l.queue.inc();
+                        tokio::time::sleep(wait).await;
+                        l.queue.dec();
+                    }
+                    l.wait.observe(wait.as_secs_f64());
+                }
+            }
+        }
         let (mut parts, body) = req.into_parts();
 
         // Body: refuse what is known to be too large; buffer what is small enough to retry.

@@ -231,7 +231,14 @@ impl Credential {
         let result = self.source.obtain(refresh_token.as_ref()).await;
         let response = match result {
             Ok(r) => r,
-            Err(e) => return Err(self.record_failure(e)),
+            Err(e) => {
+                if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
+                    // GoTo said this token is dead and no new one came: stop sending it, so
+                    // requests wait for (or are told about) the renewal instead.
+                    self.retire(cur);
+                }
+                return Err(self.record_failure(e));
+            }
         };
         let published = self.complete(response, current.as_deref(), refresh_token).await?;
         tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
@@ -315,6 +322,18 @@ impl Credential {
         tracing::info!(credential = %self.name(), "picked up a newer stored token");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
         Some(self.publish(token))
+    }
+
+    /// Replaces `dead` by a copy that is already expired but keeps its refresh token.
+    fn retire(&self, dead: &Token) {
+        let Ok(mut copy) =
+            Token::new(dead.access_token.clone(), dead.refresh_token.clone(), SystemTime::UNIX_EPOCH, dead.obtained_at)
+        else {
+            return;
+        };
+        copy.organizer_key = dead.organizer_key.clone();
+        copy.account_key = dead.account_key.clone();
+        self.publish(copy);
     }
 
     fn publish(&self, mut token: Token) -> Arc<Token> {

@@ -139,15 +139,15 @@ impl Proc {
     /// Runs `goto-auth-proxy run --config PATH --log-format json` and waits for its
     /// "serving" log line, which carries the bound addresses.
     pub fn spawn(config: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn proxy");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--log-format", "json", "--config"]).arg(config).env("RUST_LOG", "info");
+        Proc::spawn_with(cmd)
+    }
+
+    /// Runs a prepared `run` command (either log format) and waits until it serves.
+    pub fn spawn_with(mut cmd: Command) -> Proc {
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn proxy");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -155,13 +155,17 @@ impl Proc {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "goto-auth-proxy serving" {
-                        if let Some(tx) = tx.take() {
-                            let addr = |k: &str| f[k].as_str().and_then(|s| s.parse::<SocketAddr>().ok());
-                            let _ = tx.send((addr("proxy_addr"), addr("admin_addr")));
-                        }
+                if line.contains("goto-auth-proxy serving") {
+                    let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+                    let addr = |k: &str| match &json {
+                        Some(v) => v["fields"][k].as_str().and_then(|s| s.parse::<SocketAddr>().ok()),
+                        None => line
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                            .and_then(|s| s.parse::<SocketAddr>().ok()),
+                    };
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send((addr("proxy_addr"), addr("admin_addr")));
                     }
                 }
                 sink.lock().unwrap().push(line);

@@ -1,0 +1,633 @@
+//! The drop-in examples work as shipped: every config in `config/` passes `check`, the
+//! shell and Python scripts and the Postman collection run against a demo proxy, the
+//! Kubernetes manifests parse and carry their probes and hardening (their embedded
+//! configs pass `check`, their probe commands answer), the systemd unit verifies, the
+//! Dockerfile's health check answers, and the binary needs nothing the runtime image
+//! lacks.
+//!
+//! Tools that may be missing on a developer's machine (newman, PyYAML, systemd-analyze)
+//! make their test print a notice and pass; under CI (`CI` set), where
+//! `scripts/install-test-deps.sh` installs them, a missing newman or PyYAML fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use goto_auth_proxy::demo::Demo;
+use tokio::process::Command;
+
+/// The binary under test, built by cargo for this test run.
+const BIN: &str = env!("CARGO_BIN_EXE_goto-auth-proxy");
+/// The organizer key of the demo's mock user: proof the proxy filled `{organizerKey}` in.
+const ORGANIZER_KEY: &str = "8439885694023999999";
+/// The config files `config/` must hold (more are welcome, and are checked too).
+const EXPECTED_CONFIGS: &[&str] = &[
+    "goto-auth-proxy.toml",
+    "authorization-code.toml",
+    "direct-login.toml",
+    "personal-access-token.toml",
+    "client-credentials.toml",
+    "static.toml",
+    "two-products.toml",
+];
+/// Longest any child process may take before the test gives up on it.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ===== helpers =====
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The executable `name` on PATH, if any.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Whether a tool the test needs is there. Missing: a notice and `false` on a
+/// developer's machine; a failure under CI, which installs it.
+fn tool_available(name: &str, present: bool, install_hint: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(!in_ci(), "{name} is required under CI but missing: {install_hint}");
+    eprintln!("NOTICE: {name} is not installed; skipping this check ({install_hint})");
+    false
+}
+
+/// Runs `cmd` to completion (stdin closed), panicking if it cannot start or hangs.
+async fn run(mut cmd: Command, what: &str) -> Output {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    match tokio::time::timeout(CHILD_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("{what}: cannot run: {e}"),
+        Err(_) => panic!("{what}: still running after {CHILD_TIMEOUT:?}"),
+    }
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_success(out: &Output, what: &str) {
+    let (stdout, stderr) = text(out);
+    assert!(out.status.success(), "{what} failed with {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+}
+
+/// A running demo proxy (mock GoTo behind it) that is ready: every credential holds a token.
+struct RunningDemo {
+    demo: Demo,
+    _state: tempfile::TempDir,
+}
+
+impl RunningDemo {
+    async fn start() -> RunningDemo {
+        let state = tempfile::tempdir().expect("tempdir");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let demo = goto_auth_proxy::demo::start(any, any, state.path()).await.expect("demo starts");
+        let ready = format!("http://{}/readyz", demo.running.admin_addr);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = reqwest::Client::new();
+        loop {
+            match client.get(&ready).send().await {
+                Ok(r) if r.status().is_success() => break,
+                other => {
+                    let why = match other {
+                        Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                        Err(e) => e.to_string(),
+                    };
+                    assert!(Instant::now() < deadline, "demo proxy not ready after 20 s: {why}");
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+        }
+        RunningDemo { demo, _state: state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.demo.running.proxy_addr)
+    }
+
+    fn admin_port(&self) -> u16 {
+        self.demo.running.admin_addr.port()
+    }
+
+    async fn stop(self) {
+        self.demo.running.stop().await;
+    }
+}
+
+// ===== configs and `check` =====
+
+/// The part of a TOML line before a comment (a `#` outside double quotes).
+fn strip_comment(line: &str) -> &str {
+    let mut quoted = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+/// Every `{ KIND = "VALUE" }` secret reference (KIND `env` or `file`) in the active
+/// (uncommented) lines, with the key it is assigned to.
+fn secret_refs(toml: &str, kind: &str) -> Vec<(String, String)> {
+    let needle = format!("{kind} = \"");
+    let mut refs = Vec::new();
+    for line in toml.lines() {
+        let line = strip_comment(line);
+        let Some(start) = line.find(&needle) else { continue };
+        if !line[..start].trim_end().ends_with('{') {
+            continue;
+        }
+        let rest = &line[start + needle.len()..];
+        let Some(end) = rest.find('"') else { continue };
+        let key = line.split('=').next().unwrap_or("").trim().to_string();
+        refs.push((key, rest[..end].to_string()));
+    }
+    refs
+}
+
+/// Runs `goto-auth-proxy check` on `toml` (named `label` in messages) with every env
+/// secret set to a recognisable dummy and every file secret pointed at a temp file
+/// holding one; asserts it passes and that no secret value appears in its output.
+async fn check_config(label: &str, toml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut toml = toml.to_string();
+    let mut secrets: Vec<String> = Vec::new();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path()).env_remove("GOTO_AUTH_PROXY_CONFIG").env_remove("RUST_LOG");
+
+    for (key, var) in secret_refs(&toml, "env") {
+        let value = format!("dummy-{}-5eCr3t", var.to_ascii_lowercase());
+        if key != "client_id" {
+            secrets.push(value.clone());
+        }
+        cmd.env(var, value);
+    }
+    let file_refs = secret_refs(&toml, "file");
+    for (i, (key, path)) in file_refs.into_iter().enumerate() {
+        let value = format!("dummy-file-{i}-{key}-5eCr3t");
+        let file = dir.path().join(format!("secret-{i}"));
+        std::fs::write(&file, format!("{value}\n")).expect("write secret file");
+        toml = toml.replace(&format!("\"{path}\""), &format!("{:?}", file.display().to_string()));
+        if key != "client_id" {
+            secrets.push(value);
+        }
+    }
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &toml).expect("write config");
+    cmd.arg("check").arg("--config").arg(&config);
+
+    let out = run(cmd, &format!("check {label}")).await;
+    assert_success(&out, &format!("goto-auth-proxy check on {label}"));
+    let (stdout, stderr) = text(&out);
+    for s in &secrets {
+        assert!(!stdout.contains(s) && !stderr.contains(s), "check on {label} printed a secret value {s:?}:\n{stdout}");
+    }
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_config_passes_check_without_leaking_secrets() {
+    let dir = repo().join("config");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("config/ exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    for expected in EXPECTED_CONFIGS {
+        assert!(names.iter().any(|n| n == expected), "config/{expected} is missing (found {names:?})");
+    }
+    for name in &names {
+        let toml = read(&dir.join(name));
+        assert!(toml.trim_start().starts_with('#'), "config/{name} should open with a comment saying what it is");
+        assert!(
+            secret_refs(&toml, "env").iter().any(|(k, _)| k != "client_id"),
+            "config/{name} should take its secrets from the environment"
+        );
+        check_config(&format!("config/{name}"), &toml).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_config_path_is_the_two_product_example() {
+    let toml = read(&repo().join("config/goto-auth-proxy.toml"));
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(repo()).env_remove("GOTO_AUTH_PROXY_CONFIG").arg("check");
+    for (_, var) in secret_refs(&toml, "env") {
+        cmd.env(&var, format!("dummy-{var}"));
+    }
+    let out = run(cmd, "check (default path)").await;
+    assert_success(&out, "goto-auth-proxy check with no --config");
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("config/goto-auth-proxy.toml"), "{stdout}");
+    for want in ["authorization_code", "password", "/G2A/"] {
+        assert!(stdout.contains(want), "default config should show {want:?}:\n{stdout}");
+    }
+}
+
+// ===== scripts =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_list_webinars_through_the_demo_proxy() {
+    let demo = RunningDemo::start().await;
+    let scripts = repo().join("examples/scripts");
+    let mut runners: Vec<(&str, Vec<String>)> =
+        vec![("list-webinars.sh", vec!["bash".into(), scripts.join("list-webinars.sh").display().to_string()])];
+    if tool_available("python3", which("python3").is_some(), "apt-get install python3") {
+        runners
+            .push(("list_webinars.py", vec!["python3".into(), scripts.join("list_webinars.py").display().to_string()]));
+    }
+    for (name, argv) in &runners {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env("GOTO_AUTH_PROXY_URL", demo.url());
+        let out = run(cmd, name).await;
+        assert_success(&out, name);
+        let (stdout, _) = text(&out);
+        assert!(stdout.contains(ORGANIZER_KEY), "{name} printed no organizer key:\n{stdout}");
+        let v: serde_json::Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{name} printed no JSON ({e}):\n{stdout}"));
+        let path = v["path"].as_str().unwrap_or_default();
+        assert!(path.contains(ORGANIZER_KEY) && !path.contains("organizerKey"), "{name}: path {path:?}");
+        // Numbers pass through byte for byte: the key beyond 2^53 is printed exactly.
+        assert!(stdout.contains(&format!("\"webinarKey\":{ORGANIZER_KEY}")), "{name}:\n{stdout}");
+
+        // An HTTP error (a plain 403 from "GoTo") is a non-zero exit.
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env("GOTO_AUTH_PROXY_URL", format!("{}/forbidden", demo.url()));
+        let out = run(cmd, name).await;
+        assert!(!out.status.success(), "{name} exited 0 on a 403:\n{:?}", text(&out));
+    }
+    demo.stop().await;
+}
+
+// ===== Postman =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postman_collection_passes_under_newman() {
+    let dir = repo().join("examples/postman");
+    let collection_path = dir.join("goto-auth-proxy.postman_collection.json");
+    let collection: serde_json::Value = serde_json::from_str(&read(&collection_path)).expect("collection is JSON");
+    assert_eq!(
+        collection["info"]["schema"], "https://schema.getpostman.com/json/collection/v2.1.0/collection.json",
+        "collection must use the Postman v2.1 schema"
+    );
+    let raw = read(&collection_path);
+    assert!(!raw.contains("\"auth\""), "the collection must carry no auth settings");
+    for item in collection["item"].as_array().into_iter().flatten() {
+        for h in item["request"]["header"].as_array().into_iter().flatten() {
+            let name = h["key"].as_str().unwrap_or_default();
+            assert!(!name.eq_ignore_ascii_case("authorization"), "{}: sends its own Authorization", item["name"]);
+        }
+    }
+    let env: serde_json::Value = serde_json::from_str(&read(&dir.join("goto-auth-proxy.postman_environment.json")))
+        .expect("environment is JSON");
+    let base = env["values"].as_array().and_then(|v| v.iter().find(|x| x["key"] == "baseUrl")).cloned();
+    assert_eq!(base.map(|b| b["value"].clone()), Some("http://127.0.0.1:8080".into()));
+    let requests = collection["item"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(requests >= 5, "expected at least 5 requests, found {requests}");
+
+    if !tool_available("newman", which("newman").is_some(), "run scripts/install-test-deps.sh (npm install -g newman)")
+    {
+        return;
+    }
+    let demo = RunningDemo::start().await;
+    let report_dir = tempfile::tempdir().expect("tempdir");
+    let report = report_dir.path().join("newman.json");
+    let mut cmd = Command::new("newman");
+    cmd.current_dir(&dir)
+        .args(["run", "goto-auth-proxy.postman_collection.json"])
+        .args(["--environment", "goto-auth-proxy.postman_environment.json"])
+        .arg("--env-var")
+        .arg(format!("baseUrl={}", demo.url()))
+        .args(["--reporters", "cli,json", "--color", "off", "--disable-unicode", "--reporter-json-export"])
+        .arg(&report);
+    let out = run(cmd, "newman").await;
+    demo.stop().await;
+    assert_success(&out, "newman run");
+    let stats: serde_json::Value = serde_json::from_str(&read(&report)).expect("newman JSON report");
+    let stats = &stats["run"]["stats"];
+    assert_eq!(stats["requests"]["total"].as_u64(), Some(requests as u64), "{stats}");
+    assert_eq!(stats["requests"]["failed"].as_u64(), Some(0), "{stats}");
+    assert!(stats["assertions"]["total"].as_u64().unwrap_or(0) >= requests as u64, "{stats}");
+    assert_eq!(stats["assertions"]["failed"].as_u64(), Some(0), "{stats}");
+}
+
+// ===== Kubernetes =====
+
+async fn python_has_yaml() -> bool {
+    if which("python3").is_none() {
+        return false;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", "import yaml"]);
+    run(cmd, "python3 -c 'import yaml'").await.status.success()
+}
+
+/// Parses the manifests with PyYAML and checks the proxy containers; prints JSON:
+/// `{"errors": [...], "configs": [{"name", "toml"}], "probes": [{"name", "command"}]}`.
+const K8S_CHECK: &str = r#"
+import json, sys, yaml
+out = {"errors": [], "configs": [], "probes": []}
+def err(msg): out["errors"].append(msg)
+for path in sys.argv[1:]:
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    proxies = 0
+    for d in docs:
+        kind, name = d.get("kind"), (d.get("metadata") or {}).get("name")
+        if kind == "ConfigMap":
+            for k, v in (d.get("data") or {}).items():
+                if k.endswith(".toml"):
+                    out["configs"].append({"name": f"{path}: ConfigMap {name} {k}", "toml": v})
+        if kind not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        pod = d["spec"]["template"]["spec"]
+        psc = pod.get("securityContext") or {}
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+            if "goto-auth-proxy" not in c.get("image", ""):
+                continue
+            proxies += 1
+            where = f"{path}: {kind} {name} container {c['name']}"
+            sc = c.get("securityContext") or {}
+            eff = lambda k: sc.get(k, psc.get(k))
+            if eff("runAsNonRoot") is not True: err(f"{where}: runAsNonRoot is not true")
+            if eff("runAsUser") != 10001: err(f"{where}: runAsUser is not 10001")
+            if sc.get("readOnlyRootFilesystem") is not True: err(f"{where}: readOnlyRootFilesystem is not true")
+            if sc.get("allowPrivilegeEscalation") is not False: err(f"{where}: allowPrivilegeEscalation is not false")
+            if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []): err(f"{where}: capabilities not dropped")
+            res = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                for r in ("cpu", "memory"):
+                    if r not in (res.get(part) or {}): err(f"{where}: no resources.{part}.{r}")
+            for probe, want in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+                p = c.get(probe)
+                if not p:
+                    err(f"{where}: no {probe}")
+                elif "httpGet" in p:
+                    if p["httpGet"].get("path") != want or p["httpGet"].get("port") not in (9901, "admin"):
+                        err(f"{where}: {probe} is not GET {want} on 9901")
+                elif "exec" in p:
+                    cmd = p["exec"]["command"]
+                    if want not in " ".join(cmd): err(f"{where}: {probe} does not ask {want}")
+                    out["probes"].append({"name": f"{where} {probe}", "command": cmd})
+                else:
+                    err(f"{where}: {probe} is neither httpGet nor exec")
+            mounted = {m["name"] for m in c.get("volumeMounts") or []}
+            if not any("secret" in volumes.get(m, {}) for m in mounted):
+                err(f"{where}: no Secret mounted as files")
+    if proxies == 0:
+        err(f"{path}: no goto-auth-proxy container")
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_manifests_parse_and_their_configs_and_probes_work() {
+    let dir = repo().join("deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    for want in ["sidecar.yaml", "redis-replicas.yaml"] {
+        assert!(files.iter().any(|f| f.ends_with(want)), "deploy/kubernetes/{want} is missing");
+    }
+    for f in &files {
+        let y = read(f);
+        for needle in [
+            "readinessProbe",
+            "/readyz",
+            "livenessProbe",
+            "/healthz",
+            "runAsNonRoot: true",
+            "readOnlyRootFilesystem: true",
+        ] {
+            assert!(y.contains(needle), "{} lacks {needle:?}", f.display());
+        }
+    }
+    let redis = read(&dir.join("redis-replicas.yaml"));
+    assert!(redis.contains("store = \"redis\"") && redis.contains("later release"), "redis-replicas.yaml");
+
+    if !tool_available(
+        "python3 with PyYAML",
+        python_has_yaml().await,
+        "run scripts/install-test-deps.sh (python3-yaml)",
+    ) {
+        return;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(K8S_CHECK).args(&files);
+    let out = run(cmd, "python3 manifest check").await;
+    assert_success(&out, "parsing deploy/kubernetes/*.yaml with PyYAML");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest check prints JSON");
+    let errors = report["errors"].as_array().cloned().unwrap_or_default();
+    assert!(errors.is_empty(), "manifest problems:\n{}", serde_json::to_string_pretty(&errors).unwrap_or_default());
+
+    // The configs the ConfigMaps hold pass `check` (file secrets pointed at temp files).
+    let configs = report["configs"].as_array().cloned().unwrap_or_default();
+    assert!(configs.len() >= files.len(), "expected a ConfigMap config per manifest: {configs:?}");
+    for c in &configs {
+        let name = c["name"].as_str().unwrap_or("?");
+        let toml = c["toml"].as_str().unwrap_or_default();
+        assert!(!secret_refs(toml, "file").is_empty(), "{name}: secrets should come from mounted files");
+        check_config(name, toml).await;
+    }
+
+    // Exec probes talk to the admin listener on loopback: run them against a demo proxy.
+    let probes = report["probes"].as_array().cloned().unwrap_or_default();
+    if probes.is_empty() {
+        return;
+    }
+    let demo = RunningDemo::start().await;
+    for p in &probes {
+        let name = p["name"].as_str().unwrap_or("?");
+        let argv: Vec<String> = p["command"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str())
+                    .map(|s| s.replace("/9901", &format!("/{}", demo.admin_port())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(!argv.is_empty(), "{name}: empty command");
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        let out = run(cmd, name).await;
+        assert_success(&out, &format!("probe {name} against a ready proxy"));
+    }
+    // … and they fail when nothing answers there.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let p = &probes[0];
+    let argv: Vec<String> = p["command"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).map(|s| s.replace("/9901", &format!("/{closed}"))).collect())
+        .unwrap_or_default();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let out = run(cmd, "probe against a closed port").await;
+    assert!(!out.status.success(), "a probe passed with nothing listening");
+    demo.stop().await;
+}
+
+// ===== systemd =====
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_unit_is_hardened_and_verifies() {
+    let dir = repo().join("deploy/systemd");
+    let unit = read(&dir.join("goto-auth-proxy.service"));
+    let lines: Vec<&str> = unit.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    for want in [
+        "DynamicUser=yes",
+        "StateDirectory=goto-auth-proxy",
+        "ConfigurationDirectory=goto-auth-proxy",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ExecStart=/usr/local/bin/goto-auth-proxy run --config /etc/goto-auth-proxy/goto-auth-proxy.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=64",
+    ] {
+        assert!(lines.contains(&want), "the unit lacks {want:?}");
+    }
+
+    // Every LoadCredential= is read by the config, and every credential file the config
+    // reads is loaded.
+    let toml = read(&dir.join("goto-auth-proxy.toml"));
+    let loaded: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .map(|l| l.split(':').next().unwrap_or("").to_string())
+        .collect();
+    assert!(!loaded.is_empty(), "the unit loads no credentials");
+    let read_files: Vec<String> = secret_refs(&toml, "file").into_iter().map(|(_, p)| p).collect();
+    for name in &loaded {
+        let want = format!("/run/credentials/goto-auth-proxy.service/{name}");
+        assert!(read_files.contains(&want), "the config does not read credential {name} ({want})");
+    }
+    for f in &read_files {
+        let name = f.strip_prefix("/run/credentials/goto-auth-proxy.service/").unwrap_or(f);
+        assert!(loaded.iter().any(|l| l == name), "the config reads {f}, which no LoadCredential= provides");
+    }
+    check_config("deploy/systemd/goto-auth-proxy.toml", &toml).await;
+
+    if which("systemd-analyze").is_none() {
+        eprintln!("NOTICE: systemd-analyze is not installed; the unit was not verified");
+        return;
+    }
+    // Verify a copy whose ExecStart names a binary that exists here.
+    let exec = if BIN.contains(char::is_whitespace) { "/bin/true" } else { BIN };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let copy = tmp.path().join("goto-auth-proxy.service");
+    std::fs::write(&copy, unit.replace("ExecStart=/usr/local/bin/goto-auth-proxy", &format!("ExecStart={exec}")))
+        .expect("write unit copy");
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify").arg(&copy);
+    let out = run(cmd, "systemd-analyze verify").await;
+    assert_success(&out, "systemd-analyze verify");
+    let (stdout, stderr) = text(&out);
+    for bad in ["Unknown", "ignoring", "Invalid", "Failed", "not executable"] {
+        assert!(!stderr.contains(bad) && !stdout.contains(bad), "systemd-analyze verify complained:\n{stdout}{stderr}");
+    }
+}
+
+// ===== container image =====
+
+/// The Dockerfile with `\`-continued lines joined.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if cur.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(head) = t.strip_suffix('\\') {
+            cur.push_str(head);
+            cur.push(' ');
+        } else {
+            cur.push_str(t);
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfile_is_small_non_root_and_its_healthcheck_answers() {
+    let text = read(&repo().join("deploy/Dockerfile"));
+    let ins = dockerfile_instructions(&text);
+    let has = |prefix: &str| ins.iter().any(|i| i.starts_with(prefix));
+    assert!(has("FROM rust:1-bookworm AS build"), "builder stage");
+    assert!(ins.iter().any(|i| i.starts_with("RUN") && i.contains("cargo build --release --locked")), "release build");
+    assert!(has("FROM debian:bookworm-slim"), "runtime stage");
+    assert!(has("USER 10001"), "non-root fixed uid");
+    assert!(has("EXPOSE 8080 9901"), "ports");
+    assert!(
+        has("VOLUME") && text.contains("/etc/goto-auth-proxy") && text.contains("/var/lib/goto-auth-proxy"),
+        "volumes"
+    );
+    assert!(has("ENTRYPOINT [\"/usr/local/bin/goto-auth-proxy\""), "entrypoint");
+    assert!(
+        ins.iter().any(|i| i.contains("\"run\", \"--config\", \"/etc/goto-auth-proxy/goto-auth-proxy.toml\"")),
+        "runs with the config under /etc"
+    );
+    let ignore = read(&repo().join(".dockerignore"));
+    for want in ["target/", "state/", ".git"] {
+        assert!(ignore.lines().any(|l| l.trim() == want), ".dockerignore lacks {want}");
+    }
+
+    // The HEALTHCHECK command (exec form) answers against a live admin listener.
+    let hc = ins.iter().find(|i| i.starts_with("HEALTHCHECK")).expect("a HEALTHCHECK");
+    let json = &hc[hc.find("CMD [").expect("exec-form CMD") + 4..];
+    let argv: Vec<String> = serde_json::from_str(json).expect("HEALTHCHECK CMD is a JSON array");
+    assert!(argv.join(" ").contains("/healthz"), "the health check asks /healthz");
+    let demo = RunningDemo::start().await;
+    let port = demo.admin_port();
+    let argv: Vec<String> = argv.iter().map(|a| a.replace("/9901", &format!("/{port}"))).collect();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let out = run(cmd, "HEALTHCHECK command").await;
+    demo.stop().await;
+    assert_success(&out, "the Dockerfile's HEALTHCHECK against a running proxy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_needs_only_what_the_runtime_image_has() {
+    if which("ldd").is_none() {
+        eprintln!("NOTICE: ldd is not installed; runtime dependencies not checked");
+        return;
+    }
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("deploy/check-runtime-deps.sh")).arg(BIN);
+    let out = run(cmd, "check-runtime-deps.sh").await;
+    assert_success(&out, "deploy/check-runtime-deps.sh");
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("libc.so.6") && stdout.contains("ok:"), "{stdout}");
+}

@@ -1,0 +1,447 @@
+//! Several products at once, and safe to run: routing, path spellings, who may use it,
+//! limits, rate limits, reload, and a secrets audit.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+use goto_auth_proxy::mock::{MockGoto, MockOptions};
+
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
+    raw.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// `/G2A/` carries the Direct Login token; `/public/` and `/` carry none.
+async fn two_routes() -> Stack {
+    stack(MockOptions::default(), |mock, dir| {
+        config_text(
+            dir,
+            "",
+            &format!(
+                "{}\n{}\n{}strip_prefix = true\n{}",
+                password_cred("g2a", mock),
+                route("/G2A/", mock, Some("g2a")),
+                route("/public/", mock, None),
+                route("/", mock, None),
+            ),
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_path_spelling_carries_a_token_out_of_its_prefix() {
+    let s = two_routes().await;
+    let with_token = s.get("/G2A/rest/v1/sessions").await;
+    assert_eq!(with_token.status(), 200);
+    for spelling in [
+        "/G2A/../admin/rest/v1/me",
+        "/G2A/%2e%2e/admin/rest/v1/me",
+        "/G2A/%2E%2E%2Fadmin/rest/v1/me",
+        "/G2A/..%2fadmin/rest/v1/me",
+        "/G2A/..%5Cadmin/rest/v1/me",
+        "/G2A/./../admin/rest/v1/me",
+        "//G2A//..//admin/rest/v1/me",
+        "/G2A%2f..%2fadmin/rest/v1/me",
+    ] {
+        let out = raw(
+            s.proxy.proxy_addr,
+            format!("GET {spelling} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        // Normalised to /admin/rest/v1/me: the token-less "/" route, so the mock sees no token.
+        assert!(out.starts_with("HTTP/1.1 401"), "{spelling}: {out}");
+        assert_eq!(header(&out, "x-goto-auth-proxy-error"), None, "{spelling}");
+    }
+    // A token-less prefix cannot be used to reach /G2A/'s upstream path without the route.
+    let r = s.get("/public/..%2fG2A/rest/v1/sessions").await;
+    assert_eq!(r.status(), 200, "normalised to /G2A/…, so it is the /G2A/ route, token and all");
+    assert_eq!(r.headers()["x-mock-path"], "/G2A/rest/v1/sessions");
+}
+
+#[tokio::test]
+async fn strip_prefix_and_pass_through_routes() {
+    let s = two_routes().await;
+    wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(5)).await;
+    let calls = s.mock.stats().token_calls;
+    let r = s.get("/public/G2W/rest/v2/webinars").await;
+    // Stripped to /G2W/…, and no token injected: GoTo's own rejection passes back untouched.
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("x-goto-auth-proxy-error").is_none());
+    assert!(r.text().await.unwrap().contains("InvalidToken"));
+    assert_eq!(s.mock.stats().token_calls, calls, "a pass-through route never renews anything");
+    // The client's own Authorization passes through a route without a credential.
+    let own = s
+        .http
+        .post(format!("{}/oauth/token", s.mock.url()))
+        .basic_auth(&s.mock.options().client_id, Some(&s.mock.options().client_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = s.http.get(s.url("/public/G2W/rest/v2/webinars")).bearer_auth(&own).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mock-path"], "/G2W/rest/v2/webinars");
+}
+
+#[tokio::test]
+async fn host_header_and_redirects_never_move_the_token() {
+    let s = two_routes().await;
+    let out =
+        raw(s.proxy.proxy_addr, b"GET /G2A/rest/v1/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+            .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(header(&out, "x-mock-host"), Some(s.mock.addr().to_string().as_str()));
+    // An upstream redirect is handed back, not followed with the token.
+    let r = s.get("/G2A/_mock/redirect").await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "http://elsewhere.invalid/collect");
+}
+
+#[tokio::test]
+async fn readiness_ignores_credentials_no_route_uses() {
+    let s = stack(MockOptions::default(), |mock, dir| {
+        let unused = "[credentials.unused]\ngrant = \"client_credentials\"\nclient_id = \"x\"\nclient_secret = \"y\"\ntoken_url = \"http://127.0.0.1:1/token\"\n";
+        config_text(dir, "", &format!("{}\n{unused}\n{}", password_cred("g2a", mock), route("/", mock, Some("g2a"))))
+    })
+    .await;
+    wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn inbound_keys_are_required_and_never_forwarded() {
+    let s = stack(MockOptions::default(), |mock, dir| {
+        let rest = format!(
+            "[inbound]\nkeys = [\"key-one-VALUE\", {{ env = \"IT_INBOUND_KEY_UNSET_OK\" }}]\n\n{}\n{}",
+            password_cred("g2a", mock),
+            route("/", mock, Some("g2a"))
+        );
+        std::env::set_var("IT_INBOUND_KEY_UNSET_OK", "key-two-VALUE");
+        config_text(dir, "", &rest)
+    })
+    .await;
+    let r = s.get("/G2A/x").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["x-goto-auth-proxy-error"], "unauthorized_client");
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("VALUE"), "{body}");
+    let r = s.http.get(s.url("/G2A/x")).header("x-goto-auth-proxy-key", "wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    for key in ["key-one-VALUE", "key-two-VALUE"] {
+        let r = s.http.get(s.url("/G2A/x")).header("x-goto-auth-proxy-key", key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-mock-hop-by-hop"], "", "the key must not reach GoTo");
+    }
+    // The admin listener follows the same rule, but probes need no key.
+    assert_eq!(s.http.get(s.admin("/tokens")).send().await.unwrap().status(), 401);
+    let r = s.http.get(s.admin("/tokens")).header("x-goto-auth-proxy-key", "key-one-VALUE").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.http.get(s.admin("/healthz")).send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn non_loopback_listen_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "[proxy]\nlisten = \"0.0.0.0:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+    let path = write_config(dir.path(), "remote.toml", text);
+    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2: proxy.listen") && err.contains("allow_remote"), "{err}");
+    // `--listen` on the command line is held to the same rule.
+    let ok = write_config(dir.path(), "ok.toml", "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n");
+    let out =
+        std::process::Command::new(BIN).args(["run", "--listen", "0.0.0.0:0", "--config"]).arg(&ok).output().unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}
+
+#[tokio::test]
+async fn inbound_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!(
+            "[inbound]\ntls_cert = {:?}\ntls_key = {:?}\n\n{}\n{}",
+            dir.path().join("cert.pem").display().to_string(),
+            dir.path().join("key.pem").display().to_string(),
+            password_cred("g2a", &mock),
+            route("/", &mock, Some("g2a"))
+        ),
+    );
+    let running = start_proxy(&text).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", running.proxy_addr)
+        .build()
+        .unwrap();
+    let r = http.get(format!("https://localhost:{}/G2A/x", running.proxy_addr.port())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(client().get(format!("http://{}/G2A/x", running.proxy_addr)).send().await.is_err());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn header_limits_and_concurrency_cap() {
+    let s = stack(MockOptions::default(), |mock, dir| {
+        config_text(
+            dir,
+            "max_concurrent_requests = 2",
+            &format!("{}\n{}", password_cred("g2a", mock), route("/", mock, Some("g2a"))),
+        )
+    })
+    .await;
+    let mut many = String::from("GET /G2A/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let out = raw(s.proxy.proxy_addr, many.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
+    let big =
+        format!("GET /G2A/x HTTP/1.1\r\nHost: x\r\nx-big: {}\r\nConnection: close\r\n\r\n", "a".repeat(100 * 1024));
+    let out = raw(s.proxy.proxy_addr, big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
+
+    // Two slow requests fill the cap; a third is refused at once, clearly.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.url("/G2W/_mock/slow/1500"));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.mock.stats().api_ok < 2 {
+        assert!(Instant::now() < deadline, "slow requests never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = s.get("/G2W/x").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-goto-auth-proxy-error"], "overloaded");
+    for t in slow {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(s.get("/G2W/x").await.status(), 200);
+}
+
+#[tokio::test]
+async fn rate_limit_queues_then_refuses() {
+    let s = stack(MockOptions::default(), |mock, dir| {
+        let routes = format!(
+            "{}rate_limit = 10\n{}rate_limit = 2\n",
+            route("/G2W/", mock, Some("g2a")),
+            route("/G2M/", mock, Some("g2a"))
+        );
+        config_text(dir, "token_wait = \"1s\"", &format!("{}\n{routes}", password_cred("g2a", mock)))
+    })
+    .await;
+    assert_eq!(s.get("/G2W/warm").await.status(), 200);
+    // 10/s with a 1 s queue: 8 concurrent requests all pass, spaced ~100 ms apart.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.url("/G2W/rest/v2/webinars"));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(650), "not spaced: {:?}", started.elapsed());
+    // 2/s with a 1 s queue: of 8 at once, about 3 fit; the rest are refused clearly.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.url("/G2M/rest/meetings"));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                (
+                    r.status().as_u16(),
+                    r.headers().get("x-goto-auth-proxy-error").map(|v| v.to_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, None) => ok += 1,
+            (429, Some(code)) => assert_eq!(code, "rate_limited"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((2..=4).contains(&ok), "{ok} passed");
+    let m = s.http.get(s.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "goto_auth_proxy_rate_limit_wait_seconds_count{route=\"/G2W/\"}") >= 8.0, "{m}");
+    assert!(m.contains("goto_auth_proxy_rate_limit_queue{route=\"/G2M/\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_keeps_tokens_and_rejects_bad_configs() {
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}\n{}", password_cred("g2a", &mock), route("/G2A/", &mock, Some("g2a")));
+    let path = write_config(dir.path(), "proxy.toml", &config_text(dir.path(), "", &base));
+    let p = Proc::spawn(&path);
+    let http = client();
+    wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+    assert_eq!(http.get(p.url("/G2A/x")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 404);
+    let logins = mock.stats().password_logins;
+
+    // A slow request in flight during the reload finishes on the old config.
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), p.url("/G2A/_mock/slow/800"));
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    });
+    let added = format!("{base}\n{}", route("/G2W/", &mock, Some("g2a")));
+    std::fs::write(&path, config_text(dir.path(), "", &added)).unwrap();
+    p.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(p.url("/G2W/x")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "new route never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(mock.stats().password_logins, logins, "an unchanged credential keeps its token");
+
+    // An invalid config is refused and logged; the running one stays.
+    std::fs::write(&path, "[proxy]\nbogus = 1\n").unwrap();
+    p.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = http.get(p.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"rejected\"}") == 1.0 {
+            assert_eq!(metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"applied\"}"), 1.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "rejection never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 200);
+    assert!(p.log_text().contains("bogus"), "the error is logged with the key");
+}
+
+/// Every scenario with recognisable secrets: none may show in logs (both formats),
+/// `check`, `/tokens`, `/metrics` or error bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_leak() {
+    let opts = MockOptions {
+        client_secret: "SECRET-client-secret".into(),
+        password: "SECRET-password".into(),
+        pat: "SECRET-pat".into(),
+        token_lifetime: Duration::from_secs(2),
+        ..MockOptions::default()
+    };
+    let mock = MockGoto::start(opts.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = mock.mint_refresh_token();
+    let pat = format!(
+        "[credentials.pat]\ngrant = \"personal_access_token\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\npat = \"{}\"\ntoken_url = \"{}/oauth/token\"\nkeys_url = \"{}/admin/rest/v1/me\"\n",
+        opts.client_id,
+        opts.client_secret,
+        opts.pat,
+        mock.url(),
+        mock.url()
+    );
+    let rest = format!(
+        "[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
+        password_cred("g2a", &mock),
+        code_cred("goto", &mock, Some(&seed)),
+        route("/G2A/", &mock, Some("g2a")),
+        route("/P/", &mock, Some("pat")),
+        route("/", &mock, Some("goto")),
+    );
+    let path = write_config(dir.path(), "audit.toml", &config_text(dir.path(), "token_wait = \"500ms\"", &rest));
+    let http = client();
+    let mut seen = String::new();
+
+    let check = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    seen.push_str(&String::from_utf8_lossy(&check.stdout));
+    seen.push_str(&String::from_utf8_lossy(&check.stderr));
+
+    for format in ["json", "text"] {
+        let mut child = std::process::Command::new(BIN);
+        child.args(["run", "--log-format", format, "--config"]).arg(&path).env("RUST_LOG", "debug");
+        let p = if format == "json" { Proc::spawn(&path) } else { Proc::spawn_with(child) };
+        let key = "SECRET-inbound-key";
+        let get = |url: String| http.get(url).header("x-goto-auth-proxy-key", key).send();
+        wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+        for path in ["/G2A/x", "/P/G2W/x", "/G2W/x", "/G2W/forbidden", "/nothing/../G2W/x"] {
+            seen.push_str(&get(p.url(path)).await.unwrap().text().await.unwrap());
+        }
+        mock.revoke_access_tokens();
+        seen.push_str(&get(p.url("/G2W/x")).await.unwrap().text().await.unwrap());
+        mock.revoke_refresh_tokens();
+        mock.revoke_access_tokens();
+        for path in ["/G2W/x", "/G2W/y", "/G2A/x"] {
+            seen.push_str(&get(p.url(path)).await.unwrap().text().await.unwrap());
+        }
+        assert!(seen.contains("token_unavailable"), "a dead sign-in is reported as token_unavailable");
+        seen.push_str(
+            &http
+                .get(p.url("/G2A/x"))
+                .header("x-goto-auth-proxy-key", "SECRET-wrong")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        for admin in ["/tokens", "/metrics", "/readyz"] {
+            seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
+        }
+        seen.push_str(
+            &http
+                .post(p.admin("/refresh/goto"))
+                .header("x-goto-auth-proxy-key", key)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        p.signal(15);
+        let mut p = p;
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+        seen.push_str(&p.log_text());
+    }
+    assert!(
+        seen.contains("token_unavailable") && seen.contains("goto_auth_proxy_requests_total"),
+        "the scenario ran: {seen}"
+    );
+    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seed] {
+        assert!(
+            !seen.contains(secret),
+            "{secret:?} leaked:\n{}",
+            seen.lines().filter(|l| l.contains(secret)).collect::<Vec<_>>().join("\n")
+        );
+    }
+}
