@@ -631,3 +631,23 @@ async fn binary_needs_only_what_the_runtime_image_has() {
     let (stdout, _) = text(&out);
     assert!(stdout.contains("libc.so.6") && stdout.contains("ok:"), "{stdout}");
 }
+
+/// Every TOML example in the README is a config `check` accepts (file secrets and TLS
+/// files pointed at temporary stand-ins), so the manual cannot drift from the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_toml_examples_pass_check() {
+    let readme = read(&repo().join("README.md"));
+    let blocks: Vec<&str> = readme.split("```toml\n").skip(1).filter_map(|rest| rest.split("```").next()).collect();
+    assert!(blocks.len() >= 4, "README has {} TOML examples", blocks.len());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("cert");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key");
+    for (i, block) in blocks.iter().enumerate() {
+        let toml = block
+            .replace("/etc/goto-auth-proxy/tls/cert.pem", &cert_file.display().to_string())
+            .replace("/etc/goto-auth-proxy/tls/key.pem", &key_file.display().to_string());
+        check_config(&format!("README example {i}"), &toml).await;
+    }
+}
