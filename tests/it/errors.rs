@@ -156,3 +156,38 @@ async fn upstream_unreachable_and_timeout() {
     assert_eq!(metric(&m, "goto_auth_proxy_upstream_errors_total{kind=\"timeout\",route=\"/\"}"), 1.0, "{m}");
     assert_eq!(metric(&m, "goto_auth_proxy_requests_total{method=\"GET\",route=\"/\",status=\"504\"}"), 1.0, "{m}");
 }
+
+/// An upstream whose certificate is not trusted is a TLS failure: 502, never a
+/// plaintext fallback.
+#[tokio::test]
+async fn untrusted_upstream_certificate_is_upstream_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let files = goto_auth_proxy::config::TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem") };
+    std::fs::write(&files.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
+    let acceptor = goto_auth_proxy::inbound::tls_acceptor(&files).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls_addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(goto_auth_proxy::server::serve(
+        listener,
+        |_req, _peer| async {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"should not be reached")))
+        },
+        Some(acceptor),
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    let s = stack(MockOptions::default(), |mock, dir| {
+        let routes = format!(
+            "[[routes]]\nprefix = \"/\"\nupstream = \"https://localhost:{}\"\ncredential = \"g2a\"\n",
+            tls_addr.port()
+        );
+        config_text(dir, "", &format!("{}\n{routes}", password_cred("g2a", mock)))
+    })
+    .await;
+    let msg = assert_error(s.get("/G2A/x").await, 502, "upstream_unreachable").await;
+    assert!(msg.contains("localhost"), "{msg}");
+    stop.cancel();
+}

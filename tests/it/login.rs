@@ -184,3 +184,50 @@ async fn login_command_takes_the_browser_callback() {
     assert_eq!(http.get(p.url("/G2W/rest/v2/x")).send().await.unwrap().status(), 200);
     assert_eq!(mock.stats().code_exchanges, 1);
 }
+
+/// `login` while a proxy already serves the admin port: the URL is pasted, the tokens
+/// stored, and the running proxy is told to pick them up — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_while_the_proxy_runs_is_picked_up_without_restart() {
+    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!("{}\n{}", code_cred("goto", &mock, None), route("/", &mock, Some("goto"))),
+    )
+    .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""));
+    let path = write_config(dir.path(), "running.toml", &text);
+    let p = Proc::spawn(&path);
+    let http = client();
+    assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 503);
+
+    let mut child = Command::new(BIN)
+        .args(["login", "--config"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    // The browser is sent to the running proxy's /callback, which does not know this
+    // sign-in's state; the person pastes the address instead.
+    let r = http.get(url.trim()).send().await.unwrap();
+    let landed = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(landed.starts_with(&format!("http://{admin}/callback?")), "{landed}");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{landed}").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(status.success(), "{rest}");
+    assert!(rest.contains("picked up"), "{rest}");
+    assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 200);
+    let ready = http.get(p.admin("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
