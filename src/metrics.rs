@@ -1,7 +1,10 @@
 //! Prometheus metrics, registered in a registry passed in (no globals), so two proxies
 //! can live in one test process. Names are SPEC's.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::OnceLock;
+
+use http::{Method, StatusCode};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 /// Every metric the proxy exports.
 #[derive(Clone)]
@@ -107,5 +110,76 @@ impl Metrics {
     pub fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
+    }
+}
+
+/// The standard methods, in the order [`RequestCounters`] indexes them.
+const METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::CONNECT,
+];
+
+/// Status codes 100..=599, one slot each.
+const STATUSES: usize = 500;
+
+/// `requests_total` handles of one route, resolved once per (method, status) and then
+/// read with an atomic load: no label hashing or registry lock per request.
+pub struct RequestCounters {
+    vec: IntCounterVec,
+    route: String,
+    slots: [OnceLock<Box<[OnceLock<IntCounter>]>>; METHODS.len()],
+}
+
+impl RequestCounters {
+    /// Handles for `route`'s samples of `vec`.
+    pub fn new(vec: &IntCounterVec, route: &str) -> RequestCounters {
+        RequestCounters { vec: vec.clone(), route: route.to_string(), slots: Default::default() }
+    }
+
+    /// Counts one answered request.
+    #[inline]
+    pub fn inc(&self, method: &Method, status: StatusCode) {
+        let m = METHODS.iter().position(|m| m == method);
+        let s = (status.as_u16() as usize).checked_sub(100).filter(|s| *s < STATUSES);
+        match (m, s) {
+            (Some(m), Some(s)) => {
+                let per_status = self.slots[m].get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
+                per_status[s]
+                    .get_or_init(|| {
+                        self.vec.with_label_values(&[self.route.as_str(), method.as_str(), status.as_str()])
+                    })
+                    .inc();
+            }
+            _ => self.vec.with_label_values(&[self.route.as_str(), method.as_str(), status.as_str()]).inc(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counters_land_on_the_right_labels() {
+        let m = Metrics::new(Registry::new()).unwrap();
+        let c = RequestCounters::new(&m.requests_total, "/G2A/");
+        c.inc(&Method::GET, StatusCode::OK);
+        c.inc(&Method::GET, StatusCode::OK);
+        c.inc(&Method::POST, StatusCode::NOT_FOUND);
+        c.inc(&Method::from_bytes(b"PROPFIND").unwrap(), StatusCode::OK);
+        let text = m.render();
+        assert!(
+            text.contains(r#"goto_auth_proxy_requests_total{method="GET",route="/G2A/",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"goto_auth_proxy_requests_total{method="POST",route="/G2A/",status="404"} 1"#));
+        assert!(text.contains(r#"goto_auth_proxy_requests_total{method="PROPFIND",route="/G2A/",status="200"} 1"#));
     }
 }

@@ -25,7 +25,7 @@ use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::error::{ErrorCode, ProxyError};
 use crate::inbound;
 use crate::limit::RateLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestCounters};
 use crate::route::{self, Router};
 use crate::token::{Credential, Token, Trigger};
 
@@ -82,6 +82,7 @@ pub struct Route {
     strip_prefix: bool,
     methods: Option<Vec<Method>>,
     duration: prometheus::Histogram,
+    requests: RequestCounters,
     limiter: Option<RouteLimiter>,
 }
 
@@ -111,6 +112,7 @@ impl Route {
             strip_prefix: cfg.strip_prefix,
             methods: cfg.methods.clone(),
             duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
+            requests: RequestCounters::new(&metrics.requests_total, &cfg.prefix),
             limiter: cfg.rate_limit.map(|rate| RouteLimiter {
                 limiter: RateLimiter::new(rate),
                 queue: metrics.rate_limit_queue.with_label_values(&[&cfg.prefix]),
@@ -201,10 +203,14 @@ impl Proxy {
                 error_response(e)
             }
         };
-        let label = route.map(|r| r.prefix.as_str()).unwrap_or("none");
-        self.metrics.requests_total.with_label_values(&[label, method.as_str(), res.status().as_str()]).inc();
-        if let Some(r) = route {
-            r.duration.observe(start.elapsed().as_secs_f64());
+        match route {
+            Some(r) => {
+                r.requests.inc(&method, res.status());
+                r.duration.observe(start.elapsed().as_secs_f64());
+            }
+            None => {
+                self.metrics.requests_total.with_label_values(&["none", method.as_str(), res.status().as_str()]).inc()
+            }
         }
         res
     }
@@ -236,7 +242,7 @@ impl Proxy {
         let Some(route) = snap.router.find(&path) else {
             return (None, Err(ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
         };
-        let res = self.forward_on(snap, route, &path, uri.query(), req).await;
+        let res = self.forward_on(snap, route, &path, &uri, req).await;
         (Some(route), res)
     }
 
@@ -245,7 +251,7 @@ impl Proxy {
         snap: &Snapshot,
         route: &Route,
         path: &str,
-        query: Option<&str>,
+        inbound_uri: &Uri,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         if let Some(methods) = &route.methods {
@@ -308,7 +314,7 @@ impl Proxy {
             }
             _ => fwd_path,
         };
-        let uri = upstream_uri(route, &fwd_path, query)?;
+        let uri = upstream_uri(route, &fwd_path, inbound_uri)?;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(crate::INBOUND_KEY_HEADER);
         parts.headers.insert(header::HOST, route.host.clone());
@@ -396,21 +402,30 @@ async fn current_token(cred: &Credential, settings: &ProxySettings) -> Result<Ar
     cred.wait_valid(settings.token_wait).await.map_err(|why| ProxyError::new(ErrorCode::TokenUnavailable, why))
 }
 
-fn upstream_uri(route: &Route, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
-    let mut pq = String::with_capacity(route.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(&route.base_path);
+/// The upstream URI. When the forwarded path is the client's own (the usual case), the
+/// client's path-and-query is reused as is: no copy.
+fn upstream_uri(route: &Route, path: &str, inbound: &Uri) -> Result<Uri, ProxyError> {
+    let reuse = route.base_path.is_empty() && path == inbound.path();
+    let pq = match inbound.path_and_query() {
+        Some(pq) if reuse => pq.clone(),
+        _ => build_path_and_query(&route.base_path, path, inbound.query())?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(route.scheme.clone());
+    parts.authority = Some(route.authority.clone());
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).map_err(|_| bad_request("the request path cannot be forwarded"))
+}
+
+fn build_path_and_query(base_path: &str, path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let mut pq = String::with_capacity(base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(base_path);
     pq.push_str(path);
     if let Some(q) = query {
         pq.push('?');
         pq.push_str(q);
     }
-    let pq = PathAndQuery::try_from(pq).map_err(|_| bad_request("the request path cannot be forwarded"))?;
-    Uri::builder()
-        .scheme(route.scheme.clone())
-        .authority(route.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| bad_request("the request path cannot be forwarded"))
+    PathAndQuery::try_from(pq).map_err(|_| bad_request("the request path cannot be forwarded"))
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
