@@ -331,8 +331,7 @@ impl Proxy {
         let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
 
         // Keep what a retry needs: only for bodies small enough to resend.
-        let retry =
-            buffered.as_ref().map(|b| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), b.clone()));
+        let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
         let body = upstream_body(buffered, stream);
         let res = self.send(settings, route, Request::from_parts(parts, body)).await?;
         let (res, rejected) = inspect_rejection(res).await?;
@@ -342,16 +341,11 @@ impl Proxy {
 
         tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
         let renewed = cred.refresh(Trigger::Rejected(token.generation)).await;
-        let (Some((method, uri, mut headers, body)), Ok(fresh)) = (retry, renewed) else {
+        let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        headers.insert(header::AUTHORIZATION, fresh.bearer().clone());
-        let mut req = Request::new(Either::Left(Full::new(body)));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        self.send(settings, route, req).await.map(passthrough)
+        self.send(settings, route, retry.into_request(fresh.bearer())).await.map(passthrough)
     }
 
     async fn send(
@@ -379,6 +373,35 @@ impl Proxy {
                 Err(err)
             }
         }
+    }
+}
+
+/// What resending a request needs, kept on the stack (no allocation for requests with
+/// up to 16 headers): a retry is rare, a copy is made for every small request.
+struct RetryCopy {
+    method: Method,
+    uri: Uri,
+    headers: smallvec::SmallVec<[(HeaderName, HeaderValue); 16]>,
+    body: Bytes,
+}
+
+impl RetryCopy {
+    fn of(parts: &http::request::Parts, body: &Bytes) -> RetryCopy {
+        let headers = parts.headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        RetryCopy { method: parts.method.clone(), uri: parts.uri.clone(), headers, body: body.clone() }
+    }
+
+    /// The request again, with a fresh token.
+    fn into_request(self, bearer: &HeaderValue) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Left(Full::new(self.body)));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        let headers = req.headers_mut();
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        headers.insert(header::AUTHORIZATION, bearer.clone());
+        req
     }
 }
 
