@@ -16,10 +16,11 @@ use crate::admin::Admin;
 use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
-use crate::proxy::{upstream_client, Proxy, Snapshot};
+use crate::proxy::{Proxy, Snapshot};
 use crate::token::source::TokenSource;
 use crate::token::store::{FileStore, TokenStore};
 use crate::token::Credential;
+use crate::upstream::Connector;
 
 /// How long in-flight requests may take to finish after a stop is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -276,7 +277,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = open_store(&config)?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
-    let proxy = Arc::new(Proxy::new(empty, upstream_client(&config.proxy), metrics.clone()));
+    let proxy = Arc::new(Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone()));
     let core = Arc::new(Core {
         config: ArcSwap::from_pointee(config.clone()),
         credentials: ArcSwap::from_pointee(Credentials::new()),
@@ -297,9 +298,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let p = proxy.clone();
     core.tasks.spawn(crate::server::serve(
         proxy_listener,
-        move |req, peer| {
+        move |req, conn: Arc<crate::server::ConnInfo>| {
             let p = p.clone();
-            async move { p.serve(req, peer).await }
+            async move { p.serve(req, &conn).await }
         },
         tls,
         core.shutdown.clone(),
@@ -307,9 +308,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     core.tasks.spawn(crate::server::serve(
         admin_listener,
-        move |req, peer| {
+        move |req, conn: Arc<crate::server::ConnInfo>| {
             let a = admin.clone();
-            async move { a.serve(req, peer).await }
+            async move { a.serve(req, conn.peer).await }
         },
         None,
         core.shutdown.clone(),

@@ -6,6 +6,7 @@
 //! * [`config`] — TOML → validated [`config::Config`]; errors name file, line and key.
 //! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
 //! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
+//! * [`upstream`] — upstream connections: per client connection, idle lists, HTTP/2.
 //! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
 //! * [`inbound`] — who may use the proxy: loopback, CIDRs, keys, inbound TLS.
 //! * [`limit`] — per-route rate limiting.
@@ -35,6 +36,7 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod token;
+pub mod upstream;
 
 /// Header a client sends its inbound key in; never forwarded upstream.
 pub const INBOUND_KEY_HEADER: &str = "x-goto-auth-proxy-key";

@@ -17,7 +17,8 @@
 //!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
 //!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
 //!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
-//!   `…/_mock/redirect` answers 302 to another host; other
+//!   `…/_mock/redirect` answers 302 to another host; `…/_mock/close` closes the
+//!   connection after answering; other
 //!   requests echo their body (or a JSON document with keys beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
@@ -171,6 +172,8 @@ struct State {
     tokens: Mutex<Tokens>,
     fault: Mutex<Option<TokenFault>>,
     counters: Counters,
+    /// Client addresses seen on API paths: one per upstream connection the proxy opened.
+    api_peers: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 /// A running mock GoTo server.
@@ -197,14 +200,15 @@ impl MockGoto {
             tokens: Mutex::new(Tokens::default()),
             fault: Mutex::new(None),
             counters: Counters::default(),
+            api_peers: Mutex::new(Default::default()),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
         tokio::spawn(crate::server::serve(
             listener,
-            move |req, _peer| {
+            move |req, conn: Arc<crate::server::ConnInfo>| {
                 let s = s.clone();
-                async move { handle(&s, req).await }
+                async move { handle(&s, req, conn.peer).await }
             },
             None,
             shutdown.clone(),
@@ -260,6 +264,11 @@ impl MockGoto {
         let rt = format!("mock-rt-{}", random_token(18));
         t.refresh.insert(rt.clone(), RefreshEntry { app: App::OAuth, chain, superseded: false });
         rt
+    }
+
+    /// How many distinct connections have carried API calls so far.
+    pub fn api_connections(&self) -> usize {
+        lock(&self.state.api_peers).len()
     }
 
     /// Whether `access_token` would be accepted now.
@@ -327,7 +336,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 // ===== handlers =====
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<MockBody> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/oauth/token") => token_endpoint(state, req, false).await,
@@ -340,7 +349,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<MockBody> {
             lock(&state.tokens).access.clear();
             json(StatusCode::OK, r#"{"revoked":"all access tokens"}"#.to_string())
         }
-        _ => api(state, req).await,
+        _ => {
+            lock(&state.api_peers).insert(peer);
+            api(state, req).await
+        }
     }
 }
 
@@ -604,6 +616,12 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         let n: u64 = n.parse().unwrap_or(0);
         let mut res = Response::new(Either::Right(Zeros { remaining: n }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return res;
+    }
+    if let Some(["close"]) = mock_op {
+        // Like an upstream ending keep-alive: answer, then close the connection.
+        let mut res = json(StatusCode::OK, r#"{"closing":true}"#.into());
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return res;
     }
     if let Some(["redirect"]) = mock_op {

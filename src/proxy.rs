@@ -6,20 +6,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::error::{ErrorCode, ProxyError};
@@ -27,7 +23,9 @@ use crate::inbound;
 use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::route::{self, Router};
+use crate::server::ConnInfo;
 use crate::token::{Credential, Token, Trigger};
+use crate::upstream::{Affinity, Connector, Target, UpstreamError};
 
 /// Bodies up to this size are buffered so the request can be retried after a rejection.
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
@@ -41,38 +39,14 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 /// What the proxy sends upstream: a buffered (retryable) body or the client's stream.
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 
-/// The pooled upstream client (HTTP/1.1 keep-alive, HTTP/2 via ALPN, rustls).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
-
-/// Builds the upstream client: rustls with the ring provider and webpki roots.
-pub fn upstream_client(settings: &ProxySettings) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()));
-    let builder = match builder {
-        Ok(b) => b,
-        Err(e) => unreachable!("ring supports the default TLS versions: {e}"),
-    };
-    let https = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(https)
-}
-
 // ===== compiled routes =====
 
 /// A route compiled at config load: everything per request is precomputed.
 pub struct Route {
     /// The prefix, also the metrics label.
     pub prefix: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// Where requests go, with its connections.
+    target: Arc<Target>,
     /// Upstream base path without a trailing slash (usually empty).
     base_path: String,
     /// `Host` sent upstream.
@@ -96,17 +70,11 @@ struct RouteLimiter {
 impl Route {
     fn compile(cfg: &RouteConfig, credentials: &HashMap<String, Arc<Credential>>, metrics: &Metrics) -> Route {
         let u = &cfg.upstream;
-        let host = u.host_str().unwrap_or_default();
-        let authority = match u.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
-        let authority = Authority::try_from(authority.as_str()).unwrap_or_else(|_| Authority::from_static("invalid"));
+        let target = Arc::new(Target::new(u));
         Route {
             prefix: cfg.prefix.clone(),
-            scheme: if u.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP },
-            host: HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("invalid")),
-            authority,
+            host: HeaderValue::from_str(target.authority().as_str()).unwrap_or(HeaderValue::from_static("invalid")),
+            target,
             base_path: u.path().trim_end_matches('/').to_string(),
             credential: cfg.credential.as_ref().and_then(|c| credentials.get(c).cloned()),
             strip_prefix: cfg.strip_prefix,
@@ -121,9 +89,9 @@ impl Route {
         }
     }
 
-    /// The upstream URL the route forwards to (for logs and `check`).
+    /// The upstream URL the route forwards to (for messages).
     pub fn upstream(&self) -> String {
-        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+        format!("{}{}", self.target.label, self.base_path)
     }
 }
 
@@ -151,17 +119,17 @@ impl Snapshot {
 /// The data-path service shared by every connection.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    client: UpstreamClient,
+    connector: Connector,
     metrics: Metrics,
     /// Caps requests in flight (`max_concurrent_requests`, fixed at start).
     in_flight: tokio::sync::Semaphore,
 }
 
 impl Proxy {
-    /// A proxy serving `snapshot` through `client`.
-    pub fn new(snapshot: Snapshot, client: UpstreamClient, metrics: Metrics) -> Proxy {
+    /// A proxy serving `snapshot`, connecting upstream with `connector`.
+    pub fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
         let in_flight = tokio::sync::Semaphore::new(snapshot.settings.max_concurrent_requests);
-        Proxy { snapshot: ArcSwap::from_pointee(snapshot), client, metrics, in_flight }
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight }
     }
 
     /// Swaps in new routes and settings; requests in flight finish on the old ones.
@@ -174,8 +142,10 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// Answers one request from `peer`; never fails (errors become SPEC's JSON answers).
-    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Answers one request that came on `conn`; never fails (errors become SPEC's JSON
+    /// answers).
+    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let peer = conn.peer;
         let start = Instant::now();
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
@@ -193,7 +163,7 @@ impl Proxy {
             Ok(_permit) => match inbound::admit(&snap.inbound, peer.ip(), req.headers().get(crate::INBOUND_KEY_HEADER))
             {
                 Err(e) => (None, Err(e)),
-                Ok(()) => self.forward(&snap, req).await,
+                Ok(()) => self.forward(&snap, req, &conn.upstream).await,
             },
         };
         let res = match result {
@@ -219,6 +189,7 @@ impl Proxy {
         &self,
         snap: &'s Snapshot,
         req: Request<Incoming>,
+        affinity: &Affinity,
     ) -> (Option<&'s Route>, Result<Response<Body>, ProxyError>) {
         if req.method() == Method::CONNECT {
             return (
@@ -242,7 +213,7 @@ impl Proxy {
         let Some(route) = snap.router.find(&path) else {
             return (None, Err(ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
         };
-        let res = self.forward_on(snap, route, &path, &uri, req).await;
+        let res = self.forward_on(snap, route, &path, &uri, req, affinity).await;
         (Some(route), res)
     }
 
@@ -253,6 +224,7 @@ impl Proxy {
         path: &str,
         inbound_uri: &Uri,
         req: Request<Incoming>,
+        affinity: &Affinity,
     ) -> Result<Response<Body>, ProxyError> {
         if let Some(methods) = &route.methods {
             if !methods.contains(req.method()) {
@@ -326,14 +298,14 @@ impl Proxy {
 
         let Some(cred) = route.credential.as_ref() else {
             let body = upstream_body(buffered, stream);
-            return self.send(settings, route, Request::from_parts(parts, body)).await.map(passthrough);
+            return self.send(settings, route, affinity, Request::from_parts(parts, body)).await.map(passthrough);
         };
         let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
 
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
         let body = upstream_body(buffered, stream);
-        let res = self.send(settings, route, Request::from_parts(parts, body)).await?;
+        let res = self.send(settings, route, affinity, Request::from_parts(parts, body)).await?;
         let (res, rejected) = inspect_rejection(res).await?;
         if !rejected {
             return Ok(res);
@@ -345,16 +317,18 @@ impl Proxy {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        self.send(settings, route, retry.into_request(fresh.bearer())).await.map(passthrough)
+        self.send(settings, route, affinity, retry.into_request(fresh.bearer())).await.map(passthrough)
     }
 
     async fn send(
         &self,
         settings: &ProxySettings,
         route: &Route,
+        affinity: &Affinity,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(settings.request_timeout, self.client.request(req)).await {
+        let sent = self.connector.send(&route.target, affinity, req);
+        match tokio::time::timeout(settings.request_timeout, sent).await {
             Ok(Ok(res)) => Ok(res),
             Err(_) => {
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
@@ -425,19 +399,15 @@ async fn current_token(cred: &Credential, settings: &ProxySettings) -> Result<Ar
     cred.wait_valid(settings.token_wait).await.map_err(|why| ProxyError::new(ErrorCode::TokenUnavailable, why))
 }
 
-/// The upstream URI. When the forwarded path is the client's own (the usual case), the
-/// client's path-and-query is reused as is: no copy.
+/// The upstream request target (origin-form: path and query). When the forwarded path
+/// is the client's own (the usual case), the client's path-and-query is reused as is.
 fn upstream_uri(route: &Route, path: &str, inbound: &Uri) -> Result<Uri, ProxyError> {
     let reuse = route.base_path.is_empty() && path == inbound.path();
     let pq = match inbound.path_and_query() {
         Some(pq) if reuse => pq.clone(),
         _ => build_path_and_query(&route.base_path, path, inbound.query())?,
     };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(route.scheme.clone());
-    parts.authority = Some(route.authority.clone());
-    parts.path_and_query = Some(pq);
-    Uri::from_parts(parts).map_err(|_| bad_request("the request path cannot be forwarded"))
+    Ok(Uri::from(pq))
 }
 
 fn build_path_and_query(base_path: &str, path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
@@ -516,26 +486,27 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn classify_upstream_error(
-    e: &hyper_util::client::legacy::Error,
-    route: &Route,
-    max: u64,
-) -> (&'static str, ProxyError) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    let mut detail = String::new();
+fn classify_upstream_error(e: &UpstreamError, route: &Route, max: u64) -> (&'static str, ProxyError) {
+    let hyper_error = match e {
+        UpstreamError::Connect { .. } => {
+            return ("connect", ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
+        }
+        UpstreamError::Http(h) => h,
+    };
+    let mut detail = hyper_error.to_string();
+    let mut source = std::error::Error::source(hyper_error);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return ("body_too_large", too_large(max));
         }
-        if !detail.is_empty() {
-            detail.push_str(": ");
-        }
+        detail.push_str(": ");
         detail.push_str(&s.to_string());
         source = s.source();
     }
-    let kind = if e.is_connect() { "connect" } else { "reset" };
-    let what = if e.is_connect() { "cannot connect to" } else { "connection failed with" };
-    (kind, ProxyError::new(ErrorCode::UpstreamUnreachable, format!("{what} {}: {detail}", route.upstream())))
+    (
+        "reset",
+        ProxyError::new(ErrorCode::UpstreamUnreachable, format!("connection to {} failed: {detail}", route.upstream())),
+    )
 }
 
 fn bad_request(message: impl Into<String>) -> ProxyError {

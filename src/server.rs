@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -23,7 +24,15 @@ pub const MAX_HEADERS: usize = 100;
 /// At most this many bytes of request line and headers.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Serves `handler(request, peer)` on `listener` until `shutdown`, then lets open
+/// What a handler knows of the client connection a request came on.
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The upstream connections this client connection holds (data path only).
+    pub upstream: crate::upstream::Affinity,
+}
+
+/// Serves `handler(request, connection)` on `listener` until `shutdown`, then lets open
 /// requests finish for up to `drain`. With `tls`, connections are TLS first.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
@@ -32,7 +41,7 @@ pub async fn serve<F, Fut, B>(
     shutdown: CancellationToken,
     drain: Duration,
 ) where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -64,8 +73,9 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let h = handler.clone();
+        let info = Arc::new(ConnInfo { peer, upstream: Default::default() });
         let svc = service_fn(move |req| {
-            let fut = h(req, peer);
+            let fut = h(req, info.clone());
             async move { Ok::<_, Infallible>(fut.await) }
         });
         match &tls {

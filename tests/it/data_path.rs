@@ -200,3 +200,33 @@ async fn huge_download_streams_in_bounded_memory() {
         .unwrap();
     assert!(peak_kib < 64 * 1024, "proxy peak RSS {peak_kib} KiB while streaming 1 GiB");
 }
+
+/// A client connection keeps one upstream connection; a client that opens a new
+/// connection per request (a `curl` loop) reuses idle upstream connections instead of
+/// connecting (and, for GoTo, TLS-handshaking) each time; an upstream that closes a
+/// connection costs the client nothing.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_when_closed() {
+    let s = standard(MockOptions::default()).await;
+    wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(5)).await;
+    let base = s.mock.api_connections(); // the key lookup's own connection
+    for _ in 0..20 {
+        assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+    }
+    assert_eq!(s.mock.api_connections() - base, 1, "one client connection, one upstream connection");
+    for _ in 0..20 {
+        let fresh = client(); // a new client connection each time
+        let r = fresh.get(s.url("/G2W/rest/v2/x")).header("Connection", "close").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        s.mock.api_connections() - base <= 2,
+        "{} upstream connections for 20 short-lived clients",
+        s.mock.api_connections() - base
+    );
+    // The upstream closes the connection after each answer: every request still succeeds.
+    for _ in 0..10 {
+        assert_eq!(s.get("/G2W/_mock/close").await.status(), 200);
+        assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+    }
+}
