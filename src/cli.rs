@@ -273,15 +273,21 @@ fn pick(config: &Config, name: Option<&str>, fits: impl Fn(GrantKind) -> bool) -
     }
 }
 
-fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
-    let store = crate::app::open_store(config)?;
+async fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    let store = crate::app::open_store(config, &metrics).await?;
     Ok(crate::app::credentials(config, &store, &metrics))
+}
+
+/// The store for a one-shot command (its metrics are not exported anywhere).
+async fn one_shot_store(config: &Config) -> anyhow::Result<Arc<dyn crate::token::store::TokenStore>> {
+    let metrics = Metrics::new(prometheus::Registry::new())?;
+    Ok(crate::app::open_store(config, &metrics).await?)
 }
 
 async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |_| true)?;
-    let store = crate::app::open_store(&config)?;
+    let store = one_shot_store(&config).await?;
     let stored = store.load(&name).await?;
     let Some(stored) = stored else {
         bail!(
@@ -299,7 +305,7 @@ async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
 
 async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |g| g == GrantKind::AuthorizationCode)?;
-    let credentials = runtime_credentials(&config)?;
+    let credentials = runtime_credentials(&config).await?;
     let cred = credentials.get(&name).cloned().context("credential vanished")?;
     let admin = config.proxy.admin_listen;
     let flows = Arc::new(LoginFlows::new(format!("http://{admin}/callback")));
@@ -383,7 +389,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     println!(
         "Signed in: credential {name:?} now holds a token (expires {}); stored in {}.",
         info.expires_at.unwrap_or_default(),
-        crate::app::open_store(&config)?.describe()
+        one_shot_store(&config).await?.describe()
     );
     if proxy_running {
         let url = format!("http://{admin}/refresh/{name}");
