@@ -16,8 +16,10 @@
 //!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
 //!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
 //!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
-//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering; other
-//!   requests echo their body (or a JSON document with keys beyond 2^53).
+//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
+//!   `…/_mock/reset/N` promises more than it sends: headers and N bytes, then the
+//!   connection is dropped; other requests echo their body (or a JSON document with keys
+//!   beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
 use std::collections::HashMap;
@@ -165,11 +167,23 @@ struct Tokens {
     next_chain: u64,
 }
 
+/// One token the mock issued, for tests that check how token calls are spaced in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    /// When it was issued.
+    pub at: Instant,
+    /// Issued by Direct Login (which revokes every other token of the application).
+    pub direct_login: bool,
+    /// Issued for a password (a Direct Login "login", not a refresh).
+    pub password: bool,
+}
+
 struct State {
     opts: Mutex<MockOptions>,
     tokens: Mutex<Tokens>,
     fault: Mutex<Option<TokenFault>>,
     counters: Counters,
+    issued: Mutex<Vec<Issued>>,
 }
 
 /// A running mock GoTo server.
@@ -196,6 +210,7 @@ impl MockGoto {
             tokens: Mutex::new(Tokens::default()),
             fault: Mutex::new(None),
             counters: Counters::default(),
+            issued: Mutex::new(Vec::new()),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
@@ -239,6 +254,16 @@ impl MockGoto {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.state.counters.snapshot()
+    }
+
+    /// Every token issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        lock(&self.state.issued).clone()
+    }
+
+    /// When each Direct Login password login happened, oldest first.
+    pub fn password_login_times(&self) -> Vec<Instant> {
+        self.issued().into_iter().filter(|i| i.password).map(|i| i.at).collect()
     }
 
     /// Kills every access token (refresh tokens survive), as a password change would.
@@ -389,6 +414,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown consumer key");
         }
         let mut t = lock(&state.tokens);
+        let password = f("grant_type") == "password";
         match f("grant_type") {
             "password" => {
                 if f("user_id") != opts.user_id || f("password") != opts.password {
@@ -409,6 +435,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
         t.revoke_app(App::DirectLogin);
         let chain = t.new_chain();
         let (at, rt) = t.issue(App::DirectLogin, chain, opts.token_lifetime, true);
+        lock(&state.issued).push(Issued { at: Instant::now(), direct_login: true, password });
         let mut v = serde_json::json!({
             "access_token": at,
             "refresh_token": rt,
@@ -490,6 +517,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
         other => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", other),
     };
     let (at, rt) = t.issue(App::OAuth, chain, opts.token_lifetime, with_refresh);
+    lock(&state.issued).push(Issued { at: Instant::now(), direct_login: false, password: false });
     let mut v = serde_json::json!({
         "access_token": at,
         "token_type": "Bearer",
@@ -600,8 +628,16 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let mock_op = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]);
     if let Some(["bytes", n]) = mock_op {
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n }));
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: false }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        return res;
+    }
+    if let Some(["reset", n]) = mock_op {
+        // Announce twice what is sent, send N bytes, then fail the body: hyper drops the
+        // connection, as a crashing upstream or a middlebox reset would.
+        let n: u64 = n.parse().unwrap_or(0);
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: true }));
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
         return res;
     }
     if let Some(["slow", ms]) = mock_op {
@@ -663,19 +699,28 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     res
 }
 
-/// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering.
+/// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering; with
+/// `then_fail`, it ends in an error instead (the connection is dropped mid-body).
 pub struct Zeros {
     remaining: u64,
+    then_fail: bool,
 }
 
 static ZERO_CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl hyper::body::Body for Zeros {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
+            if self.then_fail {
+                self.then_fail = false;
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock: connection dropped mid-body",
+                ))));
+            }
             return Poll::Ready(None);
         }
         let n = self.remaining.min(ZERO_CHUNK.len() as u64) as usize;
@@ -684,10 +729,14 @@ impl hyper::body::Body for Zeros {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.remaining == 0 && !self.then_fail
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        if self.then_fail {
+            SizeHint::default()
+        } else {
+            SizeHint::with_exact(self.remaining)
+        }
     }
 }

@@ -33,7 +33,7 @@ pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 const REJECTION_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What the proxy answers with: the upstream's streamed body, or bytes it made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamStream, Full<Bytes>>;
 
 /// What the proxy sends upstream: a buffered (retryable) body or the client's stream.
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
@@ -79,6 +79,8 @@ pub struct Route {
     strip_prefix: bool,
     methods: Option<Vec<Method>>,
     duration: prometheus::Histogram,
+    /// `upstream_errors{kind="aborted"}`: the upstream broke off a response body.
+    aborted: prometheus::IntCounter,
 }
 
 impl Route {
@@ -100,6 +102,7 @@ impl Route {
             strip_prefix: cfg.strip_prefix,
             methods: cfg.methods.clone(),
             duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
+            aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
         }
     }
 
@@ -265,7 +268,7 @@ impl Proxy {
 
         let Some(cred) = route.credential.as_ref() else {
             let body = upstream_body(buffered, stream);
-            return self.send(settings, route, Request::from_parts(parts, body)).await.map(passthrough);
+            return self.send(settings, route, Request::from_parts(parts, body)).await.map(|r| passthrough(r, route));
         };
         let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
 
@@ -274,7 +277,7 @@ impl Proxy {
             buffered.as_ref().map(|b| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), b.clone()));
         let body = upstream_body(buffered, stream);
         let res = self.send(settings, route, Request::from_parts(parts, body)).await?;
-        let (res, rejected) = inspect_rejection(res).await?;
+        let (res, rejected) = inspect_rejection(res, route).await?;
         if !rejected {
             return Ok(res);
         }
@@ -290,7 +293,7 @@ impl Proxy {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        self.send(settings, route, req).await.map(passthrough)
+        self.send(settings, route, req).await.map(|r| passthrough(r, route))
     }
 
     async fn send(
@@ -389,19 +392,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-fn passthrough(mut res: Response<Incoming>) -> Response<Body> {
+fn passthrough(mut res: Response<Incoming>, route: &Route) -> Response<Body> {
     strip_hop_by_hop(res.headers_mut());
-    res.map(Either::Left)
+    let aborted = route.aborted.clone();
+    res.map(|inner| Either::Left(UpstreamStream { inner, aborted: Some(aborted) }))
+}
+
+/// The upstream's response body streamed to the client. When the upstream breaks off
+/// mid-body the error reaches hyper, which aborts the client's connection (the client
+/// sees a truncated answer, never a hang), and the route's `aborted` counter counts it.
+pub struct UpstreamStream {
+    inner: Incoming,
+    /// Taken on the first error, so one broken body counts once.
+    aborted: Option<prometheus::IntCounter>,
+}
+
+impl hyper::body::Body for UpstreamStream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            if let Some(c) = self.aborted.take() {
+                c.inc();
+                tracing::warn!(error = %e, "upstream broke off the response body");
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Reads enough of a 401/403 to tell a rejected token from a real permission error.
-async fn inspect_rejection(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
+async fn inspect_rejection(res: Response<Incoming>, route: &Route) -> Result<(Response<Body>, bool), ProxyError> {
     let status = res.status();
     let www_invalid =
         res.headers().get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"));
     if status != StatusCode::FORBIDDEN {
         let rejected = status == StatusCode::UNAUTHORIZED || www_invalid;
-        return Ok((passthrough(res), rejected));
+        return Ok((passthrough(res, route), rejected));
     }
     let (mut parts, body) = res.into_parts();
     let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {

@@ -5,5 +5,6 @@ mod cli;
 mod data_path;
 mod errors;
 mod login;
+mod redis;
 mod support;
 mod tokens;
