@@ -23,6 +23,7 @@
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -628,7 +629,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let mock_op = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]);
     if let Some(["bytes", n]) = mock_op {
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: false }));
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: false, pause: None }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return res;
     }
@@ -636,7 +637,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         // Announce twice what is sent, send N bytes, then fail the body: hyper drops the
         // connection, as a crashing upstream or a middlebox reset would.
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: true }));
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: true, pause: None }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
         return res;
     }
@@ -700,10 +701,12 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
 }
 
 /// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering; with
-/// `then_fail`, it ends in an error instead (the connection is dropped mid-body).
+/// `then_fail`, it ends in an error instead (the connection is dropped mid-body), after
+/// a pause that lets what was sent reach the client first.
 pub struct Zeros {
     remaining: u64,
     then_fail: bool,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 static ZERO_CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -712,9 +715,13 @@ impl hyper::body::Body for Zeros {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
             if self.then_fail {
+                let pause = self.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
                 self.then_fail = false;
                 return Poll::Ready(Some(Err(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,

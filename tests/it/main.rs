@@ -4,6 +4,7 @@
 mod cli;
 mod data_path;
 mod errors;
+mod faults;
 mod login;
 mod redis;
 mod support;
