@@ -6,6 +6,7 @@ mod data_path;
 mod errors;
 mod faults;
 mod login;
+mod props;
 mod redis;
 mod support;
 mod tokens;
