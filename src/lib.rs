@@ -7,7 +7,8 @@
 //! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
 //! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
 //! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
-//! * [`token`] — per-credential tokens: grants, token endpoint, store, refresher.
+//! * [`token`] — per-credential tokens: grants, token endpoint, store (file or Redis,
+//!   shared by replicas), refresher.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
 //! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
