@@ -17,6 +17,7 @@ use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Snapshot};
+use crate::token::redis_store::RedisStore;
 use crate::token::source::TokenSource;
 use crate::token::store::{FileStore, TokenStore};
 use crate::token::Credential;
@@ -233,13 +234,20 @@ impl Running {
     }
 }
 
-/// Opens the store the config names.
-pub fn open_store(config: &Config) -> Result<Arc<dyn TokenStore>, StartError> {
+/// Opens the store the config names. Redis is connected lazily: an unreachable Redis is
+/// logged (and counted in `metrics`) but does not stop the start, since replicas must
+/// come up and serve through a Redis outage.
+pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
     match &config.state {
         StateSettings::File { path } => Ok(Arc::new(FileStore::new(path.clone()))),
-        StateSettings::Redis { .. } => Err(StartError::Store(
-            "store = \"redis\" is not available in this version; use store = \"file\"".to_string(),
-        )),
+        StateSettings::Redis { url, prefix } => {
+            let store = RedisStore::connect(url, prefix, Some(metrics.store_errors.clone()))
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            if let Err(e) = store.ping().await {
+                tracing::warn!(error = %e, "shared store unreachable at start; serving what can be served and retrying");
+            }
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -275,7 +283,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tls = config.inbound.tls.as_ref().map(crate::inbound::tls_acceptor).transpose()?;
 
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let store = open_store(&config)?;
+    let store = open_store(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
     let proxy = Arc::new(Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone()));
     let core = Arc::new(Core {

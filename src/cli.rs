@@ -309,15 +309,21 @@ fn pick(config: &Config, name: Option<&str>, fits: impl Fn(GrantKind) -> bool) -
     }
 }
 
-fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
-    let store = crate::app::open_store(config)?;
+async fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
+    let store = crate::app::open_store(config, &metrics).await?;
     Ok(crate::app::credentials(config, &store, &metrics))
+}
+
+/// The store for a one-shot command (its metrics are not exported anywhere).
+async fn one_shot_store(config: &Config) -> anyhow::Result<Arc<dyn crate::token::store::TokenStore>> {
+    let metrics = Metrics::new(prometheus::Registry::new())?;
+    Ok(crate::app::open_store(config, &metrics).await?)
 }
 
 async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |_| true)?;
-    let store = crate::app::open_store(&config)?;
+    let store = one_shot_store(&config).await?;
     let stored = store.load(&name).await?;
     let Some(stored) = stored else {
         bail!(
@@ -335,7 +341,7 @@ async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
 
 async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |g| g == GrantKind::AuthorizationCode)?;
-    let credentials = runtime_credentials(&config)?;
+    let credentials = runtime_credentials(&config).await?;
     let cred = credentials.get(&name).cloned().context("credential vanished")?;
     let admin = config.proxy.admin_listen;
     let flows = Arc::new(LoginFlows::new(format!("http://{admin}/callback")));
@@ -346,13 +352,14 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop = CancellationToken::new();
     let mut proxy_running = false;
+    let mut callback_server = None;
     if let Some(addr) = loopback_callback_addr(&redirect) {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 let flows = flows.clone();
                 let creds = credentials.clone();
                 let tx = done_tx.clone();
-                tokio::spawn(crate::server::serve(
+                callback_server = Some(tokio::spawn(crate::server::serve(
                     listener,
                     move |req: http::Request<hyper::body::Incoming>, _peer| {
                         let (flows, creds, tx) = (flows.clone(), creds.clone(), tx.clone());
@@ -374,7 +381,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                     None,
                     stop.clone(),
                     Duration::from_secs(2),
-                ));
+                )));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 proxy_running = true;
@@ -413,14 +420,18 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
             },
         }
     };
+    // Let the browser's callback page finish sending before the process exits.
     stop.cancel();
+    if let Some(server) = callback_server {
+        let _drained = server.await;
+    }
     outcome?;
 
     let info = cred.info();
     println!(
         "Signed in: credential {name:?} now holds a token (expires {}); stored in {}.",
         info.expires_at.unwrap_or_default(),
-        crate::app::open_store(&config)?.describe()
+        one_shot_store(&config).await?.describe()
     );
     if proxy_running {
         let url = format!("http://{admin}/refresh/{name}");

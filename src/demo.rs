@@ -23,6 +23,24 @@ pub enum DemoError {
     /// The proxy could not start (a busy port, usually).
     #[error("{0}")]
     Start(#[from] StartError),
+    /// `GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME` is not a duration.
+    #[error("{TOKEN_LIFETIME_ENV}={0:?} is not a duration such as \"2s\" or \"2m\"")]
+    Lifetime(String),
+}
+
+/// Environment variable that shortens the mock's token lifetime (soak tests renew every
+/// second or two); not a documented setting.
+pub const TOKEN_LIFETIME_ENV: &str = "GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME";
+
+/// The demo's token lifetime: 2 minutes, or the environment's override.
+pub fn token_lifetime(env: Option<&str>) -> Result<Duration, DemoError> {
+    match env {
+        None => Ok(Duration::from_secs(120)),
+        Some(v) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+            _ => Err(DemoError::Lifetime(v.to_string())),
+        },
+    }
 }
 
 /// A running demo.
@@ -95,8 +113,8 @@ credential = "goto"
 
 /// Starts the mock and the proxy, and builds the banner.
 pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Path) -> Result<Demo, DemoError> {
-    let mock =
-        MockGoto::start(MockOptions { token_lifetime: Duration::from_secs(120), ..MockOptions::default() }).await?;
+    let lifetime = token_lifetime(std::env::var(TOKEN_LIFETIME_ENV).ok().as_deref())?;
+    let mock = MockGoto::start(MockOptions { token_lifetime: lifetime, ..MockOptions::default() }).await?;
     let seed = mock.mint_refresh_token();
     let cfg = config(&mock, &seed, listen, admin_listen, state_dir)?;
     let running = app::start(cfg).await?;
@@ -133,4 +151,17 @@ runs the browser sign-in flow, auto-approved by the mock.
 Ctrl-C stops the demo.
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetime_override() {
+        assert_eq!(token_lifetime(None).unwrap(), Duration::from_secs(120));
+        assert_eq!(token_lifetime(Some("2s")).unwrap(), Duration::from_secs(2));
+        assert!(token_lifetime(Some("soon")).is_err());
+        assert!(token_lifetime(Some("10ms")).is_err());
+    }
 }

@@ -10,7 +10,8 @@
 //! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
 //! * [`inbound`] — who may use the proxy: loopback, CIDRs, keys, inbound TLS.
 //! * [`limit`] — per-route rate limiting.
-//! * [`token`] — per-credential tokens: grants, token endpoint, store, refresher.
+//! * [`token`] — per-credential tokens: grants, token endpoint, store (file or Redis,
+//!   shared by replicas), refresher.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
 //! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.

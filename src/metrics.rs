@@ -15,7 +15,7 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     /// Time from request to response headers, by route.
     pub request_duration: HistogramVec,
-    /// Upstream failures, by route and kind (connect, timeout, reset, body_too_large).
+    /// Upstream failures, by route and kind (connect, timeout, reset, aborted, body_too_large).
     pub upstream_errors: IntCounterVec,
     /// Token endpoint outcomes, by credential and outcome.
     pub token_refreshes: IntCounterVec,
@@ -29,6 +29,9 @@ pub struct Metrics {
     pub rate_limit_wait: HistogramVec,
     /// Config reloads (SIGHUP), by outcome.
     pub reloads: IntCounterVec,
+    /// Shared-store (Redis) operations that failed, by op: replicas keep serving through
+    /// them, so this is where an outage shows.
+    pub store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -86,12 +89,17 @@ impl Metrics {
         registry.register(Box::new(rate_limit_queue.clone()))?;
         registry.register(Box::new(rate_limit_wait.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
+        let store_errors = IntCounterVec::new(
+            Opts::new("goto_auth_proxy_store_errors_total", "State store operations that failed, by operation."),
+            &["op"],
+        )?;
         registry.register(Box::new(requests_total.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
         registry.register(Box::new(token_expiry.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
         Ok(Metrics {
             registry,
             requests_total,
@@ -103,6 +111,7 @@ impl Metrics {
             rate_limit_queue,
             rate_limit_wait,
             reloads,
+            store_errors,
         })
     }
 

@@ -18,11 +18,13 @@
 //!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
 //!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
 //!   `…/_mock/redirect` answers 302 to another host; `…/_mock/close` closes the
-//!   connection after answering; other
-//!   requests echo their body (or a JSON document with keys beyond 2^53).
+//!   connection after answering; `…/_mock/reset/N` promises more than it sends: headers
+//!   and N bytes, then the connection is dropped; other requests echo their body (or a
+//!   JSON document with keys beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +169,17 @@ struct Tokens {
     next_chain: u64,
 }
 
+/// One token the mock issued, for tests that check how token calls are spaced in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    /// When it was issued.
+    pub at: Instant,
+    /// Issued by Direct Login (which revokes every other token of the application).
+    pub direct_login: bool,
+    /// Issued for a password (a Direct Login "login", not a refresh).
+    pub password: bool,
+}
+
 struct State {
     opts: Mutex<MockOptions>,
     tokens: Mutex<Tokens>,
@@ -174,6 +187,7 @@ struct State {
     counters: Counters,
     /// Client addresses seen on API paths: one per upstream connection the proxy opened.
     api_peers: Mutex<std::collections::HashSet<SocketAddr>>,
+    issued: Mutex<Vec<Issued>>,
 }
 
 /// A running mock GoTo server.
@@ -201,6 +215,7 @@ impl MockGoto {
             fault: Mutex::new(None),
             counters: Counters::default(),
             api_peers: Mutex::new(Default::default()),
+            issued: Mutex::new(Vec::new()),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
@@ -245,6 +260,16 @@ impl MockGoto {
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.state.counters.snapshot()
+    }
+
+    /// Every token issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        lock(&self.state.issued).clone()
+    }
+
+    /// When each Direct Login password login happened, oldest first.
+    pub fn password_login_times(&self) -> Vec<Instant> {
+        self.issued().into_iter().filter(|i| i.password).map(|i| i.at).collect()
     }
 
     /// Kills every access token (refresh tokens survive), as a password change would.
@@ -403,6 +428,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
             return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown consumer key");
         }
         let mut t = lock(&state.tokens);
+        let password = f("grant_type") == "password";
         match f("grant_type") {
             "password" => {
                 if f("user_id") != opts.user_id || f("password") != opts.password {
@@ -423,6 +449,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
         t.revoke_app(App::DirectLogin);
         let chain = t.new_chain();
         let (at, rt) = t.issue(App::DirectLogin, chain, opts.token_lifetime, true);
+        lock(&state.issued).push(Issued { at: Instant::now(), direct_login: true, password });
         let mut v = serde_json::json!({
             "access_token": at,
             "refresh_token": rt,
@@ -504,6 +531,7 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
         other => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", other),
     };
     let (at, rt) = t.issue(App::OAuth, chain, opts.token_lifetime, with_refresh);
+    lock(&state.issued).push(Issued { at: Instant::now(), direct_login: false, password: false });
     let mut v = serde_json::json!({
         "access_token": at,
         "token_type": "Bearer",
@@ -614,7 +642,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let mock_op = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]);
     if let Some(["bytes", n]) = mock_op {
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n }));
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: false, pause: None }));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return res;
     }
@@ -622,6 +650,14 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         // Like an upstream ending keep-alive: answer, then close the connection.
         let mut res = json(StatusCode::OK, r#"{"closing":true}"#.into());
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    if let Some(["reset", n]) = mock_op {
+        // Announce twice what is sent, send N bytes, then fail the body: hyper drops the
+        // connection, as a crashing upstream or a middlebox reset would.
+        let n: u64 = n.parse().unwrap_or(0);
+        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: true, pause: None }));
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
         return res;
     }
     if let Some(["redirect"]) = mock_op {
@@ -688,19 +724,34 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     res
 }
 
-/// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering.
+/// A body of `remaining` zero bytes, produced in 64 KiB chunks without buffering; with
+/// `then_fail`, it ends in an error instead (the connection is dropped mid-body), after
+/// a pause that lets what was sent reach the client first.
 pub struct Zeros {
     remaining: u64,
+    then_fail: bool,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 static ZERO_CHUNK: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl hyper::body::Body for Zeros {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.remaining == 0 {
+            if self.then_fail {
+                let pause = self.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.then_fail = false;
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock: connection dropped mid-body",
+                ))));
+            }
             return Poll::Ready(None);
         }
         let n = self.remaining.min(ZERO_CHUNK.len() as u64) as usize;
@@ -709,10 +760,14 @@ impl hyper::body::Body for Zeros {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.remaining == 0
+        self.remaining == 0 && !self.then_fail
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        if self.then_fail {
+            SizeHint::default()
+        } else {
+            SizeHint::with_exact(self.remaining)
+        }
     }
 }

@@ -34,7 +34,7 @@ pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 const REJECTION_BODY_LIMIT: usize = 1024 * 1024;
 
 /// What the proxy answers with: the upstream's streamed body, or bytes it made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamStream, Full<Bytes>>;
 
 /// What the proxy sends upstream: a buffered (retryable) body or the client's stream.
 pub type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
@@ -58,6 +58,8 @@ pub struct Route {
     duration: prometheus::Histogram,
     requests: RequestCounters,
     limiter: Option<RouteLimiter>,
+    /// `upstream_errors{kind="aborted"}`: the upstream broke off a response body.
+    aborted: prometheus::IntCounter,
 }
 
 /// A route's rate limit with its metric handles, resolved once.
@@ -86,6 +88,7 @@ impl Route {
                 queue: metrics.rate_limit_queue.with_label_values(&[&cfg.prefix]),
                 wait: metrics.rate_limit_wait.with_label_values(&[&cfg.prefix]),
             }),
+            aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
         }
     }
 
@@ -298,7 +301,10 @@ impl Proxy {
 
         let Some(cred) = route.credential.as_ref() else {
             let body = upstream_body(buffered, stream);
-            return self.send(settings, route, affinity, Request::from_parts(parts, body)).await.map(passthrough);
+            return self
+                .send(settings, route, affinity, Request::from_parts(parts, body))
+                .await
+                .map(|r| passthrough(r, route));
         };
         let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
 
@@ -306,7 +312,7 @@ impl Proxy {
         let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
         let body = upstream_body(buffered, stream);
         let res = self.send(settings, route, affinity, Request::from_parts(parts, body)).await?;
-        let (res, rejected) = inspect_rejection(res).await?;
+        let (res, rejected) = inspect_rejection(res, route).await?;
         if !rejected {
             return Ok(res);
         }
@@ -317,7 +323,7 @@ impl Proxy {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        self.send(settings, route, affinity, retry.into_request(fresh.bearer())).await.map(passthrough)
+        self.send(settings, route, affinity, retry.into_request(fresh.bearer())).await.map(|r| passthrough(r, route))
     }
 
     async fn send(
@@ -433,18 +439,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those any `Connection` header names (a
+/// request may carry several `Connection` lines; each counts).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
     }
     for h in &HOP_BY_HOP {
         headers.remove(h);
@@ -452,19 +457,56 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-fn passthrough(mut res: Response<Incoming>) -> Response<Body> {
+fn passthrough(mut res: Response<Incoming>, route: &Route) -> Response<Body> {
     strip_hop_by_hop(res.headers_mut());
-    res.map(Either::Left)
+    let aborted = route.aborted.clone();
+    res.map(|inner| Either::Left(UpstreamStream { inner, aborted: Some(aborted) }))
+}
+
+/// The upstream's response body streamed to the client. When the upstream breaks off
+/// mid-body the error reaches hyper, which aborts the client's connection (the client
+/// sees a truncated answer, never a hang), and the route's `aborted` counter counts it.
+pub struct UpstreamStream {
+    inner: Incoming,
+    /// Taken on the first error, so one broken body counts once.
+    aborted: Option<prometheus::IntCounter>,
+}
+
+impl hyper::body::Body for UpstreamStream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            if let Some(c) = self.aborted.take() {
+                c.inc();
+                tracing::warn!(error = %e, "upstream broke off the response body");
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Reads enough of a 401/403 to tell a rejected token from a real permission error.
-async fn inspect_rejection(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
+async fn inspect_rejection(res: Response<Incoming>, route: &Route) -> Result<(Response<Body>, bool), ProxyError> {
     let status = res.status();
     let www_invalid =
         res.headers().get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"));
     if status != StatusCode::FORBIDDEN {
         let rejected = status == StatusCode::UNAUTHORIZED || www_invalid;
-        return Ok((passthrough(res), rejected));
+        return Ok((passthrough(res, route), rejected));
     }
     let (mut parts, body) = res.into_parts();
     let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {
@@ -540,6 +582,16 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn every_connection_line_counts() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-second"));
+        h.insert("x-second", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

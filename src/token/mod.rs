@@ -4,9 +4,11 @@
 //! * [`grant`] — what each grant sends to the token endpoint (pure).
 //! * [`source`] — the token endpoint calls and response parsing (reqwest).
 //! * [`store`] — persistence (`FileStore`; the `TokenStore` trait for others).
+//! * [`redis_store`] — the store replicas share: one token, one renewal at a time.
 //! * [`refresher`] — the per-credential state, refresh loop and single-flight renewals.
 
 pub mod grant;
+pub mod redis_store;
 pub mod refresher;
 pub mod source;
 pub mod store;
@@ -114,7 +116,8 @@ impl Token {
             access_token: self.access_token.expose().to_string(),
             refresh_token: self.refresh_token.as_ref().map(|s| s.expose().to_string()),
             expires_at: unix_secs(self.expires_at),
-            obtained_at_ms: self.obtained_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            expires_at_ms: Some(unix_millis(self.expires_at)),
+            obtained_at_ms: unix_millis(self.obtained_at),
             organizer_key: self.organizer_key.clone(),
             account_key: self.account_key.clone(),
         }
@@ -139,6 +142,11 @@ impl std::fmt::Debug for Token {
             .field("generation", &self.generation)
             .finish()
     }
+}
+
+/// Milliseconds since the epoch (0 for times before it).
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Seconds since the epoch (0 for times before it).

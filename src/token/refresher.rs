@@ -3,6 +3,15 @@
 //!
 //! Order of a renewal, which is what makes a crash harmless: obtain → store (durable) →
 //! publish. A refresh token received is on disk before the access token is used.
+//!
+//! With a shared store (Redis) the replicas coordinate, so N of them make the token calls
+//! of one: a renewal first adopts a newer stored token, then takes the store's lock; a
+//! replica that finds the lock held waits (bounded) for the holder's token instead of
+//! calling; the lock holder re-reads the store before calling. Between renewals each
+//! replica follows the store (change notifications, and a poll as backstop). When the
+//! store cannot be asked, a replica keeps serving the token it holds and renews alone
+//! only once that token is about to expire; when the store is back, the newest token
+//! (by `obtained_at_ms`) wins and a replica holding a newer one writes it back.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,15 +19,26 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::source::{SourceError, TokenResponse, TokenSource};
-use super::store::{StoredToken, TokenStore};
+use super::store::{LockToken, StoredToken, TokenStore};
 use super::{unix_secs, Token};
 use crate::config::{CredentialConfig, GrantKind};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+
+/// How long a replica's renewal lock lives in a shared store: longer than a token call
+/// may take (the token client gives up after 30 s), short enough that a replica that
+/// died holding it delays the others only briefly.
+pub const LOCK_TTL: Duration = Duration::from_secs(30);
+
+/// How long a replica waits for the lock holder's new token before giving up this round.
+pub const PEER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a waiting replica re-reads the store (notifications usually come first).
+const PEER_POLL: Duration = Duration::from_millis(200);
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +67,20 @@ struct Status {
     next_refresh: Option<SystemTime>,
     consecutive_failures: u32,
     last_error: Option<String>,
+    /// The token endpoint's `Retry-After`: no call before this.
+    not_before: Option<SystemTime>,
+}
+
+/// What coordinating with the other replicas decided.
+enum Coordinated {
+    /// A replica's newer token was adopted: no call needed.
+    Adopted(Arc<Token>),
+    /// This replica holds the lock: call, then release it.
+    Locked(LockToken),
+    /// The store cannot be asked and the token must be renewed now: call alone.
+    Alone,
+    /// Not now (the store is down but the token still good, or the holder was slow).
+    Deferred(RefreshError),
 }
 
 /// What `/tokens` shows of a credential: metadata, never a token.
@@ -196,7 +230,8 @@ impl Credential {
         self.kick.notify_one();
     }
 
-    /// Renews the token: serialised, single-flight for rejections, store before publish.
+    /// Renews the token: serialised, single-flight for rejections, store before publish;
+    /// with a shared store, one replica at a time (see the module docs).
     pub async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         let now = SystemTime::now();
@@ -208,28 +243,49 @@ impl Credential {
                 return Ok(cur.clone());
             }
         }
+        if self.cfg.grant == GrantKind::Static {
+            return self.renew(trigger).await;
+        }
 
         // Another process (a `login`, a replica) may have stored a newer token.
-        if self.cfg.grant != GrantKind::Static {
-            if let Some(adopted) = self.adopt_stored(current.as_deref()).await {
-                let good_enough = match trigger {
-                    Trigger::Rejected(_) | Trigger::Manual => adopted.is_valid_at(now),
-                    Trigger::Scheduled => {
-                        refresh_delay(now, Some(adopted.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
-                    }
-                };
-                if good_enough {
-                    self.record_success(now);
-                    return Ok(adopted);
+        if let Some(adopted) = self.adopt_if_good_enough(trigger).await {
+            return Ok(adopted);
+        }
+
+        // The token endpoint asked for a pause (429 + Retry-After): honour it.
+        if let Some(until) = self.status.lock().ok().and_then(|s| s.not_before).filter(|t| *t > now) {
+            let wait = until.duration_since(now).unwrap_or_default();
+            let last = self.status.lock().ok().and_then(|s| s.last_error.clone()).unwrap_or_default();
+            return Err(RefreshError {
+                message: format!("{last}; the token endpoint asked to wait {}s more", wait.as_secs_f64().ceil()),
+                needs_login: false,
+            });
+        }
+
+        if !self.store.is_shared() {
+            return self.renew(trigger).await;
+        }
+        match self.coordinate(trigger).await {
+            Coordinated::Adopted(t) => Ok(t),
+            Coordinated::Deferred(e) => Err(e),
+            Coordinated::Alone => self.renew(trigger).await,
+            Coordinated::Locked(lock) => {
+                let result = self.renew(trigger).await;
+                if let Err(e) = self.store.unlock(self.name(), lock).await {
+                    // It expires by itself after LOCK_TTL.
+                    tracing::warn!(credential = %self.name(), error = %e, "cannot release the renewal lock");
                 }
+                result
             }
         }
-        let current = self.current.load_full();
+    }
 
+    /// One token endpoint call with what this credential renews with, then store and publish.
+    async fn renew(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+        let current = self.current.load_full();
         let refresh_token: Option<Secret> =
             current.as_ref().and_then(|t| t.refresh_token.clone()).or_else(|| self.cfg.refresh_token.clone());
-        let result = self.source.obtain(refresh_token.as_ref()).await;
-        let response = match result {
+        let response = match self.source.obtain(refresh_token.as_ref()).await {
             Ok(r) => r,
             Err(e) => {
                 if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
@@ -243,6 +299,117 @@ impl Credential {
         let published = self.complete(response, current.as_deref(), refresh_token).await?;
         tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
         Ok(published)
+    }
+
+    /// Takes the shared store's renewal lock, or waits for the replica that holds it.
+    async fn coordinate(&self, trigger: Trigger) -> Coordinated {
+        // Subscribe before asking for the lock, so the holder's notice cannot slip by.
+        let mut changes = self.store.changes();
+        let deadline = tokio::time::Instant::now() + PEER_WAIT;
+        loop {
+            match self.store.lock(self.name(), LOCK_TTL).await {
+                Ok(Some(lock)) => {
+                    // The previous holder may have stored its token just now.
+                    if let Some(t) = self.adopt_if_good_enough(trigger).await {
+                        if let Err(e) = self.store.unlock(self.name(), lock).await {
+                            tracing::warn!(credential = %self.name(), error = %e, "cannot release the renewal lock");
+                        }
+                        return Coordinated::Adopted(t);
+                    }
+                    return Coordinated::Locked(lock);
+                }
+                Ok(None) => {}
+                Err(e) => return self.store_unavailable(trigger, &e.to_string()),
+            }
+            tokio::select! {
+                _ = next_change(&mut changes, self.name()) => {}
+                _ = tokio::time::sleep(PEER_POLL) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Coordinated::Deferred(self.record_deferred(
+                        "peer_timeout",
+                        format!("another replica holds the renewal lock and stored no new token within {}s", PEER_WAIT.as_secs()),
+                    ));
+                }
+            }
+            if let Some(t) = self.adopt_if_good_enough(trigger).await {
+                return Coordinated::Adopted(t);
+            }
+        }
+    }
+
+    /// The store cannot be asked: renew alone only when waiting is worse.
+    fn store_unavailable(&self, trigger: Trigger, error: &str) -> Coordinated {
+        let current = self.current.load_full();
+        if must_renew_alone(trigger, current.as_deref(), self.cfg.refresh_before, SystemTime::now()) {
+            tracing::warn!(credential = %self.name(), ?trigger, %error, "shared store unavailable and the token is due: renewing without coordination");
+            self.metrics.token_refreshes.with_label_values(&[self.name(), "uncoordinated"]).inc();
+            Coordinated::Alone
+        } else {
+            Coordinated::Deferred(self.record_deferred(
+                "store_unavailable",
+                format!("shared store unavailable ({error}); serving the current token meanwhile"),
+            ))
+        }
+    }
+
+    /// Adopts a newer stored token when it serves `trigger`'s purpose.
+    async fn adopt_if_good_enough(&self, trigger: Trigger) -> Option<Arc<Token>> {
+        let current = self.current.load_full();
+        let adopted = self.adopt_stored(current.as_deref()).await?;
+        let now = SystemTime::now();
+        let good_enough = match trigger {
+            Trigger::Rejected(_) | Trigger::Manual => adopted.is_valid_at(now),
+            Trigger::Scheduled => {
+                refresh_delay(now, Some(adopted.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
+            }
+        };
+        if good_enough {
+            self.record_success(now);
+            Some(adopted)
+        } else {
+            None
+        }
+    }
+
+    /// Follows the shared store between renewals: adopts a newer stored token, writes
+    /// back a newer held one (Redis came back empty, or this replica renewed alone).
+    async fn sync_with_store(&self) {
+        // A renewal under way reads the store itself.
+        let Ok(_guard) = self.refresh_lock.try_lock() else { return };
+        let stored = match self.store.load(self.name()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(credential = %self.name(), error = %e, "cannot read the shared store");
+                return;
+            }
+        };
+        let current = self.current.load_full();
+        let now = SystemTime::now();
+        let held = current.as_ref().filter(|t| t.is_valid_at(now)).map(|t| t.to_stored());
+        match (stored, held) {
+            (Some(s), Some(h)) if h.obtained_at_ms > s.obtained_at_ms && h.access_token != s.access_token => {
+                self.write_back(&h).await
+            }
+            (None, Some(h)) => self.write_back(&h).await,
+            (Some(_), _) => {
+                if let Some(t) = self.adopt_stored(current.as_deref()).await {
+                    if t.is_valid_at(now) {
+                        self.record_success(now);
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    async fn write_back(&self, held: &StoredToken) {
+        match self.store.save(self.name(), held).await {
+            Ok(()) => {
+                tracing::info!(credential = %self.name(), "the shared store held an older token (or none): wrote ours back");
+                self.metrics.token_refreshes.with_label_values(&[self.name(), "written_back"]).inc();
+            }
+            Err(e) => tracing::debug!(credential = %self.name(), error = %e, "cannot write the token back"),
+        }
     }
 
     /// Stores and serves the answer of a code exchange (`login`, `/callback`).
@@ -351,6 +518,7 @@ impl Credential {
             s.last_refresh = Some(at);
             s.consecutive_failures = 0;
             s.last_error = None;
+            s.not_before = None;
         }
     }
 
@@ -362,11 +530,32 @@ impl Credential {
                 true,
                 format!("{e}; the refresh token is dead: run `goto-auth-proxy login --credential {}`", self.name()),
             ),
+            SourceError::Refused { status: 429, .. } => ("rate_limited", false, e.to_string()),
             SourceError::Refused { .. } => ("refused", false, e.to_string()),
-            _ => ("error", false, e.to_string()),
+            SourceError::Unreachable(_) => ("unreachable", false, e.to_string()),
+            SourceError::Malformed(_) => ("malformed", false, e.to_string()),
         };
         self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
         self.needs_login.store(needs_login, Ordering::Relaxed);
+        let not_before = e.retry_after().map(|d| SystemTime::now() + d);
+        let failures = match self.status.lock() {
+            Ok(mut s) => {
+                s.consecutive_failures += 1;
+                s.last_error = Some(message.clone());
+                s.not_before = not_before;
+                s.consecutive_failures
+            }
+            Err(_) => 0,
+        };
+        tracing::warn!(credential = %self.name(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
+        self.changed.send_modify(|_| {}); // wake waiters so they see the failure
+        RefreshError { message, needs_login }
+    }
+
+    /// A renewal not attempted this round (shared store down, lock holder slow): counts
+    /// as a failure for the backoff, not for `needs_login`.
+    fn record_deferred(&self, outcome: &'static str, message: String) -> RefreshError {
+        self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
         let failures = match self.status.lock() {
             Ok(mut s) => {
                 s.consecutive_failures += 1;
@@ -375,29 +564,67 @@ impl Credential {
             }
             Err(_) => 0,
         };
-        tracing::warn!(credential = %self.name(), failures, error = %message, "token renewal failed");
-        self.changed.send_modify(|_| {}); // wake waiters so they see the failure
-        RefreshError { message, needs_login }
+        tracing::warn!(credential = %self.name(), failures, error = %message, "token renewal deferred");
+        self.changed.send_modify(|_| {});
+        RefreshError { message, needs_login: false }
     }
 
     /// The refresh loop: sleeps until the next renewal (or a kick), renews, repeats.
+    /// With a shared store it also follows the store between renewals.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.cfg.grant == GrantKind::Static {
             return;
         }
+        let mut changes = self.store.changes();
+        let mut poll = self.store.poll_interval().map(|every| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        // The planned renewal stays put while the token and the failure count do: store
+        // polls wake the loop often, and re-planning each time would keep pushing a
+        // half-life renewal later.
+        let mut plan: Option<(u64, u32, tokio::time::Instant)> = None;
         loop {
-            let failures = self.status.lock().map(|s| s.consecutive_failures).unwrap_or(0);
-            let expires_at = self.current.load().as_ref().map(|t| t.expires_at);
-            let now = SystemTime::now();
-            let delay = refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
-            if let Ok(mut s) = self.status.lock() {
-                s.next_refresh = Some(now + delay);
-            }
+            let (failures, not_before) =
+                self.status.lock().map(|s| (s.consecutive_failures, s.not_before)).unwrap_or_default();
+            let current = self.current.load_full();
+            let generation = current.as_ref().map_or(0, |t| t.generation);
+            let when = match plan {
+                Some((g, f, when)) if g == generation && f == failures => when,
+                _ => {
+                    let now = SystemTime::now();
+                    let expires_at = current.as_ref().map(|t| t.expires_at);
+                    let delay =
+                        refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
+                    let delay = not_before_clamp(delay, now, not_before);
+                    if let Ok(mut s) = self.status.lock() {
+                        s.next_refresh = Some(now + delay);
+                    }
+                    let when = tokio::time::Instant::now() + delay;
+                    plan = Some((generation, failures, when));
+                    when
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until(when) => {}
                 _ = self.kick.notified() => {}
+                _ = next_change(&mut changes, self.name()) => {
+                    self.sync_with_store().await;
+                    continue;
+                }
+                _ = async {
+                    match poll.as_mut() {
+                        Some(p) => { p.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {
+                    self.sync_with_store().await;
+                    continue;
+                }
             }
+            plan = None;
             // Failures are recorded and logged inside; the loop's backoff handles them.
             let _outcome = self.refresh(Trigger::Scheduled).await;
         }
@@ -451,6 +678,45 @@ pub fn refresh_delay(
     }
 }
 
+/// A renewal never comes before the token endpoint's `Retry-After` has passed.
+pub fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Option<SystemTime>) -> Duration {
+    match not_before.and_then(|t| t.duration_since(now).ok()) {
+        Some(wait) => delay.max(wait),
+        None => delay,
+    }
+}
+
+/// Whether a replica that cannot reach the shared store should call the token endpoint
+/// anyway: when it has no valid token, when the upstream rejected it, when an operator
+/// asked, or when less than a quarter of its life (at most `refresh_before / 2`) is left.
+/// Otherwise it keeps serving and waits for the store to come back.
+pub fn must_renew_alone(trigger: Trigger, current: Option<&Token>, refresh_before: Duration, now: SystemTime) -> bool {
+    let Some(t) = current else { return true };
+    if !matches!(trigger, Trigger::Scheduled) || !t.is_valid_at(now) {
+        return true;
+    }
+    let lifetime = t.expires_at.duration_since(t.obtained_at).unwrap_or_default();
+    let remaining = t.expires_at.duration_since(now).unwrap_or_default();
+    remaining < (lifetime / 4).min(refresh_before / 2)
+}
+
+/// Waits for a change notification about `name` (or about every credential); never
+/// returns when there are no notifications.
+async fn next_change(changes: &mut Option<broadcast::Receiver<String>>, name: &str) {
+    let Some(rx) = changes.as_mut() else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(n) if n.is_empty() || n == name => return,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => {
+                *changes = None;
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +748,38 @@ mod tests {
         assert_eq!(refresh_delay(now, None, FIVE_MIN, 1, 0.0), Duration::from_millis(500));
         assert_eq!(refresh_delay(now, None, FIVE_MIN, 3, 0.0), Duration::from_secs(2));
         assert_eq!(refresh_delay(now, None, FIVE_MIN, 40, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retry_after_is_a_minimum() {
+        let now = SystemTime::now();
+        let d = not_before_clamp(Duration::from_millis(500), now, Some(now + Duration::from_secs(3)));
+        assert_eq!(d, Duration::from_secs(3));
+        let d = not_before_clamp(Duration::from_secs(9), now, Some(now + Duration::from_secs(3)));
+        assert_eq!(d, Duration::from_secs(9));
+        assert_eq!(not_before_clamp(Duration::from_secs(1), now, Some(now - HOUR)), Duration::from_secs(1));
+        assert_eq!(not_before_clamp(Duration::from_secs(1), now, None), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn alone_only_when_waiting_is_worse() {
+        let now = SystemTime::now();
+        let tok = |left: Duration, life: Duration| {
+            Token::new(Secret::new("a"), None, now + left, now + left - life).expect("token")
+        };
+        // No token, a rejected one, an operator's ask: renew alone.
+        assert!(must_renew_alone(Trigger::Scheduled, None, FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Rejected(1), Some(&tok(HOUR, HOUR)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Manual, Some(&tok(HOUR, HOUR)), FIVE_MIN, now));
+        // An hour token: keep serving until 2.5 min are left.
+        assert!(!must_renew_alone(Trigger::Scheduled, Some(&tok(FIVE_MIN, HOUR)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_secs(149), HOUR)), FIVE_MIN, now));
+        // A 4-second token: until 1 s is left.
+        let four = Duration::from_secs(4);
+        assert!(!must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_secs(2), four)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_millis(900), four)), FIVE_MIN, now));
+        // Expired: renew.
+        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::ZERO, four)), FIVE_MIN, now));
     }
 
     #[test]

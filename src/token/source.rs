@@ -28,6 +28,9 @@ pub enum SourceError {
         error: String,
         /// OAuth `error_description`.
         description: Option<String>,
+        /// `Retry-After` (seconds) of the answer: the earliest the endpoint wants to see
+        /// the next call.
+        retry_after: Option<Duration>,
     },
     /// The body was not a token response.
     #[error("token endpoint answered something that is not a token: {0}")]
@@ -43,6 +46,24 @@ impl SourceError {
     pub fn is_grant_refused(&self) -> bool {
         matches!(self, SourceError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
     }
+
+    /// How long the endpoint asked the proxy to wait before calling again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SourceError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Reads `Retry-After` in its delay-seconds form (the form token endpoints use), capped
+/// at [`MAX_RETRY_AFTER`]; an HTTP-date or garbage counts as absent.
+pub fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
 /// A token endpoint's answer, with every field GoTo may send that the proxy uses.
@@ -263,6 +284,7 @@ impl TokenSource {
         }
         let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
         let status = res.status().as_u16();
+        let retry_after = parse_retry_after(res.headers().get(http::header::RETRY_AFTER));
         let body = res.bytes().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
@@ -270,7 +292,7 @@ impl TokenSource {
                 Some(OAuthError { error: Some(e), error_description }) => (e, error_description),
                 _ => ("http_error".to_string(), None),
             };
-            return Err(SourceError::Refused { kind: req.kind, status, error, description });
+            return Err(SourceError::Refused { kind: req.kind, status, error, description, retry_after });
         }
         TokenResponse::parse(&body)
     }
@@ -351,13 +373,29 @@ mod tests {
             status: 400,
             error: "invalid_grant".into(),
             description: None,
+            retry_after: None,
         };
         assert!(e.is_grant_refused());
-        let e =
-            SourceError::Refused { kind: "refresh_token", status: 503, error: "http_error".into(), description: None };
+        let refused = |status, retry_after| SourceError::Refused {
+            kind: "refresh_token",
+            status,
+            error: "http_error".into(),
+            description: None,
+            retry_after,
+        };
+        assert!(!refused(503, None).is_grant_refused());
+        let e = refused(429, Some(Duration::from_secs(3)));
         assert!(!e.is_grant_refused());
-        let e =
-            SourceError::Refused { kind: "refresh_token", status: 429, error: "http_error".into(), description: None };
-        assert!(!e.is_grant_refused());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn retry_after_seconds_only_and_capped() {
+        let h = |s: &'static str| http::HeaderValue::from_static(s);
+        assert_eq!(parse_retry_after(Some(&h("7"))), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(Some(&h(" 2 "))), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(Some(&h("999999"))), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after(Some(&h("Wed, 21 Oct 2015 07:28:00 GMT"))), None);
+        assert_eq!(parse_retry_after(None), None);
     }
 }

@@ -2,6 +2,11 @@
 //! credential; [`FileStore`] is the embedded default (one JSON file, mode 0600, written
 //! atomically: temp file, fsync, rename, fsync the directory), safe to share between a
 //! running proxy and a `login` in another process (an advisory lock serialises writers).
+//!
+//! A store shared by replicas ([`super::redis_store::RedisStore`]) also coordinates
+//! them: a renewal lock per credential, change notifications, and a poll as backstop.
+//! Those hooks default to "alone": the lock is always granted and nothing changes
+//! behind the process's back, so [`FileStore`] needs none of them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 /// Why the store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,10 @@ pub struct StoredToken {
     pub refresh_token: Option<String>,
     /// Expiry, unix seconds.
     pub expires_at: u64,
+    /// Expiry, unix milliseconds: short-lived tokens shared by replicas need better than
+    /// whole seconds. Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
     /// When it was obtained, unix milliseconds (orders tokens from several writers).
     pub obtained_at_ms: u64,
     /// GoTo organizer key.
@@ -67,9 +77,35 @@ impl fmt::Debug for StoredToken {
 }
 
 impl StoredToken {
-    /// Expiry as a `SystemTime`.
+    /// Expiry as a `SystemTime` (milliseconds when known).
     pub fn expires_at_time(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.expires_at)
+        match self.expires_at_ms {
+            Some(ms) => UNIX_EPOCH + Duration::from_millis(ms),
+            None => UNIX_EPOCH + Duration::from_secs(self.expires_at),
+        }
+    }
+}
+
+/// Proof that this process holds a store's renewal lock; only its holder can release it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LockToken(String);
+
+impl LockToken {
+    /// A fencing value: random, so a lock that expired and was taken by another
+    /// process is never released by the one that lost it.
+    pub fn random() -> LockToken {
+        LockToken(crate::login::random_token(24))
+    }
+
+    /// The value stored with the lock.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockToken(..)")
     }
 }
 
@@ -78,10 +114,40 @@ impl StoredToken {
 pub trait TokenStore: Send + Sync {
     /// The stored token of `credential`, if any.
     async fn load(&self, credential: &str) -> Result<Option<StoredToken>, StoreError>;
-    /// Replaces the stored token of `credential`; durable when it returns `Ok`.
+    /// Replaces the stored token of `credential`; durable when it returns `Ok`. A shared
+    /// store keeps the newest token by `obtained_at_ms` when writers race.
     async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError>;
-    /// A short description for logs (`file state/x.json`).
+    /// A short description for logs (`file state/x.json`), never a password.
     fn describe(&self) -> String;
+
+    /// True when other processes renew the same tokens through this store, so renewals
+    /// must be coordinated; false for a store this process has to itself.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the renewal lock of `credential` for at most `ttl`: `Ok(None)` when another
+    /// process holds it, `Err` when the store cannot be asked (the two differ: only the
+    /// first means someone else is renewing).
+    async fn lock(&self, _credential: &str, _ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        Ok(Some(LockToken(String::new())))
+    }
+
+    /// Releases a lock taken by [`TokenStore::lock`], only if it is still this holder's.
+    async fn unlock(&self, _credential: &str, _lock: LockToken) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Names of credentials whose stored token another process changed (an empty name:
+    /// "any may have changed", after a reconnect). `None`: nothing changes behind our back.
+    fn changes(&self) -> Option<broadcast::Receiver<String>> {
+        None
+    }
+
+    /// How often to re-read the stored token in case a change notification was lost.
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -197,6 +263,7 @@ mod tests {
             access_token: format!("at{n}"),
             refresh_token: Some(format!("rt{n}")),
             expires_at: 1_000 + n,
+            expires_at_ms: None,
             obtained_at_ms: n,
             organizer_key: None,
             account_key: None,

@@ -4,7 +4,10 @@
 mod cli;
 mod data_path;
 mod errors;
+mod faults;
 mod login;
+mod props;
+mod redis;
 mod safety;
 mod support;
 mod tokens;

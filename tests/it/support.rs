@@ -248,3 +248,183 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
 }
+
+// ===== a real redis-server =====
+
+/// A `redis-server` of its own on a free loopback port, no persistence; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits for `PING`. Without `redis-server` on the PATH: panics when
+    /// `CI` is set, else prints a notice and returns `None` (the test is skipped).
+    pub async fn start() -> Option<RedisServer> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            if std::env::var_os("CI").is_some() {
+                panic!("redis-server is not installed (scripts/install-test-deps.sh installs it)");
+            }
+            eprintln!("NOTICE: redis-server not found; skipping this Redis test (apt-get install redis-server)");
+            return None;
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr").port()
+        };
+        let mut r = RedisServer { child: None, port, dir: tempfile::tempdir().expect("tempdir") };
+        r.spawn().await;
+        Some(r)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.pings().await {
+            assert!(tokio::time::Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// True when it answers `PING` with `PONG`.
+    pub async fn pings(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 16];
+            let n = s.read(&mut buf).await.ok()?;
+            Some(buf[..n].starts_with(b"+PONG"))
+        };
+        matches!(tokio::time::timeout(Duration::from_millis(500), attempt).await, Ok(Some(true)))
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `[state]` for proxies sharing this server under `prefix`.
+    pub fn state(&self, prefix: &str) -> String {
+        format!("[state]\nstore = \"redis\"\nredis_url = \"{}\"\nredis_prefix = \"{prefix}\"\n", self.url())
+    }
+
+    /// SIGKILL, as a crash would (nothing saved: it comes back empty).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// SIGSTOP: it still accepts connections but answers nothing (a very slow Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// A client for looking at what the proxies stored.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).expect("url").get_multiplexed_async_connection().await.expect("connect")
+    }
+
+    /// The raw value under `key`, if any.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.conn().await;
+        redis::cmd("GET").arg(key).query_async(&mut c).await.expect("GET")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A paused server ignores SIGKILL only until it is continued; be sure.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+        self.kill();
+    }
+}
+
+/// Outcome of a load run: requests sent, and the failures with what they answered.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub requests: u64,
+    pub failures: Vec<String>,
+}
+
+/// Sends GETs to `urls` round-robin from `workers` tasks until `stop` is cancelled,
+/// pausing `pace` between requests per task; every answer but 200 is a failure.
+pub async fn load(
+    urls: Vec<String>,
+    workers: usize,
+    pace: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> LoadReport {
+    let urls = Arc::new(urls);
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (urls, stop, http) = (urls.clone(), stop.clone(), client());
+        tasks.push(tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            let mut i = w;
+            while !stop.is_cancelled() {
+                let url = &urls[i % urls.len()];
+                i += 1;
+                report.requests += 1;
+                match http.get(url).timeout(Duration::from_secs(10)).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        // Read the body: a truncated answer is a failure too.
+                        if let Err(e) = r.bytes().await {
+                            report.failures.push(format!("{url}: body: {e}"));
+                        }
+                    }
+                    Ok(r) => {
+                        let status = r.status();
+                        report.failures.push(format!("{url}: {status} {}", r.text().await.unwrap_or_default()));
+                    }
+                    Err(e) => report.failures.push(format!("{url}: {e}")),
+                }
+                tokio::time::sleep(pace).await;
+            }
+            report
+        }));
+    }
+    let mut total = LoadReport::default();
+    for t in tasks {
+        let r = t.await.expect("load task");
+        total.requests += r.requests;
+        total.failures.extend(r.failures);
+    }
+    total
+}
+
+/// `/metrics` of an in-process proxy.
+pub async fn metrics_of(p: &Running) -> String {
+    client().get(format!("http://{}/metrics", p.admin_addr)).send().await.unwrap().text().await.unwrap()
+}

@@ -1,0 +1,333 @@
+//! The store replicas share (`store = "redis"`): one token per credential, so N replicas
+//! make as many token calls as one, and a Direct Login by one never revokes the token
+//! the others serve.
+//!
+//! Keys, under `redis_prefix` (default `goto-auth-proxy`):
+//!
+//! * `{prefix}:token:{credential}` — the [`StoredToken`] JSON, written by a script that
+//!   keeps the newest by `obtained_at_ms` (a replica that renewed alone during an outage
+//!   can write back without clobbering a newer token).
+//! * `{prefix}:lock:{credential}` — the renewal lock: `SET NX PX` with a random fencing
+//!   value, released by compare-and-delete, so only its holder releases it.
+//! * channel `{prefix}:changed` — the credential's name is published on every save; a
+//!   subscriber task (started on first use, reconnecting by itself) turns it into
+//!   [`TokenStore::changes`]. Replicas also poll, in case a message was lost.
+//!
+//! Every operation is bounded by [`OP_TIMEOUT`]: a slow Redis is a down Redis, and the
+//! caller keeps serving the token it holds. Failures are counted in
+//! `goto_auth_proxy_store_errors_total{op}`. `rediss://` URLs use rustls (ring).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use prometheus::IntCounterVec;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{LockToken, StoreError, StoredToken, TokenStore};
+use crate::secret::Secret;
+
+/// Longest any one Redis operation may take before it counts as failed.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How often replicas re-read the stored token (backstop for lost notifications).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// Keeps the stored token only when the new one is at least as new (by obtained_at_ms),
+/// then tells the other replicas. KEYS: token, channel. ARGV: json, obtained_at_ms, name.
+const SAVE_NEWEST: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, t = pcall(cjson.decode, cur)
+  if ok and type(t) == 'table' then
+    local have = tonumber(t['obtained_at_ms'])
+    if have and have > tonumber(ARGV[2]) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[3])
+return 1
+"#;
+
+/// Deletes the lock only if it still holds this holder's fencing value.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// The Redis-backed [`TokenStore`].
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    /// `host:port/db` for logs; never the password.
+    location: String,
+    errors: Option<IntCounterVec>,
+    save_script: redis::Script,
+    unlock_script: redis::Script,
+    /// Change notifications; the subscriber task starts on the first `changes()`.
+    changes: OnceLock<broadcast::Sender<String>>,
+    /// Stops the subscriber task when the store is dropped.
+    stop: CancellationToken,
+}
+
+impl RedisStore {
+    /// A store at `url` (`redis://` or `rediss://`) under `prefix`. Connects lazily: a
+    /// proxy starts while Redis is down and serves once it can obtain a token.
+    /// Must be called inside a tokio runtime.
+    pub fn connect(url: &Secret, prefix: &str, errors: Option<IntCounterVec>) -> Result<RedisStore, StoreError> {
+        let location = location_of(url.expose());
+        // The URL may hold a password: errors name the location only.
+        let client = redis::Client::open(url.expose()).map_err(|e| {
+            StoreError::Backend(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError::Backend(format!("redis {location}: {}", e.category())))?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            location,
+            errors,
+            save_script: redis::Script::new(SAVE_NEWEST),
+            unlock_script: redis::Script::new(UNLOCK),
+            changes: OnceLock::new(),
+            stop: CancellationToken::new(),
+        })
+    }
+
+    /// Asks Redis for `PONG` (start-up diagnostics).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run("ping", async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(|_| ())
+    }
+
+    fn token_key(&self, credential: &str) -> String {
+        format!("{}:token:{credential}", self.prefix)
+    }
+
+    fn lock_key(&self, credential: &str) -> String {
+        format!("{}:lock:{credential}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changed", self.prefix)
+    }
+
+    /// Runs one operation under [`OP_TIMEOUT`], counting and describing failures.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let err = match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => describe(&e),
+            Err(_) => format!("no answer within {}ms", OP_TIMEOUT.as_millis()),
+        };
+        if let Some(c) = &self.errors {
+            c.with_label_values(&[op]).inc();
+        }
+        Err(StoreError::Backend(format!("redis {} {op}: {err}", self.location)))
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenStore for RedisStore {
+    async fn load(&self, credential: &str) -> Result<Option<StoredToken>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.token_key(credential);
+        let raw: Option<String> =
+            self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
+        match raw {
+            None => Ok(None),
+            // The value holds tokens: the message names the key only.
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                StoreError::Backend(format!(
+                    "redis {} key {}: not a stored token (line {}, column {})",
+                    self.location,
+                    self.token_key(credential),
+                    e.line(),
+                    e.column()
+                ))
+            }),
+        }
+    }
+
+    async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
+        let json = serde_json::to_string(token).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let mut call = self.save_script.key(self.token_key(credential));
+        call.key(self.channel()).arg(json).arg(token.obtained_at_ms).arg(credential);
+        let written: i64 = self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
+        if written == 0 {
+            tracing::info!(credential, "the shared store already holds a newer token; kept it");
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("redis {} prefix {}", self.location, self.prefix)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn lock(&self, credential: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        let lock = LockToken::random();
+        let mut conn = self.conn.clone();
+        let key = self.lock_key(credential);
+        let value = lock.as_str().to_string();
+        let ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> = self
+            .run("lock", async move {
+                redis::cmd("SET").arg(&key).arg(&value).arg("NX").arg("PX").arg(ms).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(set.map(|_| lock))
+    }
+
+    async fn unlock(&self, credential: &str, lock: LockToken) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.unlock_script.key(self.lock_key(credential));
+        call.arg(lock.as_str());
+        let _deleted: i64 = self.run("unlock", async move { call.invoke_async(&mut conn).await }).await?;
+        Ok(())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<String>> {
+        let tx = self.changes.get_or_init(|| {
+            let (tx, _) = broadcast::channel(64);
+            tokio::spawn(subscribe_loop(
+                self.client.clone(),
+                self.channel(),
+                self.location.clone(),
+                tx.clone(),
+                self.stop.clone(),
+                self.errors.clone(),
+            ));
+            tx
+        });
+        Some(tx.subscribe())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(POLL_INTERVAL)
+    }
+}
+
+/// Subscribes to the change channel and forwards credential names, reconnecting with a
+/// capped backoff; after each (re)subscribe it sends "" (anything may have changed).
+async fn subscribe_loop(
+    client: redis::Client,
+    channel: String,
+    location: String,
+    tx: broadcast::Sender<String>,
+    stop: CancellationToken,
+    errors: Option<IntCounterVec>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(OP_TIMEOUT, attempt) => r,
+        };
+        match outcome {
+            Ok(Ok(pubsub)) => {
+                if failures > 0 {
+                    tracing::info!(redis = %location, "change notifications resumed");
+                }
+                failures = 0;
+                let _ = tx.send(String::new()); // no receivers yet is fine
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = messages.next() => m,
+                    };
+                    let Some(msg) = msg else { break };
+                    if let Ok(name) = msg.get_payload::<String>() {
+                        let _ = tx.send(name);
+                    }
+                }
+                tracing::warn!(redis = %location, "change notifications interrupted; reconnecting");
+            }
+            Ok(Err(e)) => note_failure(&location, &errors, &mut failures, &describe(&e)),
+            Err(_) => note_failure(&location, &errors, &mut failures, "no answer in time"),
+        }
+        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn note_failure(location: &str, errors: &Option<IntCounterVec>, failures: &mut u32, why: &str) {
+    if let Some(c) = errors {
+        c.with_label_values(&["subscribe"]).inc();
+    }
+    if *failures == 0 {
+        tracing::warn!(redis = %location, error = %why, "cannot subscribe to change notifications; polling meanwhile");
+    }
+    *failures += 1;
+}
+
+/// A Redis error in words (I/O and server errors never carry the URL).
+fn describe(e: &redis::RedisError) -> String {
+    e.to_string()
+}
+
+/// `host:port/db` of a Redis URL, without user or password.
+fn location_of(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or("");
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}{}", u.scheme(), u.path())
+        }
+        Err(_) => "(unparsable URL)".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_hides_the_password() {
+        let l = location_of("redis://user:hunter2@cache.internal:6380/2");
+        assert_eq!(l, "redis://cache.internal:6380/2");
+        assert!(!location_of("rediss://:hunter2@h/0").contains("hunter2"));
+        assert_eq!(location_of("not a url"), "(unparsable URL)");
+    }
+
+    #[tokio::test]
+    async fn bad_url_error_has_no_password() {
+        let e = RedisStore::connect(&Secret::new("http://:hunter2@h:1/0"), "p", None).err().expect("refused");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}

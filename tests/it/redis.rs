@@ -1,0 +1,383 @@
+//! `store = "redis"`: replicas share one token per credential, make the token calls of
+//! one, and keep serving through a Redis that is down, slow, or restarted empty. Each
+//! test starts its own `redis-server` (skipped with a notice when it is not installed,
+//! unless `CI` is set).
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+use goto_auth_proxy::app::Running;
+use goto_auth_proxy::mock::MockGoto;
+use goto_auth_proxy::secret::Secret;
+use goto_auth_proxy::token::redis_store::RedisStore;
+use goto_auth_proxy::token::store::{StoredToken, TokenStore};
+
+/// Config for one replica: the usual two credentials, state in `redis` under `prefix`.
+fn replica_config(mock: &MockGoto, redis: &RedisServer, prefix: &str, seed: &str) -> String {
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntoken_wait = \"5s\"\n\n{}\n{}\n{}\n{}\n{}",
+        redis.state(prefix),
+        password_cred("g2a", mock),
+        code_cred("goto", mock, Some(seed)),
+        route("/G2A/", mock, Some("g2a")),
+        route("/", mock, Some("goto"))
+    )
+}
+
+async fn replicas(n: usize, config: &str) -> Vec<Running> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(start_proxy(config).await);
+    }
+    out
+}
+
+/// Both credentials' paths on every replica.
+fn urls(replicas: &[Running]) -> Vec<String> {
+    replicas
+        .iter()
+        .flat_map(|r| {
+            ["/G2A/rest/v1/sessions", "/G2W/rest/v2/organizers/{organizerKey}/webinars"]
+                .into_iter()
+                .map(move |p| format!("http://{}{p}", r.proxy_addr))
+        })
+        .collect()
+}
+
+/// Token calls one replica makes in `secs` seconds with tokens of `lifetime` seconds, per
+/// credential: the first, then one each time half the life (minus ≤10 % jitter) is gone.
+fn single_replica_calls(secs: f64, lifetime: f64) -> f64 {
+    1.0 + secs / (lifetime / 2.0 * 0.9)
+}
+
+fn assert_spaced(times: &[Instant], at_least: Duration, what: &str) {
+    for w in times.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        assert!(gap >= at_least, "two {what} {gap:?} apart (at least {at_least:?} expected)");
+    }
+}
+
+async fn stored(redis: &RedisServer, key: &str) -> Option<StoredToken> {
+    redis.get(key).await.map(|j| serde_json::from_str(&j).expect("stored token JSON"))
+}
+
+/// Polls until every replica serves the token stored in Redis, for both credentials.
+async fn wait_converged(reps: &[Running], redis: &RedisServer, prefix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut same = true;
+        for cred in ["g2a", "goto"] {
+            let shared = stored(redis, &format!("{prefix}:token:{cred}")).await.map(|s| s.access_token);
+            for r in reps {
+                let held = r.credentials()[cred].load().as_ref().map(|t| t.access_token.expose().to_string());
+                same &= shared.is_some() && held == shared;
+            }
+        }
+        if same {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replicas did not converge on the stored tokens");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop_all(replicas: Vec<Running>) {
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_load_make_the_token_calls_of_one() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(short_tokens(3)).await.unwrap();
+    let seed = mock.mint_refresh_token();
+    let config = replica_config(&mock, &redis, "three", &seed);
+    let reps = replicas(3, &config).await;
+
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let load = tokio::spawn(load(urls(&reps), 4, Duration::from_millis(5), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    stop.cancel();
+    let report = load.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} failed: {:#?}",
+        report.failures.len(),
+        report.requests,
+        report.failures
+    );
+    assert!(report.requests > 500, "too little load to mean anything: {}", report.requests);
+    let stats = mock.stats();
+    let one = 2.0 * single_replica_calls(secs, 3.0); // two credentials
+    assert!(
+        stats.token_calls as f64 <= 1.5 * one,
+        "{} token calls in {secs:.1}s; one replica makes about {one:.0}: {stats:?}",
+        stats.token_calls
+    );
+    assert!(stats.token_calls >= 8, "the tokens were renewed all along: {stats:?}");
+    // Direct Login revokes every other token: two within a second means two replicas
+    // knocked each other out.
+    assert_spaced(&mock.password_login_times(), Duration::from_secs(1), "password logins");
+    let direct: Vec<Instant> = mock.issued().iter().filter(|i| i.direct_login).map(|i| i.at).collect();
+    assert_spaced(&direct, Duration::from_secs(1), "Direct Login tokens");
+
+    // The shared token is the one the replicas serve, stored as StoredToken JSON.
+    let shared = stored(&redis, "three:token:g2a").await.expect("g2a token in redis");
+    assert!(mock.is_valid(&shared.access_token), "the stored token is the live one");
+    assert!(shared.refresh_token.is_some());
+    for r in &reps {
+        let m = metrics_of(r).await;
+        assert_eq!(
+            metric(&m, "goto_auth_proxy_token_refreshes_total{credential=\"g2a\",outcome=\"uncoordinated\"}"),
+            0.0
+        );
+        assert!(!m.contains(&shared.access_token), "a token leaked into /metrics");
+    }
+    stop_all(reps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_uses_the_shared_token_without_a_token_call() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(short_tokens(3600)).await.unwrap();
+    let seed = mock.mint_refresh_token();
+    let config = replica_config(&mock, &redis, "start", &seed);
+    let first = start_proxy(&config).await;
+    let http = client();
+    wait_ready(&http, &format!("http://{}/readyz", first.admin_addr), Duration::from_secs(10)).await;
+    let before = mock.stats();
+    assert_eq!(before.password_logins, 1);
+
+    let second = start_proxy(&config).await;
+    for path in ["/G2A/rest/v1/x", "/G2W/rest/v2/x"] {
+        for r in [&first, &second] {
+            let res = http.get(format!("http://{}{path}", r.proxy_addr)).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+        }
+    }
+    let after = mock.stats();
+    assert_eq!(after.token_calls, before.token_calls, "the second replica made a token call: {after:?}");
+    assert_eq!(after.api_rejected, 0, "the first replica's token was revoked");
+    stop_all(vec![first, second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_run_fails_no_request() {
+    let Some(mut redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(short_tokens(10)).await.unwrap();
+    let seed = mock.mint_refresh_token();
+    let config = replica_config(&mock, &redis, "restart", &seed);
+    let reps = replicas(3, &config).await;
+
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let load = tokio::spawn(load(urls(&reps), 3, Duration::from_millis(5), stop.clone()));
+    // Kill Redis just after a renewal reached every replica, so the held tokens outlive
+    // the outage. (Killed between a renewal and its save, the others would hold a token
+    // the renewal revoked: an inherent window, see docs/replicas.md.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mock.issued().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no renewal: {:?}", mock.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_converged(&reps, &redis, "restart").await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.restart().await;
+
+    // Redis came back empty: a replica writes the token it holds back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while stored(&redis, "restart:token:g2a").await.is_none() || stored(&redis, "restart:token:goto").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "tokens not written back after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // through the next renewal, coordinated again
+    stop.cancel();
+    let report = load.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} failed: {:#?}",
+        report.failures.len(),
+        report.requests,
+        report.failures
+    );
+    let stats = mock.stats();
+    let one = 2.0 * single_replica_calls(secs, 10.0);
+    assert!(stats.token_calls as f64 <= 1.5 * one, "{} token calls; one replica: {one:.0}", stats.token_calls);
+    assert_spaced(&mock.password_login_times(), Duration::from_secs(1), "password logins");
+    let mut errors = 0.0;
+    for r in &reps {
+        let m = metrics_of(r).await;
+        for op in ["load", "save", "lock", "unlock", "subscribe"] {
+            errors += metric(&m, &format!("goto_auth_proxy_store_errors_total{{op=\"{op}\"}}"));
+        }
+        for cred in ["g2a", "goto"] {
+            let alone =
+                format!("goto_auth_proxy_token_refreshes_total{{credential=\"{cred}\",outcome=\"uncoordinated\"}}");
+            assert_eq!(metric(&m, &alone), 0.0, "a replica renewed alone while its token was good");
+        }
+    }
+    assert!(errors > 0.0, "the outage was not counted in goto_auth_proxy_store_errors_total");
+    let shared = stored(&redis, "restart:token:g2a").await.expect("g2a token");
+    assert!(mock.is_valid(&shared.access_token));
+    stop_all(reps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_survived_like_a_down_one() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(short_tokens(8)).await.unwrap();
+    let seed = mock.mint_refresh_token();
+    let config = replica_config(&mock, &redis, "slow", &seed);
+    let reps = replicas(2, &config).await;
+    let http = client();
+    for r in &reps {
+        wait_ready(&http, &format!("http://{}/readyz", r.admin_addr), Duration::from_secs(10)).await;
+    }
+
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(load(urls(&reps), 2, Duration::from_millis(5), stop.clone()));
+    redis.pause(); // accepts connections, answers nothing
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    redis.resume();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let report = load.await.unwrap();
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} failed: {:#?}",
+        report.failures.len(),
+        report.requests,
+        report.failures
+    );
+    let mut errors = 0.0;
+    for r in &reps {
+        let m = metrics_of(r).await;
+        errors += metric(&m, "goto_auth_proxy_store_errors_total{op=\"load\"}")
+            + metric(&m, "goto_auth_proxy_store_errors_total{op=\"lock\"}");
+        let ready = http.get(format!("http://{}/readyz", r.admin_addr)).send().await.unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    assert!(errors > 0.0, "the slow Redis was not counted");
+    stop_all(reps).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_replica_renews_by_itself_when_redis_is_down_and_writes_back() {
+    let Some(mut redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(short_tokens(3)).await.unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntoken_wait = \"3s\"\n\n{}\n{}\n{}",
+        redis.state("lone"),
+        password_cred("g2a", &mock),
+        route("/", &mock, Some("g2a"))
+    );
+    let proxy = start_proxy(&text).await;
+    let http = client();
+    wait_ready(&http, &format!("http://{}/readyz", proxy.admin_addr), Duration::from_secs(10)).await;
+    redis.kill();
+
+    // The 3-second token is renewed without Redis, and requests never notice.
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(load(
+        vec![format!("http://{}/G2A/x", proxy.proxy_addr)],
+        2,
+        Duration::from_millis(10),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.cancel();
+    let report = load.await.unwrap();
+    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    let m = metrics_of(&proxy).await;
+    let alone = metric(&m, "goto_auth_proxy_token_refreshes_total{credential=\"g2a\",outcome=\"uncoordinated\"}");
+    assert!(alone >= 1.0, "no renewal without Redis: {m}");
+    assert!(metric(&m, "goto_auth_proxy_store_errors_total{op=\"lock\"}") >= 1.0, "{m}");
+
+    // Redis is back, empty: the replica writes its (newest) token back.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let shared = loop {
+        if let Some(s) = stored(&redis, "lone:token:g2a").await {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "token not written back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(mock.is_valid(&shared.access_token), "the written-back token is the live one");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_newest_token_wins() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let url = Secret::new(redis.url());
+    let a = RedisStore::connect(&url, "unit", None).unwrap();
+    let b = RedisStore::connect(&url, "unit", None).unwrap();
+    let ttl = Duration::from_secs(10);
+
+    let held = a.lock("c", ttl).await.unwrap().expect("free lock is granted");
+    assert!(b.lock("c", ttl).await.unwrap().is_none(), "a held lock is not granted twice");
+    let other = b.lock("other", ttl).await.unwrap().expect("locks are per credential");
+    b.unlock("c", other.clone()).await.unwrap(); // not the holder of "c": no effect
+    assert!(b.lock("c", ttl).await.unwrap().is_none(), "released by someone who did not hold it");
+    a.unlock("c", held).await.unwrap();
+    let again = b.lock("c", ttl).await.unwrap().expect("granted after release");
+    b.unlock("c", again).await.unwrap();
+    b.unlock("other", other).await.unwrap();
+
+    let short = a.lock("ttl", Duration::from_millis(200)).await.unwrap().expect("granted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while b.lock("ttl", ttl).await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "an expired lock was never granted again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(short);
+
+    let mut changes = b.changes().expect("a shared store notifies");
+    // The subscriber announces itself with "" once subscribed.
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "");
+    let token = |n: u64| StoredToken {
+        access_token: format!("at{n}"),
+        refresh_token: Some(format!("rt{n}")),
+        expires_at: 2_000_000_000,
+        expires_at_ms: Some(2_000_000_000_000),
+        obtained_at_ms: n,
+        organizer_key: None,
+        account_key: None,
+    };
+    a.save("c", &token(20)).await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "c");
+    a.save("c", &token(10)).await.unwrap(); // older: kept out
+    assert_eq!(b.load("c").await.unwrap(), Some(token(20)));
+    a.save("c", &token(30)).await.unwrap();
+    assert_eq!(b.load("c").await.unwrap(), Some(token(30)));
+    assert!(b.is_shared() && b.describe().contains("unit"));
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_operations_quickly_and_counts_them() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let errors = prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["op"]).unwrap();
+    let store =
+        RedisStore::connect(&Secret::new(format!("redis://:hunter2@{closed}/0")), "x", Some(errors.clone())).unwrap();
+    let started = Instant::now();
+    let e = store.lock("c", Duration::from_secs(1)).await.expect_err("no Redis");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(store.load("c").await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(errors.with_label_values(&["lock"]).get(), 1);
+    assert_eq!(errors.with_label_values(&["load"]).get(), 1);
+    assert!(!store.describe().contains("hunter2"));
+}
