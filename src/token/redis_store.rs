@@ -197,12 +197,22 @@ impl TokenStore for RedisStore {
         let key = self.lock_key(credential);
         let value = lock.as_str().to_string();
         let ms = ttl.as_millis().max(1) as u64;
-        let set: Option<String> = self
+        let set: Result<Option<String>, StoreError> = self
             .run("lock", async move {
                 redis::cmd("SET").arg(&key).arg(&value).arg("NX").arg("PX").arg(ms).query_async(&mut conn).await
             })
-            .await?;
-        Ok(set.map(|_| lock))
+            .await;
+        match set {
+            Ok(set) => Ok(set.map(|_| lock)),
+            Err(e) => {
+                // A slow Redis may still apply the SET after we stopped waiting: undo it
+                // (best effort), or every replica would wait out the TTL for no one.
+                if let Err(undo) = self.unlock(credential, lock).await {
+                    tracing::debug!(credential, error = %undo, "could not undo a timed-out lock attempt");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn unlock(&self, credential: &str, lock: LockToken) -> Result<(), StoreError> {

@@ -43,8 +43,9 @@ const PEER_POLL: Duration = Duration::from_millis(200);
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The refresh loop's timer.
-    Scheduled,
+    /// The refresh loop's timer, planned for the token of this generation (0: none).
+    /// A renewal that had to wait and finds a newer token by then has nothing to do.
+    Scheduled(u64),
     /// The upstream rejected the token of this generation.
     Rejected(u64),
     /// An operator asked (`POST /refresh/{credential}`).
@@ -237,9 +238,11 @@ impl Credential {
         let now = SystemTime::now();
         let current = self.current.load_full();
 
-        // Someone renewed while this caller waited for the lock: that token will do.
-        if let (Trigger::Rejected(seen), Some(cur)) = (trigger, &current) {
-            if cur.generation != seen && cur.is_valid_at(now) {
+        // Someone renewed (or adopted a replica's token) while this caller waited for the
+        // lock: that token will do. Without this, a timer that fired for the old token
+        // would renew again right after a renewal forced by a rejection.
+        if let (Trigger::Rejected(seen) | Trigger::Scheduled(seen), Some(cur)) = (trigger, &current) {
+            if cur.generation != seen && self.good_enough(trigger, cur, now) {
                 return Ok(cur.clone());
             }
         }
@@ -357,17 +360,22 @@ impl Credential {
         let current = self.current.load_full();
         let adopted = self.adopt_stored(current.as_deref()).await?;
         let now = SystemTime::now();
-        let good_enough = match trigger {
-            Trigger::Rejected(_) | Trigger::Manual => adopted.is_valid_at(now),
-            Trigger::Scheduled => {
-                refresh_delay(now, Some(adopted.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
-            }
-        };
-        if good_enough {
+        if self.good_enough(trigger, &adopted, now) {
             self.record_success(now);
             Some(adopted)
         } else {
             None
+        }
+    }
+
+    /// Whether `token`, newer than the one the trigger was about, serves its purpose: a
+    /// valid token for a rejection or an operator, one not yet due for the timer.
+    fn good_enough(&self, trigger: Trigger, token: &Token, now: SystemTime) -> bool {
+        match trigger {
+            Trigger::Rejected(_) | Trigger::Manual => token.is_valid_at(now),
+            Trigger::Scheduled(_) => {
+                refresh_delay(now, Some(token.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
+            }
         }
     }
 
@@ -626,7 +634,7 @@ impl Credential {
             }
             plan = None;
             // Failures are recorded and logged inside; the loop's backoff handles them.
-            let _outcome = self.refresh(Trigger::Scheduled).await;
+            let _outcome = self.refresh(Trigger::Scheduled(generation)).await;
         }
     }
 
@@ -692,7 +700,7 @@ pub fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Option<Sys
 /// Otherwise it keeps serving and waits for the store to come back.
 pub fn must_renew_alone(trigger: Trigger, current: Option<&Token>, refresh_before: Duration, now: SystemTime) -> bool {
     let Some(t) = current else { return true };
-    if !matches!(trigger, Trigger::Scheduled) || !t.is_valid_at(now) {
+    if !matches!(trigger, Trigger::Scheduled(_)) || !t.is_valid_at(now) {
         return true;
     }
     let lifetime = t.expires_at.duration_since(t.obtained_at).unwrap_or_default();
@@ -768,18 +776,18 @@ mod tests {
             Token::new(Secret::new("a"), None, now + left, now + left - life).expect("token")
         };
         // No token, a rejected one, an operator's ask: renew alone.
-        assert!(must_renew_alone(Trigger::Scheduled, None, FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled(1), None, FIVE_MIN, now));
         assert!(must_renew_alone(Trigger::Rejected(1), Some(&tok(HOUR, HOUR)), FIVE_MIN, now));
         assert!(must_renew_alone(Trigger::Manual, Some(&tok(HOUR, HOUR)), FIVE_MIN, now));
         // An hour token: keep serving until 2.5 min are left.
-        assert!(!must_renew_alone(Trigger::Scheduled, Some(&tok(FIVE_MIN, HOUR)), FIVE_MIN, now));
-        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_secs(149), HOUR)), FIVE_MIN, now));
+        assert!(!must_renew_alone(Trigger::Scheduled(1), Some(&tok(FIVE_MIN, HOUR)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled(1), Some(&tok(Duration::from_secs(149), HOUR)), FIVE_MIN, now));
         // A 4-second token: until 1 s is left.
         let four = Duration::from_secs(4);
-        assert!(!must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_secs(2), four)), FIVE_MIN, now));
-        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::from_millis(900), four)), FIVE_MIN, now));
+        assert!(!must_renew_alone(Trigger::Scheduled(1), Some(&tok(Duration::from_secs(2), four)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled(1), Some(&tok(Duration::from_millis(900), four)), FIVE_MIN, now));
         // Expired: renew.
-        assert!(must_renew_alone(Trigger::Scheduled, Some(&tok(Duration::ZERO, four)), FIVE_MIN, now));
+        assert!(must_renew_alone(Trigger::Scheduled(1), Some(&tok(Duration::ZERO, four)), FIVE_MIN, now));
     }
 
     #[test]
