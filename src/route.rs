@@ -11,8 +11,8 @@ pub struct PathError(pub &'static str);
 
 /// Normalises a request path for routing and forwarding.
 ///
-/// Percent-encoded dots, slashes and backslashes (`%2e`, `%2f`, `%5c`, any case) are
-/// decoded, backslashes count as slashes, empty segments (`//`) collapse, and `.`/`..`
+/// Percent-encoded unreserved characters (letters, digits, `-._~`: RFC 3986 §6.2.2.2),
+/// slashes and backslashes (`%2f`, `%5c`) are decoded, backslashes count as slashes, empty segments (`//`) collapse, and `.`/`..`
 /// segments are resolved (never above the root). Other escapes are left as they are.
 /// Paths that need none of this are returned without copying.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
@@ -47,16 +47,20 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
-/// Decodes `%2e`, `%2f`, `%5c` and turns `\` into `/`.
+/// Decodes escaped unreserved characters, `%2f` and `%5c`, and turns `\` into `/`.
 fn decode_separators(raw: &str) -> String {
     let b = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let decoded = match (b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()) {
-                (b'2', b'e') => Some('.'),
-                (b'2', b'f') | (b'5', b'c') => Some('/'),
+            let hex = |c: u8| (c as char).to_digit(16);
+            let decoded = match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => match (h * 16 + l) as u8 {
+                    b'/' | b'\\' => Some('/'),
+                    c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => Some(c as char),
+                    _ => None,
+                },
                 _ => None,
             };
             if let Some(c) = decoded {
@@ -171,6 +175,8 @@ mod tests {
         assert_eq!(n("//G2A//x//"), "/G2A/x/");
         assert_eq!(n("/a/b/.."), "/a/");
         assert_eq!(n("/a%20b/%7BorganizerKey%7D"), "/a%20b/%7BorganizerKey%7D");
+        assert_eq!(n("/%47%32%41/x"), "/G2A/x", "escaped letters route as what GoTo decodes them to");
+        assert_eq!(n("/G2A/%7e%2D%5F"), "/G2A/~-_");
         assert_eq!(n("/%"), "/%");
         assert_eq!(n("/ab%2"), "/ab%2");
         assert!(normalize_path("*").is_err());

@@ -427,7 +427,7 @@ async fn kubernetes_manifests_parse_and_their_configs_and_probes_work() {
         }
     }
     let redis = read(&dir.join("redis-replicas.yaml"));
-    assert!(redis.contains("store = \"redis\"") && redis.contains("later release"), "redis-replicas.yaml");
+    assert!(redis.contains("store = \"redis\"") && redis.contains("redis_url"), "redis-replicas.yaml");
 
     if !tool_available(
         "python3 with PyYAML",

@@ -181,7 +181,7 @@ async fn redis_killed_and_restarted_mid_run_fails_no_request() {
     let load = tokio::spawn(load(urls(&reps), 3, Duration::from_millis(5), stop.clone()));
     // Kill Redis just after a renewal reached every replica, so the held tokens outlive
     // the outage. (Killed between a renewal and its save, the others would hold a token
-    // the renewal revoked: an inherent window, see docs/replicas.md.)
+    // the renewal revoked: an inherent window, see the README, "Running several replicas".)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while mock.issued().len() < 3 {
         assert!(tokio::time::Instant::now() < deadline, "no renewal: {:?}", mock.stats());
