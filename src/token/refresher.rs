@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::source::{SourceError, TokenResponse, TokenSource};
@@ -120,7 +120,6 @@ pub struct Credential {
     status: Mutex<Status>,
     needs_login: AtomicBool,
     generation: AtomicU64,
-    kick: Notify,
     source: TokenSource,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
@@ -143,7 +142,6 @@ impl Credential {
             status: Mutex::new(Status::default()),
             needs_login: AtomicBool::new(false),
             generation: AtomicU64::new(0),
-            kick: Notify::new(),
             source,
             store,
             metrics,
@@ -224,11 +222,6 @@ impl Credential {
             (true, None) => format!("credential {:?}: the token expired and its renewal is under way", self.name()),
             (false, None) => format!("credential {:?}: the first token is still being obtained", self.name()),
         }
-    }
-
-    /// Asks the refresh loop to renew now (without waiting for it).
-    pub fn kick(&self) {
-        self.kick.notify_one();
     }
 
     /// Renews the token: serialised, single-flight for rejections, store before publish;
@@ -577,7 +570,8 @@ impl Credential {
         RefreshError { message, needs_login: false }
     }
 
-    /// The refresh loop: sleeps until the next renewal (or a kick), renews, repeats.
+    /// The refresh loop: sleeps until the next renewal, renews, repeats; follows the
+    /// shared store's notifications in between.
     /// With a shared store it also follows the store between renewals.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.cfg.grant == GrantKind::Static {
@@ -617,7 +611,6 @@ impl Credential {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(when) => {}
-                _ = self.kick.notified() => {}
                 _ = next_change(&mut changes, self.name()) => {
                     self.sync_with_store().await;
                     continue;
