@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::support::*;
 use goto_auth_proxy::mock::{MockOptions, TokenFault};
 
@@ -13,15 +11,6 @@ async fn assert_error(r: reqwest::Response, status: u16, code: &str) -> String {
     let v: serde_json::Value = r.json().await.expect("JSON error body");
     assert_eq!(v["error"], code);
     v["message"].as_str().expect("message").to_string()
-}
-
-/// Sends raw bytes and returns the raw answer.
-async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

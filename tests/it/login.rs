@@ -15,6 +15,12 @@ async fn never_signed_in() -> Stack {
     .await
 }
 
+/// A never-signed-in authorization-code credential with `redirect_uri`.
+fn signed_out_config(mock: &goto_auth_proxy::mock::MockGoto, dir: &std::path::Path, redirect_uri: &str) -> String {
+    let cred = format!("{}redirect_uri = \"{redirect_uri}\"\n", code_cred("goto", mock, None));
+    config_text(dir, "", &format!("{cred}{}", route("/", mock, Some("goto"))))
+}
+
 /// Follows redirects by hand and returns (status, final body, the Location chain).
 async fn follow(http: &reqwest::Client, url: &str) -> (u16, String, Vec<String>) {
     let mut url = url.to_string();
@@ -84,16 +90,8 @@ async fn login_command_accepts_pasted_url_or_bare_code() {
     let dir = tempfile::tempdir().unwrap();
     // The redirect URI points at a port nobody serves: like GoTo's 404 page.
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let text = config_text(
-        dir.path(),
-        "",
-        &format!(
-            "{}redirect_uri = \"https://app.example.com/oauth/done\"\n{}",
-            code_cred("goto", &mock, None),
-            route("/", &mock, Some("goto"))
-        ),
-    )
-    .replace("127.0.0.1:0\"\ntoken_wait", &format!("{nobody}\"\ntoken_wait"));
+    let text = signed_out_config(&mock, dir.path(), "https://app.example.com/oauth/done")
+        .replace("127.0.0.1:0\"\ntoken_wait", &format!("{nobody}\"\ntoken_wait"));
     let path = write_config(dir.path(), "login.toml", &text);
     let http = client();
 
@@ -142,15 +140,7 @@ async fn login_command_takes_the_browser_callback() {
     let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let text = config_text(
-        dir.path(),
-        "",
-        &format!(
-            "{}redirect_uri = \"http://{free}/callback\"\n{}",
-            code_cred("goto", &mock, None),
-            route("/", &mock, Some("goto"))
-        ),
-    );
+    let text = signed_out_config(&mock, dir.path(), &format!("http://{free}/callback"));
     let path = write_config(dir.path(), "login.toml", &text);
     let mut child = Command::new(BIN)
         .args(["login", "--config"])

@@ -428,3 +428,14 @@ pub async fn load(
 pub async fn metrics_of(p: &Running) -> String {
     client().get(format!("http://{}/metrics", p.admin_addr)).send().await.unwrap().text().await.unwrap()
 }
+
+/// Sends raw bytes (odd request lines a client library would refuse to send) and
+/// returns the raw answer.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
