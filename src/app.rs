@@ -271,6 +271,63 @@ async fn bind(addr: SocketAddr, what: &'static str, config: &Config) -> Result<T
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
 }
 
+/// Data-path threads: `proxy.workers`, or one per core.
+fn config_workers(config: &Config) -> usize {
+    config.proxy.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// One listening socket shared by `n` data-path threads (each accepts on its own
+/// handle; the kernel hands each connection to one of them). Bound once, normally, so
+/// a busy port still fails the start.
+fn data_path_listeners(listener: TcpListener, n: usize, addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let err = |source| StartError::Bind { addr, what: "listen", source };
+    let std_listener = listener.into_std().map_err(err)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 1..n {
+        out.push(std_listener.try_clone().map_err(err)?);
+    }
+    out.push(std_listener);
+    Ok(out)
+}
+
+/// A data-path thread: its own single-threaded runtime serves the connections it
+/// accepts, so a request, its upstream connection and their wake-ups stay on one
+/// thread (no cross-thread hand-offs). The receiver resolves when the thread is done.
+fn spawn_data_path_thread(
+    i: usize,
+    listener: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name(format!("goto-auth-proxy-io-{i}")).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(error = %e, "cannot start a data-path runtime"),
+        };
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => return tracing::error!(error = %e, "cannot use the data-path listener"),
+            };
+            crate::server::serve(
+                listener,
+                move |req, conn: Arc<crate::server::ConnInfo>| {
+                    let p = proxy.clone();
+                    async move { p.serve(req, &conn).await }
+                },
+                tls,
+                shutdown,
+                DRAIN_TIMEOUT,
+            )
+            .await;
+        });
+        let _ = done.send(());
+    })?;
+    Ok(ended)
+}
+
 /// Starts a proxy for `config`: binds both listeners first (a busy port fails fast),
 /// loads stored tokens, then starts the refreshers and serves.
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -303,17 +360,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let login = Arc::new(LoginFlows::new(format!("http://{admin_addr}/callback")));
     let admin = Arc::new(Admin::new(core.clone(), login));
-    let p = proxy.clone();
-    core.tasks.spawn(crate::server::serve(
-        proxy_listener,
-        move |req, conn: Arc<crate::server::ConnInfo>| {
-            let p = p.clone();
-            async move { p.serve(req, &conn).await }
-        },
-        tls,
-        core.shutdown.clone(),
-        DRAIN_TIMEOUT,
-    ));
+    let workers = config_workers(&core.config());
+    for (i, listener) in data_path_listeners(proxy_listener, workers, proxy_addr)?.into_iter().enumerate() {
+        let done = spawn_data_path_thread(i, listener, proxy.clone(), tls.clone(), core.shutdown.clone())
+            .map_err(|source| StartError::Bind { addr: proxy_addr, what: "listen", source })?;
+        core.tasks.spawn(async move {
+            let _thread_ended = done.await;
+        });
+    }
     core.tasks.spawn(crate::server::serve(
         admin_listener,
         move |req, conn: Arc<crate::server::ConnInfo>| {

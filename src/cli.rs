@@ -190,7 +190,9 @@ fn run(a: &RunArgs) -> ExitCode {
             config.proxy.admin_listen = l;
         }
         let reload = Reload { path: a.config.config.clone(), overrides: a.listen.clone() };
-        block_on(config.proxy.workers, async move {
+        // The data path runs on its own threads (`workers`); this runtime only renews
+        // tokens and answers the admin listener.
+        block_on(Some(1), async move {
             let running = crate::app::start(config).await?;
             wait_for_stop(running.shutdown_token(), Some((&running.core, &reload))).await;
             tracing::info!("stopping: draining in-flight requests");
