@@ -279,7 +279,11 @@ fn config_workers(config: &Config) -> usize {
 /// One listening socket shared by `n` data-path threads (each accepts on its own
 /// handle; the kernel hands each connection to one of them). Bound once, normally, so
 /// a busy port still fails the start.
-fn data_path_listeners(listener: TcpListener, n: usize, addr: SocketAddr) -> Result<Vec<std::net::TcpListener>, StartError> {
+fn data_path_listeners(
+    listener: TcpListener,
+    n: usize,
+    addr: SocketAddr,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
     let err = |source| StartError::Bind { addr, what: "listen", source };
     let std_listener = listener.into_std().map_err(err)?;
     let mut out = Vec::with_capacity(n);

@@ -1,0 +1,181 @@
+//! Heap allocations per proxied request, counted by a global allocator that wraps the
+//! system one.
+//!
+//! Client, proxy and upstream share one current-thread runtime in this process, so
+//! `(client + proxy + upstream) − (client + upstream)` over the same number of requests
+//! is what the proxy allocates per request. A few of the data path's building blocks are
+//! counted on their own too, to say where the allocations come from.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=... cargo bench --bench allocs      # 20 000 requests each way
+//! ```
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it makes 200 requests each
+//! way and checks the numbers are sane.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use goto_auth_proxy::metrics::Metrics;
+use goto_auth_proxy::proxy::strip_hop_by_hop;
+use goto_auth_proxy::route::normalize_path;
+use http::header::{self, HeaderMap, HeaderValue};
+
+// ===== the counting allocator =====
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`; the counters are plain atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through this allocator with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations (realloc counted as one) and bytes requested.
+#[derive(Clone, Copy)]
+struct Count {
+    allocs: u64,
+    bytes: u64,
+}
+
+fn now() -> Count {
+    Count { allocs: ALLOCS.load(Ordering::Relaxed), bytes: BYTES.load(Ordering::Relaxed) }
+}
+
+/// Allocations per call of `f` over `n` calls.
+fn per_call(n: u64, mut f: impl FnMut()) -> (f64, f64) {
+    let before = now();
+    for _ in 0..n {
+        f();
+    }
+    let after = now();
+    ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64)
+}
+
+async fn per_request(client: &support::BenchClient, uri: &http::Uri, n: u64) -> (f64, f64) {
+    let before = now();
+    for _ in 0..n {
+        black_box(support::get(client, uri).await);
+    }
+    let after = now();
+    ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64)
+}
+
+fn typical_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+    h.insert(header::USER_AGENT, HeaderValue::from_static("curl/8.5.0"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer client-supplied-token"));
+    h
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let n: u64 = if full { 20_000 } else { 200 };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+
+    let (direct, proxied, raw, affine) = rt.block_on(async {
+        let bench = support::Bench::start().await;
+        // Warm both pools and every lazily built structure first.
+        per_request(&bench.direct.0, &bench.direct.1, 100).await;
+        per_request(&bench.proxied.0, &bench.proxied.1, 100).await;
+        let direct = per_request(&bench.direct.0, &bench.direct.1, n).await;
+        let proxied = per_request(&bench.proxied.0, &bench.proxied.1, n).await;
+        // The same client requests on one hyper::client::conn::http1 connection, no pool.
+        let upstream = bench.direct.1.authority().expect("an authority").as_str().parse().expect("an address");
+        let mut raw = support::RawConn::connect(upstream).await;
+        for _ in 0..100 {
+            raw.get().await;
+        }
+        let before = now();
+        for _ in 0..n {
+            black_box(raw.get().await);
+        }
+        let after = now();
+        let raw = ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64);
+        // And driven inside this task.
+        let mut affine = support::AffineConn::connect(upstream).await;
+        for _ in 0..100 {
+            affine.get().await;
+        }
+        let before = now();
+        for _ in 0..n {
+            black_box(affine.get().await);
+        }
+        let after = now();
+        let affine = ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64);
+        bench.stop().await;
+        (direct, proxied, raw, affine)
+    });
+
+    println!("allocations per request ({n} requests each way, one current-thread runtime)");
+    println!("{:<44} {:>10} {:>12}", "", "allocs", "bytes");
+    println!("{:<44} {:>10.1} {:>12.0}", "client + upstream (direct)", direct.0, direct.1);
+    println!("{:<44} {:>10.1} {:>12.0}", "client + proxy + upstream", proxied.0, proxied.1);
+    println!("{:<44} {:>10.1} {:>12.0}", "the proxy's own (difference)", proxied.0 - direct.0, proxied.1 - direct.1);
+    println!("{:<44} {:>10.1} {:>12.0}", "client (conn::http1, no pool) + upstream", raw.0, raw.1);
+    println!("{:<44} {:>10.1} {:>12.0}", "hyper-util pool's share (difference)", direct.0 - raw.0, direct.1 - raw.1);
+    println!("{:<44} {:>10.1} {:>12.0}", "client (conn::http1 in-task) + upstream", affine.0, affine.1);
+
+    // Building blocks, each on its own.
+    let m = Metrics::new(prometheus::Registry::new()).expect("metrics register");
+    let base = typical_headers();
+    let k = 1_000;
+    let clone_alone = per_call(k, || drop(black_box(base.clone())));
+    let clone_and_strip = per_call(k, || strip_hop_by_hop(&mut black_box(base.clone())));
+    let rows: [(&str, (f64, f64)); 5] = [
+        ("normalize_path (clean path)", per_call(k, || drop(black_box(normalize_path(black_box("/a/b/c")))))),
+        ("normalize_path (dirty path)", per_call(k, || drop(black_box(normalize_path(black_box("/a/./b/%2e%2e/c")))))),
+        ("HeaderMap clone (retry copy, 4 headers)", clone_alone),
+        (
+            "strip_hop_by_hop (no Connection header)",
+            (clone_and_strip.0 - clone_alone.0, clone_and_strip.1 - clone_alone.1),
+        ),
+        (
+            "requests_total.with_label_values(..).inc()",
+            per_call(k, || m.requests_total.with_label_values(&["/", "GET", "200"]).inc()),
+        ),
+    ];
+    println!();
+    println!("{:<44} {:>10} {:>12}", "building block", "allocs", "bytes");
+    for (name, (a, b)) in rows {
+        println!("{name:<44} {a:>10.1} {b:>12.0}");
+    }
+
+    let own = proxied.0 - direct.0;
+    assert!(own > 0.0, "the proxy allocates something per request ({own})");
+    assert!(own < 1_000.0, "the proxy allocates {own} times per request: something is badly wrong");
+}
