@@ -219,8 +219,10 @@ async fn upstream_connections_are_reused_and_replaced_when_closed() {
         let r = fresh.get(s.url("/G2W/rest/v2/x")).header("Connection", "close").send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
+    // A client's connection goes back to the idle list when its task ends, which can be
+    // just after the next client arrives: a few extra connections, never one per client.
     assert!(
-        s.mock.api_connections() - base <= 2,
+        s.mock.api_connections() - base <= 6,
         "{} upstream connections for 20 short-lived clients",
         s.mock.api_connections() - base
     );
