@@ -76,11 +76,17 @@ install_deps() {
     PATH="$PATH:/usr/sbin:/sbin"
     JEMALLOC=""
     if [[ " $TARGETS " == *" gap-jemalloc "* ]]; then
-        JEMALLOC=$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n1 || true)
-        if [[ -z $JEMALLOC ]]; then
+        find_jemalloc() {
+            local f
+            for f in /usr/lib/*/libjemalloc.so.2; do
+                if [[ -e $f ]]; then JEMALLOC=$f; return 0; fi
+            done
+            return 1
+        }
+        if ! find_jemalloc; then
             apt-get update -qq
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null
-            JEMALLOC=$(ls /usr/lib/*/libjemalloc.so.2 | head -n1)
+            find_jemalloc
         fi
     fi
     ENVOY_BIN=""
@@ -552,8 +558,8 @@ report() {
     local machine kernel
     machine=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     kernel=$(uname -r)
-    local rss_args=()
-    local k
+    local rss_args=() targets k
+    read -ra targets <<<"$TARGETS"
     for k in "${!RSS[@]}"; do rss_args+=("$k=${RSS[$k]}"); done
     {
         echo "## Load benchmark"
@@ -618,7 +624,7 @@ report() {
         for r in "${REFRESHES[@]}"; do echo "gap-refresh, $r (2-second tokens)."; done
         [[ -z "$ENVOY_NOTE" ]] || echo "$ENVOY_NOTE"
         echo
-        echo "Reproduce: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"$(echo $TARGETS)\" bash benches/load.sh\`"
+        echo "Reproduce: \`ROUNDS=$ROUNDS DURATION=$DURATION CONNS=\"$CONNS\" MODES=\"$MODES\" TARGETS=\"${targets[*]}\" bash benches/load.sh\`"
     } >"$MD"
     cat "$MD"
 }

@@ -144,6 +144,9 @@ perf)
             sed -E 's/ +/ /g; s/ - - *$//' | grep -v '^ *$'
         perf report -i "$WORK/perf.data" --stdio --no-children --sort dso 2>/dev/null |
             grep -E 'Event count|^ +[0-9.]+%' | sed -E 's/ +/ /g'
+        # cpu-clock counts nanoseconds: CPU time of the process per request.
+        perf report -i "$WORK/perf.data" --stdio --sort dso 2>/dev/null |
+            awk -v n="$reqs" '/Event count/ {printf "# CPU per request: %.1f us\n", $NF / 1000 / n}'
     } >"$OUT/profile-perf.txt"
     # User-space time of the proxy binary by crate (the symbol's first path segment;
     # generic code is attributed to the crate it was instantiated in as rustc names it).
@@ -154,7 +157,7 @@ perf)
                 sym = $4; for (i = 5; i <= NF; i++) sym = sym " " $i
                 sub(/^</, "", sym); split(sym, parts, "::"); c = parts[1]; sub(/ .*/, "", c)
                 pct = $1; sub(/%/, "", pct); by[c] += pct
-            } END { for (c in by) printf "%7.2f%%  %s\n", by[c], c }' | sort -rn | head -n 25
+            } END { for (c in by) printf "%7.2f%%  %s\n", by[c], c }' | sort -rn | sed -n "1,25p"
     } >>"$OUT/profile-perf.txt"
     ;;
 syscalls)
@@ -166,7 +169,7 @@ syscalls)
     {
         echo "$PROXY: $reqs requests in ${DURATION}s; syscalls per request:"
         awk -v n="$reqs" '$2 ~ /^[0-9]+$/ && NF >= 8 && $1 !~ /^-/ {printf "  %-16s %8.3f\n", $1, $2 / n; t += $2} END {printf "  %-16s %8.3f\n", "total", t / n}' "$WORK/trace.txt"
-        grep -E 'events|\(' "$WORK/trace.txt" | head -n 20
+        grep -E 'events|\(' "$WORK/trace.txt" | sed -n "1,20p"
     } >"$OUT/profile-syscalls-$PROXY.txt"
     cat "$OUT/profile-syscalls-$PROXY.txt"
     ;;
@@ -179,8 +182,8 @@ callgrind)
     {
         callgrind_annotate "$WORK/callgrind.out" 2>/dev/null |
             awk -v n="$reqs" '/PROGRAM TOTALS/ {gsub(/,/, "", $1); printf "%d requests; %.0f instructions per request\n", n, $1 / n}'
-        callgrind_annotate --inclusive=yes --threshold=99.8 "$WORK/callgrind.out" 2>/dev/null | head -n 120
-        callgrind_annotate --threshold=95 "$WORK/callgrind.out" 2>/dev/null | head -n 60
+        callgrind_annotate --inclusive=yes --threshold=99.8 "$WORK/callgrind.out" 2>/dev/null | sed -n "1,120p"
+        callgrind_annotate --threshold=95 "$WORK/callgrind.out" 2>/dev/null | sed -n "1,60p"
     } >"$OUT/profile-callgrind.txt"
     ;;
 esac
