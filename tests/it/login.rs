@@ -21,6 +21,28 @@ fn signed_out_config(mock: &goto_auth_proxy::mock::MockGoto, dir: &std::path::Pa
     config_text(dir, "", &format!("{cred}{}", route("/", mock, Some("goto"))))
 }
 
+/// Starts `goto-auth-proxy ARGS --config PATH` (a `login`) and reads the authorize URL it
+/// prints first; stdin is a pipe for pasting when `paste` is set.
+fn spawn_login(
+    path: &std::path::Path,
+    args: &[&str],
+    paste: bool,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .stdin(if paste { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    (child, stdout, url)
+}
+
 /// Follows redirects by hand and returns (status, final body, the Location chain).
 async fn follow(http: &reqwest::Client, url: &str) -> (u16, String, Vec<String>) {
     let mut url = url.to_string();
@@ -96,17 +118,7 @@ async fn login_command_accepts_pasted_url_or_bare_code() {
     let http = client();
 
     for bare_code in [false, true] {
-        let mut child = Command::new(BIN)
-            .args(["login", "--credential", "goto", "--config"])
-            .arg(&path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut url = String::new();
-        stdout.read_line(&mut url).unwrap();
+        let (mut child, mut stdout, url) = spawn_login(&path, &["login", "--credential", "goto"], true);
         // The person signs in; the browser lands on the redirect URI with the code.
         let r = http.get(url.trim()).send().await.unwrap();
         let landed = r.headers()["location"].to_str().unwrap().to_string();
@@ -142,17 +154,7 @@ async fn login_command_takes_the_browser_callback() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let text = signed_out_config(&mock, dir.path(), &format!("http://{free}/callback"));
     let path = write_config(dir.path(), "login.toml", &text);
-    let mut child = Command::new(BIN)
-        .args(["login", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    stdout.read_line(&mut url).unwrap();
+    let (child, _stdout, url) = spawn_login(&path, &["login"], false);
     let http = client();
     // The login command binds the callback port right after printing the URL.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -193,17 +195,7 @@ async fn login_while_the_proxy_runs_is_picked_up_without_restart() {
     let http = client();
     assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 503);
 
-    let mut child = Command::new(BIN)
-        .args(["login", "--config"])
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    stdout.read_line(&mut url).unwrap();
+    let (mut child, mut stdout, url) = spawn_login(&path, &["login"], true);
     // The browser is sent to the running proxy's /callback, which does not know this
     // sign-in's state; the person pastes the address instead.
     let r = http.get(url.trim()).send().await.unwrap();
