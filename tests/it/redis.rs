@@ -106,13 +106,7 @@ async fn three_replicas_under_load_make_the_token_calls_of_one() {
     let report = load.await.unwrap();
     let secs = started.elapsed().as_secs_f64();
 
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} failed: {:#?}",
-        report.failures.len(),
-        report.requests,
-        report.failures
-    );
+    report.assert_no_failures();
     assert!(report.requests > 500, "too little load to mean anything: {}", report.requests);
     let stats = mock.stats();
     let one = 2.0 * single_replica_calls(secs, 3.0); // two credentials
@@ -203,13 +197,7 @@ async fn redis_killed_and_restarted_mid_run_fails_no_request() {
     let report = load.await.unwrap();
     let secs = started.elapsed().as_secs_f64();
 
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} failed: {:#?}",
-        report.failures.len(),
-        report.requests,
-        report.failures
-    );
+    report.assert_no_failures();
     let stats = mock.stats();
     let one = 2.0 * single_replica_calls(secs, 10.0);
     assert!(stats.token_calls as f64 <= 1.5 * one, "{} token calls; one replica: {one:.0}", stats.token_calls);
@@ -252,13 +240,7 @@ async fn a_slow_redis_is_survived_like_a_down_one() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     let report = load.await.unwrap();
-    assert!(
-        report.failures.is_empty(),
-        "{} of {} failed: {:#?}",
-        report.failures.len(),
-        report.requests,
-        report.failures
-    );
+    report.assert_no_failures();
     let mut errors = 0.0;
     for r in &reps {
         let m = metrics_of(r).await;
@@ -297,7 +279,7 @@ async fn a_lone_replica_renews_by_itself_when_redis_is_down_and_writes_back() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.cancel();
     let report = load.await.unwrap();
-    assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    report.assert_no_failures();
     let m = metrics_of(&proxy).await;
     let alone = metric(&m, "goto_auth_proxy_token_refreshes_total{credential=\"g2a\",outcome=\"uncoordinated\"}");
     assert!(alone >= 1.0, "no renewal without Redis: {m}");

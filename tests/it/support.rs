@@ -378,6 +378,13 @@ pub struct LoadReport {
     pub failures: Vec<String>,
 }
 
+impl LoadReport {
+    /// Fails the test, listing every failed request, unless all succeeded.
+    pub fn assert_no_failures(&self) {
+        assert!(self.failures.is_empty(), "{} of {} failed: {:#?}", self.failures.len(), self.requests, self.failures);
+    }
+}
+
 /// Sends GETs to `urls` round-robin from `workers` tasks until `stop` is cancelled,
 /// pausing `pace` between requests per task; every answer but 200 is a failure.
 pub async fn load(
