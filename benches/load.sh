@@ -18,8 +18,9 @@
 #           nginx       proxy_pass to an `upstream { keepalive 512; }` pool
 #           haproxy     http-reuse always
 #           envoy       route + request_headers_to_add (skipped when it cannot be installed)
-#           gap-jemalloc  opt-in (not in the default TARGETS): gap-static with jemalloc
-#                       preloaded (LD_PRELOAD, Debian's libjemalloc2), the allocator's share
+#           gap-alt     opt-in: gap-static run from the binary GAP_ALT_BIN (another build,
+#                       e.g. a worktree with a candidate change), for an A/B in one run;
+#                       gap-alt2 likewise from GAP_ALT2_BIN
 # Modes:    unpinned    2 workers/threads per proxy, wrk -t2, no affinity
 #           pinned      1 worker each; wrk on CPU 0; upstream, proxies and mock on CPU 1
 #
@@ -74,21 +75,6 @@ install_deps() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     PATH="$PATH:/usr/sbin:/sbin"
-    JEMALLOC=""
-    if [[ " $TARGETS " == *" gap-jemalloc "* ]]; then
-        find_jemalloc() {
-            local f
-            for f in /usr/lib/*/libjemalloc.so.2; do
-                if [[ -e $f ]]; then JEMALLOC=$f; return 0; fi
-            done
-            return 1
-        }
-        if ! find_jemalloc; then
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null
-            find_jemalloc
-        fi
-    fi
     ENVOY_BIN=""
     ENVOY_NOTE=""
     if [[ " $TARGETS " == *" envoy "* ]]; then
@@ -420,7 +406,8 @@ start_mode() { # MODE
     done
     ADMIN_PORT[gap-static]=$(free_port)
     ADMIN_PORT[gap-refresh]=$(free_port)
-    ADMIN_PORT[gap-jemalloc]=$(free_port)
+    ADMIN_PORT[gap-alt]=$(free_port)
+    ADMIN_PORT[gap-alt2]=$(free_port)
 
     write_upstream_conf "$workers"
     start upstream "${pin[@]}" nginx -p "$WORK/upstream" -c "$WORK/upstream.conf" -e "$WORK/upstream/error.log"
@@ -448,12 +435,14 @@ grant = \"static\"
 token = \"$STATIC_TOKEN\""
             start gap-static env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-static.toml"
             ;;
-        gap-jemalloc)
-            write_gap_conf gap-jemalloc "$workers" "[credentials.bench]
+        gap-alt | gap-alt2)
+            local alt_var=GAP_ALT_BIN
+            [[ $t == gap-alt2 ]] && alt_var=GAP_ALT2_BIN
+            [[ -x ${!alt_var:-} ]] || { log "$t needs $alt_var, an executable"; return 1; }
+            write_gap_conf "$t" "$workers" "[credentials.bench]
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
-            start gap-jemalloc env RUST_LOG=warn LD_PRELOAD="$JEMALLOC" "${pin[@]}" "$GAP_BIN" run \
-                --config "$WORK/gap-jemalloc.toml"
+            start "$t" env RUST_LOG=warn "${pin[@]}" "${!alt_var}" run --config "$WORK/$t.toml"
             ;;
         gap-refresh)
             start mock "${pin[@]}" "$MOCK_BIN" --token-lifetime-ms "$TOKEN_LIFETIME_MS"

@@ -7,7 +7,7 @@
 #   PROFILER=syscalls bash benches/profile.sh    # perf trace -s: syscalls per request
 #   PROXY=nginx PROFILER=syscalls bash benches/profile.sh   # the same for nginx as the proxy
 #
-# Environment: DURATION (8 s of load), CONNS (50), BENCH_OUT (target/bench). Needs nginx,
+# Environment: DURATION (8 s of load), CONNS (50), BENCH_OUT (target/bench), GAP_BIN. Needs nginx,
 # wrk and perf or valgrind (apt-get: nginx wrk linux-perf valgrind); run load.sh once
 # first, or install them by hand. Output: $BENCH_OUT/profile-<profiler>.txt.
 set -euo pipefail
@@ -25,8 +25,13 @@ rm -rf "$WORK"
 mkdir -p "$WORK/up/tmp"
 PATH="$PATH:/usr/sbin:/sbin"
 
-cargo build --release --locked --quiet --bin goto-auth-proxy
-BIN="${CARGO_TARGET_DIR:-target}/release/goto-auth-proxy"
+# GAP_BIN profiles another build (e.g. a baseline kept for an A/B) instead of this tree's.
+if [[ -n ${GAP_BIN:-} ]]; then
+    BIN=$GAP_BIN
+else
+    cargo build --release --locked --quiet --bin goto-auth-proxy
+    BIN="${CARGO_TARGET_DIR:-target}/release/goto-auth-proxy"
+fi
 
 PIDS=()
 cleanup() {
@@ -133,7 +138,8 @@ fi
 
 case $PROFILER in
 perf)
-    perf record -e cpu-clock -F 1999 -p "$GAP" -o "$WORK/perf.data" -- sleep "$DURATION" 2>/dev/null &
+    # PERF_CALLGRAPH=dwarf (or fp, lbr) records call stacks too: `perf report -g` on the data.
+    perf record -e cpu-clock -F 1999 ${PERF_CALLGRAPH:+--call-graph "$PERF_CALLGRAPH"} -p "$GAP" -o "$WORK/perf.data" -- sleep "$DURATION" 2>/dev/null &
     rec=$!
     wrk_load "$DURATION" | tee "$WORK/wrk.txt"
     wait "$rec"
