@@ -54,6 +54,10 @@ pub async fn serve<F, Fut, B>(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_headers(MAX_HEADERS)
         .max_header_size(MAX_HEADER_BYTES)
+        // Don't read ahead while a request is in flight: that read finds nothing (one
+        // syscall wasted) and, as the request's headers still borrow the read buffer,
+        // makes hyper allocate a new one for every request.
+        .half_close(true)
         .keep_alive(true);
     loop {
         let accepted = tokio::select! {
