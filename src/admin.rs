@@ -46,7 +46,7 @@ impl Admin {
         let snapshot = self.core.proxy.snapshot();
         let admitted = match segments.as_slice() {
             ["healthz"] | ["readyz"] => inbound::admit_address(&snapshot.inbound, peer.ip()),
-            _ => inbound::admit(&snapshot.inbound, peer.ip(), req.headers().get(crate::INBOUND_KEY_HEADER)),
+            _ => inbound::admit(&snapshot.inbound, peer.ip(), req.headers()),
         };
         if let Err(e) = admitted {
             return e.into_response();

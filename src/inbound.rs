@@ -6,19 +6,19 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use subtle::ConstantTimeEq;
 
 use crate::config::{InboundSettings, TlsFiles};
 use crate::error::{ErrorCode, ProxyError};
 
 /// Decides whether a request from `peer` carrying `key` may proceed.
-pub fn admit(inbound: &InboundSettings, peer: IpAddr, key: Option<&HeaderValue>) -> Result<(), ProxyError> {
+pub fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
     admit_address(inbound, peer)?;
     if inbound.keys.is_empty() {
         return Ok(());
     }
-    let given = key.map(HeaderValue::as_bytes).unwrap_or_default();
+    let given = headers.get(crate::INBOUND_KEY_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
     // Check every key so the time taken does not say which one came close.
     let matched = inbound.keys.iter().fold(0u8, |acc, k| acc | k.expose().as_bytes().ct_eq(given).unwrap_u8());
     if matched == 1 {
@@ -80,12 +80,22 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn none() -> HeaderMap {
+        HeaderMap::new()
+    }
+
+    fn key(k: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(crate::INBOUND_KEY_HEADER, HeaderValue::from_static(k));
+        h
+    }
+
     #[test]
     fn loopback_only_by_default() {
         let i = InboundSettings::default();
-        assert!(admit(&i, ip("127.0.0.1"), None).is_ok());
-        assert!(admit(&i, ip("::1"), None).is_ok());
-        assert!(admit(&i, ip("10.1.2.3"), None).is_err());
+        assert!(admit(&i, ip("127.0.0.1"), &none()).is_ok());
+        assert!(admit(&i, ip("::1"), &none()).is_ok());
+        assert!(admit(&i, ip("10.1.2.3"), &none()).is_err());
     }
 
     #[test]
@@ -95,9 +105,9 @@ mod tests {
             allow_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
             ..Default::default()
         };
-        assert!(admit(&i, ip("10.1.2.3"), None).is_ok());
-        assert!(admit(&i, ip("::ffff:10.1.2.3"), None).is_ok());
-        assert!(admit(&i, ip("192.168.0.1"), None).is_err());
+        assert!(admit(&i, ip("10.1.2.3"), &none()).is_ok());
+        assert!(admit(&i, ip("::ffff:10.1.2.3"), &none()).is_ok());
+        assert!(admit(&i, ip("192.168.0.1"), &none()).is_err());
     }
 
     #[test]
@@ -107,12 +117,11 @@ mod tests {
             keys: vec![Secret::new("k1"), Secret::new("k2")],
             ..Default::default()
         };
-        let k = |s: &'static str| HeaderValue::from_static(s);
-        assert!(admit(&i, ip("127.0.0.1"), None).is_err());
-        assert!(admit(&i, ip("127.0.0.1"), Some(&k("k2"))).is_ok());
-        assert!(admit(&i, ip("10.9.9.9"), Some(&k("k1"))).is_ok());
-        assert!(admit(&i, ip("10.9.9.9"), Some(&k("k3"))).is_err());
-        let e = admit(&i, ip("127.0.0.1"), Some(&k("k"))).unwrap_err();
+        assert!(admit(&i, ip("127.0.0.1"), &none()).is_err());
+        assert!(admit(&i, ip("127.0.0.1"), &key("k2")).is_ok());
+        assert!(admit(&i, ip("10.9.9.9"), &key("k1")).is_ok());
+        assert!(admit(&i, ip("10.9.9.9"), &key("k3")).is_err());
+        let e = admit(&i, ip("127.0.0.1"), &key("k")).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnauthorizedClient);
         assert!(!e.message.contains("k1"));
     }

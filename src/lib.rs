@@ -39,5 +39,6 @@ pub mod server;
 pub mod token;
 pub mod upstream;
 
-/// Header a client sends its inbound key in; never forwarded upstream.
-pub const INBOUND_KEY_HEADER: &str = "x-goto-auth-proxy-key";
+/// Header a client sends its inbound key in; never forwarded upstream. A `HeaderName`
+/// (not a `&str`) so a lookup does not parse the name again for every request.
+pub const INBOUND_KEY_HEADER: http::HeaderName = http::HeaderName::from_static("x-goto-auth-proxy-key");

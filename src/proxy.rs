@@ -147,26 +147,19 @@ impl Proxy {
 
     /// Answers one request that came on `conn`; never fails (errors become SPEC's JSON
     /// answers).
+    ///
+    /// One `async fn` on purpose: its future is moved into hyper for every request, so
+    /// everything that can be decided without waiting is done in plain functions and the
+    /// rare waits (rate limit, a token wait, a 403 body, a renewal) are boxed.
     pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let peer = conn.peer;
         let start = Instant::now();
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
         let (route, result) = match self.in_flight.try_acquire() {
-            Err(_) => (
-                None,
-                Err(ProxyError::new(
-                    ErrorCode::Overloaded,
-                    format!(
-                        "{} requests are in flight (max_concurrent_requests); retry shortly",
-                        snap.settings.max_concurrent_requests
-                    ),
-                )),
-            ),
-            Ok(_permit) => match inbound::admit(&snap.inbound, peer.ip(), req.headers().get(crate::INBOUND_KEY_HEADER))
-            {
-                Err(e) => (None, Err(e)),
-                Ok(()) => self.forward(&snap, req, &conn.upstream).await,
+            Err(_) => (None, Err(overloaded(&snap.settings))),
+            Ok(_permit) => match self.route_request(&snap, req, conn.peer) {
+                Err((route, e)) => (route, Err(e)),
+                Ok(routed) => (Some(routed.route), self.forward(&snap, routed, &conn.upstream).await),
             },
         };
         let res = match result {
@@ -188,74 +181,73 @@ impl Proxy {
         res
     }
 
-    async fn forward<'s>(
+    /// Admission, request-target checks, routing and the route's method list: all that
+    /// is decided before anything is awaited. An error names the route when there is one
+    /// (for its metrics).
+    fn route_request<'s>(
         &self,
         snap: &'s Snapshot,
         req: Request<Incoming>,
-        affinity: &Affinity,
-    ) -> (Option<&'s Route>, Result<Response<Body>, ProxyError>) {
+        peer: std::net::SocketAddr,
+    ) -> Result<Routed<'s>, (Option<&'s Route>, ProxyError)> {
+        inbound::admit(&snap.inbound, peer.ip(), req.headers()).map_err(|e| (None, e))?;
         if req.method() == Method::CONNECT {
-            return (
+            return Err((
                 None,
-                Err(bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams")),
-            );
+                bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams"),
+            ));
         }
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            return (
+            return Err((
                 None,
-                Err(bad_request(
+                bad_request(
                     "absolute-form request targets are refused: send the path only, e.g. `GET /admin/rest/v1/me`",
-                )),
-            );
+                ),
+            ));
         }
-        let uri = req.uri().clone();
-        let path = match route::normalize_path(uri.path()) {
-            Ok(p) => p,
-            Err(e) => return (None, Err(bad_request(e.to_string()))),
-        };
+        let path = route::normalize_path(req.uri().path()).map_err(|e| (None, bad_request(e.to_string())))?;
         let Some(route) = snap.router.find(&path) else {
-            return (None, Err(ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
+            return Err((None, ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
         };
-        let res = self.forward_on(snap, route, &path, &uri, req, affinity).await;
-        (Some(route), res)
-    }
-
-    async fn forward_on(
-        &self,
-        snap: &Snapshot,
-        route: &Route,
-        path: &str,
-        inbound_uri: &Uri,
-        req: Request<Incoming>,
-        affinity: &Affinity,
-    ) -> Result<Response<Body>, ProxyError> {
         if let Some(methods) = &route.methods {
             if !methods.contains(req.method()) {
                 let allowed: Vec<&str> = methods.iter().map(Method::as_str).collect();
-                return Err(ProxyError::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{} is not allowed on {} (allowed: {})", req.method(), route.prefix, allowed.join(", ")),
-                ));
+                let message =
+                    format!("{} is not allowed on {} (allowed: {})", req.method(), route.prefix, allowed.join(", "));
+                return Err((Some(route), ProxyError::new(ErrorCode::MethodNotAllowed, message)));
             }
         }
+        // The normalised path borrows nothing from the request when it is unchanged.
+        let path = match path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(p) => Some(p),
+        };
+        Ok(Routed { route, path, req })
+    }
+
+    /// Forwards a routed request: rate limit, body, token, rewrite, send, and one retry
+    /// when the upstream rejects the token.
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        routed: Routed<'_>,
+        affinity: &Affinity,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Routed { route, path, req } = routed;
         let settings = &snap.settings;
         if let Some(l) = &route.limiter {
-            match l.limiter.reserve(Instant::now(), settings.token_wait) {
-                None => {
-                    return Err(ProxyError::new(
-                        ErrorCode::RateLimited,
-                        format!("{} is limited to its rate_limit and its queue is full; retry later", route.prefix),
-                    ))
-                }
-                Some(wait) => {
-                    if !wait.is_zero() {
-                        l.queue.inc();
-                        tokio::time::sleep(wait).await;
-                        l.queue.dec();
-                    }
-                    l.wait.observe(wait.as_secs_f64());
-                }
+            let Some(wait) = l.limiter.reserve(Instant::now(), settings.token_wait) else {
+                return Err(ProxyError::new(
+                    ErrorCode::RateLimited,
+                    format!("{} is limited to its rate_limit and its queue is full; retry later", route.prefix),
+                ));
+            };
+            if !wait.is_zero() {
+                l.queue.inc();
+                Box::pin(tokio::time::sleep(wait)).await;
+                l.queue.dec();
             }
+            l.wait.observe(wait.as_secs_f64());
         }
         let (mut parts, body) = req.into_parts();
 
@@ -277,27 +269,12 @@ impl Proxy {
         // Token: one load on the fast path; wait (bounded) only when none is valid.
         let token = match &route.credential {
             None => None,
-            Some(cred) => Some(current_token(cred, settings).await?),
+            Some(cred) => Some(match valid_token(cred) {
+                Some(t) => t,
+                None => Box::pin(wait_for_token(cred, settings)).await?,
+            }),
         };
-
-        // Upstream URI and headers.
-        let fwd_path: Cow<str> =
-            if route.strip_prefix { route::strip_prefix(&route.prefix, path) } else { Cow::Borrowed(path) };
-        let fwd_path: Cow<str> = match &token {
-            Some(t) if route::has_key_placeholder(&fwd_path) => {
-                Cow::Owned(route::substitute_keys(&fwd_path, t.organizer_key.as_deref(), t.account_key.as_deref()))
-            }
-            _ => fwd_path,
-        };
-        let uri = upstream_uri(route, &fwd_path, inbound_uri)?;
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(crate::INBOUND_KEY_HEADER);
-        parts.headers.insert(header::HOST, route.host.clone());
-        if let Some(t) = &token {
-            parts.headers.insert(header::AUTHORIZATION, t.bearer().clone());
-        }
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
+        rewrite_request(route, &mut parts, path.as_deref(), token.as_deref())?;
 
         let Some(cred) = route.credential.as_ref() else {
             let body = upstream_body(buffered, stream);
@@ -312,18 +289,22 @@ impl Proxy {
         let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
         let body = upstream_body(buffered, stream);
         let res = self.send(settings, route, affinity, Request::from_parts(parts, body)).await?;
-        let (res, rejected) = inspect_rejection(res, route).await?;
+        let (res, rejected) = match quick_verdict(&res) {
+            Some(rejected) => (passthrough(res, route), rejected),
+            None => Box::pin(inspect_forbidden(res)).await?,
+        };
         if !rejected {
             return Ok(res);
         }
 
         tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
-        let renewed = cred.refresh(Trigger::Rejected(token.generation)).await;
+        let renewed = Box::pin(cred.refresh(Trigger::Rejected(token.generation))).await;
         let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        self.send(settings, route, affinity, retry.into_request(fresh.bearer())).await.map(|r| passthrough(r, route))
+        let resent = Box::pin(self.send(settings, route, affinity, retry.into_request(fresh.bearer()))).await;
+        resent.map(|r| passthrough(r, route))
     }
 
     async fn send(
@@ -333,8 +314,7 @@ impl Proxy {
         affinity: &Affinity,
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let sent = self.connector.send(&route.target, affinity, req);
-        match tokio::time::timeout(settings.request_timeout, sent).await {
+        match tokio::time::timeout(settings.request_timeout, self.connector.send(&route.target, affinity, req)).await {
             Ok(Ok(res)) => Ok(res),
             Err(_) => {
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
@@ -356,12 +336,14 @@ impl Proxy {
     }
 }
 
-/// What resending a request needs, kept on the stack (no allocation for requests with
-/// up to 16 headers): a retry is rare, a copy is made for every small request.
+/// What resending a request needs: a retry is rare, a copy is made for every small
+/// request. The headers are reference-counted clones in one `Vec` (one allocation; an
+/// inline array would make every request's future kilobytes larger, and that future is
+/// moved for every request).
 struct RetryCopy {
     method: Method,
     uri: Uri,
-    headers: smallvec::SmallVec<[(HeaderName, HeaderValue); 16]>,
+    headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
 }
 
@@ -385,6 +367,51 @@ impl RetryCopy {
     }
 }
 
+/// A request that passed every check and has its route.
+struct Routed<'s> {
+    route: &'s Route,
+    /// The normalised path when it differs from the request's own.
+    path: Option<String>,
+    req: Request<Incoming>,
+}
+
+/// The request head as the upstream must see it: its path (prefix stripped, keys
+/// substituted), no hop-by-hop headers or inbound key, the upstream's `Host`, and the
+/// token (`None`: a pass-through route).
+fn rewrite_request(
+    route: &Route,
+    parts: &mut http::request::Parts,
+    normalized: Option<&str>,
+    token: Option<&Token>,
+) -> Result<(), ProxyError> {
+    let path = normalized.unwrap_or(parts.uri.path());
+    let fwd_path: Cow<str> =
+        if route.strip_prefix { route::strip_prefix(&route.prefix, path) } else { Cow::Borrowed(path) };
+    let fwd_path: Cow<str> = match token {
+        Some(t) if route::has_key_placeholder(&fwd_path) => {
+            Cow::Owned(route::substitute_keys(&fwd_path, t.organizer_key.as_deref(), t.account_key.as_deref()))
+        }
+        _ => fwd_path,
+    };
+    let uri = upstream_uri(route, &fwd_path, &parts.uri)?;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&crate::INBOUND_KEY_HEADER);
+    parts.headers.insert(header::HOST, route.host.clone());
+    if let Some(t) = token {
+        parts.headers.insert(header::AUTHORIZATION, t.bearer().clone());
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    Ok(())
+}
+
+fn overloaded(settings: &ProxySettings) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::Overloaded,
+        format!("{} requests are in flight (max_concurrent_requests); retry shortly", settings.max_concurrent_requests),
+    )
+}
+
 fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> UpstreamBody {
     match (buffered, stream) {
         (_, Some(s)) => Either::Right(s),
@@ -393,15 +420,13 @@ fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> 
     }
 }
 
-async fn current_token(cred: &Credential, settings: &ProxySettings) -> Result<Arc<Token>, ProxyError> {
-    {
-        let guard = cred.load();
-        if let Some(t) = guard.as_ref() {
-            if t.is_valid_at(SystemTime::now()) {
-                return Ok(t.clone());
-            }
-        }
-    }
+/// The credential's token if it is valid now: the per-request path, one `ArcSwap` load.
+fn valid_token(cred: &Credential) -> Option<Arc<Token>> {
+    cred.load().as_ref().filter(|t| t.is_valid_at(SystemTime::now())).cloned()
+}
+
+/// Waits (bounded by `token_wait`) for a valid token; only while none is.
+async fn wait_for_token(cred: &Credential, settings: &ProxySettings) -> Result<Arc<Token>, ProxyError> {
     cred.wait_valid(settings.token_wait).await.map_err(|why| ProxyError::new(ErrorCode::TokenUnavailable, why))
 }
 
@@ -427,8 +452,9 @@ fn build_path_and_query(base_path: &str, path: &str, query: Option<&str>) -> Res
     PathAndQuery::try_from(pq).map_err(|_| bad_request("the request path cannot be forwarded"))
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), and
+/// `Transfer-Encoding` (hyper frames each hop's body itself).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -437,24 +463,46 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers, including those any `Connection` header names (a
 /// request may carry several `Connection` lines; each counts).
+///
+/// Runs twice per request (request and response), so it looks first: one pass over the
+/// names (usually finding nothing), then removes only what is there.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    if present == 0 {
+        return;
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    if present & 1 != 0 {
+        // Names listed in `Connection`; `close` and `keep-alive` need no lookup.
+        let listed: smallvec::SmallVec<[HeaderValue; 2]> =
+            headers.get_all(header::CONNECTION).iter().cloned().collect();
+        for value in &listed {
+            for token in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.is_empty() || token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                // A name that is not a valid header name matches nothing.
+                if let Ok(name) = std::str::from_utf8(token) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
 }
 
 fn passthrough(mut res: Response<Incoming>, route: &Route) -> Response<Body> {
@@ -499,15 +547,26 @@ impl hyper::body::Body for UpstreamStream {
     }
 }
 
-/// Reads enough of a 401/403 to tell a rejected token from a real permission error.
-async fn inspect_rejection(res: Response<Incoming>, route: &Route) -> Result<(Response<Body>, bool), ProxyError> {
-    let status = res.status();
-    let www_invalid =
-        res.headers().get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"));
-    if status != StatusCode::FORBIDDEN {
-        let rejected = status == StatusCode::UNAUTHORIZED || www_invalid;
-        return Ok((passthrough(res, route), rejected));
+/// Whether the upstream rejected the token, when the head alone tells (every answer but
+/// a 403, whose body must be read: see [`inspect_forbidden`]).
+fn quick_verdict(res: &Response<Incoming>) -> Option<bool> {
+    if www_invalid_token(res.headers()) {
+        return Some(true);
     }
+    match res.status() {
+        StatusCode::FORBIDDEN => None,
+        status => Some(status == StatusCode::UNAUTHORIZED),
+    }
+}
+
+fn www_invalid_token(headers: &HeaderMap) -> bool {
+    headers.get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"))
+}
+
+/// Reads enough of a 403 to tell a rejected token (`InvalidToken`) from a real
+/// permission error.
+async fn inspect_forbidden(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
+    let www_invalid = www_invalid_token(res.headers());
     let (mut parts, body) = res.into_parts();
     let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {
         Ok(c) => c.to_bytes(),
@@ -592,6 +651,39 @@ mod tests {
         h.insert("x-second", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn connection_tokens_are_case_insensitive_and_framing_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive, X-Private ,,"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-keep"]);
+    }
+
+    #[test]
+    fn nothing_hop_by_hop_leaves_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("x"));
+        h.append(header::ACCEPT, HeaderValue::from_static("a"));
+        h.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn an_invalid_connection_token_matches_nothing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("bad name, x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-b"]);
     }
 
     #[test]

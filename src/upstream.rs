@@ -116,9 +116,8 @@ impl Connector {
         &self,
         target: &Arc<Target>,
         affinity: &Affinity,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = req;
         for attempt in 0..2 {
             if let Some(mut h2) = target.h2.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone()) {
                 target.absolute(&mut req);
@@ -126,7 +125,9 @@ impl Connector {
             }
             let mut sender = match affinity.take(target).or_else(|| target.take_idle()) {
                 Some(s) => s,
-                None => match self.connect(target).await? {
+                // Boxed: the handshake futures are large and rarely needed, and every
+                // request's future would otherwise carry their size.
+                None => match Box::pin(self.connect(target)).await? {
                     Conn::H1(s) => s,
                     Conn::H2(s) => {
                         target.h2.store(Some(Arc::new(s)));
@@ -149,7 +150,7 @@ impl Connector {
             }
         }
         // Two connections in a row refused the request before sending it.
-        let mut sender = match self.connect(target).await? {
+        let mut sender = match Box::pin(self.connect(target)).await? {
             Conn::H1(s) => s,
             Conn::H2(mut s) => {
                 target.absolute(&mut req);
