@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it makes 200 requests each
-//! way and checks the numbers are sane.
+//! way and fails if the proxy's own allocations per request grew.
 
 mod support;
 
@@ -177,5 +177,7 @@ fn main() {
 
     let own = proxied.0 - direct.0;
     assert!(own > 0.0, "the proxy allocates something per request ({own})");
-    assert!(own < 1_000.0, "the proxy allocates {own} times per request: something is badly wrong");
+    // 6 when this was written (README "Performance"); more means a new allocation on
+    // the hot path: find it (this bench's building blocks, or heaptrack) before raising this.
+    assert!(own <= 6.5, "the proxy allocates {own} times per proxied request, more than the 6 it did");
 }
