@@ -74,14 +74,19 @@ fn now() -> Count {
     Count { allocs: ALLOCS.load(Ordering::Relaxed), bytes: BYTES.load(Ordering::Relaxed) }
 }
 
+/// Allocations and bytes per unit since `before`, over `n` units.
+fn per_unit_since(before: Count, n: u64) -> (f64, f64) {
+    let after = now();
+    ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64)
+}
+
 /// Allocations per call of `f` over `n` calls.
 fn per_call(n: u64, mut f: impl FnMut()) -> (f64, f64) {
     let before = now();
     for _ in 0..n {
         f();
     }
-    let after = now();
-    ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64)
+    per_unit_since(before, n)
 }
 
 async fn per_request(client: &support::BenchClient, uri: &http::Uri, n: u64) -> (f64, f64) {
@@ -89,8 +94,7 @@ async fn per_request(client: &support::BenchClient, uri: &http::Uri, n: u64) -> 
     for _ in 0..n {
         black_box(support::get(client, uri).await);
     }
-    let after = now();
-    ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64)
+    per_unit_since(before, n)
 }
 
 fn typical_headers() -> HeaderMap {
@@ -116,27 +120,23 @@ fn main() {
         let proxied = per_request(&bench.proxied.0, &bench.proxied.1, n).await;
         // The same client requests on one hyper::client::conn::http1 connection, no pool.
         let upstream = bench.direct.1.authority().expect("an authority").as_str().parse().expect("an address");
-        let mut raw = support::RawConn::connect(upstream).await;
-        for _ in 0..100 {
-            raw.get().await;
+        // (A macro: the two connection types share no trait.)
+        macro_rules! per_get {
+            ($conn:expr) => {{
+                let mut conn = $conn;
+                for _ in 0..100 {
+                    conn.get().await;
+                }
+                let before = now();
+                for _ in 0..n {
+                    black_box(conn.get().await);
+                }
+                per_unit_since(before, n)
+            }};
         }
-        let before = now();
-        for _ in 0..n {
-            black_box(raw.get().await);
-        }
-        let after = now();
-        let raw = ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64);
+        let raw = per_get!(support::RawConn::connect(upstream).await);
         // And driven inside this task.
-        let mut affine = support::AffineConn::connect(upstream).await;
-        for _ in 0..100 {
-            affine.get().await;
-        }
-        let before = now();
-        for _ in 0..n {
-            black_box(affine.get().await);
-        }
-        let after = now();
-        let affine = ((after.allocs - before.allocs) as f64 / n as f64, (after.bytes - before.bytes) as f64 / n as f64);
+        let affine = per_get!(support::AffineConn::connect(upstream).await);
         bench.stop().await;
         (direct, proxied, raw, affine)
     });
