@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{InboundSettings, TlsFiles};
 use crate::error::{ErrorCode, ProxyError};
 
-/// Decides whether a request from `peer` carrying `key` may proceed.
+/// Decides whether a request from `peer` with these headers (the inbound key among them) may proceed.
 pub fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
     admit_address(inbound, peer)?;
     if inbound.keys.is_empty() {
