@@ -317,10 +317,8 @@ fn spawn_data_path_thread(
             };
             crate::server::serve(
                 listener,
-                move |req, conn: Arc<crate::server::ConnInfo>| {
-                    let p = proxy.clone();
-                    async move { p.serve(req, &conn).await }
-                },
+                // No async block around it: that would hold a second copy of the request.
+                move |req, conn: Arc<crate::server::ConnInfo>| proxy.clone().serve(req, conn),
                 tls,
                 shutdown,
                 DRAIN_TIMEOUT,

@@ -6,11 +6,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -25,7 +27,7 @@ use crate::metrics::{Metrics, RequestCounters};
 use crate::route::{self, Router};
 use crate::server::ConnInfo;
 use crate::token::{Credential, Token, Trigger};
-use crate::upstream::{Affinity, Connector, Target, UpstreamError};
+use crate::upstream::{Affinity, Connector, Held, Target, UpstreamError};
 
 /// Bodies up to this size are buffered so the request can be retried after a rejection.
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
@@ -151,7 +153,7 @@ impl Proxy {
     /// One `async fn` on purpose: its future is moved into hyper for every request, so
     /// everything that can be decided without waiting is done in plain functions and the
     /// rare waits (rate limit, a token wait, a 403 body, a renewal) are boxed.
-    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn serve(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         let start = Instant::now();
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
@@ -250,6 +252,7 @@ impl Proxy {
             l.wait.observe(wait.as_secs_f64());
         }
         let (mut parts, body) = req.into_parts();
+        let mut held = affinity.hold();
 
         // Body: refuse what is known to be too large; buffer what is small enough to retry.
         let max = settings.max_request_body;
@@ -279,7 +282,7 @@ impl Proxy {
         let Some(cred) = route.credential.as_ref() else {
             let body = upstream_body(buffered, stream);
             return self
-                .send(settings, route, affinity, Request::from_parts(parts, body))
+                .send(settings, route, &mut held, Request::from_parts(parts, body))
                 .await
                 .map(|r| passthrough(r, route));
         };
@@ -288,7 +291,7 @@ impl Proxy {
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
         let body = upstream_body(buffered, stream);
-        let res = self.send(settings, route, affinity, Request::from_parts(parts, body)).await?;
+        let res = self.send(settings, route, &mut held, Request::from_parts(parts, body)).await?;
         let (res, rejected) = match quick_verdict(&res) {
             Some(rejected) => (passthrough(res, route), rejected),
             None => Box::pin(inspect_forbidden(res)).await?,
@@ -303,20 +306,25 @@ impl Proxy {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        let resent = Box::pin(self.send(settings, route, affinity, retry.into_request(fresh.bearer()))).await;
+        let resent = Box::pin(self.send(settings, route, &mut held, retry.into_request(fresh.bearer()))).await;
         resent.map(|r| passthrough(r, route))
     }
 
-    async fn send(
-        &self,
-        settings: &ProxySettings,
-        route: &Route,
-        affinity: &Affinity,
+    /// Sends `req` upstream on `held`'s connections; the answer's head, or SPEC's error
+    /// (counted) when there is none within `request_timeout`. Not an `async fn`: the
+    /// request is handed to the connection right away, and the returned future is only
+    /// the wait (hyper moves it for every request, so it is kept small).
+    fn send<'a>(
+        &'a self,
+        settings: &'a ProxySettings,
+        route: &'a Route,
+        held: &'a mut Held,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(settings.request_timeout, self.connector.send(&route.target, affinity, req)).await {
-            Ok(Ok(res)) => Ok(res),
-            Err(_) => {
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
+        let deadline = Instant::now() + settings.request_timeout;
+        held.send(&self.connector, &route.target, deadline, req).map(move |sent| match sent {
+            Some(Ok(res)) => Ok(res),
+            None => {
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
                 Err(ProxyError::new(
                     ErrorCode::UpstreamTimeout,
@@ -327,12 +335,12 @@ impl Proxy {
                     ),
                 ))
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 let (kind, err) = classify_upstream_error(&e, route, settings.max_request_body);
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, kind]).inc();
                 Err(err)
             }
-        }
+        })
     }
 }
 
@@ -550,10 +558,10 @@ impl hyper::body::Body for UpstreamStream {
 /// Whether the upstream rejected the token, when the head alone tells (every answer but
 /// a 403, whose body must be read: see [`inspect_forbidden`]).
 fn quick_verdict(res: &Response<Incoming>) -> Option<bool> {
-    if www_invalid_token(res.headers()) {
-        return Some(true);
-    }
     match res.status() {
+        // Success and server errors never mean a rejected token: no header lookup.
+        status if !status.is_client_error() => Some(false),
+        _ if www_invalid_token(res.headers()) => Some(true),
         StatusCode::FORBIDDEN => None,
         status => Some(status == StatusCode::UNAUTHORIZED),
     }

@@ -1,23 +1,29 @@
 //! The accept loop shared by the data path, the admin listener and the mock GoTo
-//! server: HTTP/1.1 keep-alive on hyper, optional TLS (rustls), header size, count and
-//! read-time limits, graceful drain.
+//! server: HTTP/1.1 keep-alive on hyper, optional TLS (rustls), header size and count
+//! limits, an idle watchdog per connection, graceful drain.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A slow client gets this long to send its request headers (and finish TLS).
+/// A client connection with no request in flight is closed when it starts none for this
+/// long, checked once per period (so after 30 to 60 s): idle keep-alive connections and
+/// request heads sent too slowly. Also the TLS handshake's limit.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many request headers.
 pub const MAX_HEADERS: usize = 100;
@@ -30,6 +36,14 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The upstream connections this client connection holds (data path only).
     pub upstream: crate::upstream::Affinity,
+    /// Requests started on the connection: the watchdog's sign of progress.
+    started: AtomicU64,
+}
+
+impl ConnInfo {
+    fn new(peer: SocketAddr) -> ConnInfo {
+        ConnInfo { peer, upstream: Default::default(), started: AtomicU64::new(0) }
+    }
 }
 
 /// Serves `handler(request, connection)` on `listener` until `shutdown`, then lets open
@@ -47,11 +61,30 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_with_idle_timeout(listener, handler, tls, shutdown, drain, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with another idle period than [`HEADER_READ_TIMEOUT`] (tests).
+pub async fn serve_with_idle_timeout<F, Fut, B>(
+    listener: TcpListener,
+    handler: F,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+    drain: Duration,
+    idle: Duration,
+) where
+    F: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's header-read timer is a new timer per request (an allocation and a
+        // timer-wheel insert and remove); the per-connection Watchdog does the job.
+        .header_read_timeout(None)
         .max_headers(MAX_HEADERS)
         .max_header_size(MAX_HEADER_BYTES)
         // Don't read ahead while a request is in flight: that read finds nothing (one
@@ -77,17 +110,24 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let h = handler.clone();
-        let info = Arc::new(ConnInfo { peer, upstream: Default::default() });
+        let info = Arc::new(ConnInfo::new(peer));
+        let watched = info.clone();
         let svc = service_fn(move |req| {
-            let fut = h(req, info.clone());
-            async move { Ok::<_, Infallible>(fut.await) }
+            info.started.fetch_add(1, Ordering::Relaxed);
+            // The response body keeps the connection's info: while it streams, the
+            // connection is busy, not idle.
+            let conn = info.clone();
+            // A map, not an async block: that would hold the handler's future twice.
+            h(req, info.clone()).map(move |res| Ok::<_, Infallible>(res.map(|body| Busy { body, _conn: conn })))
         });
         match &tls {
             None => {
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    match Watchdog::new(conn, watched, idle).await {
+                        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                        None => tracing::debug!(%peer, "closed a connection that started no request"),
+                        Some(Ok(())) => {}
                     }
                 });
             }
@@ -99,8 +139,11 @@ pub async fn serve<F, Fut, B>(
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    if let Err(e) = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc)).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
+                    match Watchdog::new(conn, watched, idle).await {
+                        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+                        None => tracing::debug!(%peer, "closed a connection that started no request"),
+                        Some(Ok(())) => {}
                     }
                 });
             }
@@ -109,5 +152,100 @@ pub async fn serve<F, Fut, B>(
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(drain_secs = drain.as_secs(), "requests still open after the drain timeout; closing them");
+    }
+}
+
+// ===== idle watchdog =====
+
+pin_project_lite::pin_project! {
+    /// Closes a client connection on which no request is in flight (handler running or
+    /// response body streaming) and none started for a whole period: one timer per
+    /// connection, re-armed once per period, instead of hyper's new header-read timer
+    /// for every request. `None`: closed for idleness.
+    struct Watchdog<C> {
+        #[pin]
+        conn: C,
+        info: Arc<ConnInfo>,
+        timer: Pin<Box<tokio::time::Sleep>>,
+        seen: u64,
+        was_busy: bool,
+        idle: Duration,
+        armed: bool,
+    }
+}
+
+impl<C> Watchdog<C> {
+    fn new(conn: C, info: Arc<ConnInfo>, idle: Duration) -> Watchdog<C> {
+        let timer = Box::pin(tokio::time::sleep(idle));
+        Watchdog { conn, info, timer, seen: 0, was_busy: false, idle, armed: false }
+    }
+}
+
+/// Holders of a connection's `ConnInfo` while nothing is in flight: the service and
+/// the watchdog. Every request future and response body holds one more.
+const IDLE_HOLDERS: usize = 2;
+
+impl<C: Future> Future for Watchdog<C> {
+    type Output = Option<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.conn.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        // The timer is polled only to register this task's waker (once per period),
+        // not on every wake-up of the connection.
+        loop {
+            if *this.armed && !this.timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            if *this.armed {
+                // Idle for a whole period: nothing in flight at its start or end, and
+                // no request started in between.
+                let started = this.info.started.load(Ordering::Relaxed);
+                let busy = Arc::strong_count(this.info) > IDLE_HOLDERS;
+                if started == *this.seen && !busy && !*this.was_busy {
+                    return Poll::Ready(None);
+                }
+                *this.seen = started;
+                *this.was_busy = busy;
+                let next = tokio::time::Instant::now() + *this.idle;
+                this.timer.as_mut().reset(next);
+            }
+            *this.armed = true;
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its connection's [`ConnInfo`] until it is dropped, so
+    /// the watchdog sees a long download as activity.
+    struct Busy<B> {
+        #[pin]
+        body: B,
+        _conn: Arc<ConnInfo>,
+    }
+}
+
+impl<B: Body> Body for Busy<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

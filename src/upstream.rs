@@ -7,10 +7,14 @@
 //! that opens a connection per `curl` must not pay a TLS handshake each time). An
 //! upstream that offers HTTP/2 (ALPN) gets one shared, multiplexed connection instead.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use crossbeam_utils::atomic::AtomicCell;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -109,24 +113,24 @@ impl Connector {
         Ok(Conn::H1(sender))
     }
 
-    /// Sends `req` (origin-form URI: path and query) to `target` on the client connection's own upstream connection (or
-    /// the shared HTTP/2 one), opening one when needed. A request the connection never
-    /// took (it had closed while idle) is sent again on a new connection.
-    pub async fn send(
+    /// The slow path of [`Held::send`]: the shared HTTP/2 connection, or `own` (this
+    /// client connection's HTTP/1.1 connection, once it is ready), an idle one, or a new
+    /// one. A request a connection never took (it had closed while idle) is sent again
+    /// on another. Returns the HTTP/1.1 connection used, for the client connection to keep.
+    async fn send(
         &self,
         target: &Arc<Target>,
-        affinity: &Affinity,
+        mut own: Option<Sender>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Sender>), UpstreamError> {
         for attempt in 0..2 {
             if let Some(mut h2) = target.h2.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone()) {
                 target.absolute(&mut req);
-                return h2.send_request(req).await.map_err(UpstreamError::Http);
+                return h2.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
             }
-            let mut sender = match affinity.take(target).or_else(|| target.take_idle()) {
+            let mut sender = match own.take().or_else(|| target.take_idle()) {
                 Some(s) => s,
-                // Boxed: the handshake futures are large and rarely needed, and every
-                // request's future would otherwise carry their size.
+                // Boxed: the handshake futures are large and rarely needed.
                 None => match Box::pin(self.connect(target)).await? {
                     Conn::H1(s) => s,
                     Conn::H2(s) => {
@@ -139,10 +143,7 @@ impl Connector {
                 continue; // closed while idle: take another
             }
             match sender.try_send_request(req).await {
-                Ok(res) => {
-                    affinity.put(target, sender);
-                    return Ok(res);
-                }
+                Ok(res) => return Ok((res, Some(sender))),
                 Err(mut e) => match e.take_message() {
                     Some(back) if attempt == 0 => req = back,
                     _ => return Err(UpstreamError::Http(e.into_error())),
@@ -154,12 +155,11 @@ impl Connector {
             Conn::H1(s) => s,
             Conn::H2(mut s) => {
                 target.absolute(&mut req);
-                return s.send_request(req).await.map_err(UpstreamError::Http);
+                return s.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
             }
         };
         let res = sender.send_request(req).await.map_err(UpstreamError::Http)?;
-        affinity.put(target, sender);
-        Ok(res)
+        Ok((res, Some(sender)))
     }
 }
 
@@ -314,38 +314,203 @@ impl Target {
     }
 }
 
-/// An HTTP/1.1 upstream connection held for a target.
-type Held = (Arc<Target>, Sender);
-
 /// The sending half of an HTTP/1.1 upstream connection.
 type Sender = http1::SendRequest<UpstreamBody>;
 
-/// The upstream connections one client connection holds, by route target. Requests on
-/// one HTTP/1.1 client connection are sequential, so this slot is never contended; it
-/// is a mutex only to be shareable with the request futures.
+/// What one client connection keeps between its requests: its HTTP/1.1 upstream
+/// connections and one timer for every request's deadline.
+///
+/// Requests on one HTTP/1.1 client connection are sequential, so a request holds it
+/// alone (see [`Affinity::hold`]).
+#[derive(Default)]
+pub struct Held {
+    conns: Conns,
+    timer: Timer,
+}
+
+/// The answer to a request sent on a connection that was ready.
+type Answer = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>;
+
+impl Held {
+    /// Sends `req` (origin-form URI: path and query) to `target`; the future yields the
+    /// answer's head, or `None` when `deadline` came first.
+    ///
+    /// The common case costs no wait and no lookup: this client connection's own
+    /// HTTP/1.1 connection is ready, so the request goes to it right now and the future
+    /// only awaits the answer. Anything else (first request, HTTP/2, a connection not
+    /// ready or closed) takes [`Connector::send`], boxed.
+    pub fn send<'a>(
+        &'a mut self,
+        connector: &'a Connector,
+        target: &'a Arc<Target>,
+        deadline: Instant,
+        req: Request<UpstreamBody>,
+    ) -> Sending<'a, impl Future<Output = Answer> + Send + 'a> {
+        let stage = match self.conns.take(target) {
+            Some(mut sender) if sender.is_ready() => {
+                let fut = sender.try_send_request(req);
+                self.conns.put(target, sender);
+                Stage::Sent { fut }
+            }
+            own => Stage::Slow { fut: Box::pin(connector.send(target, own, req)) },
+        };
+        Sending { stage, conns: &mut self.conns, connector, target, timer: self.timer.arm(deadline) }
+    }
+}
+
+/// [`Connector::send`], boxed.
+type SlowSend<'a> =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Sender>), UpstreamError>> + Send + 'a>>;
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<'a, F> {
+        /// On this client connection's own connection.
+        Sent { #[pin] fut: F },
+        /// Anything else.
+        Slow { fut: SlowSend<'a> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way upstream (see [`Held::send`]). Small on purpose: hyper moves
+    /// the request's future, and this is part of it.
+    pub struct Sending<'a, F> {
+        #[pin]
+        stage: Stage<'a, F>,
+        conns: &'a mut Conns,
+        connector: &'a Connector,
+        target: &'a Arc<Target>,
+        timer: Pin<&'a mut tokio::time::Sleep>,
+    }
+}
+
+impl<'a, F: Future<Output = Answer>> Future for Sending<'a, F> {
+    type Output = Option<Result<Response<Incoming>, UpstreamError>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Sent { fut } => match fut.poll(cx) {
+                    Poll::Ready(Ok(res)) => return Poll::Ready(Some(Ok(res))),
+                    Poll::Ready(Err(mut e)) => match e.take_message() {
+                        // The connection had closed while idle and never took it.
+                        Some(req) => {
+                            drop(this.conns.take(this.target));
+                            let (connector, target) = (*this.connector, *this.target);
+                            this.stage.set(Stage::Slow { fut: Box::pin(connector.send(target, None, req)) });
+                        }
+                        None => return Poll::Ready(Some(Err(UpstreamError::Http(e.into_error())))),
+                    },
+                    Poll::Pending => break,
+                },
+                StageProj::Slow { fut } => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok((res, sender))) => {
+                        if let Some(sender) = sender {
+                            this.conns.put(this.target, sender);
+                        }
+                        return Poll::Ready(Some(Ok(res)));
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => break,
+                },
+            }
+        }
+        this.timer.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+/// HTTP/1.1 upstream connections by route target; usually one.
+#[derive(Default)]
+struct Conns(SmallVec<[(Arc<Target>, Sender); 1]>);
+
+impl Conns {
+    fn take(&mut self, target: &Arc<Target>) -> Option<Sender> {
+        let i = self.0.iter().position(|(t, _)| Arc::ptr_eq(t, target))?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn put(&mut self, target: &Arc<Target>, sender: Sender) {
+        self.0.push((target.clone(), sender));
+    }
+}
+
+impl Drop for Conns {
+    fn drop(&mut self) {
+        for (target, sender) in self.0.drain(..) {
+            target.put_idle(sender);
+        }
+    }
+}
+
+/// One timer re-armed for each request. Moving a registered timer's deadline later is
+/// one atomic store; a new timer per request is a timer-wheel insert and remove under
+/// the runtime's timer lock (and sometimes a wake-up write to the I/O driver).
+#[derive(Default)]
+struct Timer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    fn arm(&mut self, deadline: Instant) -> Pin<&mut tokio::time::Sleep> {
+        let fresh = self.0.is_none();
+        let timer = self.0.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        if !fresh {
+            timer.as_mut().reset(deadline.into());
+        }
+        timer.as_mut()
+    }
+}
+
+/// The client connection's slot for its [`Held`] state: one atomic pointer, no lock.
+/// When the client connection closes, its upstream connections go to their routes'
+/// idle lists.
 #[derive(Default)]
 pub struct Affinity {
-    held: Mutex<SmallVec<[Held; 1]>>,
+    slot: AtomicCell<Option<Box<Held>>>,
 }
 
 impl Affinity {
-    fn take(&self, target: &Arc<Target>) -> Option<http1::SendRequest<UpstreamBody>> {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let i = held.iter().position(|(t, _)| Arc::ptr_eq(t, target))?;
-        Some(held.swap_remove(i).1)
-    }
-
-    fn put(&self, target: &Arc<Target>, sender: http1::SendRequest<UpstreamBody>) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.push((target.clone(), sender));
+    /// The connection's state for one request (a fresh one for its first); it goes
+    /// back when the guard is dropped.
+    pub fn hold(&self) -> Holding<'_> {
+        Holding { affinity: self, held: Some(self.slot.take().unwrap_or_default()) }
     }
 }
 
-impl Drop for Affinity {
+/// A request's hold on its client connection's [`Held`] state.
+pub struct Holding<'a> {
+    affinity: &'a Affinity,
+    /// `None` only while being dropped.
+    held: Option<Box<Held>>,
+}
+
+impl std::ops::Deref for Holding<'_> {
+    type Target = Held;
+
+    fn deref(&self) -> &Held {
+        self.held.as_deref().unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl std::ops::DerefMut for Holding<'_> {
+    fn deref_mut(&mut self) -> &mut Held {
+        self.held.as_deref_mut().unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        let held = std::mem::take(self.held.get_mut().unwrap_or_else(|p| p.into_inner()));
-        for (target, sender) in held {
-            target.put_idle(sender);
-        }
+        // Another request's state in the slot (never with HTTP/1.1) is let go.
+        drop(self.affinity.slot.swap(self.held.take()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_slot_is_lock_free() {
+        assert!(AtomicCell::<Option<Box<Held>>>::is_lock_free());
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod data_path;
 mod errors;
 mod faults;
+mod idle;
 mod login;
 mod props;
 mod redis;

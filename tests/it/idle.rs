@@ -1,0 +1,112 @@
+//! The accept loop's idle watchdog (`server::serve`): a client connection that starts no
+//! request for an idle period is closed, one with a request in flight or a body still
+//! streaming is not. A short period here; the product's is `HEADER_READ_TIMEOUT`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const IDLE: Duration = Duration::from_millis(200);
+
+type Chunks = StreamBody<std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
+
+/// `/slow` answers after three idle periods; `/stream` sends four chunks over three
+/// idle periods; anything else answers at once.
+async fn start() -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(goto_auth_proxy::server::serve_with_idle_timeout(
+        listener,
+        |req: http::Request<hyper::body::Incoming>, _conn| async move {
+            let chunks: Chunks = match req.uri().path() {
+                "/slow" => {
+                    tokio::time::sleep(IDLE * 3).await;
+                    StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
+                }
+                "/stream" => StreamBody::new(Box::pin(futures_util::stream::unfold(0u8, |i| async move {
+                    if i == 4 {
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(IDLE).await;
+                    }
+                    Some((Ok(Frame::data(Bytes::from(format!("chunk{i};")))), i + 1))
+                }))),
+                _ => StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
+            };
+            http::Response::new(chunks)
+        },
+        None,
+        stop.clone(),
+        Duration::from_secs(1),
+        IDLE,
+    ));
+    (addr, stop)
+}
+
+/// Reads until the server closes the connection; how long that took.
+async fn wait_for_close(tcp: &mut tokio::net::TcpStream) -> Duration {
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut sink))
+        .await
+        .expect("the server closed the connection")
+        .expect("read");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_completes_is_cut_off() {
+    let (addr, _stop) = start().await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // the head never ends
+    let waited = wait_for_close(&mut tcp).await;
+    assert!(waited >= IDLE, "closed after {waited:?}, before one idle period");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
+    let (addr, _stop) = start().await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    wait_for_close(&mut tcp).await;
+}
+
+#[tokio::test]
+async fn a_slow_answer_and_a_long_download_are_not_idleness() {
+    let (addr, _stop) = start().await;
+    // One keep-alive connection for both requests (a client pool with one idle slot).
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let slow = http.get(format!("http://{addr}/slow")).send().await.unwrap();
+    assert_eq!(slow.text().await.unwrap(), "slow");
+    let streamed = http.get(format!("http://{addr}/stream")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(streamed, "chunk0;chunk1;chunk2;chunk3;");
+}
+
+#[tokio::test]
+async fn the_data_path_answers_many_requests_on_one_connection_past_the_period() {
+    // Requests keep coming: progress, so the connection stays open across periods.
+    let (addr, _stop) = start().await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let until = Instant::now() + IDLE * 4;
+    let mut answered = 0;
+    while Instant::now() < until {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {answered} answers although requests kept coming");
+        answered += 1;
+        // A client that pauses between requests, for less than a period.
+        tokio::time::sleep(IDLE / 4).await;
+    }
+    assert!(answered > 4);
+}
