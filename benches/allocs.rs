@@ -177,7 +177,9 @@ fn main() {
 
     let own = proxied.0 - direct.0;
     assert!(own > 0.0, "the proxy allocates something per request ({own})");
-    // 6 when this was written (README "Performance"); more means a new allocation on
-    // the hot path: find it (this bench's building blocks, or heaptrack) before raising this.
-    assert!(own <= 6.5, "the proxy allocates {own} times per proxied request, more than the 6 it did");
+    // 5 when this was written (README "Performance"): hyper's four (the request's head
+    // and header map, its client dispatch, the upstream read buffer) and the retry copy's `Vec`.
+    // More means a new allocation on the hot path: find it (this bench's building blocks,
+    // or heaptrack) before raising this.
+    assert!(own <= 5.5, "the proxy allocates {own} times per proxied request, more than the 5 it did");
 }

@@ -150,92 +150,65 @@ impl Proxy {
     /// Answers one request that came on `conn`; never fails (errors become SPEC's JSON
     /// answers).
     ///
-    /// One `async fn` on purpose: its future is moved into hyper for every request, so
-    /// everything that can be decided without waiting is done in plain functions and the
-    /// rare waits (rate limit, a token wait, a 403 body, a renewal) are boxed.
-    pub async fn serve(self: Arc<Self>, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
-        let start = Instant::now();
-        let snap = self.snapshot.load_full();
-        let method = req.method().clone();
-        let (route, result) = match self.in_flight.try_acquire() {
-            Err(_) => (None, Err(overloaded(&snap.settings))),
-            Ok(_permit) => match self.route_request(&snap, req, conn.peer) {
-                Err((route, e)) => (route, Err(e)),
-                Ok(routed) => (Some(routed.route), self.forward(&snap, routed, &conn.upstream).await),
-            },
-        };
-        let res = match result {
-            Ok(res) => res,
-            Err(e) => {
-                tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
-                error_response(e)
-            }
-        };
-        match route {
-            Some(r) => {
-                r.requests.inc(&method, res.status());
-                r.duration.observe(start.elapsed().as_secs_f64());
-            }
-            None => {
-                self.metrics.requests_total.with_label_values(&["none", method.as_str(), res.status().as_str()]).inc()
-            }
-        }
-        res
-    }
-
-    /// Admission, request-target checks, routing and the route's method list: all that
-    /// is decided before anything is awaited. An error names the route when there is one
-    /// (for its metrics).
-    fn route_request<'s>(
-        &self,
-        snap: &'s Snapshot,
+    /// hyper moves this future for every request, so it is kept small: the request's
+    /// parts are held once (an `async fn` would hold its parameters twice), everything
+    /// that can be decided without waiting is done in plain functions, and the rare waits
+    /// (rate limit, a token wait, a 403 body, a renewal) are boxed.
+    pub fn serve(
+        self: Arc<Self>,
         req: Request<Incoming>,
-        peer: std::net::SocketAddr,
-    ) -> Result<Routed<'s>, (Option<&'s Route>, ProxyError)> {
-        inbound::admit(&snap.inbound, peer.ip(), req.headers()).map_err(|e| (None, e))?;
-        if req.method() == Method::CONNECT {
-            return Err((
-                None,
-                bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams"),
-            ));
-        }
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            return Err((
-                None,
-                bad_request(
-                    "absolute-form request targets are refused: send the path only, e.g. `GET /admin/rest/v1/me`",
-                ),
-            ));
-        }
-        let path = route::normalize_path(req.uri().path()).map_err(|e| (None, bad_request(e.to_string())))?;
-        let Some(route) = snap.router.find(&path) else {
-            return Err((None, ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
-        };
-        if let Some(methods) = &route.methods {
-            if !methods.contains(req.method()) {
-                let allowed: Vec<&str> = methods.iter().map(Method::as_str).collect();
-                let message =
-                    format!("{} is not allowed on {} (allowed: {})", req.method(), route.prefix, allowed.join(", "));
-                return Err((Some(route), ProxyError::new(ErrorCode::MethodNotAllowed, message)));
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        let (mut parts, body) = req.into_parts();
+        let mut body = Some(body);
+        async move {
+            let start = Instant::now();
+            let snap = self.snapshot.load_full();
+            let method = parts.method.clone();
+            let (route, result) = match self.in_flight.try_acquire() {
+                Err(_) => (None, Err(overloaded(&snap.settings))),
+                Ok(_permit) => match route_request(&snap, &parts, conn.peer) {
+                    Err((route, e)) => (route, Err(e)),
+                    Ok((route, path)) => {
+                        let forwarded = self.forward(&snap, route, path, &mut parts, &mut body, &conn.upstream);
+                        (Some(route), forwarded.await)
+                    }
+                },
+            };
+            let res = match result {
+                Ok(res) => res,
+                Err(e) => {
+                    tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
+                    error_response(e)
+                }
+            };
+            match route {
+                Some(r) => {
+                    r.requests.inc(&method, res.status());
+                    r.duration.observe(start.elapsed().as_secs_f64());
+                }
+                None => self
+                    .metrics
+                    .requests_total
+                    .with_label_values(&["none", method.as_str(), res.status().as_str()])
+                    .inc(),
             }
+            res
         }
-        // The normalised path borrows nothing from the request when it is unchanged.
-        let path = match path {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(p) => Some(p),
-        };
-        Ok(Routed { route, path, req })
     }
 
     /// Forwards a routed request: rate limit, body, token, rewrite, send, and one retry
-    /// when the upstream rejects the token.
+    /// when the upstream rejects the token. Takes the request's parts by reference (it
+    /// moves them out only to send them), so this future holds no second copy.
     async fn forward(
         &self,
         snap: &Snapshot,
-        routed: Routed<'_>,
+        route: &Route,
+        path: Option<String>,
+        parts: &mut http::request::Parts,
+        body: &mut Option<Incoming>,
         affinity: &Affinity,
     ) -> Result<Response<Body>, ProxyError> {
-        let Routed { route, path, req } = routed;
         let settings = &snap.settings;
         if let Some(l) = &route.limiter {
             let Some(wait) = l.limiter.reserve(Instant::now(), settings.token_wait) else {
@@ -251,11 +224,13 @@ impl Proxy {
             }
             l.wait.observe(wait.as_secs_f64());
         }
-        let (mut parts, body) = req.into_parts();
         let mut held = affinity.hold();
 
         // Body: refuse what is known to be too large; buffer what is small enough to retry.
         let max = settings.max_request_body;
+        let Some(body) = body.take() else {
+            unreachable!("a request's body is taken once");
+        };
         let hint = body.size_hint();
         if hint.lower() > max {
             return Err(too_large(max));
@@ -277,21 +252,18 @@ impl Proxy {
                 None => Box::pin(wait_for_token(cred, settings)).await?,
             }),
         };
-        rewrite_request(route, &mut parts, path.as_deref(), token.as_deref())?;
+        rewrite_request(route, parts, path.as_deref(), token.as_deref())?;
 
         let Some(cred) = route.credential.as_ref() else {
-            let body = upstream_body(buffered, stream);
-            return self
-                .send(settings, route, &mut held, Request::from_parts(parts, body))
-                .await
-                .map(|r| passthrough(r, route));
+            let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+            return self.send(settings, route, &mut held, req).await.map(|r| passthrough(r, route));
         };
         let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
 
         // Keep what a retry needs: only for bodies small enough to resend.
-        let retry = buffered.as_ref().map(|b| RetryCopy::of(&parts, b));
-        let body = upstream_body(buffered, stream);
-        let res = self.send(settings, route, &mut held, Request::from_parts(parts, body)).await?;
+        let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
+        let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+        let res = self.send(settings, route, &mut held, req).await?;
         let (res, rejected) = match quick_verdict(&res) {
             Some(rejected) => (passthrough(res, route), rejected),
             None => Box::pin(inspect_forbidden(res)).await?,
@@ -375,12 +347,50 @@ impl RetryCopy {
     }
 }
 
-/// A request that passed every check and has its route.
-struct Routed<'s> {
-    route: &'s Route,
-    /// The normalised path when it differs from the request's own.
-    path: Option<String>,
-    req: Request<Incoming>,
+/// Admission, request-target checks, routing and the route's method list: all that is
+/// decided before anything is awaited. The route and, when normalising changed it, the
+/// path; an error names the route when there is one (for its metrics).
+fn route_request<'s>(
+    snap: &'s Snapshot,
+    parts: &http::request::Parts,
+    peer: std::net::SocketAddr,
+) -> Result<(&'s Route, Option<String>), Refused<'s>> {
+    inbound::admit(&snap.inbound, peer.ip(), &parts.headers).map_err(|e| (None, e))?;
+    if parts.method == Method::CONNECT {
+        return Err((None, bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams")));
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        return Err((
+            None,
+            bad_request("absolute-form request targets are refused: send the path only, e.g. `GET /admin/rest/v1/me`"),
+        ));
+    }
+    let path = route::normalize_path(parts.uri.path()).map_err(|e| (None, bad_request(e.to_string())))?;
+    let Some(route) = snap.router.find(&path) else {
+        return Err((None, ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
+    };
+    if let Some(methods) = &route.methods {
+        if !methods.contains(&parts.method) {
+            let allowed: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            let message =
+                format!("{} is not allowed on {} (allowed: {})", parts.method, route.prefix, allowed.join(", "));
+            return Err((Some(route), ProxyError::new(ErrorCode::MethodNotAllowed, message)));
+        }
+    }
+    // The normalised path borrows nothing from the request when it is unchanged.
+    let path = match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+    Ok((route, path))
+}
+
+/// A request refused before forwarding, with its route when it had one (for metrics).
+type Refused<'s> = (Option<&'s Route>, ProxyError);
+
+/// Moves the parts out for sending, leaving empty ones (no allocation).
+fn take_parts(parts: &mut http::request::Parts) -> http::request::Parts {
+    std::mem::replace(parts, Request::new(()).into_parts().0)
 }
 
 /// The request head as the upstream must see it: its path (prefix stripped, keys
