@@ -1,9 +1,10 @@
-//! Per-route rate limiting (GCRA, lock-free): requests are spaced `1/rate` apart; a
-//! request that would have to wait longer than it may is refused instead of queued.
-//! GoTo allows about 10 requests per second per API and answers 429 beyond: queueing
-//! here keeps scripts from burning their quota.
+//! Limits on the data path, both lock-free: per-route rate limiting (GCRA: requests are
+//! spaced `1/rate` apart; a request that would have to wait longer than it may is
+//! refused instead of queued — GoTo allows about 10 requests per second per API and
+//! answers 429 beyond, so queueing here keeps scripts from burning their quota), and the
+//! cap on requests in flight.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A rate limiter for one route.
@@ -43,6 +44,40 @@ impl RateLimiter {
     }
 }
 
+/// Caps requests in flight (`max_concurrent_requests`): one counter raised and lowered
+/// per request. (tokio's `Semaphore` takes its waiters' lock on every release.)
+#[derive(Debug)]
+pub struct InFlight {
+    max: usize,
+    now: AtomicUsize,
+}
+
+impl InFlight {
+    /// At most `max` at once.
+    pub fn new(max: usize) -> InFlight {
+        InFlight { max, now: AtomicUsize::new(0) }
+    }
+
+    /// A slot until the guard is dropped, or `None` when `max` requests are in flight.
+    pub fn enter(&self) -> Option<InFlightGuard<'_>> {
+        if self.now.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.now.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(InFlightGuard(self))
+    }
+}
+
+/// One request's slot in an [`InFlight`].
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +111,18 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 400);
+    }
+
+    #[test]
+    fn in_flight_refuses_past_max_and_frees_on_drop() {
+        let cap = InFlight::new(2);
+        let a = cap.enter().expect("first");
+        let b = cap.enter().expect("second");
+        assert!(cap.enter().is_none(), "a third while two are in flight");
+        drop(a);
+        let c = cap.enter().expect("a slot freed by the first");
+        assert!(cap.enter().is_none());
+        drop((b, c));
+        assert!(cap.enter().is_some());
     }
 }

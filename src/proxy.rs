@@ -22,7 +22,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::error::{ErrorCode, ProxyError};
 use crate::inbound;
-use crate::limit::RateLimiter;
+use crate::limit::{InFlight, RateLimiter};
 use crate::metrics::{Metrics, RequestCounters};
 use crate::route::{self, Router};
 use crate::server::ConnInfo;
@@ -127,13 +127,13 @@ pub struct Proxy {
     connector: Connector,
     metrics: Metrics,
     /// Caps requests in flight (`max_concurrent_requests`, fixed at start).
-    in_flight: tokio::sync::Semaphore,
+    in_flight: InFlight,
 }
 
 impl Proxy {
     /// A proxy serving `snapshot`, connecting upstream with `connector`.
     pub fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
-        let in_flight = tokio::sync::Semaphore::new(snapshot.settings.max_concurrent_requests);
+        let in_flight = InFlight::new(snapshot.settings.max_concurrent_requests);
         Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight }
     }
 
@@ -165,9 +165,9 @@ impl Proxy {
             let start = Instant::now();
             let snap = self.snapshot.load_full();
             let method = parts.method.clone();
-            let (route, result) = match self.in_flight.try_acquire() {
-                Err(_) => (None, Err(overloaded(&snap.settings))),
-                Ok(_permit) => match route_request(&snap, &parts, conn.peer) {
+            let (route, result) = match self.in_flight.enter() {
+                None => (None, Err(overloaded(&snap.settings))),
+                Some(_slot) => match route_request(&snap, &parts, conn.peer) {
                     Err((route, e)) => (route, Err(e)),
                     Ok((route, path)) => {
                         let forwarded = self.forward(&snap, route, path, &mut parts, &mut body, &conn.upstream);
