@@ -244,21 +244,24 @@ impl Proxy {
             _ => (None, Some(Limited::new(body, max as usize))),
         };
 
-        // Token: one load on the fast path; wait (bounded) only when none is valid.
-        let token = match &route.credential {
-            None => None,
-            Some(cred) => Some(match valid_token(cred) {
-                Some(t) => t,
-                None => Box::pin(wait_for_token(cred, settings)).await?,
-            }),
-        };
-        rewrite_request(route, parts, path.as_deref(), token.as_deref())?;
-
+        // Token: the head is rewritten under one `ArcSwap` load (no reference count taken:
+        // the data-path threads would all write the token's); wait (bounded) only when no
+        // valid token exists.
         let Some(cred) = route.credential.as_ref() else {
+            rewrite_request(route, parts, path.as_deref(), None)?;
             let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
             return self.send(settings, route, &mut held, req).await.map(|r| passthrough(r, route));
         };
-        let token = token.unwrap_or_else(|| unreachable!("a route with a credential always has a token here"));
+        let current =
+            with_valid_token(cred, |t| rewrite_request(route, parts, path.as_deref(), Some(t)).map(|()| t.generation));
+        let generation = match current {
+            Some(rewritten) => rewritten?,
+            None => {
+                let t = Box::pin(wait_for_token(cred, settings)).await?;
+                rewrite_request(route, parts, path.as_deref(), Some(&t))?;
+                t.generation
+            }
+        };
 
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
@@ -273,7 +276,7 @@ impl Proxy {
         }
 
         tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
-        let renewed = Box::pin(cred.refresh(Trigger::Rejected(token.generation))).await;
+        let renewed = Box::pin(cred.refresh(Trigger::Rejected(generation))).await;
         let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
@@ -438,9 +441,10 @@ fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> 
     }
 }
 
-/// The credential's token if it is valid now: the per-request path, one `ArcSwap` load.
-fn valid_token(cred: &Credential) -> Option<Arc<Token>> {
-    cred.load().as_ref().filter(|t| t.is_valid_at(SystemTime::now())).cloned()
+/// `f` on the credential's token if it is valid now (the per-request path: one
+/// `ArcSwap` load, no reference count taken); `None` when there is none.
+fn with_valid_token<R>(cred: &Credential, f: impl FnOnce(&Token) -> R) -> Option<R> {
+    cred.load().as_ref().filter(|t| t.is_valid_at(SystemTime::now())).map(|t| f(t))
 }
 
 /// Waits (bounded by `token_wait`) for a valid token; only while none is.

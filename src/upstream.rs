@@ -346,13 +346,10 @@ impl Held {
         deadline: Instant,
         req: Request<UpstreamBody>,
     ) -> Sending<'a, impl Future<Output = Answer> + Send + 'a> {
-        let stage = match self.conns.take(target) {
-            Some(mut sender) if sender.is_ready() => {
-                let fut = sender.try_send_request(req);
-                self.conns.put(target, sender);
-                Stage::Sent { fut }
-            }
-            own => Stage::Slow { fut: Box::pin(connector.send(target, own, req)) },
+        let stage = match self.conns.ready(target) {
+            // Sent in place: taking it out and back would clone the shared `Arc<Target>`.
+            Some(sender) => Stage::Sent { fut: sender.try_send_request(req) },
+            None => Stage::Slow { fut: Box::pin(connector.send(target, self.conns.take(target), req)) },
         };
         Sending { stage, conns: &mut self.conns, connector, target, timer: self.timer.arm(deadline) }
     }
@@ -426,6 +423,11 @@ impl<'a, F: Future<Output = Answer>> Future for Sending<'a, F> {
 struct Conns(SmallVec<[(Arc<Target>, Sender); 1]>);
 
 impl Conns {
+    /// The connection to `target`, when it is ready for a request now.
+    fn ready(&mut self, target: &Arc<Target>) -> Option<&mut Sender> {
+        self.0.iter_mut().find(|(t, _)| Arc::ptr_eq(t, target)).map(|(_, s)| s).filter(|s| s.is_ready())
+    }
+
     fn take(&mut self, target: &Arc<Target>) -> Option<Sender> {
         let i = self.0.iter().position(|(t, _)| Arc::ptr_eq(t, target))?;
         Some(self.0.swap_remove(i).1)
