@@ -41,12 +41,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Listening ports come from below the kernel's ephemeral range: a port that the load's
+# own outgoing connections hold answers no probe but still cannot be bound.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
+
 # A loopback port nothing answers on (probed by connecting), distinct from those taken.
 TAKEN=" "
 port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
+        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
         [[ $TAKEN == *" $p "* ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
