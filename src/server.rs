@@ -123,13 +123,7 @@ pub async fn serve_with_idle_timeout<F, Fut, B>(
         match &tls {
             None => {
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(async move {
-                    match Watchdog::new(conn, watched, idle).await {
-                        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                        None => tracing::debug!(%peer, "closed a connection that started no request"),
-                        Some(Ok(())) => {}
-                    }
-                });
+                tokio::spawn(serve_watched(conn, watched, idle));
             }
             Some(acceptor) => {
                 let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
@@ -139,12 +133,7 @@ pub async fn serve_with_idle_timeout<F, Fut, B>(
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
-                    match Watchdog::new(conn, watched, idle).await {
-                        Some(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-                        None => tracing::debug!(%peer, "closed a connection that started no request"),
-                        Some(Ok(())) => {}
-                    }
+                    serve_watched(watcher.watch(builder.serve_connection(TokioIo::new(tls), svc)), watched, idle).await;
                 });
             }
         }
@@ -156,6 +145,19 @@ pub async fn serve_with_idle_timeout<F, Fut, B>(
 }
 
 // ===== idle watchdog =====
+
+/// Serves one connection under its [`Watchdog`] and logs how it ended.
+async fn serve_watched<C>(conn: C, info: Arc<ConnInfo>, idle: Duration)
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let peer = info.peer;
+    match Watchdog::new(conn, info, idle).await {
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        None => tracing::debug!(%peer, "closed a connection that started no request"),
+        Some(Ok(())) => {}
+    }
+}
 
 pin_project_lite::pin_project! {
     /// Closes a client connection on which no request is in flight (handler running or
