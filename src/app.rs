@@ -322,6 +322,7 @@ fn spawn_data_path_thread(
                 tls,
                 shutdown,
                 DRAIN_TIMEOUT,
+                crate::server::HEADER_READ_TIMEOUT,
             )
             .await;
         });
@@ -379,6 +380,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None,
         core.shutdown.clone(),
         DRAIN_TIMEOUT,
+        crate::server::HEADER_READ_TIMEOUT,
     ));
     tracing::info!(%proxy_addr, %admin_addr, store = %store.describe(), credentials = ?core.used(), "goto-auth-proxy serving");
     Ok(Running { proxy_addr, admin_addr, core })

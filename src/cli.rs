@@ -383,6 +383,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                     None,
                     stop.clone(),
                     Duration::from_secs(2),
+                    crate::server::HEADER_READ_TIMEOUT,
                 )));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {

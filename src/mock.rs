@@ -228,6 +228,7 @@ impl MockGoto {
             None,
             shutdown.clone(),
             Duration::from_secs(1),
+            crate::server::HEADER_READ_TIMEOUT,
         ));
         Ok(MockGoto { addr, state, shutdown })
     }

@@ -47,25 +47,9 @@ impl ConnInfo {
 }
 
 /// Serves `handler(request, connection)` on `listener` until `shutdown`, then lets open
-/// requests finish for up to `drain`. With `tls`, connections are TLS first.
+/// requests finish for up to `drain`. With `tls`, connections are TLS first. A connection
+/// idle for `idle` (normally [`HEADER_READ_TIMEOUT`]) is closed by its watchdog.
 pub async fn serve<F, Fut, B>(
-    listener: TcpListener,
-    handler: F,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shutdown: CancellationToken,
-    drain: Duration,
-) where
-    F: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    serve_with_idle_timeout(listener, handler, tls, shutdown, drain, HEADER_READ_TIMEOUT).await
-}
-
-/// [`serve`] with another idle period than [`HEADER_READ_TIMEOUT`] (tests).
-pub async fn serve_with_idle_timeout<F, Fut, B>(
     listener: TcpListener,
     handler: F,
     tls: Option<tokio_rustls::TlsAcceptor>,

@@ -44,6 +44,7 @@ pub async fn start_upstream(shutdown: CancellationToken) -> std::io::Result<Sock
         None,
         shutdown,
         Duration::from_millis(100),
+        goto_auth_proxy::server::HEADER_READ_TIMEOUT,
     ));
     Ok(addr)
 }

@@ -167,6 +167,7 @@ async fn untrusted_upstream_certificate_is_upstream_unreachable() {
         Some(acceptor),
         stop.clone(),
         Duration::from_secs(1),
+        goto_auth_proxy::server::HEADER_READ_TIMEOUT,
     ));
     let s = stack(MockOptions::default(), |mock, dir| {
         let routes = format!(

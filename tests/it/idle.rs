@@ -21,7 +21,7 @@ async fn start() -> (SocketAddr, tokio_util::sync::CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(goto_auth_proxy::server::serve_with_idle_timeout(
+    tokio::spawn(goto_auth_proxy::server::serve(
         listener,
         |req: http::Request<hyper::body::Incoming>, _conn| async move {
             let chunks: Chunks = match req.uri().path() {
