@@ -19,8 +19,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError("the path must start with `/`"));
     }
-    let needs_work = raw.contains('%') || raw.contains('\\') || raw.contains("//") || raw.contains("/.");
-    if !needs_work {
+    if is_plain(raw.as_bytes()) {
         return Ok(Cow::Borrowed(raw));
     }
 
@@ -45,6 +44,21 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// True when the path has nothing to normalise: no `%`, no `\\`, no `//` or `/.`.
+///
+/// One pass over the bytes: it runs on every request, and `str::contains` with a
+/// two-byte needle on a short path costs a searcher's set-up each time (issue #7).
+fn is_plain(path: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in path {
+        if b == b'%' || b == b'\\' || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    true
 }
 
 /// Decodes escaped unreserved characters, `%2f` and `%5c`, and turns `\` into `/`.
@@ -125,7 +139,8 @@ impl<T> Router<T> {
 /// True when `path` holds a `{organizerKey}`/`{accountKey}` placeholder (raw or escaped).
 #[inline]
 pub fn has_key_placeholder(path: &str) -> bool {
-    path.contains('{') || path.contains("%7B") || path.contains("%7b")
+    let b = path.as_bytes();
+    b.contains(&b'{') || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'7' && (w[2] | 0x20) == b'b')
 }
 
 /// Replaces whole path segments `{organizerKey}` and `{accountKey}` (also written
@@ -160,6 +175,10 @@ mod tests {
     fn clean_paths_are_borrowed() {
         assert!(matches!(normalize_path("/admin/rest/v1/me").unwrap(), Cow::Borrowed(_)));
         assert!(matches!(normalize_path("/G2W/rest/v2/x.json").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(normalize_path("/a.b/c./").unwrap(), Cow::Borrowed(_)));
+        for dirty in ["//a", "/a//", "/a/.", "/a/.b", "/%41", "/a\\b", "%"] {
+            assert!(!is_plain(dirty.as_bytes()), "{dirty}");
+        }
     }
 
     #[test]
@@ -220,7 +239,11 @@ mod tests {
         assert_eq!(s("/G2W/rest/v2/accounts/%7baccountKey%7d/x"), "/G2W/rest/v2/accounts/222/x");
         assert_eq!(s("/a/{other}/b"), "/a/{other}/b");
         assert_eq!(substitute_keys("/o/{organizerKey}", None, None), "/o/{organizerKey}");
-        assert!(has_key_placeholder("/o/%7borganizerKey%7d"));
-        assert!(!has_key_placeholder("/o/x"));
+        for p in ["/o/%7borganizerKey%7d", "/o/%7BorganizerKey%7D", "/o/{organizerKey}", "/%7B"] {
+            assert!(has_key_placeholder(p), "{p}");
+        }
+        for p in ["/o/x", "/o/%7", "/o/%7c", "/o/%27b", "/7b%"] {
+            assert!(!has_key_placeholder(p), "{p}");
+        }
     }
 }
