@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,9 +17,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A client connection with no request in flight is closed when it starts none for this
 /// long, checked once per period (so after 30 to 60 s): idle keep-alive connections and
@@ -63,7 +66,8 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
+    let closing = Arc::new(Closing::default());
+    let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
         // hyper's header-read timer is a new timer per request (an allocation and a
@@ -106,37 +110,55 @@ pub async fn serve<F, Fut, B>(
         });
         match &tls {
             None => {
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-                tokio::spawn(serve_watched(conn, watched, idle));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                connections.spawn(serve_watched(conn, watched, idle, closing.clone()));
             }
             Some(acceptor) => {
-                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
-                tokio::spawn(async move {
+                let (acceptor, builder, closing) = (acceptor.clone(), builder.clone(), closing.clone());
+                connections.spawn(async move {
                     let tls = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                     };
-                    serve_watched(watcher.watch(builder.serve_connection(TokioIo::new(tls), svc)), watched, idle).await;
+                    serve_watched(builder.serve_connection(TokioIo::new(tls), svc), watched, idle, closing).await;
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    closing.start();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         tracing::warn!(drain_secs = drain.as_secs(), "requests still open after the drain timeout; closing them");
     }
 }
 
-// ===== idle watchdog =====
+// ===== graceful drain and idle watchdog =====
+
+/// Tells a listener's connections to finish: each closes after its current response.
+/// A flag every connection reads when it wakes, and one wake-up registration per
+/// connection: cheaper than a watch channel polled on every wake-up (issue #7).
+#[derive(Default)]
+struct Closing {
+    flag: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Closing {
+    fn start(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
 
 /// Serves one connection under its [`Watchdog`] and logs how it ended.
-async fn serve_watched<C>(conn: C, info: Arc<ConnInfo>, idle: Duration)
+async fn serve_watched<C>(conn: C, info: Arc<ConnInfo>, idle: Duration, closing: Arc<Closing>)
 where
-    C: Future<Output = Result<(), hyper::Error>>,
+    C: GracefulConnection<Error = hyper::Error>,
 {
     let peer = info.peer;
-    match Watchdog::new(conn, info, idle).await {
+    match Watchdog::new(conn, info, idle, closing).await {
         Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         None => tracing::debug!(%peer, "closed a connection that started no request"),
         Some(Ok(())) => {}
@@ -147,10 +169,16 @@ pin_project_lite::pin_project! {
     /// Closes a client connection on which no request is in flight (handler running or
     /// response body streaming) and none started for a whole period: one timer per
     /// connection, re-armed once per period, instead of hyper's new header-read timer
-    /// for every request. `None`: closed for idleness.
+    /// for every request. `None`: closed for idleness. Also starts the connection's
+    /// graceful shutdown when the listener is [`Closing`].
     struct Watchdog<C> {
         #[pin]
         conn: C,
+        #[pin]
+        closing_signal: OwnedNotified,
+        closing: Arc<Closing>,
+        // UNREGISTERED, REGISTERED (this task waits for the closing signal), SHUTTING_DOWN.
+        closing_state: u8,
         info: Arc<ConnInfo>,
         timer: Pin<Box<tokio::time::Sleep>>,
         seen: u64,
@@ -161,9 +189,22 @@ pin_project_lite::pin_project! {
 }
 
 impl<C> Watchdog<C> {
-    fn new(conn: C, info: Arc<ConnInfo>, idle: Duration) -> Watchdog<C> {
+    fn new(conn: C, info: Arc<ConnInfo>, idle: Duration, closing: Arc<Closing>) -> Watchdog<C> {
         let timer = Box::pin(tokio::time::sleep(idle));
-        Watchdog { conn, info, timer, seen: 0, was_busy: false, idle, armed: false }
+        // Created before the flag is first read: a `start` in between still completes it.
+        let closing_signal = closing.notify.clone().notified_owned();
+        Watchdog {
+            conn,
+            closing_signal,
+            closing,
+            closing_state: UNREGISTERED,
+            info,
+            timer,
+            seen: 0,
+            was_busy: false,
+            idle,
+            armed: false,
+        }
     }
 }
 
@@ -171,11 +212,27 @@ impl<C> Watchdog<C> {
 /// the watchdog. Every request future and response body holds one more.
 const IDLE_HOLDERS: usize = 2;
 
-impl<C: Future> Future for Watchdog<C> {
+const UNREGISTERED: u8 = 0;
+const REGISTERED: u8 = 1;
+const SHUTTING_DOWN: u8 = 2;
+
+impl<C: GracefulConnection> Future for Watchdog<C> {
     type Output = Option<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
+        // Like the timer below, the closing signal is polled only to register this
+        // task's waker (a task's waker stays the same), not on every wake-up.
+        if *this.closing_state != SHUTTING_DOWN {
+            let closing = this.closing.flag.load(Ordering::Acquire)
+                || (*this.closing_state == UNREGISTERED && this.closing_signal.poll(cx).is_ready());
+            if closing {
+                *this.closing_state = SHUTTING_DOWN;
+                this.conn.as_mut().graceful_shutdown();
+            } else {
+                *this.closing_state = REGISTERED;
+            }
+        }
         if let Poll::Ready(out) = this.conn.poll(cx) {
             return Poll::Ready(Some(out));
         }

@@ -1,6 +1,7 @@
 //! The accept loop's idle watchdog (`server::serve`): a client connection that starts no
 //! request for an idle period is closed, one with a request in flight or a body still
-//! streaming is not. A short period here; the product's is `HEADER_READ_TIMEOUT`.
+//! streaming is not. A short period here; the product's is `HEADER_READ_TIMEOUT`. And
+//! its graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,39 +16,59 @@ const IDLE: Duration = Duration::from_millis(200);
 
 type Chunks = StreamBody<std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>>;
 
-/// `/slow` answers after three idle periods; `/stream` sends four chunks over three
-/// idle periods; anything else answers at once.
+/// A running `serve` with its idle period `IDLE`.
 async fn start() -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    let s = start_with(IDLE, Duration::from_secs(1)).await;
+    (s.addr, s.stop)
+}
+
+struct Started {
+    addr: SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    /// Ends when `serve` returns.
+    served: tokio::task::JoinHandle<()>,
+    /// One message each time a `/slow` request reaches the handler.
+    slow_started: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// `/slow` answers after `3 × IDLE`; `/stream` sends four chunks over `3 × IDLE`;
+/// anything else answers at once.
+async fn start_with(idle: Duration, drain: Duration) -> Started {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(goto_auth_proxy::server::serve(
+    let (slow_tx, slow_started) = tokio::sync::mpsc::unbounded_channel();
+    let served = tokio::spawn(goto_auth_proxy::server::serve(
         listener,
-        |req: http::Request<hyper::body::Incoming>, _conn| async move {
-            let chunks: Chunks = match req.uri().path() {
-                "/slow" => {
-                    tokio::time::sleep(IDLE * 3).await;
-                    StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
-                }
-                "/stream" => StreamBody::new(Box::pin(futures_util::stream::unfold(0u8, |i| async move {
-                    if i == 4 {
-                        return None;
+        move |req: http::Request<hyper::body::Incoming>, _conn| {
+            let slow_tx = slow_tx.clone();
+            async move {
+                let chunks: Chunks = match req.uri().path() {
+                    "/slow" => {
+                        let _ = slow_tx.send(());
+                        tokio::time::sleep(IDLE * 3).await;
+                        StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
                     }
-                    if i > 0 {
-                        tokio::time::sleep(IDLE).await;
-                    }
-                    Some((Ok(Frame::data(Bytes::from(format!("chunk{i};")))), i + 1))
-                }))),
-                _ => StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
-            };
-            http::Response::new(chunks)
+                    "/stream" => StreamBody::new(Box::pin(futures_util::stream::unfold(0u8, |i| async move {
+                        if i == 4 {
+                            return None;
+                        }
+                        if i > 0 {
+                            tokio::time::sleep(IDLE).await;
+                        }
+                        Some((Ok(Frame::data(Bytes::from(format!("chunk{i};")))), i + 1))
+                    }))),
+                    _ => StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
+                };
+                http::Response::new(chunks)
+            }
         },
         None,
         stop.clone(),
-        Duration::from_secs(1),
-        IDLE,
+        drain,
+        idle,
     ));
-    (addr, stop)
+    Started { addr, stop, served, slow_started }
 }
 
 /// Reads until the server closes the connection; how long that took.
@@ -109,4 +130,23 @@ async fn the_data_path_answers_many_requests_on_one_connection_past_the_period()
         tokio::time::sleep(IDLE / 4).await;
     }
     assert!(answered > 4);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_lets_requests_in_flight_finish() {
+    // Periods far longer than the test: only the shutdown can close anything.
+    let mut s = start_with(Duration::from_secs(60), Duration::from_secs(60)).await;
+    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let slow = tokio::spawn(async move { reqwest::get(format!("http://{}/slow", s.addr)).await?.text().await });
+    s.slow_started.recv().await.expect("the slow request reached the handler");
+
+    s.stop.cancel();
+    wait_for_close(&mut idle).await;
+    assert_eq!(slow.await.unwrap().expect("the request in flight was answered"), "slow");
+    // Every connection closed: `serve` returns long before its drain limit.
+    tokio::time::timeout(Duration::from_secs(10), s.served).await.expect("serve returned").unwrap();
 }
