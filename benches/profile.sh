@@ -120,7 +120,9 @@ gap/perf | gap/syscalls)
     PIDS+=($!)
     ;;
 gap/callgrind)
-    RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+    # Collection starts after the warm-up (callgrind_control below), so start-up, the
+    # pools' first connections and shutdown are left out of the per-request figure.
+    RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
         "$BIN" run --config "$WORK/gap.toml" 2>"$WORK/gap.err" &
     PIDS+=($!)
     ;;
@@ -185,11 +187,12 @@ syscalls)
     cat "$OUT/profile-syscalls-$PROXY.txt"
     ;;
 callgrind)
+    callgrind_control --instr=on "$GAP" >/dev/null
     wrk_load "$DURATION" | tee "$WORK/wrk.txt"
+    callgrind_control --instr=off "$GAP" >/dev/null
     kill -TERM "$GAP"
     wait "$GAP" || true
-    # Every request the process served (warm-up included) shares the instruction count.
-    reqs=$(cat "$WORK/warm.txt" "$WORK/wrk.txt" | awk '/requests in/ {n += $1} END {print n}')
+    reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
     {
         callgrind_annotate "$WORK/callgrind.out" 2>/dev/null |
             awk -v n="$reqs" '/PROGRAM TOTALS/ {gsub(/,/, "", $1); printf "%d requests; %.0f instructions per request\n", n, $1 / n}'
