@@ -415,8 +415,7 @@ fn rewrite_request(
         _ => fwd_path,
     };
     let uri = upstream_uri(route, &fwd_path, &parts.uri)?;
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&crate::INBOUND_KEY_HEADER);
+    strip_headers(&mut parts.headers, &NOT_FORWARDED);
     parts.headers.insert(header::HOST, route.host.clone());
     if let Some(t) = token {
         parts.headers.insert(header::AUTHORIZATION, t.bearer().clone());
@@ -474,9 +473,10 @@ fn build_path_and_query(base_path: &str, path: &str, query: Option<&str>) -> Res
     PathAndQuery::try_from(pq).map_err(|_| bad_request("the request path cannot be forwarded"))
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), and
-/// `Transfer-Encoding` (hyper frames each hop's body itself).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers never forwarded: first those that describe one hop (RFC 9110 §7.6.1) and
+/// `Transfer-Encoding` (hyper frames each hop's body itself), then this proxy's own
+/// inbound key, which only requests lose.
+const NOT_FORWARDED: [HeaderName; HOP_BY_HOP + 1] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -486,17 +486,27 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::UPGRADE,
     header::TRANSFER_ENCODING,
+    crate::INBOUND_KEY_HEADER,
 ];
+/// How many of [`NOT_FORWARDED`] are hop-by-hop.
+const HOP_BY_HOP: usize = 9;
 
 /// Removes hop-by-hop headers, including those any `Connection` header names (a
 /// request may carry several `Connection` lines; each counts).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip_headers(headers, &NOT_FORWARDED[..HOP_BY_HOP]);
+}
+
+/// Removes `names` (`Connection` first) and what `Connection` names.
 ///
 /// Runs twice per request (request and response), so it looks first: one pass over the
 /// names (usually finding nothing), then removes only what is there.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+#[inline(always)]
+fn strip_headers(headers: &mut HeaderMap, names: &[HeaderName]) {
+    debug_assert!(names.len() <= 16 && names[0] == header::CONNECTION);
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = names.iter().position(|h| h == name) {
             present |= 1 << i;
         }
     }
@@ -520,7 +530,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+    for (i, h) in names.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(h);
         }
