@@ -56,6 +56,10 @@ impl Connector {
     /// A connector with `connect_timeout` for TCP and TLS together.
     pub fn new(connect_timeout: Duration) -> Connector {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Connector::with_roots(connect_timeout, roots)
+    }
+
+    fn with_roots(connect_timeout: Duration, roots: rustls::RootCertStore) -> Connector {
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map(|b| b.with_root_certificates(roots).with_no_client_auth());
@@ -514,5 +518,66 @@ mod tests {
     #[test]
     fn the_connection_slot_is_lock_free() {
         assert!(AtomicCell::<Option<Box<Held>>>::is_lock_free());
+    }
+
+    /// An upstream that offers HTTP/2 by ALPN: requests, several at once among them,
+    /// share one multiplexed connection.
+    #[tokio::test]
+    async fn an_upstream_offering_http2_gets_every_request_on_one_connection() {
+        use http_body_util::{BodyExt, Either, Full};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        tokio::spawn({
+            let connections = connections.clone();
+            async move {
+                loop {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let echo = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let said = format!("{:?} {}", req.version(), req.uri().path());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(said))))
+                    });
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), echo),
+                    );
+                }
+            }
+        });
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let connector = Connector::with_roots(Duration::from_secs(5), roots);
+        let target = Arc::new(Target::new(&url::Url::parse(&format!("https://localhost:{port}/")).unwrap()));
+        let get = |path: String| {
+            let req = Request::builder().uri(path).body(Either::Left(Full::new(bytes::Bytes::new()))).unwrap();
+            let (connector, target) = (&connector, &target);
+            async move {
+                let (res, kept) = connector.send(target, None, req).await.unwrap();
+                assert!(kept.is_none(), "an HTTP/2 connection is shared, not kept by one client connection");
+                String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+            }
+        };
+        assert_eq!(get("/first".to_string()).await, "HTTP/2.0 /first");
+        let answers = futures_util::future::join_all((0..8).map(|i| get(format!("/at-once/{i}")))).await;
+        for (i, answer) in answers.iter().enumerate() {
+            assert_eq!(answer, &format!("HTTP/2.0 /at-once/{i}"));
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for all nine requests");
     }
 }
