@@ -267,22 +267,39 @@ impl Proxy {
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
         let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
         let res = self.send(settings, route, &mut held, req).await?;
+        if quick_verdict(&res) == Some(false) {
+            return Ok(passthrough(res, route));
+        }
+        let suspect = Suspect { cred, generation, retry, res };
+        Box::pin(self.recheck(settings, route, &mut held, suspect)).await
+    }
+
+    /// A 4xx that may say the token is dead: renew it and resend the copy once.
+    /// Boxed by `forward`: rare, and its state inline would enlarge the future of
+    /// every request (hyper moves that future once per request).
+    async fn recheck(
+        &self,
+        settings: &ProxySettings,
+        route: &Route,
+        held: &mut Held,
+        suspect: Suspect<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Suspect { cred, generation, retry, res } = suspect;
         let (res, rejected) = match quick_verdict(&res) {
             Some(rejected) => (passthrough(res, route), rejected),
-            None => Box::pin(inspect_forbidden(res)).await?,
+            None => inspect_forbidden(res).await?,
         };
         if !rejected {
             return Ok(res);
         }
 
         tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
-        let renewed = Box::pin(cred.refresh(Trigger::Rejected(generation))).await;
+        let renewed = cred.refresh(Trigger::Rejected(generation)).await;
         let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        let resent = Box::pin(self.send(settings, route, &mut held, retry.into_request(fresh.bearer()))).await;
-        resent.map(|r| passthrough(r, route))
+        self.send(settings, route, held, retry.into_request(fresh.bearer())).await.map(|r| passthrough(r, route))
     }
 
     /// Sends `req` upstream on `held`'s connections; the answer's head, or SPEC's error
@@ -317,6 +334,14 @@ impl Proxy {
             }
         })
     }
+}
+
+/// An answer that may be a rejection of the token it was sent with.
+struct Suspect<'a> {
+    cred: &'a Credential,
+    generation: u64,
+    retry: Option<RetryCopy>,
+    res: Response<Incoming>,
 }
 
 /// What resending a request needs: a retry is rare, a copy is made for every small
