@@ -267,10 +267,11 @@ impl Proxy {
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
         let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
         let res = self.send(settings, route, &mut held, req).await?;
-        if quick_verdict(&res) == Some(false) {
+        let verdict = quick_verdict(&res);
+        if verdict == Some(false) {
             return Ok(passthrough(res, route));
         }
-        let suspect = Suspect { cred, generation, retry, res };
+        let suspect = Suspect { cred, generation, retry, res, verdict };
         Box::pin(self.recheck(settings, route, &mut held, suspect)).await
     }
 
@@ -284,8 +285,8 @@ impl Proxy {
         held: &mut Held,
         suspect: Suspect<'_>,
     ) -> Result<Response<Body>, ProxyError> {
-        let Suspect { cred, generation, retry, res } = suspect;
-        let (res, rejected) = match quick_verdict(&res) {
+        let Suspect { cred, generation, retry, res, verdict } = suspect;
+        let (res, rejected) = match verdict {
             Some(rejected) => (passthrough(res, route), rejected),
             None => inspect_forbidden(res).await?,
         };
@@ -342,6 +343,8 @@ struct Suspect<'a> {
     generation: u64,
     retry: Option<RetryCopy>,
     res: Response<Incoming>,
+    /// [`quick_verdict`] on it: `Some(true)`, or `None` for a 403 whose body decides.
+    verdict: Option<bool>,
 }
 
 /// What resending a request needs: a retry is rare, a copy is made for every small
@@ -620,10 +623,9 @@ fn www_invalid_token(headers: &HeaderMap) -> bool {
     headers.get_all(header::WWW_AUTHENTICATE).iter().any(|v| contains(v.as_bytes(), b"invalid_token"))
 }
 
-/// Reads enough of a 403 to tell a rejected token (`InvalidToken`) from a real
-/// permission error.
+/// Reads enough of a 403 whose head did not decide ([`quick_verdict`]) to tell a
+/// rejected token (`InvalidToken`) from a real permission error.
 async fn inspect_forbidden(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
-    let www_invalid = www_invalid_token(res.headers());
     let (mut parts, body) = res.into_parts();
     let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {
         Ok(c) => c.to_bytes(),
@@ -634,7 +636,7 @@ async fn inspect_forbidden(res: Response<Incoming>) -> Result<(Response<Body>, b
             ))
         }
     };
-    let rejected = www_invalid || contains(&bytes, b"InvalidToken") || contains(&bytes, b"invalid_token");
+    let rejected = contains(&bytes, b"InvalidToken") || contains(&bytes, b"invalid_token");
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok((Response::from_parts(parts, Either::Right(Full::new(bytes))), rejected))
