@@ -177,8 +177,7 @@ pin_project_lite::pin_project! {
         #[pin]
         closing_signal: OwnedNotified,
         closing: Arc<Closing>,
-        // UNREGISTERED, REGISTERED (this task waits for the closing signal), SHUTTING_DOWN.
-        closing_state: u8,
+        drain: Drain,
         info: Arc<ConnInfo>,
         timer: Pin<Box<tokio::time::Sleep>>,
         seen: u64,
@@ -197,7 +196,7 @@ impl<C> Watchdog<C> {
             conn,
             closing_signal,
             closing,
-            closing_state: UNREGISTERED,
+            drain: Drain::Unregistered,
             info,
             timer,
             seen: 0,
@@ -212,9 +211,16 @@ impl<C> Watchdog<C> {
 /// the watchdog. Every request future and response body holds one more.
 const IDLE_HOLDERS: usize = 2;
 
-const UNREGISTERED: u8 = 0;
-const REGISTERED: u8 = 1;
-const SHUTTING_DOWN: u8 = 2;
+/// Where a connection is with the listener's [`Closing`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Not yet polled for the closing signal.
+    Unregistered,
+    /// This task's waker waits for the closing signal.
+    Registered,
+    /// hyper's graceful shutdown has started.
+    ShuttingDown,
+}
 
 impl<C: GracefulConnection> Future for Watchdog<C> {
     type Output = Option<C::Output>;
@@ -223,14 +229,14 @@ impl<C: GracefulConnection> Future for Watchdog<C> {
         let mut this = self.project();
         // Like the timer below, the closing signal is polled only to register this
         // task's waker (a task's waker stays the same), not on every wake-up.
-        if *this.closing_state != SHUTTING_DOWN {
+        if *this.drain != Drain::ShuttingDown {
             let closing = this.closing.flag.load(Ordering::Acquire)
-                || (*this.closing_state == UNREGISTERED && this.closing_signal.poll(cx).is_ready());
+                || (*this.drain == Drain::Unregistered && this.closing_signal.poll(cx).is_ready());
             if closing {
-                *this.closing_state = SHUTTING_DOWN;
+                *this.drain = Drain::ShuttingDown;
                 this.conn.as_mut().graceful_shutdown();
             } else {
-                *this.closing_state = REGISTERED;
+                *this.drain = Drain::Registered;
             }
         }
         if let Poll::Ready(out) = this.conn.poll(cx) {
