@@ -20,6 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::app::{Core, Credentials};
+use crate::error::ProxyError;
 use crate::inbound;
 use crate::login::LoginFlows;
 use crate::token::Trigger;
@@ -37,9 +38,42 @@ impl Admin {
         Admin { core, login }
     }
 
-    /// Answers one admin request from `peer`. The inbound rules apply as on the data
-    /// path, except that `/healthz` and `/readyz` need no key (orchestrators probe them).
-    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    /// Answers one admin request from `peer` on a connection to `local`. The inbound
+    /// rules apply as on the data path, except that `/healthz` and `/readyz` need no key
+    /// (orchestrators probe them), and that GoTo's redirect to `/callback` — a browser
+    /// navigation from another site by design — is protected by its `state`, not by the
+    /// origin rule.
+    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+        let checked = self.check_caller(&req, local);
+        let caller = match checked {
+            Ok(c) => c,
+            Err(e) => return e.into_response(),
+        };
+        if let Some(answer) = inbound::preflight(&caller, req.method(), req.headers()) {
+            return answer;
+        }
+        let mut res = self.route(req, peer).await;
+        if let inbound::Caller::Cors(origin) = &caller {
+            inbound::add_cors(res.headers_mut(), origin);
+        }
+        res
+    }
+
+    /// SPEC "Who may use it" on the admin listener: `Host` always; the browser origin
+    /// rule on everything but the sign-in's `GET /callback` without an `Origin`.
+    fn check_caller(&self, req: &Request<Incoming>, local: SocketAddr) -> Result<inbound::Caller, ProxyError> {
+        let snapshot = self.core.proxy.snapshot();
+        inbound::check_host(&snapshot.inbound, local, req.headers())?;
+        let oauth_return = req.method() == Method::GET
+            && req.uri().path() == "/callback"
+            && !req.headers().contains_key(header::ORIGIN);
+        if oauth_return {
+            return Ok(inbound::Caller::Plain);
+        }
+        inbound::check_origin(&snapshot.inbound, local, req.headers())
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();

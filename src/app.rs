@@ -141,7 +141,12 @@ impl Core {
             for name in &used {
                 if let (false, Some(c)) = (running.contains_key(name), next.get(name)) {
                     let stop = self.shutdown.child_token();
-                    self.tasks.spawn(c.clone().run(stop.clone()));
+                    let restarts = self.metrics.refresher_restarts.with_label_values(&[name.as_str()]);
+                    let cred = c.clone();
+                    let loop_stop = stop.clone();
+                    self.tasks.spawn(supervise(name.clone(), stop.clone(), restarts, move || {
+                        cred.clone().run(loop_stop.clone())
+                    }));
                     running.insert(name.clone(), (c.clone(), stop));
                 }
             }
@@ -195,6 +200,36 @@ impl Core {
     }
 }
 
+/// How long a supervisor waits before starting a refresh loop that ended again.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Keeps a credential's refresh loop (`start()`) running until `stop`: a loop that ends
+/// before that (a panic, or a return) is started again after [`RESTART_DELAY`] and
+/// counted in `restarts`, so a credential is never left without a renewing task.
+async fn supervise<F, Fut>(name: String, stop: CancellationToken, restarts: prometheus::IntCounter, start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let ended = tokio::spawn(start()).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        match ended {
+            Err(e) if e.is_panic() => {
+                tracing::error!(credential = %name, "the refresh loop panicked; starting it again")
+            }
+            _ => tracing::error!(credential = %name, "the refresh loop ended; starting it again"),
+        }
+        restarts.inc();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RESTART_DELAY) => {}
+        }
+    }
+}
+
 /// A running proxy.
 pub struct Running {
     /// Where the data path listens.
@@ -239,7 +274,11 @@ impl Running {
 /// come up and serve through a Redis outage.
 pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
     match &config.state {
-        StateSettings::File { path } => Ok(Arc::new(FileStore::new(path.clone()))),
+        // Checked before any token is trusted to it: an unsafe directory or a symlinked
+        // state file stops the start, naming it (SPEC "Token lifecycle").
+        StateSettings::File { path } => {
+            Ok(Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?))
+        }
         StateSettings::Redis { url, prefix } => {
             let store = RedisStore::connect(url, prefix, Some(metrics.store_errors.clone()))
                 .map_err(|e| StartError::Store(e.to_string()))?;
@@ -375,7 +414,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_listener,
         move |req, conn: Arc<crate::server::ConnInfo>| {
             let a = admin.clone();
-            async move { a.serve(req, conn.peer).await }
+            async move { a.serve(req, conn.peer, conn.local).await }
         },
         None,
         core.shutdown.clone(),
@@ -384,4 +423,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     tracing::info!(%proxy_addr, %admin_addr, store = %store.describe(), credentials = ?core.used(), "goto-auth-proxy serving");
     Ok(Running { proxy_addr, admin_addr, core })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_loop_that_ends_or_panics_is_started_again_and_counted() {
+        let restarts = prometheus::IntCounter::new("r", "r").unwrap();
+        let stop = CancellationToken::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r, s) = (runs.clone(), stop.clone());
+        let supervisor = tokio::spawn(supervise("c".into(), stop.clone(), restarts.clone(), move || {
+            let n = r.fetch_add(1, Ordering::SeqCst);
+            let s = s.clone();
+            async move {
+                match n {
+                    0 => panic!("first run panics"),
+                    1 => {} // second run returns at once
+                    _ => s.cancelled().await,
+                }
+            }
+        }));
+        while runs.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(restarts.get(), 2);
+        stop.cancel();
+        supervisor.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "a stopped loop is not restarted");
+    }
 }

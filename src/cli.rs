@@ -333,7 +333,7 @@ async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
             store.describe()
         );
     };
-    let token = Token::from_stored(&stored)?;
+    let token = Token::from_stored(&stored, std::time::SystemTime::now())?;
     if !token.is_valid_at(std::time::SystemTime::now()) {
         bail!("the stored token of {name:?} has expired: a running proxy renews it; is it running?");
     }
@@ -397,7 +397,10 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     // The URL goes out only once the callback listener is up, so a fast browser finds it.
     println!("{}", started.url);
     eprintln!("Open the URL above in a browser and sign in to GoTo.");
-    eprintln!("Then either let the browser return to {redirect}, or paste here the address the browser");
+    eprintln!(
+        "Then either let the browser return to {}, or paste here the address the browser",
+        crate::config::display_url_str(&redirect)
+    );
     eprintln!("ended on (a 404 page is fine: the code is in the address bar), or just the code.");
 
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

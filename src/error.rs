@@ -30,6 +30,12 @@ pub enum ErrorCode {
     RateLimited,
     /// 503: `max_concurrent_requests` are already in flight.
     Overloaded,
+    /// 403: a `Host` the listener does not serve, or a browser page from an origin not
+    /// allowed (SPEC "Who may use it").
+    Forbidden,
+    /// 501: a request body in a transfer coding other than `chunked`, which the proxy
+    /// would otherwise have to drop silently.
+    UnsupportedTransferCoding,
 }
 
 impl ErrorCode {
@@ -46,6 +52,8 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnsupportedTransferCoding => "unsupported_transfer_coding",
         }
     }
 
@@ -62,6 +70,8 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 }
@@ -99,9 +109,38 @@ impl ProxyError {
     }
 }
 
+/// Text from outside (a token endpoint's `error_description`, an upstream's message) made
+/// safe for a log line or a page: control characters escaped (a newline cannot forge a
+/// log line), at most `max` characters kept.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outside_text_cannot_break_a_line_and_is_bounded() {
+        assert_eq!(
+            printable("bad\n2026-12-04 INFO forged\r\u{1b}[31m", 100),
+            "bad\\n2026-12-04 INFO forged\\r\\u{1b}[31m"
+        );
+        assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(printable("ünïcode ok", 100), "ünïcode ok");
+    }
 
     #[test]
     fn response_has_header_status_and_json() {

@@ -32,6 +32,9 @@ pub struct Metrics {
     /// Shared-store (Redis) operations that failed, by op: replicas keep serving through
     /// them, so this is where an outage shows.
     pub store_errors: IntCounterVec,
+    /// Refresh loops that ended before the proxy stopped and were started again, by
+    /// credential: should stay 0; anything else is a bug worth a report.
+    pub refresher_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +103,14 @@ impl Metrics {
         registry.register(Box::new(token_expiry.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        let refresher_restarts = IntCounterVec::new(
+            Opts::new(
+                "goto_auth_proxy_refresher_restarts_total",
+                "Refresh loops restarted after ending unexpectedly, by credential.",
+            ),
+            &["credential"],
+        )?;
+        registry.register(Box::new(refresher_restarts.clone()))?;
         Ok(Metrics {
             registry,
             requests_total,
@@ -112,6 +123,7 @@ impl Metrics {
             rate_limit_wait,
             reloads,
             store_errors,
+            refresher_restarts,
         })
     }
 
@@ -135,6 +147,24 @@ const METHODS: [Method; 9] = [
     Method::CONNECT,
 ];
 
+/// The `method` label of each slot: the standard names, then `OTHER` for the rest.
+const METHOD_LABELS: [&str; METHODS.len() + 1] =
+    ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT", "OTHER"];
+
+/// The slot of `m` in [`METHOD_LABELS`]: its own for a standard method, else the last.
+#[inline]
+fn method_slot(m: &Method) -> usize {
+    METHODS.iter().position(|s| s == m).unwrap_or(METHODS.len())
+}
+
+/// The `method` label for `m`: its name for the nine standard methods, `OTHER` for any
+/// other, so clients cannot mint a new series per request (SPEC: no label takes a value
+/// from the request).
+#[inline]
+pub fn method_label(m: &Method) -> &'static str {
+    METHOD_LABELS.get(method_slot(m)).copied().unwrap_or("OTHER")
+}
+
 /// Status codes 100..=599, one slot each.
 const STATUSES: usize = 500;
 
@@ -143,7 +173,7 @@ const STATUSES: usize = 500;
 pub struct RequestCounters {
     vec: IntCounterVec,
     route: String,
-    slots: [OnceLock<Box<[OnceLock<IntCounter>]>>; METHODS.len()],
+    slots: [OnceLock<Box<[OnceLock<IntCounter>]>>; METHOD_LABELS.len()],
 }
 
 impl RequestCounters {
@@ -152,21 +182,23 @@ impl RequestCounters {
         RequestCounters { vec: vec.clone(), route: route.to_string(), slots: Default::default() }
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request; a non-standard method counts as `OTHER`.
     #[inline]
     pub fn inc(&self, method: &Method, status: StatusCode) {
-        let m = METHODS.iter().position(|m| m == method);
+        let m = method_slot(method);
+        let label = METHOD_LABELS.get(m).copied().unwrap_or("OTHER");
         let s = (status.as_u16() as usize).checked_sub(100).filter(|s| *s < STATUSES);
-        match (m, s) {
-            (Some(m), Some(s)) => {
-                let per_status = self.slots[m].get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
-                per_status[s]
-                    .get_or_init(|| {
-                        self.vec.with_label_values(&[self.route.as_str(), method.as_str(), status.as_str()])
-                    })
-                    .inc();
+        match (self.slots.get(m), s) {
+            (Some(slot), Some(s)) => {
+                let per_status = slot.get_or_init(|| (0..STATUSES).map(|_| OnceLock::new()).collect());
+                if let Some(counter) = per_status.get(s) {
+                    counter
+                        .get_or_init(|| self.vec.with_label_values(&[self.route.as_str(), label, status.as_str()]))
+                        .inc();
+                }
             }
-            _ => self.vec.with_label_values(&[self.route.as_str(), method.as_str(), status.as_str()]).inc(),
+            // Statuses 600..=999 (rare, still a bounded set): looked up each time.
+            _ => self.vec.with_label_values(&[self.route.as_str(), label, status.as_str()]).inc(),
         }
     }
 }
@@ -182,13 +214,31 @@ mod tests {
         c.inc(&Method::GET, StatusCode::OK);
         c.inc(&Method::GET, StatusCode::OK);
         c.inc(&Method::POST, StatusCode::NOT_FOUND);
-        c.inc(&Method::from_bytes(b"PROPFIND").unwrap(), StatusCode::OK);
+        for name in ["PROPFIND", "X-RANDOM-1", "X-RANDOM-2", "get"] {
+            c.inc(&Method::from_bytes(name.as_bytes()).unwrap(), StatusCode::OK);
+        }
         let text = m.render();
         assert!(
             text.contains(r#"goto_auth_proxy_requests_total{method="GET",route="/G2A/",status="200"} 2"#),
             "{text}"
         );
         assert!(text.contains(r#"goto_auth_proxy_requests_total{method="POST",route="/G2A/",status="404"} 1"#));
-        assert!(text.contains(r#"goto_auth_proxy_requests_total{method="PROPFIND",route="/G2A/",status="200"} 1"#));
+        assert!(
+            text.contains(r#"goto_auth_proxy_requests_total{method="OTHER",route="/G2A/",status="200"} 4"#),
+            "{text}"
+        );
+        assert!(!text.contains("PROPFIND") && !text.contains("RANDOM") && !text.contains(r#"method="get""#), "{text}");
+    }
+
+    #[test]
+    fn method_labels_are_the_standard_nine_or_other() {
+        for m in METHODS {
+            assert_eq!(method_label(&m), m.as_str());
+        }
+        assert_eq!(method_label(&Method::from_bytes(b"GET").unwrap()), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "OTHER");
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "OTHER", "methods are case-sensitive");
+        let long = "X".repeat(100);
+        assert_eq!(method_label(&Method::from_bytes(long.as_bytes()).unwrap()), "OTHER");
     }
 }

@@ -22,6 +22,9 @@
 //!   and N bytes, then the connection is dropped; other requests echo their body (or a
 //!   JSON document with keys beyond 2^53).
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
+//! * `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token` — the token
+//!   endpoints without faults: where [`TokenFault::Redirect`] points, so a client that
+//!   followed the redirect would get a token.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,6 +41,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::login::{pkce_challenge, random_token};
@@ -87,7 +91,8 @@ impl Default for MockOptions {
     }
 }
 
-/// A fault the token endpoints answer with instead of a token.
+/// A fault the token endpoints answer with instead of a token (or a token answer it
+/// bends), for tests of how the proxy treats a token endpoint it cannot trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenFault {
     /// Answer this status with an OAuth-ish error body.
@@ -100,7 +105,30 @@ pub enum TokenFault {
     NoExpiresIn,
     /// 429 with `Retry-After`.
     TooManyRequests(u64),
+    /// Answer exactly this status and body (HTML with 200, JSON without a token, 10 MB…);
+    /// no token is issued.
+    Body {
+        /// The status (an invalid one answers 500).
+        status: u16,
+        /// The body, sent as is.
+        body: Bytes,
+    },
+    /// Issue a real token, but with this `expires_in` value (0, -5, 1e20, "7", "soon"…).
+    ExpiresIn(serde_json::Value),
+    /// 200 with a token-looking body whose bytes come one every [`DRIP_EVERY`] (a minute
+    /// in all, more than any client's patience); no token is issued. Lifting the fault
+    /// (any [`MockGoto::set_fault`]) breaks the body off, as a dropped connection would.
+    Drip,
+    /// Answer this redirect status (302, 307…) to the same endpoint under `/_mock/moved/`,
+    /// which would issue a token: a client that follows redirects gets one.
+    Redirect(u16),
 }
+
+/// The pace of [`TokenFault::Drip`]: one body byte each.
+pub const DRIP_EVERY: Duration = Duration::from_millis(200);
+
+/// The size of [`TokenFault::Drip`]'s body: a minute's worth of bytes at [`DRIP_EVERY`].
+const DRIP_BYTES: usize = 300;
 
 /// Counters a test asserts on.
 #[derive(Debug, Default)]
@@ -183,8 +211,11 @@ pub struct Issued {
 struct State {
     opts: Mutex<MockOptions>,
     tokens: Mutex<Tokens>,
-    fault: Mutex<Option<TokenFault>>,
+    /// The fault in force; a dripping body watches it to break off when it is lifted.
+    fault: watch::Sender<Option<TokenFault>>,
     counters: Counters,
+    /// When each token endpoint call arrived, oldest first.
+    token_call_times: Mutex<Vec<Instant>>,
     /// Client addresses seen on API paths: one per upstream connection the proxy opened.
     api_peers: Mutex<std::collections::HashSet<SocketAddr>>,
     issued: Mutex<Vec<Issued>>,
@@ -197,7 +228,7 @@ pub struct MockGoto {
     shutdown: CancellationToken,
 }
 
-type MockBody = Either<Full<Bytes>, Zeros>;
+type MockBody = Either<Full<Bytes>, Either<Zeros, Drip>>;
 
 impl MockGoto {
     /// Starts on a free loopback port.
@@ -212,8 +243,9 @@ impl MockGoto {
         let state = Arc::new(State {
             opts: Mutex::new(opts),
             tokens: Mutex::new(Tokens::default()),
-            fault: Mutex::new(None),
+            fault: watch::channel(None).0,
             counters: Counters::default(),
+            token_call_times: Mutex::new(Vec::new()),
             api_peers: Mutex::new(Default::default()),
             issued: Mutex::new(Vec::new()),
         });
@@ -255,7 +287,13 @@ impl MockGoto {
 
     /// Makes token endpoints fail (or stop failing, with `None`).
     pub fn set_fault(&self, fault: Option<TokenFault>) {
-        *lock(&self.state.fault) = fault;
+        self.state.fault.send_replace(fault);
+    }
+
+    /// When each token endpoint call arrived, oldest first: tests check how close
+    /// renewals come to each other.
+    pub fn token_call_times(&self) -> Vec<Instant> {
+        lock(&self.state.token_call_times).clone()
     }
 
     /// Counters so far.
@@ -365,8 +403,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<MockBody> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/oauth/token") => token_endpoint(state, req, false).await,
-        (&Method::POST, "/oauth/access_token") => token_endpoint(state, req, true).await,
+        (&Method::POST, "/oauth/token") => token_endpoint(state, req, false, true).await,
+        (&Method::POST, "/oauth/access_token") => token_endpoint(state, req, true, true).await,
+        (&Method::POST, "/_mock/moved/oauth/token") => token_endpoint(state, req, false, false).await,
+        (&Method::POST, "/_mock/moved/oauth/access_token") => token_endpoint(state, req, true, false).await,
         (&Method::GET, "/oauth/authorize") => authorize(state, &req),
         (&Method::GET, "/_mock/stats") => {
             json(StatusCode::OK, serde_json::to_string(&state.counters.snapshot()).unwrap_or_default())
@@ -393,26 +433,77 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<M
     json(status, serde_json::json!({ "error": error, "error_description": description }).to_string())
 }
 
-async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: bool) -> Response<MockBody> {
-    state.counters.token_calls.fetch_add(1, Ordering::Relaxed);
-    let fault = lock(&state.fault).clone();
-    match fault {
-        Some(TokenFault::Status(s)) => {
-            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return oauth_error(status, "server_error", "injected fault");
-        }
-        Some(TokenFault::TooManyRequests(secs)) => {
+/// What a token endpoint answers under `fault` instead of a token; `None` when it goes
+/// on to issue one (after a `Delay`, or bent by `NoExpiresIn`/`ExpiresIn`).
+async fn fault_answer(state: &State, fault: &TokenFault, direct_login: bool) -> Option<Response<MockBody>> {
+    let raw = |status: u16, body: Bytes| {
+        let mut res = Response::new(Either::Left(Full::new(body)));
+        *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        res
+    };
+    Some(match fault {
+        TokenFault::Status(s) => oauth_error(
+            StatusCode::from_u16(*s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "server_error",
+            "injected fault",
+        ),
+        TokenFault::TooManyRequests(secs) => {
             let mut res = oauth_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "injected fault");
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return res;
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            res
         }
-        Some(TokenFault::Garbage) => {
-            return Response::new(Either::Left(Full::new(Bytes::from_static(
-                b"<html>upstream gateway says hi</html>",
-            ))));
+        TokenFault::Garbage => raw(200, Bytes::from_static(b"<html>upstream gateway says hi</html>")),
+        TokenFault::Body { status, body } => raw(*status, body.clone()),
+        TokenFault::Drip => {
+            let mut body = br#"{"access_token":"mock-at-drip","token_type":"Bearer","expires_in":3600}"#.to_vec();
+            body.resize(DRIP_BYTES, b' ');
+            let tick = Box::pin(tokio::time::sleep(DRIP_EVERY));
+            let drip = Drip { body: Bytes::from(body), tick, fault: state.fault.subscribe() };
+            let mut res = Response::new(Either::Right(Either::Right(drip)));
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(DRIP_BYTES));
+            res
         }
-        Some(TokenFault::Delay(d)) => tokio::time::sleep(d).await,
-        Some(TokenFault::NoExpiresIn) | None => {}
+        TokenFault::Redirect(status) => {
+            let mut res = raw(*status, Bytes::new());
+            let to = if direct_login { "/_mock/moved/oauth/access_token" } else { "/_mock/moved/oauth/token" };
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(to));
+            res
+        }
+        TokenFault::Delay(d) => {
+            tokio::time::sleep(*d).await;
+            return None;
+        }
+        TokenFault::NoExpiresIn | TokenFault::ExpiresIn(_) => return None,
+    })
+}
+
+/// The `expires_in` of an issued token's answer: what the fault dictates, else the real
+/// lifetime (a string in Direct Login answers, as GoTo sends it).
+fn expires_in(fault: Option<&TokenFault>, lifetime: Duration, direct_login: bool) -> Option<serde_json::Value> {
+    let secs = lifetime.as_secs().max(1);
+    match fault {
+        Some(TokenFault::NoExpiresIn) => None,
+        Some(TokenFault::ExpiresIn(v)) => Some(v.clone()),
+        _ if direct_login => Some(serde_json::Value::String(secs.to_string())),
+        _ => Some(serde_json::Value::from(secs)),
+    }
+}
+
+/// A token endpoint call; `with_faults` false for the `/_mock/moved/…` endpoints.
+async fn token_endpoint(
+    state: &State,
+    req: Request<Incoming>,
+    direct_login: bool,
+    with_faults: bool,
+) -> Response<MockBody> {
+    state.counters.token_calls.fetch_add(1, Ordering::Relaxed);
+    lock(&state.token_call_times).push(Instant::now());
+    let fault = if with_faults { state.fault.borrow().clone() } else { None };
+    if let Some(f) = &fault {
+        if let Some(answer) = fault_answer(state, f, direct_login).await {
+            return answer;
+        }
     }
     let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = match req.into_body().collect().await {
@@ -422,7 +513,6 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let opts = lock(&state.opts).clone();
     let f = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    let no_expiry = fault == Some(TokenFault::NoExpiresIn);
 
     if direct_login {
         if f("client_id") != opts.consumer_key {
@@ -463,8 +553,8 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
             "platform": "GLOBAL",
             "version": "2",
         });
-        if !no_expiry {
-            v["expires_in"] = serde_json::Value::String(opts.token_lifetime.as_secs().max(1).to_string());
+        if let Some(e) = expires_in(fault.as_ref(), opts.token_lifetime, true) {
+            v["expires_in"] = e;
         }
         return json(StatusCode::OK, v.to_string());
     }
@@ -539,8 +629,8 @@ async fn token_endpoint(state: &State, req: Request<Incoming>, direct_login: boo
         "scope": "collab:",
         "principal": "mister.jones@fakemail.com",
     });
-    if !no_expiry {
-        v["expires_in"] = serde_json::Value::from(opts.token_lifetime.as_secs().max(1));
+    if let Some(e) = expires_in(fault.as_ref(), opts.token_lifetime, false) {
+        v["expires_in"] = e;
     }
     if let Some(rt) = rt {
         v["refresh_token"] = serde_json::Value::String(rt);
@@ -643,7 +733,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let mock_op = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]);
     if let Some(["bytes", n]) = mock_op {
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: false, pause: None }));
+        let mut res = Response::new(Either::Right(Either::Left(Zeros { remaining: n, then_fail: false, pause: None })));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return res;
     }
@@ -657,7 +747,7 @@ async fn api(state: &State, req: Request<Incoming>) -> Response<MockBody> {
         // Announce twice what is sent, send N bytes, then fail the body: hyper drops the
         // connection, as a crashing upstream or a middlebox reset would.
         let n: u64 = n.parse().unwrap_or(0);
-        let mut res = Response::new(Either::Right(Zeros { remaining: n, then_fail: true, pause: None }));
+        let mut res = Response::new(Either::Right(Either::Left(Zeros { remaining: n, then_fail: true, pause: None })));
         res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
         return res;
     }
@@ -770,5 +860,46 @@ impl hyper::body::Body for Zeros {
         } else {
             SizeHint::with_exact(self.remaining)
         }
+    }
+}
+
+/// [`TokenFault::Drip`]'s body: one byte per [`DRIP_EVERY`]; it ends in an error (hyper
+/// drops the connection) as soon as the fault is changed, so a test need not wait out
+/// the client's timeout to see the renewal fail and recover.
+struct Drip {
+    body: Bytes,
+    tick: Pin<Box<tokio::time::Sleep>>,
+    fault: watch::Receiver<Option<TokenFault>>,
+}
+
+impl hyper::body::Body for Drip {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.body.is_empty() {
+            return Poll::Ready(None);
+        }
+        if self.tick.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if !matches!(self.fault.has_changed(), Ok(false)) {
+            return Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "mock: the drip was broken off (fault lifted)",
+            ))));
+        }
+        let next = tokio::time::Instant::now() + DRIP_EVERY;
+        self.tick.as_mut().reset(next);
+        let byte = self.body.split_to(1);
+        Poll::Ready(Some(Ok(Frame::data(byte))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.body.len() as u64)
     }
 }

@@ -165,23 +165,40 @@ impl Proxy {
             let start = Instant::now();
             let snap = self.snapshot.load_full();
             let method = parts.method.clone();
+            // Set for a browser page of an allowed origin: its answers carry CORS headers.
+            let mut cors = None;
             let (route, result) = match self.in_flight.enter() {
                 None => (None, Err(overloaded(&snap.settings))),
-                Some(_slot) => match route_request(&snap, &parts, conn.peer) {
-                    Err((route, e)) => (route, Err(e)),
-                    Ok((route, path)) => {
-                        let forwarded = self.forward(&snap, route, path, &mut parts, &mut body, &conn.upstream);
-                        (Some(route), forwarded.await)
-                    }
+                Some(_slot) => match admit_caller(&snap, &parts, &conn) {
+                    Err(e) => (None, Err(e)),
+                    Ok(caller) => match inbound::preflight::<Full<Bytes>>(&caller, &parts.method, &parts.headers) {
+                        Some(answer) => (None, Ok(answer.map(Either::Right))),
+                        None => {
+                            if let inbound::Caller::Cors(origin) = caller {
+                                cors = Some(origin);
+                            }
+                            match route_request(&snap, &parts) {
+                                Err((route, e)) => (route, Err(e)),
+                                Ok((route, path)) => {
+                                    let forwarded =
+                                        self.forward(&snap, route, path, &mut parts, &mut body, &conn.upstream);
+                                    (Some(route), forwarded.await)
+                                }
+                            }
+                        }
+                    },
                 },
             };
-            let res = match result {
+            let mut res = match result {
                 Ok(res) => res,
                 Err(e) => {
                     tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
                     error_response(e)
                 }
             };
+            if let Some(origin) = &cors {
+                inbound::add_cors(res.headers_mut(), origin);
+            }
             match route {
                 Some(r) => {
                     r.requests.inc(&method, res.status());
@@ -190,7 +207,7 @@ impl Proxy {
                 None => self
                     .metrics
                     .requests_total
-                    .with_label_values(&["none", method.as_str(), res.status().as_str()])
+                    .with_label_values(&["none", crate::metrics::method_label(&method), res.status().as_str()])
                     .inc(),
             }
             res
@@ -234,6 +251,13 @@ impl Proxy {
         let hint = body.size_hint();
         if hint.lower() > max {
             return Err(too_large(max));
+        }
+        // Only a body of unknown length can have a transfer coding: no lookup otherwise.
+        if hint.exact().is_none() && has_foreign_coding(&parts.headers) {
+            return Err(ProxyError::new(
+                ErrorCode::UnsupportedTransferCoding,
+                "only the chunked transfer coding is supported; send the body as it is (Content-Encoding is forwarded untouched)",
+            ));
         }
         let (buffered, stream): (Option<Bytes>, Option<Limited<Incoming>>) = match hint.exact() {
             Some(0) => (Some(Bytes::new()), None),
@@ -300,7 +324,17 @@ impl Proxy {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        self.send(settings, route, held, retry.into_request(fresh.bearer())).await.map(|r| passthrough(r, route))
+        let res = self.send(settings, route, held, retry.into_request(fresh.bearer())).await?;
+        // A token issued for this very rejection, refused too: the request is refused for
+        // another reason, and later rejections of that token must not renew again.
+        let (res, rejected_again) = match quick_verdict(&res) {
+            Some(rejected) => (passthrough(res, route), rejected),
+            None => inspect_forbidden(res).await?,
+        };
+        if rejected_again {
+            cred.rejected_again(fresh.generation);
+        }
+        Ok(res)
     }
 
     /// Sends `req` upstream on `held`'s connections; the answer's head, or SPEC's error
@@ -330,7 +364,10 @@ impl Proxy {
             }
             Some(Err(e)) => {
                 let (kind, err) = classify_upstream_error(&e, route, settings.max_request_body);
-                self.metrics.upstream_errors.with_label_values(&[&route.prefix, kind]).inc();
+                // A client's own fault (a malformed body) is not counted against the upstream.
+                if let Some(kind) = kind {
+                    self.metrics.upstream_errors.with_label_values(&[&route.prefix, kind]).inc();
+                }
                 Err(err)
             }
         })
@@ -378,15 +415,20 @@ impl RetryCopy {
     }
 }
 
-/// Admission, request-target checks, routing and the route's method list: all that is
-/// decided before anything is awaited. The route and, when normalising changed it, the
-/// path; an error names the route when there is one (for its metrics).
+/// Admission: the client's address and key, then who is asking (`Host`, and for a
+/// browser its origin): before routing and before a token is touched.
+fn admit_caller(snap: &Snapshot, parts: &http::request::Parts, conn: &ConnInfo) -> Result<inbound::Caller, ProxyError> {
+    inbound::admit(&snap.inbound, conn.peer.ip(), &parts.headers)?;
+    inbound::check_caller(&snap.inbound, conn.local, &parts.headers)
+}
+
+/// Request-target checks, routing and the route's method list: all that is decided
+/// before anything is awaited. The route and, when normalising changed it, the path; an
+/// error names the route when there is one (for its metrics).
 fn route_request<'s>(
     snap: &'s Snapshot,
     parts: &http::request::Parts,
-    peer: std::net::SocketAddr,
 ) -> Result<(&'s Route, Option<String>), Refused<'s>> {
-    inbound::admit(&snap.inbound, peer.ip(), &parts.headers).map_err(|e| (None, e))?;
     if parts.method == Method::CONNECT {
         return Err((None, bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams")));
     }
@@ -646,10 +688,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn classify_upstream_error(e: &UpstreamError, route: &Route, max: u64) -> (&'static str, ProxyError) {
+/// Whether a request's `Transfer-Encoding` names a coding other than `chunked` (which
+/// hyper decodes; any other would be dropped when the header is, so it is refused).
+fn has_foreign_coding(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|c| !c.eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
+/// The upstream metric kind (`None`: the client's fault, not the upstream's) and the
+/// error answered.
+fn classify_upstream_error(e: &UpstreamError, route: &Route, max: u64) -> (Option<&'static str>, ProxyError) {
     let hyper_error = match e {
         UpstreamError::Connect { .. } => {
-            return ("connect", ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
+            return (Some("connect"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
         }
         UpstreamError::Http(h) => h,
     };
@@ -657,14 +709,19 @@ fn classify_upstream_error(e: &UpstreamError, route: &Route, max: u64) -> (&'sta
     let mut source = std::error::Error::source(hyper_error);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
-            return ("body_too_large", too_large(max));
+            return (Some("body_too_large"), too_large(max));
+        }
+        // The body sent upstream is the client's: an error reading it is the client's
+        // framing (a malformed chunk, a body cut short), not the upstream's.
+        if hyper_error.is_user() && s.is::<hyper::Error>() {
+            return (None, bad_request(format!("the request body is malformed: {s}")));
         }
         detail.push_str(": ");
         detail.push_str(&s.to_string());
         source = s.source();
     }
     (
-        "reset",
+        Some("reset"),
         ProxyError::new(ErrorCode::UpstreamUnreachable, format!("connection to {} failed: {detail}", route.upstream())),
     )
 }
@@ -743,6 +800,23 @@ mod tests {
         h.insert("x-b", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().collect::<Vec<_>>(), ["x-b"]);
+    }
+
+    #[test]
+    fn only_chunked_is_a_supported_coding() {
+        let te = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            h
+        };
+        assert!(!has_foreign_coding(&HeaderMap::new()));
+        assert!(!has_foreign_coding(&te("chunked")));
+        assert!(!has_foreign_coding(&te("Chunked")));
+        assert!(has_foreign_coding(&te("gzip, chunked")));
+        assert!(has_foreign_coding(&te("gzip")));
+        let mut two = te("gzip");
+        two.append(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(has_foreign_coding(&two));
     }
 
     #[test]

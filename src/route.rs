@@ -12,13 +12,20 @@ pub struct PathError(pub &'static str);
 /// Normalises a request path for routing and forwarding.
 ///
 /// Percent-encoded unreserved characters (letters, digits, `-._~`: RFC 3986 §6.2.2.2),
-/// slashes and backslashes (`%2f`, `%5c`) are decoded, backslashes count as slashes, empty segments (`//`) collapse, and `.`/`..`
-/// segments are resolved (never above the root). Other escapes are left as they are.
-/// Paths that need none of this are returned without copying.
+/// slashes and backslashes (`%2f`, `%5c`) are decoded, backslashes count as slashes,
+/// empty segments (`//`) collapse, and `.`/`..` segments are resolved (never above the
+/// root). Other escapes are left as they are. Paths that need none of this are returned
+/// without copying.
+///
+/// A dot segment carrying `;` parameters (`..;`, `.;jsessionid=1`, also spelled with
+/// `%2e` or `%3b`) is refused: servlet-style upstreams drop the parameters and resolve
+/// it as a dot segment, so `/G2A/..;/admin` would reach `/admin` with `/G2A/`'s token.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError("the path must start with `/`"));
     }
+    // A dot segment with parameters starts with `.` right after a `/`, or with an
+    // escape: either way `is_plain` sends it down the slow path below.
     if is_plain(raw.as_bytes()) {
         return Ok(Cow::Borrowed(raw));
     }
@@ -31,6 +38,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             "" | "." => {}
             ".." => {
                 segments.pop();
+            }
+            s if is_dot_segment_with_params(s) => {
+                return Err(PathError("a dot segment with `;` parameters (`..;`, `.;x`)"));
             }
             s => segments.push(s),
         }
@@ -61,6 +71,13 @@ fn is_plain(path: &[u8]) -> bool {
     true
 }
 
+/// True for a (decoded) segment whose part before its first `;` (or `%3b`, which
+/// servlet containers decode) is `.` or `..`: `..;`, `.;jsessionid=1`, `..%3Bx`.
+fn is_dot_segment_with_params(seg: &str) -> bool {
+    let params = |rest: &str| rest.starts_with(';') || rest.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("%3b"));
+    seg.strip_prefix("..").is_some_and(params) || seg.strip_prefix('.').is_some_and(params)
+}
+
 /// Decodes escaped unreserved characters, `%2f` and `%5c`, and turns `\` into `/`.
 fn decode_separators(raw: &str) -> String {
     let b = raw.as_bytes();
@@ -77,7 +94,16 @@ fn decode_separators(raw: &str) -> String {
                 },
                 _ => None,
             };
-            if let Some(c) = decoded {
+            // A hex digit decoded right after a literal `%` (or `%` and one hex digit)
+            // would spell a new escape (`%%32%65` → `%2e`) that the upstream decodes in
+            // turn: it stays escaped, so normalising is idempotent.
+            let opens_escape = |c: char| {
+                let o = out.as_bytes();
+                c.is_ascii_hexdigit()
+                    && (o.last() == Some(&b'%')
+                        || (o.len() >= 2 && o[o.len() - 2] == b'%' && o[o.len() - 1].is_ascii_hexdigit()))
+            };
+            if let Some(c) = decoded.filter(|c| !opens_escape(*c)) {
                 out.push(c);
                 i += 3;
                 continue;
@@ -199,6 +225,49 @@ mod tests {
         assert_eq!(n("/%"), "/%");
         assert_eq!(n("/ab%2"), "/ab%2");
         assert!(normalize_path("*").is_err());
+    }
+
+    #[test]
+    fn decoding_never_spells_a_new_escape() {
+        let n = |p: &str| normalize_path(p).unwrap().into_owned();
+        // `%%32%65` must not become `%2e`, which the upstream would decode to `.`.
+        assert_eq!(n("/G2A/%%32%65%%32%65/admin"), "/G2A/%%32e%%32e/admin");
+        assert_eq!(n("/G2A/%2%65%2%65/admin"), "/G2A/%2%65%2%65/admin");
+        assert_eq!(n("/%%36%31"), "/%%361");
+        assert_eq!(n("/%25%32%65"), "/%252e", "an escaped `%` is no literal `%`");
+        for p in ["/G2A/%%32%65%%32%65/admin", "/G2A/%2%65%2%65/admin", "/%%36%31", "/%%%32%32%32", "/%4%31%31"] {
+            let once = n(p);
+            assert_eq!(n(&once), once, "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in [
+            "/G2A/..;/admin",
+            "/G2A/.;x/admin",
+            "/G2A/%2e%2e;/admin",
+            "/G2A/%2E.;/admin",
+            "/G2A/..%3b/admin",
+            "/G2A/..%3Bx/admin",
+            "/G2A/.%3b/admin",
+            "/a/..;jsessionid=1/b",
+            "/a/.;",
+            "/a/..;",
+            "/G2A%2f..;/admin",
+            "/G2A\\..;\\admin",
+        ] {
+            assert!(!is_plain(p.as_bytes()), "{p} must take the slow path");
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+        let n = |p| normalize_path(p).unwrap().into_owned();
+        assert_eq!(n("/a/b;c/d"), "/a/b;c/d");
+        assert_eq!(n("/a/...;x"), "/a/...;x", "three dots are not a dot segment");
+        assert_eq!(n("/a/.x;y/b"), "/a/.x;y/b");
+        assert_eq!(n("/a/..x;/b"), "/a/..x;/b");
+        assert_eq!(n("/a/;/b"), "/a/;/b");
+        assert_eq!(n("/a/b%3b../c"), "/a/b%3b../c");
+        assert_eq!(n("/a/%3b/.."), "/a/");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The address the client connected to: the listener's own address, which the
+    /// `Host` and `Origin` checks accept (see [`crate::inbound::check_caller`]).
+    pub local: SocketAddr,
     /// The upstream connections this client connection holds (data path only).
     pub upstream: crate::upstream::Affinity,
     /// Requests started on the connection: the watchdog's sign of progress.
@@ -44,8 +47,8 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    fn new(peer: SocketAddr) -> ConnInfo {
-        ConnInfo { peer, upstream: Default::default(), started: AtomicU64::new(0) }
+    fn new(peer: SocketAddr, local: SocketAddr) -> ConnInfo {
+        ConnInfo { peer, local, upstream: Default::default(), started: AtomicU64::new(0) }
     }
 }
 
@@ -67,6 +70,9 @@ pub async fn serve<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let closing = Arc::new(Closing::default());
+    // A listener bound to one address is that address for every connection; one bound
+    // to 0.0.0.0/:: asks each connection (one getsockname per connection).
+    let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
@@ -98,7 +104,11 @@ pub async fn serve<F, Fut, B>(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let h = handler.clone();
-        let info = Arc::new(ConnInfo::new(peer));
+        let local = match bound {
+            Some(a) => a,
+            None => stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
+        let info = Arc::new(ConnInfo::new(peer, local));
         let watched = info.clone();
         let svc = service_fn(move |req| {
             info.started.fetch_add(1, Ordering::Relaxed);

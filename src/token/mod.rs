@@ -1,3 +1,6 @@
+// Token answers, stored records and Retry-After headers come from outside: no time or
+// counter arithmetic in this tree may panic on them (checked or saturating everywhere).
+#![cfg_attr(not(test), warn(clippy::arithmetic_side_effects))]
 //! Tokens: one [`Credential`] per configured credential holds the current [`Token`] in
 //! an `ArcSwap`, so the data path reads it with one `load` and never waits on a refresh.
 //!
@@ -28,8 +31,14 @@ pub const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 /// Lifetime assumed when a token response carries no `expires_in`.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// Lifetime of a `static` token: it never expires on its own.
-const STATIC_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest lifetime believed (SPEC: one year). A token endpoint answering more, or
+/// a stored expiry further ahead, is clamped to it: a token answer is data, not trust,
+/// and no later arithmetic on the expiry can overflow.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Lifetime of a `static` token: it never expires on its own (within [`MAX_LIFETIME`];
+/// a static token is re-read from its config at every renewal).
+const STATIC_LIFETIME: Duration = MAX_LIFETIME;
 
 /// An access token with everything the data path needs, built once per token.
 pub struct Token {
@@ -79,31 +88,31 @@ impl Token {
         })
     }
 
-    /// A token from a token endpoint answer received at `now`.
+    /// A token from a token endpoint answer received at `now`; the lifetime is clamped
+    /// to [`MAX_LIFETIME`] (see [`lifetime_of`]).
     pub fn from_response(
         r: source::TokenResponse,
         now: SystemTime,
         is_static: bool,
     ) -> Result<Token, InvalidTokenChars> {
-        let lifetime = match (is_static, r.expires_in) {
-            (true, _) => STATIC_LIFETIME,
-            (false, Some(s)) => Duration::from_secs(s),
-            (false, None) => DEFAULT_LIFETIME,
-        };
-        let mut t = Token::new(r.access_token, r.refresh_token, now + lifetime, now)?;
+        let lifetime = if is_static { STATIC_LIFETIME } else { lifetime_of(r.expires_in).0 };
+        let mut t = Token::new(r.access_token, r.refresh_token, later(now, lifetime), now)?;
         t.organizer_key = r.organizer_key;
         t.account_key = r.account_key;
         Ok(t)
     }
 
-    /// A token read back from the store.
-    pub fn from_stored(s: &StoredToken) -> Result<Token, InvalidTokenChars> {
-        let obtained = UNIX_EPOCH + Duration::from_millis(s.obtained_at_ms);
+    /// A token read back from the store, read at `now`: an expiry more than
+    /// [`MAX_LIFETIME`] ahead is clamped to it, and one that is not a time at all counts
+    /// as expired (its refresh token still renews it). Never panics, whatever the file held.
+    pub fn from_stored(s: &StoredToken, now: SystemTime) -> Result<Token, InvalidTokenChars> {
+        let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(s.obtained_at_ms)).unwrap_or(UNIX_EPOCH);
+        let expires_at = s.expires_at_time().min(later(now, MAX_LIFETIME));
         let mut t = Token::new(
             Secret::new(s.access_token.as_str()),
             s.refresh_token.as_deref().map(Secret::new),
-            s.expires_at_time(),
-            obtained,
+            expires_at,
+            obtained.min(now),
         )?;
         t.organizer_key = s.organizer_key.clone();
         t.account_key = s.account_key.clone();
@@ -130,7 +139,7 @@ impl Token {
 
     /// True while the token may still be sent.
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
-        self.expires_at > now + EXPIRY_MARGIN
+        self.expires_at > later(now, EXPIRY_MARGIN)
     }
 }
 
@@ -144,9 +153,39 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Milliseconds since the epoch (0 for times before it).
+/// How long a token answer's `expires_in` says the token lives, and whether it had to
+/// be clamped to [`MAX_LIFETIME`] (the caller warns). `None`: the answer gave no
+/// lifetime, so GoTo's usual hour is assumed. Zero and negative values never get here:
+/// [`source::TokenResponse::parse`] refuses them.
+pub fn lifetime_of(expires_in: Option<u64>) -> (Duration, bool) {
+    match expires_in {
+        None => (DEFAULT_LIFETIME, false),
+        Some(s) if s > MAX_LIFETIME.as_secs() => (MAX_LIFETIME, true),
+        Some(s) => (Duration::from_secs(s), false),
+    }
+}
+
+/// `t + d`, or the latest representable time when that overflows: time arithmetic on
+/// values from outside never panics.
+pub fn later(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d).unwrap_or_else(|| later(t, half(d)))
+}
+
+/// The tokio instant `d` from now (saturating, like [`later`]): for timers planned from
+/// values that came from outside.
+pub fn deadline_in(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(MAX_LIFETIME)).unwrap_or(now)
+}
+
+/// Half of `d`, rounded down.
+pub fn half(d: Duration) -> Duration {
+    d.checked_div(2).unwrap_or_default()
+}
+
+/// Milliseconds since the epoch (0 for times before it, `u64::MAX` beyond).
 pub fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Seconds since the epoch (0 for times before it).
@@ -176,8 +215,34 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let mut t = Token::new(Secret::new("a"), Some(Secret::new("r")), now + Duration::from_secs(10), now).unwrap();
         t.organizer_key = Some("8439885694023999999".into());
-        let back = Token::from_stored(&t.to_stored()).unwrap();
+        let back = Token::from_stored(&t.to_stored(), now).unwrap();
         assert_eq!(back.to_stored(), t.to_stored());
+    }
+
+    #[test]
+    fn absurd_stored_times_are_clamped_or_expired_never_a_panic() {
+        let now = SystemTime::now();
+        let mut s = Token::new(Secret::new("a"), None, now, now).unwrap().to_stored();
+        s.expires_at_ms = Some(u64::MAX);
+        s.obtained_at_ms = u64::MAX;
+        let t = Token::from_stored(&s, now).unwrap();
+        assert!(t.expires_at <= later(now, MAX_LIFETIME));
+        assert!(t.obtained_at <= now);
+        s.expires_at_ms = None;
+        s.expires_at = u64::MAX;
+        let t = Token::from_stored(&s, now).unwrap();
+        assert!(t.expires_at <= later(now, MAX_LIFETIME));
+        // A year and a day ahead: clamped to the year.
+        s.expires_at_ms = Some(unix_millis(now) + MAX_LIFETIME.as_millis() as u64 + 86_400_000);
+        assert_eq!(Token::from_stored(&s, now).unwrap().expires_at, later(now, MAX_LIFETIME));
+    }
+
+    #[test]
+    fn lifetimes_over_a_year_are_clamped() {
+        assert_eq!(lifetime_of(Some(u64::MAX)), (MAX_LIFETIME, true));
+        assert_eq!(lifetime_of(Some(7)), (Duration::from_secs(7), false));
+        assert_eq!(lifetime_of(None), (DEFAULT_LIFETIME, false));
+        assert!(later(SystemTime::now(), Duration::MAX) > SystemTime::now());
     }
 
     #[test]

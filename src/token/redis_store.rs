@@ -303,7 +303,7 @@ fn note_failure(location: &str, errors: &Option<IntCounterVec>, failures: &mut u
     if *failures == 0 {
         tracing::warn!(redis = %location, error = %why, "cannot subscribe to change notifications; polling meanwhile");
     }
-    *failures += 1;
+    *failures = failures.saturating_add(1);
 }
 
 /// A Redis error in words (I/O and server errors never carry the URL).

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::source::{SourceError, TokenResponse, TokenSource};
 use super::store::{LockToken, StoredToken, TokenStore};
-use super::{unix_secs, Token};
+use super::{deadline_in, half, later, lifetime_of, unix_secs, Token, MAX_LIFETIME};
 use crate::config::{CredentialConfig, GrantKind};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
@@ -39,6 +39,11 @@ pub const PEER_WAIT: Duration = Duration::from_secs(5);
 
 /// How often a waiting replica re-reads the store (notifications usually come first).
 const PEER_POLL: Duration = Duration::from_millis(200);
+
+/// Two token endpoint calls of one credential are never closer than this, whatever the
+/// answers say (SPEC: a lifetime of 0, a storm of rejections or of operator clicks must
+/// not hammer the endpoint; with Direct Login every call revokes the other tokens).
+pub const MIN_RENEWAL_SPACING: Duration = Duration::from_secs(1);
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,8 @@ struct Status {
     last_error: Option<String>,
     /// The token endpoint's `Retry-After`: no call before this.
     not_before: Option<SystemTime>,
+    /// When the token endpoint was last called ([`MIN_RENEWAL_SPACING`]).
+    last_call: Option<tokio::time::Instant>,
 }
 
 /// What coordinating with the other replicas decided.
@@ -120,6 +127,10 @@ pub struct Credential {
     status: Mutex<Status>,
     needs_login: AtomicBool,
     generation: AtomicU64,
+    /// The newest token generation whose rejection was already answered with a renewal
+    /// (or that was rejected right after such a renewal): its later rejections pass
+    /// through instead of renewing again (SPEC: a rejected token renews at most once).
+    renewed_on_rejection: AtomicU64,
     source: TokenSource,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
@@ -142,6 +153,7 @@ impl Credential {
             status: Mutex::new(Status::default()),
             needs_login: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            renewed_on_rejection: AtomicU64::new(0),
             source,
             store,
             metrics,
@@ -183,8 +195,11 @@ impl Credential {
             return;
         }
         match self.store.load(self.name()).await {
-            Ok(Some(stored)) => match Token::from_stored(&stored) {
+            Ok(Some(stored)) => match Token::from_stored(&stored, SystemTime::now()) {
                 Ok(t) => {
+                    if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
+                        tracing::warn!(credential = %self.name(), "the stored token claims to live more than a year (or its expiry is not a time): treated as living one year at most");
+                    }
                     let valid = t.is_valid_at(SystemTime::now());
                     tracing::info!(credential = %self.name(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
                     self.publish(t);
@@ -199,7 +214,7 @@ impl Credential {
     /// Waits up to `timeout` for a valid token; the error says why there is none.
     pub async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
         let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         loop {
             if let Some(t) = self.valid_token() {
                 return Ok(t);
@@ -239,6 +254,12 @@ impl Credential {
                 return Ok(cur.clone());
             }
         }
+        // A token renews on rejection once; later rejections of it pass through.
+        if let Trigger::Rejected(seen) = trigger {
+            if self.renewed_on_rejection.fetch_max(seen, Ordering::AcqRel) >= seen {
+                return Err(self.rejection_passed(seen));
+            }
+        }
         if self.cfg.grant == GrantKind::Static {
             return self.renew(trigger).await;
         }
@@ -276,8 +297,44 @@ impl Credential {
         }
     }
 
+    /// A rejection that renews nothing: the token was already renewed once for one.
+    fn rejection_passed(&self, generation: u64) -> RefreshError {
+        self.metrics.token_refreshes.with_label_values(&[self.name(), "rejection_passed"]).inc();
+        tracing::info!(credential = %self.name(), generation, "the upstream rejected a token that was already renewed once for a rejection (or was rejected as soon as it was issued): passing the answer through, not renewing again");
+        RefreshError {
+            message: "the token was already renewed once for a rejection; the upstream's answer is passed through"
+                .into(),
+            needs_login: false,
+        }
+    }
+
+    /// Reports that a token issued for a rejection was itself rejected at once (the
+    /// request's retry): the path, not the token, is refused, so its later rejections
+    /// pass through instead of renewing again.
+    pub fn rejected_again(&self, generation: u64) {
+        if self.renewed_on_rejection.fetch_max(generation, Ordering::AcqRel) < generation {
+            self.metrics.token_refreshes.with_label_values(&[self.name(), "rejection_passed"]).inc();
+            tracing::info!(credential = %self.name(), generation, "a token renewed for a rejection was rejected too: the request is refused for another reason; not renewing again for it");
+        }
+    }
+
+    /// Waits until [`MIN_RENEWAL_SPACING`] has passed since the last token endpoint call,
+    /// and notes this one.
+    async fn space_calls(&self) {
+        let last = self.status.lock().ok().and_then(|s| s.last_call);
+        if let Some(last) = last {
+            tokio::time::sleep_until(last.checked_add(MIN_RENEWAL_SPACING).unwrap_or(last)).await;
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.last_call = Some(tokio::time::Instant::now());
+        }
+    }
+
     /// One token endpoint call with what this credential renews with, then store and publish.
     async fn renew(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+        if self.cfg.grant != GrantKind::Static {
+            self.space_calls().await;
+        }
         let current = self.current.load_full();
         let refresh_token: Option<Secret> =
             current.as_ref().and_then(|t| t.refresh_token.clone()).or_else(|| self.cfg.refresh_token.clone());
@@ -301,7 +358,7 @@ impl Credential {
     async fn coordinate(&self, trigger: Trigger) -> Coordinated {
         // Subscribe before asking for the lock, so the holder's notice cannot slip by.
         let mut changes = self.store.changes();
-        let deadline = tokio::time::Instant::now() + PEER_WAIT;
+        let deadline = deadline_in(PEER_WAIT);
         loop {
             match self.store.lock(self.name(), LOCK_TTL).await {
                 Ok(Some(lock)) => {
@@ -430,6 +487,9 @@ impl Credential {
         previous_refresh: Option<Secret>,
     ) -> Result<Arc<Token>, RefreshError> {
         let is_static = self.cfg.grant == GrantKind::Static;
+        if !is_static && lifetime_of(response.expires_in).1 {
+            tracing::warn!(credential = %self.name(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
+        }
         let mut token = match Token::from_response(response, SystemTime::now(), is_static) {
             Ok(t) => t,
             Err(e) => return Err(self.record_failure(SourceError::Malformed(e.to_string()))),
@@ -486,7 +546,7 @@ impl Credential {
         if !newer {
             return None;
         }
-        let token = Token::from_stored(&stored).ok()?;
+        let token = Token::from_stored(&stored, SystemTime::now()).ok()?;
         tracing::info!(credential = %self.name(), "picked up a newer stored token");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
         Some(self.publish(token))
@@ -505,7 +565,7 @@ impl Credential {
     }
 
     fn publish(&self, mut token: Token) -> Arc<Token> {
-        token.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        token.generation = self.generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let token = Arc::new(token);
         self.current.store(Some(token.clone()));
         self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
@@ -538,10 +598,10 @@ impl Credential {
         };
         self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
         self.needs_login.store(needs_login, Ordering::Relaxed);
-        let not_before = e.retry_after().map(|d| SystemTime::now() + d);
+        let not_before = e.retry_after().map(|d| later(SystemTime::now(), d));
         let failures = match self.status.lock() {
             Ok(mut s) => {
-                s.consecutive_failures += 1;
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                 s.last_error = Some(message.clone());
                 s.not_before = not_before;
                 s.consecutive_failures
@@ -559,7 +619,7 @@ impl Credential {
         self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
         let failures = match self.status.lock() {
             Ok(mut s) => {
-                s.consecutive_failures += 1;
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
                 s.last_error = Some(message.clone());
                 s.consecutive_failures
             }
@@ -575,11 +635,15 @@ impl Credential {
     /// With a shared store it also follows the store between renewals.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if self.cfg.grant == GrantKind::Static {
-            return;
+            // Nothing to renew; the task lives on so a supervisor never sees it end.
+            return shutdown.cancelled().await;
         }
+        // Every publish (whoever renewed: this loop, `POST /refresh`, a rejection, a
+        // `login`, a replica) and every failure wakes the loop to plan again.
+        let mut published = self.changed.subscribe();
         let mut changes = self.store.changes();
         let mut poll = self.store.poll_interval().map(|every| {
-            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut i = tokio::time::interval_at(deadline_in(every), every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
@@ -601,9 +665,9 @@ impl Credential {
                         refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
                     let delay = not_before_clamp(delay, now, not_before);
                     if let Ok(mut s) = self.status.lock() {
-                        s.next_refresh = Some(now + delay);
+                        s.next_refresh = Some(later(now, delay));
                     }
-                    let when = tokio::time::Instant::now() + delay;
+                    let when = deadline_in(delay);
                     plan = Some((generation, failures, when));
                     when
                 }
@@ -611,6 +675,7 @@ impl Credential {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(when) => {}
+                _ = published.changed() => continue,
                 _ = next_change(&mut changes, self.name()) => {
                     self.sync_with_store().await;
                     continue;
@@ -674,8 +739,8 @@ pub fn refresh_delay(
     match (remaining, failures) {
         (None, 0) => Duration::ZERO,
         (None, f) => backoff(f, jitter),
-        (Some(r), 0) => r.saturating_sub(refresh_before).max(r / 2).mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0)),
-        (Some(r), f) => backoff(f, jitter).min(r / 2).max(Duration::from_millis(100)),
+        (Some(r), 0) => r.saturating_sub(refresh_before).max(half(r)).mul_f64(1.0 - 0.1 * jitter.clamp(0.0, 1.0)),
+        (Some(r), f) => backoff(f, jitter).min(half(r)).max(Duration::from_millis(100)),
     }
 }
 
@@ -698,7 +763,7 @@ pub fn must_renew_alone(trigger: Trigger, current: Option<&Token>, refresh_befor
     }
     let lifetime = t.expires_at.duration_since(t.obtained_at).unwrap_or_default();
     let remaining = t.expires_at.duration_since(now).unwrap_or_default();
-    remaining < (lifetime / 4).min(refresh_before / 2)
+    remaining < half(half(lifetime)).min(half(refresh_before))
 }
 
 /// Waits for a change notification about `name` (or about every credential); never

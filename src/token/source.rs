@@ -56,6 +56,10 @@ impl SourceError {
     }
 }
 
+/// Largest token endpoint (or keys endpoint) answer read: beyond it the answer is
+/// refused, like a malformed one, instead of growing the process (SPEC: 1 MiB).
+pub const MAX_ANSWER: usize = 1024 * 1024;
+
 /// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -125,17 +129,39 @@ enum NumOrStr {
     Str(String),
 }
 
+/// `expires_in` as GoTo sends it (a number, or a string in Direct Login answers). Zero,
+/// negative and non-numeric values are refused, so the renewal fails like an error answer
+/// and the current token stays (SPEC "Token lifecycle"); huge values saturate and are
+/// clamped to a year later ([`super::lifetime_of`]).
 fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
-    match Option::<NumOrStr>::deserialize(d)? {
-        None => Ok(None),
-        Some(NumOrStr::Num(n)) => Ok(Some(n)),
-        Some(NumOrStr::Float(f)) if f >= 0.0 => Ok(Some(f as u64)),
-        Some(NumOrStr::Float(f)) => Err(D::Error::custom(format!("negative expires_in {f}"))),
+    let secs = match Option::<NumOrStr>::deserialize(d)? {
+        None => return Ok(None),
+        Some(NumOrStr::Num(n)) => Some(n),
+        Some(NumOrStr::Float(f)) => whole_seconds(f),
         Some(NumOrStr::Str(s)) => {
-            s.trim().parse().map(Some).map_err(|_| D::Error::custom(format!("expires_in {s:?} is not a number")))
+            let s = s.trim();
+            s.parse::<u64>().ok().or_else(|| s.parse::<f64>().ok().and_then(whole_seconds)).or_else(|| {
+                // "-5" and "0" are numbers, just not lifetimes.
+                s.parse::<f64>().ok().map(|_| 0)
+            })
         }
+    };
+    match secs {
+        Some(0) => Err(D::Error::custom("expires_in is zero or negative")),
+        Some(n) => Ok(Some(n)),
+        None => Err(D::Error::custom("expires_in is not a number of seconds")),
     }
+}
+
+/// A positive float as whole seconds (saturating); zero for zero or less, `None` for
+/// what is not a finite number.
+fn whole_seconds(f: f64) -> Option<u64> {
+    if !f.is_finite() {
+        return None;
+    }
+    // `as` saturates: 1e20 becomes u64::MAX, -5.0 becomes 0.
+    Some(f.ceil() as u64)
 }
 
 /// Keys are integers beyond 2^53: keep them as exact decimal strings.
@@ -147,11 +173,12 @@ fn key_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     })
 }
 
-/// An error with its causes ("error sending request: connection refused"). URLs here
-/// never carry secrets: those travel in form bodies and headers.
-fn describe(e: &reqwest::Error) -> String {
+/// An error with its causes ("error sending request: connection refused"), without the
+/// URL: a configured URL's user info and query are never logged (SPEC).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         out.push_str(": ");
         out.push_str(&s.to_string());
@@ -282,14 +309,29 @@ impl TokenSource {
         if let Some((id, secret)) = &req.basic {
             b = b.basic_auth(id, Some(secret.expose()));
         }
-        let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
+        let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(e)))?;
         let status = res.status().as_u16();
         let retry_after = parse_retry_after(res.headers().get(http::header::RETRY_AFTER));
-        let body = res.bytes().await.map_err(|e| SourceError::Unreachable(describe(&e)))?;
+        if (300..400).contains(&status) {
+            // Never followed: the request carries secrets, and the token goes nowhere else.
+            return Err(SourceError::Refused {
+                kind: req.kind,
+                status,
+                error: "redirect_not_followed".into(),
+                description: Some(
+                    "the token endpoint redirected; redirects are never followed: check token_url".into(),
+                ),
+                retry_after,
+            });
+        }
+        let body = read_capped(res).await?;
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
+            // Words from outside go into logs and pages: escaped and bounded.
             let (error, description) = match parsed {
-                Some(OAuthError { error: Some(e), error_description }) => (e, error_description),
+                Some(OAuthError { error: Some(e), error_description }) => {
+                    (crate::error::printable(&e, 100), error_description.map(|d| crate::error::printable(&d, 300)))
+                }
                 _ => ("http_error".to_string(), None),
             };
             return Err(SourceError::Refused { kind: req.kind, status, error, description, retry_after });
@@ -302,17 +344,35 @@ impl TokenSource {
         let url = self.keys_url.as_ref()?;
         let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
         match res {
-            Ok(r) if r.status().is_success() => r.bytes().await.ok().map(|b| parse_keys(&b)),
+            Ok(r) if r.status().is_success() => read_capped(r).await.ok().map(|b| parse_keys(&b)),
             Ok(r) => {
                 tracing::warn!(credential = %self.cfg.name, status = r.status().as_u16(), "organizer/account key lookup failed");
                 None
             }
             Err(e) => {
-                tracing::warn!(credential = %self.cfg.name, error = %describe(&e), "organizer/account key lookup failed");
+                tracing::warn!(credential = %self.cfg.name, error = %describe(e), "organizer/account key lookup failed");
                 None
             }
         }
     }
+}
+
+/// Reads an answer's body, refusing one larger than [`MAX_ANSWER`] as soon as that is
+/// known (from `Content-Length`, or while reading), so a hostile endpoint cannot make
+/// the process hold an answer of any size.
+async fn read_capped(mut res: reqwest::Response) -> Result<bytes::Bytes, SourceError> {
+    let too_large = || SourceError::Malformed(format!("the answer is larger than {} KiB", MAX_ANSWER / 1024));
+    if res.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| SourceError::Unreachable(describe(e)))? {
+        if body.len().saturating_add(chunk.len()) > MAX_ANSWER {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 #[cfg(test)]
@@ -355,6 +415,26 @@ mod tests {
         assert!(TokenResponse::parse(br#"{"access_token":"a","expires_in":"soon"}"#).is_err());
         let r = TokenResponse::parse(br#"{"access_token":"a"}"#).unwrap();
         assert_eq!(r.expires_in, None);
+    }
+
+    #[test]
+    fn lifetimes_that_are_not_lifetimes_are_refused_and_huge_ones_saturate() {
+        let exp = |v: &str| TokenResponse::parse(format!(r#"{{"access_token":"a","expires_in":{v}}}"#).as_bytes());
+        for bad in ["0", "-5", "-0.5", "\"0\"", "\"-5\"", "\"soon\"", "null", "\"\"", "true", "[1]"] {
+            match exp(bad) {
+                Err(SourceError::Malformed(m)) => {
+                    assert!(m.contains("expires_in") || bad == "true" || bad == "[1]", "{bad}: {m}")
+                }
+                Ok(r) if bad == "null" => assert_eq!(r.expires_in, None),
+                other => panic!("{bad}: {:?}", other.map(|r| r.expires_in)),
+            }
+        }
+        assert_eq!(exp("1e20").unwrap().expires_in, Some(u64::MAX));
+        assert_eq!(exp("18446744073709551615").unwrap().expires_in, Some(u64::MAX));
+        assert_eq!(exp("99999999999999999999999999").unwrap().expires_in, Some(u64::MAX));
+        assert_eq!(exp("\"7\"").unwrap().expires_in, Some(7));
+        assert_eq!(exp("0.2").unwrap().expires_in, Some(1));
+        assert_eq!(exp("\"1e20\"").unwrap().expires_in, Some(u64::MAX));
     }
 
     #[test]

@@ -68,6 +68,57 @@ fn check_refuses_bad_configs_naming_file_line_and_key() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// SPEC "Configuration": a config error never echoes a value, however odd its type.
+#[test]
+fn check_errors_never_echo_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // (replacement of the password line, text that must not appear)
+    let cases = [
+        ("password = [\"s3cr3t-xyz\"]", "s3cr3t-xyz"),
+        ("password = 98765432101234", "98765432101234"),
+        ("password = { env = 5 }", "env = 5"),
+        ("password = s3cr3t-xyz", "s3cr3t-xyz"),
+    ];
+    for (i, (line, hidden)) in cases.iter().enumerate() {
+        let text = GOOD.replace("password = { env = \"IT_G2A_PASSWORD\" }", line);
+        let at = text.lines().position(|l| l == *line).expect("replaced") + 1;
+        let path = write_config(dir.path(), &format!("wrong{i}.toml"), &text);
+        let out = Command::new(BIN).args(["check", "--config"]).arg(&path).env("IT_G2A_USER", "u").output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(64), "case {i}: {stderr}");
+        let named = format!("{}:{at}: credentials.g2a.password: ", path.display());
+        assert!(stderr.contains(&named), "case {i}: expected {named:?} in {stderr}");
+        assert!(!stderr.contains(hidden) && !stdout.contains(hidden), "case {i} echoed the value: {stderr}");
+    }
+}
+
+/// SPEC "Configuration": user info and query of configured URLs are never printed.
+#[test]
+fn check_prints_urls_without_user_info_or_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "password = { env = \"IT_G2A_PASSWORD\" }",
+        "password = { env = \"IT_G2A_PASSWORD\" }\ntoken_url = \"https://user:pa55@host/token?client_secret=abc\"\nkeys_url = \"https://host/me?client_secret=abc\"",
+    )
+    .replace("upstream = \"https://api.getgo.com\"", "upstream = \"https://user:pa55@api.getgo.com\"");
+    let path = write_config(dir.path(), "urls.toml", &text);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("IT_G2A_USER", "u")
+        .env("IT_G2A_PASSWORD", "p")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("token_url: https://[redacted]@host/token?[redacted]"), "{stdout}");
+    assert!(stdout.contains("keys_url: https://host/me?[redacted]"), "{stdout}");
+    assert!(stdout.contains("/G2A/ -> https://[redacted]@api.getgo.com credential g2a"), "{stdout}");
+    for hidden in ["pa55", "abc", "client_secret="] {
+        assert!(!stdout.contains(hidden) && !stderr.contains(hidden), "{hidden} printed: {stdout}{stderr}");
+    }
+}
+
 #[test]
 fn config_path_comes_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();

@@ -69,9 +69,11 @@ async fn organizer_key_placeholder_is_filled_in() {
     }
     // Raw braces, as a script might send them.
     let mut tcp = tokio::net::TcpStream::connect(s.proxy.proxy_addr).await.unwrap();
-    tcp.write_all(b"GET /G2A/rest/v2/organizers/{organizerKey}/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(
+        b"GET /G2A/rest/v2/organizers/{organizerKey}/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");

@@ -37,12 +37,12 @@ async fn absolute_form_and_connect_are_bad_requests() {
     let before = s.mock.stats();
     let out = raw(
         s.proxy.proxy_addr,
-        b"GET http://evil.example/admin/rest/v1/me HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET http://evil.example/admin/rest/v1/me HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("x-goto-auth-proxy-error: bad_request"), "{out}");
-    let out = raw(s.proxy.proxy_addr, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n").await;
+    let out = raw(s.proxy.proxy_addr, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
     assert!(out.contains("bad_request"), "{out}");
     assert_eq!(s.mock.stats(), before, "nothing reached the upstream");
@@ -62,7 +62,8 @@ async fn body_too_large_known_length_and_streamed() {
     assert_error(r, 413, "body_too_large").await;
     // Chunked (no Content-Length): refused while streaming.
     let mut req =
-        b"POST /G2W/rest/v2/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        b"POST /G2W/rest/v2/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
     for _ in 0..40 {
         req.extend_from_slice(b"2000\r\n");
         req.extend_from_slice(&[b'b'; 0x2000]);

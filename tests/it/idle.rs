@@ -86,7 +86,7 @@ async fn wait_for_close(tcp: &mut tokio::net::TcpStream) -> Duration {
 async fn a_request_head_that_never_completes_is_cut_off() {
     let (addr, _stop) = start().await;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap(); // the head never ends
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").await.unwrap(); // the head never ends
     let waited = wait_for_close(&mut tcp).await;
     assert!(waited >= IDLE, "closed after {waited:?}, before one idle period");
 }
@@ -95,7 +95,7 @@ async fn a_request_head_that_never_completes_is_cut_off() {
 async fn an_idle_keep_alive_connection_is_closed_after_its_answer() {
     let (addr, _stop) = start().await;
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut answer = [0u8; 12];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
@@ -121,7 +121,7 @@ async fn the_data_path_answers_many_requests_on_one_connection_past_the_period()
     let until = Instant::now() + IDLE * 4;
     let mut answered = 0;
     while Instant::now() < until {
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut buf = vec![0u8; 4096];
         let n = tcp.read(&mut buf).await.unwrap();
         assert!(n > 0, "closed after {answered} answers although requests kept coming");
@@ -137,7 +137,7 @@ async fn shutdown_closes_idle_connections_at_once_and_lets_requests_in_flight_fi
     // Periods far longer than the test: only the shutdown can close anything.
     let mut s = start_with(Duration::from_secs(60), Duration::from_secs(60)).await;
     let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut answer = [0u8; 12];
     idle.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");

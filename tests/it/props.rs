@@ -8,6 +8,7 @@ use goto_auth_proxy::config::Config;
 use goto_auth_proxy::proxy::strip_hop_by_hop;
 use goto_auth_proxy::route::{normalize_path, Router};
 use goto_auth_proxy::token::source::TokenResponse;
+use goto_auth_proxy::token::Token;
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
@@ -119,6 +120,91 @@ proptest! {
             prop_assert!(line >= 1 && line <= last, "line {} of {}", line, text.lines().count());
         }
     }
+
+    /// SPEC "Configuration": a config error never echoes a value. A secret-looking value
+    /// of any type, under any key, in any section, amid random lines, never appears in
+    /// the error (the forms that name where a secret comes from, `{ env }` and
+    /// `{ file }`, are left out on purpose: those name a variable or a path).
+    #[test]
+    fn config_errors_never_echo_a_value(
+        before in prop::collection::vec(config_line(), 0..6),
+        after in prop::collection::vec(config_line(), 0..6),
+        section in prop::sample::select(vec!["", "[proxy]", "[state]", "[inbound]", "[[routes]]", "[credentials.c]"]),
+        key in config_key(),
+        word in "S3c[A-Za-z0-9]{12}",
+        digits in "[1-9][0-9]{13}",
+        form in 0usize..9,
+    ) {
+        let (value, secret) = match form {
+            0 => (format!("\"{word}\""), word),
+            1 => (format!("[\"{word}\"]"), word),
+            2 => (digits.clone(), digits),
+            3 => (format!("{digits}.5"), digits),
+            4 => (format!("{{ value = \"{word}\" }}"), word),
+            5 => (format!("{{ env = [\"{word}\"] }}"), word),
+            6 => (format!("\"\"\"\n{word}\"\"\""), word),
+            7 => (word.clone(), word),
+            _ => (format!("[1, \"{word}\", {{ a = \"{word}\" }}]"), word),
+        };
+        let mut lines = before;
+        lines.push(section.to_string());
+        lines.push(format!("{key} = {value}"));
+        lines.extend(after);
+        let text = lines.join("\n");
+        if let Err(e) = Config::parse("prop.toml", &text) {
+            let e = e.to_string();
+            prop_assert!(!e.contains(&secret), "{} echoed in: {}\n--- config:\n{}", secret, e, text);
+        }
+    }
+}
+
+/// A key for [`config_errors_never_echo_a_value`]: every key the schema has, and others.
+fn config_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "listen",
+            "admin_listen",
+            "connect_timeout",
+            "request_timeout",
+            "max_request_body",
+            "token_wait",
+            "workers",
+            "max_concurrent_requests",
+            "store",
+            "path",
+            "redis_url",
+            "redis_prefix",
+            "allow_remote",
+            "keys",
+            "allow_cidrs",
+            "tls_cert",
+            "tls_key",
+            "hosts",
+            "allow_origins",
+            "grant",
+            "client_id",
+            "client_secret",
+            "redirect_uri",
+            "refresh_token",
+            "username",
+            "password",
+            "pat",
+            "token",
+            "token_url",
+            "authorize_url",
+            "keys_url",
+            "scope",
+            "refresh_before",
+            "prefix",
+            "upstream",
+            "credential",
+            "strip_prefix",
+            "methods",
+            "rate_limit",
+        ])
+        .prop_map(str::to_string),
+        "[a-z_]{1,10}",
+    ]
 }
 
 // ===== token answers =====
@@ -132,7 +218,8 @@ proptest! {
     }
 
     #[test]
-    fn expires_in_as_number_or_string(n in any::<u64>(), as_string in any::<bool>(), pad in "[ ]{0,2}") {
+    // From 1: a lifetime of zero is a failed renewal (SPEC), see `extreme_lifetimes…` below.
+    fn expires_in_as_number_or_string(n in 1..=u64::MAX, as_string in any::<bool>(), pad in "[ ]{0,2}") {
         let v = if as_string { format!("\"{pad}{n}{pad}\"") } else { n.to_string() };
         let body = format!(r#"{{"access_token":"a","expires_in":{v}}}"#);
         let r = TokenResponse::parse(body.as_bytes()).unwrap();
@@ -324,4 +411,250 @@ proptest! {
             }
         }
     }
+}
+
+// ===== token answers with extreme numbers =====
+
+/// `expires_in` values a hostile or broken endpoint may send: any integer (beyond u64
+/// both ways), any float (NaN and infinities in Rust's spelling, which is not JSON),
+/// both quoted, numbers too long for any type, and what is not a number at all.
+fn extreme_expires_in() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<i128>().prop_map(|n| n.to_string()),
+        any::<i128>().prop_map(|n| format!("\"{n}\"")),
+        any::<f64>().prop_map(|f| f.to_string()),
+        any::<f64>().prop_map(|f| format!("{f:e}")),
+        any::<f64>().prop_map(|f| format!("\"{f}\"")),
+        "-?[0-9]{19,400}",
+        "\"-?[0-9]{19,400}\"",
+        "-?[0-9]{1,3}(\\.[0-9]{1,3})?[eE][-+]?[0-9]{1,5}",
+        "\"[ -!#-\\[\\]-~]{0,16}\"",
+        prop::sample::select(vec![
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "\"0\"",
+            "\"-0\"",
+            "1e-400",
+            "1e400",
+            "-1e400",
+            "\"1e400\"",
+            "\"NaN\"",
+            "\"inf\"",
+            "\"-inf\"",
+            "18446744073709551615",
+            "18446744073709551616",
+            "null",
+            "true",
+            "[]",
+            "{}",
+            "\"\"",
+            "\" \"",
+            "\"7\"",
+            "1",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// Whatever the lifetime says: no panic while parsing or building the token, a zero
+    /// lifetime never reaches a token, and a token never lives past a year (SPEC "A
+    /// token answer is data, not trust").
+    #[test]
+    fn extreme_lifetimes_never_panic_and_are_clamped(v in extreme_expires_in(), static_grant in any::<bool>()) {
+        let body = format!(r#"{{"access_token":"a","expires_in":{v}}}"#);
+        if let Ok(r) = TokenResponse::parse(body.as_bytes()) {
+            prop_assert_ne!(r.expires_in, Some(0), "{} parsed as a zero lifetime", v);
+            let now = std::time::SystemTime::now();
+            let t = Token::from_response(r, now, static_grant).unwrap();
+            let life = t.expires_at.duration_since(now).unwrap_or_default();
+            prop_assert!(life > std::time::Duration::ZERO, "{} gave an expired token", v);
+            // A year of 365 days, with room for one of 365.25.
+            prop_assert!(life.as_secs() <= 365 * 24 * 3600 + 6 * 3600, "{} lives {:?}", v, life);
+        }
+    }
+}
+
+// ===== the router, fuzzed =====
+
+/// Path pieces for hostile spellings: those of [`path_piece`], `;` parameters and their
+/// escapes, dot segments that carry parameters, and escaped hex digits after a bare `%`
+/// (`%%32%65` must not turn into `%2e`).
+fn hostile_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => path_piece(),
+        1 => prop::sample::select(vec![
+            ";", ";x", ";jsessionid=1", "%3b", "%3B", "..;", ".;", "%2e%2e;", "..%3b", ".%3B", "%252e", "%00",
+            "\\\\", "//", "%2F%2e%2E", "rest", "~", "%%", "%32", "%65", "%45", "%3", "%4",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+/// The prefixes the fuzzed router holds: nested, with and without a trailing `/`.
+const PREFIXES: [&str; 7] = ["/", "/G2A/", "/G2A/rest/", "/admin/", "/a", "/a/b/", "/g2a"];
+
+/// Which prefix should serve `path`, computed apart from the router: the longest whose
+/// path (without its trailing `/`) is `path` itself or a whole-segment start of it.
+fn expected_prefix(path: &str) -> Option<&'static str> {
+    PREFIXES
+        .iter()
+        .filter(|p| {
+            let base = p.trim_end_matches('/');
+            base.is_empty() || path == base || path.starts_with(&format!("{base}/"))
+        })
+        .max_by_key(|p| p.len())
+        .copied()
+}
+
+/// True for a segment that is a dot segment, with or without `;` parameters.
+fn is_dot_segment(seg: &str) -> bool {
+    let lower = seg.to_ascii_lowercase();
+    let end = [lower.find(';'), lower.find("%3b")].into_iter().flatten().min().unwrap_or(lower.len());
+    matches!(&lower[..end], "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
+}
+
+/// Checks what normalising `raw` must guarantee, whatever `raw` holds.
+fn check_normalised(raw: &str, router: &Router<&'static str>) -> Result<(), TestCaseError> {
+    let Ok(n) = normalize_path(raw) else { return Ok(()) };
+    let n = n.into_owned();
+    prop_assert!(n.starts_with('/'), "{:?} -> {:?}", raw, n);
+    let again = normalize_path(&n).map(|c| c.into_owned());
+    prop_assert_eq!(again.as_deref(), Ok(n.as_str()), "not idempotent: {:?}", raw);
+    for seg in n.split('/') {
+        prop_assert!(!is_dot_segment(seg), "{:?} -> {:?} keeps the dot segment {:?}", raw, n, seg);
+    }
+    prop_assert_eq!(router.find(&n).copied(), expected_prefix(&n), "{:?} -> {:?}", raw, n);
+    Ok(())
+}
+
+fn fuzz_router() -> Router<&'static str> {
+    Router::new(PREFIXES.iter().map(|p| (p.to_string(), *p)))
+}
+
+proptest! {
+    #![proptest_config(cases(1024))]
+
+    #[test]
+    fn random_bytes_never_panic_or_misroute(bytes in prop::collection::vec(any::<u8>(), 0..80), rooted in any::<bool>()) {
+        let text = String::from_utf8_lossy(&bytes);
+        let raw = if rooted { format!("/{text}") } else { text.into_owned() };
+        check_normalised(&raw, &fuzz_router())?;
+    }
+
+    #[test]
+    fn hostile_spellings_never_misroute(pieces in prop::collection::vec(hostile_piece(), 0..16)) {
+        check_normalised(&format!("/{}", pieces.concat()), &fuzz_router())?;
+    }
+
+    /// A dot segment with `;` parameters is refused wherever it stands (SPEC "Data
+    /// path"): servlet-style upstreams would resolve it as a dot segment.
+    #[test]
+    fn dot_segments_with_parameters_are_refused_anywhere(
+        before in prop::collection::vec(hostile_piece(), 0..6),
+        dot in prop::sample::select(vec!["..;", ".;", "..;x", ".;jsessionid=1", "%2e%2e;", "%2E.;a=b", "..%3b", ".%3B", "%2e%3b"]),
+        after in prop::collection::vec(hostile_piece(), 0..6),
+    ) {
+        let raw = format!("/{}/{dot}/{}", before.concat(), after.concat());
+        prop_assert!(normalize_path(&raw).is_err(), "{:?} -> {:?}", raw, normalize_path(&raw));
+    }
+}
+
+// ===== stored records with extreme numbers =====
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    /// Whatever a state file or Redis holds in its time fields, reading the record back
+    /// neither panics nor believes an expiry more than a year ahead, nor an obtained time
+    /// in the future.
+    #[test]
+    fn stored_records_with_extreme_times_never_panic(
+        expires_at in any::<u64>(),
+        expires_at_ms in prop::option::of(any::<u64>()),
+        obtained_at_ms in any::<u64>(),
+    ) {
+        let now = std::time::SystemTime::now();
+        let json = serde_json::json!({
+            "access_token": "a", "refresh_token": "r",
+            "expires_at": expires_at, "expires_at_ms": expires_at_ms, "obtained_at_ms": obtained_at_ms,
+        });
+        let stored: goto_auth_proxy::token::store::StoredToken = serde_json::from_value(json).unwrap();
+        let t = Token::from_stored(&stored, now).unwrap();
+        prop_assert!(t.expires_at <= goto_auth_proxy::token::later(now, goto_auth_proxy::token::MAX_LIFETIME));
+        prop_assert!(t.obtained_at <= now);
+        let _ = t.is_valid_at(now);
+        let _ = t.to_stored();
+    }
+}
+
+// ===== the request head parser and router, over real sockets =====
+
+/// One raw request target: hostile path pieces, sometimes with a query.
+fn raw_target() -> impl Strategy<Value = String> {
+    (prop::collection::vec(hostile_piece(), 1..10), prop::option::of("[a-z=&%{}]{0,12}")).prop_map(|(pieces, q)| {
+        let mut t = String::from("/");
+        t.push_str(&pieces.concat());
+        if let Some(q) = q {
+            t.push('?');
+            t.push_str(&q);
+        }
+        t
+    })
+}
+
+/// Random request targets sent over a socket to a proxy whose `/G2A/` route carries a
+/// token and whose `/` route carries none: whatever the spelling, a request reaches the
+/// upstream only with the normalised path, and carries the `/G2A/` token only when that
+/// normalised path is under `/G2A/`; everything else is refused, and the proxy stays up.
+#[tokio::test]
+async fn raw_request_targets_reach_only_the_route_their_normalised_path_selects() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let s = crate::support::stack(goto_auth_proxy::mock::MockOptions::default(), |mock, dir| {
+        crate::support::config_text(
+            dir,
+            "",
+            &format!(
+                "{}\n{}\n{}",
+                crate::support::password_cred("g2a", mock),
+                crate::support::route("/G2A/", mock, Some("g2a")),
+                crate::support::route("/", mock, None)
+            ),
+        )
+    })
+    .await;
+    crate::support::wait_ready(&s.http, &s.admin("/readyz"), std::time::Duration::from_secs(5)).await;
+    let mut runner = TestRunner::new(cases(96));
+    for _ in 0..96 {
+        let target = raw_target().new_tree(&mut runner).unwrap().current();
+        let req = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let out = crate::support::raw(s.proxy.proxy_addr, req.as_bytes()).await;
+        let status: u16 = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let mock_path =
+            out.lines().take_while(|l| !l.is_empty()).find_map(|l| l.strip_prefix("x-mock-path: ")).map(str::to_string);
+        let raw_path = target.split('?').next().unwrap_or("");
+        match (normalize_path(raw_path), mock_path) {
+            (Ok(normal), Some(seen)) => {
+                assert_eq!(seen, normal.as_ref(), "{target}: forwarded with another path");
+                let with_token = status == 200;
+                assert_eq!(with_token, normal.starts_with("/G2A/") || normal == "/G2A", "{target} → {normal}: {out}");
+            }
+            // Not forwarded with a token: GoTo's rejection of a token-less request, or a
+            // target hyper itself refuses (400). Never a /G2A/ path answered without one.
+            (Ok(normal), None) => {
+                let g2a = normal.starts_with("/G2A/") || normal == "/G2A";
+                assert!(status == 400 || (!g2a && (status == 401 || status == 403)), "{target} → {normal}: {out}");
+            }
+            (Err(_), seen) => {
+                assert!(seen.is_none(), "{target}: a path the router refuses reached the upstream");
+                assert_eq!(status, 400, "{target}: {out}");
+            }
+        }
+    }
+    assert_eq!(s.http.get(s.admin("/healthz")).send().await.unwrap().status(), 200);
 }

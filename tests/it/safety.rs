@@ -48,7 +48,7 @@ async fn no_path_spelling_carries_a_token_out_of_its_prefix() {
     ] {
         let out = raw(
             s.proxy.proxy_addr,
-            format!("GET {spelling} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {spelling} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await;
         // Normalised to /admin/rest/v1/me: the token-less "/" route, so the mock sees no token.
@@ -95,9 +95,18 @@ async fn strip_prefix_and_pass_through_routes() {
 #[tokio::test]
 async fn host_header_and_redirects_never_move_the_token() {
     let s = two_routes().await;
+    // A Host this listener does not serve is refused before any token is touched (DNS
+    // rebinding; tests/it/hostile.rs has the browser cases).
+    let calls = s.mock.stats().api_ok + s.mock.stats().api_rejected;
     let out =
         raw(s.proxy.proxy_addr, b"GET /G2A/rest/v1/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
             .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert_eq!(header(&out, "x-goto-auth-proxy-error"), Some("forbidden"));
+    assert_eq!(s.mock.stats().api_ok + s.mock.stats().api_rejected, calls, "nothing reached the upstream");
+    // A served Host is replaced by the upstream's own.
+    let out =
+        raw(s.proxy.proxy_addr, b"GET /G2A/rest/v1/x HTTP/1.1\r\nHost: localhost:1\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(header(&out, "x-mock-host"), Some(s.mock.addr().to_string().as_str()));
     // An upstream redirect is handed back, not followed with the token.
@@ -207,15 +216,17 @@ async fn header_limits_and_concurrency_cap() {
         )
     })
     .await;
-    let mut many = String::from("GET /G2A/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut many = String::from("GET /G2A/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..150 {
         many.push_str(&format!("x-h{i}: v\r\n"));
     }
     many.push_str("\r\n");
     let out = raw(s.proxy.proxy_addr, many.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
-    let big =
-        format!("GET /G2A/x HTTP/1.1\r\nHost: x\r\nx-big: {}\r\nConnection: close\r\n\r\n", "a".repeat(100 * 1024));
+    let big = format!(
+        "GET /G2A/x HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let out = raw(s.proxy.proxy_addr, big.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
 
@@ -350,7 +361,6 @@ async fn secrets_never_leak() {
     };
     let mock = MockGoto::start(opts.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let seed = mock.mint_refresh_token();
     let pat = format!(
         "[credentials.pat]\ngrant = \"personal_access_token\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\npat = \"{}\"\ntoken_url = \"{}/oauth/token\"\nkeys_url = \"{}/admin/rest/v1/me\"\n",
         opts.client_id,
@@ -359,26 +369,38 @@ async fn secrets_never_leak() {
         mock.url(),
         mock.url()
     );
-    let rest = format!(
-        "[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
-        password_cred("g2a", &mock),
-        code_cred("goto", &mock, Some(&seed)),
-        route("/G2A/", &mock, Some("g2a")),
-        route("/P/", &mock, Some("pat")),
-        route("/", &mock, Some("goto")),
-    );
-    let path = write_config(dir.path(), "audit.toml", &config_text(dir.path(), "token_wait = \"500ms\"", &rest));
+    // One sign-in (a fresh seed, minted when its run starts, and a fresh state file) per
+    // log format: the first run ends with every refresh token revoked, so the second
+    // would rightly need a `login`.
+    let mut seeds = Vec::new();
+    let mut config_for = |format: &str| {
+        let seed = mock.mint_refresh_token();
+        let rest = format!(
+            "[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
+            password_cred("g2a", &mock),
+            code_cred("goto", &mock, Some(&seed)),
+            route("/G2A/", &mock, Some("g2a")),
+            route("/P/", &mock, Some("pat")),
+            route("/", &mock, Some("goto")),
+        );
+        seeds.push(seed);
+        let state = dir.path().join(format);
+        std::fs::create_dir_all(&state).unwrap();
+        write_config(dir.path(), &format!("audit-{format}.toml"), &config_text(&state, "token_wait = \"500ms\"", &rest))
+    };
     let http = client();
     let mut seen = String::new();
 
-    let check = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-    seen.push_str(&String::from_utf8_lossy(&check.stdout));
-    seen.push_str(&String::from_utf8_lossy(&check.stderr));
-
     for format in ["json", "text"] {
+        let path = &config_for(format);
+        if format == "json" {
+            let check = std::process::Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
+            seen.push_str(&String::from_utf8_lossy(&check.stdout));
+            seen.push_str(&String::from_utf8_lossy(&check.stderr));
+        }
         let mut child = std::process::Command::new(BIN);
-        child.args(["run", "--log-format", format, "--config"]).arg(&path).env("RUST_LOG", "debug");
-        let p = if format == "json" { Proc::spawn(&path) } else { Proc::spawn_with(child) };
+        child.args(["run", "--log-format", format, "--config"]).arg(path).env("RUST_LOG", "debug");
+        let p = if format == "json" { Proc::spawn(path) } else { Proc::spawn_with(child) };
         let key = "SECRET-inbound-key";
         let get = |url: String| http.get(url).header("x-goto-auth-proxy-key", key).send();
         wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
@@ -427,7 +449,7 @@ async fn secrets_never_leak() {
         seen.contains("token_unavailable") && seen.contains("goto_auth_proxy_requests_total"),
         "the scenario ran: {seen}"
     );
-    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seed] {
+    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1]] {
         assert!(
             !seen.contains(secret),
             "{secret:?} leaked:\n{}",

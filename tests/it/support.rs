@@ -229,13 +229,15 @@ pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Polls `url` until it answers 200, within `within`.
 pub async fn wait_ready(http: &reqwest::Client, url: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
+    let mut last = String::new();
     loop {
         if let Ok(r) = http.get(url).send().await {
             if r.status() == 200 {
                 return;
             }
+            last = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
         }
-        assert!(tokio::time::Instant::now() < deadline, "{url} not ready within {within:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{url} not ready within {within:?}: {last}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

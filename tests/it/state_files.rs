@@ -1,0 +1,188 @@
+//! The state file under hostile or damaged conditions (SPEC "Token lifecycle"): a
+//! damaged record costs only its own credential and is kept in a numbered copy; a state
+//! directory others can write to, or a symlinked state file, stops `run`, naming it.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+use goto_auth_proxy::mock::{MockGoto, MockOptions};
+
+/// `g2a` (Direct Login) on `/G2A/` and `goto` (OAuth, seeded with `seed`) on `/`.
+fn two_credentials(dir: &Path, mock: &MockGoto, seed: &str) -> String {
+    config_text(
+        dir,
+        "",
+        &format!(
+            "{}\n{}\n{}\n{}",
+            password_cred("g2a", mock),
+            code_cred("goto", mock, Some(seed)),
+            route("/G2A/", mock, Some("g2a")),
+            route("/", mock, Some("goto"))
+        ),
+    )
+}
+
+/// Runs a proxy once so the state file holds a token for both credentials; returns
+/// the file's bytes.
+async fn first_life(dir: &Path, mock: &MockGoto) -> Vec<u8> {
+    let proxy = start_proxy(&two_credentials(dir, mock, &mock.mint_refresh_token())).await;
+    let http = client();
+    for path in ["/G2A/rest/v1/x", "/G2W/rest/v2/x"] {
+        let r = http.get(format!("http://{}{path}", proxy.proxy_addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    proxy.stop().await;
+    let bytes = std::fs::read(dir.join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(v["credentials"]["g2a"].is_object() && v["credentials"]["goto"].is_object(), "{v}");
+    bytes
+}
+
+/// The record of `name` in the state file at `dir`.
+fn record(dir: &Path, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    v["credentials"][name].clone()
+}
+
+#[tokio::test]
+async fn a_damaged_record_costs_only_its_credential_and_is_kept_aside() {
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    first_life(dir.path(), &mock).await;
+    let g2a_before = record(dir.path(), "g2a");
+
+    // `goto`'s record: still JSON, no longer a token.
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+    v["credentials"]["goto"] = serde_json::json!({"access_token": 5, "expires_at": "soon"});
+    let damaged = serde_json::to_vec_pretty(&v).unwrap();
+    std::fs::write(dir.path().join("state.json"), &damaged).unwrap();
+
+    // Second life, as the real binary (its log is what an operator reads).
+    let before = mock.stats();
+    let config =
+        write_config(dir.path(), "proxy.toml", &two_credentials(dir.path(), &mock, &mock.mint_refresh_token()));
+    let proc = Proc::spawn(&config);
+    let http = client();
+    let r = http.get(proc.url("/G2A/rest/v1/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "g2a serves its stored token");
+    assert_eq!(mock.stats().password_logins, before.password_logins, "no new Direct Login for g2a");
+    let r = http.get(proc.url("/G2W/rest/v2/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "goto started with no token and renewed");
+    assert!(mock.stats().refreshes > before.refreshes, "goto renewed with its configured refresh token");
+
+    // The damaged bytes are kept; the file now holds both credentials, g2a unchanged.
+    let copy = dir.path().join("state.json.damaged.1");
+    assert_eq!(std::fs::read(&copy).unwrap(), damaged);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(record(dir.path(), "g2a"), g2a_before);
+    assert!(record(dir.path(), "goto")["access_token"].is_string());
+
+    let log = proc.log_text();
+    let damage_line = log
+        .lines()
+        .find(|l| l.contains("\"level\":\"ERROR\"") && l.contains("\"credential\":\"goto\""))
+        .unwrap_or_else(|| panic!("no error naming goto:\n{log}"));
+    assert!(damage_line.contains("damaged"), "{damage_line}");
+    assert!(log.contains("state.json.damaged.1"), "the copy is named in the log:\n{log}");
+    assert!(!log.lines().any(|l| l.contains("ERROR") && l.contains("\"credential\":\"g2a\"")), "{log}");
+}
+
+#[tokio::test]
+async fn a_truncated_state_file_keeps_the_records_before_the_cut() {
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = first_life(dir.path(), &mock).await;
+    let g2a_before = record(dir.path(), "g2a");
+
+    // Records are in name order: cut in the middle of `goto`'s, after `g2a`'s.
+    let text = String::from_utf8(bytes).unwrap();
+    let cut = text.find("\"goto\"").unwrap() + 20;
+    std::fs::write(dir.path().join("state.json"), &text[..cut]).unwrap();
+
+    let before = mock.stats();
+    let proxy = start_proxy(&two_credentials(dir.path(), &mock, &mock.mint_refresh_token())).await;
+    let http = client();
+    for path in ["/G2A/rest/v1/x", "/G2W/rest/v2/x"] {
+        let r = http.get(format!("http://{}{path}", proxy.proxy_addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    assert_eq!(mock.stats().password_logins, before.password_logins, "g2a's stored token was reused");
+    assert_eq!(std::fs::read_to_string(dir.path().join("state.json.damaged.1")).unwrap(), &text[..cut]);
+    assert_eq!(record(dir.path(), "g2a"), g2a_before);
+    assert!(record(dir.path(), "goto")["access_token"].is_string());
+    proxy.stop().await;
+}
+
+/// Runs `goto-auth-proxy run` on `config` and returns (exit success, stderr); the
+/// process is killed if it is still running after 20 s (it should refuse at once).
+fn run_expecting_refusal(config: &Path) -> (bool, String) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("run did not refuse the state file and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.success(), stderr)
+}
+
+/// A config whose state file is `state_path` (no token endpoint is ever reached).
+fn config_with_state(dir: &Path, state_path: &Path) -> std::path::PathBuf {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[state]\npath = {:?}\n\n\
+         [credentials.g2a]\ngrant = \"password\"\nclient_id = \"c\"\nusername = \"u\"\npassword = \"p\"\n\
+         token_url = \"http://127.0.0.1:9/oauth/access_token\"\n\n\
+         [[routes]]\nprefix = \"/G2A/\"\nupstream = \"http://127.0.0.1:9\"\ncredential = \"g2a\"\n",
+        state_path.display().to_string()
+    );
+    write_config(dir, "proxy.toml", &text)
+}
+
+#[test]
+fn run_refuses_a_state_directory_others_can_write_to_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let config = config_with_state(dir.path(), &shared.join("state.json"));
+    let (ok, stderr) = run_expecting_refusal(&config);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains(&shared.display().to_string()) && stderr.contains("chmod go-w"), "{stderr}");
+    assert!(!shared.join("state.json").exists());
+}
+
+#[test]
+fn run_refuses_a_symlinked_state_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.json");
+    std::fs::write(&real, "{}").unwrap();
+    let link = dir.path().join("state.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let config = config_with_state(dir.path(), &link);
+    let (ok, stderr) = run_expecting_refusal(&config);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains(&link.display().to_string()) && stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "{}");
+}
