@@ -19,23 +19,40 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use crate::app::{Core, Credentials};
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::inbound;
 use crate::login::LoginFlows;
-use crate::token::Trigger;
+use crate::response;
+use crate::token::{Credential, Trigger};
+
+/// Credentials by name, as the admin listener sees them.
+pub type Credentials = BTreeMap<String, Arc<Credential>>;
+
+/// What the admin listener reads of the running proxy. `app` implements it over its live
+/// state, so `admin` imports nothing of the wiring, and every reload is seen at once.
+pub trait View: Send + Sync {
+    /// The configuration in force (its inbound rules guard this listener too).
+    fn config(&self) -> Arc<Config>;
+    /// Every credential, by name: token metadata and the refresh trigger.
+    fn credentials(&self) -> Arc<Credentials>;
+    /// Names of the credentials routes use: what readiness waits for.
+    fn used(&self) -> Arc<Vec<String>>;
+    /// The Prometheus text exposition.
+    fn metrics_text(&self) -> String;
+}
 
 /// The admin service.
 pub struct Admin {
-    /// The live credentials, routes and inbound rules (swapped by reloads).
-    core: Arc<Core>,
+    /// The live credentials, config and metrics (swapped by reloads).
+    view: Arc<dyn View>,
     login: Arc<LoginFlows>,
 }
 
 impl Admin {
-    /// An admin service over the running proxy.
-    pub fn new(core: Arc<Core>, login: Arc<LoginFlows>) -> Admin {
-        Admin { core, login }
+    /// An admin service over the running proxy's `view`.
+    pub fn new(view: Arc<dyn View>, login: Arc<LoginFlows>) -> Admin {
+        Admin { view, login }
     }
 
     /// Answers one admin request from `peer` on a connection to `local`. The inbound
@@ -62,36 +79,35 @@ impl Admin {
     /// SPEC "Who may use it" on the admin listener: `Host` always; the browser origin
     /// rule on everything but the sign-in's `GET /callback` without an `Origin`.
     fn check_caller(&self, req: &Request<Incoming>, local: SocketAddr) -> Result<inbound::Caller, ProxyError> {
-        let snapshot = self.core.proxy.snapshot();
-        inbound::check_host(&snapshot.inbound, local, req.headers())?;
+        let config = self.view.config();
+        inbound::check_host(&config.inbound, local, req.headers())?;
         let oauth_return = req.method() == Method::GET
             && req.uri().path() == "/callback"
             && !req.headers().contains_key(header::ORIGIN);
         if oauth_return {
             return Ok(inbound::Caller::Plain);
         }
-        inbound::check_origin(&snapshot.inbound, local, req.headers())
+        inbound::check_origin(&config.inbound, local, req.headers())
     }
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let snapshot = self.core.proxy.snapshot();
+        let config = self.view.config();
         let admitted = match segments.as_slice() {
-            ["healthz"] | ["readyz"] => inbound::admit_address(&snapshot.inbound, peer.ip()),
-            _ => inbound::admit(&snapshot.inbound, peer.ip(), req.headers()),
+            ["healthz"] | ["readyz"] => inbound::admit_address(&config.inbound, peer.ip()),
+            _ => inbound::admit(&config.inbound, peer.ip(), req.headers()),
         };
         if let Err(e) = admitted {
             return e.into_response();
         }
-        let credentials = self.core.credentials();
-        let metrics = &self.core.metrics;
+        let credentials = self.view.credentials();
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
             (&Method::GET, ["metrics"]) => {
-                let mut res = text(StatusCode::OK, &metrics.render());
+                let mut res = text(StatusCode::OK, &self.view.metrics_text());
                 res.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 res
@@ -137,7 +153,7 @@ impl Admin {
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {
-        let (used, credentials) = (self.core.used(), self.core.credentials());
+        let (used, credentials) = (self.view.used(), self.view.credentials());
         let mut not_ready = BTreeMap::new();
         for name in used.iter() {
             if let Some(c) = credentials.get(name) {
@@ -163,31 +179,17 @@ fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    res
+    response::with_body(status, response::TEXT, body.to_string())
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(format!("{v}\n"))));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res
+    response::json(status, v)
 }
 
 fn html(status: StatusCode, page: &str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(page.to_string())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    res
+    response::with_body(status, response::HTML, page.to_string())
 }
 
 fn redirect(url: &str) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::new()));
-    *res.status_mut() = StatusCode::FOUND;
-    if let Ok(v) = HeaderValue::from_str(url) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
+    response::redirect(url)
 }

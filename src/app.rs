@@ -2,7 +2,7 @@
 //! reloads and an orderly stop. [`start`] returns the bound addresses, so tests (and
 //! `demo`) run whole proxies in-process on `127.0.0.1:0`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,22 +12,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Credentials};
 use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Snapshot};
+use crate::server::{ConnInfo, Serve};
 use crate::token::redis_store::RedisStore;
 use crate::token::source::TokenSource;
 use crate::token::store::{FileStore, TokenStore};
-use crate::token::Credential;
-use crate::upstream::Connector;
+use crate::token::{Credential, TokenHandle};
+use crate::upstream::{Affinity, Connector};
 
 /// How long in-flight requests may take to finish after a stop is asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Credentials by name.
-pub type Credentials = BTreeMap<String, Arc<Credential>>;
+pub const DRAIN_TIMEOUT: Duration = crate::server::DRAIN_TIMEOUT;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +149,7 @@ impl Core {
                 }
             }
         }
-        let by_name: HashMap<String, Arc<Credential>> = next.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let by_name: HashMap<String, TokenHandle> = next.iter().map(|(k, v)| (k.clone(), v.handle())).collect();
         self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics));
         self.credentials.store(Arc::new(next));
         self.used.store(Arc::new(used));
@@ -227,6 +225,24 @@ where
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(RESTART_DELAY) => {}
         }
+    }
+}
+
+impl crate::admin::View for Core {
+    fn config(&self) -> Arc<Config> {
+        Core::config(self)
+    }
+
+    fn credentials(&self) -> Arc<Credentials> {
+        Core::credentials(self)
+    }
+
+    fn used(&self) -> Arc<Vec<String>> {
+        Core::used(self)
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
     }
 }
 
@@ -354,16 +370,15 @@ fn spawn_data_path_thread(
                 Ok(l) => l,
                 Err(e) => return tracing::error!(error = %e, "cannot use the data-path listener"),
             };
-            crate::server::serve(
-                listener,
-                // No async block around it: that would hold a second copy of the request.
-                move |req, conn: Arc<crate::server::ConnInfo>| proxy.clone().serve(req, conn),
-                tls,
-                shutdown,
-                DRAIN_TIMEOUT,
-                crate::server::HEADER_READ_TIMEOUT,
-            )
-            .await;
+            // Each connection keeps its upstream connections (`Affinity`) in its state.
+            Serve::new(shutdown)
+                .tls(tls)
+                .run_with(
+                    listener,
+                    // No async block around it: that would hold a second copy of the request.
+                    move |req, conn: Arc<ConnInfo<Affinity>>| proxy.clone().serve(req, conn),
+                )
+                .await;
         });
         let _ = done.send(());
     })?;
@@ -410,17 +425,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let _thread_ended = done.await;
         });
     }
-    core.tasks.spawn(crate::server::serve(
-        admin_listener,
-        move |req, conn: Arc<crate::server::ConnInfo>| {
-            let a = admin.clone();
-            async move { a.serve(req, conn.peer, conn.local).await }
-        },
-        None,
-        core.shutdown.clone(),
-        DRAIN_TIMEOUT,
-        crate::server::HEADER_READ_TIMEOUT,
-    ));
+    core.tasks.spawn(Serve::new(core.shutdown.clone()).run(admin_listener, move |req, conn: Arc<ConnInfo>| {
+        let a = admin.clone();
+        async move { a.serve(req, conn.peer, conn.local).await }
+    }));
     tracing::info!(%proxy_addr, %admin_addr, store = %store.describe(), credentials = ?core.used(), "goto-auth-proxy serving");
     Ok(Running { proxy_addr, admin_addr, core })
 }

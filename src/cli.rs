@@ -361,9 +361,9 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                 let flows = flows.clone();
                 let creds = credentials.clone();
                 let tx = done_tx.clone();
-                callback_server = Some(tokio::spawn(crate::server::serve(
-                    listener,
-                    move |req: http::Request<hyper::body::Incoming>, _peer| {
+                let serve = crate::server::Serve::new(stop.clone()).drain(Duration::from_secs(2));
+                callback_server =
+                    Some(tokio::spawn(serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _peer| {
                         let (flows, creds, tx) = (flows.clone(), creds.clone(), tx.clone());
                         async move {
                             let query = req.uri().query().unwrap_or("").to_string();
@@ -375,16 +375,13 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                             if status.is_success() {
                                 let _ = tx.try_send(());
                             }
-                            let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(page)));
-                            *res.status_mut() = status;
-                            res
+                            crate::response::with_body::<http_body_util::Full<bytes::Bytes>>(
+                                status,
+                                crate::response::HTML,
+                                page,
+                            )
                         }
-                    },
-                    None,
-                    stop.clone(),
-                    Duration::from_secs(2),
-                    crate::server::HEADER_READ_TIMEOUT,
-                )));
+                    })));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 proxy_running = true;

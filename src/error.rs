@@ -100,11 +100,8 @@ impl ProxyError {
 
     /// The full HTTP answer, for any body type that can be built from bytes.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let mut res = Response::new(B::from(self.body()));
-        *res.status_mut() = self.code.status();
-        let h = res.headers_mut();
-        h.insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut res = crate::response::with_body(self.code.status(), crate::response::JSON, self.body());
+        res.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
         res
     }
 }

@@ -17,9 +17,12 @@
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
 //! * [`error`] — the proxy's own error answers (SPEC codes).
 //! * [`server`] — the shared hyper accept loop with graceful drain.
-//! * [`mock`] — a faithful mock of GoTo's token endpoints and APIs (demo and tests).
-//! * [`demo`] — `goto-auth-proxy demo`: the mock plus a proxy, zero set-up.
+//! * [`demo`] — `goto-auth-proxy demo`: the mock GoTo plus a proxy, zero set-up.
+//!   Its `demo::mock` (a faithful mock of GoTo's token endpoints and APIs) is test
+//!   equipment for this crate's tests and benches, hidden and not part of the API.
 //! * [`secret`] — the redacting `Secret` type.
+//! * [`random`] — unguessable values: OAuth `state`, PKCE, lock fencing tokens.
+//! * [`response`] — the one builder of the small answers the proxy makes itself.
 
 pub mod admin;
 pub mod app;
@@ -31,8 +34,9 @@ pub mod inbound;
 pub mod limit;
 pub mod login;
 pub mod metrics;
-pub mod mock;
 pub mod proxy;
+pub mod random;
+pub mod response;
 pub mod route;
 pub mod secret;
 pub mod server;

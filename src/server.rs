@@ -33,42 +33,102 @@ pub const MAX_HEADERS: usize = 100;
 /// At most this many bytes of request line and headers.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// What a handler knows of the client connection a request came on.
-pub struct ConnInfo {
+/// How long open requests may take to finish after a listener is asked to stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a handler knows of the client connection a request came on, with the state its
+/// user keeps per connection (`S`: the data path keeps its upstream connections there;
+/// the admin listener and the mock keep nothing).
+pub struct ConnInfo<S = ()> {
     /// The client's address.
     pub peer: SocketAddr,
     /// The address the client connected to: the listener's own address, which the
-    /// `Host` and `Origin` checks accept (see [`crate::inbound::check_caller`]).
+    /// `Host` and `Origin` checks accept.
     pub local: SocketAddr,
-    /// The upstream connections this client connection holds (data path only).
-    pub upstream: crate::upstream::Affinity,
+    /// Per-connection state of the listener's user.
+    pub state: S,
     /// Requests started on the connection: the watchdog's sign of progress.
     started: AtomicU64,
 }
 
-impl ConnInfo {
-    fn new(peer: SocketAddr, local: SocketAddr) -> ConnInfo {
-        ConnInfo { peer, local, upstream: Default::default(), started: AtomicU64::new(0) }
+impl<S: Default> ConnInfo<S> {
+    fn new(peer: SocketAddr, local: SocketAddr) -> ConnInfo<S> {
+        ConnInfo { peer, local, state: S::default(), started: AtomicU64::new(0) }
     }
 }
 
-/// Serves `handler(request, connection)` on `listener` until `shutdown`, then lets open
-/// requests finish for up to `drain`. With `tls`, connections are TLS first. A connection
-/// idle for `idle` (normally [`HEADER_READ_TIMEOUT`]) is closed by its watchdog.
-pub async fn serve<F, Fut, B>(
-    listener: TcpListener,
-    handler: F,
+/// How a listener is served: optional TLS, how long open requests may finish after the
+/// stop (`drain`), how long a connection may sit idle (`idle`). One value instead of the
+/// same four arguments at every call site.
+#[derive(Clone)]
+pub struct Serve {
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
     drain: Duration,
     idle: Duration,
-) where
-    F: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+}
+
+impl Serve {
+    /// Plain HTTP until `shutdown`, [`DRAIN_TIMEOUT`] to drain, [`HEADER_READ_TIMEOUT`] idle.
+    pub fn new(shutdown: CancellationToken) -> Serve {
+        Serve { tls: None, shutdown, drain: DRAIN_TIMEOUT, idle: HEADER_READ_TIMEOUT }
+    }
+
+    /// TLS first on every connection (when `Some`).
+    pub fn tls(mut self, tls: Option<tokio_rustls::TlsAcceptor>) -> Serve {
+        self.tls = tls;
+        self
+    }
+
+    /// How long open requests may finish after the stop.
+    pub fn drain(mut self, drain: Duration) -> Serve {
+        self.drain = drain;
+        self
+    }
+
+    /// How long a connection may start no request before it is closed.
+    pub fn idle(mut self, idle: Duration) -> Serve {
+        self.idle = idle;
+        self
+    }
+
+    /// Serves `handler(request, connection)` on `listener` until the stop, then drains.
+    pub async fn run<F, Fut, B>(self, listener: TcpListener, handler: F)
+    where
+        F: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.run_with::<(), F, Fut, B>(listener, handler).await
+    }
+
+    /// [`Serve::run`] with per-connection state `S` (created with `S::default()` for each
+    /// connection) in the [`ConnInfo`] the handler gets.
+    pub async fn run_with<S, F, Fut, B>(self, listener: TcpListener, handler: F)
+    where
+        S: Default + Send + Sync + 'static,
+        F: Fn(Request<Incoming>, Arc<ConnInfo<S>>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        serve(listener, handler, self).await
+    }
+}
+
+async fn serve<S, F, Fut, B>(listener: TcpListener, handler: F, how: Serve)
+where
+    S: Default + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Arc<ConnInfo<S>>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Serve { tls, shutdown, drain, idle } = how;
     let closing = Arc::new(Closing::default());
     // A listener bound to one address is that address for every connection; one bound
     // to 0.0.0.0/:: asks each connection (one getsockname per connection).
@@ -108,7 +168,7 @@ pub async fn serve<F, Fut, B>(
             Some(a) => a,
             None => stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
         };
-        let info = Arc::new(ConnInfo::new(peer, local));
+        let info = Arc::new(ConnInfo::<S>::new(peer, local));
         let watched = info.clone();
         let svc = service_fn(move |req| {
             info.started.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +223,7 @@ impl Closing {
 }
 
 /// Serves one connection under its [`Watchdog`] and logs how it ended.
-async fn serve_watched<C>(conn: C, info: Arc<ConnInfo>, idle: Duration, closing: Arc<Closing>)
+async fn serve_watched<C, S>(conn: C, info: Arc<ConnInfo<S>>, idle: Duration, closing: Arc<Closing>)
 where
     C: GracefulConnection<Error = hyper::Error>,
 {
@@ -181,14 +241,14 @@ pin_project_lite::pin_project! {
     /// connection, re-armed once per period, instead of hyper's new header-read timer
     /// for every request. `None`: closed for idleness. Also starts the connection's
     /// graceful shutdown when the listener is [`Closing`].
-    struct Watchdog<C> {
+    struct Watchdog<C, S> {
         #[pin]
         conn: C,
         #[pin]
         closing_signal: OwnedNotified,
         closing: Arc<Closing>,
         drain: Drain,
-        info: Arc<ConnInfo>,
+        info: Arc<ConnInfo<S>>,
         timer: Pin<Box<tokio::time::Sleep>>,
         seen: u64,
         was_busy: bool,
@@ -197,8 +257,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<C> Watchdog<C> {
-    fn new(conn: C, info: Arc<ConnInfo>, idle: Duration, closing: Arc<Closing>) -> Watchdog<C> {
+impl<C, S> Watchdog<C, S> {
+    fn new(conn: C, info: Arc<ConnInfo<S>>, idle: Duration, closing: Arc<Closing>) -> Watchdog<C, S> {
         let timer = Box::pin(tokio::time::sleep(idle));
         // Created before the flag is first read: a `start` in between still completes it.
         let closing_signal = closing.notify.clone().notified_owned();
@@ -232,7 +292,7 @@ enum Drain {
     ShuttingDown,
 }
 
-impl<C: GracefulConnection> Future for Watchdog<C> {
+impl<C: GracefulConnection, S> Future for Watchdog<C, S> {
     type Output = Option<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -282,14 +342,14 @@ impl<C: GracefulConnection> Future for Watchdog<C> {
 pin_project_lite::pin_project! {
     /// A response body that keeps its connection's [`ConnInfo`] until it is dropped, so
     /// the watchdog sees a long download as activity.
-    struct Busy<B> {
+    struct Busy<B, S> {
         #[pin]
         body: B,
-        _conn: Arc<ConnInfo>,
+        _conn: Arc<ConnInfo<S>>,
     }
 }
 
-impl<B: Body> Body for Busy<B> {
+impl<B: Body, S> Body for Busy<B, S> {
     type Data = B::Data;
     type Error = B::Error;
 

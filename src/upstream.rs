@@ -22,7 +22,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use smallvec::SmallVec;
 
-use crate::proxy::UpstreamBody;
+/// What is sent upstream: a buffered (retryable) body or the client's stream, limited
+/// to `max_request_body`. Defined here, beside the connections that send it, so the
+/// upstream side imports nothing of the data path.
+pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, http_body_util::Limited<Incoming>>;
 
 /// An idle upstream connection older than this is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);

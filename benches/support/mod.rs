@@ -34,18 +34,12 @@ pub type BenchClient = Client<HttpConnector, Empty<Bytes>>;
 pub async fn start_upstream(shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(goto_auth_proxy::server::serve(
-        listener,
-        |_req, _conn| async {
-            let mut res = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
-            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            res
-        },
-        None,
-        shutdown,
-        Duration::from_millis(100),
-        goto_auth_proxy::server::HEADER_READ_TIMEOUT,
-    ));
+    let serve = goto_auth_proxy::server::Serve::new(shutdown).drain(Duration::from_millis(100));
+    tokio::spawn(serve.run(listener, |_req, _conn| async {
+        let mut res = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res
+    }));
     Ok(addr)
 }
 

@@ -1,5 +1,5 @@
 //! The token endpoint `benches/load.sh` points the refreshing credential at: the crate's
-//! own mock GoTo server ([`goto_auth_proxy::mock`]) issuing short-lived tokens, so the
+//! own mock GoTo server ([`goto_auth_proxy::demo::mock`]) issuing short-lived tokens, so the
 //! proxy under load renews about once a second.
 //!
 //! ```text
@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use goto_auth_proxy::mock::{MockGoto, MockOptions};
+use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 
 struct Args {
     listen: SocketAddr,

@@ -7,15 +7,15 @@ use crate::config::{CredentialConfig, GrantKind};
 use crate::secret::Secret;
 
 /// One token endpoint call, ready to send.
-pub struct TokenRequest {
+pub(crate) struct TokenRequest {
     /// Where to POST.
-    pub url: String,
+    pub(crate) url: String,
     /// `Authorization: Basic base64(client_id:client_secret)`, when the grant uses it.
-    pub basic: Option<(String, Secret)>,
+    pub(crate) basic: Option<(String, Secret)>,
     /// Form body fields (values may be secrets, hence the redacting `Debug`).
-    pub form: Vec<(&'static str, String)>,
+    pub(crate) form: Vec<(&'static str, String)>,
     /// A short name for logs and metrics (`refresh_token`, `password`, …).
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
 }
 
 impl fmt::Debug for TokenRequest {
@@ -46,7 +46,7 @@ fn with_scope(mut form: Vec<(&'static str, String)>, cfg: &CredentialConfig) -> 
 
 /// Renew with a refresh token. Direct Login (password grant) posts `client_id` in the
 /// form with no Basic header; OAuth grants use the Basic header.
-pub fn refresh(cfg: &CredentialConfig, refresh_token: &Secret) -> TokenRequest {
+pub(crate) fn refresh(cfg: &CredentialConfig, refresh_token: &Secret) -> TokenRequest {
     let mut form =
         vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh_token.expose().to_string())];
     let basic = if cfg.grant == GrantKind::Password {
@@ -59,7 +59,7 @@ pub fn refresh(cfg: &CredentialConfig, refresh_token: &Secret) -> TokenRequest {
 }
 
 /// GoToAssist Corporate Direct Login: user id, password and consumer key, no Basic header.
-pub fn password(cfg: &CredentialConfig) -> TokenRequest {
+pub(crate) fn password(cfg: &CredentialConfig) -> TokenRequest {
     let expose = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string()).unwrap_or_default();
     let form = vec![
         ("grant_type", "password".to_string()),
@@ -71,20 +71,20 @@ pub fn password(cfg: &CredentialConfig) -> TokenRequest {
 }
 
 /// GoTo personal access token exchange.
-pub fn personal_access_token(cfg: &CredentialConfig) -> TokenRequest {
+pub(crate) fn personal_access_token(cfg: &CredentialConfig) -> TokenRequest {
     let pat = cfg.pat.as_ref().map(|s| s.expose().to_string()).unwrap_or_default();
     let form = with_scope(vec![("grant_type", "personal_access_token".to_string()), ("pat", pat)], cfg);
     TokenRequest { url: cfg.token_url.clone(), basic: basic(cfg), form, kind: "personal_access_token" }
 }
 
 /// Generic OAuth client credentials.
-pub fn client_credentials(cfg: &CredentialConfig) -> TokenRequest {
+pub(crate) fn client_credentials(cfg: &CredentialConfig) -> TokenRequest {
     let form = with_scope(vec![("grant_type", "client_credentials".to_string())], cfg);
     TokenRequest { url: cfg.token_url.clone(), basic: basic(cfg), form, kind: "client_credentials" }
 }
 
 /// Authorization code exchange; `redirect_uri` must equal the one sent to authorize.
-pub fn authorization_code(
+pub(crate) fn authorization_code(
     cfg: &CredentialConfig,
     code: &str,
     redirect_uri: &str,

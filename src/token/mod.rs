@@ -4,15 +4,22 @@
 //! Tokens: one [`Credential`] per configured credential holds the current [`Token`] in
 //! an `ArcSwap`, so the data path reads it with one `load` and never waits on a refresh.
 //!
-//! * [`grant`] — what each grant sends to the token endpoint (pure).
-//! * [`source`] — the token endpoint calls and response parsing (reqwest).
+//! * `handle` — [`TokenHandle`], all the data path holds: read, wait, report a rejection
+//!   (the renewal itself runs on the credential's refresh loop).
+//! * `slot` — the state a credential shares with its handles (current token, waiters).
+//! * `grant` — what each grant sends to the token endpoint (pure).
+//! * [`source`] — the token endpoint calls and response parsing (reqwest); `static` is
+//!   its own kind of source.
 //! * [`store`] — persistence (`FileStore`; the `TokenStore` trait for others).
 //! * [`redis_store`] — the store replicas share: one token, one renewal at a time.
-//! * [`refresher`] — the per-credential state, refresh loop and single-flight renewals.
+//! * [`refresher`] — the per-credential refresh loop and single-flight renewals: the
+//!   schedule, replica coordination, recorded outcomes.
 
-pub mod grant;
+mod grant;
+mod handle;
 pub mod redis_store;
 pub mod refresher;
+mod slot;
 pub mod source;
 pub mod store;
 
@@ -21,15 +28,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 
 use crate::secret::Secret;
-pub use refresher::{Credential, TokenInfo, Trigger};
+pub use handle::TokenHandle;
+pub use refresher::{Credential, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent
 /// just as it dies.
-pub const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
+pub(crate) const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 
 /// Lifetime assumed when a token response carries no `expires_in`.
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The longest lifetime believed (SPEC: one year). A token endpoint answering more, or
 /// a stored expiry further ahead, is clamped to it: a token answer is data, not trust,
@@ -157,7 +165,7 @@ impl std::fmt::Debug for Token {
 /// be clamped to [`MAX_LIFETIME`] (the caller warns). `None`: the answer gave no
 /// lifetime, so GoTo's usual hour is assumed. Zero and negative values never get here:
 /// [`source::TokenResponse::parse`] refuses them.
-pub fn lifetime_of(expires_in: Option<u64>) -> (Duration, bool) {
+pub(crate) fn lifetime_of(expires_in: Option<u64>) -> (Duration, bool) {
     match expires_in {
         None => (DEFAULT_LIFETIME, false),
         Some(s) if s > MAX_LIFETIME.as_secs() => (MAX_LIFETIME, true),
@@ -173,23 +181,23 @@ pub fn later(t: SystemTime, d: Duration) -> SystemTime {
 
 /// The tokio instant `d` from now (saturating, like [`later`]): for timers planned from
 /// values that came from outside.
-pub fn deadline_in(d: Duration) -> tokio::time::Instant {
+pub(crate) fn deadline_in(d: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(d).or_else(|| now.checked_add(MAX_LIFETIME)).unwrap_or(now)
 }
 
 /// Half of `d`, rounded down.
-pub fn half(d: Duration) -> Duration {
+pub(crate) fn half(d: Duration) -> Duration {
     d.checked_div(2).unwrap_or_default()
 }
 
 /// Milliseconds since the epoch (0 for times before it, `u64::MAX` beyond).
-pub fn unix_millis(t: SystemTime) -> u64 {
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Seconds since the epoch (0 for times before it).
-pub fn unix_secs(t: SystemTime) -> u64 {
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -1,6 +1,9 @@
 //! Talks to token endpoints (reqwest): sends a [`TokenRequest`], parses GoTo's answers
 //! (string or number `expires_in`, keys as strings or big integers), and looks up
 //! organizer/account keys when a token response lacks them.
+//!
+//! [`Renewal`] says which kind of source a credential has: its token endpoint, or
+//! (`static`) its own config.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,14 +61,14 @@ impl SourceError {
 
 /// Largest token endpoint (or keys endpoint) answer read: beyond it the answer is
 /// refused, like a malformed one, instead of growing the process (SPEC: 1 MiB).
-pub const MAX_ANSWER: usize = 1024 * 1024;
+pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Reads `Retry-After` in its delay-seconds form (the form token endpoints use), capped
 /// at [`MAX_RETRY_AFTER`]; an HTTP-date or garbage counts as absent.
-pub fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
     let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
@@ -195,15 +198,15 @@ struct OAuthError {
 
 /// Organizer and account keys of the signed-in user.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Keys {
+pub(crate) struct Keys {
     /// `{organizerKey}`.
-    pub organizer_key: Option<String>,
+    pub(crate) organizer_key: Option<String>,
     /// `{accountKey}`.
-    pub account_key: Option<String>,
+    pub(crate) account_key: Option<String>,
 }
 
 /// Reads keys from an Admin `me` (or identity) answer, tolerating the shapes seen.
-pub fn parse_keys(body: &[u8]) -> Keys {
+pub(crate) fn parse_keys(body: &[u8]) -> Keys {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Keys::default();
     };
@@ -220,7 +223,28 @@ pub fn parse_keys(body: &[u8]) -> Keys {
     }
 }
 
-/// Obtains tokens for one credential.
+/// What renews a credential's token: the refresher asks this, never the grant.
+pub(crate) enum Renewal {
+    /// `static`: the configured token, served as given and read again at every
+    /// renewal. Nothing to call, store, schedule or look keys up for; it never expires
+    /// on its own within [`super::MAX_LIFETIME`].
+    Static(Secret),
+    /// Every other grant: the token endpoint, called through the credential's
+    /// [`TokenSource`]; its answers are stored, and the next renewal scheduled.
+    Endpoint,
+}
+
+impl Renewal {
+    /// The kind of source `cfg`'s grant is: the one place the grant decides it.
+    pub(crate) fn of(cfg: &CredentialConfig) -> Renewal {
+        match cfg.grant {
+            GrantKind::Static => Renewal::Static(cfg.token.clone().unwrap_or_else(|| Secret::new(""))),
+            _ => Renewal::Endpoint,
+        }
+    }
+}
+
+/// Obtains tokens for one credential from its token endpoint.
 #[derive(Clone)]
 pub struct TokenSource {
     http: reqwest::Client,
@@ -230,7 +254,7 @@ pub struct TokenSource {
 
 impl TokenSource {
     /// A source for `cfg`, sharing `http` with the others.
-    pub fn new(http: reqwest::Client, cfg: Arc<CredentialConfig>) -> TokenSource {
+    pub(crate) fn new(http: reqwest::Client, cfg: Arc<CredentialConfig>) -> TokenSource {
         // Keys are looked up only where the token is meant to go: an explicit keys_url,
         // or GoTo's own when the token also comes from GoTo.
         let goto_token =
@@ -260,16 +284,14 @@ impl TokenSource {
     /// Obtains a new token with whatever this grant renews with.
     ///
     /// `refresh_token` is the newest one held (stored, or the config's seed).
-    pub async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
+    pub(crate) async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
         let cfg = &self.cfg;
         match cfg.grant {
-            GrantKind::Static => Ok(TokenResponse {
-                access_token: cfg.token.clone().unwrap_or_else(|| Secret::new("")),
-                expires_in: None,
-                refresh_token: None,
-                organizer_key: None,
-                account_key: None,
-            }),
+            // Never asked: a static credential renews from its config ([`Renewal::Static`]).
+            GrantKind::Static => Err(SourceError::Unreachable(format!(
+                "credential {:?} is static: it has no token endpoint to call",
+                cfg.name
+            ))),
             GrantKind::AuthorizationCode => match refresh_token {
                 Some(rt) => self.send(grant::refresh(cfg, rt)).await,
                 None => Err(SourceError::NeedsLogin(format!(
@@ -304,7 +326,7 @@ impl TokenSource {
     }
 
     /// Sends one token request and parses the answer.
-    pub async fn send(&self, req: TokenRequest) -> Result<TokenResponse, SourceError> {
+    pub(crate) async fn send(&self, req: TokenRequest) -> Result<TokenResponse, SourceError> {
         let mut b = self.http.post(&req.url).form(&req.form).header(http::header::ACCEPT, "application/json");
         if let Some((id, secret)) = &req.basic {
             b = b.basic_auth(id, Some(secret.expose()));
@@ -340,7 +362,7 @@ impl TokenSource {
     }
 
     /// Looks up organizer/account keys with `access_token`, when a keys URL applies.
-    pub async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
+    pub(crate) async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
         let url = self.keys_url.as_ref()?;
         let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
         match res {
@@ -376,106 +398,4 @@ async fn read_capped(mut res: reqwest::Response) -> Result<bytes::Bytes, SourceE
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/goto").join(name);
-        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    }
-
-    #[test]
-    fn direct_login_string_expires_in() {
-        let r = TokenResponse::parse(&fixture("direct-login-response.json")).unwrap();
-        assert_eq!(r.expires_in, Some(3600));
-        assert!(r.refresh_token.is_some());
-        assert_eq!(r.organizer_key.as_deref(), Some("8439885694023999999"));
-        assert_eq!(r.account_key.as_deref(), Some("9999982253621659654"));
-    }
-
-    #[test]
-    fn oauth_shapes() {
-        let r = TokenResponse::parse(&fixture("oauth-v2-token-response.json")).unwrap();
-        assert_eq!(r.expires_in, Some(3600));
-        assert!(r.refresh_token.is_some());
-        let r = TokenResponse::parse(&fixture("oauth-new-host-token-response.json")).unwrap();
-        assert!(r.refresh_token.is_none() && r.organizer_key.is_none());
-        let r = TokenResponse::parse(&fixture("oauth-refresh-response-without-refresh-token.json")).unwrap();
-        assert!(r.refresh_token.is_none());
-    }
-
-    #[test]
-    fn numeric_keys_kept_exact_and_garbage_refused() {
-        let r = TokenResponse::parse(br#"{"access_token":"a","organizer_key":8439885694023999999,"expires_in":"7"}"#)
-            .unwrap();
-        assert_eq!(r.organizer_key.as_deref(), Some("8439885694023999999"));
-        assert_eq!(r.expires_in, Some(7));
-        assert!(TokenResponse::parse(b"<html>").is_err());
-        assert!(TokenResponse::parse(br#"{"expires_in":3600}"#).is_err());
-        assert!(TokenResponse::parse(br#"{"access_token":"a","expires_in":"soon"}"#).is_err());
-        let r = TokenResponse::parse(br#"{"access_token":"a"}"#).unwrap();
-        assert_eq!(r.expires_in, None);
-    }
-
-    #[test]
-    fn lifetimes_that_are_not_lifetimes_are_refused_and_huge_ones_saturate() {
-        let exp = |v: &str| TokenResponse::parse(format!(r#"{{"access_token":"a","expires_in":{v}}}"#).as_bytes());
-        for bad in ["0", "-5", "-0.5", "\"0\"", "\"-5\"", "\"soon\"", "null", "\"\"", "true", "[1]"] {
-            match exp(bad) {
-                Err(SourceError::Malformed(m)) => {
-                    assert!(m.contains("expires_in") || bad == "true" || bad == "[1]", "{bad}: {m}")
-                }
-                Ok(r) if bad == "null" => assert_eq!(r.expires_in, None),
-                other => panic!("{bad}: {:?}", other.map(|r| r.expires_in)),
-            }
-        }
-        assert_eq!(exp("1e20").unwrap().expires_in, Some(u64::MAX));
-        assert_eq!(exp("18446744073709551615").unwrap().expires_in, Some(u64::MAX));
-        assert_eq!(exp("99999999999999999999999999").unwrap().expires_in, Some(u64::MAX));
-        assert_eq!(exp("\"7\"").unwrap().expires_in, Some(7));
-        assert_eq!(exp("0.2").unwrap().expires_in, Some(1));
-        assert_eq!(exp("\"1e20\"").unwrap().expires_in, Some(u64::MAX));
-    }
-
-    #[test]
-    fn admin_me_keys() {
-        let k = parse_keys(&fixture("admin-me-response.json"));
-        assert_eq!(k.organizer_key.as_deref(), Some("8439885694023999999"));
-        assert_eq!(k.account_key.as_deref(), Some("9999982253621659654"));
-        let k = parse_keys(br#"{"key":1,"accounts":[{"key":"9"}]}"#);
-        assert_eq!(k.account_key.as_deref(), Some("9"));
-    }
-
-    #[test]
-    fn refused_classification() {
-        let e = SourceError::Refused {
-            kind: "refresh_token",
-            status: 400,
-            error: "invalid_grant".into(),
-            description: None,
-            retry_after: None,
-        };
-        assert!(e.is_grant_refused());
-        let refused = |status, retry_after| SourceError::Refused {
-            kind: "refresh_token",
-            status,
-            error: "http_error".into(),
-            description: None,
-            retry_after,
-        };
-        assert!(!refused(503, None).is_grant_refused());
-        let e = refused(429, Some(Duration::from_secs(3)));
-        assert!(!e.is_grant_refused());
-        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
-    }
-
-    #[test]
-    fn retry_after_seconds_only_and_capped() {
-        let h = |s: &'static str| http::HeaderValue::from_static(s);
-        assert_eq!(parse_retry_after(Some(&h("7"))), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(Some(&h(" 2 "))), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after(Some(&h("999999"))), Some(MAX_RETRY_AFTER));
-        assert_eq!(parse_retry_after(Some(&h("Wed, 21 Oct 2015 07:28:00 GMT"))), None);
-        assert_eq!(parse_retry_after(None), None);
-    }
-}
+mod tests;

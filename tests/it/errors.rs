@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::mock::{MockOptions, TokenFault};
+use goto_auth_proxy::demo::mock::{MockOptions, TokenFault};
 
 async fn assert_error(r: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(r.status(), status, "expected {code}");
@@ -160,16 +160,10 @@ async fn untrusted_upstream_certificate_is_upstream_unreachable() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(goto_auth_proxy::server::serve(
-        listener,
-        |_req, _peer| async {
-            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"should not be reached")))
-        },
-        Some(acceptor),
-        stop.clone(),
-        Duration::from_secs(1),
-        goto_auth_proxy::server::HEADER_READ_TIMEOUT,
-    ));
+    let serve = goto_auth_proxy::server::Serve::new(stop.clone()).tls(Some(acceptor)).drain(Duration::from_secs(1));
+    tokio::spawn(serve.run(listener, |_req, _peer| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"should not be reached")))
+    }));
     let s = stack(MockOptions::default(), |mock, dir| {
         let routes = format!(
             "[[routes]]\nprefix = \"/\"\nupstream = \"https://localhost:{}\"\ncredential = \"g2a\"\n",

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::support::*;
-use goto_auth_proxy::mock::{MockGoto, TokenFault};
+use goto_auth_proxy::demo::mock::{MockGoto, TokenFault};
 
 /// Lifetime of the tokens the mock issues: the first renewal comes at about half of it,
 /// which leaves the other half to watch the proxy serve its token through the fault.

@@ -1,4 +1,4 @@
-//! The accept loop's idle watchdog (`server::serve`): a client connection that starts no
+//! The accept loop's idle watchdog (`server::Serve`): a client connection that starts no
 //! request for an idle period is closed, one with a request in flight or a body still
 //! streaming is not. A short period here; the product's is `HEADER_READ_TIMEOUT`. And
 //! its graceful drain on shutdown.
@@ -38,36 +38,30 @@ async fn start_with(idle: Duration, drain: Duration) -> Started {
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let (slow_tx, slow_started) = tokio::sync::mpsc::unbounded_channel();
-    let served = tokio::spawn(goto_auth_proxy::server::serve(
-        listener,
-        move |req: http::Request<hyper::body::Incoming>, _conn| {
-            let slow_tx = slow_tx.clone();
-            async move {
-                let chunks: Chunks = match req.uri().path() {
-                    "/slow" => {
-                        let _ = slow_tx.send(());
-                        tokio::time::sleep(IDLE * 3).await;
-                        StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
+    let serve = goto_auth_proxy::server::Serve::new(stop.clone()).drain(drain).idle(idle);
+    let served = tokio::spawn(serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _conn| {
+        let slow_tx = slow_tx.clone();
+        async move {
+            let chunks: Chunks = match req.uri().path() {
+                "/slow" => {
+                    let _ = slow_tx.send(());
+                    tokio::time::sleep(IDLE * 3).await;
+                    StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("slow")))])))
+                }
+                "/stream" => StreamBody::new(Box::pin(futures_util::stream::unfold(0u8, |i| async move {
+                    if i == 4 {
+                        return None;
                     }
-                    "/stream" => StreamBody::new(Box::pin(futures_util::stream::unfold(0u8, |i| async move {
-                        if i == 4 {
-                            return None;
-                        }
-                        if i > 0 {
-                            tokio::time::sleep(IDLE).await;
-                        }
-                        Some((Ok(Frame::data(Bytes::from(format!("chunk{i};")))), i + 1))
-                    }))),
-                    _ => StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
-                };
-                http::Response::new(chunks)
-            }
-        },
-        None,
-        stop.clone(),
-        drain,
-        idle,
-    ));
+                    if i > 0 {
+                        tokio::time::sleep(IDLE).await;
+                    }
+                    Some((Ok(Frame::data(Bytes::from(format!("chunk{i};")))), i + 1))
+                }))),
+                _ => StreamBody::new(Box::pin(futures_util::stream::iter([Ok(Frame::data(Bytes::from("ok")))]))),
+            };
+            http::Response::new(chunks)
+        }
+    }));
     Started { addr, stop, served, slow_started }
 }
 

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::mock::MockOptions;
+use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 
 async fn never_signed_in() -> Stack {
     stack(MockOptions::default(), |mock, dir| {
@@ -16,7 +16,7 @@ async fn never_signed_in() -> Stack {
 }
 
 /// A never-signed-in authorization-code credential with `redirect_uri`.
-fn signed_out_config(mock: &goto_auth_proxy::mock::MockGoto, dir: &std::path::Path, redirect_uri: &str) -> String {
+fn signed_out_config(mock: &MockGoto, dir: &std::path::Path, redirect_uri: &str) -> String {
     let cred = format!("{}redirect_uri = \"{redirect_uri}\"\n", code_cred("goto", mock, None));
     config_text(dir, "", &format!("{cred}{}", route("/", mock, Some("goto"))))
 }
@@ -108,7 +108,7 @@ async fn callback_with_unknown_state_is_refused() {
 /// then `goto-auth-proxy token` prints a token the API accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_command_accepts_pasted_url_or_bare_code() {
-    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The redirect URI points at a port nobody serves: like GoTo's 404 page.
     let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -149,7 +149,7 @@ async fn login_command_accepts_pasted_url_or_bare_code() {
 /// completes it, no pasting needed; a running proxy then picks the token up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_command_takes_the_browser_callback() {
-    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let text = signed_out_config(&mock, dir.path(), &format!("http://{free}/callback"));
@@ -181,7 +181,7 @@ async fn login_command_takes_the_browser_callback() {
 /// stored, and the running proxy is told to pick them up — no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_while_the_proxy_runs_is_picked_up_without_restart() {
-    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let text = config_text(

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 use goto_auth_proxy::app::Running;
-use goto_auth_proxy::mock::MockGoto;
+use goto_auth_proxy::demo::mock::MockGoto;
 use goto_auth_proxy::secret::Secret;
 use goto_auth_proxy::token::redis_store::RedisStore;
 use goto_auth_proxy::token::store::{StoredToken, TokenStore};

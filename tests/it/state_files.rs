@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::mock::{MockGoto, MockOptions};
+use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 
 /// `g2a` (Direct Login) on `/G2A/` and `goto` (OAuth, seeded with `seed`) on `/`.
 fn two_credentials(dir: &Path, mock: &MockGoto, seed: &str) -> String {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::mock::MockOptions;
+use goto_auth_proxy::demo::mock::MockOptions;
 
 #[tokio::test]
 async fn restart_reuses_a_valid_stored_token_without_logging_in() {
@@ -126,7 +126,7 @@ async fn admin_endpoints() {
 /// restart must serve on the stored refresh token with no new sign-in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_refreshes_never_loses_the_refresh_token() {
-    let mock = goto_auth_proxy::mock::MockGoto::start(short_tokens(2)).await.unwrap();
+    let mock = goto_auth_proxy::demo::mock::MockGoto::start(short_tokens(2)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seed = mock.mint_refresh_token();
     let text = config_text(
@@ -154,7 +154,7 @@ async fn sigkill_during_refreshes_never_loses_the_refresh_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
-    let mock = goto_auth_proxy::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = goto_auth_proxy::demo::mock::MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text =
         config_text(dir.path(), "", &format!("{}\n{}", password_cred("g2a", &mock), route("/", &mock, Some("g2a"))));

@@ -1,7 +1,11 @@
 //! `goto-auth-proxy demo`: the whole product with no set-up. Starts the mock GoTo
-//! server ([`crate::mock`]) on loopback, a proxy configured for it with one OAuth
+//! server (`demo::mock`) on loopback, a proxy configured for it with one OAuth
 //! credential (seeded as if signed in) and one Direct Login credential, and builds a
 //! banner of `curl` lines that work as printed.
+//!
+//! The mock lives here because the demo is the one part of the product that runs it;
+//! the integration tests and benches use the same mock, so what the demo shows is what
+//! the tests prove. It is not part of the proxy's API (see its module doc).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,9 +13,16 @@ use std::time::Duration;
 
 use crate::app::{self, Running, StartError};
 use crate::config::{Config, ConfigError};
-use crate::mock::{MockGoto, MockOptions};
 
-/// Why the demo could not start.
+// Hidden from the docs and not a supported API: public only so this crate's integration
+// tests, benches and the `bench_mock_goto` example can run the one mock the demo runs.
+#[doc(hidden)]
+pub mod mock;
+
+use mock::{MockGoto, MockOptions};
+
+/// Why the demo could not start. Public: `cli` tells it apart from the proxy's own
+/// start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// The mock server could not bind.
@@ -30,10 +41,10 @@ pub enum DemoError {
 
 /// Environment variable that shortens the mock's token lifetime (soak tests renew every
 /// second or two); not a documented setting.
-pub const TOKEN_LIFETIME_ENV: &str = "GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME";
+const TOKEN_LIFETIME_ENV: &str = "GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME";
 
 /// The demo's token lifetime: 2 minutes, or the environment's override.
-pub fn token_lifetime(env: Option<&str>) -> Result<Duration, DemoError> {
+fn token_lifetime(env: Option<&str>) -> Result<Duration, DemoError> {
     match env {
         None => Ok(Duration::from_secs(120)),
         Some(v) => match humantime::parse_duration(v.trim()) {
@@ -43,7 +54,8 @@ pub fn token_lifetime(env: Option<&str>) -> Result<Duration, DemoError> {
     }
 }
 
-/// A running demo.
+/// A running demo. Public: `cli` prints its banner and stops it; the examples tests run
+/// the shipped scripts against it.
 pub struct Demo {
     /// The proxy.
     pub running: Running,
@@ -54,7 +66,7 @@ pub struct Demo {
 }
 
 /// The demo's config: two credentials against the mock, state under `state_dir`.
-pub fn config(
+fn config(
     mock: &MockGoto,
     seed_refresh_token: &str,
     listen: SocketAddr,
@@ -111,7 +123,8 @@ credential = "goto"
     Config::parse("(demo)", &text)
 }
 
-/// Starts the mock and the proxy, and builds the banner.
+/// Starts the mock and the proxy, and builds the banner. Public: `cli`'s `demo` command
+/// and the examples tests start the demo with it.
 pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Path) -> Result<Demo, DemoError> {
     let lifetime = token_lifetime(std::env::var(TOKEN_LIFETIME_ENV).ok().as_deref())?;
     let mock = MockGoto::start(MockOptions { token_lifetime: lifetime, ..MockOptions::default() }).await?;

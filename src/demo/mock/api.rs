@@ -1,0 +1,196 @@
+//! "The API": every path the other surfaces do not claim. The bearer token is checked
+//! the way GoTo's products each reject a dead one; then organizer and account keys in
+//! the path are checked, the `…/_mock/…` operations run (bytes, slow, redirect, close,
+//! reset), `…/me` answers the user's keys, and anything else echoes the request.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Either};
+use hyper::body::Incoming;
+
+use super::faults::Zeros;
+use super::{json, lock, respond, MockBody, MockOptions, State};
+
+/// An API call's answer.
+pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<MockBody> {
+    let path = req.uri().path().to_string();
+    if !bearer_valid(state, &req) {
+        state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
+        return rejected(&path);
+    }
+    state.counters.api_ok.fetch_add(1, Ordering::Relaxed);
+    let opts = lock(&state.opts).clone();
+    let segments: Vec<&str> = path.split('/').collect();
+    if let Some(res) = refused(&segments, &opts) {
+        return res;
+    }
+    if let Some(op) = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]) {
+        if let Some(res) = mock_operation(op).await {
+            return res;
+        }
+    }
+    if path == "/admin/rest/v1/me" || path == "/identity/v1/Users/me" {
+        return me(&opts);
+    }
+    echo(req, &path, &opts).await
+}
+
+/// Whether the request carries a live access token; using one confirms its chain (the
+/// rotated refresh tokens before it die).
+fn bearer_valid(state: &State, req: &Request<Incoming>) -> bool {
+    let bearer =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    bearer.is_some_and(|b| {
+        let mut t = lock(&state.tokens);
+        let chain = t.access.get(b).filter(|a| a.expires > Instant::now()).map(|a| a.chain);
+        if let Some(c) = chain {
+            t.confirm_chain(c);
+        }
+        chain.is_some()
+    })
+}
+
+/// A dead token's answer, as each product gives it: 401 JSON on `/admin/…`, an empty 401
+/// with `WWW-Authenticate` on `/identity/…`, 403 `InvalidToken` elsewhere.
+fn rejected(path: &str) -> Response<MockBody> {
+    if path.starts_with("/admin/") {
+        json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"invalid_token","error_description":"The access token expired"}"#.into(),
+        )
+    } else if path.starts_with("/identity/") {
+        let mut res = respond(StatusCode::UNAUTHORIZED, Bytes::new());
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer realm="identity", error="invalid_token", error_description="expired""#),
+        );
+        res
+    } else {
+        json(StatusCode::FORBIDDEN, r#"{"int_err_code":"InvalidToken","msg":"Invalid token passed"}"#.into())
+    }
+}
+
+/// A good token's refusals: a `forbidden` segment (a permission 403), or an organizer or
+/// account key in the path that is not the user's (404).
+fn refused(segments: &[&str], opts: &MockOptions) -> Option<Response<MockBody>> {
+    if segments.contains(&"forbidden") {
+        return Some(json(StatusCode::FORBIDDEN, r#"{"int_err_code":"NoPermission","msg":"Not allowed"}"#.into()));
+    }
+    for (i, s) in segments.iter().enumerate() {
+        let expected = match *s {
+            "organizers" => &opts.organizer_key,
+            "accounts" => &opts.account_key,
+            _ => continue,
+        };
+        if let Some(k) = segments.get(i + 1) {
+            if *k != expected.as_str() {
+                return Some(json(
+                    StatusCode::NOT_FOUND,
+                    format!(r#"{{"errorCode":"NotFound","description":"no {s} with key {k}"}}"#),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The `…/_mock/…` operation `op` (the segments after `_mock`): its answer, or `None` to
+/// answer as usual (after `slow/MS` has waited, or for an unknown operation).
+async fn mock_operation(op: &[&str]) -> Option<Response<MockBody>> {
+    match op {
+        ["bytes", n] => {
+            let n: u64 = n.parse().unwrap_or(0);
+            let mut res = Response::new(Either::Right(Either::Left(Zeros::new(n))));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Some(res)
+        }
+        ["close"] => {
+            // Like an upstream ending keep-alive: answer, then close the connection.
+            let mut res = json(StatusCode::OK, r#"{"closing":true}"#.into());
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Some(res)
+        }
+        ["reset", n] => {
+            // Announce twice what is sent, send N bytes, then fail the body: hyper drops
+            // the connection, as a crashing upstream or a middlebox reset would.
+            let n: u64 = n.parse().unwrap_or(0);
+            let mut res = Response::new(Either::Right(Either::Left(Zeros::failing(n))));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
+            Some(res)
+        }
+        ["redirect"] => {
+            let mut res = json(StatusCode::FOUND, r#"{"moved":true}"#.into());
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://elsewhere.invalid/collect"));
+            Some(res)
+        }
+        ["slow", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `GET /admin/rest/v1/me` (and `/identity/v1/Users/me`): the user and their keys.
+fn me(opts: &MockOptions) -> Response<MockBody> {
+    json(
+        StatusCode::OK,
+        format!(
+            r#"{{"key":"{}","accountKey":"{}","email":"mister.jones@fakemail.com","firstName":"Moon","lastName":"Beam","locale":"en_US","accounts":[{{"key":"{}","name":"Example Co"}}]}}"#,
+            opts.organizer_key, opts.account_key, opts.account_key
+        ),
+    )
+}
+
+/// Any other call: its body echoed (or, with no body, a JSON document with keys beyond
+/// 2^53), and what arrived in `x-mock-…` headers: method, path, query, host, the
+/// hop-by-hop headers that got through, the body's size.
+async fn echo(req: Request<Incoming>, path: &str, opts: &MockOptions) -> Response<MockBody> {
+    let method = req.method().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let hop: Vec<String> =
+        ["connection", "keep-alive", "te", "upgrade", "proxy-authorization", "x-goto-auth-proxy-key"]
+            .iter()
+            .filter(|h| req.headers().contains_key(**h))
+            .map(|h| h.to_string())
+            .collect();
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json(StatusCode::BAD_REQUEST, r#"{"error":"unreadable body"}"#.into()),
+    };
+    let mut res = if body.is_empty() {
+        // Keys beyond 2^53: a proxy that re-encodes JSON through f64 would corrupt them.
+        json(
+            StatusCode::OK,
+            format!(
+                r#"{{"path":{},"webinarKey":8439885694023999999,"organizerKey":{}}}"#,
+                serde_json::Value::String(path.to_string()),
+                opts.organizer_key
+            ),
+        )
+    } else {
+        let mut r = respond(StatusCode::OK, body.clone());
+        if let Some(ct) = content_type {
+            r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        r
+    };
+    let h = res.headers_mut();
+    let mut put = |name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    put("x-mock-method", &method);
+    put("x-mock-path", path);
+    put("x-mock-query", &query);
+    put("x-mock-host", &host);
+    put("x-mock-hop-by-hop", &hop.join(","));
+    put("x-mock-body-bytes", &body.len().to_string());
+    res
+}

@@ -1,0 +1,390 @@
+//! A mock of GoTo's token endpoints and APIs on a real socket, faithful to how GoTo
+//! issues tokens (SPEC "How GoTo issues tokens"). `demo` runs it, and every test runs
+//! against it, so what the demo shows is what the tests prove.
+//!
+//! **Not a supported API.** It is test equipment, exported (and hidden from the docs)
+//! only so this crate's integration tests, benches and the `bench_mock_goto` example can
+//! start it; it is not part of the proxy and may change with any release.
+//!
+//! * `POST /oauth/token` — Basic client auth; grants `authorization_code` (single-use
+//!   codes, `redirect_uri` must match, PKCE S256 checked), `refresh_token` (rotating:
+//!   the old access token dies at once, the old refresh token once the new tokens are
+//!   used), `personal_access_token`,
+//!   `client_credentials`. Numeric `expires_in`; no organizer/account keys unless asked.
+//! * `POST /oauth/access_token` — Direct Login (`password`, or `refresh_token` with
+//!   `client_id`), no Basic header, **string** `expires_in`, keys in the answer, and every
+//!   other token of the application revoked.
+//! * `GET /oauth/authorize` — auto-approves: 302 to `redirect_uri?code=…&state=…`.
+//! * Anything else is "the API": a valid bearer gets an answer; a dead one gets 401 on
+//!   `/admin/…`, an empty 401 with `WWW-Authenticate: … error="invalid_token"` on
+//!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
+//!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
+//!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
+//!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
+//!   `…/_mock/redirect` answers 302 to another host; `…/_mock/close` closes the
+//!   connection after answering; `…/_mock/reset/N` promises more than it sends: headers
+//!   and N bytes, then the connection is dropped; other requests echo their body (or a
+//!   JSON document with keys beyond 2^53).
+//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
+//! * `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token` — the token
+//!   endpoints without faults: where [`TokenFault::Redirect`] points, so a client that
+//!   followed the redirect would get a token.
+//!
+//! The files, one per GoTo surface: `token_endpoint` (both token endpoints, one function
+//! per grant), `authorize` (the sign-in redirect), `api` (the API and its `_mock/…`
+//! operations), `faults` (the token endpoints' injected faults and the odd bodies),
+//! `tokens` (the book of issued tokens, codes and refresh chains). This file holds the
+//! handle ([`MockGoto`]), its options and counters, and the request dispatch.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::response;
+use crate::server::{ConnInfo, Serve};
+
+mod api;
+mod authorize;
+mod faults;
+mod token_endpoint;
+mod tokens;
+
+use faults::{Drip, Zeros};
+use tokens::{App, Tokens};
+
+/// How the mock behaves; the defaults match the demo. Public: tests and benches start
+/// the mock with their own lifetimes, keys and refresh-token rotation.
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Lifetime of every access token it issues.
+    pub token_lifetime: Duration,
+    /// OAuth client id (`/oauth/token`).
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: String,
+    /// Direct Login consumer key.
+    pub consumer_key: String,
+    /// Direct Login user id.
+    pub user_id: String,
+    /// Direct Login password.
+    pub password: String,
+    /// A personal access token it accepts.
+    pub pat: String,
+    /// The organizer key of "the user".
+    pub organizer_key: String,
+    /// The account key.
+    pub account_key: String,
+    /// Whether OAuth answers carry organizer/account keys (the old host's shape).
+    pub keys_in_oauth_response: bool,
+    /// Whether refresh tokens are single-use (a new one each refresh).
+    pub rotate_refresh_tokens: bool,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            token_lifetime: Duration::from_secs(3600),
+            client_id: "demo-client-id".into(),
+            client_secret: "demo-client-secret".into(),
+            consumer_key: "demo-consumer-key".into(),
+            user_id: "api-manager@example.com".into(),
+            password: "demo-password".into(),
+            pat: "demo-personal-access-token".into(),
+            organizer_key: "8439885694023999999".into(),
+            account_key: "9999982253621659654".into(),
+            keys_in_oauth_response: false,
+            rotate_refresh_tokens: true,
+        }
+    }
+}
+
+/// A fault the token endpoints answer with instead of a token (or a token answer it
+/// bends), for tests of how the proxy treats a token endpoint it cannot trust. Public:
+/// tests inject it with [`MockGoto::set_fault`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFault {
+    /// Answer this status with an OAuth-ish error body.
+    Status(u16),
+    /// Wait this long before answering normally.
+    Delay(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// A token with no `expires_in`.
+    NoExpiresIn,
+    /// 429 with `Retry-After`.
+    TooManyRequests(u64),
+    /// Answer exactly this status and body (HTML with 200, JSON without a token, 10 MB…);
+    /// no token is issued.
+    Body {
+        /// The status (an invalid one answers 500).
+        status: u16,
+        /// The body, sent as is.
+        body: Bytes,
+    },
+    /// Issue a real token, but with this `expires_in` value (0, -5, 1e20, "7", "soon"…).
+    ExpiresIn(serde_json::Value),
+    /// 200 with a token-looking body whose bytes come one every [`DRIP_EVERY`] (a minute
+    /// in all, more than any client's patience); no token is issued. Lifting the fault
+    /// (any [`MockGoto::set_fault`]) breaks the body off, as a dropped connection would.
+    Drip,
+    /// Answer this redirect status (302, 307…) to the same endpoint under `/_mock/moved/`,
+    /// which would issue a token: a client that follows redirects gets one.
+    Redirect(u16),
+}
+
+/// The pace of [`TokenFault::Drip`]: one body byte each. Public: it is part of what the
+/// fault means, for a test that times a dripping answer.
+pub const DRIP_EVERY: Duration = Duration::from_millis(200);
+
+/// What the mock counts; [`MockGoto::stats`] takes a [`Stats`] snapshot of it.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Every call to a token endpoint, whatever its outcome.
+    token_calls: AtomicU64,
+    /// Direct Login password logins that issued a token.
+    password_logins: AtomicU64,
+    /// Successful refresh-token grants (both endpoints).
+    refreshes: AtomicU64,
+    /// Successful code exchanges.
+    code_exchanges: AtomicU64,
+    /// API calls with a valid token.
+    api_ok: AtomicU64,
+    /// API calls whose token was rejected.
+    api_rejected: AtomicU64,
+}
+
+/// A snapshot of the mock's counters. Public: tests assert on it ([`MockGoto::stats`]),
+/// and `GET /_mock/stats` answers it as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Every call to a token endpoint.
+    pub token_calls: u64,
+    /// Password logins that issued a token.
+    pub password_logins: u64,
+    /// Successful refreshes.
+    pub refreshes: u64,
+    /// Successful code exchanges.
+    pub code_exchanges: u64,
+    /// API calls with a valid token.
+    pub api_ok: u64,
+    /// API calls whose token was rejected.
+    pub api_rejected: u64,
+}
+
+/// One token the mock issued. Public: tests check how token calls are spaced in time
+/// ([`MockGoto::issued`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issued {
+    /// When it was issued.
+    pub at: Instant,
+    /// Issued by Direct Login (which revokes every other token of the application).
+    pub direct_login: bool,
+    /// Issued for a password (a Direct Login "login", not a refresh).
+    pub password: bool,
+}
+
+/// Everything the handlers share.
+struct State {
+    opts: Mutex<MockOptions>,
+    tokens: Mutex<Tokens>,
+    /// The fault in force; a dripping body watches it to break off when it is lifted.
+    fault: watch::Sender<Option<TokenFault>>,
+    counters: Counters,
+    /// When each token endpoint call arrived, oldest first.
+    token_call_times: Mutex<Vec<Instant>>,
+    /// Client addresses seen on API paths: one per upstream connection the proxy opened.
+    api_peers: Mutex<HashSet<SocketAddr>>,
+    issued: Mutex<Vec<Issued>>,
+}
+
+/// A running mock GoTo server; dropping it stops the server. Public: the demo, tests and
+/// benches start it and steer it (faults, revocations, lifetimes) through its methods.
+pub struct MockGoto {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+/// Every answer's body: a buffered one, or one of the streaming bodies of [`faults`].
+type MockBody = Either<Full<Bytes>, Either<Zeros, Drip>>;
+
+impl MockGoto {
+    /// Starts on a free loopback port.
+    pub async fn start(opts: MockOptions) -> std::io::Result<MockGoto> {
+        MockGoto::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, opts: MockOptions) -> std::io::Result<MockGoto> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            opts: Mutex::new(opts),
+            tokens: Mutex::new(Tokens::default()),
+            fault: watch::channel(None).0,
+            counters: Counters::default(),
+            token_call_times: Mutex::new(Vec::new()),
+            api_peers: Mutex::new(HashSet::new()),
+            issued: Mutex::new(Vec::new()),
+        });
+        let shutdown = CancellationToken::new();
+        let s = state.clone();
+        let serve = Serve::new(shutdown.clone()).drain(Duration::from_secs(1));
+        tokio::spawn(serve.run(listener, move |req, conn: Arc<ConnInfo>| {
+            let s = s.clone();
+            async move { handle(&s, req, conn.peer).await }
+        }));
+        Ok(MockGoto { addr, state, shutdown })
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> MockOptions {
+        lock(&self.state.opts).clone()
+    }
+
+    /// Changes the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, d: Duration) {
+        lock(&self.state.opts).token_lifetime = d;
+    }
+
+    /// Makes token endpoints fail (or stop failing, with `None`).
+    pub fn set_fault(&self, fault: Option<TokenFault>) {
+        self.state.fault.send_replace(fault);
+    }
+
+    /// When each token endpoint call arrived, oldest first: tests check how close
+    /// renewals come to each other.
+    pub fn token_call_times(&self) -> Vec<Instant> {
+        lock(&self.state.token_call_times).clone()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.state.counters.snapshot()
+    }
+
+    /// Every token issued so far, oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        lock(&self.state.issued).clone()
+    }
+
+    /// When each Direct Login password login happened, oldest first.
+    pub fn password_login_times(&self) -> Vec<Instant> {
+        self.issued().into_iter().filter(|i| i.password).map(|i| i.at).collect()
+    }
+
+    /// Kills every access token (refresh tokens survive), as a password change would.
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state.tokens).access.clear();
+    }
+
+    /// Kills every refresh token, so renewals fail with `invalid_grant`.
+    pub fn revoke_refresh_tokens(&self) {
+        lock(&self.state.tokens).refresh.clear();
+    }
+
+    /// Issues a refresh token for the OAuth client, as if someone had signed in.
+    pub fn mint_refresh_token(&self) -> String {
+        lock(&self.state.tokens).mint_refresh(App::OAuth)
+    }
+
+    /// How many distinct connections have carried API calls so far.
+    pub fn api_connections(&self) -> usize {
+        lock(&self.state.api_peers).len()
+    }
+
+    /// Whether `access_token` would be accepted now.
+    pub fn is_valid(&self, access_token: &str) -> bool {
+        lock(&self.state.tokens).access.get(access_token).is_some_and(|a| a.expires > Instant::now())
+    }
+}
+
+impl Drop for MockGoto {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> Stats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            token_calls: g(&self.token_calls),
+            password_logins: g(&self.password_logins),
+            refreshes: g(&self.refreshes),
+            code_exchanges: g(&self.code_exchanges),
+            api_ok: g(&self.api_ok),
+            api_rejected: g(&self.api_rejected),
+        }
+    }
+}
+
+/// Locks `m`, taking the data of a poisoned lock as is: a test that panicked while
+/// holding it must not take the mock down for the other tests.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ===== dispatch and answers =====
+
+/// Sends a request to the surface that answers it.
+async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<MockBody> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/oauth/token") => token_endpoint::answer(state, req, false, true).await,
+        (&Method::POST, "/oauth/access_token") => token_endpoint::answer(state, req, true, true).await,
+        (&Method::POST, "/_mock/moved/oauth/token") => token_endpoint::answer(state, req, false, false).await,
+        (&Method::POST, "/_mock/moved/oauth/access_token") => token_endpoint::answer(state, req, true, false).await,
+        (&Method::GET, "/oauth/authorize") => authorize::answer(state, &req),
+        (&Method::GET, "/_mock/stats") => {
+            json(StatusCode::OK, serde_json::to_string(&state.counters.snapshot()).unwrap_or_default())
+        }
+        (&Method::POST, "/_mock/revoke") => {
+            lock(&state.tokens).access.clear();
+            json(StatusCode::OK, r#"{"revoked":"all access tokens"}"#.to_string())
+        }
+        _ => {
+            lock(&state.api_peers).insert(peer);
+            api::answer(state, req).await
+        }
+    }
+}
+
+/// An answer with `status` and `body` and no `Content-Type`, which the crate's shared
+/// builder ([`crate::response`]) always sets: the odd answers (a fault's raw body, the
+/// empty 401 of `/identity/…`) and the echo, which sends back the caller's own type.
+fn respond(status: StatusCode, body: Bytes) -> Response<MockBody> {
+    let mut res = Response::new(Either::Left(Full::new(body)));
+    *res.status_mut() = status;
+    res
+}
+
+/// A JSON answer (the body as given: no newline added).
+fn json(status: StatusCode, body: String) -> Response<MockBody> {
+    response::with_body::<Full<Bytes>>(status, response::JSON, body).map(Either::Left)
+}
+
+/// An OAuth error answer: `{"error":…,"error_description":…}`.
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<MockBody> {
+    json(status, serde_json::json!({ "error": error, "error_description": description }).to_string())
+}

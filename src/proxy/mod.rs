@@ -1,0 +1,393 @@
+//! The data path: route the request, inject the token, forward it on the pooled
+//! upstream client, and retry once when the upstream rejects the token.
+//!
+//! Per request this does one `ArcSwap` load for the routes and one for the token; the
+//! `Authorization` value is built once per token, never per request.
+//!
+//! The phases of a request, one file each (after pingora's request phases):
+//! * [`table`] — the compiled route table (what a reload swaps).
+//! * this file — admission, routing, the request's future: body, token, send, retry.
+//! * [`rewrite`] — the head as the upstream must see it (pure).
+//! * [`verdict`] — whether the upstream rejected the token, what a retry needs, what an
+//!   upstream failure means.
+//! * [`body`] — the answer streamed back.
+
+mod body;
+mod rewrite;
+mod table;
+mod verdict;
+
+pub use body::UpstreamStream;
+pub use rewrite::strip_hop_by_hop;
+pub use table::{Route, Snapshot};
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::config::ProxySettings;
+use crate::error::{ErrorCode, ProxyError};
+use crate::inbound;
+use crate::limit::InFlight;
+use crate::metrics::Metrics;
+use crate::route;
+use crate::server::ConnInfo;
+use crate::token::{Token, TokenHandle};
+use crate::upstream::{Affinity, Connector, Held, UpstreamBody};
+use body::passthrough;
+use rewrite::{has_foreign_coding, rewrite_request, take_parts, upstream_body};
+use verdict::{classify_upstream_error, inspect_forbidden, quick_verdict, RetryCopy, Suspect};
+
+/// Bodies up to this size are buffered so the request can be retried after a rejection.
+pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// What the proxy answers with: the upstream's streamed body, or bytes it made.
+pub type Body = Either<UpstreamStream, Full<Bytes>>;
+
+// ===== the service =====
+
+/// The data-path service shared by every connection.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    connector: Connector,
+    metrics: Metrics,
+    /// Caps requests in flight (`max_concurrent_requests`, fixed at start).
+    in_flight: InFlight,
+}
+
+impl Proxy {
+    /// A proxy serving `snapshot`, connecting upstream with `connector`.
+    pub fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
+        let in_flight = InFlight::new(snapshot.settings.max_concurrent_requests);
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight }
+    }
+
+    /// Swaps in new routes and settings; requests in flight finish on the old ones.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// The current routes and settings.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Answers one request that came on `conn`; never fails (errors become SPEC's JSON
+    /// answers).
+    ///
+    /// hyper moves this future for every request, so it is kept small: the request's
+    /// parts are held once (an `async fn` would hold its parameters twice), everything
+    /// that can be decided without waiting is done in plain functions, and the rare waits
+    /// (rate limit, a token wait, a 403 body, a renewal) are boxed.
+    pub fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo<Affinity>>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
+        let (mut parts, body) = req.into_parts();
+        let mut body = Some(body);
+        async move {
+            let start = Instant::now();
+            let snap = self.snapshot.load_full();
+            let method = parts.method.clone();
+            // Set for a browser page of an allowed origin: its answers carry CORS headers.
+            let mut cors = None;
+            let (route, result) = match self.in_flight.enter() {
+                None => (None, Err(overloaded(&snap.settings))),
+                Some(_slot) => match admit_caller(&snap, &parts, &conn) {
+                    Err(e) => (None, Err(e)),
+                    Ok(caller) => match inbound::preflight::<Full<Bytes>>(&caller, &parts.method, &parts.headers) {
+                        Some(answer) => (None, Ok(answer.map(Either::Right))),
+                        None => {
+                            if let inbound::Caller::Cors(origin) = caller {
+                                cors = Some(origin);
+                            }
+                            match route_request(&snap, &parts) {
+                                Err((route, e)) => (route, Err(e)),
+                                Ok((route, path)) => {
+                                    let forwarded =
+                                        self.forward(&snap, route, path, &mut parts, &mut body, &conn.state);
+                                    (Some(route), forwarded.await)
+                                }
+                            }
+                        }
+                    },
+                },
+            };
+            let mut res = match result {
+                Ok(res) => res,
+                Err(e) => {
+                    tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
+                    error_response(e)
+                }
+            };
+            if let Some(origin) = &cors {
+                inbound::add_cors(res.headers_mut(), origin);
+            }
+            match route {
+                Some(r) => {
+                    r.requests.inc(&method, res.status());
+                    r.duration.observe(start.elapsed().as_secs_f64());
+                }
+                None => self
+                    .metrics
+                    .requests_total
+                    .with_label_values(&["none", crate::metrics::method_label(&method), res.status().as_str()])
+                    .inc(),
+            }
+            res
+        }
+    }
+
+    /// Forwards a routed request: rate limit, body, token, rewrite, send, and one retry
+    /// when the upstream rejects the token. Takes the request's parts by reference (it
+    /// moves them out only to send them), so this future holds no second copy.
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        route: &Route,
+        path: Option<String>,
+        parts: &mut http::request::Parts,
+        body: &mut Option<Incoming>,
+        affinity: &Affinity,
+    ) -> Result<Response<Body>, ProxyError> {
+        let settings = &snap.settings;
+        if let Some(l) = &route.limiter {
+            let Some(wait) = l.limiter.reserve(Instant::now(), settings.token_wait) else {
+                return Err(ProxyError::new(
+                    ErrorCode::RateLimited,
+                    format!("{} is limited to its rate_limit and its queue is full; retry later", route.prefix),
+                ));
+            };
+            if !wait.is_zero() {
+                l.queue.inc();
+                Box::pin(tokio::time::sleep(wait)).await;
+                l.queue.dec();
+            }
+            l.wait.observe(wait.as_secs_f64());
+        }
+        let mut held = affinity.hold();
+
+        // Body: refuse what is known to be too large; buffer what is small enough to retry.
+        let max = settings.max_request_body;
+        let Some(body) = body.take() else {
+            unreachable!("a request's body is taken once");
+        };
+        let hint = body.size_hint();
+        if hint.lower() > max {
+            return Err(too_large(max));
+        }
+        // Only a body of unknown length can have a transfer coding: no lookup otherwise.
+        if hint.exact().is_none() && has_foreign_coding(&parts.headers) {
+            return Err(ProxyError::new(
+                ErrorCode::UnsupportedTransferCoding,
+                "only the chunked transfer coding is supported; send the body as it is (Content-Encoding is forwarded untouched)",
+            ));
+        }
+        let (buffered, stream): (Option<Bytes>, Option<Limited<Incoming>>) = match hint.exact() {
+            Some(0) => (Some(Bytes::new()), None),
+            Some(n) if n <= RETRY_BODY_LIMIT => match Limited::new(body, max as usize).collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(_) => return Err(bad_request("the request body ended early")),
+            },
+            _ => (None, Some(Limited::new(body, max as usize))),
+        };
+
+        // Token: the head is rewritten under one `ArcSwap` load (no reference count taken:
+        // the data-path threads would all write the token's); wait (bounded) only when no
+        // valid token exists.
+        let Some(cred) = route.credential.as_ref() else {
+            rewrite_request(route, parts, path.as_deref(), None)?;
+            let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+            return self.send(settings, route, &mut held, req).await.map(|r| passthrough(r, route));
+        };
+        let current =
+            with_valid_token(cred, |t| rewrite_request(route, parts, path.as_deref(), Some(t)).map(|()| t.generation));
+        let generation = match current {
+            Some(rewritten) => rewritten?,
+            None => {
+                let t = Box::pin(wait_for_token(cred, settings)).await?;
+                rewrite_request(route, parts, path.as_deref(), Some(&t))?;
+                t.generation
+            }
+        };
+
+        // Keep what a retry needs: only for bodies small enough to resend.
+        let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
+        let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+        let res = self.send(settings, route, &mut held, req).await?;
+        let verdict = quick_verdict(&res);
+        if verdict == Some(false) {
+            return Ok(passthrough(res, route));
+        }
+        let suspect = Suspect { cred, generation, retry, res, verdict };
+        Box::pin(self.recheck(settings, route, &mut held, suspect)).await
+    }
+
+    /// A 4xx that may say the token is dead: renew it and resend the copy once.
+    /// Boxed by `forward`: rare, and its state inline would enlarge the future of
+    /// every request (hyper moves that future once per request).
+    async fn recheck(
+        &self,
+        settings: &ProxySettings,
+        route: &Route,
+        held: &mut Held,
+        suspect: Suspect<'_>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let Suspect { cred, generation, retry, res, verdict } = suspect;
+        let (res, rejected) = match verdict {
+            Some(rejected) => (passthrough(res, route), rejected),
+            None => inspect_forbidden(res).await?,
+        };
+        if !rejected {
+            return Ok(res);
+        }
+
+        tracing::info!(credential = %cred.name(), route = %route.prefix, status = res.status().as_u16(), "upstream rejected the token; renewing");
+        // The renewal runs on the credential's refresh loop, never on this thread.
+        let renewed = cred.rejected(generation).await;
+        let (Some(retry), Ok(fresh)) = (retry, renewed) else {
+            return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
+        };
+        self.metrics.retries.with_label_values(&[&route.prefix]).inc();
+        let res = self.send(settings, route, held, retry.into_request(fresh.bearer())).await?;
+        // A token issued for this very rejection, refused too: the request is refused for
+        // another reason, and later rejections of that token must not renew again.
+        let (res, rejected_again) = match quick_verdict(&res) {
+            Some(rejected) => (passthrough(res, route), rejected),
+            None => inspect_forbidden(res).await?,
+        };
+        if rejected_again {
+            cred.rejected_again(fresh.generation);
+        }
+        Ok(res)
+    }
+
+    /// Sends `req` upstream on `held`'s connections; the answer's head, or SPEC's error
+    /// (counted) when there is none within `request_timeout`. Not an `async fn`: the
+    /// request is handed to the connection right away, and the returned future is only
+    /// the wait (hyper moves it for every request, so it is kept small).
+    fn send<'a>(
+        &'a self,
+        settings: &'a ProxySettings,
+        route: &'a Route,
+        held: &'a mut Held,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
+        let deadline = Instant::now() + settings.request_timeout;
+        held.send(&self.connector, &route.target, deadline, req).map(move |sent| match sent {
+            Some(Ok(res)) => Ok(res),
+            None => {
+                self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
+                Err(ProxyError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "{} did not answer within {}",
+                        route.upstream(),
+                        humantime::format_duration(settings.request_timeout)
+                    ),
+                ))
+            }
+            Some(Err(e)) => {
+                let (kind, err) = classify_upstream_error(&e, route, settings.max_request_body);
+                // A client's own fault (a malformed body) is not counted against the upstream.
+                if let Some(kind) = kind {
+                    self.metrics.upstream_errors.with_label_values(&[&route.prefix, kind]).inc();
+                }
+                Err(err)
+            }
+        })
+    }
+}
+
+/// Admission: the client's address and key, then who is asking (`Host`, and for a
+/// browser its origin): before routing and before a token is touched.
+fn admit_caller(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    conn: &ConnInfo<Affinity>,
+) -> Result<inbound::Caller, ProxyError> {
+    inbound::admit(&snap.inbound, conn.peer.ip(), &parts.headers)?;
+    inbound::check_caller(&snap.inbound, conn.local, &parts.headers)
+}
+
+/// Request-target checks, routing and the route's method list: all that is decided
+/// before anything is awaited. The route and, when normalising changed it, the path; an
+/// error names the route when there is one (for its metrics).
+fn route_request<'s>(
+    snap: &'s Snapshot,
+    parts: &http::request::Parts,
+) -> Result<(&'s Route, Option<String>), Refused<'s>> {
+    if parts.method == Method::CONNECT {
+        return Err((None, bad_request("CONNECT is refused: this proxy only forwards to its configured upstreams")));
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        return Err((
+            None,
+            bad_request("absolute-form request targets are refused: send the path only, e.g. `GET /admin/rest/v1/me`"),
+        ));
+    }
+    let path = route::normalize_path(parts.uri.path()).map_err(|e| (None, bad_request(e.to_string())))?;
+    let Some(route) = snap.router.find(&path) else {
+        return Err((None, ProxyError::new(ErrorCode::NoRoute, format!("no route matches {path}"))));
+    };
+    if let Some(methods) = &route.methods {
+        if !methods.contains(&parts.method) {
+            let allowed: Vec<&str> = methods.iter().map(Method::as_str).collect();
+            let message =
+                format!("{} is not allowed on {} (allowed: {})", parts.method, route.prefix, allowed.join(", "));
+            return Err((Some(route), ProxyError::new(ErrorCode::MethodNotAllowed, message)));
+        }
+    }
+    // The normalised path borrows nothing from the request when it is unchanged.
+    let path = match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+    Ok((route, path))
+}
+
+/// A request refused before forwarding, with its route when it had one (for metrics).
+type Refused<'s> = (Option<&'s Route>, ProxyError);
+
+fn overloaded(settings: &ProxySettings) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::Overloaded,
+        format!("{} requests are in flight (max_concurrent_requests); retry shortly", settings.max_concurrent_requests),
+    )
+}
+
+/// `f` on the credential's token if it is valid now (the per-request path: one
+/// `ArcSwap` load, no reference count taken); `None` when there is none.
+fn with_valid_token<R>(cred: &TokenHandle, f: impl FnOnce(&Token) -> R) -> Option<R> {
+    cred.load().as_ref().filter(|t| t.is_valid_at(SystemTime::now())).map(|t| f(t))
+}
+
+/// Waits (bounded by `token_wait`) for a valid token; only while none is.
+async fn wait_for_token(cred: &TokenHandle, settings: &ProxySettings) -> Result<Arc<Token>, ProxyError> {
+    cred.wait_valid(settings.token_wait).await.map_err(|why| ProxyError::new(ErrorCode::TokenUnavailable, why))
+}
+
+pub(super) fn bad_request(message: impl Into<String>) -> ProxyError {
+    ProxyError::new(ErrorCode::BadRequest, message)
+}
+
+pub(super) fn too_large(max: u64) -> ProxyError {
+    ProxyError::new(
+        ErrorCode::BodyTooLarge,
+        format!("the request body is larger than max_request_body ({})", bytesize::ByteSize(max).to_string_as(true)),
+    )
+}
+
+/// A proxy-made error as a response of the data path's body type.
+pub fn error_response(e: ProxyError) -> Response<Body> {
+    e.into_response::<Full<Bytes>>().map(Either::Right)
+}

@@ -1,0 +1,91 @@
+//! Routes compiled at config load: everything a request needs of its route (target,
+//! `Host`, credential, limits, metric handles) resolved once, so nothing is looked up or
+//! formatted per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+
+use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
+use crate::limit::RateLimiter;
+use crate::metrics::{Metrics, RequestCounters};
+use crate::route::Router;
+use crate::token::TokenHandle;
+use crate::upstream::Target;
+
+/// A route compiled at config load: everything per request is precomputed.
+pub struct Route {
+    /// The prefix, also the metrics label.
+    pub prefix: String,
+    /// Where requests go, with its connections.
+    pub(super) target: Arc<Target>,
+    /// Upstream base path without a trailing slash (usually empty).
+    pub(super) base_path: String,
+    /// `Host` sent upstream.
+    pub(super) host: HeaderValue,
+    /// Token to inject; `None` passes the request through untouched.
+    pub credential: Option<TokenHandle>,
+    pub(super) strip_prefix: bool,
+    pub(super) methods: Option<Vec<Method>>,
+    pub(super) duration: prometheus::Histogram,
+    pub(super) requests: RequestCounters,
+    pub(super) limiter: Option<RouteLimiter>,
+    /// `upstream_errors{kind="aborted"}`: the upstream broke off a response body.
+    pub(super) aborted: prometheus::IntCounter,
+}
+
+/// A route's rate limit with its metric handles, resolved once.
+pub(super) struct RouteLimiter {
+    pub(super) limiter: RateLimiter,
+    pub(super) queue: prometheus::IntGauge,
+    pub(super) wait: prometheus::Histogram,
+}
+
+impl Route {
+    fn compile(cfg: &RouteConfig, credentials: &HashMap<String, TokenHandle>, metrics: &Metrics) -> Route {
+        let u = &cfg.upstream;
+        let target = Arc::new(Target::new(u));
+        Route {
+            prefix: cfg.prefix.clone(),
+            host: HeaderValue::from_str(target.authority().as_str()).unwrap_or(HeaderValue::from_static("invalid")),
+            target,
+            base_path: u.path().trim_end_matches('/').to_string(),
+            credential: cfg.credential.as_ref().and_then(|c| credentials.get(c).cloned()),
+            strip_prefix: cfg.strip_prefix,
+            methods: cfg.methods.clone(),
+            duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
+            requests: RequestCounters::new(&metrics.requests_total, &cfg.prefix),
+            limiter: cfg.rate_limit.map(|rate| RouteLimiter {
+                limiter: RateLimiter::new(rate),
+                queue: metrics.rate_limit_queue.with_label_values(&[&cfg.prefix]),
+                wait: metrics.rate_limit_wait.with_label_values(&[&cfg.prefix]),
+            }),
+            aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
+        }
+    }
+
+    /// The upstream URL the route forwards to (for messages).
+    pub fn upstream(&self) -> String {
+        format!("{}{}", self.target.label, self.base_path)
+    }
+}
+
+/// What a reload swaps: routes and the data-path settings.
+pub struct Snapshot {
+    /// Longest-prefix table.
+    pub router: Router<Route>,
+    /// Timeouts and limits.
+    pub settings: ProxySettings,
+    /// Who may send requests.
+    pub inbound: InboundSettings,
+}
+
+impl Snapshot {
+    /// Compiles the config's routes against the running credentials.
+    pub fn compile(config: &Config, credentials: &HashMap<String, TokenHandle>, metrics: &Metrics) -> Snapshot {
+        let router =
+            Router::new(config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics))));
+        Snapshot { router, settings: config.proxy.clone(), inbound: config.inbound.clone() }
+    }
+}

@@ -1,0 +1,366 @@
+//! One [`Credential`] per configured credential: the current token (in a
+//! [`TokenSlot`](super::slot::TokenSlot) shared with the data path's
+//! [`TokenHandle`]s), the background refresh loop, and renewals that are serialised and
+//! single-flight.
+//!
+//! Order of a renewal, which is what makes a crash harmless: obtain → store (durable) →
+//! publish. A refresh token received is on disk before the access token is used.
+//!
+//! * [`schedule`] — when to renew (pure).
+//! * [`coordinate`] — replicas sharing a store: one renewal at a time, the newest token wins.
+//! * [`state`] — recording outcomes, and what `/tokens` shows.
+//! * `run` — the refresh loop: the schedule, the store's news, the data path's rejections.
+//!
+//! A `static` credential is its own kind of source ([`Renewal::Static`]): its token is
+//! read again from the config at every renewal, never stored, never scheduled.
+
+mod coordinate;
+mod run;
+mod schedule;
+mod state;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::handle::{Inbox, TokenHandle};
+use super::slot::TokenSlot;
+use super::source::{Renewal, SourceError, TokenResponse, TokenSource};
+use super::store::{StoredToken, TokenStore};
+use super::{later, lifetime_of, unix_secs, Token, MAX_LIFETIME, STATIC_LIFETIME};
+use crate::config::CredentialConfig;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+use coordinate::Coordinated;
+use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
+pub use state::TokenInfo;
+
+pub use super::slot::RefreshError;
+
+/// Why a renewal is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The refresh loop's timer, planned for the token of this generation (0: none).
+    /// A renewal that had to wait and finds a newer token by then has nothing to do.
+    Scheduled(u64),
+    /// The upstream rejected the token of this generation.
+    Rejected(u64),
+    /// An operator asked (`POST /refresh/{credential}`).
+    Manual,
+}
+
+/// A credential at run time: its token slot, how it renews, where it stores.
+pub struct Credential {
+    cfg: Arc<CredentialConfig>,
+    /// The current token and what waits on it; shared with every [`TokenHandle`].
+    slot: Arc<TokenSlot>,
+    /// Rejections reported through handles, answered by the refresh loop.
+    inbox: Inbox,
+    /// Serialises renewals: at most one token call per credential at a time.
+    refresh_lock: tokio::sync::Mutex<()>,
+    /// What renews the token: the config (`static`) or the token endpoint.
+    renewal: Renewal,
+    /// The token endpoint client (renewals, `login`'s code exchange, key lookups).
+    source: TokenSource,
+    store: Arc<dyn TokenStore>,
+    metrics: Metrics,
+}
+
+impl Credential {
+    /// A credential with no token yet; call [`Credential::init`] before serving.
+    pub fn new(
+        cfg: Arc<CredentialConfig>,
+        http: reqwest::Client,
+        store: Arc<dyn TokenStore>,
+        metrics: Metrics,
+    ) -> Credential {
+        let slot = Arc::new(TokenSlot::new(cfg.name.clone(), metrics.token_refreshes.clone()));
+        Credential {
+            renewal: Renewal::of(&cfg),
+            source: TokenSource::new(http, cfg.clone()),
+            cfg,
+            slot,
+            inbox: Inbox::new(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            store,
+            metrics,
+        }
+    }
+
+    /// The credential's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &Arc<CredentialConfig> {
+        &self.cfg
+    }
+
+    /// Its token source (login uses it for the code exchange).
+    pub fn source(&self) -> &TokenSource {
+        &self.source
+    }
+
+    /// The narrow handle the data path holds: read, wait, report a rejection. Reported
+    /// rejections are renewed by this credential's refresh loop ([`Credential::run`]).
+    pub fn handle(&self) -> TokenHandle {
+        self.inbox.handle(&self.slot)
+    }
+
+    /// The hot path's read: one `ArcSwap::load`, no lock.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Option<Arc<Token>>> {
+        self.slot.load()
+    }
+
+    /// The current token if it may still be sent.
+    pub fn valid_token(&self) -> Option<Arc<Token>> {
+        self.slot.valid_token()
+    }
+
+    /// Loads the stored token (even an expired one: its refresh token still counts); a
+    /// `static` credential reads its token from the config instead.
+    pub async fn init(&self) {
+        if let Renewal::Static(_) = self.renewal {
+            if let Err(e) = self.refresh(Trigger::Manual).await {
+                tracing::error!(credential = %self.name(), error = %e, "static token unusable");
+            }
+            return;
+        }
+        match self.store.load(self.name()).await {
+            Ok(Some(stored)) => match Token::from_stored(&stored, SystemTime::now()) {
+                Ok(t) => {
+                    if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
+                        tracing::warn!(credential = %self.name(), "the stored token claims to live more than a year (or its expiry is not a time): treated as living one year at most");
+                    }
+                    let valid = t.is_valid_at(SystemTime::now());
+                    tracing::info!(credential = %self.name(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
+                    self.publish(t);
+                }
+                Err(e) => tracing::warn!(credential = %self.name(), error = %e, "stored token unusable; ignoring it"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(credential = %self.name(), error = %e, "cannot read stored token"),
+        }
+    }
+
+    /// Waits up to `timeout` for a valid token; the error says why there is none.
+    pub async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
+        self.slot.wait_valid(timeout).await
+    }
+
+    /// Why no valid token is held, for 503 bodies and `/readyz`.
+    pub fn why_unavailable(&self) -> String {
+        self.slot.why_unavailable()
+    }
+
+    /// Renews the token: serialised, single-flight for rejections, store before publish;
+    /// with a shared store, one replica at a time (see [`coordinate`]).
+    pub async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+        let _guard = self.refresh_lock.lock().await;
+        let now = SystemTime::now();
+        let current = self.slot.current.load_full();
+
+        // Someone renewed (or adopted a replica's token) while this caller waited for the
+        // lock: that token will do. Without this, a timer that fired for the old token
+        // would renew again right after a renewal forced by a rejection.
+        if let (Trigger::Rejected(seen) | Trigger::Scheduled(seen), Some(cur)) = (trigger, &current) {
+            if cur.generation != seen && self.good_enough(trigger, cur, now) {
+                return Ok(cur.clone());
+            }
+        }
+        // A token renews on rejection once; later rejections of it pass through.
+        if let Trigger::Rejected(seen) = trigger {
+            if self.slot.renewed_on_rejection.fetch_max(seen, Ordering::AcqRel) >= seen {
+                return Err(self.slot.rejection_passed(seen));
+            }
+        }
+        if let Renewal::Static(configured) = &self.renewal {
+            return self.reread_static(configured, trigger);
+        }
+
+        // Another process (a `login`, a replica) may have stored a newer token.
+        if let Some(adopted) = self.adopt_if_good_enough(trigger).await {
+            return Ok(adopted);
+        }
+
+        // The token endpoint asked for a pause (429 + Retry-After): honour it.
+        if let Some(until) = self.slot.status.lock().ok().and_then(|s| s.not_before).filter(|t| *t > now) {
+            let wait = until.duration_since(now).unwrap_or_default();
+            let last = self.slot.status.lock().ok().and_then(|s| s.last_error.clone()).unwrap_or_default();
+            return Err(RefreshError {
+                message: format!("{last}; the token endpoint asked to wait {}s more", wait.as_secs_f64().ceil()),
+                needs_login: false,
+            });
+        }
+
+        if !self.store.is_shared() {
+            return self.renew(trigger).await;
+        }
+        match self.coordinate(trigger).await {
+            Coordinated::Adopted(t) => Ok(t),
+            Coordinated::Deferred(e) => Err(e),
+            Coordinated::Alone => self.renew(trigger).await,
+            Coordinated::Locked(lock) => {
+                let result = self.renew(trigger).await;
+                if let Err(e) = self.store.unlock(self.name(), lock).await {
+                    // It expires by itself after LOCK_TTL.
+                    tracing::warn!(credential = %self.name(), error = %e, "cannot release the renewal lock");
+                }
+                result
+            }
+        }
+    }
+
+    /// Reports that a token issued for a rejection was itself rejected at once (the
+    /// request's retry): the path, not the token, is refused, so its later rejections
+    /// pass through instead of renewing again.
+    pub fn rejected_again(&self, generation: u64) {
+        self.slot.rejected_again(generation);
+    }
+
+    /// Whether `token`, newer than the one the trigger was about, serves its purpose: a
+    /// valid token for a rejection or an operator, one not yet due for the timer.
+    fn good_enough(&self, trigger: Trigger, token: &Token, now: SystemTime) -> bool {
+        match trigger {
+            Trigger::Rejected(_) | Trigger::Manual => token.is_valid_at(now),
+            Trigger::Scheduled(_) => {
+                refresh_delay(now, Some(token.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
+            }
+        }
+    }
+
+    /// Waits until [`MIN_RENEWAL_SPACING`] has passed since the last token endpoint call,
+    /// and notes this one.
+    async fn space_calls(&self) {
+        let last = self.slot.status.lock().ok().and_then(|s| s.last_call);
+        if let Some(last) = last {
+            tokio::time::sleep_until(last.checked_add(MIN_RENEWAL_SPACING).unwrap_or(last)).await;
+        }
+        if let Ok(mut s) = self.slot.status.lock() {
+            s.last_call = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// One token endpoint call with what this credential renews with, then store and publish.
+    async fn renew(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+        self.space_calls().await;
+        let current = self.slot.current.load_full();
+        let refresh_token = self.refresh_token_of(current.as_deref());
+        let response = match self.source.obtain(refresh_token.as_ref()).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
+                    // GoTo said this token is dead and no new one came: stop sending it, so
+                    // requests wait for (or are told about) the renewal instead.
+                    self.retire(cur);
+                }
+                return Err(self.record_failure(e));
+            }
+        };
+        let published = self.complete(response, current.as_deref(), refresh_token).await?;
+        tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
+        Ok(published)
+    }
+
+    /// The newest refresh token held: the current token's, else the config's seed.
+    fn refresh_token_of(&self, current: Option<&Token>) -> Option<Secret> {
+        current.and_then(|t| t.refresh_token.clone()).or_else(|| self.cfg.refresh_token.clone())
+    }
+
+    /// A `static` credential's renewal: its configured token, served again as a new
+    /// generation that lives [`STATIC_LIFETIME`]. No call, no store, no key lookup.
+    fn reread_static(&self, configured: &Secret, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+        let now = SystemTime::now();
+        let current = self.slot.current.load_full();
+        let refresh_token = self.refresh_token_of(current.as_deref());
+        let token = match Token::new(configured.clone(), refresh_token, later(now, STATIC_LIFETIME), now) {
+            Ok(t) => t,
+            Err(e) => return Err(self.record_failure(SourceError::Malformed(e.to_string()))),
+        };
+        self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
+        let published = self.publish(token);
+        self.record_success(SystemTime::now());
+        tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
+        Ok(published)
+    }
+
+    /// Stores and serves the answer of a code exchange (`login`, `/callback`).
+    pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
+        let _guard = self.refresh_lock.lock().await;
+        let token = self.complete(response, None, None).await?;
+        tracing::info!(credential = %self.name(), expires_at = unix_secs(token.expires_at), "signed in");
+        Ok(token)
+    }
+
+    /// Turns a token endpoint's answer into the served token: carries over the refresh
+    /// token and keys the answer lacks, looks keys up when still missing, stores, then
+    /// publishes.
+    async fn complete(
+        &self,
+        response: TokenResponse,
+        previous: Option<&Token>,
+        previous_refresh: Option<Secret>,
+    ) -> Result<Arc<Token>, RefreshError> {
+        if lifetime_of(response.expires_in).1 {
+            tracing::warn!(credential = %self.name(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
+        }
+        let mut token = match Token::from_response(response, SystemTime::now(), false) {
+            Ok(t) => t,
+            Err(e) => return Err(self.record_failure(SourceError::Malformed(e.to_string()))),
+        };
+        if token.refresh_token.is_none() {
+            token.refresh_token = previous_refresh; // a response without one keeps the old
+        }
+        if let Some(old) = previous {
+            if token.organizer_key.is_none() && token.account_key.is_none() {
+                token.organizer_key = old.organizer_key.clone();
+                token.account_key = old.account_key.clone();
+            }
+        }
+        if token.organizer_key.is_none() && token.account_key.is_none() {
+            if let Some(keys) = self.source.fetch_keys(&token.access_token).await {
+                token.organizer_key = keys.organizer_key;
+                token.account_key = keys.account_key;
+            }
+        }
+        self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
+        self.persist(&token.to_stored()).await;
+        let published = self.publish(token);
+        self.record_success(SystemTime::now());
+        Ok(published)
+    }
+
+    async fn persist(&self, stored: &StoredToken) {
+        if let Err(e) = self.store.save(self.name(), stored).await {
+            // Serving the new token still beats failing requests; say loudly that a
+            // crash now would lose the refresh token.
+            tracing::error!(credential = %self.name(), error = %e, "could not persist the new token");
+            self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
+        }
+    }
+
+    /// Replaces `dead` by a copy that is already expired but keeps its refresh token.
+    fn retire(&self, dead: &Token) {
+        let Ok(mut copy) =
+            Token::new(dead.access_token.clone(), dead.refresh_token.clone(), SystemTime::UNIX_EPOCH, dead.obtained_at)
+        else {
+            return;
+        };
+        copy.organizer_key = dead.organizer_key.clone();
+        copy.account_key = dead.account_key.clone();
+        self.publish(copy);
+    }
+
+    /// Serves `token` as the next generation and wakes whoever waits for one.
+    fn publish(&self, mut token: Token) -> Arc<Token> {
+        token.generation = self.slot.next_generation();
+        let token = Arc::new(token);
+        self.slot.current.store(Some(token.clone()));
+        self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
+        self.slot.changed.send_modify(|g| *g = token.generation);
+        token
+    }
+}

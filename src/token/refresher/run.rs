@@ -1,0 +1,133 @@
+//! The refresh loop: one task per credential (`app` supervises it and starts it again
+//! should it end). It renews on schedule, follows the shared store's news in between,
+//! and answers the rejections the data path reports through its handles, so every
+//! renewal runs here and none on a data-path thread.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::{Instant, Interval};
+use tokio_util::sync::CancellationToken;
+
+use super::coordinate::next_change;
+use super::schedule::{not_before_clamp, refresh_delay};
+use super::{Credential, Trigger};
+use crate::token::handle::{OpenInbox, Report};
+use crate::token::source::Renewal;
+use crate::token::{deadline_in, later};
+
+/// The renewal planned by the loop, kept while the token and the failure count stay:
+/// store polls wake the loop often, and planning again each time would keep pushing a
+/// half-life renewal later.
+#[derive(Clone, Copy)]
+struct Plan {
+    generation: u64,
+    failures: u32,
+    when: Instant,
+}
+
+impl Credential {
+    /// The refresh loop: sleeps until the next renewal, renews, repeats; follows the
+    /// shared store's notifications in between; renews the rejections reported through
+    /// [`Credential::handle`]s. A `static` credential only answers those (its token is
+    /// read again). Returns only once `shutdown` is cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // The inbox stays with this loop for its life, and passes to the next one a
+        // supervisor starts should this one panic.
+        let mut inbox = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            inbox = self.inbox.open() => inbox,
+        };
+        match self.renewal {
+            Renewal::Static(_) => self.answer_reports(&mut inbox, &shutdown).await,
+            Renewal::Endpoint => self.renew_on_schedule(&mut inbox, &shutdown).await,
+        }
+    }
+
+    /// Nothing to renew on a schedule; the task lives on so a supervisor never sees it
+    /// end, and answers the data path's rejections.
+    async fn answer_reports(&self, inbox: &mut OpenInbox<'_>, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                report = inbox.next() => self.answer(report).await,
+            }
+        }
+    }
+
+    /// Renews a reported rejection (single-flight: reports of a token already renewed
+    /// get the newer one) and answers the request that reported it.
+    async fn answer(&self, report: Report) {
+        let answer = self.refresh(Trigger::Rejected(report.generation())).await;
+        report.answer(answer);
+    }
+
+    async fn renew_on_schedule(&self, inbox: &mut OpenInbox<'_>, shutdown: &CancellationToken) {
+        // Every publish (whoever renewed: this loop, `POST /refresh`, a rejection, a
+        // `login`, a replica) and every failure wakes the loop to plan again.
+        let mut published = self.slot.changed.subscribe();
+        let mut changes = self.store.changes();
+        let mut poll = self.store.poll_interval().map(|every| {
+            let mut i = tokio::time::interval_at(deadline_in(every), every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut plan: Option<Plan> = None;
+        loop {
+            let next = self.plan(plan);
+            plan = Some(next);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(next.when) => {}
+                _ = published.changed() => continue,
+                report = inbox.next() => {
+                    self.answer(report).await;
+                    continue;
+                }
+                _ = next_change(&mut changes, self.name()) => {
+                    self.sync_with_store().await;
+                    continue;
+                }
+                _ = tick(&mut poll) => {
+                    self.sync_with_store().await;
+                    continue;
+                }
+            }
+            plan = None;
+            // Failures are recorded and logged inside; the loop's backoff handles them.
+            let _outcome = self.refresh(Trigger::Scheduled(next.generation)).await;
+        }
+    }
+
+    /// The renewal to wait for: `previous` while it was planned for the same token and
+    /// failure count, else a new one (noted as `next_refresh` for `/tokens`).
+    fn plan(&self, previous: Option<Plan>) -> Plan {
+        let (failures, not_before) =
+            self.slot.status.lock().map(|s| (s.consecutive_failures, s.not_before)).unwrap_or_default();
+        let current = self.slot.current.load_full();
+        let generation = current.as_ref().map_or(0, |t| t.generation);
+        match previous {
+            Some(p) if p.generation == generation && p.failures == failures => p,
+            _ => {
+                let now = SystemTime::now();
+                let expires_at = current.as_ref().map(|t| t.expires_at);
+                let delay = refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
+                let delay = not_before_clamp(delay, now, not_before);
+                if let Ok(mut s) = self.slot.status.lock() {
+                    s.next_refresh = Some(later(now, delay));
+                }
+                Plan { generation, failures, when: deadline_in(delay) }
+            }
+        }
+    }
+}
+
+/// The next tick of the store's poll; never, when the store is not polled.
+async fn tick(poll: &mut Option<Interval>) {
+    match poll.as_mut() {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}

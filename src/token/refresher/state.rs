@@ -1,0 +1,118 @@
+//! Recording renewal outcomes (metrics, logs, the status the backoff and `/tokens`
+//! read) and what `/tokens` shows of a credential.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::{Credential, RefreshError};
+use crate::config::GrantKind;
+use crate::token::later;
+use crate::token::source::SourceError;
+
+/// What `/tokens` shows of a credential: metadata, never a token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    /// The grant.
+    pub grant: &'static str,
+    /// Whether a valid token is held now.
+    pub valid: bool,
+    /// Expiry of the current token (RFC 3339).
+    pub expires_at: Option<String>,
+    /// `{organizerKey}` value.
+    pub organizer_key: Option<String>,
+    /// `{accountKey}` value.
+    pub account_key: Option<String>,
+    /// Last successful renewal (RFC 3339).
+    pub last_refresh: Option<String>,
+    /// Next scheduled renewal (RFC 3339).
+    pub next_refresh: Option<String>,
+    /// Failed renewals since the last success.
+    pub consecutive_failures: u32,
+    /// The last failure, when failing.
+    pub last_error: Option<String>,
+    /// True when a person must run `login`.
+    pub needs_login: bool,
+}
+
+impl Credential {
+    /// Metadata for `/tokens` and `/readyz`.
+    pub fn info(&self) -> TokenInfo {
+        let now = SystemTime::now();
+        let cur = self.slot.current.load_full();
+        let status = self.slot.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        TokenInfo {
+            grant: self.cfg.grant.as_str(),
+            valid: cur.as_ref().is_some_and(|t| t.is_valid_at(now)),
+            expires_at: cur.as_ref().map(|t| rfc(t.expires_at)),
+            organizer_key: cur.as_ref().and_then(|t| t.organizer_key.clone()),
+            account_key: cur.as_ref().and_then(|t| t.account_key.clone()),
+            last_refresh: status.last_refresh.map(rfc),
+            // Only the refresh schedule plans one: never set for a `static` credential.
+            next_refresh: status.next_refresh.map(rfc),
+            consecutive_failures: status.consecutive_failures,
+            last_error: status.last_error,
+            needs_login: self.slot.needs_login.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn record_success(&self, at: SystemTime) {
+        self.slot.needs_login.store(false, Ordering::Relaxed);
+        if let Ok(mut s) = self.slot.status.lock() {
+            s.last_refresh = Some(at);
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            s.not_before = None;
+        }
+    }
+
+    /// Counts, logs and remembers a failed token call; waiting requests see it.
+    pub(super) fn record_failure(&self, e: SourceError) -> RefreshError {
+        let (outcome, needs_login, message) = match &e {
+            SourceError::NeedsLogin(m) => ("needs_login", true, m.clone()),
+            SourceError::Refused { .. } if e.is_grant_refused() && self.cfg.grant == GrantKind::AuthorizationCode => (
+                "refused",
+                true,
+                format!("{e}; the refresh token is dead: run `goto-auth-proxy login --credential {}`", self.name()),
+            ),
+            SourceError::Refused { status: 429, .. } => ("rate_limited", false, e.to_string()),
+            SourceError::Refused { .. } => ("refused", false, e.to_string()),
+            SourceError::Unreachable(_) => ("unreachable", false, e.to_string()),
+            SourceError::Malformed(_) => ("malformed", false, e.to_string()),
+        };
+        self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
+        self.slot.needs_login.store(needs_login, Ordering::Relaxed);
+        let not_before = e.retry_after().map(|d| later(SystemTime::now(), d));
+        let failures = match self.slot.status.lock() {
+            Ok(mut s) => {
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                s.last_error = Some(message.clone());
+                s.not_before = not_before;
+                s.consecutive_failures
+            }
+            Err(_) => 0,
+        };
+        tracing::warn!(credential = %self.name(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
+        self.slot.wake(); // waiters see the failure
+        RefreshError { message, needs_login }
+    }
+
+    /// A renewal not attempted this round (shared store down, lock holder slow): counts
+    /// as a failure for the backoff, not for `needs_login`.
+    pub(super) fn record_deferred(&self, outcome: &'static str, message: String) -> RefreshError {
+        self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
+        let failures = match self.slot.status.lock() {
+            Ok(mut s) => {
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+                s.last_error = Some(message.clone());
+                s.consecutive_failures
+            }
+            Err(_) => 0,
+        };
+        tracing::warn!(credential = %self.name(), failures, error = %message, "token renewal deferred");
+        self.slot.wake();
+        RefreshError { message, needs_login: false }
+    }
+}

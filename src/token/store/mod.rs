@@ -1,0 +1,194 @@
+//! Where tokens outlive the process. A [`TokenStore`] holds one [`StoredToken`] per
+//! credential; [`FileStore`] is the embedded default (one JSON file, mode 0600, written
+//! atomically: temp file, fsync, rename, fsync the directory), safe to share between a
+//! running proxy and a `login` in another process (an advisory lock serialises writers).
+//!
+//! The file store assumes nothing about its directory that it has not checked (SPEC
+//! "Token lifecycle"): a directory other users can write to is refused, the temp file
+//! is created exclusively under an unpredictable name and never through a symbolic link,
+//! and `state.path` itself must not be a symbolic link. A damaged file costs only the
+//! records that cannot be read: the others are used, and the damaged bytes are kept in a
+//! numbered copy (`<path>.damaged.<N>`) before the file is rewritten.
+//!
+//! A store shared by replicas ([`super::redis_store::RedisStore`]) also coordinates
+//! them: a renewal lock per credential, change notifications, and a poll as backstop.
+//! Those hooks default to "alone": the lock is always granted and nothing changes
+//! behind the process's back, so [`FileStore`] needs none of them.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+mod file;
+mod recover;
+#[cfg(all(test, unix))]
+mod tests;
+
+pub use file::FileStore;
+
+/// Why the store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem trouble, with the path.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The state directory can be written by other users, who could then plant or
+    /// replace files in it (SPEC: refused at start, naming it).
+    #[error(
+        "state directory {} is {reason} (mode {mode:04o}): other users could plant or replace files in it; \
+         run `chmod go-w {}` (it must also belong to the user running the proxy, or root), \
+         or set state.path to a file in a private directory",
+        path.display(),
+        path.display()
+    )]
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+        /// Who else can write to it.
+        reason: String,
+    },
+    /// `state.path` is a symbolic link: refused, because the file is replaced by rename
+    /// (which would silently turn the link into a plain file) and a link is exactly how
+    /// another user would redirect the tokens elsewhere.
+    #[error(
+        "state file {} is a symbolic link: set state.path to the real file (the proxy replaces it by rename and never writes through a link)",
+        path.display()
+    )]
+    SymlinkedState {
+        /// The link.
+        path: PathBuf,
+    },
+    /// `state.path` names something that is not a regular file (a directory, a FIFO…).
+    #[error("state file {} is not a regular file: set state.path to a file (it is created on first write)", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Any other backend (Redis) failure.
+    #[error("state store: {0}")]
+    Backend(String),
+}
+
+/// What is persisted for one credential. The field names are the file format and the
+/// Redis value format alike: keep them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    /// The access token.
+    pub access_token: String,
+    /// The newest refresh token received, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: u64,
+    /// Expiry, unix milliseconds: short-lived tokens shared by replicas need better than
+    /// whole seconds. Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// When it was obtained, unix milliseconds (orders tokens from several writers).
+    pub obtained_at_ms: u64,
+    /// GoTo organizer key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizer_key: Option<String>,
+    /// GoTo account key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("expires_at", &self.expires_at)
+            .field("obtained_at_ms", &self.obtained_at_ms)
+            .finish()
+    }
+}
+
+impl StoredToken {
+    /// Expiry as a `SystemTime` (milliseconds when known). The values come from a file
+    /// or a shared store, so they are data, not trust: an expiry that is not a
+    /// representable time is the epoch, i.e. long expired (the refresh token still
+    /// renews it), never a panic.
+    pub fn expires_at_time(&self) -> SystemTime {
+        let since_epoch = match self.expires_at_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(self.expires_at),
+        };
+        UNIX_EPOCH.checked_add(since_epoch).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// Proof that this process holds a store's renewal lock; only its holder can release it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LockToken(String);
+
+impl LockToken {
+    /// A fencing value: random, so a lock that expired and was taken by another
+    /// process is never released by the one that lost it.
+    pub fn random() -> LockToken {
+        LockToken(crate::random::token(24))
+    }
+
+    /// The value stored with the lock.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockToken(..)")
+    }
+}
+
+/// Persistence for tokens, one entry per credential.
+#[async_trait::async_trait]
+pub trait TokenStore: Send + Sync {
+    /// The stored token of `credential`, if any.
+    async fn load(&self, credential: &str) -> Result<Option<StoredToken>, StoreError>;
+    /// Replaces the stored token of `credential`; durable when it returns `Ok`. A shared
+    /// store keeps the newest token by `obtained_at_ms` when writers race.
+    async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError>;
+    /// A short description for logs (`file state/x.json`), never a password.
+    fn describe(&self) -> String;
+
+    /// True when other processes renew the same tokens through this store, so renewals
+    /// must be coordinated; false for a store this process has to itself.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the renewal lock of `credential` for at most `ttl`: `Ok(None)` when another
+    /// process holds it, `Err` when the store cannot be asked (the two differ: only the
+    /// first means someone else is renewing).
+    async fn lock(&self, _credential: &str, _ttl: Duration) -> Result<Option<LockToken>, StoreError> {
+        Ok(Some(LockToken(String::new())))
+    }
+
+    /// Releases a lock taken by [`TokenStore::lock`], only if it is still this holder's.
+    async fn unlock(&self, _credential: &str, _lock: LockToken) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Names of credentials whose stored token another process changed (an empty name:
+    /// "any may have changed", after a reconnect). `None`: nothing changes behind our back.
+    fn changes(&self) -> Option<broadcast::Receiver<String>> {
+        None
+    }
+
+    /// How often to re-read the stored token in case a change notification was lost.
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+}

@@ -1,0 +1,403 @@
+//! The file store against a hostile directory, damaged files and crashes.
+#![allow(clippy::arithmetic_side_effects)]
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::file::{temp_name, temp_prefix};
+use super::recover::{parse_state, StateFile};
+use super::*;
+
+fn token(n: u64) -> StoredToken {
+    StoredToken {
+        access_token: format!("at{n}"),
+        refresh_token: Some(format!("rt{n}")),
+        expires_at: 1_000 + n,
+        expires_at_ms: None,
+        obtained_at_ms: n,
+        organizer_key: None,
+        account_key: None,
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    v.sort();
+    v
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A victim file outside the state directory, 0644, that no write may touch.
+fn victim() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("victim");
+    std::fs::write(&p, "victim").unwrap();
+    chmod(&p, 0o644);
+    (dir, p)
+}
+
+fn assert_untouched(victim: &Path) {
+    assert_eq!(std::fs::read_to_string(victim).unwrap(), "victim");
+    assert_eq!(mode(victim), 0o644);
+}
+
+#[tokio::test]
+async fn round_trip_merges_credentials_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/deeper/state.json");
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.load("a").await.unwrap(), None);
+    store.save("a", &token(1)).await.unwrap();
+    store.save("b", &token(2)).await.unwrap();
+    store.save("a", &token(3)).await.unwrap();
+    assert_eq!(store.load("a").await.unwrap(), Some(token(3)));
+    assert_eq!(store.load("b").await.unwrap(), Some(token(2)));
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&dir.path().join("sub")), 0o700, "created directories are private");
+    assert_eq!(mode(&dir.path().join("sub/deeper")), 0o700);
+    assert_eq!(names_in(path.parent().unwrap()), ["state.json", "state.json.lock"], "no temp file left");
+    assert_eq!(mode(&path.parent().unwrap().join("state.json.lock")), 0o600);
+}
+
+#[test]
+fn temp_names_are_hidden_and_unpredictable() {
+    let prefix = temp_prefix(Path::new("/x/state.json")).unwrap();
+    assert_eq!(prefix, ".state.json.tmp.");
+    let names: BTreeSet<OsString> = (0..100).map(|_| temp_name(&prefix)).collect();
+    assert_eq!(names.len(), 100);
+    for n in &names {
+        let n = n.to_str().unwrap();
+        let hex = n.strip_prefix(".state.json.tmp.").unwrap();
+        assert!(hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "{n}");
+    }
+}
+
+#[tokio::test]
+async fn planted_symlinks_are_never_followed() {
+    let (_v, victim) = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // The old predictable temp names, a would-be temp name and a would-be copy.
+    for name in [
+        format!("state.tmp.{}", std::process::id()),
+        format!("state.json.tmp.{}", std::process::id()),
+        ".state.json.tmp.0000000000000000".to_string(),
+    ] {
+        symlink(&victim, dir.path().join(name)).unwrap();
+    }
+    let store = FileStore::open(&path).unwrap();
+    store.save("a", &token(1)).await.unwrap();
+    store.save("a", &token(2)).await.unwrap();
+    assert_untouched(&victim);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(store.load("a").await.unwrap(), Some(token(2)));
+    // The would-be temp name was cleaned up as a leftover (the link, not its target).
+    assert!(!names_in(dir.path()).iter().any(|n| n.starts_with(".state.json.tmp.")));
+}
+
+#[tokio::test]
+async fn a_symlink_at_the_lock_or_the_state_path_fails_the_write() {
+    let (_v, victim) = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    symlink(&victim, dir.path().join("state.json.lock")).unwrap();
+    let store = FileStore::new(&path);
+    let e = store.save("a", &token(1)).await.unwrap_err();
+    assert!(e.to_string().contains("state.json.lock"), "{e}");
+    assert_untouched(&victim);
+    std::fs::remove_file(dir.path().join("state.json.lock")).unwrap();
+
+    symlink(&victim, &path).unwrap();
+    assert!(matches!(store.save("a", &token(1)).await, Err(StoreError::SymlinkedState { .. })));
+    assert!(matches!(store.load("a").await, Err(StoreError::SymlinkedState { .. })));
+    assert_untouched(&victim);
+    assert!(!names_in(dir.path()).iter().any(|n| n.contains("tmp")));
+}
+
+#[test]
+fn open_refuses_a_symlinked_state_file_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.json");
+    std::fs::write(&real, "{}").unwrap();
+    let link = dir.path().join("state.json");
+    symlink(&real, &link).unwrap();
+    let e = FileStore::open(&link).err().unwrap();
+    assert!(matches!(e, StoreError::SymlinkedState { .. }));
+    let msg = e.to_string();
+    assert!(msg.contains(&link.display().to_string()) && msg.contains("real file"), "{msg}");
+    // A dangling link too: it would be written through, or replaced, either way wrong.
+    std::fs::remove_file(&real).unwrap();
+    assert!(matches!(FileStore::open(&link), Err(StoreError::SymlinkedState { .. })));
+    // And a directory where the file should be.
+    assert!(matches!(FileStore::open(dir.path()), Err(StoreError::NotAFile { .. })));
+}
+
+#[tokio::test]
+async fn a_directory_others_can_write_to_is_refused_naming_it() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("state.json");
+    for bad in [0o777, 0o1777, 0o770, 0o703, 0o1733] {
+        chmod(&dir, bad);
+        let e = FileStore::open(&path).err().unwrap_or_else(|| panic!("mode {bad:o} accepted"));
+        assert!(matches!(e, StoreError::UnsafeDir { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&dir.display().to_string()) && msg.contains("chmod go-w"), "{msg}");
+        // Writes refuse it too, whoever made the store.
+        assert!(matches!(FileStore::new(&path).save("a", &token(1)).await, Err(StoreError::UnsafeDir { .. })));
+        assert!(!path.exists());
+    }
+    for good in [0o700, 0o755, 0o750, 0o705] {
+        chmod(&dir, good);
+        FileStore::open(&path).unwrap_or_else(|e| panic!("mode {good:o} refused: {e}"));
+    }
+    // A directory that does not exist yet is created private.
+    let fresh = base.path().join("new/state.json");
+    FileStore::open(&fresh).unwrap().save("a", &token(1)).await.unwrap();
+    assert_eq!(mode(&base.path().join("new")), 0o700);
+}
+
+/// A real two-record file, with strings that look like structure.
+fn two_records() -> (Vec<u8>, StoredToken, StoredToken) {
+    let mut a = token(1);
+    a.access_token = "a}\"{,:\\u0041 ".into();
+    a.organizer_key = Some("}}".into());
+    let mut b = token(2);
+    b.account_key = Some("{\"x\":1}".into());
+    b.expires_at_ms = Some(u64::MAX);
+    let state = StateFile { version: 1, credentials: [("a".into(), a.clone()), ("b".into(), b.clone())].into() };
+    (serde_json::to_vec_pretty(&state).unwrap(), a, b)
+}
+
+#[test]
+fn a_file_cut_anywhere_keeps_every_record_complete_before_the_cut() {
+    let (bytes, a, b) = two_records();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let b_key = text.find("\"b\":").unwrap();
+    let a_end = text[..b_key].rfind('}').unwrap() + 1;
+    for cut in 0..=bytes.len() {
+        let c = parse_state(&bytes[..cut]);
+        if let Some(got) = c.records.get("a") {
+            assert_eq!(got, &a, "cut at {cut}");
+        }
+        if let Some(got) = c.records.get("b") {
+            assert_eq!(got, &b, "cut at {cut}");
+        }
+        assert!(c.records.len() <= 2 && c.malformed.is_empty(), "cut at {cut}: {c:?}");
+        if cut >= a_end {
+            assert!(c.records.contains_key("a"), "cut at {cut}: record a is complete");
+        }
+        if cut == 0 || cut == bytes.len() {
+            assert!(!c.is_damaged(), "cut at {cut}");
+        } else {
+            assert!(c.is_damaged(), "cut at {cut}: a cut file is damaged");
+        }
+    }
+    assert_eq!(parse_state(&bytes).records.len(), 2);
+}
+
+#[test]
+fn garbage_anywhere_never_panics_nor_costs_the_records_before_it() {
+    let (bytes, a, _) = two_records();
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let a_end = text[..text.find("\"b\":").unwrap()].rfind('}').unwrap() + 1;
+    for at in 0..bytes.len() {
+        for junk in [b'\0', b'"', b'}', b'{', b',', b':', b'x', b'9', 0xff] {
+            let mut v = bytes.clone();
+            v[at] = junk;
+            let c = parse_state(&v);
+            if at >= a_end {
+                assert_eq!(c.records.get("a"), Some(&a), "{junk} at {at}: {c:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_record_is_skipped_and_kept_aside_in_numbered_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    store.save("a", &token(1)).await.unwrap();
+    store.save("b", &token(2)).await.unwrap();
+    let damage = |p: &Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        v["credentials"]["b"] = serde_json::json!({"access_token": 5, "expires_at": 1e20});
+        let bytes = serde_json::to_vec_pretty(&v).unwrap();
+        std::fs::write(p, &bytes).unwrap();
+        bytes
+    };
+    let first = damage(&path);
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)), "another record's damage costs nothing");
+    assert_eq!(store.load("b").await.unwrap(), None, "the damaged credential starts with no token");
+    assert!(!dir.path().join("state.json.damaged.1").exists(), "reading never writes");
+
+    store.save("c", &token(3)).await.unwrap();
+    let copy1 = dir.path().join("state.json.damaged.1");
+    assert_eq!(std::fs::read(&copy1).unwrap(), first);
+    assert_eq!(mode(&copy1), 0o600);
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(store.load("b").await.unwrap(), None);
+    assert_eq!(store.load("c").await.unwrap(), Some(token(3)));
+    let c = parse_state(&std::fs::read(&path).unwrap());
+    assert!(!c.is_damaged(), "the rewritten file is clean");
+
+    // No copy while the file is clean; the next damage goes to .2, .1 stays.
+    store.save("c", &token(4)).await.unwrap();
+    assert!(!dir.path().join("state.json.damaged.2").exists());
+    store.save("b", &token(5)).await.unwrap();
+    let second = damage(&path);
+    // A link planted at the next free name is skipped, not followed.
+    let (_v, victim) = victim();
+    symlink(&victim, dir.path().join("state.json.damaged.2")).unwrap();
+    store.save("a", &token(6)).await.unwrap();
+    assert_untouched(&victim);
+    assert_eq!(std::fs::read(&copy1).unwrap(), first, ".1 is never overwritten");
+    assert_eq!(std::fs::read(dir.path().join("state.json.damaged.3")).unwrap(), second);
+    assert_eq!(store.load("a").await.unwrap(), Some(token(6)));
+    assert_eq!(store.load("c").await.unwrap(), Some(token(4)));
+}
+
+#[tokio::test]
+async fn an_unreadable_file_is_no_token_then_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, "{not json").unwrap();
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.load("a").await.unwrap(), None);
+    store.save("a", &token(1)).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("state.json.damaged.1")).unwrap(), b"{not json");
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
+
+    // An empty file is no state at all, not damage.
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(store.load("a").await.unwrap(), None);
+    store.save("a", &token(2)).await.unwrap();
+    assert!(!dir.path().join("state.json.damaged.2").exists());
+}
+
+#[tokio::test]
+async fn leftover_temp_files_are_removed_at_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let left = dir.path().join(".state.json.tmp.0123456789abcdef");
+    std::fs::write(&left, "tokens of a crashed write").unwrap();
+    let other = dir.path().join(".other.json.tmp.0123456789abcdef");
+    std::fs::write(&other, "not ours").unwrap();
+    FileStore::open(&path).unwrap().save("a", &token(1)).await.unwrap();
+    assert!(!left.exists());
+    assert!(other.exists());
+}
+
+/// Log lines written while `f` runs on this thread.
+fn captured_log(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = sink.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn damage_is_an_error_once_per_credential_until_a_clean_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let reported = Mutex::new(BTreeSet::new());
+    let damaged = r#"{"version":1,"credentials":{"a":{"access_token":"x","expires_at":1,"obtained_at_ms":0},"b":[]}}"#;
+    std::fs::write(&path, damaged).unwrap();
+    let log = captured_log(|| {
+        for _ in 0..3 {
+            assert_eq!(FileStore::load_blocking(&path, "b", &reported).unwrap(), None);
+            assert!(FileStore::load_blocking(&path, "a", &reported).unwrap().is_some());
+        }
+    });
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("credential=\"b\"") && errors[0].contains("state.json"), "{log}");
+
+    let log = captured_log(|| FileStore::save_blocking(&path, "c", &token(3), &reported).unwrap());
+    assert!(log.contains("ERROR") && log.contains("state.json.damaged.1"), "the copy is named: {log}");
+    std::fs::write(&path, damaged).unwrap();
+    let log = captured_log(|| assert_eq!(FileStore::load_blocking(&path, "b", &reported).unwrap(), None));
+    assert_eq!(log.lines().filter(|l| l.contains("ERROR")).count(), 1, "new damage, new error: {log}");
+}
+
+#[test]
+fn extreme_numbers_parse_and_never_panic() {
+    let max = u64::MAX;
+    let text = format!(
+        r#"{{"version":1,"credentials":{{
+            "ms":{{"access_token":"x","expires_at":{max},"expires_at_ms":{max},"obtained_at_ms":{max}}},
+            "s":{{"access_token":"y","expires_at":{max},"obtained_at_ms":0}},
+            "big":{{"access_token":"z","expires_at":1e400,"obtained_at_ms":0}},
+            "neg":{{"access_token":"z","expires_at":-1,"obtained_at_ms":0}},
+            "ok":{{"access_token":"w","expires_at":5,"obtained_at_ms":0}}}}}}"#
+    );
+    let c = parse_state(text.as_bytes());
+    assert_eq!(c.records.keys().collect::<Vec<_>>(), ["ms", "ok", "s"]);
+    assert_eq!(c.malformed.iter().collect::<Vec<_>>(), ["big", "neg"]);
+    assert!(c.unreadable.is_none());
+    assert_eq!(c.records["s"].expires_at_time(), UNIX_EPOCH, "not a time: expired");
+    let _ = c.records["ms"].expires_at_time();
+    assert_eq!(c.records["ok"].expires_at_time(), UNIX_EPOCH + Duration::from_secs(5));
+}
+
+#[test]
+fn stored_token_keeps_its_field_names() {
+    let mut t = token(1);
+    t.expires_at_ms = Some(7);
+    t.organizer_key = Some("o".into());
+    t.account_key = Some("k".into());
+    let v = serde_json::to_value(&t).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "account_key",
+            "expires_at",
+            "expires_at_ms",
+            "obtained_at_ms",
+            "organizer_key",
+            "refresh_token"
+        ]
+    );
+}
+
+#[test]
+fn debug_redacts() {
+    let s = format!("{:?}", token(7));
+    assert!(!s.contains("at7") && !s.contains("rt7"));
+}
