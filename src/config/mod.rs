@@ -1,0 +1,306 @@
+//! Configuration: TOML file → raw serde structs (unknown keys refused) → a validated
+//! [`Config`] whose every error names the file, the line and the key.
+//!
+//! Validation happens once, before any port is bound, so `check` and `run` agree on
+//! what is wrong and a running proxy never meets an invalid route or credential.
+//!
+//! No error ever echoes a value from the file: a secret of the wrong type would otherwise
+//! be printed verbatim. Errors name the key, the line and what was expected. The only
+//! file text they name besides keys and table names is where a secret comes from (an
+//! environment variable's name, a secret file's path). URLs are printed through
+//! [`display_url`], without user info or query.
+//!
+//! The files, in the order a config file passes through them:
+//!
+//! * `mod.rs` (here) — the validated types, [`Config::load`] / [`Config::parse`].
+//! * `raw.rs` — the file format as serde structs; a secret's three written forms.
+//! * `error.rs` — [`ConfigError`]; toml's errors rebuilt from the key, the line and the
+//!   expected type, never the value.
+//! * `keys.rs` — the dotted key at a byte position of the file (`routes[1].methods[0]`).
+//! * `validate/` — raw → validated: routes, credentials and their grants, state,
+//!   secrets from the environment or files; `validate/inbound.rs` for `[inbound]`.
+//! * `display.rs` — what may be printed: URLs without user info or query, the
+//!   redacting `Debug`s, and the `check` summary.
+//! * `fixtures.rs` — for tests only: a good file that tests vary, and its errors.
+//!
+//! Of the crate, this module uses only [`crate::secret`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+mod display;
+mod error;
+mod keys;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod fixtures;
+
+pub use display::{display_url, display_url_str};
+pub use error::ConfigError;
+
+/// Where `--config` points when neither the flag nor `GOTO_AUTH_PROXY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/goto-auth-proxy.toml";
+
+/// GoTo's OAuth token endpoint (authorization code, refresh, PAT, client credentials).
+pub const GOTO_TOKEN_URL: &str = "https://authentication.logmeininc.com/oauth/token";
+/// GoTo's browser sign-in page.
+pub const GOTO_AUTHORIZE_URL: &str = "https://authentication.logmeininc.com/oauth/authorize";
+/// GoToAssist Corporate Direct Login endpoint (password grant).
+pub const GOTO_DIRECT_LOGIN_URL: &str = "https://api.getgo.com/oauth/access_token";
+/// Where organizer and account keys come from when a token response lacks them.
+pub const GOTO_KEYS_URL: &str = "https://api.getgo.com/admin/rest/v1/me";
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub source: String,
+    /// Listener and data-path settings.
+    pub proxy: ProxySettings,
+    /// Where tokens are persisted.
+    pub state: StateSettings,
+    /// Who may use the listeners.
+    pub inbound: InboundSettings,
+    /// Credentials by name; only those routes use get a refresher.
+    pub credentials: BTreeMap<String, Arc<CredentialConfig>>,
+    /// Routes in file order (matching is longest prefix, not order).
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[proxy]`.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Data-path listener.
+    pub listen: SocketAddr,
+    /// Admin listener: health, metrics, tokens.
+    pub admin_listen: SocketAddr,
+    /// TCP + TLS connect budget to an upstream.
+    pub connect_timeout: Duration,
+    /// Budget until the upstream's response headers arrive.
+    pub request_timeout: Duration,
+    /// Largest request body forwarded.
+    pub max_request_body: u64,
+    /// How long a request may wait for a token when none is valid.
+    pub token_wait: Duration,
+    /// Runtime worker threads; `None` = number of cores.
+    pub workers: Option<usize>,
+    /// Requests served at once; beyond it clients get `503 overloaded` at once.
+    pub max_concurrent_requests: usize,
+}
+
+/// `[inbound]`: who may send requests, since any request becomes an authenticated one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboundSettings {
+    /// Non-loopback listen addresses are allowed (with keys and/or CIDRs).
+    pub allow_remote: bool,
+    /// Accepted values of `x-goto-auth-proxy-key`; when set, every client needs one.
+    pub keys: Vec<Secret>,
+    /// Remote peers allowed to connect (loopback always is).
+    pub allow_cidrs: Vec<ipnet::IpNet>,
+    /// TLS on the data-path listener: certificate chain and key (PEM).
+    pub tls: Option<TlsFiles>,
+    /// `inbound.hosts`: extra `Host` names both listeners serve (lowercase, no port);
+    /// `["*"]` turns the `Host` check off. Loopback names are always served.
+    pub hosts: Vec<String>,
+    /// `inbound.allow_origins`: browser origins served with CORS answers, normalised
+    /// to `scheme://host[:port]` (lowercase, default port omitted).
+    pub allow_origins: Vec<String>,
+}
+
+/// PEM files for inbound TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone)]
+pub enum StateSettings {
+    /// One JSON file, written atomically with mode 0600.
+    File {
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Shared by replicas through Redis.
+    Redis {
+        /// Connection URL (may hold a password, so a secret).
+        url: Secret,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+/// How a credential obtains its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// OAuth 2.0 authorization code, then refresh tokens.
+    AuthorizationCode,
+    /// GoToAssist Corporate Direct Login.
+    Password,
+    /// GoTo personal access token.
+    PersonalAccessToken,
+    /// Generic OAuth client credentials.
+    ClientCredentials,
+    /// A fixed token managed elsewhere.
+    Static,
+}
+
+impl GrantKind {
+    /// The name used in the config file and in `/tokens`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::AuthorizationCode => "authorization_code",
+            GrantKind::Password => "password",
+            GrantKind::PersonalAccessToken => "personal_access_token",
+            GrantKind::ClientCredentials => "client_credentials",
+            GrantKind::Static => "static",
+        }
+    }
+
+    /// The grant a config file's `grant = "…"` names, if any.
+    fn parse(s: &str) -> Option<GrantKind> {
+        [
+            GrantKind::AuthorizationCode,
+            GrantKind::Password,
+            GrantKind::PersonalAccessToken,
+            GrantKind::ClientCredentials,
+            GrantKind::Static,
+        ]
+        .into_iter()
+        .find(|g| g.as_str() == s)
+    }
+
+    /// Keys a credential of this grant must have, and keys it may have.
+    fn keys(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            GrantKind::AuthorizationCode => (
+                &["client_id", "client_secret"],
+                &["redirect_uri", "refresh_token", "token_url", "authorize_url", "keys_url", "scope", "refresh_before"],
+            ),
+            GrantKind::Password => {
+                (&["client_id", "username", "password"], &["token_url", "keys_url", "refresh_before"])
+            }
+            GrantKind::PersonalAccessToken => {
+                (&["client_id", "client_secret", "pat"], &["token_url", "keys_url", "scope", "refresh_before"])
+            }
+            GrantKind::ClientCredentials => {
+                (&["client_id", "client_secret"], &["token_url", "keys_url", "scope", "refresh_before"])
+            }
+            GrantKind::Static => (&["token"], &[]),
+        }
+    }
+}
+
+impl fmt::Display for GrantKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[credentials.NAME]` table, secrets resolved. `Debug` redacts (`display.rs`).
+#[derive(Clone, PartialEq)]
+pub struct CredentialConfig {
+    /// The table's name.
+    pub name: String,
+    /// How tokens are obtained.
+    pub grant: GrantKind,
+    /// OAuth client id or Direct Login consumer key (not a secret).
+    pub client_id: Option<String>,
+    /// OAuth client secret.
+    pub client_secret: Option<Secret>,
+    /// Redirect URI registered with the OAuth client.
+    pub redirect_uri: Option<String>,
+    /// Seed refresh token, used when the store holds none.
+    pub refresh_token: Option<Secret>,
+    /// Direct Login user id.
+    pub username: Option<Secret>,
+    /// Direct Login password.
+    pub password: Option<Secret>,
+    /// Personal access token.
+    pub pat: Option<Secret>,
+    /// Static access token.
+    pub token: Option<Secret>,
+    /// Token endpoint.
+    pub token_url: String,
+    /// Browser sign-in endpoint.
+    pub authorize_url: String,
+    /// Where organizer/account keys come from when token responses lack them.
+    pub keys_url: String,
+    /// Requested scope, if any.
+    pub scope: Option<String>,
+    /// Renew when less than this remains.
+    pub refresh_before: Duration,
+}
+
+/// One `[[routes]]` entry. `Debug` hides the upstream's user info (`display.rs`).
+#[derive(Clone)]
+pub struct RouteConfig {
+    /// Path prefix matched against the normalised request path.
+    pub prefix: String,
+    /// Upstream base URL (scheme, authority, optional base path).
+    pub upstream: url::Url,
+    /// Credential whose token is injected; `None` passes requests through untouched.
+    pub credential: Option<String>,
+    /// Remove the prefix from the forwarded path.
+    pub strip_prefix: bool,
+    /// Allowed methods; `None` allows all.
+    pub methods: Option<Vec<http::Method>>,
+    /// Requests per second sent upstream; excess requests queue up to `token_wait`.
+    pub rate_limit: Option<f64>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// Validates config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let loc = error::Locator { file, text };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| error::toml_error(&loc, &e))?;
+        validate::validate(&loc, raw)
+    }
+
+    /// Names of credentials that at least one route uses, in name order.
+    pub fn used_credentials(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routes.iter().filter_map(|r| r.credential.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::GOOD;
+    use super::*;
+
+    #[test]
+    fn good_config_resolves_with_defaults() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.proxy.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.proxy.max_request_body, 1024 * 1024);
+        assert_eq!(c.credentials["g2a"].token_url, GOTO_DIRECT_LOGIN_URL);
+        assert_eq!(c.credentials["goto"].token_url, GOTO_TOKEN_URL);
+        assert_eq!(c.credentials["goto"].refresh_before, Duration::from_secs(120));
+        assert_eq!(c.used_credentials(), vec!["g2a", "goto"]);
+        let shown = c.to_string();
+        assert!(!shown.contains("pw-literal-secret") && !shown.contains("cs-literal-secret"));
+        assert!(!format!("{c:?}").contains("pw-literal-secret"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The file format, as serde reads it: every table refuses unknown keys, and the values
+//! whose place an error must name are [`Spanned`]. Nothing here is checked beyond its
+//! type; `validate` turns these into the types of [`super`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// What a secret may be, as an error message says it.
+pub(super) const SECRET_FORMS: &str = "a string, { env = \"NAME\" } or { file = \"PATH\" }";
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) proxy: RawProxy,
+    #[serde(default)]
+    pub(super) state: RawState,
+    #[serde(default)]
+    pub(super) inbound: RawInbound,
+    #[serde(default)]
+    pub(super) credentials: BTreeMap<String, Spanned<RawCredential>>,
+    #[serde(default)]
+    pub(super) routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[proxy]`, defaults filled in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    #[serde(default = "default_listen")]
+    pub(super) listen: SocketAddr,
+    #[serde(default = "default_admin_listen")]
+    pub(super) admin_listen: SocketAddr,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub(super) connect_timeout: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub(super) request_timeout: Duration,
+    #[serde(default = "default_max_request_body")]
+    pub(super) max_request_body: bytesize::ByteSize,
+    #[serde(default = "default_token_wait", with = "humantime_serde")]
+    pub(super) token_wait: Duration,
+    #[serde(default)]
+    pub(super) workers: Option<usize>,
+    #[serde(default = "default_max_concurrent_requests")]
+    pub(super) max_concurrent_requests: usize,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        RawProxy {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            max_request_body: default_max_request_body(),
+            token_wait: default_token_wait(),
+            workers: None,
+            max_concurrent_requests: default_max_concurrent_requests(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_request_body() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(10)
+}
+fn default_token_wait() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_concurrent_requests() -> usize {
+    4096
+}
+
+/// `[inbound]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbound {
+    #[serde(default)]
+    pub(super) allow_remote: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) keys: Vec<Spanned<RawSecret>>,
+    #[serde(default)]
+    pub(super) allow_cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) tls_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allow_origins: Vec<Spanned<String>>,
+}
+
+/// `[state]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    #[serde(default)]
+    pub(super) store: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) path: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) redis_url: Option<Spanned<RawSecret>>,
+    #[serde(default)]
+    pub(super) redis_prefix: Option<String>,
+}
+
+/// A secret as written in the file: a literal, `{ env = "NAME" }` or `{ file = "PATH" }`.
+#[derive(Debug)]
+pub(super) enum RawSecret {
+    Literal(String),
+    Env { env: String },
+    File { file: PathBuf },
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    /// By hand rather than `#[serde(untagged)]`: an untagged enum buffers its input, so
+    /// toml can then only point at the whole list a bad secret is in (`inbound.keys`,
+    /// not `inbound.keys[1]`), and it says nothing of what was expected.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct SecretVisitor;
+        impl<'de> Visitor<'de> for SecretVisitor {
+            type Value = RawSecret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SECRET_FORMS)
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret::Literal(v.to_string()))
+            }
+
+            fn visit_string<E: Error>(self, v: String) -> Result<RawSecret, E> {
+                Ok(RawSecret::Literal(v))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::invalid_length(0, &self));
+                };
+                let secret = match key.as_str() {
+                    "env" => RawSecret::Env { env: map.next_value()? },
+                    "file" => RawSecret::File { file: map.next_value()? },
+                    _ => return Err(A::Error::unknown_field(&key, &["env", "file"])),
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::invalid_length(2, &self));
+                }
+                Ok(secret)
+            }
+        }
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// One `[credentials.NAME]` table; which keys its grant takes is checked later.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    pub(super) grant: Spanned<String>,
+    pub(super) client_id: Option<Spanned<RawSecret>>,
+    pub(super) client_secret: Option<Spanned<RawSecret>>,
+    pub(super) redirect_uri: Option<Spanned<String>>,
+    pub(super) refresh_token: Option<Spanned<RawSecret>>,
+    pub(super) username: Option<Spanned<RawSecret>>,
+    pub(super) password: Option<Spanned<RawSecret>>,
+    pub(super) pat: Option<Spanned<RawSecret>>,
+    pub(super) token: Option<Spanned<RawSecret>>,
+    pub(super) token_url: Option<Spanned<String>>,
+    pub(super) authorize_url: Option<Spanned<String>>,
+    pub(super) keys_url: Option<Spanned<String>>,
+    pub(super) scope: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) refresh_before: Option<Duration>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) prefix: Spanned<String>,
+    pub(super) upstream: Spanned<String>,
+    pub(super) credential: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) strip_prefix: bool,
+    pub(super) methods: Option<Spanned<Vec<String>>>,
+    pub(super) rate_limit: Option<Spanned<f64>>,
+}

@@ -1,0 +1,375 @@
+//! Raw → validated: every check that needs more than a type, each error located at the
+//! value (or key) it is about. Secrets are resolved here, from the file, the environment
+//! or a secret file; `[inbound]` has its own file, `inbound.rs`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, Locator};
+use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, RawSecret, RawState};
+use super::{
+    Config, CredentialConfig, GrantKind, ProxySettings, RouteConfig, StateSettings, GOTO_AUTHORIZE_URL,
+    GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
+};
+use crate::secret::Secret;
+
+mod inbound;
+
+/// The whole file, checked in file-section order: `[proxy]`, `[state]`, `[inbound]`,
+/// credentials, routes (which name credentials).
+pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let proxy = validate_proxy(loc, raw.proxy)?;
+    let state = validate_state(loc, raw.state)?;
+    let inbound = inbound::validate_inbound(loc, raw.inbound, &proxy)?;
+
+    let mut credentials = BTreeMap::new();
+    for (name, spanned) in raw.credentials {
+        let span = spanned.span();
+        let cred = validate_credential(loc, &name, &span, spanned.into_inner())?;
+        credentials.insert(name, Arc::new(cred));
+    }
+
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, spanned) in raw.routes.into_iter().enumerate() {
+        routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
+    }
+
+    Ok(Config { source: loc.file.to_string(), proxy, state, inbound, credentials, routes })
+}
+
+/// `[proxy]`: its types are checked by serde; what remains is that counts are not 0.
+fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, ConfigError> {
+    let proxy = ProxySettings {
+        listen: raw.listen,
+        admin_listen: raw.admin_listen,
+        connect_timeout: raw.connect_timeout,
+        request_timeout: raw.request_timeout,
+        max_request_body: raw.max_request_body.as_u64(),
+        token_wait: raw.token_wait,
+        workers: raw.workers,
+        max_concurrent_requests: raw.max_concurrent_requests,
+    };
+    if proxy.workers == Some(0) {
+        return Err(loc.err_key("proxy.workers", &(0..0), "must be at least 1"));
+    }
+    if proxy.max_concurrent_requests == 0 {
+        return Err(loc.err_key("proxy.max_concurrent_requests", &(0..0), "must be at least 1"));
+    }
+    Ok(proxy)
+}
+
+/// `routes[i]`: a prefix no earlier route has (`seen` records them), an http(s)
+/// upstream, a credential that exists, HTTP methods, a positive rate.
+fn validate_route(
+    loc: &Locator<'_>,
+    i: usize,
+    r: RawRoute,
+    credentials: &BTreeMap<String, Arc<CredentialConfig>>,
+    seen: &mut BTreeMap<String, usize>,
+) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let prefix = r.prefix.get_ref().clone();
+    if !prefix.starts_with('/') {
+        return Err(loc.err(&r.prefix.span(), key("prefix"), "must start with `/`"));
+    }
+    if let Some(first) = seen.insert(prefix.clone(), i) {
+        return Err(loc.err(&r.prefix.span(), key("prefix"), format!("is already used by routes[{first}]")));
+    }
+    let upstream = parse_url(loc, &r.upstream, &key("upstream"))?;
+    if upstream.query().is_some() || upstream.fragment().is_some() {
+        return Err(loc.err(&r.upstream.span(), key("upstream"), "must not have a query or fragment"));
+    }
+    let credential = match r.credential {
+        Some(c) if !credentials.contains_key(c.get_ref()) => {
+            let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            return Err(loc.err(
+                &c.span(),
+                key("credential"),
+                format!("names no credential that exists (defined: {known})"),
+            ));
+        }
+        Some(c) => Some(c.into_inner()),
+        None => None,
+    };
+    let methods = match r.methods {
+        None => None,
+        Some(m) => {
+            let span = m.span();
+            let mut out = Vec::new();
+            for (n, s) in m.into_inner().into_iter().enumerate() {
+                let method = http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    loc.err(&span, key(&format!("methods[{n}]")), "is not an HTTP method such as \"GET\"")
+                })?;
+                out.push(method);
+            }
+            Some(out)
+        }
+    };
+    let rate_limit = match r.rate_limit {
+        Some(l) if !(*l.get_ref() > 0.0 && l.get_ref().is_finite()) => {
+            return Err(loc.err(&l.span(), key("rate_limit"), "must be a positive number of requests per second"));
+        }
+        l => l.map(Spanned::into_inner),
+    };
+    Ok(RouteConfig { prefix, upstream, credential, strip_prefix: r.strip_prefix, methods, rate_limit })
+}
+
+/// `[state]`: a file (the default) or Redis.
+fn validate_state(loc: &Locator<'_>, raw: RawState) -> Result<StateSettings, ConfigError> {
+    let kind = raw.store.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("file");
+    match kind {
+        "file" => {
+            Ok(StateSettings::File { path: raw.path.unwrap_or_else(|| PathBuf::from("state/goto-auth-proxy.json")) })
+        }
+        "redis" => {
+            let url = match raw.redis_url {
+                Some(s) => resolve_secret(loc, &s, "state.redis_url")?,
+                None => Secret::new("redis://127.0.0.1:6379/0"),
+            };
+            Ok(StateSettings::Redis { url, prefix: raw.redis_prefix.unwrap_or_else(|| "goto-auth-proxy".to_string()) })
+        }
+        _ => {
+            let span = raw.store.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            Err(loc.err(&span, "state.store", "is not a store: expected \"file\" or \"redis\""))
+        }
+    }
+}
+
+/// `[credentials.NAME]` (at `span`): a known grant, exactly the keys that grant takes,
+/// secrets resolved, endpoints defaulted to GoTo's.
+fn validate_credential(
+    loc: &Locator<'_>,
+    name: &str,
+    span: &Range<usize>,
+    raw: RawCredential,
+) -> Result<CredentialConfig, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let grant = GrantKind::parse(raw.grant.get_ref()).ok_or_else(|| {
+        loc.err(
+            &raw.grant.span(),
+            key("grant"),
+            "is not a grant: expected authorization_code, password, personal_access_token, client_credentials or static",
+        )
+    })?;
+    check_grant_keys(loc, name, span, grant, &raw)?;
+
+    let secret = |s: &Option<Spanned<RawSecret>>, k: &str| -> Result<Option<Secret>, ConfigError> {
+        s.as_ref().map(|s| resolve_secret(loc, s, &key(k))).transpose()
+    };
+    let url_of = |s: &Option<Spanned<String>>, k: &str, default: &str| -> Result<String, ConfigError> {
+        match s {
+            Some(s) => parse_url(loc, s, &key(k)).map(|u| u.to_string()),
+            None => Ok(default.to_string()),
+        }
+    };
+    let default_token_url = match grant {
+        GrantKind::Password => GOTO_DIRECT_LOGIN_URL,
+        _ => GOTO_TOKEN_URL,
+    };
+    let redirect_uri = match &raw.redirect_uri {
+        Some(s) => Some(parse_url(loc, s, &key("redirect_uri"))?.to_string()),
+        None => None,
+    };
+    Ok(CredentialConfig {
+        name: name.to_string(),
+        grant,
+        client_id: secret(&raw.client_id, "client_id")?.map(|s| s.expose().to_string()),
+        client_secret: secret(&raw.client_secret, "client_secret")?,
+        redirect_uri,
+        refresh_token: secret(&raw.refresh_token, "refresh_token")?,
+        username: secret(&raw.username, "username")?,
+        password: secret(&raw.password, "password")?,
+        pat: secret(&raw.pat, "pat")?,
+        token: secret(&raw.token, "token")?,
+        token_url: url_of(&raw.token_url, "token_url", default_token_url)?,
+        authorize_url: url_of(&raw.authorize_url, "authorize_url", GOTO_AUTHORIZE_URL)?,
+        keys_url: url_of(&raw.keys_url, "keys_url", GOTO_KEYS_URL)?,
+        scope: raw.scope,
+        refresh_before: raw.refresh_before.unwrap_or(Duration::from_secs(300)),
+    })
+}
+
+/// A credential has every key its grant requires and no key its grant does not use.
+fn check_grant_keys(
+    loc: &Locator<'_>,
+    name: &str,
+    span: &Range<usize>,
+    grant: GrantKind,
+    raw: &RawCredential,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    // Which optional keys are present, with their spans (the table's for the two that
+    // carry none).
+    let present: Vec<(&str, Option<Range<usize>>)> = vec![
+        ("client_id", raw.client_id.as_ref().map(Spanned::span)),
+        ("client_secret", raw.client_secret.as_ref().map(Spanned::span)),
+        ("redirect_uri", raw.redirect_uri.as_ref().map(Spanned::span)),
+        ("refresh_token", raw.refresh_token.as_ref().map(Spanned::span)),
+        ("username", raw.username.as_ref().map(Spanned::span)),
+        ("password", raw.password.as_ref().map(Spanned::span)),
+        ("pat", raw.pat.as_ref().map(Spanned::span)),
+        ("token", raw.token.as_ref().map(Spanned::span)),
+        ("token_url", raw.token_url.as_ref().map(Spanned::span)),
+        ("authorize_url", raw.authorize_url.as_ref().map(Spanned::span)),
+        ("keys_url", raw.keys_url.as_ref().map(Spanned::span)),
+        ("scope", raw.scope.as_ref().map(|_| span.clone())),
+        ("refresh_before", raw.refresh_before.as_ref().map(|_| span.clone())),
+    ];
+    let (required, optional) = grant.keys();
+    for (k, s) in &present {
+        if let Some(s) = s {
+            if !required.contains(k) && !optional.contains(k) {
+                return Err(loc.err_key(&key(k), s, format!("is not used by grant \"{grant}\"")));
+            }
+        }
+    }
+    for k in required {
+        if present.iter().any(|(p, s)| p == k && s.is_none()) {
+            return Err(loc.err(span, key(k), format!("is required for grant \"{grant}\"")));
+        }
+    }
+    Ok(())
+}
+
+/// An http(s) URL with a host.
+fn parse_url(loc: &Locator<'_>, s: &Spanned<String>, key: &str) -> Result<url::Url, ConfigError> {
+    // url's ParseError says what is wrong in fixed words, never quoting the input.
+    let url = url::Url::parse(s.get_ref()).map_err(|e| loc.err(&s.span(), key, format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(loc.err(&s.span(), key, "must be an http:// or https:// URL with a host"));
+    }
+    Ok(url)
+}
+
+/// A secret's value: the literal, the environment variable's value, or the secret
+/// file's text without its final line break; never empty.
+fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Result<Secret, ConfigError> {
+    let value = match s.get_ref() {
+        RawSecret::Literal(v) => v.clone(),
+        // The variable's name and the file's path say where the secret is; they are not it.
+        RawSecret::Env { env } => std::env::var(env).map_err(|e| {
+            let why = match e {
+                std::env::VarError::NotPresent => "is not set",
+                std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+            };
+            loc.err(&s.span(), key, format!("environment variable {env} {why}"))
+        })?,
+        RawSecret::File { file } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| loc.err(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))?;
+            text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
+        }
+    };
+    if value.is_empty() {
+        return Err(loc.err(&s.span(), key, "is empty"));
+    }
+    Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{err, GOOD};
+    use super::super::Config;
+
+    #[test]
+    fn dangling_credential_names_route_and_line() {
+        let text = GOOD.replace("credential = \"goto\"", "credential = \"nope\"");
+        let e = err(&text);
+        assert!(e.contains("routes[1].credential") && e.contains("defined: g2a, goto"), "{e}");
+        assert!(!e.contains("nope"), "the value is not echoed: {e}");
+        let line = text.lines().position(|l| l.contains("\"nope\"")).unwrap() + 1;
+        assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
+    }
+
+    #[test]
+    fn duplicate_prefix_refused() {
+        let text = GOOD.replace("prefix = \"/G2A/\"", "prefix = \"/\"");
+        assert!(err(&text).contains("already used by routes[0]"));
+    }
+
+    #[test]
+    fn missing_env_secret_refused() {
+        let text = GOOD.replace("\"pw-literal-secret\"", "{ env = \"GOTO_AUTH_PROXY_TEST_UNSET_VAR\" }");
+        let e = err(&text);
+        assert!(e.contains("credentials.g2a.password") && e.contains("GOTO_AUTH_PROXY_TEST_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn secret_file_trailing_newline_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "abc\n").unwrap();
+        let text = GOOD.replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", p.display().to_string()));
+        let c = Config::parse("t.toml", &text).unwrap();
+        assert_eq!(c.credentials["g2a"].password.as_ref().unwrap().expose(), "abc");
+    }
+
+    #[test]
+    fn key_foreign_to_grant_refused() {
+        let text = GOOD.replace("password = \"pw-literal-secret\"", "password = \"x\"\npat = \"y\"");
+        assert!(err(&text).contains("credentials.g2a.pat: is not used by grant \"password\""));
+    }
+
+    #[test]
+    fn missing_required_key_refused() {
+        let text = GOOD.replace("username = \"user@example.com\"\n", "");
+        assert!(err(&text).contains("credentials.g2a.username: is required"));
+    }
+
+    #[test]
+    fn rate_limit_must_be_positive() {
+        let text = GOOD.replace("credential = \"g2a\"", "credential = \"g2a\"\nrate_limit = 0");
+        assert!(err(&text).contains("routes[0].rate_limit"));
+        let text = GOOD.replace("credential = \"g2a\"", "credential = \"g2a\"\nrate_limit = 10");
+        assert_eq!(Config::parse("t.toml", &text).unwrap().routes[0].rate_limit, Some(10.0));
+    }
+
+    #[test]
+    fn url_and_route_errors_do_not_echo_the_value() {
+        let text = GOOD.replace(
+            "upstream = \"https://api.getgo.com\"\ncredential = \"g2a\"",
+            "upstream = \"https://u:pa55@[zz/\"\ncredential = \"g2a\"",
+        );
+        let e = err(&text);
+        assert!(e.contains("routes[0].upstream: is not a URL (") && !e.contains("pa55"), "{e}");
+        let text = GOOD.replace("credential = \"g2a\"", "credential = \"g2a\"\nmethods = [\"GET\", \"B@D s3cr3t\"]");
+        let e = err(&text);
+        assert!(e.contains("routes[0].methods[1]: is not an HTTP method") && !e.contains("s3cr3t"), "{e}");
+        let text = GOOD.replace("prefix = \"/G2A/\"", "prefix = \"/\"");
+        let e = err(&text);
+        assert!(e.contains("routes[1].prefix: is already used by routes[0]") && !e.contains("\"/\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_from_env_and_files_never_appear_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "file-s3cr3t\n").unwrap();
+        let file = format!("{{ file = {:?} }}", p.display().to_string());
+        // A valid secret, then a later error in the same credential.
+        let text = GOOD
+            .replace("\"pw-literal-secret\"", &file)
+            .replace("grant = \"password\"", "grant = \"password\"\nscope = \"x\"");
+        let e = err(&text);
+        assert!(e.contains("credentials.g2a.scope: is not used by grant"), "{e}");
+        assert!(!e.contains("file-s3cr3t"), "{e}");
+        let line = text.lines().position(|l| l.starts_with("scope")).unwrap() + 1;
+        assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
+    }
+
+    #[test]
+    fn upstream_must_be_http() {
+        let text = GOOD.replace(
+            "upstream = \"https://api.getgo.com\"\ncredential = \"g2a\"",
+            "upstream = \"ftp://x\"\ncredential = \"g2a\"",
+        );
+        assert!(err(&text).contains("routes[0].upstream"));
+    }
+}
