@@ -27,11 +27,11 @@ use crate::response;
 use crate::token::{Credential, Trigger};
 
 /// Credentials by name, as the admin listener sees them.
-pub type Credentials = BTreeMap<String, Arc<Credential>>;
+pub(crate) type Credentials = BTreeMap<String, Arc<Credential>>;
 
 /// What the admin listener reads of the running proxy. `app` implements it over its live
 /// state, so `admin` imports nothing of the wiring, and every reload is seen at once.
-pub trait View: Send + Sync {
+pub(crate) trait View: Send + Sync {
     /// The configuration in force (its inbound rules guard this listener too).
     fn config(&self) -> Arc<Config>;
     /// Every credential, by name: token metadata and the refresh trigger.
@@ -43,7 +43,7 @@ pub trait View: Send + Sync {
 }
 
 /// The admin service.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The live credentials, config and metrics (swapped by reloads).
     view: Arc<dyn View>,
     login: Arc<LoginFlows>,
@@ -51,7 +51,7 @@ pub struct Admin {
 
 impl Admin {
     /// An admin service over the running proxy's `view`.
-    pub fn new(view: Arc<dyn View>, login: Arc<LoginFlows>) -> Admin {
+    pub(crate) fn new(view: Arc<dyn View>, login: Arc<LoginFlows>) -> Admin {
         Admin { view, login }
     }
 
@@ -60,7 +60,12 @@ impl Admin {
     /// (orchestrators probe them), and that GoTo's redirect to `/callback` — a browser
     /// navigation from another site by design — is protected by its `state`, not by the
     /// origin rule.
-    pub async fn serve(&self, req: Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+    pub(crate) async fn serve(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         let checked = self.check_caller(&req, local);
         let caller = match checked {
             Ok(c) => c,

@@ -1,6 +1,10 @@
 //! The command line (clap): `run` (default), `demo`, `check`, `login`, `token`.
 //! Exit codes: 0 success, 1 runtime failure, 64 bad config or usage, 69 could not start.
 
+// The commands' results (`check`'s report, `token`'s token, `login`'s URL, `demo`'s
+// banner) are their standard output; logs go to stderr through tracing.
+#![allow(clippy::print_stdout)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

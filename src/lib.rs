@@ -24,24 +24,24 @@
 //! * [`random`] — unguessable values: OAuth `state`, PKCE, lock fencing tokens.
 //! * [`response`] — the one builder of the small answers the proxy makes itself.
 
-pub mod admin;
+mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod inbound;
-pub mod limit;
-pub mod login;
+mod limit;
+mod login;
 pub mod metrics;
 pub mod proxy;
-pub mod random;
-pub mod response;
+mod random;
+mod response;
 pub mod route;
 pub mod secret;
 pub mod server;
 pub mod token;
-pub mod upstream;
+mod upstream;
 
 /// Header a client sends its inbound key in; never forwarded upstream. A `HeaderName`
 /// (not a `&str`) so a lookup does not parse the name again for every request.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A rate limiter for one route.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     interval_nanos: u64,
     /// Nanoseconds after `base` at which the next request may go.
     next: AtomicU64,
@@ -18,14 +18,14 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A limiter for `per_second` requests per second.
-    pub fn new(per_second: f64) -> RateLimiter {
+    pub(crate) fn new(per_second: f64) -> RateLimiter {
         let interval = (1e9 / per_second).max(1.0) as u64;
         RateLimiter { interval_nanos: interval, next: AtomicU64::new(0), base: Instant::now() }
     }
 
     /// Reserves a slot: how long to wait before sending, or `None` when that would
     /// exceed `max_wait` (nothing is reserved then).
-    pub fn reserve(&self, now: Instant, max_wait: Duration) -> Option<Duration> {
+    pub(crate) fn reserve(&self, now: Instant, max_wait: Duration) -> Option<Duration> {
         let now_n = now.saturating_duration_since(self.base).as_nanos() as u64;
         let max_n = max_wait.as_nanos() as u64;
         let mut cur = self.next.load(Ordering::Relaxed);
@@ -47,19 +47,19 @@ impl RateLimiter {
 /// Caps requests in flight (`max_concurrent_requests`): one counter raised and lowered
 /// per request. (tokio's `Semaphore` takes its waiters' lock on every release.)
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     max: usize,
     now: AtomicUsize,
 }
 
 impl InFlight {
     /// At most `max` at once.
-    pub fn new(max: usize) -> InFlight {
+    pub(crate) fn new(max: usize) -> InFlight {
         InFlight { max, now: AtomicUsize::new(0) }
     }
 
     /// A slot until the guard is dropped, or `None` when `max` requests are in flight.
-    pub fn enter(&self) -> Option<InFlightGuard<'_>> {
+    pub(crate) fn enter(&self) -> Option<InFlightGuard<'_>> {
         if self.now.fetch_add(1, Ordering::Relaxed) >= self.max {
             self.now.fetch_sub(1, Ordering::Relaxed);
             return None;
@@ -70,7 +70,7 @@ impl InFlight {
 
 /// One request's slot in an [`InFlight`].
 #[derive(Debug)]
-pub struct InFlightGuard<'a>(&'a InFlight);
+pub(crate) struct InFlightGuard<'a>(&'a InFlight);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {

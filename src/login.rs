@@ -16,7 +16,7 @@ const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Why a sign-in could not start or finish; safe to show.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     /// The credential's grant has no browser sign-in.
     #[error("credential {0:?} does not use grant \"authorization_code\"; it needs no sign-in")]
     NotAuthorizationCode(String),
@@ -42,14 +42,14 @@ struct Pending {
 }
 
 /// Sign-ins in progress, keyed by their `state`.
-pub struct LoginFlows {
+pub(crate) struct LoginFlows {
     pending: Mutex<HashMap<String, Pending>>,
     /// Used when a credential sets no `redirect_uri`: the admin listener's `/callback`.
     default_redirect: String,
 }
 
 /// An authorize URL and the state that will come back with the code.
-pub struct Started {
+pub(crate) struct Started {
     /// Where the person signs in.
     pub url: String,
     /// The `state` value sent.
@@ -58,17 +58,17 @@ pub struct Started {
 
 impl LoginFlows {
     /// Flows whose default redirect URI is `default_redirect`.
-    pub fn new(default_redirect: String) -> LoginFlows {
+    pub(crate) fn new(default_redirect: String) -> LoginFlows {
         LoginFlows { pending: Mutex::new(HashMap::new()), default_redirect }
     }
 
     /// Begins a sign-in for `cred` and returns the authorize URL.
-    pub fn start(&self, cred: &Credential) -> Result<String, LoginError> {
+    pub(crate) fn start(&self, cred: &Credential) -> Result<String, LoginError> {
         self.begin(cred).map(|s| s.url)
     }
 
     /// Begins a sign-in, returning the URL and its state.
-    pub fn begin(&self, cred: &Credential) -> Result<Started, LoginError> {
+    pub(crate) fn begin(&self, cred: &Credential) -> Result<Started, LoginError> {
         let cfg = cred.config();
         if cfg.grant != GrantKind::AuthorizationCode {
             return Err(LoginError::NotAuthorizationCode(cfg.name.clone()));
@@ -95,7 +95,7 @@ impl LoginFlows {
     }
 
     /// Finishes a sign-in: the state must be pending (it is consumed either way).
-    pub async fn finish(
+    pub(crate) async fn finish(
         &self,
         credentials: &BTreeMap<String, Arc<Credential>>,
         code: &str,
@@ -119,7 +119,11 @@ impl LoginFlows {
     }
 
     /// Handles `GET /callback?…`, answering a short HTML page.
-    pub async fn callback(&self, query: &str, credentials: &BTreeMap<String, Arc<Credential>>) -> (StatusCode, String) {
+    pub(crate) async fn callback(
+        &self,
+        query: &str,
+        credentials: &BTreeMap<String, Arc<Credential>>,
+    ) -> (StatusCode, String) {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let result = match (params.get("code"), params.get("state")) {
             (Some(code), Some(state)) => self.finish(credentials, code, state).await,
@@ -147,7 +151,7 @@ impl LoginFlows {
 }
 
 /// GoTo's authorize URL with every parameter the code flow needs.
-pub fn authorize_url(
+pub(crate) fn authorize_url(
     base: &str,
     client_id: &str,
     redirect_uri: &str,
@@ -155,8 +159,10 @@ pub fn authorize_url(
     challenge: &str,
     scope: Option<&str>,
 ) -> String {
-    let mut u = url::Url::parse(base)
-        .unwrap_or_else(|_| url::Url::parse(crate::config::GOTO_AUTHORIZE_URL).expect("constant URL"));
+    // `base` was validated as a URL when the config loaded; GoTo's page otherwise.
+    let Some(mut u) = url::Url::parse(base).or_else(|_| url::Url::parse(crate::config::GOTO_AUTHORIZE_URL)).ok() else {
+        return base.to_string();
+    };
     {
         let mut q = u.query_pairs_mut();
         q.append_pair("client_id", client_id)
@@ -173,7 +179,7 @@ pub fn authorize_url(
 }
 
 /// What a person pasted: the redirected URL (code and state in its query) or a bare code.
-pub fn parse_pasted(line: &str) -> Option<(String, Option<String>)> {
+pub(crate) fn parse_pasted(line: &str) -> Option<(String, Option<String>)> {
     let line = line.trim();
     if line.is_empty() {
         return None;

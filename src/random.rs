@@ -6,13 +6,13 @@ use base64::Engine as _;
 use sha2::Digest as _;
 
 /// An unguessable URL-safe token of `bytes` random bytes (base64url, no padding).
-pub fn token(bytes: usize) -> String {
+pub(crate) fn token(bytes: usize) -> String {
     let buf: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
 /// `BASE64URL(SHA256(verifier))` without padding (RFC 7636): the PKCE S256 challenge.
-pub fn pkce_challenge(verifier: &str) -> String {
+pub(crate) fn pkce_challenge(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 

@@ -6,14 +6,14 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 /// `Content-Type` of JSON answers.
-pub const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 /// `Content-Type` of plain-text answers.
-pub const TEXT: &str = "text/plain; charset=utf-8";
+pub(crate) const TEXT: &str = "text/plain; charset=utf-8";
 /// `Content-Type` of HTML pages.
-pub const HTML: &str = "text/html; charset=utf-8";
+pub(crate) const HTML: &str = "text/html; charset=utf-8";
 
 /// An answer with `status`, `content_type` and `body`, for any body type built from bytes.
-pub fn with_body<B: From<Bytes>>(
+pub(crate) fn with_body<B: From<Bytes>>(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -25,12 +25,12 @@ pub fn with_body<B: From<Bytes>>(
 }
 
 /// A JSON answer: `value` and a newline.
-pub fn json<B: From<Bytes>>(status: StatusCode, value: &serde_json::Value) -> Response<B> {
+pub(crate) fn json<B: From<Bytes>>(status: StatusCode, value: &serde_json::Value) -> Response<B> {
     with_body(status, JSON, format!("{value}\n"))
 }
 
 /// `302 Found` to `location` (an empty body; no `Location` when it is not a valid header).
-pub fn redirect<B: From<Bytes>>(location: &str) -> Response<B> {
+pub(crate) fn redirect<B: From<Bytes>>(location: &str) -> Response<B> {
     let mut res = Response::new(B::from(Bytes::new()));
     *res.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(location) {

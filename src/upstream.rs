@@ -25,10 +25,11 @@ use smallvec::SmallVec;
 /// What is sent upstream: a buffered (retryable) body or the client's stream, limited
 /// to `max_request_body`. Defined here, beside the connections that send it, so the
 /// upstream side imports nothing of the data path.
-pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, http_body_util::Limited<Incoming>>;
+pub(crate) type UpstreamBody =
+    http_body_util::Either<http_body_util::Full<bytes::Bytes>, http_body_util::Limited<Incoming>>;
 
 /// An idle upstream connection older than this is closed rather than reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per route.
 const MAX_IDLE: usize = 256;
 

@@ -7,6 +7,10 @@
 //! Test code (`#[cfg(test)] mod tests` and `tests.rs` files) is not checked: tests may reach
 //! anywhere.
 
+// Test and bench code may unwrap, expect and print (the house lints in Cargo.toml are
+// for the product).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs, unreachable_pub)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -10,6 +10,10 @@
 //! SIGTERM or Ctrl-C. Its client id and secret are `MockOptions::default()`'s
 //! (`demo-client-id` / `demo-client-secret`).
 
+// Test and bench code may unwrap, expect and print (the house lints in Cargo.toml are
+// for the product).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs, unreachable_pub)]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;

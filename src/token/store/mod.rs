@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 
 mod file;
 mod recover;
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests;
 
 pub use file::FileStore;
