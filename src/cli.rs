@@ -357,43 +357,8 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     // The callback, when the redirect URI points at a loopback port we can take.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop = CancellationToken::new();
-    let mut proxy_running = false;
-    let mut callback_server = None;
-    if let Some(addr) = loopback_callback_addr(&redirect) {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let flows = flows.clone();
-                let creds = credentials.clone();
-                let tx = done_tx.clone();
-                let serve = crate::server::Serve::new(stop.clone()).drain(Duration::from_secs(2));
-                callback_server =
-                    Some(tokio::spawn(serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _peer| {
-                        let (flows, creds, tx) = (flows.clone(), creds.clone(), tx.clone());
-                        async move {
-                            let query = req.uri().query().unwrap_or("").to_string();
-                            let (status, page) = if req.uri().path() == "/callback" {
-                                flows.callback(&query, &creds).await
-                            } else {
-                                (http::StatusCode::NOT_FOUND, "not found\n".to_string())
-                            };
-                            if status.is_success() {
-                                let _ = tx.try_send(());
-                            }
-                            crate::response::with_body::<http_body_util::Full<bytes::Bytes>>(
-                                status,
-                                crate::response::HTML,
-                                page,
-                            )
-                        }
-                    })));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                proxy_running = true;
-                eprintln!("({addr} is in use, probably by a running proxy: paste the redirected address here.)");
-            }
-            Err(e) => eprintln!("(cannot listen on {addr} for the callback: {e}; paste the redirected address here.)"),
-        }
-    }
+    let (callback_server, proxy_running) =
+        callback_listener(&redirect, flows.clone(), credentials.clone(), done_tx, stop.clone()).await;
 
     // The URL goes out only once the callback listener is up, so a fast browser finds it.
     println!("{}", started.url);
@@ -410,7 +375,8 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     progress.tick().await;
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
-            _ = done_rx.recv() => break Ok(()),
+            // `None`: no callback listener (its sender is gone); the paste is the only way.
+            Some(()) = done_rx.recv() => break Ok(()),
             _ = progress.tick() => eprintln!("… still waiting for the sign-in (Ctrl-C to give up)"),
             line = lines.next_line(), if stdin_open => match line {
                 Ok(Some(line)) => match parse_pasted(&line) {
@@ -448,6 +414,49 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Serves the sign-in's `/callback` on the redirect URI's loopback port while `login`
+/// waits, telling `done` when a sign-in finished. `None` when the port cannot be taken;
+/// the flag says it is in use (most likely by a running proxy, which is then told to pick
+/// the new token up).
+async fn callback_listener(
+    redirect: &str,
+    flows: Arc<LoginFlows>,
+    credentials: BTreeMap<String, Arc<Credential>>,
+    done: tokio::sync::mpsc::Sender<()>,
+    stop: CancellationToken,
+) -> (Option<tokio::task::JoinHandle<()>>, bool) {
+    let Some(addr) = loopback_callback_addr(redirect) else { return (None, false) };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            eprintln!("({addr} is in use, probably by a running proxy: paste the redirected address here.)");
+            return (None, true);
+        }
+        Err(e) => {
+            eprintln!("(cannot listen on {addr} for the callback: {e}; paste the redirected address here.)");
+            return (None, false);
+        }
+    };
+    let credentials = Arc::new(credentials);
+    let serve = crate::server::Serve::new(stop).drain(Duration::from_secs(2));
+    let server = serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _peer| {
+        let (flows, creds, done) = (flows.clone(), credentials.clone(), done.clone());
+        async move {
+            let query = req.uri().query().unwrap_or("").to_string();
+            let (status, page) = if req.uri().path() == "/callback" {
+                flows.callback(&query, &creds).await
+            } else {
+                (http::StatusCode::NOT_FOUND, "not found\n".to_string())
+            };
+            if status.is_success() {
+                let _ = done.try_send(());
+            }
+            crate::response::with_body::<http_body_util::Full<bytes::Bytes>>(status, crate::response::HTML, page)
+        }
+    });
+    (Some(tokio::spawn(server)), false)
 }
 
 /// The loopback `host:port` of an `http://` redirect URI, if it is one.

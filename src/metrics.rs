@@ -38,7 +38,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`. Long, but one statement per
+    /// metric: every name, help text and label set of SPEC's metrics in one place.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let requests_total = IntCounterVec::new(
             Opts::new("goto_auth_proxy_requests_total", "Requests answered, by route, method and status."),

@@ -134,18 +134,7 @@ where
     // to 0.0.0.0/:: asks each connection (one getsockname per connection).
     let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
     let connections = TaskTracker::new();
-    let mut builder = http1::Builder::new();
-    builder
-        // hyper's header-read timer is a new timer per request (an allocation and a
-        // timer-wheel insert and remove); the per-connection Watchdog does the job.
-        .header_read_timeout(None)
-        .max_headers(MAX_HEADERS)
-        .max_header_size(MAX_HEADER_BYTES)
-        // Don't read ahead while a request is in flight: that read finds nothing (one
-        // syscall wasted) and, as the request's headers still borrow the read buffer,
-        // makes hyper allocate a new one for every request.
-        .half_close(true)
-        .keep_alive(true);
+    let builder = http1_builder();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -202,6 +191,23 @@ where
     if tokio::time::timeout(drain, connections.wait()).await.is_err() {
         tracing::warn!(drain_secs = drain.as_secs(), "requests still open after the drain timeout; closing them");
     }
+}
+
+/// hyper's HTTP/1.1 server settings for every listener.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // hyper's header-read timer is a new timer per request (an allocation and a
+        // timer-wheel insert and remove); the per-connection Watchdog does the job.
+        .header_read_timeout(None)
+        .max_headers(MAX_HEADERS)
+        .max_header_size(MAX_HEADER_BYTES)
+        // Don't read ahead while a request is in flight: that read finds nothing (one
+        // syscall wasted) and, as the request's headers still borrow the read buffer,
+        // makes hyper allocate a new one for every request.
+        .half_close(true)
+        .keep_alive(true);
+    builder
 }
 
 // ===== graceful drain and idle watchdog =====

@@ -1,0 +1,210 @@
+//! Opening upstream connections (TCP, rustls with ALPN, the HTTP/1.1 or HTTP/2
+//! handshake) and the slow path of a send: no ready connection, so take an idle one or
+//! open one. The common case, a ready connection, never comes here (see [`super::Held`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::{Sender, Target, UpstreamBody, UpstreamError};
+
+/// Opens upstream connections: TCP (nodelay), rustls with ring and the webpki roots,
+/// ALPN offering HTTP/2 and HTTP/1.1.
+pub struct Connector {
+    tls: tokio_rustls::TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    /// A connector with `connect_timeout` for TCP and TLS together.
+    pub fn new(connect_timeout: Duration) -> Connector {
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        Connector::with_roots(connect_timeout, roots)
+    }
+
+    pub(super) fn with_roots(connect_timeout: Duration, roots: rustls::RootCertStore) -> Connector {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+        let mut config = match config {
+            Ok(c) => c,
+            Err(e) => unreachable!("ring supports the default TLS versions: {e}"),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Connector { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), connect_timeout }
+    }
+
+    pub(super) async fn connect(&self, target: &Target) -> Result<Conn, UpstreamError> {
+        let fail = |message: String| UpstreamError::Connect { target: target.label.clone(), message };
+        let opened = tokio::time::timeout(self.connect_timeout, async {
+            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| fail(format!("tcp connect: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            match &target.server_name {
+                None => Ok::<_, UpstreamError>((Io::Plain(tcp), false)),
+                Some(name) => {
+                    let tls = self.tls.connect(name.clone(), tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Ok((Io::Tls(Box::new(tls)), h2))
+                }
+            }
+        })
+        .await;
+        let (io, h2) = match opened {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(fail(format!("timed out after {}", humantime::format_duration(self.connect_timeout))))
+            }
+        };
+        if h2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| fail(format!("HTTP/2 handshake: {e}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            return Ok(Conn::H2(sender));
+        }
+        let (sender, conn) =
+            http1::handshake(TokioIo::new(io)).await.map_err(|e| fail(format!("HTTP/1.1 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(Conn::H1(sender))
+    }
+
+    /// The slow path of [`Held::send`]: the shared HTTP/2 connection, or `own` (this
+    /// client connection's HTTP/1.1 connection, once it is ready), an idle one, or a new
+    /// one. A request a connection never took (it had closed while idle) is sent again
+    /// on another. Returns the HTTP/1.1 connection used, for the client connection to keep.
+    pub(super) async fn send(
+        &self,
+        target: &Arc<Target>,
+        mut own: Option<Sender>,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Option<Sender>), UpstreamError> {
+        for attempt in 0..2 {
+            if let Some(mut h2) = target.h2.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone()) {
+                target.absolute(&mut req);
+                return h2.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
+            }
+            let mut sender = match own.take().or_else(|| target.take_idle()) {
+                Some(s) => s,
+                // Boxed: the handshake futures are large and rarely needed.
+                None => match Box::pin(self.connect(target)).await? {
+                    Conn::H1(s) => s,
+                    Conn::H2(s) => {
+                        target.h2.store(Some(Arc::new(s)));
+                        continue;
+                    }
+                },
+            };
+            if sender.ready().await.is_err() {
+                continue; // closed while idle: take another
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, Some(sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if attempt == 0 => req = back,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+        // Two connections in a row refused the request before sending it.
+        let mut sender = match Box::pin(self.connect(target)).await? {
+            Conn::H1(s) => s,
+            Conn::H2(mut s) => {
+                target.absolute(&mut req);
+                return s.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
+            }
+        };
+        let res = sender.send_request(req).await.map_err(UpstreamError::Http)?;
+        Ok((res, Some(sender)))
+    }
+}
+
+pub(super) enum Conn {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+/// Plain TCP or TLS, so both fit one connection type.
+pub(super) enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
