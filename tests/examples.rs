@@ -179,7 +179,13 @@ async fn check_config(label: &str, toml: &str) -> String {
     cmd.current_dir(dir.path()).env_remove("GOTO_AUTH_PROXY_CONFIG").env_remove("RUST_LOG");
 
     for (key, var) in secret_refs(&toml, "env") {
-        let value = format!("dummy-{}-5eCr3t", var.to_ascii_lowercase());
+        // A state encryption key must be base64 of 32 bytes to pass `check`.
+        let value = if key == "encryption_keys" || var.contains("STATE_KEY") {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode([0xa5; 32])
+        } else {
+            format!("dummy-{}-5eCr3t", var.to_ascii_lowercase())
+        };
         if key != "client_id" {
             secrets.push(value.clone());
         }
@@ -187,7 +193,13 @@ async fn check_config(label: &str, toml: &str) -> String {
     }
     let file_refs = secret_refs(&toml, "file");
     for (i, (key, path)) in file_refs.into_iter().enumerate() {
-        let value = format!("dummy-file-{i}-{key}-5eCr3t");
+        // A state encryption key must be base64 of 32 bytes to pass `check`.
+        let value = if key == "encryption_keys" {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode([u8::try_from(i).unwrap_or(0) ^ 0x5e; 32])
+        } else {
+            format!("dummy-file-{i}-{key}-5eCr3t")
+        };
         let file = dir.path().join(format!("secret-{i}"));
         std::fs::write(&file, format!("{value}\n")).expect("write secret file");
         toml = toml.replace(&format!("\"{path}\""), &format!("{:?}", file.display().to_string()));

@@ -100,6 +100,14 @@ impl fmt::Display for Config {
             StateSettings::File { path } => writeln!(f, "state: file {}", path.display())?,
             StateSettings::Redis { prefix, .. } => writeln!(f, "state: redis [redacted url] prefix {prefix}")?,
         }
+        let kids = self.state_key_ids();
+        match kids.split_first() {
+            None => writeln!(f, "  encryption: off (token records stored in plaintext)")?,
+            Some((first, rest)) => {
+                let rest: String = rest.iter().map(|k| format!(", {k}")).collect();
+                writeln!(f, "  encryption: {} key(s), key ids: {first} (seals){rest}", kids.len())?;
+            }
+        }
         write_inbound(f, &self.inbound)?;
         writeln!(f, "credentials:")?;
         for c in self.credentials.values() {

@@ -67,12 +67,29 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Where tokens are persisted.
     pub state: StateSettings,
+    /// `state.encryption_keys`: each standard base64 of 32 bytes (checked here); the
+    /// first seals token records at rest, every one opens them. Empty: records are
+    /// stored in plaintext. `Debug` redacts them; [`Config::state_key_ids`] names them.
+    pub state_encryption_keys: Vec<Secret>,
     /// Who may use the listeners.
     pub inbound: InboundSettings,
     /// Credentials by name; only those routes use get a refresher.
     pub credentials: BTreeMap<String, Arc<CredentialConfig>>,
     /// Routes in file order (matching is longest prefix, not order).
     pub routes: Vec<RouteConfig>,
+}
+
+impl Config {
+    /// The key ids of `state.encryption_keys` in order, the sealing key first
+    /// ([`crate::secret::key_id`]): what `check` and a reload's comparison show, never
+    /// the keys.
+    pub fn state_key_ids(&self) -> Vec<String> {
+        self.state_encryption_keys
+            .iter()
+            .filter_map(|k| crate::secret::decode_state_key(k.expose()))
+            .map(|k| crate::secret::key_id(&k))
+            .collect()
+    }
 }
 
 /// `[proxy]`.

@@ -121,6 +121,9 @@ pub(super) struct RawState {
     pub(super) redis_url: Option<Spanned<RawSecret>>,
     #[serde(default)]
     pub(super) redis_prefix: Option<String>,
+    /// `state.encryption_keys`: secrets, each base64 of 32 bytes; the first seals.
+    #[serde(default)]
+    pub(super) encryption_keys: Vec<Spanned<RawSecret>>,
 }
 
 /// A secret as written in the file: a literal, `{ env = "NAME" }` or `{ file = "PATH" }`.

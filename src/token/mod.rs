@@ -12,6 +12,7 @@
 //!   its own kind of source.
 //! * [`store`] — persistence (`FileStore`; the `TokenStore` trait for others).
 //! * [`redis_store`] — the store replicas share: one token, one renewal at a time.
+//! * [`seal`] — token records at rest: AES-256-GCM envelopes under `state.encryption_keys`.
 //! * [`refresher`] — the per-credential refresh loop and single-flight renewals: the
 //!   schedule, replica coordination, recorded outcomes.
 
@@ -19,6 +20,7 @@ mod grant;
 mod handle;
 pub mod redis_store;
 pub mod refresher;
+pub mod seal;
 mod slot;
 pub mod source;
 pub mod store;

@@ -24,6 +24,7 @@ mod inbound;
 /// credentials, routes (which name credentials).
 pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let proxy = validate_proxy(loc, raw.proxy)?;
+    let state_encryption_keys = validate_state_keys(loc, &raw.state.encryption_keys)?;
     let state = validate_state(loc, raw.state)?;
     let inbound = inbound::validate_inbound(loc, raw.inbound, &proxy)?;
 
@@ -40,7 +41,7 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
         routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
     }
 
-    Ok(Config { source: loc.file.to_string(), proxy, state, inbound, credentials, routes })
+    Ok(Config { source: loc.file.to_string(), proxy, state, state_encryption_keys, inbound, credentials, routes })
 }
 
 /// `[proxy]`: its types are checked by serde; what remains is that counts are not 0.
@@ -140,6 +141,22 @@ fn validate_state(loc: &Locator<'_>, raw: RawState) -> Result<StateSettings, Con
             Err(loc.err(&span, "state.store", "is not a store: expected \"file\" or \"redis\""))
         }
     }
+}
+
+/// `state.encryption_keys`: each a secret that decodes to a 32-byte key. The error names
+/// the key's position and line, never the value.
+fn validate_state_keys(loc: &Locator<'_>, raw: &[Spanned<RawSecret>]) -> Result<Vec<Secret>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let key = format!("state.encryption_keys[{i}]");
+            let secret = resolve_secret(loc, s, &key)?;
+            if crate::secret::decode_state_key(secret.expose()).is_none() {
+                return Err(loc.err(&s.span(), key, "expected base64 of 32 bytes (goto-auth-proxy keygen makes one)"));
+            }
+            Ok(secret)
+        })
+        .collect()
 }
 
 /// `[credentials.NAME]` (at `span`): a known grant, exactly the keys that grant takes,
@@ -371,5 +388,66 @@ mod tests {
             "upstream = \"ftp://x\"\ncredential = \"g2a\"",
         );
         assert!(err(&text).contains("routes[0].upstream"));
+    }
+
+    fn with_keys(keys: &str) -> String {
+        GOOD.replace("[credentials.g2a]", &format!("[state]\nencryption_keys = {keys}\n\n[credentials.g2a]"))
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn state_encryption_keys_resolve_and_show_only_key_ids() {
+        let (new, old) = (b64(&[1; 32]), b64(&[2; 32]));
+        let c = Config::parse("t.toml", &with_keys(&format!("[\"{new}\", \"{old}\"]"))).unwrap();
+        assert_eq!(c.state_encryption_keys.len(), 2);
+        assert_eq!(c.state_encryption_keys[0].expose(), new);
+        let ids = c.state_key_ids();
+        assert_eq!(ids, vec![crate::secret::key_id(&[1; 32]), crate::secret::key_id(&[2; 32])]);
+        let shown = c.to_string();
+        assert!(shown.contains(&format!("encryption: 2 key(s), key ids: {} (seals), {}", ids[0], ids[1])), "{shown}");
+        let debug = format!("{c:?}");
+        assert!(!shown.contains(&new) && !debug.contains(&new) && !debug.contains(&old), "{debug}");
+        let none = Config::parse("t.toml", GOOD).unwrap();
+        assert!(none.state_encryption_keys.is_empty());
+        assert!(none.to_string().contains("encryption: off"));
+    }
+
+    #[test]
+    fn state_encryption_keys_of_the_wrong_size_are_refused_by_position_and_line() {
+        for bad in [b64(&[3; 31]), b64(&[3; 33]), "not-base64-key!".to_string()] {
+            let text = with_keys(&format!("[\n  \"{}\",\n  \"{bad}\",\n]", b64(&[1; 32])));
+            let e = err(&text);
+            assert!(
+                e.contains("t.toml:10:")
+                    && e.contains(
+                        "state.encryption_keys[1]: expected base64 of 32 bytes (goto-auth-proxy keygen makes one)"
+                    ),
+                "{e}"
+            );
+            assert!(!e.contains(&bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn state_encryption_keys_come_from_files_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.key");
+        std::fs::write(&p, format!("{}\n", b64(&[4; 32]))).unwrap();
+        let c = Config::parse("t.toml", &with_keys(&format!("[{{ file = {:?} }}]", p.display().to_string()))).unwrap();
+        assert_eq!(c.state_key_ids(), vec![crate::secret::key_id(&[4; 32])]);
+        std::fs::write(&p, "short\n").unwrap();
+        let e = err(&with_keys(&format!("[{{ file = {:?} }}]", p.display().to_string())));
+        assert!(e.contains("state.encryption_keys[0]: expected base64 of 32 bytes") && !e.contains("short"), "{e}");
+        let e = err(&with_keys("[{ env = \"GOTO_AUTH_PROXY_TEST_UNSET_STATE_KEY\" }]"));
+        assert!(
+            e.contains(
+                "state.encryption_keys[0]: environment variable GOTO_AUTH_PROXY_TEST_UNSET_STATE_KEY is not set"
+            ),
+            "{e}"
+        );
     }
 }
