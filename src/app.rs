@@ -19,8 +19,9 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
 use crate::token::redis_store::RedisStore;
+use crate::token::seal::Sealer;
 use crate::token::source::TokenSource;
-use crate::token::store::{FileStore, TokenStore};
+use crate::token::store::{FileStore, StoreError, TokenStore};
 use crate::token::{Credential, TokenHandle};
 use crate::upstream::{Affinity, Connector};
 
@@ -54,6 +55,11 @@ pub enum StartError {
     /// The configured state store is not available.
     #[error("state store: {0}")]
     Store(String),
+    /// `state.encryption_keys` open none of the sealed token records (a wrong key), or
+    /// sealed records exist and no key is configured: nothing was written (exit 64, a
+    /// configuration error).
+    #[error("state.encryption_keys: {0}")]
+    Keys(String),
     /// Metrics could not be registered (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -168,7 +174,9 @@ impl Core {
         if config.proxy.admin_listen != current.proxy.admin_listen {
             needs_restart.push("proxy.admin_listen");
         }
-        if format!("{:?}", config.state) != format!("{:?}", current.state) {
+        if format!("{:?}", config.state) != format!("{:?}", current.state)
+            || config.state_encryption_keys != current.state_encryption_keys
+        {
             needs_restart.push("[state]");
         }
         if config.inbound.tls != current.inbound.tls {
@@ -288,22 +296,46 @@ impl Running {
 /// Opens the store the config names. Redis is connected lazily: an unreachable Redis is
 /// logged (and counted in `metrics`) but does not stop the start, since replicas must
 /// come up and serve through a Redis outage.
+/// With `state.encryption_keys`, the store seals every record it writes with the first
+/// key and opens records with any of them.
 pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
+    // `state.encryption_keys`: the first seals, every one opens.
+    let keys = &config.state_encryption_keys;
+    let sealer = if keys.is_empty() {
+        None
+    } else {
+        Some(Arc::new(Sealer::new(keys).map_err(|e| StartError::Keys(e.to_string()))?))
+    };
     match &config.state {
         // Checked before any token is trusted to it: an unsafe directory or a symlinked
         // state file stops the start, naming it (SPEC "Token lifecycle").
-        StateSettings::File { path } => {
-            Ok(Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?))
-        }
-        StateSettings::Redis { url, prefix } => {
+        StateSettings::File { path, .. } => Ok(Arc::new(
+            FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer),
+        )),
+        StateSettings::Redis { url, prefix, .. } => {
             let store = RedisStore::connect(url, prefix, Some(metrics.store_errors.clone()))
-                .map_err(|e| StartError::Store(e.to_string()))?;
+                .map_err(|e| StartError::Store(e.to_string()))?
+                .with_sealer(sealer);
             if let Err(e) = store.ping().await {
                 tracing::warn!(error = %e, "shared store unreachable at start; serving what can be served and retrying");
             }
             Ok(Arc::new(store))
         }
     }
+}
+
+/// [`open_store`], then the store's start-up check ([`TokenStore::prepare`]) over the
+/// configured credentials: a wrong or missing `state.encryption_keys` stops here
+/// ([`StartError::Keys`]) with nothing written; plaintext records and records sealed
+/// with an older key are sealed again with the first key.
+pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
+    let store = open_store(config, metrics).await?;
+    let names: Vec<String> = config.credentials.keys().cloned().collect();
+    store.prepare(&names).await.map_err(|e| match e {
+        StoreError::Keys { .. } => StartError::Keys(e.to_string()),
+        other => StartError::Store(other.to_string()),
+    })?;
+    Ok(store)
 }
 
 /// Builds every credential over `store` (no refresher started): for `login` and `token`.
@@ -397,7 +429,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tls = config.inbound.tls.as_ref().map(crate::inbound::tls_acceptor).transpose()?;
 
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let store = open_store(&config, &metrics).await?;
+    let store = open_checked_store(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
     let proxy = Arc::new(Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone()));
     let core = Arc::new(Core {

@@ -1,8 +1,8 @@
-//! The command line (clap): `run` (default), `demo`, `check`, `login`, `token`.
+//! The command line (clap): `run` (default), `demo`, `check`, `login`, `token`, `keygen`.
 //! Exit codes: 0 success, 1 runtime failure, 64 bad config or usage, 69 could not start.
 
 // The commands' results (`check`'s report, `token`'s token, `login`'s URL, `demo`'s
-// banner) are their standard output; logs go to stderr through tracing.
+// banner, `keygen`'s key) are their standard output; logs go to stderr through tracing.
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, GrantKind, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, GrantKind, StateSettings, DEFAULT_CONFIG_PATH};
 use crate::login::{parse_pasted, LoginFlows};
 use crate::metrics::Metrics;
 use crate::token::{Credential, Token};
@@ -32,7 +32,7 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
     name = "goto-auth-proxy",
     version,
     about = "Loopback sidecar that adds a fresh GoTo OAuth token to every plain HTTP request",
-    after_help = "Examples:\n  goto-auth-proxy demo                      # try it: mock GoTo API, no credentials\n  goto-auth-proxy check --config my.toml     # validate a config\n  goto-auth-proxy run --config my.toml       # serve\n  goto-auth-proxy login --credential goto    # sign in once in a browser\n  goto-auth-proxy token --credential goto    # print the current access token"
+    after_help = "Examples:\n  goto-auth-proxy demo                      # try it: mock GoTo API, no credentials\n  goto-auth-proxy check --config my.toml     # validate a config\n  goto-auth-proxy run --config my.toml       # serve\n  goto-auth-proxy login --credential goto    # sign in once in a browser\n  goto-auth-proxy token --credential goto    # print the current access token\n  goto-auth-proxy keygen                     # a new key for state.encryption_keys"
 )]
 struct Cli {
     /// Log format on stderr (level from RUST_LOG, default info).
@@ -69,6 +69,17 @@ enum Command {
         after_help = "Example:\n  curl -H \"Authorization: Bearer $(goto-auth-proxy token --credential goto)\" https://api.getgo.com/admin/rest/v1/me"
     )]
     Token(CredentialArgs),
+    /// Print a new random state encryption key (base64 of 32 bytes) for state.encryption_keys.
+    #[command(
+        long_about = "Print a new random state encryption key: standard base64 of 32 bytes from the OS random \
+number generator, one line on stdout, nothing else.\n\n\
+Token records in the state file or in Redis are encrypted (AES-256-GCM) with the first key of \
+[state] encryption_keys; every key listed decrypts. Keep the key in a secret store, separately \
+from the state and its backups, and give it as a secret: { env = \"NAME\" } or { file = \"PATH\" }. \
+To rotate, put the new key first and keep the old one until every record was written again.",
+        after_help = "Example:\n  (umask 077; goto-auth-proxy keygen > /etc/goto-auth-proxy/state.key)\n\n  [state]\n  encryption_keys = [{ file = \"/etc/goto-auth-proxy/state.key\" }]"
+    )]
+    Keygen,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,6 +131,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => demo(&a),
         Command::Login(a) => with_config(&a.config, |c| block_on(c.proxy.workers, login(c, a.credential.as_deref()))),
         Command::Token(a) => with_config(&a.config, |c| block_on(Some(1), token(c, a.credential.as_deref()))),
+        Command::Keygen => keygen(),
     }
 }
 
@@ -152,11 +164,48 @@ fn check(arg: &ConfigArg) -> ExitCode {
     match load(arg) {
         Ok(c) => {
             print!("{c}");
+            print_state_records(&c);
             println!("ok");
             ExitCode::SUCCESS
         }
         Err(code) => code,
     }
+}
+
+/// `check`'s view of the stored records: which key id seals each credential's record
+/// (never a key, never a token). The file store only: a Redis store is read by `run`, and
+/// `/tokens` shows each credential's `state_key_id` there.
+fn print_state_records(c: &Config) {
+    let StateSettings::File { path } = &c.state else {
+        println!("state records: in Redis (GET /tokens shows the key id of each credential's record)");
+        return;
+    };
+    let Ok(bytes) = std::fs::read(path) else { return };
+    let Some(records) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("credentials").and_then(|r| r.as_object()).cloned())
+    else {
+        println!(
+            "state records: {} cannot be read whole (`run` keeps what it can and reports the rest)",
+            path.display()
+        );
+        return;
+    };
+    let kids = c.state_key_ids();
+    println!("state records ({}):", path.display());
+    for (name, record) in &records {
+        match crate::token::seal::kid_of(record) {
+            Some(kid) if kids.iter().any(|k| k == kid) => println!("  {name}: sealed with key {kid}"),
+            Some(kid) => println!("  {name}: sealed with key {kid}, which no configured key is"),
+            None => println!("  {name}: plaintext (sealed at the next start when keys are configured)"),
+        }
+    }
+}
+
+/// `keygen`: a new state encryption key on stdout, nothing else.
+fn keygen() -> ExitCode {
+    println!("{}", crate::token::seal::generate_key());
+    ExitCode::SUCCESS
 }
 
 fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
@@ -178,6 +227,10 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // A wrong or missing state.encryption_keys is a configuration error.
+            if let Some(crate::app::StartError::Keys(_)) = e.downcast_ref::<crate::app::StartError>() {
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let unavailable = e.downcast_ref::<crate::app::StartError>().is_some()
                 || e.downcast_ref::<crate::demo::DemoError>().is_some();
             ExitCode::from(if unavailable { EXIT_UNAVAILABLE } else { 1 })
@@ -317,14 +370,14 @@ fn pick(config: &Config, name: Option<&str>, fits: impl Fn(GrantKind) -> bool) -
 
 async fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let store = crate::app::open_store(config, &metrics).await?;
+    let store = crate::app::open_checked_store(config, &metrics).await?;
     Ok(crate::app::credentials(config, &store, &metrics))
 }
 
 /// The store for a one-shot command (its metrics are not exported anywhere).
 async fn one_shot_store(config: &Config) -> anyhow::Result<Arc<dyn crate::token::store::TokenStore>> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    Ok(crate::app::open_store(config, &metrics).await?)
+    Ok(crate::app::open_checked_store(config, &metrics).await?)
 }
 
 async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {

@@ -4,9 +4,11 @@
 //!
 //! Keys, under `redis_prefix` (default `goto-auth-proxy`):
 //!
-//! * `{prefix}:token:{credential}` — the [`StoredToken`] JSON, written by a script that
-//!   keeps the newest by `obtained_at_ms` (a replica that renewed alone during an outage
-//!   can write back without clobbering a newer token).
+//! * `{prefix}:token:{credential}` — the [`StoredToken`] JSON, or with
+//!   `state.encryption_keys` its sealed envelope (associated data
+//!   `redis:{prefix}:{credential}`, `obtained_at_ms` in clear but authenticated), written
+//!   by a script that keeps the newest by `obtained_at_ms` (a replica that renewed alone
+//!   during an outage can write back without clobbering a newer token).
 //! * `{prefix}:lock:{credential}` — the renewal lock: `SET NX PX` with a random fencing
 //!   value, released by compare-and-delete, so only its holder releases it.
 //! * channel `{prefix}:changed` — the credential's name is published on every save; a
@@ -26,6 +28,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::seal::Sealer;
+use super::store::sealing::{verdict, Codec, Decoded, RecordState};
 use super::store::{LockToken, StoreError, StoredToken, TokenStore};
 use crate::secret::Secret;
 
@@ -75,6 +79,11 @@ pub struct RedisStore {
     changes: OnceLock<broadcast::Sender<String>>,
     /// Stops the subscriber task when the store is dropped.
     stop: CancellationToken,
+    /// Seals records when `state.encryption_keys` are configured.
+    codec: Codec,
+    /// Credentials whose record does not open, already logged as an error (the poll
+    /// reads every second); cleared for a credential when a new token replaces it.
+    reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl RedisStore {
@@ -104,7 +113,40 @@ impl RedisStore {
             unlock_script: redis::Script::new(UNLOCK),
             changes: OnceLock::new(),
             stop: CancellationToken::new(),
+            codec: Codec::default(),
+            reported: std::sync::Mutex::default(),
         })
+    }
+
+    /// The same store, sealing every record it writes with `sealer`'s first key and
+    /// opening records with any of its keys (`None`: plaintext records).
+    pub fn with_sealer(mut self, sealer: Option<std::sync::Arc<Sealer>>) -> RedisStore {
+        self.codec = Codec::new(sealer);
+        self
+    }
+
+    fn aad(&self, credential: &str) -> String {
+        format!("redis:{}:{credential}", self.prefix)
+    }
+
+    /// The raw value of `credential`'s record, read and classified.
+    async fn read(&self, credential: &str) -> Result<Option<(Option<Decoded>, RecordState)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.token_key(credential);
+        let raw: Option<String> =
+            self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
+        let Some(json) = raw else { return Ok(None) };
+        // The value holds tokens: the message names the key only.
+        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+            StoreError::Backend(format!(
+                "redis {} key {}: not a stored token (line {}, column {})",
+                self.location,
+                self.token_key(credential),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        Ok(Some(self.codec.decode(&self.aad(credential), &value)))
     }
 
     /// Asks Redis for `PONG` (start-up diagnostics).
@@ -152,35 +194,94 @@ impl Drop for RedisStore {
 #[async_trait::async_trait]
 impl TokenStore for RedisStore {
     async fn load(&self, credential: &str) -> Result<Option<StoredToken>, StoreError> {
-        let mut conn = self.conn.clone();
-        let key = self.token_key(credential);
-        let raw: Option<String> =
-            self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
-        match raw {
-            None => Ok(None),
-            // The value holds tokens: the message names the key only.
-            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
-                StoreError::Backend(format!(
-                    "redis {} key {}: not a stored token (line {}, column {})",
-                    self.location,
-                    self.token_key(credential),
-                    e.line(),
-                    e.column()
-                ))
-            }),
+        match self.read(credential).await? {
+            None => {
+                self.codec.note(credential, None);
+                Ok(None)
+            }
+            Some((Some((token, kid)), _)) => {
+                self.codec.note(credential, kid);
+                Ok(Some(token))
+            }
+            Some((None, RecordState::Unopenable { kid })) => {
+                self.codec.note(credential, None);
+                let first = self.reported.lock().map(|mut r| r.insert(credential.to_string())).unwrap_or(true);
+                if first {
+                    tracing::error!(
+                        credential,
+                        key = %self.token_key(credential),
+                        sealed_with = kid.as_deref().unwrap_or("unknown"),
+                        key_ids_tried = ?self.codec.kids(),
+                        "the stored record of this credential is encrypted and does not open with state.encryption_keys \
+                         (damaged, or not written for this credential): it starts with no token; \
+                         the value is kept until a new token replaces it"
+                    );
+                }
+                Ok(None)
+            }
+            Some((None, _)) => Err(StoreError::Backend(format!(
+                "redis {} key {}: not a stored token",
+                self.location,
+                self.token_key(credential)
+            ))),
         }
     }
 
     async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
-        let json = serde_json::to_string(token).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let record = self.codec.encode(&self.aad(credential), token)?;
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
         let mut conn = self.conn.clone();
         let mut call = self.save_script.key(self.token_key(credential));
         call.key(self.channel()).arg(json).arg(token.obtained_at_ms).arg(credential);
         let written: i64 = self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
         if written == 0 {
             tracing::info!(credential, "the shared store already holds a newer token; kept it");
+        } else {
+            self.codec.note(credential, self.codec.current_kid());
+            if let Ok(mut r) = self.reported.lock() {
+                r.remove(credential);
+            }
         }
         Ok(())
+    }
+
+    async fn prepare(&self, credentials: &[String]) -> Result<(), StoreError> {
+        let mut states = std::collections::BTreeMap::new();
+        let mut tokens = Vec::new();
+        for credential in credentials {
+            match self.read(credential).await {
+                Ok(None) => {}
+                Ok(Some((decoded, state))) => {
+                    if let Some((token, _)) = decoded {
+                        if self.codec.needs_reseal(&state) {
+                            tokens.push((credential.clone(), token));
+                        }
+                    }
+                    states.insert(credential.clone(), state);
+                }
+                Err(e) => {
+                    // Unreachable now: checked when it is read (each credential on its own).
+                    tracing::warn!(credential = %credential, error = %e, "cannot check the stored record at start");
+                    return Ok(());
+                }
+            }
+        }
+        verdict(&self.codec, &format!("redis {} prefix {}", self.location, self.prefix), &states)?;
+        for (credential, token) in tokens {
+            match self.save(&credential, &token).await {
+                Ok(()) => {
+                    tracing::info!(credential = %credential, key_id = self.codec.current_kid().as_deref().unwrap_or(""), "stored token record encrypted with the first of state.encryption_keys")
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %credential, error = %e, "could not encrypt the stored record again at start; it is at the next write")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn key_id(&self, credential: &str) -> Option<String> {
+        self.codec.kid_of(credential)
     }
 
     fn describe(&self) -> String {

@@ -1,4 +1,4 @@
-//! The binary's commands as a user runs them: `check`, `demo`, `token`, `--help`.
+//! The binary's commands as a user runs them: `check`, `demo`, `token`, `keygen`, `--help`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -137,6 +137,7 @@ fn help_on_every_command() {
         vec!["check", "--help"],
         vec!["login", "--help"],
         vec!["token", "--help"],
+        vec!["keygen", "--help"],
     ] {
         let out = Command::new(BIN).args(&cmd).output().unwrap();
         assert!(out.status.success(), "{cmd:?}");
@@ -144,6 +145,27 @@ fn help_on_every_command() {
     }
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// `keygen`: one line on stdout, standard base64 of 32 bytes, a new one each time;
+/// its help says where the key goes.
+#[test]
+fn keygen_prints_one_fresh_key_and_nothing_else() {
+    use base64::Engine as _;
+    let run = || {
+        let out = Command::new(BIN).arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        assert!(text.ends_with('\n'), "{text:?}");
+        let key = text.trim_end().to_string();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(&key).unwrap();
+        assert_eq!(bytes.len(), 32);
+        key
+    };
+    assert_ne!(run(), run());
+    let help = Command::new(BIN).args(["keygen", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("encryption_keys"));
 }
 
 /// The README's first command: every curl line the banner prints works as printed.

@@ -14,6 +14,7 @@
 
 mod cli;
 mod data_path;
+mod encryption;
 mod errors;
 mod faults;
 mod hostile;

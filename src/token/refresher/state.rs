@@ -34,6 +34,9 @@ pub struct TokenInfo {
     pub last_error: Option<String>,
     /// True when a person must run `login`.
     pub needs_login: bool,
+    /// The key id (of `state.encryption_keys`) the stored record is sealed with; `None`
+    /// for a plaintext record or none. Never the key.
+    pub state_key_id: Option<String>,
 }
 
 impl Credential {
@@ -55,6 +58,7 @@ impl Credential {
             consecutive_failures: status.consecutive_failures,
             last_error: status.last_error,
             needs_login: self.slot.needs_login.load(Ordering::Relaxed),
+            state_key_id: self.store.key_id(self.name()),
         }
     }
 

@@ -11,8 +11,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::recover::{parse_state, Contents, StateFile};
+use serde_json::Value;
+
+use super::recover::{file_aad, parse_state_with, Contents, StateFile};
+use super::sealing::{verdict, Codec, RecordState};
 use super::{StoreError, StoredToken, TokenStore};
+use crate::token::seal::Sealer;
 
 /// How many numbered copies of damaged state files are looked through for a free name
 /// before saving gives up (a directory with that many is itself a problem to look at).
@@ -29,6 +33,8 @@ pub struct FileStore {
     /// read (the refresher reads before each renewal attempt). Cleared when a write
     /// leaves the file clean, so new damage is reported again.
     reported: Arc<Mutex<BTreeSet<String>>>,
+    /// Seals records when `state.encryption_keys` are configured.
+    codec: Arc<Codec>,
 }
 
 impl FileStore {
@@ -36,7 +42,14 @@ impl FileStore {
     /// write still refuses an unsafe directory and never follows a link). The directory
     /// is created (0700) on first write.
     pub fn new(path: impl Into<PathBuf>) -> FileStore {
-        FileStore { path: path.into(), reported: Arc::default() }
+        FileStore { path: path.into(), reported: Arc::default(), codec: Arc::default() }
+    }
+
+    /// The same store, sealing every record it writes with `sealer`'s first key and
+    /// opening records with any of its keys (`None`: plaintext records).
+    pub fn with_sealer(mut self, sealer: Option<Arc<Sealer>>) -> FileStore {
+        self.codec = Arc::new(Codec::new(sealer));
+        self
     }
 
     /// A store at `path`, checked as `run` must before trusting it with tokens: refused
@@ -61,9 +74,18 @@ impl FileStore {
         path: &Path,
         credential: &str,
         reported: &Mutex<BTreeSet<String>>,
+        codec: &Codec,
     ) -> Result<Option<StoredToken>, StoreError> {
-        let Some(bytes) = read_state(path)? else { return Ok(None) };
-        let mut contents = parse_state(&bytes);
+        let Some(bytes) = read_state(path)? else {
+            codec.note(credential, None);
+            return Ok(None);
+        };
+        let mut contents = parse_state_with(&bytes, codec);
+        let kid = match contents.states.get(credential) {
+            Some(RecordState::Sealed { kid }) => Some(kid.clone()),
+            _ => None,
+        };
+        codec.note(credential, kid);
         if let Some(token) = contents.records.remove(credential) {
             return Ok(Some(token));
         }
@@ -73,6 +95,16 @@ impl FileStore {
         let first = reported.lock().map(|mut r| r.insert(credential.to_string())).unwrap_or(true);
         if !first {
             tracing::debug!(credential, path = %path.display(), "state file still damaged; no token stored for this credential");
+        } else if let Some(RecordState::Unopenable { kid }) = contents.states.get(credential) {
+            tracing::error!(
+                credential,
+                path = %path.display(),
+                sealed_with = kid.as_deref().unwrap_or("unknown"),
+                key_ids_tried = ?codec.kids(),
+                "the stored record of this credential is encrypted and does not open with state.encryption_keys \
+                 (damaged, or not written for this credential): it starts with no token; \
+                 the file is copied aside (<path>.damaged.<N>) when it is next written"
+            );
         } else if contents.malformed.contains(credential) {
             tracing::error!(
                 credential,
@@ -98,7 +130,38 @@ impl FileStore {
         credential: &str,
         token: &StoredToken,
         reported: &Mutex<BTreeSet<String>>,
+        codec: &Codec,
     ) -> Result<(), StoreError> {
+        Self::rewrite_blocking(path, reported, codec, Some((credential, token))).map(|_| ())
+    }
+
+    /// The start-up check (see [`TokenStore::prepare`]): every record of the file.
+    pub(super) fn prepare_blocking(
+        path: &Path,
+        reported: &Mutex<BTreeSet<String>>,
+        codec: &Codec,
+    ) -> Result<(), StoreError> {
+        let Some(bytes) = read_state(path)? else { return Ok(()) };
+        let contents = parse_state_with(&bytes, codec);
+        verdict(codec, &format!("state file {}", path.display()), &contents.states)?;
+        if contents.states.values().any(|s| codec.needs_reseal(s)) {
+            // Under the writers' lock, from what the file holds then.
+            if Self::rewrite_blocking(path, reported, codec, None)? {
+                tracing::info!(path = %path.display(), key_id = codec.current_kid().as_deref().unwrap_or(""), "token records encrypted with the first of state.encryption_keys");
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-merge-write under the writers' lock: every readable record written again
+    /// (sealed when keys are configured), with `update` replacing one. Without an update,
+    /// the file is left alone when no record needs sealing again; true when written.
+    fn rewrite_blocking(
+        path: &Path,
+        reported: &Mutex<BTreeSet<String>>,
+        codec: &Codec,
+        update: Option<(&str, &StoredToken)>,
+    ) -> Result<bool, StoreError> {
         let dir = state_dir(path);
         create_private_dir(&dir)?;
         // Again at every write: the directory may have been created (or changed) by
@@ -110,25 +173,36 @@ impl FileStore {
         lock.lock().map_err(|e| io_error(&lock_path, e))?;
 
         remove_stale_temps(&dir, path);
-        let mut contents = match read_state(path)? {
-            Some(bytes) => {
-                let contents = parse_state(&bytes);
-                if contents.is_damaged() {
-                    keep_damaged_copy(path, &dir, &bytes, &contents)?;
-                }
-                contents
-            }
-            None => Contents::default(),
+        let (mut contents, old) = match read_state(path)? {
+            Some(bytes) => (parse_state_with(&bytes, codec), Some(bytes)),
+            None => (Contents::default(), None),
         };
-        contents.records.insert(credential.to_string(), token.clone());
-        let state = StateFile { version: 1, credentials: contents.records };
+        if update.is_none() && !contents.states.values().any(|s| codec.needs_reseal(s)) {
+            return Ok(false);
+        }
+        if let Some(bytes) = &old {
+            if contents.is_damaged() {
+                keep_damaged_copy(path, &dir, bytes, &contents)?;
+            }
+        }
+        if let Some((credential, token)) = update {
+            contents.records.insert(credential.to_string(), token.clone());
+        }
+        let mut credentials = std::collections::BTreeMap::new();
+        for (name, token) in &contents.records {
+            credentials.insert(name.clone(), codec.encode(&file_aad(name), token)?);
+        }
+        let state: StateFile<Value> = StateFile { version: 1, credentials };
         let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Backend(e.to_string()))?;
         write_atomically(path, &dir, &bytes)?;
+        for name in contents.records.keys() {
+            codec.note(name, codec.current_kid());
+        }
         // The file is clean now: damage found later is new, and is reported again.
         if let Ok(mut r) = reported.lock() {
             r.clear();
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -138,7 +212,8 @@ impl TokenStore for FileStore {
         let path = self.path.clone();
         let credential = credential.to_string();
         let reported = self.reported.clone();
-        tokio::task::spawn_blocking(move || Self::load_blocking(&path, &credential, &reported))
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || Self::load_blocking(&path, &credential, &reported, &codec))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
     }
@@ -148,13 +223,27 @@ impl TokenStore for FileStore {
         let credential = credential.to_string();
         let token = token.clone();
         let reported = self.reported.clone();
-        tokio::task::spawn_blocking(move || Self::save_blocking(&path, &credential, &token, &reported))
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || Self::save_blocking(&path, &credential, &token, &reported, &codec))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
+    }
+
+    async fn prepare(&self, _credentials: &[String]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let reported = self.reported.clone();
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || Self::prepare_blocking(&path, &reported, &codec))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    fn key_id(&self, credential: &str) -> Option<String> {
+        self.codec.kid_of(credential)
     }
 }
 

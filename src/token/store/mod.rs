@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 mod file;
 mod recover;
+pub(crate) mod sealing;
 #[cfg(test)]
 mod tests;
 
@@ -77,6 +78,37 @@ pub enum StoreError {
     /// Any other backend (Redis) failure.
     #[error("state store: {0}")]
     Backend(String),
+    /// Sealed token records exist and none of them opens with the configured
+    /// `state.encryption_keys` (a wrong key), or no key is configured at all: the start
+    /// is refused and nothing is written (SPEC "Configuration": `state.encryption_keys`).
+    #[error("{}", keys_message(store, credentials, sealed_with, tried))]
+    Keys {
+        /// The store (`file …`, `redis …`).
+        store: String,
+        /// Credentials whose sealed record did not open.
+        credentials: Vec<String>,
+        /// The key ids those records name.
+        sealed_with: Vec<String>,
+        /// The key ids tried (empty: no key configured).
+        tried: Vec<String>,
+    },
+}
+
+fn keys_message(store: &str, credentials: &[String], sealed_with: &[String], tried: &[String]) -> String {
+    let names = credentials.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    let sealed = if sealed_with.is_empty() { "unknown".to_string() } else { sealed_with.join(", ") };
+    if tried.is_empty() {
+        format!(
+            "{store} holds encrypted token records (credentials {names}; key id {sealed}) but state.encryption_keys is empty: \
+             keep a key configured to read them (`goto-auth-proxy token` reads them with the keys, to decrypt them back); nothing was changed"
+        )
+    } else {
+        format!(
+            "state.encryption_keys open none of the encrypted token records in {store}: credentials {names} \
+             (sealed with key id {sealed}; key ids tried: {}): configure the key that sealed them (any position opens); nothing was changed",
+            tried.join(", ")
+        )
+    }
 }
 
 /// What is persisted for one credential. The field names are the file format and the
@@ -189,6 +221,21 @@ pub trait TokenStore: Send + Sync {
 
     /// How often to re-read the stored token in case a change notification was lost.
     fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The start-up check, before any token is served: reads the records of
+    /// `credentials` (a file store: every record of its file), refuses a wrong or missing
+    /// `state.encryption_keys` ([`StoreError::Keys`], nothing written), and writes again,
+    /// sealed with the first key, every plaintext record and every record sealed with an
+    /// older key. A store that cannot be reached now is not an error (it is retried).
+    async fn prepare(&self, _credentials: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The key id the stored record of `credential` is sealed with, as last read or
+    /// written (`None`: plaintext, or no record). Never the key.
+    fn key_id(&self, _credential: &str) -> Option<String> {
         None
     }
 }

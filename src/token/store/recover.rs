@@ -6,17 +6,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+use super::sealing::{Codec, RecordState};
 use super::StoredToken;
 
-/// The state file's format: `{"version": 1, "credentials": {name: record, …}}`.
+/// The state file's format: `{"version": 1, "credentials": {name: record, …}}`; a record
+/// is a [`StoredToken`] in plaintext or a sealed envelope (`R` = [`Value`]).
 #[derive(Default, Serialize, Deserialize)]
-pub(super) struct StateFile {
+pub(super) struct StateFile<R = StoredToken> {
     /// Always 1 so far.
     pub(super) version: u32,
     /// One record per credential.
-    #[serde(default)]
-    pub(super) credentials: BTreeMap<String, StoredToken>,
+    #[serde(default = "BTreeMap::new")]
+    pub(super) credentials: BTreeMap<String, R>,
+}
+
+/// The associated data of a credential's record in the state file.
+pub(super) fn file_aad(credential: &str) -> String {
+    format!("file:{credential}")
 }
 
 /// What could be read of a state file.
@@ -24,7 +32,10 @@ pub(super) struct StateFile {
 pub(super) struct Contents {
     /// Every record that could be read.
     pub(super) records: BTreeMap<String, StoredToken>,
-    /// Credentials whose record is complete JSON but not a stored token.
+    /// What each complete record is (plaintext, sealed with which key, unopenable…).
+    pub(super) states: BTreeMap<String, RecordState>,
+    /// Credentials whose record is complete JSON but not a stored token, or sealed and
+    /// not opened by any configured key.
     pub(super) malformed: BTreeSet<String>,
     /// Why reading stopped before the end of the file, when it did (the rest, records
     /// included, could not be read).
@@ -37,18 +48,47 @@ impl Contents {
     }
 }
 
-/// Reads a state file record by record: `{"version": …, "credentials": {name: record, …}}`.
-/// A record that is JSON but not a [`StoredToken`] is skipped (and named); a file cut or
-/// garbled anywhere still yields every record complete before the damage.
+impl Contents {
+    /// Records one complete record (the last record of a name counts, as with a plain
+    /// JSON object).
+    fn add(&mut self, codec: &Codec, name: String, value: &Value) {
+        let (decoded, state) = codec.decode(&file_aad(&name), value);
+        self.records.remove(&name);
+        self.malformed.remove(&name);
+        match decoded {
+            Some((token, _)) => {
+                self.records.insert(name.clone(), token);
+            }
+            None => {
+                self.malformed.insert(name.clone());
+            }
+        }
+        self.states.insert(name, state);
+    }
+}
+
+/// [`parse_state_with`] for plaintext records only (no keys).
+#[cfg(test)]
 pub(super) fn parse_state(bytes: &[u8]) -> Contents {
-    if bytes.iter().all(|b| is_json_space(*b)) {
-        return Contents::default();
-    }
-    if let Ok(state) = serde_json::from_slice::<StateFile>(bytes) {
-        return Contents { records: state.credentials, ..Contents::default() };
-    }
+    parse_state_with(bytes, &Codec::default())
+}
+
+/// Reads a state file record by record: `{"version": …, "credentials": {name: record, …}}`,
+/// each record opened by `codec`. A record that is JSON but not a [`StoredToken`] (or a
+/// sealed one that does not open) is skipped (and named); a file cut or garbled anywhere
+/// still yields every record complete before the damage.
+pub(super) fn parse_state_with(bytes: &[u8], codec: &Codec) -> Contents {
     let mut contents = Contents::default();
-    let mut walker = Walker { bytes, pos: 0 };
+    if bytes.iter().all(|b| is_json_space(*b)) {
+        return contents;
+    }
+    if let Ok(state) = serde_json::from_slice::<StateFile<Value>>(bytes) {
+        for (name, value) in state.credentials {
+            contents.add(codec, name, &value);
+        }
+        return contents;
+    }
+    let mut walker = Walker { bytes, pos: 0, codec };
     if let Err(why) = walker.state_file(&mut contents) {
         contents.unreadable = Some(format!("{why} at byte {}", walker.pos));
     }
@@ -63,6 +103,7 @@ fn is_json_space(b: u8) -> bool {
 struct Walker<'a> {
     bytes: &'a [u8],
     pos: usize,
+    codec: &'a Codec,
 }
 
 /// Why the walk stopped (the position is the walker's).
@@ -147,16 +188,10 @@ impl Walker<'_> {
             let start = self.pos;
             self.value::<IgnoredAny>("a record could not be read")?;
             let record = self.bytes.get(start..self.pos).unwrap_or_default();
-            // The last record of a name counts, as with a plain JSON object.
-            match serde_json::from_slice::<StoredToken>(record) {
-                Ok(token) => {
-                    out.malformed.remove(&name);
-                    out.records.insert(name, token);
-                }
-                Err(_) => {
-                    out.records.remove(&name);
-                    out.malformed.insert(name);
-                }
+            match serde_json::from_slice::<Value>(record) {
+                Ok(value) => out.add(self.codec, name, &value),
+                // JSON, but not one serde_json keeps (a number out of range).
+                Err(_) => out.add(self.codec, name, &Value::Null),
             }
             if !self.after_member()? {
                 return Ok(());

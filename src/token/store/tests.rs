@@ -11,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::file::{temp_name, temp_prefix};
 use super::recover::{parse_state, StateFile};
+use super::sealing::Codec;
 use super::*;
 
 fn token(n: u64) -> StoredToken {
@@ -335,22 +336,23 @@ fn damage_is_an_error_once_per_credential_until_a_clean_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let reported = Mutex::new(BTreeSet::new());
+    let codec = Codec::default();
     let damaged = r#"{"version":1,"credentials":{"a":{"access_token":"x","expires_at":1,"obtained_at_ms":0},"b":[]}}"#;
     std::fs::write(&path, damaged).unwrap();
     let log = captured_log(|| {
         for _ in 0..3 {
-            assert_eq!(FileStore::load_blocking(&path, "b", &reported).unwrap(), None);
-            assert!(FileStore::load_blocking(&path, "a", &reported).unwrap().is_some());
+            assert_eq!(FileStore::load_blocking(&path, "b", &reported, &codec).unwrap(), None);
+            assert!(FileStore::load_blocking(&path, "a", &reported, &codec).unwrap().is_some());
         }
     });
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("credential=\"b\"") && errors[0].contains("state.json"), "{log}");
 
-    let log = captured_log(|| FileStore::save_blocking(&path, "c", &token(3), &reported).unwrap());
+    let log = captured_log(|| FileStore::save_blocking(&path, "c", &token(3), &reported, &codec).unwrap());
     assert!(log.contains("ERROR") && log.contains("state.json.damaged.1"), "the copy is named: {log}");
     std::fs::write(&path, damaged).unwrap();
-    let log = captured_log(|| assert_eq!(FileStore::load_blocking(&path, "b", &reported).unwrap(), None));
+    let log = captured_log(|| assert_eq!(FileStore::load_blocking(&path, "b", &reported, &codec).unwrap(), None));
     assert_eq!(log.lines().filter(|l| l.contains("ERROR")).count(), 1, "new damage, new error: {log}");
 }
 
@@ -400,4 +402,103 @@ fn stored_token_keeps_its_field_names() {
 fn debug_redacts() {
     let s = format!("{:?}", token(7));
     assert!(!s.contains("at7") && !s.contains("rt7"));
+}
+
+// ===== sealed records (state.encryption_keys) =====
+
+fn sealer(bytes: &[&[u8; 1]]) -> Option<Arc<crate::token::seal::Sealer>> {
+    use base64::Engine;
+    let keys: Vec<crate::secret::Secret> = bytes
+        .iter()
+        .map(|b| crate::secret::Secret::new(base64::engine::general_purpose::STANDARD.encode([b[0]; 32])))
+        .collect();
+    Some(Arc::new(crate::token::seal::Sealer::new(&keys).unwrap()))
+}
+
+fn sealed_store(path: &Path, keys: &[&[u8; 1]]) -> FileStore {
+    FileStore::open(path).unwrap().with_sealer(sealer(keys))
+}
+
+fn kids_in(path: &Path) -> Vec<Option<String>> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["credentials"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r.get("kid").and_then(|k| k.as_str()).map(Into::into))
+        .collect()
+}
+
+#[tokio::test]
+async fn sealed_records_hold_no_token_and_open_with_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = sealed_store(&path, &[b"1"]);
+    store.save("a", &token(1)).await.unwrap();
+    store.save("b", &token(2)).await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("at1") && !text.contains("rt1") && !text.contains("access_token"), "{text}");
+    let kid = store.key_id("a").unwrap();
+    assert_eq!(kids_in(&path), [Some(kid.clone()), Some(kid.clone())]);
+    // Rotated: [2, 1] opens it, and prepare re-seals with 2.
+    let rotated = sealed_store(&path, &[b"2", b"1"]);
+    assert_eq!(rotated.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(rotated.key_id("a"), Some(kid.clone()));
+    rotated.prepare(&[]).await.unwrap();
+    let new_kid = rotated.key_id("a").unwrap();
+    assert_ne!(new_kid, kid);
+    assert_eq!(kids_in(&path), [Some(new_kid.clone()), Some(new_kid)]);
+    assert_eq!(sealed_store(&path, &[b"2"]).load("b").await.unwrap(), Some(token(2)));
+}
+
+#[tokio::test]
+async fn plaintext_is_sealed_at_prepare_and_a_wrong_or_missing_key_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let plain = FileStore::open(&path).unwrap();
+    plain.save("a", &token(1)).await.unwrap();
+    plain.prepare(&[]).await.unwrap();
+    assert_eq!(kids_in(&path), [None]);
+    let store = sealed_store(&path, &[b"1"]);
+    store.prepare(&[]).await.unwrap();
+    assert!(kids_in(&path)[0].is_some());
+    let before = std::fs::read(&path).unwrap();
+
+    let e = sealed_store(&path, &[b"9"]).prepare(&[]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Keys { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("\"a\"") && msg.contains(&store.key_id("a").unwrap()), "{msg}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let e = FileStore::open(&path).unwrap().prepare(&[]).await.unwrap_err();
+    assert!(e.to_string().contains("keep a key configured"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(names_in(dir.path()), ["state.json", "state.json.lock"]);
+}
+
+#[tokio::test]
+async fn a_tampered_or_moved_record_is_a_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = sealed_store(&path, &[b"1"]);
+    store.save("a", &token(1)).await.unwrap();
+    store.save("b", &token(2)).await.unwrap();
+    store.save("c", &token(3)).await.unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["credentials"]["b"] = v["credentials"]["a"].clone();
+    let ct = v["credentials"]["c"]["ct"].as_str().unwrap().to_string();
+    let mut bytes = ct.into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    v["credentials"]["c"]["ct"] = String::from_utf8(bytes).unwrap().into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+
+    let store = sealed_store(&path, &[b"1"]);
+    store.prepare(&[]).await.unwrap();
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(store.load("b").await.unwrap(), None, "a record moved from a to b does not open");
+    assert_eq!(store.load("c").await.unwrap(), None, "a flipped byte does not open");
+    store.save("c", &token(4)).await.unwrap();
+    assert!(dir.path().join("state.json.damaged.1").exists());
+    assert_eq!(store.load("c").await.unwrap(), Some(token(4)));
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
 }
