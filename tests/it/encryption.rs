@@ -158,6 +158,16 @@ async fn file_plaintext_is_sealed_at_start_and_rotation_reseals_with_the_first_k
     }
     assert!(shown.contains(&format!("key ids: {new_kid} (seals), {old_kid}")), "{shown}");
     assert!(!shown.contains(&new) && !shown.contains(&old), "a key shows in check: {shown}");
+
+    // `token` opens the sealed record with the configured keys and prints a live token.
+    let out = std::process::Command::new(BIN)
+        .args(["token", "--credential", "g2a", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mock.is_valid(&token), "`token` printed {token:?}, not the stored access token");
 }
 
 /// Runs the binary on `config` and expects it to refuse to start: exit 64 and its stderr.
