@@ -361,6 +361,8 @@ async fn secrets_never_leak() {
     };
     let mock = MockGoto::start(opts.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The state is encrypted: the key, too, must never show (check prints key ids only).
+    let state_key = goto_auth_proxy::token::seal::generate_key();
     let pat = format!(
         "[credentials.pat]\ngrant = \"personal_access_token\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\npat = \"{}\"\ntoken_url = \"{}/oauth/token\"\nkeys_url = \"{}/admin/rest/v1/me\"\n",
         opts.client_id,
@@ -375,8 +377,9 @@ async fn secrets_never_leak() {
     let mut seeds = Vec::new();
     let mut config_for = |format: &str| {
         let seed = mock.mint_refresh_token();
+        // Lines before the first table land in config_text's [state] section.
         let rest = format!(
-            "[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
+            "encryption_keys = [{state_key:?}]\n\n[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
             password_cred("g2a", &mock),
             code_cred("goto", &mock, Some(&seed)),
             route("/G2A/", &mock, Some("g2a")),
@@ -449,7 +452,8 @@ async fn secrets_never_leak() {
         seen.contains("token_unavailable") && seen.contains("goto_auth_proxy_requests_total"),
         "the scenario ran: {seen}"
     );
-    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1]] {
+    assert!(seen.contains("encryption: 1 key(s)"), "the audited config was encrypted");
+    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key] {
         assert!(
             !seen.contains(secret),
             "{secret:?} leaked:\n{}",

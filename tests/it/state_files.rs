@@ -9,25 +9,10 @@ use std::time::Duration;
 use crate::support::*;
 use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 
-/// `g2a` (Direct Login) on `/G2A/` and `goto` (OAuth, seeded with `seed`) on `/`.
-fn two_credentials(dir: &Path, mock: &MockGoto, seed: &str) -> String {
-    config_text(
-        dir,
-        "",
-        &format!(
-            "{}\n{}\n{}\n{}",
-            password_cred("g2a", mock),
-            code_cred("goto", mock, Some(seed)),
-            route("/G2A/", mock, Some("g2a")),
-            route("/", mock, Some("goto"))
-        ),
-    )
-}
-
 /// Runs a proxy once so the state file holds a token for both credentials; returns
 /// the file's bytes.
 async fn first_life(dir: &Path, mock: &MockGoto) -> Vec<u8> {
-    let proxy = start_proxy(&two_credentials(dir, mock, &mock.mint_refresh_token())).await;
+    let proxy = start_proxy(&standard_config(dir, mock, &mock.mint_refresh_token())).await;
     let http = client();
     for path in ["/G2A/rest/v1/x", "/G2W/rest/v2/x"] {
         let r = http.get(format!("http://{}{path}", proxy.proxy_addr)).send().await.unwrap();
@@ -63,7 +48,7 @@ async fn a_damaged_record_costs_only_its_credential_and_is_kept_aside() {
     // Second life, as the real binary (its log is what an operator reads).
     let before = mock.stats();
     let config =
-        write_config(dir.path(), "proxy.toml", &two_credentials(dir.path(), &mock, &mock.mint_refresh_token()));
+        write_config(dir.path(), "proxy.toml", &standard_config(dir.path(), &mock, &mock.mint_refresh_token()));
     let proc = Proc::spawn(&config);
     let http = client();
     let r = http.get(proc.url("/G2A/rest/v1/x")).send().await.unwrap();
@@ -106,7 +91,7 @@ async fn a_truncated_state_file_keeps_the_records_before_the_cut() {
     std::fs::write(dir.path().join("state.json"), &text[..cut]).unwrap();
 
     let before = mock.stats();
-    let proxy = start_proxy(&two_credentials(dir.path(), &mock, &mock.mint_refresh_token())).await;
+    let proxy = start_proxy(&standard_config(dir.path(), &mock, &mock.mint_refresh_token())).await;
     let http = client();
     for path in ["/G2A/rest/v1/x", "/G2W/rest/v2/x"] {
         let r = http.get(format!("http://{}{path}", proxy.proxy_addr)).send().await.unwrap();

@@ -100,23 +100,25 @@ pub async fn start_proxy(text: &str) -> Running {
     app::start(cfg).await.expect("proxy starts")
 }
 
-/// The usual set-up: Direct Login credential `g2a` on `/G2A/`, OAuth `goto` on `/`.
+/// The usual config: Direct Login credential `g2a` on `/G2A/`, OAuth `goto` (seeded
+/// with `seed`) on `/`, state in `dir`.
+pub fn standard_config(dir: &Path, mock: &MockGoto, seed: &str) -> String {
+    config_text(
+        dir,
+        "",
+        &format!(
+            "{}\n{}\n{}\n{}",
+            password_cred("g2a", mock),
+            code_cred("goto", mock, Some(seed)),
+            route("/G2A/", mock, Some("g2a")),
+            route("/", mock, Some("goto"))
+        ),
+    )
+}
+
+/// The usual set-up ([`standard_config`]) with a fresh seed.
 pub async fn standard(opts: MockOptions) -> Stack {
-    stack(opts, |mock, dir| {
-        let seed = mock.mint_refresh_token();
-        config_text(
-            dir,
-            "",
-            &format!(
-                "{}\n{}\n{}\n{}",
-                password_cred("g2a", mock),
-                code_cred("goto", mock, Some(&seed)),
-                route("/G2A/", mock, Some("g2a")),
-                route("/", mock, Some("goto"))
-            ),
-        )
-    })
-    .await
+    stack(opts, |mock, dir| standard_config(dir, mock, &mock.mint_refresh_token())).await
 }
 
 /// Mock options with short-lived tokens.
