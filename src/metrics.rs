@@ -35,6 +35,12 @@ pub struct Metrics {
     /// Refresh loops that ended before the proxy stopped and were started again, by
     /// credential: should stay 0; anything else is a bug worth a report.
     pub refresher_restarts: IntCounterVec,
+    /// Upstream `429` answers, by route: GoTo's quota reached.
+    pub upstream_throttled: IntCounterVec,
+    /// 1 while a credential cannot renew without a person (sign-in, password), else 0.
+    pub credential_needs_login: prometheus::IntGaugeVec,
+    /// Notifications to a person, by event and outcome (`sent`, `failed`).
+    pub notifications: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,6 +118,24 @@ impl Metrics {
             &["credential"],
         )?;
         registry.register(Box::new(refresher_restarts.clone()))?;
+        let upstream_throttled = IntCounterVec::new(
+            Opts::new("goto_auth_proxy_upstream_throttled_total", "Upstream 429 answers (quota reached), by route."),
+            &["route"],
+        )?;
+        registry.register(Box::new(upstream_throttled.clone()))?;
+        let credential_needs_login = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "goto_auth_proxy_credential_needs_login",
+                "1 while the credential cannot renew without a person signing in, else 0.",
+            ),
+            &["credential"],
+        )?;
+        registry.register(Box::new(credential_needs_login.clone()))?;
+        let notifications = IntCounterVec::new(
+            Opts::new("goto_auth_proxy_notifications_total", "Notifications to a person, by event and outcome."),
+            &["event", "outcome"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
         Ok(Metrics {
             registry,
             requests_total,
@@ -125,6 +149,9 @@ impl Metrics {
             reloads,
             store_errors,
             refresher_restarts,
+            upstream_throttled,
+            credential_needs_login,
+            notifications,
         })
     }
 

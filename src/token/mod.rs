@@ -31,7 +31,7 @@ use http::HeaderValue;
 
 use crate::secret::Secret;
 pub use handle::TokenHandle;
-pub use refresher::{Credential, RefreshError, TokenInfo, Trigger};
+pub use refresher::{Credential, CredentialState, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent
@@ -66,6 +66,8 @@ pub struct Token {
     pub organizer_key: Option<String>,
     /// `{accountKey}` substitution.
     pub account_key: Option<String>,
+    /// Who signed in, when known (shown to operators; never used to decide anything).
+    pub principal: Option<String>,
     /// Process-local sequence number; a rejection names the generation it saw.
     pub generation: u64,
 }
@@ -94,6 +96,7 @@ impl Token {
             obtained_at,
             organizer_key: None,
             account_key: None,
+            principal: None,
             generation: 0,
         })
     }
@@ -109,6 +112,7 @@ impl Token {
         let mut t = Token::new(r.access_token, r.refresh_token, later(now, lifetime), now)?;
         t.organizer_key = r.organizer_key;
         t.account_key = r.account_key;
+        t.principal = r.principal;
         Ok(t)
     }
 
@@ -126,6 +130,7 @@ impl Token {
         )?;
         t.organizer_key = s.organizer_key.clone();
         t.account_key = s.account_key.clone();
+        t.principal = s.principal.clone();
         Ok(t)
     }
 
@@ -139,6 +144,7 @@ impl Token {
             obtained_at_ms: unix_millis(self.obtained_at),
             organizer_key: self.organizer_key.clone(),
             account_key: self.account_key.clone(),
+            principal: self.principal.clone(),
         }
     }
 

@@ -91,6 +91,9 @@ pub struct TokenResponse {
     /// GoTo account key.
     #[serde(default, deserialize_with = "key_string")]
     pub account_key: Option<String>,
+    /// Who signed in (GoTo: the user's email), when the answer says.
+    #[serde(default, deserialize_with = "key_string")]
+    pub principal: Option<String>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -100,6 +103,7 @@ impl std::fmt::Debug for TokenResponse {
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("organizer_key", &self.organizer_key)
             .field("account_key", &self.account_key)
+            .field("principal", &self.principal)
             .finish()
     }
 }
@@ -203,6 +207,8 @@ pub(crate) struct Keys {
     pub(crate) organizer_key: Option<String>,
     /// `{accountKey}`.
     pub(crate) account_key: Option<String>,
+    /// Who signed in, when the answer says (email or user name).
+    pub(crate) principal: Option<String>,
 }
 
 /// Reads keys from an Admin `me` (or identity) answer, tolerating the shapes seen.
@@ -220,6 +226,7 @@ pub(crate) fn parse_keys(body: &[u8]) -> Keys {
         organizer_key: first(&["organizer_key", "organizerKey", "key"]),
         account_key: first(&["account_key", "accountKey"])
             .or_else(|| v.get("accounts").and_then(|a| a.get(0)).and_then(|a| a.get("key")).and_then(as_key)),
+        principal: first(&["principal", "userName", "email"]),
     }
 }
 

@@ -336,6 +336,7 @@ async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_newest_toke
         obtained_at_ms: n,
         organizer_key: None,
         account_key: None,
+        principal: None,
     };
     a.save("c", &token(20)).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "c");

@@ -83,6 +83,19 @@ async fn dead_refresh_token_means_login_for_oauth_and_relogin_for_password() {
     assert_eq!(ready.status(), 503);
     let body = ready.text().await.unwrap();
     assert!(body.contains("goto") && body.contains("login"), "{body}");
+
+    // The operator's view says a person must act, for exactly that credential.
+    let tokens: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tokens["goto"]["state"], "needs_login", "{tokens}");
+    assert_eq!(tokens["g2a"]["state"], "valid", "{tokens}");
+    assert!(tokens["goto"]["last_error"].as_str().is_some_and(|e| e.contains("login")), "{tokens}");
+    assert!(
+        !tokens["goto"]["expires_at"].as_str().is_some_and(|t| t.starts_with("1970")),
+        "a retired token shows no epoch expiry: {tokens}"
+    );
+    let m = s.http.get(s.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&m, "goto_auth_proxy_credential_needs_login{credential=\"goto\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "goto_auth_proxy_credential_needs_login{credential=\"g2a\"}"), 0.0, "{m}");
 }
 
 #[tokio::test]
@@ -98,6 +111,8 @@ async fn admin_endpoints() {
     assert_eq!(tokens["goto"]["organizer_key"], "8439885694023999999");
     assert_eq!(tokens["goto"]["account_key"], "9999982253621659654");
     assert_eq!(tokens["goto"]["valid"], true);
+    assert_eq!(tokens["goto"]["state"], "valid");
+    assert!(tokens["goto"].get("principal").is_some(), "principal is always present (null when unknown): {tokens}");
     let text = tokens.to_string();
     assert!(!text.contains("mock-at-") && !text.contains("mock-rt-"), "a token leaked into /tokens: {text}");
 
@@ -114,6 +129,7 @@ async fn admin_endpoints() {
         "goto_auth_proxy_request_duration_seconds",
         "goto_auth_proxy_token_refreshes_total",
         "goto_auth_proxy_token_expiry_timestamp_seconds",
+        "goto_auth_proxy_credential_needs_login",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics");
     }

@@ -34,7 +34,7 @@ use crate::secret::Secret;
 
 use coordinate::Coordinated;
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
-pub use state::TokenInfo;
+pub use state::{CredentialState, TokenInfo};
 
 pub use super::slot::RefreshError;
 
@@ -76,6 +76,8 @@ impl Credential {
         metrics: Metrics,
     ) -> Credential {
         let slot = Arc::new(TokenSlot::new(cfg.name.clone(), metrics.token_refreshes.clone()));
+        // The series exists from the start, so an alert on it needs no `absent()`.
+        metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
         Credential {
             renewal: Renewal::of(&cfg),
             source: TokenSource::new(http, cfg.clone()),
@@ -319,11 +321,15 @@ impl Credential {
                 token.organizer_key = old.organizer_key.clone();
                 token.account_key = old.account_key.clone();
             }
+            if token.principal.is_none() {
+                token.principal = old.principal.clone();
+            }
         }
         if token.organizer_key.is_none() && token.account_key.is_none() {
             if let Some(keys) = self.source.fetch_keys(&token.access_token).await {
                 token.organizer_key = keys.organizer_key;
                 token.account_key = keys.account_key;
+                token.principal = token.principal.or(keys.principal);
             }
         }
         self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
@@ -351,6 +357,7 @@ impl Credential {
         };
         copy.organizer_key = dead.organizer_key.clone();
         copy.account_key = dead.account_key.clone();
+        copy.principal = dead.principal.clone();
         self.publish(copy);
     }
 

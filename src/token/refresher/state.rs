@@ -2,7 +2,7 @@
 //! read) and what `/tokens` shows of a credential.
 
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -11,14 +11,47 @@ use crate::config::GrantKind;
 use crate::token::later;
 use crate::token::source::SourceError;
 
+/// A credential's condition in one word, as the status page and `/tokens` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    /// A valid token is served and the last renewal (if any) succeeded.
+    Valid,
+    /// A renewal is in progress right now.
+    Renewing,
+    /// Only a person can make a token again (sign in, fix the password).
+    NeedsLogin,
+    /// Renewals fail; the current token (if still valid) is served meanwhile.
+    Failing,
+    /// No valid token and no failure recorded yet (starting, or expired awaiting renewal).
+    NoToken,
+}
+
+impl CredentialState {
+    /// The SPEC word: `valid`, `renewing`, `needs_login`, `failing`, `no_token`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Valid => "valid",
+            CredentialState::Renewing => "renewing",
+            CredentialState::NeedsLogin => "needs_login",
+            CredentialState::Failing => "failing",
+            CredentialState::NoToken => "no_token",
+        }
+    }
+}
+
 /// What `/tokens` shows of a credential: metadata, never a token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenInfo {
     /// The grant.
     pub grant: &'static str,
+    /// The credential's condition in one word.
+    pub state: CredentialState,
+    /// Who signed in, when known (`null` otherwise).
+    pub principal: Option<String>,
     /// Whether a valid token is held now.
     pub valid: bool,
-    /// Expiry of the current token (RFC 3339).
+    /// Expiry of the current token (RFC 3339); `null` when no live token was ever held.
     pub expires_at: Option<String>,
     /// `{organizerKey}` value.
     pub organizer_key: Option<String>,
@@ -46,10 +79,26 @@ impl Credential {
         let cur = self.slot.current.load_full();
         let status = self.slot.status.lock().map(|s| s.clone()).unwrap_or_default();
         let rfc = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+        let valid = cur.as_ref().is_some_and(|t| t.is_valid_at(now));
+        let needs_login = self.slot.needs_login.load(Ordering::Relaxed);
+        let state = if needs_login {
+            CredentialState::NeedsLogin
+        } else if self.refresh_lock.try_lock().is_err() {
+            CredentialState::Renewing
+        } else if status.consecutive_failures > 0 {
+            CredentialState::Failing
+        } else if valid {
+            CredentialState::Valid
+        } else {
+            CredentialState::NoToken
+        };
         TokenInfo {
             grant: self.cfg.grant.as_str(),
-            valid: cur.as_ref().is_some_and(|t| t.is_valid_at(now)),
-            expires_at: cur.as_ref().map(|t| rfc(t.expires_at)),
+            state,
+            principal: cur.as_ref().and_then(|t| t.principal.clone()),
+            valid,
+            // A retired token (rejected, expiry set to the epoch) has no expiry worth showing.
+            expires_at: cur.as_ref().map(|t| t.expires_at).filter(|t| *t > UNIX_EPOCH).map(rfc),
             organizer_key: cur.as_ref().and_then(|t| t.organizer_key.clone()),
             account_key: cur.as_ref().and_then(|t| t.account_key.clone()),
             last_refresh: status.last_refresh.map(rfc),
@@ -57,13 +106,20 @@ impl Credential {
             next_refresh: status.next_refresh.map(rfc),
             consecutive_failures: status.consecutive_failures,
             last_error: status.last_error,
-            needs_login: self.slot.needs_login.load(Ordering::Relaxed),
+            needs_login,
             state_key_id: self.store.key_id(self.name()),
         }
     }
 
+    /// Says whether only a person can renew now: `/tokens`, waiting requests and the
+    /// `goto_auth_proxy_credential_needs_login` gauge all read it from here.
+    pub(super) fn set_needs_login(&self, needs_login: bool) {
+        self.slot.needs_login.store(needs_login, Ordering::Relaxed);
+        self.metrics.credential_needs_login.with_label_values(&[self.name()]).set(i64::from(needs_login));
+    }
+
     pub(super) fn record_success(&self, at: SystemTime) {
-        self.slot.needs_login.store(false, Ordering::Relaxed);
+        self.set_needs_login(false);
         if let Ok(mut s) = self.slot.status.lock() {
             s.last_refresh = Some(at);
             s.consecutive_failures = 0;
@@ -87,7 +143,7 @@ impl Credential {
             SourceError::Malformed(_) => ("malformed", false, e.to_string()),
         };
         self.metrics.token_refreshes.with_label_values(&[self.name(), outcome]).inc();
-        self.slot.needs_login.store(needs_login, Ordering::Relaxed);
+        self.set_needs_login(needs_login);
         let not_before = e.retry_after().map(|d| later(SystemTime::now(), d));
         let failures = match self.slot.status.lock() {
             Ok(mut s) => {

@@ -23,6 +23,7 @@ fn oauth_shapes() {
     assert!(r.refresh_token.is_some());
     let r = TokenResponse::parse(&fixture("oauth-new-host-token-response.json")).unwrap();
     assert!(r.refresh_token.is_none() && r.organizer_key.is_none());
+    assert_eq!(r.principal.as_deref(), Some("mister.jones@fakemail.com"), "who signed in is kept");
     let r = TokenResponse::parse(&fixture("oauth-refresh-response-without-refresh-token.json")).unwrap();
     assert!(r.refresh_token.is_none());
 }

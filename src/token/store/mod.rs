@@ -134,6 +134,9 @@ pub struct StoredToken {
     /// GoTo account key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_key: Option<String>,
+    /// Who signed in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 impl fmt::Debug for StoredToken {

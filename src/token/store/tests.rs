@@ -23,6 +23,7 @@ fn token(n: u64) -> StoredToken {
         obtained_at_ms: n,
         organizer_key: None,
         account_key: None,
+        principal: None,
     }
 }
 
