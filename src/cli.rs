@@ -415,7 +415,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
 
     // The URL goes out only once the callback listener is up, so a fast browser finds it.
     println!("{}", started.url);
-    eprintln!("Open the URL above in a browser and sign in to GoTo.");
+    eprintln!("Open the URL above in a browser and sign in.");
     eprintln!(
         "Then either let the browser return to {}, or paste here the address the browser",
         crate::config::display_url_str(&redirect)

@@ -26,7 +26,7 @@ pub(crate) enum LoginError {
     )]
     BadState,
     /// The callback carried no code.
-    #[error("no authorization code in the callback{}", .0.as_deref().map(|e| format!(" (GoTo said: {e})")).unwrap_or_default())]
+    #[error("no authorization code in the callback{}", .0.as_deref().map(|e| format!(" (the authorization server said: {e})")).unwrap_or_default())]
     NoCode(Option<String>),
     /// The token endpoint refused the code, or was unreachable.
     #[error("code exchange failed: {0}")]
@@ -83,6 +83,7 @@ impl LoginFlows {
             &state,
             &crate::random::pkce_challenge(&verifier),
             cfg.scope.as_deref(),
+            &cfg.authorize_params,
         );
         if let Ok(mut p) = self.pending.lock() {
             p.retain(|_, v| v.created.elapsed() < PENDING_TTL);
@@ -150,7 +151,8 @@ impl LoginFlows {
     }
 }
 
-/// GoTo's authorize URL with every parameter the code flow needs.
+/// The authorize URL with every parameter the code flow needs, then the credential's
+/// `authorize_params` (which config validation keeps from naming the proxy's own).
 pub(crate) fn authorize_url(
     base: &str,
     client_id: &str,
@@ -158,6 +160,7 @@ pub(crate) fn authorize_url(
     state: &str,
     challenge: &str,
     scope: Option<&str>,
+    extra: &[(String, String)],
 ) -> String {
     // `base` was validated as a URL when the config loaded; GoTo's page otherwise.
     let Some(mut u) = url::Url::parse(base).or_else(|_| url::Url::parse(crate::config::GOTO_AUTHORIZE_URL)).ok() else {
@@ -173,6 +176,9 @@ pub(crate) fn authorize_url(
             .append_pair("code_challenge_method", "S256");
         if let Some(s) = scope {
             q.append_pair("scope", s);
+        }
+        for (k, v) in extra {
+            q.append_pair(k, v);
         }
     }
     u.into()
@@ -218,7 +224,8 @@ mod tests {
             "http://127.0.0.1:9901/callback",
             "st",
             "ch",
-            None,
+            Some("openid offline_access"),
+            &[("prompt".to_string(), "consent".to_string())],
         );
         let parsed = url::Url::parse(&u).unwrap();
         let q: HashMap<_, _> = parsed.query_pairs().into_owned().collect();
@@ -227,6 +234,8 @@ mod tests {
         assert_eq!(q["redirect_uri"], "http://127.0.0.1:9901/callback");
         assert_eq!(q["state"], "st");
         assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["scope"], "openid offline_access");
+        assert_eq!(q["prompt"], "consent");
     }
 
     #[test]

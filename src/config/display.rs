@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings};
+use super::{ClientAuth, Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings};
 
 /// A configured URL as it may be printed or logged: scheme, host, port and path. User
 /// info and query string are where URLs carry passwords and `client_secret=`
@@ -64,6 +64,8 @@ impl fmt::Debug for CredentialConfig {
             .field("keys_url", &display_url_str(&self.keys_url))
             .field("scope", &self.scope)
             .field("refresh_before", &self.refresh_before)
+            .field("client_auth", &self.client_auth)
+            .field("authorize_params", &self.authorize_params.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -174,6 +176,14 @@ fn write_credential(f: &mut fmt::Formatter<'_>, c: &CredentialConfig) -> fmt::Re
         }
         writeln!(f, "    keys_url: {}", display_url_str(&c.keys_url))?;
         writeln!(f, "    refresh_before: {}", humantime::format_duration(c.refresh_before))?;
+        if c.client_auth != ClientAuth::default() {
+            writeln!(f, "    client_auth: {}", c.client_auth.as_str())?;
+        }
+        if !c.authorize_params.is_empty() {
+            // Names only: the values end up in a URL's query, which is never printed.
+            let names: Vec<&str> = c.authorize_params.iter().map(|(k, _)| k.as_str()).collect();
+            writeln!(f, "    authorize_params: {}", names.join(", "))?;
+        }
     }
     if let Some(r) = &c.redirect_uri {
         writeln!(f, "    redirect_uri: {}", display_url_str(r))?;

@@ -294,6 +294,8 @@ mod tests {
             "keys_url",
             "scope",
             "refresh_before",
+            "client_auth",
+            "authorize_params",
             "prefix",
             "upstream",
             "credential",

@@ -203,21 +203,66 @@ impl GrantKind {
         match self {
             GrantKind::AuthorizationCode => (
                 &["client_id", "client_secret"],
-                &["redirect_uri", "refresh_token", "token_url", "authorize_url", "keys_url", "scope", "refresh_before"],
+                &[
+                    "redirect_uri",
+                    "refresh_token",
+                    "token_url",
+                    "authorize_url",
+                    "keys_url",
+                    "scope",
+                    "refresh_before",
+                    "client_auth",
+                    "authorize_params",
+                ],
             ),
             GrantKind::Password => {
                 (&["client_id", "username", "password"], &["token_url", "keys_url", "refresh_before"])
             }
-            GrantKind::PersonalAccessToken => {
-                (&["client_id", "client_secret", "pat"], &["token_url", "keys_url", "scope", "refresh_before"])
-            }
+            GrantKind::PersonalAccessToken => (
+                &["client_id", "client_secret", "pat"],
+                &["token_url", "keys_url", "scope", "refresh_before", "client_auth"],
+            ),
             GrantKind::ClientCredentials => {
-                (&["client_id", "client_secret"], &["token_url", "keys_url", "scope", "refresh_before"])
+                (&["client_id", "client_secret"], &["token_url", "keys_url", "scope", "refresh_before", "client_auth"])
             }
             GrantKind::Static => (&["token"], &[]),
         }
     }
 }
+
+/// `client_auth`: how a client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// `Authorization: Basic base64(client_id:client_secret)` of the raw values, as GoTo
+    /// documents it (GoTo's secrets hold `+` and `=`, sent as they are). The default.
+    #[default]
+    Basic,
+    /// RFC 6749 §2.3.1: id and secret each form-urlencoded, then Basic. What standard
+    /// OAuth servers decode.
+    BasicRfc6749,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    Post,
+}
+
+impl ClientAuth {
+    /// The name in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::BasicRfc6749 => "basic_rfc6749",
+            ClientAuth::Post => "post",
+        }
+    }
+
+    /// The mode a config file's `client_auth = "…"` names, if any.
+    fn parse(s: &str) -> Option<ClientAuth> {
+        [ClientAuth::Basic, ClientAuth::BasicRfc6749, ClientAuth::Post].into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+/// Authorize query parameters the proxy sets itself: `authorize_params` may not name them.
+pub const AUTHORIZE_PARAMS_OWN: [&str; 6] =
+    ["client_id", "response_type", "redirect_uri", "state", "code_challenge", "code_challenge_method"];
 
 impl fmt::Display for GrantKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -258,6 +303,10 @@ pub struct CredentialConfig {
     pub scope: Option<String>,
     /// Renew when less than this remains.
     pub refresh_before: Duration,
+    /// How the client authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
+    /// Extra authorize query parameters (`prompt = "consent"`), in name order.
+    pub authorize_params: Vec<(String, String)>,
 }
 
 /// One `[[routes]]` entry. `Debug` hides the upstream's user info (`display.rs`).

@@ -194,6 +194,8 @@ pub(super) struct RawCredential {
     pub(super) scope: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(super) refresh_before: Option<Duration>,
+    pub(super) client_auth: Option<Spanned<String>>,
+    pub(super) authorize_params: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 /// One `[[routes]]` entry.

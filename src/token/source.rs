@@ -335,8 +335,11 @@ impl TokenSource {
     /// Sends one token request and parses the answer.
     pub(crate) async fn send(&self, req: TokenRequest) -> Result<TokenResponse, SourceError> {
         let mut b = self.http.post(&req.url).form(&req.form).header(http::header::ACCEPT, "application/json");
-        if let Some((id, secret)) = &req.basic {
-            b = b.basic_auth(id, Some(secret.expose()));
+        if let Some(authorization) = &req.authorization {
+            let mut value = http::HeaderValue::try_from(authorization.expose())
+                .map_err(|_| SourceError::Unreachable("the client credentials do not form a header".into()))?;
+            value.set_sensitive(true);
+            b = b.header(http::header::AUTHORIZATION, value);
         }
         let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(e)))?;
         let status = res.status().as_u16();

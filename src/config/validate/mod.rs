@@ -13,8 +13,8 @@ use toml::Spanned;
 use super::error::{ConfigError, Locator};
 use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
-    Config, CredentialConfig, GrantKind, ProxySettings, RouteConfig, StateSettings, GOTO_AUTHORIZE_URL,
-    GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
+    ClientAuth, Config, CredentialConfig, GrantKind, ProxySettings, RouteConfig, StateSettings, AUTHORIZE_PARAMS_OWN,
+    GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
 };
 use crate::secret::Secret;
 
@@ -210,7 +210,42 @@ fn validate_credential(
         keys_url: url_of(&raw.keys_url, "keys_url", GOTO_KEYS_URL)?,
         scope: raw.scope,
         refresh_before: raw.refresh_before.unwrap_or(Duration::from_secs(300)),
+        client_auth: client_auth(loc, &raw.client_auth, &key("client_auth"))?,
+        authorize_params: authorize_params(loc, &raw.authorize_params, &key("authorize_params"))?,
     })
+}
+
+/// `client_auth`: one of the three names; absent is GoTo's raw Basic.
+fn client_auth(loc: &Locator<'_>, raw: &Option<Spanned<String>>, key: &str) -> Result<ClientAuth, ConfigError> {
+    match raw {
+        None => Ok(ClientAuth::default()),
+        Some(s) => ClientAuth::parse(s.get_ref()).ok_or_else(|| {
+            let expected = "is not a client authentication: expected \"basic\", \"basic_rfc6749\" or \"post\"";
+            loc.err_key(key, &s.span(), expected)
+        }),
+    }
+}
+
+/// `authorize_params`: extra query parameters, none of those the proxy sets itself (a
+/// second `state` or `redirect_uri` would break the sign-in in ways hard to see).
+fn authorize_params(
+    loc: &Locator<'_>,
+    raw: &Option<Spanned<BTreeMap<String, String>>>,
+    key: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    // The line of `authorize_params = { … }` when a parameter has no statement of its own.
+    let table = super::keys::statement_start(loc.text, key).map_or(raw.span(), |at| at..at);
+    for name in raw.get_ref().keys() {
+        if AUTHORIZE_PARAMS_OWN.contains(&name.as_str()) {
+            let param = format!("{key}.{name}");
+            return Err(loc.err_key(&param, &table, "is set by the proxy itself and cannot be overridden"));
+        }
+        if name.is_empty() {
+            return Err(loc.err(&table, key, "has an empty parameter name"));
+        }
+    }
+    Ok(raw.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// A credential has every key its grant requires and no key its grant does not use.
@@ -238,6 +273,8 @@ fn check_grant_keys(
         ("keys_url", raw.keys_url.as_ref().map(Spanned::span)),
         ("scope", raw.scope.as_ref().map(|_| span.clone())),
         ("refresh_before", raw.refresh_before.as_ref().map(|_| span.clone())),
+        ("client_auth", raw.client_auth.as_ref().map(Spanned::span)),
+        ("authorize_params", raw.authorize_params.as_ref().map(Spanned::span)),
     ];
     let (required, optional) = grant.keys();
     for (k, s) in &present {
@@ -449,5 +486,62 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn client_auth_and_authorize_params_resolve_and_show_in_check() {
+        let text = GOOD.replace(
+            "refresh_before = \"2m\"",
+            "refresh_before = \"2m\"\nclient_auth = \"basic_rfc6749\"\nauthorize_params = { prompt = \"consent\", ui_locales = \"de\" }",
+        );
+        let c = Config::parse("t.toml", &text).unwrap();
+        let goto = &c.credentials["goto"];
+        assert_eq!(goto.client_auth, super::ClientAuth::BasicRfc6749);
+        assert_eq!(
+            goto.authorize_params,
+            vec![("prompt".into(), "consent".into()), ("ui_locales".into(), "de".into())]
+        );
+        let shown = c.to_string();
+        assert!(
+            shown.contains("client_auth: basic_rfc6749") && shown.contains("authorize_params: prompt, ui_locales"),
+            "{shown}"
+        );
+        // The default is not shown.
+        let plain = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(plain.credentials["goto"].client_auth, super::ClientAuth::Basic);
+        assert!(!plain.to_string().contains("client_auth"));
+    }
+
+    #[test]
+    fn client_auth_must_be_a_known_mode_and_suit_the_grant() {
+        let text = GOOD.replace("refresh_before = \"2m\"", "refresh_before = \"2m\"\nclient_auth = \"digest-s3cr3t\"");
+        let e = err(&text);
+        assert!(
+            e.starts_with("t.toml:18:") && e.contains("credentials.goto.client_auth: is not a client authentication"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let text = GOOD.replace("password = \"pw-literal-secret\"", "password = \"x\"\nclient_auth = \"post\"");
+        assert!(err(&text).contains("credentials.g2a.client_auth: is not used by grant \"password\""));
+    }
+
+    #[test]
+    fn authorize_params_may_not_name_what_the_proxy_sets() {
+        for own in super::AUTHORIZE_PARAMS_OWN {
+            let text = GOOD.replace(
+                "refresh_before = \"2m\"",
+                &format!("refresh_before = \"2m\"\nauthorize_params = {{ prompt = \"consent\", {own} = \"v4lue\" }}"),
+            );
+            let e = err(&text);
+            assert!(
+                e.starts_with("t.toml:18:")
+                    && e.contains(&format!("credentials.goto.authorize_params.{own}: is set by the proxy itself")),
+                "{e}"
+            );
+            assert!(!e.contains("v4lue"), "{e}");
+        }
+        let text =
+            GOOD.replace("password = \"pw-literal-secret\"", "password = \"x\"\nauthorize_params = { a = \"b\" }");
+        assert!(err(&text).contains("credentials.g2a.authorize_params: is not used by grant \"password\""));
     }
 }

@@ -255,7 +255,7 @@ impl Credential {
             Ok(r) => r,
             Err(e) => {
                 if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
-                    // GoTo said this token is dead and no new one came: stop sending it, so
+                    // The upstream said this token is dead and no new one came: stop sending it, so
                     // requests wait for (or are told about) the renewal instead.
                     self.retire(cur);
                 }
