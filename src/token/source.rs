@@ -50,6 +50,13 @@ impl SourceError {
         matches!(self, SourceError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
     }
 
+    /// True when the endpoint said the grant itself is dead (`invalid_grant`: a revoked
+    /// PAT, a wrong password) or the client is not accepted (401): asking again with the
+    /// same values cannot succeed.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, SourceError::Refused { status, error, .. } if error == "invalid_grant" || *status == 401)
+    }
+
     /// How long the endpoint asked the proxy to wait before calling again, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -222,3 +222,87 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         "secret in log: {log}"
     );
 }
+
+/// `/tokens` of the stack.
+async fn tokens_of(s: &Stack) -> serde_json::Value {
+    s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap()
+}
+
+/// SPEC: `invalid_grant` makes a credential `needs_login`, and then nothing calls the
+/// token endpoint — not the schedule's retries, not rejected requests — until a person
+/// acts (`POST /refresh`, a sign-in). A password credential that is refused likewise.
+#[tokio::test]
+async fn a_dead_grant_makes_no_token_calls_until_a_person_acts() {
+    let s = stack(short_tokens(2), |mock, dir| {
+        let wrong_password = password_cred("g2a", mock)
+            .replace(&format!("password = \"{}\"", mock.options().password), "password = \"not-the-password\"");
+        let rest = format!(
+            "{wrong_password}\n{}\n{}\n{}",
+            code_cred("goto", mock, Some(&mock.mint_refresh_token())),
+            route("/G2A/", mock, Some("g2a")),
+            route("/", mock, Some("goto"))
+        );
+        config_text(dir, "token_wait = \"200ms\"", &rest)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.get("/G2W/rest/v2/x").await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the seeded credential never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.mock.revoke_refresh_tokens();
+
+    // The 2-second token comes due; its refresh is refused; the password never worked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = tokens_of(&s).await;
+        if t["goto"]["state"] == "needs_login" && t["g2a"]["state"] == "needs_login" {
+            assert!(t["goto"]["next_refresh"].is_null(), "no renewal is planned: {t}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never needs_login: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = s.mock.stats().token_calls;
+
+    // Over several backoff periods (0.5 s, 1 s, 2 s…), with requests whose tokens the
+    // upstream rejects: not one token call.
+    s.mock.revoke_access_tokens();
+    for _ in 0..10 {
+        for path in ["/G2W/rest/v2/x", "/G2A/rest/v1/x"] {
+            let status = s.get(path).await.status();
+            assert!(status == 503 || status == 403, "{path}: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(s.mock.stats().token_calls, calls, "token calls while waiting for a person");
+    let t = tokens_of(&s).await;
+    assert_eq!(t["goto"]["consecutive_failures"], 1, "{t}");
+    assert_eq!(t["g2a"]["consecutive_failures"], 1, "{t}");
+    assert!(t["g2a"]["last_error"].as_str().is_some_and(|e| e.contains("password")), "{t}");
+
+    // An operator's `POST /refresh` asks once more (still refused: still waiting).
+    for name in ["goto", "g2a"] {
+        let r = s.http.post(s.admin(&format!("/refresh/{name}"))).send().await.unwrap();
+        assert!(!r.status().is_success(), "{name}: {}", r.status());
+    }
+    assert_eq!(s.mock.stats().token_calls, calls + 2);
+    assert_eq!(tokens_of(&s).await["goto"]["state"], "needs_login");
+
+    // A sign-in ends it: served again, renewed on schedule again.
+    let login = s.http.get(s.admin("/login/goto")).send().await.unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let back = s.http.get(&authorize).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(s.http.get(&callback).send().await.unwrap().status(), 200);
+    assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+    let t = tokens_of(&s).await;
+    assert_eq!(t["goto"]["state"], "valid", "{t}");
+    let signed_in = s.mock.stats().token_calls;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.mock.stats().refreshes == 0 || s.mock.stats().token_calls == signed_in {
+        assert!(tokio::time::Instant::now() < deadline, "the schedule never renewed after the sign-in");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+}

@@ -188,6 +188,11 @@ impl Credential {
             return Ok(adopted);
         }
 
+        // A dead grant is not asked again on a timer or a rejection: only a person helps.
+        if trigger != Trigger::Manual && self.awaits_a_person() {
+            return Err(self.left_for_a_person(trigger, current.as_deref()));
+        }
+
         // The token endpoint asked for a pause (429 + Retry-After): honour it.
         if let Some(until) = self.slot.status.lock().ok().and_then(|s| s.not_before).filter(|t| *t > now) {
             let wait = until.duration_since(now).unwrap_or_default();
@@ -214,6 +219,18 @@ impl Credential {
                 result
             }
         }
+    }
+
+    /// The answer to a renewal not attempted because only a person can help: a rejected
+    /// token is no longer sent (requests are told why instead), and no call is made.
+    fn left_for_a_person(&self, trigger: Trigger, current: Option<&Token>) -> RefreshError {
+        if let (Trigger::Rejected(seen), Some(cur)) = (trigger, current) {
+            if cur.generation == seen && cur.is_valid_at(SystemTime::now()) {
+                self.retire(cur);
+            }
+        }
+        let message = self.slot.status.lock().ok().and_then(|s| s.last_error.clone());
+        RefreshError { message: message.unwrap_or_else(|| self.why_unavailable()), needs_login: true }
     }
 
     /// Reports that a token issued for a rejection was itself rejected at once (the

@@ -4,7 +4,7 @@
 //! renewal runs here and none on a data-path thread.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,10 @@ use super::{Credential, Trigger};
 use crate::token::handle::{OpenInbox, Report};
 use crate::token::source::Renewal;
 use crate::token::{deadline_in, later};
+
+/// How often a credential that waits for a person reads the store for a token someone
+/// else obtained (no token endpoint call).
+const SIGN_IN_CHECK: Duration = Duration::from_secs(30);
 
 /// The renewal planned by the loop, kept while the token and the failure count stay:
 /// store polls wake the loop often, and planning again each time would keep pushing a
@@ -76,9 +80,13 @@ impl Credential {
         loop {
             let next = self.plan(plan);
             plan = Some(next);
+            // Waiting for a person: no renewal is due, only the store is looked at now and
+            // then (a `login` that could not tell this process, a replica's sign-in).
+            let waiting = self.awaits_a_person();
+            let when = if waiting { deadline_in(SIGN_IN_CHECK) } else { next.when };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep_until(next.when) => {}
+                _ = tokio::time::sleep_until(when) => {}
                 _ = published.changed() => continue,
                 report = inbox.next() => {
                     self.answer(report).await;
@@ -92,6 +100,10 @@ impl Credential {
                     self.sync_with_store().await;
                     continue;
                 }
+            }
+            if waiting {
+                self.sync_with_store().await;
+                continue;
             }
             plan = None;
             // Failures are recorded and logged inside; the loop's backoff handles them.
@@ -113,8 +125,10 @@ impl Credential {
                 let expires_at = current.as_ref().map(|t| t.expires_at);
                 let delay = refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
                 let delay = not_before_clamp(delay, now, not_before);
+                let waiting = self.awaits_a_person();
                 if let Ok(mut s) = self.slot.status.lock() {
-                    s.next_refresh = Some(later(now, delay));
+                    // None is planned while only a person can help.
+                    s.next_refresh = (!waiting).then(|| later(now, delay));
                 }
                 Plan { generation, failures, when: deadline_in(delay) }
             }

@@ -137,6 +137,20 @@ impl Credential {
                 true,
                 format!("{e}; the refresh token is dead: run `goto-auth-proxy login --credential {}`", self.name()),
             ),
+            SourceError::Refused { .. }
+                if e.is_invalid_grant()
+                    && matches!(self.cfg.grant, GrantKind::PersonalAccessToken | GrantKind::Password) =>
+            {
+                let what = if self.cfg.grant == GrantKind::Password { "password" } else { "personal access token" };
+                (
+                    "refused",
+                    true,
+                    format!(
+                        "{e}; the {what} is refused: fix it in the config and reload, then `POST /refresh/{}`",
+                        self.name()
+                    ),
+                )
+            }
             SourceError::Refused { status: 429, .. } => ("rate_limited", false, e.to_string()),
             SourceError::Refused { .. } => ("refused", false, e.to_string()),
             SourceError::Unreachable(_) => ("unreachable", false, e.to_string()),
@@ -157,6 +171,14 @@ impl Credential {
         tracing::warn!(credential = %self.name(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
         self.slot.wake(); // waiters see the failure
         RefreshError { message, needs_login }
+    }
+
+    /// Whether only a person can make a token again ([`Credential::set_needs_login`]):
+    /// then nothing calls the token endpoint on its own — neither the schedule nor a
+    /// rejected token — until a sign-in, a token adopted from the store, a reload that
+    /// changes the credential, or `POST /refresh/{credential}` (SPEC "Configuration").
+    pub(super) fn awaits_a_person(&self) -> bool {
+        self.slot.needs_login.load(Ordering::Relaxed)
     }
 
     /// A renewal not attempted this round (shared store down, lock holder slow): counts
