@@ -18,6 +18,7 @@
 
 mod grant;
 mod handle;
+mod id_token;
 pub mod redis_store;
 pub mod refresher;
 pub mod seal;

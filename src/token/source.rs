@@ -98,9 +98,13 @@ pub struct TokenResponse {
     /// GoTo account key.
     #[serde(default, deserialize_with = "key_string")]
     pub account_key: Option<String>,
-    /// Who signed in (GoTo: the user's email), when the answer says.
+    /// Who signed in (GoTo: the user's email), when the answer says; else the OpenID
+    /// `id_token`'s `email` or `sub`, for display only ([`super::id_token`]).
     #[serde(default, deserialize_with = "key_string")]
     pub principal: Option<String>,
+    /// An OpenID answer's `id_token`: read once for `principal`, never stored or sent.
+    #[serde(default, deserialize_with = "opt_secret")]
+    id_token: Option<Secret>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -111,6 +115,7 @@ impl std::fmt::Debug for TokenResponse {
             .field("organizer_key", &self.organizer_key)
             .field("account_key", &self.account_key)
             .field("principal", &self.principal)
+            .field("has_id_token", &self.id_token.is_some())
             .finish()
     }
 }
@@ -118,10 +123,13 @@ impl std::fmt::Debug for TokenResponse {
 impl TokenResponse {
     /// Parses a token endpoint body.
     pub fn parse(body: &[u8]) -> Result<TokenResponse, SourceError> {
-        let r: TokenResponse =
+        let mut r: TokenResponse =
             serde_json::from_slice(body).map_err(|e| SourceError::Malformed(format!("{e} ({} bytes)", body.len())))?;
         if r.access_token.expose().is_empty() {
             return Err(SourceError::Malformed("empty access_token".into()));
+        }
+        if r.principal.is_none() {
+            r.principal = r.id_token.take().and_then(|t| super::id_token::display_principal(t.expose()));
         }
         Ok(r)
     }

@@ -102,3 +102,21 @@ fn retry_after_seconds_only_and_capped() {
     assert_eq!(parse_retry_after(Some(&h("Wed, 21 Oct 2015 07:28:00 GMT"))), None);
     assert_eq!(parse_retry_after(None), None);
 }
+
+#[test]
+fn principal_from_the_answer_else_from_the_id_token() {
+    use base64::Engine as _;
+    let jwt = |claims: &str| {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    };
+    let answer = |extra: &str| format!(r#"{{"access_token":"at","expires_in":60{extra}}}"#);
+    let id = jwt(r#"{"sub":"u-1","email":"jane@example.com"}"#);
+    let r = TokenResponse::parse(answer(&format!(r#","id_token":"{id}""#)).as_bytes()).unwrap();
+    assert_eq!(r.principal.as_deref(), Some("jane@example.com"));
+    let r = TokenResponse::parse(answer(&format!(r#","principal":"boss","id_token":"{id}""#)).as_bytes()).unwrap();
+    assert_eq!(r.principal.as_deref(), Some("boss"), "the answer's own principal comes first");
+    let r = TokenResponse::parse(answer(r#","id_token":"garbage""#).as_bytes()).unwrap();
+    assert_eq!(r.principal, None);
+    assert!(!format!("{r:?}").contains("garbage"));
+}
