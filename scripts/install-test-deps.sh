@@ -4,6 +4,8 @@
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
 #   redis-server   the Redis state store's tests (later release)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
+#   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into
+#                  tests/oidc/node_modules, the version pinned by tests/oidc/package-lock.json
 #
 # Idempotent and non-interactive (stdin is never read), meant for root on a Debian
 # machine (CI runs it before the tests):
@@ -82,6 +84,23 @@ else
   fi
 fi
 
+# ---- oidc-provider (project-local, pinned by tests/oidc/package-lock.json) ----
+oidc_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/oidc"
+oidc_wanted() { node -p "require('$oidc_dir/package.json').dependencies['oidc-provider']" 2>/dev/null </dev/null; }
+oidc_installed() { node -p "require('$oidc_dir/node_modules/oidc-provider/package.json').version" 2>/dev/null </dev/null; }
+has_oidc() { command -v node >/dev/null && [[ -n $(oidc_installed) && $(oidc_installed) == "$(oidc_wanted)" ]]; }
+if has_oidc; then
+  say "oidc-provider: present ($(oidc_installed) in $oidc_dir/node_modules)"
+else
+  if ! command -v npm >/dev/null; then
+    apt_install nodejs npm || true
+  fi
+  if command -v npm >/dev/null; then
+    say "npm ci in $oidc_dir (oidc-provider $(oidc_wanted))"
+    npm ci --prefix "$oidc_dir" --no-audit --no-fund --loglevel=error </dev/null || true
+  fi
+fi
+
 # ---- summary ----
 missing=()
 command -v curl >/dev/null || missing+=(curl)
@@ -92,8 +111,9 @@ if ! command -v newman >/dev/null; then
   command -v npm >/dev/null && hint=" (npm's global bin $(npm prefix -g 2>/dev/null </dev/null)/bin on PATH?)"
   missing+=("newman$hint")
 fi
+has_oidc || missing+=("oidc-provider (tests/oidc; needs node 20 or later and npm)")
 if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server and newman are installed"
+say "done: curl, python3 yaml, redis-server, newman and oidc-provider are installed"

@@ -21,6 +21,7 @@ mod hostile;
 mod hostile_token;
 mod idle;
 mod login;
+mod oidc;
 mod props;
 mod redis;
 mod safety;
