@@ -364,7 +364,9 @@ async fn secrets_never_leak() {
     // The state is encrypted: the key, too, must never show (check prints key ids only).
     let state_key = goto_auth_proxy::token::seal::generate_key();
     let pat = format!(
-        "[credentials.pat]\ngrant = \"personal_access_token\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\npat = \"{}\"\ntoken_url = \"{}/oauth/token\"\nkeys_url = \"{}/admin/rest/v1/me\"\n",
+        // basic_rfc6749 (the same bytes as raw Basic for this secret): the mode shows in
+        // `check`, the secret nowhere.
+        "[credentials.pat]\ngrant = \"personal_access_token\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\npat = \"{}\"\ntoken_url = \"{}/oauth/token\"\nkeys_url = \"{}/admin/rest/v1/me\"\nclient_auth = \"basic_rfc6749\"\n",
         opts.client_id,
         opts.client_secret,
         opts.pat,
@@ -453,6 +455,7 @@ async fn secrets_never_leak() {
         "the scenario ran: {seen}"
     );
     assert!(seen.contains("encryption: 1 key(s)"), "the audited config was encrypted");
+    assert!(seen.contains("client_auth: basic_rfc6749"), "the audited config authenticated the RFC 6749 way");
     for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key] {
         assert!(
             !seen.contains(secret),
