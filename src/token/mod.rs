@@ -18,6 +18,7 @@
 
 mod grant;
 mod handle;
+pub mod redis_budget;
 pub mod redis_store;
 pub mod refresher;
 pub mod seal;
