@@ -22,7 +22,7 @@ mod throttle;
 mod verdict;
 
 pub use body::UpstreamStream;
-pub use pace::{Shared, DEFAULT_PAUSE, MAX_PAUSE};
+pub use pace::{Shared, DEFAULT_PAUSE, MAX_PAUSE, PAUSE_POLL};
 pub use rewrite::strip_hop_by_hop;
 pub use table::{Route, Snapshot};
 

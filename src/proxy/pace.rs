@@ -5,6 +5,11 @@
 //! falls back to its local limiter at its full `rate_limit` (each replica alone stays
 //! within it), logs it once, and counts each such request in
 //! `goto_auth_proxy_rate_limit_local_total{route}`.
+//!
+//! With a shared budget, a route with a `rate_limit` takes every request's slot from it
+//! (one Redis round trip per request); a route without one only learns of another
+//! replica's pause, by asking at most every [`PAUSE_POLL`], so its requests never wait
+//! on Redis.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +29,10 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Longest a request waits for the shared budget's answer before pacing locally.
 const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How often a route without `rate_limit` asks the shared budget whether another
+/// replica paused it.
+pub const PAUSE_POLL: Duration = Duration::from_millis(200);
 
 /// After the shared budget failed, how long routes pace locally before asking it again
 /// (so a down Redis costs one timeout a second, not one per request).
@@ -49,6 +58,22 @@ impl Shared {
     fn usable(&self, now: Instant) -> Option<&dyn SharedBudget> {
         let now_n = now.saturating_duration_since(self.base).as_nanos() as u64;
         (self.down_until.load(Ordering::Relaxed) <= now_n).then_some(&*self.budget)
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// Whether the route whose last poll is `polled` should ask for a pause again.
+    fn poll_due(&self, polled: &AtomicU64, now: Instant) -> bool {
+        polled.load(Ordering::Relaxed).saturating_add(PAUSE_POLL.as_nanos() as u64) <= self.nanos(now)
+    }
+
+    /// Claims the route's next poll: true for the one request that should ask.
+    fn claim_poll(&self, polled: &AtomicU64, now: Instant) -> bool {
+        let last = polled.load(Ordering::Relaxed);
+        last.saturating_add(PAUSE_POLL.as_nanos() as u64) <= self.nanos(now)
+            && polled.compare_exchange(last, self.nanos(now), Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     fn failed(&self, route: &str, why: &str) {
@@ -99,6 +124,8 @@ pub(super) struct RoutePace {
     pub(super) wait: prometheus::Histogram,
     pub(super) throttled: prometheus::IntCounter,
     pub(super) local_fallback: prometheus::IntCounter,
+    /// Without `rate_limit`: when the shared pause was last asked ([`Shared`]'s clock).
+    pub(super) polled: AtomicU64,
 }
 
 /// Lowers the queue gauge however the wait ends (a client that gives up included).
@@ -115,7 +142,26 @@ impl RoutePace {
     /// pause, no shared budget. One atomic load: the common case of the hot path.
     #[inline]
     pub(super) fn is_open(&self, shared: Option<&Shared>) -> bool {
-        shared.is_none() && self.local.is_open()
+        match shared {
+            None => self.local.is_open(),
+            Some(_) if self.limited => false,
+            Some(s) => self.local.is_open() && !s.poll_due(&self.polled, Instant::now()),
+        }
+    }
+
+    /// Without `rate_limit`: takes over another replica's pause into the local limiter
+    /// (at most every [`PAUSE_POLL`], by one request).
+    async fn follow_shared_pause(&self, prefix: &str, shared: Option<&Shared>) {
+        let now = Instant::now();
+        let Some((s, b)) = shared.and_then(|s| s.usable(now).map(|b| (s, b))) else { return };
+        if !s.claim_poll(&self.polled, now) {
+            return;
+        }
+        if let Some(left) = s.ask(prefix, b.paused_for(prefix)).await {
+            if !left.is_zero() {
+                self.local.pause(now, left);
+            }
+        }
     }
 
     /// Waits for the route's turn: its slot in the `rate_limit` spacing, after any pause.
@@ -130,19 +176,24 @@ impl RoutePace {
         loop {
             let now = Instant::now();
             let max = deadline.saturating_duration_since(now);
-            let interval = self.local.interval();
-            let asked = match shared.and_then(|s| s.usable(now).map(|b| (s, b))) {
-                Some((s, b)) => s.ask(prefix, b.reserve(prefix, interval, max)).await,
-                None => None,
-            };
-            let reserved = match asked {
-                Some(r) => r,
-                None => {
-                    if shared.is_some() {
-                        self.local_fallback.inc();
+            let reserved = if self.limited {
+                let interval = self.local.interval();
+                let asked = match shared.and_then(|s| s.usable(now).map(|b| (s, b))) {
+                    Some((s, b)) => s.ask(prefix, b.reserve(prefix, interval, max)).await,
+                    None => None,
+                };
+                match asked {
+                    Some(r) => r,
+                    None => {
+                        if shared.is_some() {
+                            self.local_fallback.inc();
+                        }
+                        self.local.reserve(now, max)
                     }
-                    self.local.reserve(now, max)
                 }
+            } else {
+                self.follow_shared_pause(prefix, shared).await;
+                self.local.reserve(Instant::now(), deadline.saturating_duration_since(Instant::now()))
             };
             let wait = match reserved {
                 Ok(wait) => wait,
@@ -158,16 +209,19 @@ impl RoutePace {
             // it too: it takes a new slot after that pause.
             let now = Instant::now();
             let paused = match shared.and_then(|s| s.usable(now).map(|b| (s, b))) {
-                Some((s, b)) => s.ask(prefix, b.paused_for(prefix)).await.unwrap_or_else(|| self.local.paused_for(now)),
-                None => self.local.paused_for(now),
+                Some((s, b)) if self.limited => {
+                    s.ask(prefix, b.paused_for(prefix)).await.unwrap_or_else(|| self.local.paused_for(now))
+                }
+                _ => {
+                    self.follow_shared_pause(prefix, shared).await;
+                    self.local.paused_for(Instant::now())
+                }
             };
             if paused.is_zero() {
                 break;
             }
         }
-        if self.limited || !start.elapsed().is_zero() {
-            self.wait.observe(start.elapsed().as_secs_f64());
-        }
+        self.wait.observe(start.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -59,6 +59,7 @@ impl Route {
                 wait: metrics.rate_limit_wait.with_label_values(&[&cfg.prefix]),
                 throttled: metrics.upstream_throttled.with_label_values(&[&cfg.prefix]),
                 local_fallback: metrics.rate_limit_local.with_label_values(&[&cfg.prefix]),
+                polled: Default::default(),
             },
             aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
         }

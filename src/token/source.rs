@@ -398,7 +398,7 @@ impl TokenSource {
     pub(crate) async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
         for (i, url) in self.keys_urls.iter().enumerate() {
             let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
-            let fallback = self.keys_urls.len() > i + 1;
+            let fallback = i.saturating_add(1) < self.keys_urls.len();
             match res {
                 Ok(r) if r.status().is_success() => match read_capped(r).await {
                     Ok(b) => return Some(parse_keys(&b)),
