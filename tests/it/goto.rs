@@ -42,6 +42,16 @@ async fn goto_connect_gets_the_account_key_from_the_identity_endpoint_in_its_que
     assert_eq!(s.mock.stats().api_rejected, 0);
 }
 
+#[tokio::test]
+async fn keys_come_from_the_admin_me_when_the_identity_endpoint_fails() {
+    let s = standard(MockOptions { identity_unavailable: true, ..MockOptions::default() }).await;
+    let r = s.get("/voice-admin/v1/phone-numbers?accountKey=%7BaccountKey%7D").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mock-query"], format!("accountKey={ACCOUNT_KEY}").as_str());
+    let r = s.get("/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars").await;
+    assert_eq!(r.status(), 200, "the organizer key too");
+}
+
 // ===== GoTo's quota: rate_limit, the 429 pause, retry_429 =====
 
 /// GoTo's quota in these tests: 50 requests per second per token and API (the real one

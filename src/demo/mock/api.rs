@@ -44,6 +44,9 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
         return me(&opts);
     }
     if path == "/identity/v1/Users/me" {
+        if opts.identity_unavailable {
+            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"temporarily unavailable"}"#.into());
+        }
         return identity_me(&opts);
     }
     echo(req, &path, &opts).await

@@ -99,6 +99,9 @@ pub struct MockOptions {
     /// `Retry-After`. `None` (the default, for tests and benches that fire at will): no
     /// quota. The demo sets 10, GoTo's documented rate.
     pub api_quota: Option<u32>,
+    /// Whether `/identity/v1/Users/me` answers `503` (so a key lookup must fall back to
+    /// the Admin API's `/me`).
+    pub identity_unavailable: bool,
 }
 
 impl Default for MockOptions {
@@ -116,6 +119,7 @@ impl Default for MockOptions {
             keys_in_oauth_response: false,
             rotate_refresh_tokens: true,
             api_quota: None,
+            identity_unavailable: false,
         }
     }
 }
