@@ -18,6 +18,7 @@ use crate::login::LoginFlows;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
+use crate::token::redis_budget::RedisBudget;
 use crate::token::redis_store::RedisStore;
 use crate::token::seal::Sealer;
 use crate::token::source::TokenSource;
@@ -431,7 +432,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = open_checked_store(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
-    let proxy = Arc::new(Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone()));
+    let mut proxy = Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone());
+    if let StateSettings::Redis { url, prefix, .. } = &config.state {
+        // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
+        match RedisBudget::connect(url, prefix) {
+            Ok(budget) => proxy = proxy.with_shared_budget(Arc::new(budget)),
+            Err(e) => tracing::warn!(error = %e, "no shared rate-limit budget: each replica paces its routes alone"),
+        }
+    }
+    let proxy = Arc::new(proxy);
     let core = Arc::new(Core {
         config: ArcSwap::from_pointee(config.clone()),
         credentials: ArcSwap::from_pointee(Credentials::new()),

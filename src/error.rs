@@ -84,12 +84,22 @@ pub struct ProxyError {
     pub code: ErrorCode,
     /// Human-readable detail; never holds a secret.
     pub message: String,
+    /// Whole seconds for a `Retry-After` header (`rate_limited`: when to come back).
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ProxyError {
     /// An error with its code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProxyError { code, message: message.into() }
+        ProxyError { code, message: message.into(), retry_after_secs: None }
+    }
+
+    /// The same error, telling the client to come back in `after` (rounded up to whole
+    /// seconds, at least one) with `Retry-After`.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        self.retry_after_secs = Some(secs.clamp(1, u64::from(u32::MAX)) as u32);
+        self
     }
 
     /// The JSON body.
@@ -102,6 +112,9 @@ impl ProxyError {
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let mut res = crate::response::with_body(self.code.status(), crate::response::JSON, self.body());
         res.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         res
     }
 }

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub refresher_restarts: IntCounterVec,
     /// Upstream `429` answers, by route: GoTo's quota reached.
     pub upstream_throttled: IntCounterVec,
+    /// Requests of a route paced by this replica alone because the shared budget
+    /// (`store = "redis"`) was unreachable, by route.
+    pub rate_limit_local: IntCounterVec,
     /// 1 while a credential cannot renew without a person (sign-in, password), else 0.
     pub credential_needs_login: prometheus::IntGaugeVec,
     /// Notifications to a person, by event and outcome (`sent`, `failed`).
@@ -123,6 +126,14 @@ impl Metrics {
             &["route"],
         )?;
         registry.register(Box::new(upstream_throttled.clone()))?;
+        let rate_limit_local = IntCounterVec::new(
+            Opts::new(
+                "goto_auth_proxy_rate_limit_local_total",
+                "Requests paced by this replica alone because the shared rate-limit budget (Redis) was unreachable, by route.",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(rate_limit_local.clone()))?;
         let credential_needs_login = prometheus::IntGaugeVec::new(
             Opts::new(
                 "goto_auth_proxy_credential_needs_login",
@@ -150,6 +161,7 @@ impl Metrics {
             store_errors,
             refresher_restarts,
             upstream_throttled,
+            rate_limit_local,
             credential_needs_login,
             notifications,
         })

@@ -162,7 +162,8 @@ impl<T> Router<T> {
     }
 }
 
-/// True when `path` holds a `{organizerKey}`/`{accountKey}` placeholder (raw or escaped).
+/// True when `path` (or a query string) may hold a `{organizerKey}`/`{accountKey}`
+/// placeholder (raw or escaped): a cheap look for `{` or `%7b`, no allocation.
 #[inline]
 pub fn has_key_placeholder(path: &str) -> bool {
     let b = path.as_bytes();
@@ -191,6 +192,81 @@ pub fn substitute_keys(path: &str, organizer_key: Option<&str>, account_key: Opt
         out.push_str(value.unwrap_or(seg));
     }
     out
+}
+
+/// The placeholders and the key each one stands for.
+const PLACEHOLDERS: [(&str, Key); 2] = [("organizerKey", Key::Organizer), ("accountKey", Key::Account)];
+
+#[derive(Clone, Copy)]
+enum Key {
+    Organizer,
+    Account,
+}
+
+/// Replaces `{organizerKey}` and `{accountKey}` (also written `%7BaccountKey%7D`, hex in
+/// any case) wherever they stand in the query string's values (`?accountKey={accountKey}`,
+/// `?filter=owner:{organizerKey}`) with the credential's keys, percent-encoded for a
+/// query. Names, separators and everything else stay byte for byte; a placeholder whose
+/// key is unknown, or one in a parameter's name, is left as it is.
+pub fn substitute_query_keys(query: &str, organizer_key: Option<&str>, account_key: Option<&str>) -> String {
+    let mut out = String::with_capacity(query.len() + 32);
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        let (name, value) = match pair.find('=') {
+            Some(eq) => pair.split_at(eq + 1),
+            None => {
+                out.push_str(pair);
+                continue;
+            }
+        };
+        out.push_str(name);
+        let mut rest = value;
+        while !rest.is_empty() {
+            match placeholder_at(rest) {
+                Some((len, key)) => {
+                    let key = match key {
+                        Key::Organizer => organizer_key,
+                        Key::Account => account_key,
+                    };
+                    match key {
+                        Some(k) => out.extend(percent_encoding::utf8_percent_encode(k, QUERY_VALUE)),
+                        None => out.push_str(&rest[..len]),
+                    }
+                    rest = &rest[len..];
+                }
+                None => {
+                    let c = rest.chars().next().map_or(1, char::len_utf8);
+                    out.push_str(&rest[..c]);
+                    rest = &rest[c..];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What a key must be escaped of in a query value: all but RFC 3986's unreserved.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The placeholder at the start of `s`, raw or escaped: its length and which key.
+fn placeholder_at(s: &str) -> Option<(usize, Key)> {
+    let (open, close) = if s.starts_with('{') {
+        (1, "}")
+    } else if s.get(..3).is_some_and(|o| o.eq_ignore_ascii_case("%7b")) {
+        (3, "%7d")
+    } else {
+        return None;
+    };
+    PLACEHOLDERS.iter().find_map(|(name, key)| {
+        let after = s[open..].strip_prefix(name)?;
+        after
+            .get(..close.len())
+            .filter(|c| c.eq_ignore_ascii_case(close))
+            .map(|_| (open + name.len() + close.len(), *key))
+    })
 }
 
 #[cfg(test)]
@@ -313,6 +389,51 @@ mod tests {
         }
         for p in ["/o/x", "/o/%7", "/o/%7c", "/o/%27b", "/7b%"] {
             assert!(!has_key_placeholder(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn query_key_substitution() {
+        let q = |s| substitute_query_keys(s, Some("111"), Some("222"));
+        assert_eq!(q("accountKey={accountKey}"), "accountKey=222");
+        assert_eq!(q("accountKey=%7BaccountKey%7D"), "accountKey=222");
+        assert_eq!(q("accountKey=%7baccountkey%7d"), "accountKey=%7baccountkey%7d", "the name is case-sensitive");
+        assert_eq!(q("a=1&accountKey=%7baccountKey%7D&b=x%20y"), "a=1&accountKey=222&b=x%20y");
+        assert_eq!(q("filter=owner:{organizerKey},acct:%7BaccountKey%7d"), "filter=owner:111,acct:222");
+        assert_eq!(q("{accountKey}=1&flag&x=={accountKey}"), "{accountKey}=1&flag&x==222", "names stay");
+        assert_eq!(q("x={other}&y=%7B&z={accountKey"), "x={other}&y=%7B&z={accountKey");
+        assert_eq!(q("&&a=&=b&c=%7BorganizerKey%7D"), "&&a=&=b&c=111");
+        assert_eq!(q("é=ü{accountKey}ö"), "é=ü222ö");
+        assert_eq!(substitute_query_keys("k={accountKey}", None, None), "k={accountKey}", "unknown keys stay");
+        assert_eq!(substitute_query_keys("k={accountKey}", None, Some("a b&c")), "k=a%20b%26c");
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Without keys to fill in, the query is untouched, whatever it holds.
+            #[test]
+            fn unknown_keys_leave_the_query_byte_for_byte(q in "[a-zA-Z0-9%{}=&:,;+ é]{0,40}") {
+                prop_assert_eq!(substitute_query_keys(&q, None, None), q);
+            }
+
+            /// A placeholder in any spelling, anywhere in a value, is filled; the rest stays.
+            #[test]
+            fn a_placeholder_anywhere_in_a_value_is_filled(
+                before in "[a-zA-Z0-9=&:,%]{0,12}",
+                head in "[a-zA-Z0-9:,=]{0,6}",
+                tail in "[a-zA-Z0-9:,=]{0,6}",
+                after in "(&[a-zA-Z0-9=:,%]{0,12})?",
+                (open, close) in prop_oneof![Just(("{", "}")), Just(("%7B", "%7D")), Just(("%7b", "%7d")), Just(("%7B", "%7d"))],
+            ) {
+                let before = if before.is_empty() { String::new() } else { format!("{before}&") };
+                let q = format!("{before}k={head}{open}accountKey{close}{tail}{after}");
+                let want = format!("{before}k={head}222{tail}{after}");
+                prop_assert_eq!(substitute_query_keys(&q, None, Some("222")), want);
+            }
         }
     }
 }

@@ -30,7 +30,11 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ("config", &["secret"], "TOML -> validated Config; secrets resolved"),
     // Building blocks above the leaves.
     ("inbound", &["config", "error"], "who may use the listeners"),
-    ("token", &["config", "error", "metrics", "random", "secret"], "tokens: grants, endpoint, stores, refresher"),
+    (
+        "token",
+        &["config", "error", "limit", "metrics", "random", "secret"],
+        "tokens: grants, endpoint, stores, refresher; Redis also keeps limit's SharedBudget (GoTo's quota is one per user, like the token)",
+    ),
     ("login", &["config", "random", "token"], "authorization-code sign-in flows"),
     (
         "proxy",
@@ -55,6 +59,7 @@ const FORBIDDEN_PATHS: &[(&str, &str, &str)] = &[
     ("proxy", "crate::token::source", "the data path never calls a token endpoint"),
     ("proxy", "crate::token::store", "the data path never touches a store"),
     ("proxy", "crate::token::redis_store", "the data path never touches a store"),
+    ("proxy", "crate::token::redis_budget", "the data path knows the shared budget only as limit::SharedBudget"),
     ("proxy", "crate::demo", "the mock is test equipment"),
     ("upstream", "reqwest", "the data path never talks to token endpoints"),
     ("token", "crate::demo", "the mock is test equipment"),

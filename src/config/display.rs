@@ -80,6 +80,7 @@ impl fmt::Debug for RouteConfig {
             .field("strip_prefix", &self.strip_prefix)
             .field("methods", &self.methods)
             .field("rate_limit", &self.rate_limit)
+            .field("retry_429", &self.retry_429)
             .finish()
     }
 }
@@ -204,6 +205,9 @@ fn write_route(f: &mut fmt::Formatter<'_>, r: &RouteConfig) -> fmt::Result {
     }
     if let Some(l) = r.rate_limit {
         write!(f, " rate_limit {l}/s")?;
+    }
+    if r.retry_429 {
+        write!(f, " retry_429")?;
     }
     writeln!(f)
 }

@@ -302,6 +302,7 @@ mod tests {
             "strip_prefix",
             "methods",
             "rate_limit",
+            "retry_429",
             "bogus",
         ];
         let sections = ["", "[proxy]", "[state]", "[inbound]", "[[routes]]", "[credentials.c]"];

@@ -55,8 +55,13 @@ pub const GOTO_TOKEN_URL: &str = "https://authentication.logmeininc.com/oauth/to
 pub const GOTO_AUTHORIZE_URL: &str = "https://authentication.logmeininc.com/oauth/authorize";
 /// GoToAssist Corporate Direct Login endpoint (password grant).
 pub const GOTO_DIRECT_LOGIN_URL: &str = "https://api.getgo.com/oauth/access_token";
-/// Where organizer and account keys come from when a token response lacks them.
-pub const GOTO_KEYS_URL: &str = "https://api.getgo.com/admin/rest/v1/me";
+/// Where organizer and account keys come from when a token response lacks them: GoTo's
+/// identity endpoint, which every user may call (SCIM shape).
+pub const GOTO_KEYS_URL: &str = "https://api.getgo.com/identity/v1/Users/me";
+/// The Admin API's `/me`, tried when an identity lookup fails (it answers only admins of
+/// Global-platform accounts). The same path is tried on the host of a configured identity
+/// `keys_url`.
+pub const ADMIN_KEYS_PATH: &str = "/admin/rest/v1/me";
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -324,6 +329,9 @@ pub struct RouteConfig {
     pub methods: Option<Vec<http::Method>>,
     /// Requests per second sent upstream; excess requests queue up to `token_wait`.
     pub rate_limit: Option<f64>,
+    /// Resend a `GET`/`HEAD`/`OPTIONS` once after an upstream 429's pause (within
+    /// `token_wait`).
+    pub retry_429: bool,
 }
 
 impl Config {

@@ -209,4 +209,6 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: bool,
     pub(super) methods: Option<Spanned<Vec<String>>>,
     pub(super) rate_limit: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) retry_429: bool,
 }

@@ -54,6 +54,10 @@ fn token_lifetime(env: Option<&str>) -> Result<Duration, DemoError> {
     }
 }
 
+/// GoTo's documented quota, which the demo's mock enforces: requests per second per
+/// token and API.
+const DEMO_QUOTA: u32 = 10;
+
 /// A running demo. Public: `cli` prints its banner and stops it; the examples tests run
 /// the shipped scripts against it.
 pub struct Demo {
@@ -92,7 +96,7 @@ client_secret = "{client_secret}"
 refresh_token = "{seed_refresh_token}"
 token_url = "{m}/oauth/token"
 authorize_url = "{m}/oauth/authorize"
-keys_url = "{m}/admin/rest/v1/me"
+keys_url = "{m}/identity/v1/Users/me"
 refresh_before = "30s"
 
 [credentials.g2a]
@@ -127,7 +131,12 @@ credential = "goto"
 /// and the examples tests start the demo with it.
 pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Path) -> Result<Demo, DemoError> {
     let lifetime = token_lifetime(std::env::var(TOKEN_LIFETIME_ENV).ok().as_deref())?;
-    let mock = MockGoto::start(MockOptions { token_lifetime: lifetime, ..MockOptions::default() }).await?;
+    let mock = MockGoto::start(MockOptions {
+        token_lifetime: lifetime,
+        api_quota: Some(DEMO_QUOTA),
+        ..MockOptions::default()
+    })
+    .await?;
     let seed = mock.mint_refresh_token();
     let cfg = config(&mock, &seed, listen, admin_listen, state_dir)?;
     let running = app::start(cfg).await?;
@@ -146,6 +155,7 @@ Paste any of these into another terminal:
 
   curl -s http://{proxy}/admin/rest/v1/me
   curl -s http://{proxy}/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars
+  curl -s 'http://{proxy}/voice-admin/v1/phone-numbers?accountKey=%7BaccountKey%7D'
   curl -s -X POST -H 'Content-Type: application/json' -d '{{"subject":"Weekly sync"}}' http://{proxy}/G2M/rest/meetings
   curl -s http://{proxy}/G2A/rest/v1/sessions
   curl -s http://{admin}/tokens
@@ -156,6 +166,7 @@ Paste any of these into another terminal:
   curl -sL http://{admin}/login/goto
 
 The first line calls "GoTo" with no auth; the second fills in the organizer key; the
+third, a GoTo Connect call, the account key in the query string; the
 POST body passes through byte for byte; /G2A/ uses a Direct Login credential. The
 `_mock/revoke` line kills every token at "GoTo": the next request is rejected upstream,
 and the proxy renews the token and retries it, so you still get a 200. The last line

@@ -11,13 +11,18 @@
 //! * [`verdict`] — whether the upstream rejected the token, what a retry needs, what an
 //!   upstream failure means.
 //! * [`body`] — the answer streamed back.
+//! * [`pace`] — the route's `rate_limit`, the pause after an upstream 429, the budget
+//!   replicas share; [`throttle`] — what a 429 answer does to its request (`retry_429`).
 
 mod body;
+mod pace;
 mod rewrite;
 mod table;
+mod throttle;
 mod verdict;
 
 pub use body::UpstreamStream;
+pub use pace::{Shared, DEFAULT_PAUSE, MAX_PAUSE, PAUSE_POLL};
 pub use rewrite::strip_hop_by_hop;
 pub use table::{Route, Snapshot};
 
@@ -29,7 +34,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body as _, Incoming};
 
@@ -61,13 +66,22 @@ pub struct Proxy {
     metrics: Metrics,
     /// Caps requests in flight (`max_concurrent_requests`, fixed at start).
     in_flight: InFlight,
+    /// With `store = "redis"`: where routes' pace lives, shared by replicas.
+    shared: Option<Shared>,
 }
 
 impl Proxy {
     /// A proxy serving `snapshot`, connecting upstream with `connector`.
     pub fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
         let in_flight = InFlight::new(snapshot.settings.max_concurrent_requests);
-        Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight }
+        Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight, shared: None }
+    }
+
+    /// Keeps every route's pace (`rate_limit`, 429 pauses) in `budget`, shared by the
+    /// replicas (`store = "redis"`).
+    pub fn with_shared_budget(mut self, budget: Arc<dyn crate::limit::SharedBudget>) -> Proxy {
+        self.shared = Some(Shared::new(budget));
+        self
     }
 
     /// Swaps in new routes and settings; requests in flight finish on the old ones.
@@ -160,19 +174,11 @@ impl Proxy {
         affinity: &Affinity,
     ) -> Result<Response<Body>, ProxyError> {
         let settings = &snap.settings;
-        if let Some(l) = &route.limiter {
-            let Some(wait) = l.limiter.reserve(Instant::now(), settings.token_wait) else {
-                return Err(ProxyError::new(
-                    ErrorCode::RateLimited,
-                    format!("{} is limited to its rate_limit and its queue is full; retry later", route.prefix),
-                ));
-            };
-            if !wait.is_zero() {
-                l.queue.inc();
-                Box::pin(tokio::time::sleep(wait)).await;
-                l.queue.dec();
-            }
-            l.wait.observe(wait.as_secs_f64());
+        // The route's `rate_limit` and any 429 pause: no wait (one atomic load) usually.
+        let shared = self.shared.as_ref();
+        if !route.pace.is_open(shared) {
+            let deadline = Instant::now() + settings.token_wait;
+            Box::pin(route.pace.wait_turn(&route.prefix, shared, deadline)).await?;
         }
         let mut held = affinity.hold();
 
@@ -206,8 +212,13 @@ impl Proxy {
         // valid token exists.
         let Some(cred) = route.credential.as_ref() else {
             rewrite_request(route, parts, path.as_deref(), None)?;
+            let retry = throttle::retry_copy(route, parts, buffered.as_ref());
             let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
-            return self.send(settings, route, &mut held, req).await.map(|r| passthrough(r, route));
+            let res = self.send(settings, route, &mut held, req).await?;
+            if res.status() == StatusCode::TOO_MANY_REQUESTS {
+                return Box::pin(self.after_429(settings, route, &mut held, res, retry, None)).await;
+            }
+            return Ok(passthrough(res, route));
         };
         let current =
             with_valid_token(cred, |t| rewrite_request(route, parts, path.as_deref(), Some(t)).map(|()| t.generation));
@@ -224,6 +235,9 @@ impl Proxy {
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
         let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
         let res = self.send(settings, route, &mut held, req).await?;
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            return Box::pin(self.after_429(settings, route, &mut held, res, retry, Some(cred))).await;
+        }
         let verdict = quick_verdict(&res);
         if verdict == Some(false) {
             return Ok(passthrough(res, route));

@@ -41,7 +41,14 @@ pub(super) fn rewrite_request(
         }
         _ => fwd_path,
     };
-    let uri = upstream_uri(route, &fwd_path, &parts.uri)?;
+    // GoTo Connect's `?accountKey={accountKey}`: only a query that may hold one is copied.
+    let fwd_query = match (token, parts.uri.query()) {
+        (Some(t), Some(q)) if route::has_key_placeholder(q) => {
+            Some(route::substitute_query_keys(q, t.organizer_key.as_deref(), t.account_key.as_deref()))
+        }
+        _ => None,
+    };
+    let uri = upstream_uri(route, &fwd_path, &parts.uri, fwd_query.as_deref())?;
     strip_headers(&mut parts.headers, &NOT_FORWARDED);
     parts.headers.insert(header::HOST, route.host.clone());
     if let Some(t) = token {
@@ -60,13 +67,14 @@ pub(super) fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Inco
     }
 }
 
-/// The upstream request target (origin-form: path and query). When the forwarded path
-/// is the client's own (the usual case), the client's path-and-query is reused as is.
-pub(super) fn upstream_uri(route: &Route, path: &str, inbound: &Uri) -> Result<Uri, ProxyError> {
-    let reuse = route.base_path.is_empty() && path == inbound.path();
+/// The upstream request target (origin-form: path and query; `query` when keys were
+/// filled into it). When the forwarded path and query are the client's own (the usual
+/// case), the client's path-and-query is reused as is.
+pub(super) fn upstream_uri(route: &Route, path: &str, inbound: &Uri, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let reuse = route.base_path.is_empty() && path == inbound.path() && query.is_none();
     let pq = match inbound.path_and_query() {
         Some(pq) if reuse => pq.clone(),
-        _ => build_path_and_query(&route.base_path, path, inbound.query())?,
+        _ => build_path_and_query(&route.base_path, path, query.or(inbound.query()))?,
     };
     Ok(Uri::from(pq))
 }

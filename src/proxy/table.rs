@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Method};
 
+use super::pace::RoutePace;
 use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, RequestCounters};
@@ -30,16 +31,10 @@ pub struct Route {
     pub(super) methods: Option<Vec<Method>>,
     pub(super) duration: prometheus::Histogram,
     pub(super) requests: RequestCounters,
-    pub(super) limiter: Option<RouteLimiter>,
+    /// Its `rate_limit` and the pause after an upstream 429.
+    pub(super) pace: RoutePace,
     /// `upstream_errors{kind="aborted"}`: the upstream broke off a response body.
     pub(super) aborted: prometheus::IntCounter,
-}
-
-/// A route's rate limit with its metric handles, resolved once.
-pub(super) struct RouteLimiter {
-    pub(super) limiter: RateLimiter,
-    pub(super) queue: prometheus::IntGauge,
-    pub(super) wait: prometheus::Histogram,
 }
 
 impl Route {
@@ -56,11 +51,16 @@ impl Route {
             methods: cfg.methods.clone(),
             duration: metrics.request_duration.with_label_values(&[&cfg.prefix]),
             requests: RequestCounters::new(&metrics.requests_total, &cfg.prefix),
-            limiter: cfg.rate_limit.map(|rate| RouteLimiter {
-                limiter: RateLimiter::new(rate),
+            pace: RoutePace {
+                local: cfg.rate_limit.map_or_else(RateLimiter::unlimited, RateLimiter::new),
+                limited: cfg.rate_limit.is_some(),
+                retry_429: cfg.retry_429,
                 queue: metrics.rate_limit_queue.with_label_values(&[&cfg.prefix]),
                 wait: metrics.rate_limit_wait.with_label_values(&[&cfg.prefix]),
-            }),
+                throttled: metrics.upstream_throttled.with_label_values(&[&cfg.prefix]),
+                local_fallback: metrics.rate_limit_local.with_label_values(&[&cfg.prefix]),
+                polled: Default::default(),
+            },
             aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
         }
     }

@@ -47,6 +47,13 @@ impl RetryCopy {
 
     /// The request again, with a fresh token.
     pub(super) fn into_request(self, bearer: &HeaderValue) -> Request<UpstreamBody> {
+        let mut req = self.into_request_as_sent();
+        req.headers_mut().insert(header::AUTHORIZATION, bearer.clone());
+        req
+    }
+
+    /// The request again, exactly as it was sent.
+    pub(super) fn into_request_as_sent(self) -> Request<UpstreamBody> {
         let mut req = Request::new(Either::Left(Full::new(self.body)));
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
@@ -54,7 +61,6 @@ impl RetryCopy {
         for (name, value) in self.headers {
             headers.append(name, value);
         }
-        headers.insert(header::AUTHORIZATION, bearer.clone());
         req
     }
 }

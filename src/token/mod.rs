@@ -19,6 +19,7 @@
 mod grant;
 mod handle;
 mod id_token;
+pub mod redis_budget;
 pub mod redis_store;
 pub mod refresher;
 pub mod seal;

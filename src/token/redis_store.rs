@@ -408,12 +408,12 @@ fn note_failure(location: &str, errors: &Option<IntCounterVec>, failures: &mut u
 }
 
 /// A Redis error in words (I/O and server errors never carry the URL).
-fn describe(e: &redis::RedisError) -> String {
+pub(super) fn describe(e: &redis::RedisError) -> String {
     e.to_string()
 }
 
 /// `host:port/db` of a Redis URL, without user or password.
-fn location_of(url: &str) -> String {
+pub(super) fn location_of(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(u) => {
             let host = u.host_str().unwrap_or("");

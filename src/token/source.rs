@@ -226,7 +226,15 @@ pub(crate) struct Keys {
     pub(crate) principal: Option<String>,
 }
 
-/// Reads keys from an Admin `me` (or identity) answer, tolerating the shapes seen.
+/// The SCIM extension of GoTo's identity answer that holds the user's accounts.
+const SCIM_GETGO: &str = "urn:scim:schemas:extension:getgo:1.0";
+
+/// Reads keys from any of the three answers that carry them, tolerating missing fields:
+/// a token answer (`organizer_key`, `account_key`, `principal`), the Admin API's `/me`
+/// (`key`, `accountKey` or `accounts[].key`, `email`) and the identity SCIM document
+/// (`id` is the organizer key, the first `accounts[].value` of the
+/// `urn:scim:schemas:extension:getgo:1.0` extension the account key, `userName` who
+/// signed in). Keys may be strings or integers beyond 2^53; both stay exact.
 pub(crate) fn parse_keys(body: &[u8]) -> Keys {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Keys::default();
@@ -237,11 +245,24 @@ pub(crate) fn parse_keys(body: &[u8]) -> Keys {
         _ => None,
     };
     let first = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(as_key));
+    let first_of = |list: Option<&serde_json::Value>, field: &str| {
+        list.and_then(|a| a.get(0)).and_then(|a| a.get(field)).and_then(as_key)
+    };
+    let scim = v.get(SCIM_GETGO);
+    // `id` means the user key only in a SCIM document (anything else may have an `id`).
+    let is_scim = scim.is_some() || v.get("schemas").is_some();
     Keys {
-        organizer_key: first(&["organizer_key", "organizerKey", "key"]),
+        organizer_key: first(&["organizer_key", "organizerKey", "key"]).or_else(|| {
+            if is_scim {
+                v.get("id").and_then(as_key)
+            } else {
+                None
+            }
+        }),
         account_key: first(&["account_key", "accountKey"])
-            .or_else(|| v.get("accounts").and_then(|a| a.get(0)).and_then(|a| a.get("key")).and_then(as_key)),
-        principal: first(&["principal", "userName", "email"]),
+            .or_else(|| first_of(v.get("accounts"), "key"))
+            .or_else(|| first_of(scim.and_then(|s| s.get("accounts")), "value")),
+        principal: first(&["principal", "userName", "email"]).or_else(|| first_of(v.get("emails"), "value")),
     }
 }
 
@@ -271,7 +292,8 @@ impl Renewal {
 pub struct TokenSource {
     http: reqwest::Client,
     cfg: Arc<CredentialConfig>,
-    keys_url: Option<String>,
+    /// Where keys are looked up, in order: the next is tried when one fails.
+    keys_urls: Vec<String>,
 }
 
 impl TokenSource {
@@ -281,9 +303,12 @@ impl TokenSource {
         // or GoTo's own when the token also comes from GoTo.
         let goto_token =
             cfg.token_url == crate::config::GOTO_TOKEN_URL || cfg.token_url == crate::config::GOTO_DIRECT_LOGIN_URL;
-        let keys_url =
-            if cfg.keys_url != crate::config::GOTO_KEYS_URL || goto_token { Some(cfg.keys_url.clone()) } else { None };
-        TokenSource { http, cfg, keys_url }
+        let keys_urls = if cfg.keys_url != crate::config::GOTO_KEYS_URL || goto_token {
+            keys_urls(&cfg.keys_url)
+        } else {
+            Vec::new()
+        };
+        TokenSource { http, cfg, keys_urls }
     }
 
     /// The credential's configuration.
@@ -386,22 +411,44 @@ impl TokenSource {
         TokenResponse::parse(&body)
     }
 
-    /// Looks up organizer/account keys with `access_token`, when a keys URL applies.
+    /// Looks up organizer/account keys with `access_token`, when a keys URL applies: the
+    /// identity endpoint, then the Admin API's `/me` when that fails.
     pub(crate) async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
-        let url = self.keys_url.as_ref()?;
-        let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
-        match res {
-            Ok(r) if r.status().is_success() => read_capped(r).await.ok().map(|b| parse_keys(&b)),
-            Ok(r) => {
-                tracing::warn!(credential = %self.cfg.name, status = r.status().as_u16(), "organizer/account key lookup failed");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(credential = %self.cfg.name, error = %describe(e), "organizer/account key lookup failed");
-                None
+        for (i, url) in self.keys_urls.iter().enumerate() {
+            let res = self.http.get(url).bearer_auth(access_token.expose()).send().await;
+            let fallback = i.saturating_add(1) < self.keys_urls.len();
+            match res {
+                Ok(r) if r.status().is_success() => match read_capped(r).await {
+                    Ok(b) => return Some(parse_keys(&b)),
+                    Err(e) => {
+                        tracing::warn!(credential = %self.cfg.name, error = %e, fallback, "organizer/account key lookup failed")
+                    }
+                },
+                Ok(r) => {
+                    tracing::warn!(credential = %self.cfg.name, status = r.status().as_u16(), fallback, "organizer/account key lookup failed");
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %self.cfg.name, error = %describe(e), fallback, "organizer/account key lookup failed");
+                }
             }
         }
+        None
     }
+}
+
+/// The URLs a key lookup tries, in order: `keys_url`, and when it is an identity
+/// endpoint (`…/identity/v1/Users/me`), the Admin API's `/me` on the same host.
+fn keys_urls(keys_url: &str) -> Vec<String> {
+    let mut urls = vec![keys_url.to_string()];
+    if let Ok(mut u) = url::Url::parse(keys_url) {
+        if u.path().ends_with("/identity/v1/Users/me") {
+            let base = u.path().trim_end_matches("/identity/v1/Users/me").to_string();
+            u.set_path(&format!("{base}{}", crate::config::ADMIN_KEYS_PATH));
+            u.set_query(None);
+            urls.push(u.to_string());
+        }
+    }
+    urls
 }
 
 /// Reads an answer's body, refusing one larger than [`MAX_ANSWER`] as soon as that is

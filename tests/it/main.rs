@@ -17,6 +17,7 @@ mod data_path;
 mod encryption;
 mod errors;
 mod faults;
+mod goto;
 mod hostile;
 mod hostile_token;
 mod idle;

@@ -32,7 +32,7 @@ pub fn code_cred(name: &str, mock: &MockGoto, seed: Option<&str>) -> String {
     let o = mock.options();
     let m = mock.url();
     let mut s = format!(
-        "[credentials.{name}]\ngrant = \"authorization_code\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\ntoken_url = \"{m}/oauth/token\"\nauthorize_url = \"{m}/oauth/authorize\"\nkeys_url = \"{m}/admin/rest/v1/me\"\n",
+        "[credentials.{name}]\ngrant = \"authorization_code\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\ntoken_url = \"{m}/oauth/token\"\nauthorize_url = \"{m}/oauth/authorize\"\nkeys_url = \"{m}/identity/v1/Users/me\"\n",
         o.client_id, o.client_secret
     );
     if let Some(seed) = seed {

@@ -119,7 +119,15 @@ fn validate_route(
         }
         l => l.map(Spanned::into_inner),
     };
-    Ok(RouteConfig { prefix, upstream, credential, strip_prefix: r.strip_prefix, methods, rate_limit })
+    Ok(RouteConfig {
+        prefix,
+        upstream,
+        credential,
+        strip_prefix: r.strip_prefix,
+        methods,
+        rate_limit,
+        retry_429: r.retry_429,
+    })
 }
 
 /// `[state]`: a file (the default) or Redis.

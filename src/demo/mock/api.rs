@@ -3,6 +3,7 @@
 //! the path are checked, the `…/_mock/…` operations run (bytes, slow, redirect, close,
 //! reset), `…/me` answers the user's keys, and anything else echoes the request.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,17 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
         state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
         return rejected(&path);
     }
-    state.counters.api_ok.fetch_add(1, Ordering::Relaxed);
     let opts = lock(&state.opts).clone();
+    if let Some(res) = over_quota(state, &req, &path, &opts) {
+        state.counters.api_throttled.fetch_add(1, Ordering::Relaxed);
+        return res;
+    }
+    state.counters.api_ok.fetch_add(1, Ordering::Relaxed);
     let segments: Vec<&str> = path.split('/').collect();
     if let Some(res) = refused(&segments, &opts) {
+        return res;
+    }
+    if let Some(res) = goto_connect_refused(&path, req.uri().query(), &opts) {
         return res;
     }
     if let Some(op) = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]) {
@@ -32,8 +40,14 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
             return res;
         }
     }
-    if path == "/admin/rest/v1/me" || path == "/identity/v1/Users/me" {
+    if path == "/admin/rest/v1/me" {
         return me(&opts);
+    }
+    if path == "/identity/v1/Users/me" {
+        if opts.identity_unavailable {
+            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"temporarily unavailable"}"#.into());
+        }
+        return identity_me(&opts);
     }
     echo(req, &path, &opts).await
 }
@@ -51,6 +65,82 @@ fn bearer_valid(state: &State, req: &Request<Incoming>) -> bool {
         }
         chain.is_some()
     })
+}
+
+/// Most arrival times [`Quota`] keeps (a bench's millions of calls must not grow it).
+const MAX_ARRIVALS: usize = 100_000;
+
+/// GoTo's per-token, per-API quota (GCRA: one call per `1/quota` s, a burst of one
+/// second's worth), the one-off throttle of [`super::MockGoto::throttle_once`], and when
+/// calls arrived.
+#[derive(Default)]
+pub(super) struct Quota {
+    /// Per (token, API): the theoretical arrival time of the next call.
+    tat: HashMap<(String, String), Instant>,
+    /// `Retry-After` of a 429 owed to the next call.
+    pub(super) throttle_next: Option<String>,
+    /// Arrival times of API calls with a valid token, oldest first.
+    pub(super) arrivals: Vec<Instant>,
+}
+
+/// The quota's `429` for this call, if it is over: per token and API (the first path
+/// segment); `Retry-After` in whole seconds, at least 1.
+fn over_quota(state: &State, req: &Request<Incoming>, path: &str, opts: &MockOptions) -> Option<Response<MockBody>> {
+    let now = Instant::now();
+    let mut q = lock(&state.quota);
+    if q.arrivals.len() < MAX_ARRIVALS {
+        q.arrivals.push(now);
+    }
+    let too_many = |retry_after: &str| {
+        let mut res = json(
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"errorCode":"TooManyRequests","description":"Rate limit exceeded"}"#.into(),
+        );
+        if let Ok(v) = HeaderValue::from_str(retry_after) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        res
+    };
+    if let Some(retry_after) = q.throttle_next.take() {
+        return Some(too_many(&retry_after));
+    }
+    let per_second = opts.api_quota.filter(|q| *q > 0)?;
+    let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let api = path.split('/').nth(1).unwrap_or("").to_string();
+    let interval = Duration::from_secs(1) / per_second;
+    let tolerance = interval * (per_second - 1);
+    let tat = q.tat.entry((token, api)).or_insert(now);
+    let next = (*tat).max(now);
+    let ahead = next - now;
+    if ahead > tolerance {
+        let secs = (ahead - tolerance).as_secs_f64().ceil().max(1.0);
+        return Some(too_many(&format!("{secs}")));
+    }
+    *tat = next + interval;
+    None
+}
+
+/// GoTo Connect's refusals: its paths take the account key as `?accountKey=`, and
+/// answer 400 without it, 404 with another account's.
+fn goto_connect_refused(path: &str, query: Option<&str>, opts: &MockOptions) -> Option<Response<MockBody>> {
+    const CONNECT: [&str; 3] = ["/voice-admin/", "/call-history/", "/notification-channel/"];
+    if !CONNECT.iter().any(|p| path.starts_with(p)) {
+        return None;
+    }
+    let key = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "accountKey")
+        .map(|(_, v)| v.into_owned());
+    match key {
+        None => Some(json(
+            StatusCode::BAD_REQUEST,
+            r#"{"errorCode":"BAD_REQUEST","message":"Query parameter 'accountKey' is required"}"#.into(),
+        )),
+        Some(k) if k != opts.account_key => Some(json(
+            StatusCode::NOT_FOUND,
+            format!(r#"{{"errorCode":"NOT_FOUND","message":"no account with key {}"}}"#, serde_json::Value::String(k)),
+        )),
+        Some(_) => None,
+    }
 }
 
 /// A dead token's answer, as each product gives it: 401 JSON on `/admin/…`, an empty 401
@@ -134,7 +224,7 @@ async fn mock_operation(op: &[&str]) -> Option<Response<MockBody>> {
     }
 }
 
-/// `GET /admin/rest/v1/me` (and `/identity/v1/Users/me`): the user and their keys.
+/// `GET /admin/rest/v1/me`: the user and their keys, in the Admin API's shape.
 fn me(opts: &MockOptions) -> Response<MockBody> {
     json(
         StatusCode::OK,
@@ -143,6 +233,31 @@ fn me(opts: &MockOptions) -> Response<MockBody> {
             opts.organizer_key, opts.account_key, opts.account_key
         ),
     )
+}
+
+/// A second account of the user in the identity answer: the key lookup must take the first.
+const OTHER_ACCOUNT_KEY: &str = "1111182253621651111";
+
+/// `GET /identity/v1/Users/me`: the SCIM document every user can read (the shape of
+/// `tests/fixtures/goto/identity-users-me-response.json`), the user's account first.
+fn identity_me(opts: &MockOptions) -> Response<MockBody> {
+    let doc = serde_json::json!({
+        "schemas": ["urn:scim:schemas:core:1.0", "urn:scim:schemas:extension:getgo:1.0"],
+        "id": opts.organizer_key,
+        "userName": "mister.jones@fakemail.com",
+        "name": { "familyName": "Jones", "givenName": "Moon" },
+        "displayName": "Moon Jones",
+        "emails": [{ "value": "mister.jones@fakemail.com", "type": "work", "primary": true }],
+        "locale": "en_US",
+        "urn:scim:schemas:extension:getgo:1.0": {
+            "accounts": [
+                { "value": opts.account_key, "display": "Example Co", "entitlements": ["g2w", "g2m", "acctadmin"] },
+                { "value": OTHER_ACCOUNT_KEY, "display": "Example Co (sandbox)", "entitlements": ["g2w"] }
+            ]
+        },
+        "meta": { "resourceType": "User" }
+    });
+    json(StatusCode::OK, doc.to_string())
 }
 
 /// Any other call: its body echoed (or, with no body, a JSON document with keys beyond

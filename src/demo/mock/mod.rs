@@ -25,6 +25,12 @@
 //!   connection after answering; `…/_mock/reset/N` promises more than it sends: headers
 //!   and N bytes, then the connection is dropped; other requests echo their body (or a
 //!   JSON document with keys beyond 2^53).
+//!   `GET /identity/v1/Users/me` answers the SCIM shape (`id`, `userName`, accounts under
+//!   the `urn:scim:schemas:extension:getgo:1.0` extension; two accounts, the user's first).
+//!   With [`MockOptions::api_quota`], each token may call each API (first path segment)
+//!   that many times per second; beyond, `429` with `Retry-After`. GoTo Connect paths
+//!   (`/voice-admin/…`, `/call-history/…`, `/notification-channel/…`) answer `400`
+//!   without `?accountKey=` and `404` with another account's key.
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
 //! * `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token` — the token
 //!   endpoints without faults: where [`TokenFault::Redirect`] points, so a client that
@@ -88,6 +94,14 @@ pub struct MockOptions {
     pub keys_in_oauth_response: bool,
     /// Whether refresh tokens are single-use (a new one each refresh).
     pub rotate_refresh_tokens: bool,
+    /// GoTo's quota: at most this many API calls per second per token and API (the
+    /// first path segment), with a burst of one second's worth; beyond it `429` with
+    /// `Retry-After`. `None` (the default, for tests and benches that fire at will): no
+    /// quota. The demo sets 10, GoTo's documented rate.
+    pub api_quota: Option<u32>,
+    /// Whether `/identity/v1/Users/me` answers `503` (so a key lookup must fall back to
+    /// the Admin API's `/me`).
+    pub identity_unavailable: bool,
 }
 
 impl Default for MockOptions {
@@ -104,6 +118,8 @@ impl Default for MockOptions {
             account_key: "9999982253621659654".into(),
             keys_in_oauth_response: false,
             rotate_refresh_tokens: true,
+            api_quota: None,
+            identity_unavailable: false,
         }
     }
 }
@@ -161,6 +177,8 @@ struct Counters {
     api_ok: AtomicU64,
     /// API calls whose token was rejected.
     api_rejected: AtomicU64,
+    /// API calls answered `429` (the quota, or [`MockGoto::throttle_once`]).
+    api_throttled: AtomicU64,
 }
 
 /// A snapshot of the mock's counters. Public: tests assert on it ([`MockGoto::stats`]),
@@ -179,6 +197,8 @@ pub struct Stats {
     pub api_ok: u64,
     /// API calls whose token was rejected.
     pub api_rejected: u64,
+    /// API calls answered `429`.
+    pub api_throttled: u64,
 }
 
 /// One token the mock issued. Public: tests check how token calls are spaced in time
@@ -205,6 +225,8 @@ struct State {
     /// Client addresses seen on API paths: one per upstream connection the proxy opened.
     api_peers: Mutex<HashSet<SocketAddr>>,
     issued: Mutex<Vec<Issued>>,
+    /// GoTo's quota ([`MockOptions::api_quota`]) and the calls it saw.
+    quota: Mutex<api::Quota>,
 }
 
 /// A running mock GoTo server; dropping it stops the server. Public: the demo, tests and
@@ -236,6 +258,7 @@ impl MockGoto {
             token_call_times: Mutex::new(Vec::new()),
             api_peers: Mutex::new(HashSet::new()),
             issued: Mutex::new(Vec::new()),
+            quota: Mutex::new(api::Quota::default()),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
@@ -313,6 +336,18 @@ impl MockGoto {
         lock(&self.state.api_peers).len()
     }
 
+    /// When each API call with a valid token arrived (throttled ones included), oldest
+    /// first; the first 100 000 are kept. Tests measure the rate GoTo saw with it.
+    pub fn api_call_times(&self) -> Vec<Instant> {
+        lock(&self.state.quota).arrivals.clone()
+    }
+
+    /// Answers the next API call with a valid token `429` with this `Retry-After` value
+    /// (seconds or an HTTP date), as GoTo does when the quota is spent elsewhere.
+    pub fn throttle_once(&self, retry_after: &str) {
+        lock(&self.state.quota).throttle_next = Some(retry_after.to_string());
+    }
+
     /// Whether `access_token` would be accepted now.
     pub fn is_valid(&self, access_token: &str) -> bool {
         lock(&self.state.tokens).access.get(access_token).is_some_and(|a| a.expires > Instant::now())
@@ -335,6 +370,7 @@ impl Counters {
             code_exchanges: g(&self.code_exchanges),
             api_ok: g(&self.api_ok),
             api_rejected: g(&self.api_rejected),
+            api_throttled: g(&self.api_throttled),
         }
     }
 }

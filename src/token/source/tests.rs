@@ -120,3 +120,108 @@ fn principal_from_the_answer_else_from_the_id_token() {
     assert_eq!(r.principal, None);
     assert!(!format!("{r:?}").contains("garbage"));
 }
+
+#[test]
+fn identity_scim_keys_first_account_wins() {
+    let k = parse_keys(&fixture("identity-users-me-response.json"));
+    assert_eq!(k.organizer_key.as_deref(), Some("8439885694023999999"), "`id` is the organizer key");
+    assert_eq!(k.account_key.as_deref(), Some("9999982253621659654"), "the first of two accounts");
+    assert_eq!(k.principal.as_deref(), Some("mister.jones@fakemail.com"));
+    // Missing pieces: what is there is kept, nothing is invented.
+    let k = parse_keys(br#"{"schemas":["urn:scim:schemas:core:1.0"],"id":"42"}"#);
+    assert_eq!((k.organizer_key.as_deref(), k.account_key), (Some("42"), None));
+    let k = parse_keys(br#"{"urn:scim:schemas:extension:getgo:1.0":{"accounts":[]}}"#);
+    assert_eq!(k, Keys::default());
+    // An `id` outside a SCIM document is not a user key.
+    assert_eq!(parse_keys(br#"{"id":"7"}"#).organizer_key, None);
+}
+
+#[test]
+fn token_answer_keys() {
+    let k = parse_keys(&fixture("direct-login-response.json"));
+    assert_eq!(k.organizer_key.as_deref(), Some("8439885694023999999"));
+    assert_eq!(k.account_key.as_deref(), Some("9999982253621659654"));
+    let k = parse_keys(&fixture("oauth-new-host-token-response.json"));
+    assert_eq!((k.organizer_key, k.account_key), (None, None), "the new host's answer carries no keys");
+    assert_eq!(k.principal.as_deref(), Some("mister.jones@fakemail.com"));
+}
+
+#[test]
+fn an_identity_keys_url_falls_back_to_the_admin_me_on_its_host() {
+    assert_eq!(
+        keys_urls(crate::config::GOTO_KEYS_URL),
+        ["https://api.getgo.com/identity/v1/Users/me", "https://api.getgo.com/admin/rest/v1/me"]
+    );
+    assert_eq!(
+        keys_urls("http://127.0.0.1:9/gw/identity/v1/Users/me?x=1"),
+        ["http://127.0.0.1:9/gw/identity/v1/Users/me?x=1", "http://127.0.0.1:9/gw/admin/rest/v1/me"]
+    );
+    assert_eq!(keys_urls("https://example.com/me"), ["https://example.com/me"], "no fallback for other URLs");
+}
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A key as GoTo may send it: a decimal string or a (possibly > 2^53) integer.
+    fn key() -> impl Strategy<Value = (String, serde_json::Value)> {
+        prop_oneof![
+            "[1-9][0-9]{0,18}".prop_map(|s| (s.clone(), serde_json::Value::String(s))),
+            any::<u64>().prop_map(|n| (n.to_string(), serde_json::Value::from(n))),
+        ]
+    }
+
+    /// Some of an object's fields, chosen by `mask`.
+    fn pick(fields: Vec<(&str, serde_json::Value)>, mask: u8) -> serde_json::Map<String, serde_json::Value> {
+        fields
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, (k, v))| (k.to_string(), v))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn token_answer((org, org_v) in key(), (acct, acct_v) in key(), who in "[a-z]{1,8}@[a-z]{1,8}\\.com", mask in any::<u8>()) {
+            let mut doc = pick(vec![("organizer_key", org_v), ("account_key", acct_v), ("principal", who.clone().into())], mask);
+            doc.insert("access_token".into(), "a".into());
+            doc.insert("expires_in".into(), 3600.into());
+            let k = parse_keys(serde_json::Value::Object(doc).to_string().as_bytes());
+            prop_assert_eq!(k.organizer_key, (mask & 1 != 0).then_some(org));
+            prop_assert_eq!(k.account_key, (mask & 2 != 0).then_some(acct));
+            prop_assert_eq!(k.principal, (mask & 4 != 0).then_some(who));
+        }
+
+        #[test]
+        fn admin_me((org, org_v) in key(), (acct, acct_v) in key(), mask in any::<u8>()) {
+            let accounts = serde_json::json!([{ "key": acct_v.clone(), "name": "Example" }, { "key": "1", "name": "Other" }]);
+            let doc = pick(vec![("key", org_v), ("accountKey", acct_v), ("accounts", accounts), ("email", "a@b.c".into())], mask);
+            let k = parse_keys(serde_json::Value::Object(doc).to_string().as_bytes());
+            prop_assert_eq!(k.organizer_key, (mask & 1 != 0).then_some(org));
+            prop_assert_eq!(k.account_key, (mask & 6 != 0).then_some(acct), "accountKey, else the first account");
+            prop_assert_eq!(k.principal.is_some(), mask & 8 != 0);
+        }
+
+        #[test]
+        fn identity_scim((org, org_v) in key(), accts in proptest::collection::vec(key(), 0..4), mask in any::<u8>()) {
+            let first = accts.first().map(|a| a.0.clone());
+            let accounts: Vec<_> = accts.into_iter().map(|(_, v)| serde_json::json!({ "value": v, "display": "x" })).collect();
+            let mut doc = pick(vec![("id", org_v), ("userName", "u@example.com".into())], mask);
+            doc.insert("schemas".into(), serde_json::json!(["urn:scim:schemas:core:1.0"]));
+            if mask & 4 != 0 {
+                doc.insert(SCIM_GETGO.into(), serde_json::json!({ "accounts": accounts }));
+            }
+            let k = parse_keys(serde_json::Value::Object(doc).to_string().as_bytes());
+            prop_assert_eq!(k.organizer_key, (mask & 1 != 0).then_some(org));
+            prop_assert_eq!(k.account_key, if mask & 4 != 0 { first } else { None });
+            prop_assert_eq!(k.principal.as_deref(), (mask & 2 != 0).then_some("u@example.com"));
+        }
+
+        #[test]
+        fn any_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_keys(&body);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! GoTo's quota as one budget for every replica (`store = "redis"`): each route's pace —
+//! the `rate_limit` spacing and the pause after an upstream 429 — kept in Redis and
+//! changed only by atomic Lua scripts, on Redis's own clock (replicas' clocks differ).
+//! It implements the data path's [`SharedBudget`]; the data path never sees Redis.
+//!
+//! Keys, under `redis_prefix`:
+//! * `{prefix}:pace:{route}` — when the route's next request may leave (µs on Redis's
+//!   clock; GCRA: each reservation moves it one interval on).
+//! * `{prefix}:pause:{route}` — until when an upstream 429 pauses the route.
+//!
+//! Both expire shortly after they stop mattering. Nothing here holds a secret.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::redis_store::{describe, location_of};
+use crate::limit::{BudgetUnavailable, SharedBudget, QUEUE_STEP};
+use crate::secret::Secret;
+
+/// Reserves a route's next slot: after the previous one by the interval, and not before
+/// the pause ends. KEYS: pace, pause. ARGV: interval µs, max wait µs, queue step µs.
+/// Returns {1, wait µs} when reserved, {0, wait µs} when that wait is too long.
+const RESERVE: &str = r#"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nxt = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local slot = math.max(nxt, paused, now)
+local wait = slot - now
+if wait > tonumber(ARGV[2]) then
+  return {0, wait}
+end
+local step = tonumber(ARGV[1])
+if wait > 0 and step < tonumber(ARGV[3]) then
+  step = tonumber(ARGV[3])
+end
+local new = slot + step
+if new > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+end
+return {1, wait}
+"#;
+
+/// Pauses a route: the pause ends at the later of its current end and now + ARGV[1] µs.
+const PAUSE: &str = r#"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local untl = now + tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if untl > cur then
+  redis.call('SET', KEYS[1], string.format('%.0f', untl), 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 1
+"#;
+
+/// How many µs of the route's pause are left.
+const PAUSED_FOR: &str = r#"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local untl = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+return math.max(0, untl - now)
+"#;
+
+/// Routes' pace in Redis, shared by every replica under one `redis_prefix`.
+pub struct RedisBudget {
+    conn: ConnectionManager,
+    prefix: String,
+    /// `host:port/db` for messages; never the password.
+    location: String,
+    reserve: redis::Script,
+    pause: redis::Script,
+    paused_for: redis::Script,
+}
+
+impl RedisBudget {
+    /// A budget at `url` under `prefix`, on its own connection (the data path never
+    /// queues behind token-store traffic). Connects lazily; must be called inside a
+    /// tokio runtime.
+    pub fn connect(url: &Secret, prefix: &str) -> Result<RedisBudget, BudgetUnavailable> {
+        let location = location_of(url.expose());
+        let client = redis::Client::open(url.expose()).map_err(|e| {
+            BudgetUnavailable(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
+        })?;
+        // Short timeouts: a request waits for this answer (the data path gives up sooner).
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(250)))
+            .set_response_timeout(Some(Duration::from_millis(250)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| BudgetUnavailable(format!("redis {location}: {}", e.category())))?;
+        Ok(RedisBudget {
+            conn,
+            prefix: prefix.to_string(),
+            location,
+            reserve: redis::Script::new(RESERVE),
+            pause: redis::Script::new(PAUSE),
+            paused_for: redis::Script::new(PAUSED_FOR),
+        })
+    }
+
+    fn key(&self, kind: &str, route: &str) -> String {
+        format!("{}:{kind}:{route}", self.prefix)
+    }
+
+    fn failed(&self, e: &redis::RedisError) -> BudgetUnavailable {
+        BudgetUnavailable(format!("redis {}: {}", self.location, describe(e)))
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[async_trait::async_trait]
+impl SharedBudget for RedisBudget {
+    async fn reserve(
+        &self,
+        route: &str,
+        interval: Duration,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let (reserved, wait): (u8, u64) = self
+            .reserve
+            .key(self.key("pace", route))
+            .key(self.key("pause", route))
+            .arg(micros(interval))
+            .arg(micros(max_wait))
+            .arg(micros(QUEUE_STEP))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let wait = Duration::from_micros(wait);
+        Ok(if reserved == 1 { Ok(wait) } else { Err(wait) })
+    }
+
+    async fn pause(&self, route: &str, pause: Duration) -> Result<(), BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let _: u8 = self
+            .pause
+            .key(self.key("pause", route))
+            .arg(micros(pause))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        Ok(())
+    }
+
+    async fn paused_for(&self, route: &str) -> Result<Duration, BudgetUnavailable> {
+        let mut conn = self.conn.clone();
+        let left: u64 =
+            self.paused_for.key(self.key("pause", route)).invoke_async(&mut conn).await.map_err(|e| self.failed(&e))?;
+        Ok(Duration::from_micros(left))
+    }
+}
