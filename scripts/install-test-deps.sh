@@ -3,6 +3,7 @@
 #   curl           examples/scripts/list-webinars.sh
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
 #   redis-server   the Redis state store's tests (later release)
+#   tinyproxy      a real forward proxy for the outbound-proxy tests (tests/it/corporate.rs)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
 #
 # Idempotent and non-interactive (stdin is never read), meant for root on a Debian
@@ -69,6 +70,14 @@ else
   apt_install redis-server || true
 fi
 
+# ---- tinyproxy ----
+if command -v tinyproxy >/dev/null; then
+  say "tinyproxy: present ($(command -v tinyproxy))"
+else
+  # The package may start a system-wide instance; tests start their own.
+  apt_install tinyproxy || true
+fi
+
 # ---- newman ----
 if command -v newman >/dev/null; then
   say "newman: present ($(newman --version 2>/dev/null </dev/null || echo '?'))"
@@ -87,6 +96,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 has_yaml || missing+=("python3 yaml")
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 if ! command -v newman >/dev/null; then
   hint=""
   command -v npm >/dev/null && hint=" (npm's global bin $(npm prefix -g 2>/dev/null </dev/null)/bin on PATH?)"
@@ -96,4 +106,4 @@ if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server and newman are installed"
+say "done: curl, python3 yaml, redis-server, tinyproxy and newman are installed"

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::{Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings};
+use super::{CaFile, ClientAuth, Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings};
 
 /// A configured URL as it may be printed or logged: scheme, host, port and path. User
 /// info and query string are where URLs carry passwords and `client_secret=`
@@ -78,6 +78,24 @@ impl fmt::Debug for RouteConfig {
             .field("strip_prefix", &self.strip_prefix)
             .field("methods", &self.methods)
             .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CaFile {
+    /// The file and how many certificates it held, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaFile").field("path", &self.path).field("certs", &self.certs.len()).finish()
+    }
+}
+
+impl fmt::Debug for ClientAuth {
+    /// The certificate file and chain length; the key `[redacted]` through [`Secret`](super::Secret).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("cert_file", &self.cert_file)
+            .field("chain", &self.chain.len())
+            .field("key", &self.key)
             .finish()
     }
 }
