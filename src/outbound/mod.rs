@@ -3,7 +3,7 @@
 //! outbound connection: the data path's upstreams, the token and keys endpoints (and
 //! any later HTTP client, through [`Outbound::client_builder`]), and `rediss://`.
 //!
-//! * TLS ([`Outbound::tls`]): one rustls `ClientConfig` trusting the bundled web roots,
+//! * TLS: one rustls `ClientConfig` trusting the bundled web roots,
 //!   the operating system's store (unless `tls.system_roots = false`) and every
 //!   certificate of `tls.ca_file`, presenting `tls.client_cert` when set.
 //! * The outbound proxy ([`Outbound::proxy_for`]): `proxy.outbound_proxy` or the
@@ -12,7 +12,6 @@
 //! `roots.rs` gathers the roots; `rules.rs` decides which destinations take the proxy.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +23,7 @@ use crate::config::{Config, OutboundTls};
 mod roots;
 mod rules;
 
-pub use rules::{is_loopback, BadProxyVar, ProxyEndpoint, ProxyRules};
+pub use rules::{BadProxyVar, ProxyEndpoint, ProxyRules};
 
 /// Why the outbound settings could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +44,11 @@ pub enum OutboundError {
 pub struct Outbound {
     /// Roots and client certificate, no ALPN: each user sets its own on a copy.
     tls: Arc<rustls::ClientConfig>,
-    /// [`Outbound::tls`] offering HTTP/2 and HTTP/1.1 (ALPN), for upstreams.
+    /// The same, offering HTTP/2 and HTTP/1.1 (ALPN), for upstreams.
     upstream_tls: Arc<rustls::ClientConfig>,
     /// The certificates behind the roots, for `rediss://` (whose client takes PEM).
     roots: roots::Roots,
-    /// The client certificate file (for `check`), when mutual TLS is on.
-    client_cert: Option<PathBuf>,
-    /// `[tls]` as configured, for `rediss://`'s client certificate.
+    /// `[tls]` as configured: the client certificate for `rediss://` and `check`.
     settings: OutboundTls,
     /// Which destinations go through which proxy.
     proxy: Arc<ProxyRules>,
@@ -87,18 +84,13 @@ impl Outbound {
             tls: Arc::new(tls),
             upstream_tls: Arc::new(upstream_tls),
             roots,
-            client_cert: config.tls.client_auth.as_ref().map(|a| a.cert_file.clone()),
             settings: config.tls.clone(),
             proxy,
         })
     }
 
-    /// The TLS configuration every outbound connection uses (no ALPN set).
-    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
-        &self.tls
-    }
-
-    /// [`Outbound::tls`] offering HTTP/2 and HTTP/1.1 by ALPN: the upstream connector's.
+    /// The outbound TLS configuration offering HTTP/2 and HTTP/1.1 by ALPN: the upstream
+    /// connector's.
     pub fn upstream_tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.upstream_tls
     }
@@ -165,8 +157,8 @@ impl fmt::Display for Outbound {
         let files: Vec<String> = c.ca_files.iter().map(|(p, n)| format!("{} {n}", p.display())).collect();
         let files = if files.is_empty() { "ca_file none".to_string() } else { format!("ca_file {}", files.join(", ")) };
         writeln!(f, "outbound TLS roots: bundled {}, {system}, {files}", c.bundled)?;
-        match &self.client_cert {
-            Some(p) => writeln!(f, "  client certificate: {} (key [redacted])", p.display())?,
+        match &self.settings.client_auth {
+            Some(a) => writeln!(f, "  client certificate: {} (key [redacted])", a.cert_file.display())?,
             None => writeln!(f, "  client certificate: none")?,
         }
         for line in self.proxy.describe() {

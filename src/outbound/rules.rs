@@ -175,7 +175,7 @@ impl ProxyRules {
 
 /// Whether `host` is a loopback destination: `localhost`, 127.0.0.0/8 or `::1`, from the
 /// URL alone (SPEC: no DNS lookup).
-pub fn is_loopback(host: &url::Host<&str>) -> bool {
+fn is_loopback(host: &url::Host<&str>) -> bool {
     match host {
         url::Host::Domain(d) => d.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
         url::Host::Ipv4(ip) => ip.is_loopback(),

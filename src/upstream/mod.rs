@@ -119,11 +119,6 @@ impl Target {
         }
     }
 
-    /// The outbound proxy this upstream is reached through, if any (for messages).
-    pub fn via(&self) -> Option<&ProxyEndpoint> {
-        self.via.as_deref()
-    }
-
     /// A request to a plain-HTTP upstream behind the outbound proxy: absolute form, and
     /// the proxy's credentials.
     fn forward_form(&self, req: &mut Request<UpstreamBody>) {

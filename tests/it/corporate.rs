@@ -392,11 +392,18 @@ async fn tinyproxy_carries_the_token_call_and_the_data_path_in_connect_tunnels()
     let Some(tp) = Tinyproxy::start(None).await else { return };
     let pki = Pki::new();
     let mock = pki.mock(MockOptions::default()).await;
+    let plain = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
         dir.path(),
         &format!("outbound_proxy = \"{}\"", tp.url(None)),
-        &format!("{}\n{}\n{}", pki.tls_toml(false), password_cred("g2a", &mock), route("/G2A/", &mock, Some("g2a"))),
+        &format!(
+            "{}\n{}\n{}\n{}",
+            pki.tls_toml(false),
+            password_cred("g2a", &mock),
+            route("/G2A/", &mock, Some("g2a")),
+            open_route("/plain/", &plain.url())
+        ),
     );
     let p = start_proxy(&text).await;
     let http = client();
@@ -409,6 +416,12 @@ async fn tinyproxy_carries_the_token_call_and_the_data_path_in_connect_tunnels()
     }
     assert_eq!(tp.connects_to(port, 2).await, 2, "one tunnel for the data path, reused:\n{}", tp.log_text());
     assert_eq!(mock.api_connections(), 1);
+    // A plain-HTTP upstream: absolute-form requests to the proxy, no tunnel. The mock
+    // answers (it refuses a request without a token), not the proxy.
+    let r = http.get(format!("http://{}/plain/G2M/x", p.proxy_addr)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), error_code(&r)), (403, String::new()));
+    let forwarded = format!("GET http://{}/plain/G2M/x ", plain.addr());
+    assert!(tp.log_text().contains(&forwarded), "{forwarded:?} in\n{}", tp.log_text());
     let m = metrics_of(&p).await;
     assert!(m.contains("goto_auth_proxy_upstream_errors_total{kind=\"aborted\",route=\"/G2A/\"} 0"), "{m}");
     assert!(!m.lines().any(|l| l.starts_with("goto_auth_proxy_upstream_errors_total{") && !l.ends_with(" 0")), "{m}");
@@ -424,6 +437,7 @@ async fn a_proxy_answering_407_is_a_502_naming_it_and_counted_as_kind_proxy() {
     let Some(tp) = Tinyproxy::start(Some(("alice", "SECRET-proxy-pass"))).await else { return };
     let pki = Pki::new();
     let mock = pki.mock(MockOptions::default()).await;
+    let plain = MockGoto::start(MockOptions::default()).await.unwrap();
     let http = client();
     let start = |proxy: String| {
         let dir = tempfile::tempdir().unwrap();
@@ -431,11 +445,12 @@ async fn a_proxy_answering_407_is_a_502_naming_it_and_counted_as_kind_proxy() {
             dir.path(),
             &format!("token_wait = \"1s\"\noutbound_proxy = \"{proxy}\""),
             &format!(
-                "{}\n{}\n{}\n{}",
+                "{}\n{}\n{}\n{}\n{}",
                 pki.tls_toml(false),
                 password_cred("g2a", &mock),
                 route("/G2A/", &mock, Some("g2a")),
-                open_route("/open/", &mock.url())
+                open_route("/open/", &mock.url()),
+                open_route("/plain/", &plain.url())
             ),
         );
         async move { (start_proxy(&text).await, dir) }
@@ -455,6 +470,17 @@ async fn a_proxy_answering_407_is_a_502_naming_it_and_counted_as_kind_proxy() {
         assert!(body.contains(answer) && !body.contains("SECRET"), "{body}");
         let r = http.get(format!("http://{}/G2A/x", p.proxy_addr)).send().await.unwrap();
         assert_eq!(error_code(&r), "token_unavailable");
+        // A plain-HTTP upstream gets no tunnel: the proxy's 407 to the request itself is
+        // its refusal too, not the upstream's answer.
+        if creds.is_none() {
+            let r = http.get(format!("http://{}/plain/x", p.proxy_addr)).send().await.unwrap();
+            assert_eq!((r.status().as_u16(), error_code(&r)), (502, "upstream_unreachable".to_string()));
+            let body = r.text().await.unwrap();
+            assert!(
+                body.contains(&format!("{shown} refused the request to http://")) && body.contains("407"),
+                "{body}"
+            );
+        }
         let m = metrics_of(&p).await;
         assert_eq!(metric(&m, "goto_auth_proxy_upstream_errors_total{kind=\"proxy\",route=\"/open/\"}"), 1.0);
         assert!(!m.contains("SECRET"));
