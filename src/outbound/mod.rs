@@ -31,10 +31,10 @@ pub enum OutboundError {
     /// `HTTPS_PROXY`, `HTTP_PROXY` (either case) holds no usable proxy URL.
     #[error(transparent)]
     ProxyVar(#[from] BadProxyVar),
-    /// rustls refused the client certificate and key (the config checks them first, so
-    /// this is not expected).
-    #[error("tls.client_cert / tls.client_key: {0}")]
-    ClientAuth(String),
+    /// rustls refused the TLS settings, e.g. the client certificate and key (the config
+    /// checks them first, so this is not expected).
+    #[error("outbound TLS ([tls]): {0}")]
+    Tls(String),
     /// The HTTP client for token endpoints could not be built.
     #[error("outbound HTTP client: {0}")]
     Client(String),
@@ -55,27 +55,22 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// The outbound settings of `config` in this process's environment.
+    /// The outbound settings of `config` in this process's environment (the proxy
+    /// variables are read here; `rules.rs` is tested with an injected one).
     pub fn from_config(config: &Config) -> Result<Outbound, OutboundError> {
-        Outbound::with_env(config, |name| std::env::var(name).ok())
-    }
-
-    /// [`Outbound::from_config`] with the environment looked up in `env` (tests).
-    pub fn with_env(config: &Config, env: impl Fn(&str) -> Option<String>) -> Result<Outbound, OutboundError> {
+        let env = |name: &str| std::env::var(name).ok();
         let proxy = Arc::new(ProxyRules::new(config.proxy.outbound_proxy.as_ref(), env)?);
         let roots = roots::Roots::load(&config.tls);
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| OutboundError::ClientAuth(e.to_string()))?
+            .map_err(|e| OutboundError::Tls(e.to_string()))?
             .with_root_certificates(roots.store.clone());
         let tls = match &config.tls.client_auth {
             None => builder.with_no_client_auth(),
             Some(auth) => {
                 let key = PrivateKeyDer::from_pem_slice(auth.key.expose().as_bytes())
-                    .map_err(|_| OutboundError::ClientAuth("the key is not a PEM private key".to_string()))?;
-                builder
-                    .with_client_auth_cert(auth.chain.clone(), key)
-                    .map_err(|e| OutboundError::ClientAuth(e.to_string()))?
+                    .map_err(|_| OutboundError::Tls("the key is not a PEM private key".to_string()))?;
+                builder.with_client_auth_cert(auth.chain.clone(), key).map_err(|e| OutboundError::Tls(e.to_string()))?
             }
         };
         let mut upstream_tls = tls.clone();
