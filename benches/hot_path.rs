@@ -76,7 +76,8 @@ fn static_credential(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc
     let config = Config::parse("bench.toml", &text).expect("the bench config is valid");
     let metrics = Metrics::new(prometheus::Registry::new()).expect("metrics register");
     let store = rt.block_on(goto_auth_proxy::app::open_store(&config, &metrics)).expect("a file store");
-    let creds: BTreeMap<String, Arc<Credential>> = goto_auth_proxy::app::credentials(&config, &store, &metrics);
+    let creds: BTreeMap<String, Arc<Credential>> =
+        goto_auth_proxy::app::credentials(&config, &store, &metrics).expect("the outbound settings build");
     let cred = creds.get("bench").expect("the bench credential").clone();
     rt.block_on(cred.init());
     assert!(cred.valid_token().is_some(), "the static token is loaded");

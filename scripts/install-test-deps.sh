@@ -3,6 +3,7 @@
 #   curl           examples/scripts/list-webinars.sh
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
 #   redis-server   the Redis state store's tests (later release)
+#   tinyproxy      a real forward proxy for the outbound-proxy tests (tests/it/corporate.rs)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
 #   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into
 #                  tests/oidc/node_modules, the version pinned by tests/oidc/package-lock.json
@@ -71,6 +72,14 @@ else
   apt_install redis-server || true
 fi
 
+# ---- tinyproxy ----
+if command -v tinyproxy >/dev/null; then
+  say "tinyproxy: present ($(command -v tinyproxy))"
+else
+  # The package may start a system-wide instance; tests start their own.
+  apt_install tinyproxy || true
+fi
+
 # ---- newman ----
 if command -v newman >/dev/null; then
   say "newman: present ($(newman --version 2>/dev/null </dev/null || echo '?'))"
@@ -106,6 +115,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 has_yaml || missing+=("python3 yaml")
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 if ! command -v newman >/dev/null; then
   hint=""
   command -v npm >/dev/null && hint=" (npm's global bin $(npm prefix -g 2>/dev/null </dev/null)/bin on PATH?)"
@@ -116,4 +126,4 @@ if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server, newman and oidc-provider are installed"
+say "done: curl, python3 yaml, redis-server, tinyproxy, newman and oidc-provider are installed"

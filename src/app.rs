@@ -16,12 +16,12 @@ use crate::admin::{Admin, Credentials};
 use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
+use crate::outbound::{Outbound, OutboundError};
 use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
 use crate::token::redis_budget::RedisBudget;
 use crate::token::redis_store::RedisStore;
 use crate::token::seal::Sealer;
-use crate::token::source::TokenSource;
 use crate::token::store::{FileStore, StoreError, TokenStore};
 use crate::token::{Credential, TokenHandle};
 use crate::upstream::{Affinity, Connector};
@@ -53,6 +53,10 @@ pub enum StartError {
     /// Inbound TLS files unusable.
     #[error(transparent)]
     Tls(#[from] crate::inbound::TlsError),
+    /// The outbound settings (`[tls]`, the outbound proxy and its environment variables)
+    /// are unusable: a configuration error (exit 64).
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
     /// The configured state store is not available.
     #[error("state store: {0}")]
     Store(String),
@@ -78,10 +82,26 @@ pub struct Core {
     /// The metrics.
     pub metrics: Metrics,
     store: Arc<dyn TokenStore>,
-    http: reqwest::Client,
+    /// The outbound settings and the token endpoints' client built on them.
+    net: ArcSwap<Net>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What outbound connections use, built once per configuration load: the TLS roots and
+/// proxy rules, and the HTTP client for token and keys endpoints built on them.
+struct Net {
+    outbound: Outbound,
+    http: reqwest::Client,
+}
+
+impl Net {
+    fn new(config: &Config) -> Result<Net, OutboundError> {
+        let outbound = Outbound::from_config(config)?;
+        let http = outbound.token_client(config.proxy.connect_timeout)?;
+        Ok(Net { outbound, http })
+    }
 }
 
 /// A reload that was refused; the running configuration stays.
@@ -105,20 +125,22 @@ impl Core {
         self.config.load_full()
     }
 
-    /// Applies `config`: credentials whose settings did not change keep their tokens and
-    /// refreshers; new or changed ones load from the store and start renewing; routes
-    /// and limits swap atomically (requests in flight finish on the old ones).
-    async fn apply(&self, config: Config) {
+    /// Applies `config` with the outbound settings `net`: credentials whose settings did
+    /// not change (nor the outbound ones) keep their tokens and refreshers; new or changed
+    /// ones load from the store and start renewing; routes and limits swap atomically
+    /// (requests in flight finish on the old ones).
+    async fn apply(&self, config: Config, net: Arc<Net>) {
         let old = self.credentials.load_full();
+        let same_net = Arc::ptr_eq(&self.net.load(), &net);
         let mut fresh: Vec<Arc<Credential>> = Vec::new();
         let mut next = Credentials::new();
         for (name, cfg) in &config.credentials {
             let cred = match old.get(name) {
-                Some(c) if **c.config() == **cfg => c.clone(),
+                Some(c) if same_net && **c.config() == **cfg => c.clone(),
                 _ => {
                     let c = Arc::new(Credential::new(
                         cfg.clone(),
-                        self.http.clone(),
+                        net.http.clone(),
                         self.store.clone(),
                         self.metrics.clone(),
                     ));
@@ -157,7 +179,8 @@ impl Core {
             }
         }
         let by_name: HashMap<String, TokenHandle> = next.iter().map(|(k, v)| (k.clone(), v.handle())).collect();
-        self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics));
+        self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics, &net.outbound));
+        self.net.store(net);
         self.credentials.store(Arc::new(next));
         self.used.store(Arc::new(used));
         self.config.store(Arc::new(config));
@@ -189,6 +212,13 @@ impl Core {
         if config.proxy.workers != current.proxy.workers {
             needs_restart.push("proxy.workers");
         }
+        // `[tls]` or the outbound proxy changed: everything that connects out is built
+        // again (credentials included: their token endpoint client changes). The Redis
+        // connection is not, so with `rediss://` that takes a restart.
+        let outbound_changed = config.tls != current.tls || config.proxy.outbound_proxy != current.proxy.outbound_proxy;
+        if config.tls != current.tls && is_rediss(&current) {
+            needs_restart.push("[tls] (used by the rediss:// connection)");
+        }
         if !needs_restart.is_empty() {
             self.metrics.reloads.with_label_values(&["rejected"]).inc();
             return Err(ReloadError(format!(
@@ -196,7 +226,18 @@ impl Core {
                 needs_restart.join(", ")
             )));
         }
-        self.apply(config).await;
+        let net = if outbound_changed {
+            match Net::new(&config) {
+                Ok(n) => Arc::new(n),
+                Err(e) => {
+                    self.metrics.reloads.with_label_values(&["rejected"]).inc();
+                    return Err(ReloadError(format!("{e}; the running configuration stays")));
+                }
+            }
+        } else {
+            self.net.load_full()
+        };
+        self.apply(config, net).await;
         self.metrics.reloads.with_label_values(&["applied"]).inc();
         Ok(())
     }
@@ -314,7 +355,9 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn To
             FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer),
         )),
         StateSettings::Redis { url, prefix, .. } => {
-            let store = RedisStore::connect(url, prefix, Some(metrics.store_errors.clone()))
+            // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
+            let tls = if is_rediss(config) { Some(Outbound::from_config(config)?.redis_tls()) } else { None };
+            let store = RedisStore::connect_with_tls(url, prefix, Some(metrics.store_errors.clone()), tls)
                 .map_err(|e| StartError::Store(e.to_string()))?
                 .with_sealer(sealer);
             if let Err(e) = store.ping().await {
@@ -339,16 +382,22 @@ pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Ar
     Ok(store)
 }
 
+/// Whether the state store is Redis over TLS.
+fn is_rediss(config: &Config) -> bool {
+    matches!(&config.state, StateSettings::Redis { url, .. } if url.expose().starts_with("rediss://"))
+}
+
 /// Builds every credential over `store` (no refresher started): for `login` and `token`.
-pub fn credentials(config: &Config, store: &Arc<dyn TokenStore>, metrics: &Metrics) -> Credentials {
-    let http = TokenSource::http_client(config.proxy.connect_timeout);
-    config
+/// Their token endpoint client uses the outbound settings (`[tls]`, the outbound proxy).
+pub fn credentials(config: &Config, store: &Arc<dyn TokenStore>, metrics: &Metrics) -> Result<Credentials, StartError> {
+    let http = Outbound::from_config(config)?.token_client(config.proxy.connect_timeout)?;
+    Ok(config
         .credentials
         .iter()
         .map(|(name, cfg)| {
             (name.clone(), Arc::new(Credential::new(cfg.clone(), http.clone(), store.clone(), metrics.clone())))
         })
-        .collect()
+        .collect())
 }
 
 async fn bind(addr: SocketAddr, what: &'static str, config: &Config) -> Result<TcpListener, StartError> {
@@ -429,13 +478,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_addr = local(&admin_listener, config.proxy.admin_listen, "admin_listen")?;
     let tls = config.inbound.tls.as_ref().map(crate::inbound::tls_acceptor).transpose()?;
 
+    let net = Arc::new(Net::new(&config)?);
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = open_checked_store(&config, &metrics).await?;
-    let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
+    let empty = Snapshot::compile(&config, &HashMap::new(), &metrics, &net.outbound);
     let mut proxy = Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone());
     if let StateSettings::Redis { url, prefix, .. } = &config.state {
         // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
-        match RedisBudget::connect(url, prefix) {
+        let tls = is_rediss(&config).then(|| net.outbound.redis_tls());
+        match RedisBudget::connect(url, prefix, tls) {
             Ok(budget) => proxy = proxy.with_shared_budget(Arc::new(budget)),
             Err(e) => tracing::warn!(error = %e, "no shared rate-limit budget: each replica paces its routes alone"),
         }
@@ -449,12 +500,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy: proxy.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
-        http: TokenSource::http_client(config.proxy.connect_timeout),
+        net: ArcSwap::new(net.clone()),
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         reload_lock: tokio::sync::Mutex::new(()),
     });
-    core.apply(config).await;
+    core.apply(config, net).await;
 
     let login = Arc::new(LoginFlows::new(format!("http://{admin_addr}/callback")));
     let admin = Arc::new(Admin::new(core.clone(), login));

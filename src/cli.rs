@@ -164,6 +164,15 @@ fn check(arg: &ConfigArg) -> ExitCode {
     match load(arg) {
         Ok(c) => {
             print!("{c}");
+            // The outbound settings as `run` builds them: roots counted per source, the
+            // proxy from the config or this environment (credentials as `***`).
+            match crate::outbound::Outbound::from_config(&c) {
+                Ok(outbound) => print!("{outbound}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             print_state_records(&c);
             println!("ok");
             ExitCode::SUCCESS
@@ -227,8 +236,11 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            // A wrong or missing state.encryption_keys is a configuration error.
-            if let Some(crate::app::StartError::Keys(_)) = e.downcast_ref::<crate::app::StartError>() {
+            // A wrong or missing state.encryption_keys, or unusable outbound settings
+            // (an HTTPS_PROXY that is no proxy URL), is a configuration error.
+            if let Some(crate::app::StartError::Keys(_) | crate::app::StartError::Outbound(_)) =
+                e.downcast_ref::<crate::app::StartError>()
+            {
                 return ExitCode::from(EXIT_CONFIG);
             }
             let unavailable = e.downcast_ref::<crate::app::StartError>().is_some()
@@ -371,7 +383,7 @@ fn pick(config: &Config, name: Option<&str>, fits: impl Fn(GrantKind) -> bool) -
 async fn runtime_credentials(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<Credential>>> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = crate::app::open_checked_store(config, &metrics).await?;
-    Ok(crate::app::credentials(config, &store, &metrics))
+    Ok(crate::app::credentials(config, &store, &metrics)?)
 }
 
 /// The store for a one-shot command (its metrics are not exported anywhere).
@@ -461,7 +473,9 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     );
     if proxy_running {
         let url = format!("http://{admin}/refresh/{name}");
-        match reqwest::Client::new().post(&url).timeout(Duration::from_secs(10)).send().await {
+        // The admin listener is on loopback: never through an environment's proxy.
+        let local = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        match local.post(&url).timeout(Duration::from_secs(10)).send().await {
             Ok(r) if r.status().is_success() => println!("The running proxy at {admin} picked up the new token."),
             _ => println!("A running proxy picks the new token up at its next renewal (or: curl -X POST {url})."),
         }

@@ -6,7 +6,10 @@
 //! * [`config`] — TOML → validated [`config::Config`]; errors name file, line and key.
 //! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
 //! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
-//! * [`upstream`] — upstream connections: per client connection, idle lists, HTTP/2.
+//! * [`upstream`] — upstream connections: per client connection, idle lists, HTTP/2,
+//!   through an outbound proxy's `CONNECT` tunnel when one applies.
+//! * [`outbound`] — what every outbound connection shares: the TLS roots and client
+//!   certificate of `[tls]`, and which destinations go through an outbound proxy.
 //! * [`route`] — pure routing decisions: path normalisation, longest prefix, keys.
 //! * [`inbound`] — who may use the proxy: loopback, CIDRs, keys, inbound TLS.
 //! * [`limit`] — per-route rate limiting.
@@ -34,6 +37,7 @@ pub mod inbound;
 mod limit;
 mod login;
 pub mod metrics;
+pub mod outbound;
 pub mod proxy;
 mod random;
 mod response;

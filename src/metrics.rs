@@ -15,7 +15,8 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     /// Time from request to response headers, by route.
     pub request_duration: HistogramVec,
-    /// Upstream failures, by route and kind (connect, timeout, reset, aborted, body_too_large).
+    /// Upstream failures, by route and kind (connect, proxy, timeout, reset, aborted,
+    /// body_too_large); `proxy`: the outbound proxy was unreachable or refused.
     pub upstream_errors: IntCounterVec,
     /// Token endpoint outcomes, by credential and outcome.
     pub token_refreshes: IntCounterVec,

@@ -24,10 +24,16 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ("route", &[], "pure routing decisions: a leaf"),
     ("limit", &[], "rate limit and in-flight cap: pure, a leaf"),
     ("server", &[], "the accept loop, generic over per-connection state: a leaf"),
-    ("upstream", &[], "upstream connections; the data path's body type lives here"),
+    (
+        "upstream",
+        &["outbound"],
+        "upstream connections; the data path's body type lives here; the outbound proxy hop from outbound",
+    ),
     ("error", &["response"], "the proxy's error answers, built by the one answer builder"),
     // Configuration: knows only secrets.
     ("config", &["secret"], "TOML -> validated Config; secrets resolved"),
+    // What every outbound connection shares, built from the config.
+    ("outbound", &["config", "secret"], "outbound TLS roots, client certificate and proxy rules"),
     // Building blocks above the leaves.
     ("inbound", &["config", "error"], "who may use the listeners"),
     (
@@ -38,7 +44,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ("login", &["config", "random", "token"], "authorization-code sign-in flows"),
     (
         "proxy",
-        &["config", "error", "inbound", "limit", "metrics", "route", "server", "token", "upstream"],
+        &["config", "error", "inbound", "limit", "metrics", "outbound", "route", "server", "token", "upstream"],
         "the data path",
     ),
     (
@@ -47,8 +53,16 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         "the admin listener, over a View app builds",
     ),
     // Wiring: only these put the parts together.
-    ("app", &["admin", "config", "inbound", "login", "metrics", "proxy", "server", "token", "upstream"], "wiring"),
-    ("cli", &["app", "config", "demo", "login", "metrics", "response", "server", "token"], "the command line"),
+    (
+        "app",
+        &["admin", "config", "inbound", "login", "metrics", "outbound", "proxy", "server", "token", "upstream"],
+        "wiring",
+    ),
+    (
+        "cli",
+        &["app", "config", "demo", "login", "metrics", "outbound", "response", "server", "token"],
+        "the command line",
+    ),
     ("demo", &["app", "config", "error", "random", "response", "server"], "`demo` and its mock GoTo"),
 ];
 

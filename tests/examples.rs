@@ -168,43 +168,77 @@ fn secret_refs(toml: &str, kind: &str) -> Vec<(String, String)> {
     refs
 }
 
+/// The paths of the active `ca_file = "…"` and `client_cert = "…"` lines (`[tls]`).
+fn tls_paths(toml: &str) -> Vec<String> {
+    toml.lines()
+        .map(strip_comment)
+        .filter(|l| matches!(l.split('=').next().map(str::trim), Some("ca_file" | "client_cert")))
+        .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+        .collect()
+}
+
+/// A dummy secret for `key` that `check` accepts, and the part of it that must never be
+/// printed: a PEM key for `tls.client_key` (the certificate's, see [`check_config`]), a
+/// proxy URL for `outbound_proxy` (its password), else the dummy itself.
+fn dummy_secret(key: &str, dummy: String, client_key: &str) -> (String, String) {
+    match key {
+        "client_key" => (client_key.to_string(), client_key.lines().nth(1).unwrap_or_default().to_string()),
+        "outbound_proxy" => (format!("http://dummy-user:{dummy}@proxy.corp.example:3128"), dummy),
+        _ => (dummy.clone(), dummy),
+    }
+}
+
 /// Runs `goto-auth-proxy check` on `toml` (named `label` in messages) with every env
 /// secret set to a recognisable dummy and every file secret pointed at a temp file
-/// holding one; asserts it passes and that no secret value appears in its output.
+/// holding one, and `[tls]` files (`ca_file`, `client_cert`) pointed at a certificate
+/// made here (whose key is the dummy `client_key`); asserts it passes and that no secret
+/// value appears in its output.
 async fn check_config(label: &str, toml: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut toml = toml.to_string();
     let mut secrets: Vec<String> = Vec::new();
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path()).env_remove("GOTO_AUTH_PROXY_CONFIG").env_remove("RUST_LOG");
+    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"] {
+        cmd.env_remove(var);
+    }
+    let tls_stand_in = rcgen::generate_simple_self_signed(vec!["corp".to_string()]).expect("certificate");
+    let client_key = tls_stand_in.signing_key.serialize_pem();
+    for (i, path) in tls_paths(&toml).into_iter().enumerate() {
+        let file = dir.path().join(format!("tls-{i}.pem"));
+        std::fs::write(&file, tls_stand_in.cert.pem()).expect("write certificate");
+        toml = toml.replace(&format!("\"{path}\""), &format!("{:?}", file.display().to_string()));
+    }
 
     for (key, var) in secret_refs(&toml, "env") {
         // A state encryption key must be base64 of 32 bytes to pass `check`.
-        let value = if key == "encryption_keys" || var.contains("STATE_KEY") {
+        let (value, secret) = if key == "encryption_keys" || var.contains("STATE_KEY") {
             use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode([0xa5; 32])
+            let k = base64::engine::general_purpose::STANDARD.encode([0xa5; 32]);
+            (k.clone(), k)
         } else {
-            format!("dummy-{}-5eCr3t", var.to_ascii_lowercase())
+            dummy_secret(&key, format!("dummy-{}-5eCr3t", var.to_ascii_lowercase()), &client_key)
         };
         if key != "client_id" {
-            secrets.push(value.clone());
+            secrets.push(secret);
         }
         cmd.env(var, value);
     }
     let file_refs = secret_refs(&toml, "file");
     for (i, (key, path)) in file_refs.into_iter().enumerate() {
         // A state encryption key must be base64 of 32 bytes to pass `check`.
-        let value = if key == "encryption_keys" {
+        let (value, secret) = if key == "encryption_keys" {
             use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.encode([u8::try_from(i).unwrap_or(0) ^ 0x5e; 32])
+            let k = base64::engine::general_purpose::STANDARD.encode([u8::try_from(i).unwrap_or(0) ^ 0x5e; 32]);
+            (k.clone(), k)
         } else {
-            format!("dummy-file-{i}-{key}-5eCr3t")
+            dummy_secret(&key, format!("dummy-file-{i}-{key}-5eCr3t"), &client_key)
         };
         let file = dir.path().join(format!("secret-{i}"));
         std::fs::write(&file, format!("{value}\n")).expect("write secret file");
         toml = toml.replace(&format!("\"{path}\""), &format!("{:?}", file.display().to_string()));
         if key != "client_id" {
-            secrets.push(value);
+            secrets.push(secret);
         }
     }
     let config = dir.path().join("config.toml");

@@ -4,7 +4,9 @@
 
 use std::fmt;
 
-use super::{ClientAuth, Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings};
+use super::{
+    CaFile, ClientAuth, ClientCert, Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings,
+};
 
 /// A configured URL as it may be printed or logged: scheme, host, port and path. User
 /// info and query string are where URLs carry passwords and `client_secret=`
@@ -81,6 +83,24 @@ impl fmt::Debug for RouteConfig {
             .field("methods", &self.methods)
             .field("rate_limit", &self.rate_limit)
             .field("retry_429", &self.retry_429)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CaFile {
+    /// The file and how many certificates it held, not their bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaFile").field("path", &self.path).field("certs", &self.certs.len()).finish()
+    }
+}
+
+impl fmt::Debug for ClientCert {
+    /// The certificate file and chain length; the key `[redacted]` through [`Secret`](super::Secret).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("cert_file", &self.cert_file)
+            .field("chain", &self.chain.len())
+            .field("key", &self.key)
             .finish()
     }
 }

@@ -18,7 +18,9 @@
 //!   expected type, never the value.
 //! * `keys.rs` — the dotted key at a byte position of the file (`routes[1].methods[0]`).
 //! * `validate/` — raw → validated: routes, credentials and their grants, state,
-//!   secrets from the environment or files; `validate/inbound.rs` for `[inbound]`.
+//!   secrets from the environment or files; `validate/inbound.rs` for `[inbound]`;
+//!   `validate/outbound.rs` for `[tls]` (its PEM files read and checked) and
+//!   `proxy.outbound_proxy`.
 //! * `display.rs` — what may be printed: URLs without user info or query, the
 //!   redacting `Debug`s, and the `check` summary.
 //! * `fixtures.rs` — for tests only: a good file that tests vary, and its errors.
@@ -45,6 +47,7 @@ mod fixtures;
 
 pub use display::{display_url, display_url_str};
 pub use error::ConfigError;
+pub use validate::proxy_url;
 
 /// Where `--config` points when neither the flag nor `GOTO_AUTH_PROXY_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/goto-auth-proxy.toml";
@@ -78,6 +81,8 @@ pub struct Config {
     pub state_encryption_keys: Vec<Secret>,
     /// Who may use the listeners.
     pub inbound: InboundSettings,
+    /// `[tls]`: how every outbound TLS connection verifies servers and identifies itself.
+    pub tls: OutboundTls,
     /// Credentials by name; only those routes use get a refresher.
     pub credentials: BTreeMap<String, Arc<CredentialConfig>>,
     /// Routes in file order (matching is longest prefix, not order).
@@ -116,6 +121,10 @@ pub struct ProxySettings {
     pub workers: Option<usize>,
     /// Requests served at once; beyond it clients get `503 overloaded` at once.
     pub max_concurrent_requests: usize,
+    /// `proxy.outbound_proxy`: the `http://` forward proxy every upstream, token and keys
+    /// endpoint is reached through (loopback included); `None`: the environment's
+    /// `HTTPS_PROXY`/`HTTP_PROXY` decide. A secret: user and password may be in it.
+    pub outbound_proxy: Option<Secret>,
 }
 
 /// `[inbound]`: who may send requests, since any request becomes an authenticated one.
@@ -144,6 +153,45 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key.
     pub key: PathBuf,
+}
+
+/// `[tls]`: outbound TLS for upstreams, token and keys endpoints and `rediss://`. Its PEM
+/// files are read and checked at load, so a bad one stops `check` and `run` at its line,
+/// and a reload compares what the files held, not only their names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundTls {
+    /// `tls.ca_file`: extra trusted roots, each file with the certificates it held.
+    pub ca_files: Vec<CaFile>,
+    /// `tls.system_roots`: also trust the operating system's store (default true).
+    pub system_roots: bool,
+    /// `tls.client_cert` with `tls.client_key`: the certificate presented for mutual TLS.
+    pub client_cert: Option<ClientCert>,
+}
+
+impl Default for OutboundTls {
+    fn default() -> Self {
+        OutboundTls { ca_files: Vec::new(), system_roots: true, client_cert: None }
+    }
+}
+
+/// One `tls.ca_file` and the certificates (DER) it held. `Debug` counts them.
+#[derive(Clone, PartialEq)]
+pub struct CaFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its certificates, in file order.
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// `tls.client_cert` and `tls.client_key`, checked to be a pair. `Debug` redacts the key.
+#[derive(Clone, PartialEq)]
+pub struct ClientCert {
+    /// `tls.client_cert`: the file.
+    pub cert_file: PathBuf,
+    /// Its certificate chain (DER), the client's own first.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `tls.client_key`: the private key's PEM text (a secret).
+    pub key: Secret,
 }
 
 /// `[state]`.

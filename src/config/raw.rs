@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) inbound: RawInbound,
     #[serde(default)]
+    pub(super) tls: RawTls,
+    #[serde(default)]
     pub(super) credentials: BTreeMap<String, Spanned<RawCredential>>,
     #[serde(default)]
     pub(super) routes: Vec<Spanned<RawRoute>>,
@@ -50,6 +52,9 @@ pub(super) struct RawProxy {
     pub(super) workers: Option<usize>,
     #[serde(default = "default_max_concurrent_requests")]
     pub(super) max_concurrent_requests: usize,
+    /// `proxy.outbound_proxy`: a secret, since the URL may hold a user and password.
+    #[serde(default)]
+    pub(super) outbound_proxy: Option<Spanned<RawSecret>>,
 }
 
 impl Default for RawProxy {
@@ -63,6 +68,7 @@ impl Default for RawProxy {
             token_wait: default_token_wait(),
             workers: None,
             max_concurrent_requests: default_max_concurrent_requests(),
+            outbound_proxy: None,
         }
     }
 }
@@ -107,6 +113,53 @@ pub(super) struct RawInbound {
     pub(super) hosts: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) allow_origins: Vec<Spanned<String>>,
+}
+
+/// `[tls]`: outbound TLS (upstreams, token and keys endpoints, `rediss://`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    #[serde(default)]
+    pub(super) ca_file: Option<Spanned<PathList>>,
+    #[serde(default)]
+    pub(super) system_roots: Option<bool>,
+    #[serde(default)]
+    pub(super) client_cert: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) client_key: Option<Spanned<RawSecret>>,
+}
+
+/// One path or a list of paths (`tls.ca_file`).
+#[derive(Debug)]
+pub(super) struct PathList(pub(super) Vec<PathBuf>);
+
+impl<'de> Deserialize<'de> for PathList {
+    /// By hand rather than `#[serde(untagged)]`, for the same reason as [`RawSecret`]:
+    /// an error then says what was expected.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        struct PathsVisitor;
+        impl<'de> Visitor<'de> for PathsVisitor {
+            type Value = PathList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a file path or a list of file paths")
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<PathList, E> {
+                Ok(PathList(vec![PathBuf::from(v)]))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PathList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(p) = seq.next_element::<PathBuf>()? {
+                    out.push(p);
+                }
+                Ok(PathList(out))
+            }
+        }
+        d.deserialize_any(PathsVisitor)
+    }
 }
 
 /// `[state]`.

@@ -11,6 +11,7 @@ use super::pace::RoutePace;
 use crate::config::{Config, InboundSettings, ProxySettings, RouteConfig};
 use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, RequestCounters};
+use crate::outbound::Outbound;
 use crate::route::Router;
 use crate::token::TokenHandle;
 use crate::upstream::Target;
@@ -38,9 +39,14 @@ pub struct Route {
 }
 
 impl Route {
-    fn compile(cfg: &RouteConfig, credentials: &HashMap<String, TokenHandle>, metrics: &Metrics) -> Route {
+    fn compile(
+        cfg: &RouteConfig,
+        credentials: &HashMap<String, TokenHandle>,
+        metrics: &Metrics,
+        outbound: &Outbound,
+    ) -> Route {
         let u = &cfg.upstream;
-        let target = Arc::new(Target::new(u));
+        let target = Arc::new(Target::new(u, outbound.upstream_tls().clone(), outbound.proxy_for(u).cloned()));
         Route {
             prefix: cfg.prefix.clone(),
             host: HeaderValue::from_str(target.authority().as_str()).unwrap_or(HeaderValue::from_static("invalid")),
@@ -82,10 +88,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles the config's routes against the running credentials.
-    pub fn compile(config: &Config, credentials: &HashMap<String, TokenHandle>, metrics: &Metrics) -> Snapshot {
-        let router =
-            Router::new(config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics))));
+    /// Compiles the config's routes against the running credentials; upstreams are
+    /// reached with `outbound`'s TLS configuration and proxy.
+    pub fn compile(
+        config: &Config,
+        credentials: &HashMap<String, TokenHandle>,
+        metrics: &Metrics,
+        outbound: &Outbound,
+    ) -> Snapshot {
+        let router = Router::new(
+            config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics, outbound))),
+        );
         Snapshot { router, settings: config.proxy.clone(), inbound: config.inbound.clone() }
     }
 }

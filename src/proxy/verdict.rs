@@ -115,6 +115,10 @@ pub(super) fn classify_upstream_error(
         UpstreamError::Connect { .. } => {
             return (Some("connect"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
         }
+        // The outbound proxy, not the upstream: its own `kind`, so an alert tells them apart.
+        UpstreamError::Proxy { .. } => {
+            return (Some("proxy"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
+        }
         UpstreamError::Http(h) => h,
     };
     let mut detail = hyper_error.to_string();

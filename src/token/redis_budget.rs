@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::redis_store::{describe, location_of};
+use super::redis_store::{client_for, describe, location_of};
 use crate::limit::{BudgetUnavailable, SharedBudget, QUEUE_STEP};
 use crate::secret::Secret;
 
@@ -79,10 +79,14 @@ pub struct RedisBudget {
 impl RedisBudget {
     /// A budget at `url` under `prefix`, on its own connection (the data path never
     /// queues behind token-store traffic). Connects lazily; must be called inside a
-    /// tokio runtime.
-    pub fn connect(url: &Secret, prefix: &str) -> Result<RedisBudget, BudgetUnavailable> {
+    /// tokio runtime. `tls`: as for the store (`rediss://` trusts `[tls]`).
+    pub fn connect(
+        url: &Secret,
+        prefix: &str,
+        tls: Option<redis::TlsCertificates>,
+    ) -> Result<RedisBudget, BudgetUnavailable> {
         let location = location_of(url.expose());
-        let client = redis::Client::open(url.expose()).map_err(|e| {
+        let client = client_for(url, tls).map_err(|e| {
             BudgetUnavailable(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
         })?;
         // Short timeouts: a request waits for this answer (the data path gives up sooner).

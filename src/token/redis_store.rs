@@ -17,7 +17,8 @@
 //!
 //! Every operation is bounded by [`OP_TIMEOUT`]: a slow Redis is a down Redis, and the
 //! caller keeps serving the token it holds. Failures are counted in
-//! `goto_auth_proxy_store_errors_total{op}`. `rediss://` URLs use rustls (ring).
+//! `goto_auth_proxy_store_errors_total{op}`. `rediss://` URLs use rustls (ring), with
+//! the roots and client certificate of `[tls]` ([`RedisStore::connect_with_tls`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -86,14 +87,35 @@ pub struct RedisStore {
     reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
+/// The Redis client for `url`: a `rediss://` URL with `tls` trusts `[tls]`'s roots and
+/// presents its client certificate (the store and the shared rate budget alike).
+pub(crate) fn client_for(url: &Secret, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
+    match tls {
+        Some(certs) if url.expose().starts_with("rediss://") => redis::Client::build_with_tls(url.expose(), certs),
+        _ => redis::Client::open(url.expose()),
+    }
+}
+
 impl RedisStore {
     /// A store at `url` (`redis://` or `rediss://`) under `prefix`. Connects lazily: a
     /// proxy starts while Redis is down and serves once it can obtain a token.
     /// Must be called inside a tokio runtime.
     pub fn connect(url: &Secret, prefix: &str, errors: Option<IntCounterVec>) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with_tls(url, prefix, errors, None)
+    }
+
+    /// [`RedisStore::connect`], a `rediss://` connection trusting `tls`'s roots (and
+    /// presenting its client certificate) instead of the client's bundled roots: the
+    /// proxy's `[tls]`. Ignored for `redis://`.
+    pub fn connect_with_tls(
+        url: &Secret,
+        prefix: &str,
+        errors: Option<IntCounterVec>,
+        tls: Option<redis::TlsCertificates>,
+    ) -> Result<RedisStore, StoreError> {
         let location = location_of(url.expose());
         // The URL may hold a password: errors name the location only.
-        let client = redis::Client::open(url.expose()).map_err(|e| {
+        let client = client_for(url, tls).map_err(|e| {
             StoreError::Backend(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
         })?;
         let config = ConnectionManagerConfig::new()

@@ -316,18 +316,6 @@ impl TokenSource {
         &self.cfg
     }
 
-    /// A shared HTTP client for token endpoints: rustls, bounded timeouts, no redirects
-    /// (a token endpoint that redirects is misconfigured; secrets must not follow it).
-    pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
-        reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("goto-auth-proxy/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
-    }
-
     /// Obtains a new token with whatever this grant renews with.
     ///
     /// `refresh_token` is the newest one held (stored, or the config's seed).

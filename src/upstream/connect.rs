@@ -1,56 +1,60 @@
-//! Opening upstream connections (TCP, rustls with ALPN, the HTTP/1.1 or HTTP/2
-//! handshake) and the slow path of a send: no ready connection, so take an idle one or
-//! open one. The common case, a ready connection, never comes here (see [`super::Held`]).
+//! Opening upstream connections (TCP, an outbound proxy's `CONNECT` tunnel, rustls
+//! with ALPN, the HTTP/1.1 or HTTP/2 handshake) and the slow path of a send: no ready
+//! connection, so take an idle one or open one. The common case, a ready connection,
+//! never comes here (see [`super::Held`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::{Sender, Target, UpstreamBody, UpstreamError};
+use crate::outbound::ProxyEndpoint;
 
-/// Opens upstream connections: TCP (nodelay), rustls with ring and the webpki roots,
-/// ALPN offering HTTP/2 and HTTP/1.1.
+/// Opens upstream connections: TCP (nodelay), through the outbound proxy's `CONNECT`
+/// tunnel when the target has one, rustls with the target's TLS configuration and ALPN
+/// offering HTTP/2 and HTTP/1.1.
 pub struct Connector {
-    tls: tokio_rustls::TlsConnector,
     connect_timeout: Duration,
 }
 
 impl Connector {
-    /// A connector with `connect_timeout` for TCP and TLS together.
+    /// A connector with `connect_timeout` for TCP, the proxy's tunnel and TLS together.
     pub fn new(connect_timeout: Duration) -> Connector {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        Connector::with_roots(connect_timeout, roots)
-    }
-
-    pub(super) fn with_roots(connect_timeout: Duration, roots: rustls::RootCertStore) -> Connector {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let mut config = match config {
-            Ok(c) => c,
-            Err(e) => unreachable!("ring supports the default TLS versions: {e}"),
-        };
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Connector { tls: tokio_rustls::TlsConnector::from(Arc::new(config)), connect_timeout }
+        Connector { connect_timeout }
     }
 
     pub(super) async fn connect(&self, target: &Target) -> Result<Conn, UpstreamError> {
         let fail = |message: String| UpstreamError::Connect { target: target.label.clone(), message };
         let opened = tokio::time::timeout(self.connect_timeout, async {
-            let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| fail(format!("tcp connect: {e}")))?;
+            let tcp = match &target.via {
+                None => tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| fail(format!("tcp connect: {e}")))?,
+                Some(proxy) => {
+                    tokio::net::TcpStream::connect((proxy.host.as_str(), proxy.port)).await.map_err(|e| {
+                        UpstreamError::Proxy { proxy: proxy.shown.clone(), message: format!("cannot be reached: {e}") }
+                    })?
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            match &target.server_name {
-                None => Ok::<_, UpstreamError>((Io::Plain(tcp), false)),
-                Some(name) => {
-                    let tls = self.tls.connect(name.clone(), tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
+            match (&target.server_name, &target.via) {
+                (None, _) => Ok::<_, UpstreamError>((Io::Plain(tcp), false)),
+                (Some(name), None) => {
+                    let tls = target.tls.connect(name.clone(), tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     Ok((Io::Tls(Box::new(tls)), h2))
+                }
+                (Some(name), Some(proxy)) => {
+                    let tunnel = TokioIo::new(tunnel(tcp, target, proxy).await?);
+                    let tls = target.tls.connect(name.clone(), tunnel).await.map_err(|e| fail(format!("TLS: {e}")))?;
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    Ok((Io::Tunnel(Box::new(tls)), h2))
                 }
             }
         })
@@ -134,15 +138,62 @@ impl Connector {
     }
 }
 
+/// Asks `proxy` (over `tcp`) for a `CONNECT` tunnel to `target`, with the proxy's
+/// credentials when it has some. A refusal names the proxy (never its credentials) and
+/// its answer: `407 Proxy Authentication Required`, `403 Forbidden`, `502 …`.
+async fn tunnel(
+    tcp: tokio::net::TcpStream,
+    target: &Target,
+    proxy: &ProxyEndpoint,
+) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
+    let refused = |message: String| UpstreamError::Proxy { proxy: proxy.shown.clone(), message };
+    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| refused(format!("failed the HTTP handshake: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "outbound proxy connection ended before the tunnel");
+        }
+    });
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target.tunnel_authority.as_str())
+        .header(http::header::HOST, target.tunnel_authority.as_str());
+    if let Some(auth) = &proxy.authorization {
+        req = req.header(http::header::PROXY_AUTHORIZATION, auth.clone());
+    }
+    let req =
+        req.body(Empty::new()).map_err(|e| refused(format!("cannot ask for a tunnel to {}: {e}", target.label)))?;
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(|e| refused(format!("broke off the tunnel to {}: {e}", target.label)))?;
+    let status = res.status();
+    if !status.is_success() {
+        // The proxy's own reason phrase when it sent one (hyper keeps it only when it
+        // differs from the standard one); bounded, since it comes from outside.
+        let reason = res
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .and_then(|r| std::str::from_utf8(r.as_bytes()).ok())
+            .or(status.canonical_reason())
+            .unwrap_or("");
+        let reason: String = reason.chars().filter(|c| !c.is_control()).take(100).collect();
+        return Err(refused(format!("refused the tunnel to {}: {} {reason}", target.label, status.as_u16())));
+    }
+    hyper::upgrade::on(res).await.map_err(|e| refused(format!("broke off the tunnel to {}: {e}", target.label)))
+}
+
 pub(super) enum Conn {
     H1(http1::SendRequest<UpstreamBody>),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// Plain TCP or TLS, so both fit one connection type.
+/// Plain TCP, TLS, or TLS inside an outbound proxy's tunnel, so all fit one connection type.
 pub(super) enum Io {
     Plain(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+    Tunnel(Box<tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>>),
 }
 
 impl tokio::io::AsyncRead for Io {
@@ -154,6 +205,7 @@ impl tokio::io::AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -167,6 +219,7 @@ impl tokio::io::AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -178,6 +231,7 @@ impl tokio::io::AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -185,6 +239,7 @@ impl tokio::io::AsyncWrite for Io {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
+            Io::Tunnel(s) => s.is_write_vectored(),
         }
     }
 
@@ -195,6 +250,7 @@ impl tokio::io::AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -205,6 +261,7 @@ impl tokio::io::AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

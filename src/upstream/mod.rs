@@ -6,6 +6,11 @@
 //! upstream connection goes to the route's idle list for the next client (a script
 //! that opens a connection per `curl` must not pay a TLS handshake each time). An
 //! upstream that offers HTTP/2 (ALPN) gets one shared, multiplexed connection instead.
+//!
+//! Behind an outbound proxy ([`Target::new`] is told which), an `https://` upstream is
+//! reached through a `CONNECT` tunnel (TLS and ALPN inside it, as directly), and an
+//! `http://` upstream by absolute-form requests to the proxy; either way the connections
+//! are kept and reused exactly like direct ones.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +25,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use rustls::pki_types::ServerName;
 use smallvec::SmallVec;
+
+use crate::outbound::ProxyEndpoint;
 
 mod connect;
 
@@ -50,6 +57,15 @@ pub enum UpstreamError {
     /// The connection failed while the request was under way.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The outbound proxy could not be reached, or refused the tunnel (or, for an
+    /// `http://` upstream, the request) with its own answer.
+    #[error("outbound proxy {proxy} {message}")]
+    Proxy {
+        /// The proxy as it may be shown (`http://***@host:port`: never its credentials).
+        proxy: String,
+        /// What happened, with the proxy's status when it answered.
+        message: String,
+    },
 }
 
 /// One route's upstream: where to connect, its idle connections, its HTTP/2 connection.
@@ -62,13 +78,22 @@ pub struct Target {
     pub(super) port: u16,
     /// TLS server name; `None` for plain HTTP.
     pub(super) server_name: Option<ServerName<'static>>,
+    /// The outbound TLS configuration (`[tls]`, ALPN h2 and http/1.1).
+    pub(super) tls: tokio_rustls::TlsConnector,
+    /// The outbound proxy this upstream is reached through, if any.
+    pub(super) via: Option<Arc<ProxyEndpoint>>,
+    /// `host:port` as a `CONNECT` request names it.
+    pub(super) tunnel_authority: String,
+    /// Plain HTTP through [`Target::via`]: requests go in absolute form to the proxy.
+    forwarded: bool,
     pub(super) idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
     pub(super) h2: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
 }
 
 impl Target {
-    /// The upstream of `url` (scheme, host, port).
-    pub fn new(url: &url::Url) -> Target {
+    /// The upstream of `url` (scheme, host, port), verified with `tls` (whose ALPN offers
+    /// HTTP/2 and HTTP/1.1), reached through `via` when an outbound proxy applies.
+    pub fn new(url: &url::Url, tls: Arc<rustls::ClientConfig>, via: Option<Arc<ProxyEndpoint>>) -> Target {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = url.port_or_known_default().unwrap_or(80);
         let server_name =
@@ -84,10 +109,35 @@ impl Target {
                 .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
             host,
             port,
+            forwarded: via.is_some() && server_name.is_none(),
             server_name,
+            tls: tokio_rustls::TlsConnector::from(tls),
+            via,
+            tunnel_authority: format!("{}:{port}", url.host_str().unwrap_or_default()),
             idle: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
         }
+    }
+
+    /// A request to a plain-HTTP upstream behind the outbound proxy: absolute form, and
+    /// the proxy's credentials.
+    fn forward_form(&self, req: &mut Request<UpstreamBody>) {
+        self.absolute(req);
+        if let Some(auth) = self.via.as_ref().and_then(|p| p.authorization.clone()) {
+            req.headers_mut().insert(http::header::PROXY_AUTHORIZATION, auth);
+        }
+    }
+
+    /// The answer as the data path sees it: a `407` to a forwarded request is the
+    /// outbound proxy's refusal, not the upstream's answer.
+    fn answer(&self, res: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        if self.forwarded && res.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(UpstreamError::Proxy {
+                proxy: self.via.as_ref().map(|p| p.shown.clone()).unwrap_or_default(),
+                message: format!("refused the request to {}: 407 Proxy Authentication Required", self.label),
+            });
+        }
+        Ok(res)
     }
 
     /// `host[:port]` as the `Host` header carries it.
@@ -95,7 +145,8 @@ impl Target {
         &self.authority
     }
 
-    /// HTTP/2 needs the absolute URI (`:scheme`, `:authority`); HTTP/1.1 the path.
+    /// HTTP/2 needs the absolute URI (`:scheme`, `:authority`), and so does a forward
+    /// proxy; HTTP/1.1 to the upstream itself the path.
     fn absolute(&self, req: &mut Request<UpstreamBody>) {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
@@ -158,8 +209,11 @@ impl Held {
         connector: &'a Connector,
         target: &'a Arc<Target>,
         deadline: Instant,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Sending<'a, impl Future<Output = Answer> + Send + 'a> {
+        if target.forwarded {
+            target.forward_form(&mut req);
+        }
         let stage = match self.conns.ready(target) {
             // Sent in place: taking it out and back would clone the shared `Arc<Target>`.
             Some(sender) => Stage::Sent { fut: sender.try_send_request(req) },
@@ -204,7 +258,7 @@ impl<'a, F: Future<Output = Answer>> Future for Sending<'a, F> {
         loop {
             match this.stage.as_mut().project() {
                 StageProj::Sent { fut } => match fut.poll(cx) {
-                    Poll::Ready(Ok(res)) => return Poll::Ready(Some(Ok(res))),
+                    Poll::Ready(Ok(res)) => return Poll::Ready(Some(this.target.answer(res))),
                     Poll::Ready(Err(mut e)) => match e.take_message() {
                         // The connection had closed while idle and never took it.
                         Some(req) => {
@@ -221,7 +275,7 @@ impl<'a, F: Future<Output = Answer>> Future for Sending<'a, F> {
                         if let Some(sender) = sender {
                             this.conns.put(this.target, sender);
                         }
-                        return Poll::Ready(Some(Ok(res)));
+                        return Poll::Ready(Some(this.target.answer(res)));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Poll::Pending => break,
@@ -341,7 +395,7 @@ mod tests {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -373,8 +427,15 @@ mod tests {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
-        let connector = Connector::with_roots(Duration::from_secs(5), roots);
-        let target = Arc::new(Target::new(&url::Url::parse(&format!("https://localhost:{port}/")).unwrap()));
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let connector = Connector::new(Duration::from_secs(5));
+        let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        let target = Arc::new(Target::new(&url, Arc::new(tls), None));
         let get = |path: String| {
             let req = Request::builder().uri(path).body(Either::Left(Full::new(bytes::Bytes::new()))).unwrap();
             let (connector, target) = (&connector, &target);

@@ -13,6 +13,7 @@
 )]
 
 mod cli;
+mod corporate;
 mod data_path;
 mod encryption;
 mod errors;

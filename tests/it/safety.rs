@@ -373,6 +373,22 @@ async fn secrets_never_leak() {
         mock.url(),
         mock.url()
     );
+    // Outbound settings with secrets: a client key, and proxy credentials. NO_PROXY sends
+    // 127.0.0.1 direct; `/via-proxy/` (localhost) meets the proxy, which is not there.
+    let client_id = rcgen::generate_simple_self_signed(vec!["client".to_string()]).unwrap();
+    let key_pem = client_id.signing_key.serialize_pem();
+    let key_line = key_pem.lines().nth(1).unwrap().to_string();
+    let (cert_file, key_file) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    std::fs::write(&cert_file, client_id.cert.pem()).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let tls = format!(
+        "[tls]\nclient_cert = {:?}\nclient_key = {{ file = {:?} }}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let outbound_proxy =
+        format!("outbound_proxy = \"http://SECRET-proxy-user:SECRET-proxy-pass@127.0.0.1:{}\"", free_port());
+    let via_proxy = "[[routes]]\nprefix = \"/via-proxy/\"\nupstream = \"http://localhost:9\"\n";
     // One sign-in (a fresh seed, minted when its run starts, and a fresh state file) per
     // log format: the first run ends with every refresh token revoked, so the second
     // would rightly need a `login`.
@@ -381,7 +397,7 @@ async fn secrets_never_leak() {
         let seed = mock.mint_refresh_token();
         // Lines before the first table land in config_text's [state] section.
         let rest = format!(
-            "encryption_keys = [{state_key:?}]\n\n[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{}\n{}\n{pat}\n{}\n{}\n{}",
+            "encryption_keys = [{state_key:?}]\n\n[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{tls}\n{}\n{}\n{pat}\n{}\n{}\n{}\n{via_proxy}",
             password_cred("g2a", &mock),
             code_cred("goto", &mock, Some(&seed)),
             route("/G2A/", &mock, Some("g2a")),
@@ -391,7 +407,8 @@ async fn secrets_never_leak() {
         seeds.push(seed);
         let state = dir.path().join(format);
         std::fs::create_dir_all(&state).unwrap();
-        write_config(dir.path(), &format!("audit-{format}.toml"), &config_text(&state, "token_wait = \"500ms\"", &rest))
+        let proxy = format!("token_wait = \"500ms\"\n{outbound_proxy}");
+        write_config(dir.path(), &format!("audit-{format}.toml"), &config_text(&state, &proxy, &rest))
     };
     let http = client();
     let mut seen = String::new();
@@ -399,17 +416,24 @@ async fn secrets_never_leak() {
     for format in ["json", "text"] {
         let path = &config_for(format);
         if format == "json" {
-            let check = std::process::Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
+            let check = std::process::Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(path)
+                .env("NO_PROXY", "127.0.0.1")
+                .output()
+                .unwrap();
             seen.push_str(&String::from_utf8_lossy(&check.stdout));
             seen.push_str(&String::from_utf8_lossy(&check.stderr));
         }
         let mut child = std::process::Command::new(BIN);
-        child.args(["run", "--log-format", format, "--config"]).arg(path).env("RUST_LOG", "debug");
-        let p = if format == "json" { Proc::spawn(path) } else { Proc::spawn_with(child) };
+        let level = if format == "json" { "info" } else { "debug" };
+        child.args(["run", "--log-format", format, "--config"]).arg(path).env("RUST_LOG", level);
+        child.env("NO_PROXY", "127.0.0.1");
+        let p = Proc::spawn_with(child);
         let key = "SECRET-inbound-key";
         let get = |url: String| http.get(url).header("x-goto-auth-proxy-key", key).send();
         wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
-        for path in ["/G2A/x", "/P/G2W/x", "/G2W/x", "/G2W/forbidden", "/nothing/../G2W/x"] {
+        for path in ["/G2A/x", "/P/G2W/x", "/G2W/x", "/G2W/forbidden", "/nothing/../G2W/x", "/via-proxy/x"] {
             seen.push_str(&get(p.url(path)).await.unwrap().text().await.unwrap());
         }
         mock.revoke_access_tokens();
@@ -456,7 +480,9 @@ async fn secrets_never_leak() {
     );
     assert!(seen.contains("encryption: 1 key(s)"), "the audited config was encrypted");
     assert!(seen.contains("client_auth: basic_rfc6749"), "the audited config authenticated the RFC 6749 way");
-    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key] {
+    assert!(seen.contains("outbound proxy http://***@127.0.0.1:"), "the proxy's refusal was audited");
+    assert!(seen.contains("client certificate: ") && seen.contains("(key [redacted])"), "check showed [tls]");
+    for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key, &key_line] {
         assert!(
             !seen.contains(secret),
             "{secret:?} leaked:\n{}",

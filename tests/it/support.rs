@@ -260,6 +260,14 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// A second port speaking TLS ([`RedisServer::start_tls`]), and its arguments.
+    tls: Option<(u16, Vec<String>)>,
+}
+
+/// A free loopback port (bound and let go: the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
 }
 
 impl RedisServer {
@@ -273,13 +281,30 @@ impl RedisServer {
             eprintln!("NOTICE: redis-server not found; skipping this Redis test (apt-get install redis-server)");
             return None;
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr").port()
-        };
-        let mut r = RedisServer { child: None, port, dir: tempfile::tempdir().expect("tempdir") };
+        let mut r =
+            RedisServer { child: None, port: free_port(), dir: tempfile::tempdir().expect("tempdir"), tls: None };
         r.spawn().await;
         Some(r)
+    }
+
+    /// [`RedisServer::start`], also speaking TLS on [`RedisServer::tls_url`]'s port with
+    /// `cert`/`key` (PEM), and requiring clients to present a certificate issued by `ca`.
+    pub async fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Option<RedisServer> {
+        let mut r = RedisServer::start().await?;
+        let tls_port = free_port();
+        let mut args = vec!["--tls-port".to_string(), tls_port.to_string(), "--tls-auth-clients".into(), "yes".into()];
+        for (flag, file) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+            args.push(flag.to_string());
+            args.push(file.display().to_string());
+        }
+        r.tls = Some((tls_port, args));
+        r.restart().await;
+        Some(r)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/0` of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.tls.as_ref().expect("started with start_tls").0)
     }
 
     async fn spawn(&mut self) {
@@ -287,6 +312,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(self.tls.iter().flat_map(|(_, args)| args))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

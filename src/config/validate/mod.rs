@@ -1,6 +1,7 @@
 //! Raw → validated: every check that needs more than a type, each error located at the
 //! value (or key) it is about. Secrets are resolved here, from the file, the environment
-//! or a secret file; `[inbound]` has its own file, `inbound.rs`.
+//! or a secret file; `[inbound]` has its own file, `inbound.rs`, and `[tls]` with
+//! `proxy.outbound_proxy` theirs, `outbound.rs`.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -19,14 +20,18 @@ use super::{
 use crate::secret::Secret;
 
 mod inbound;
+mod outbound;
+
+pub use outbound::proxy_url;
 
 /// The whole file, checked in file-section order: `[proxy]`, `[state]`, `[inbound]`,
-/// credentials, routes (which name credentials).
+/// `[tls]`, credentials, routes (which name credentials).
 pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let proxy = validate_proxy(loc, raw.proxy)?;
     let state_encryption_keys = validate_state_keys(loc, &raw.state.encryption_keys)?;
     let state = validate_state(loc, raw.state)?;
     let inbound = inbound::validate_inbound(loc, raw.inbound, &proxy)?;
+    let tls = outbound::validate_tls(loc, raw.tls)?;
 
     let mut credentials = BTreeMap::new();
     for (name, spanned) in raw.credentials {
@@ -41,10 +46,11 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
         routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
     }
 
-    Ok(Config { source: loc.file.to_string(), proxy, state, state_encryption_keys, inbound, credentials, routes })
+    Ok(Config { source: loc.file.to_string(), proxy, state, state_encryption_keys, inbound, tls, credentials, routes })
 }
 
-/// `[proxy]`: its types are checked by serde; what remains is that counts are not 0.
+/// `[proxy]`: its types are checked by serde; what remains is that counts are not 0
+/// and that `outbound_proxy` is a proxy URL.
 fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, ConfigError> {
     let proxy = ProxySettings {
         listen: raw.listen,
@@ -55,6 +61,7 @@ fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, Con
         token_wait: raw.token_wait,
         workers: raw.workers,
         max_concurrent_requests: raw.max_concurrent_requests,
+        outbound_proxy: outbound::validate_outbound_proxy(loc, raw.outbound_proxy.as_ref())?,
     };
     if proxy.workers == Some(0) {
         return Err(loc.err_key("proxy.workers", &(0..0), "must be at least 1"));

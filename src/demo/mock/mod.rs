@@ -233,6 +233,8 @@ struct State {
 /// benches start it and steer it (faults, revocations, lifetimes) through its methods.
 pub struct MockGoto {
     addr: SocketAddr,
+    /// `http` or, when started with [`MockGoto::start_tls`], `https`.
+    scheme: &'static str,
     state: Arc<State>,
     shutdown: CancellationToken,
 }
@@ -246,8 +248,23 @@ impl MockGoto {
         MockGoto::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), opts).await
     }
 
+    /// Starts on a free loopback port, serving HTTPS with `tls` (tests of the outbound
+    /// TLS settings: a token endpoint and API only a private CA vouches for).
+    pub async fn start_tls(opts: MockOptions, tls: tokio_rustls::TlsAcceptor) -> std::io::Result<MockGoto> {
+        MockGoto::serve(SocketAddr::from(([127, 0, 0, 1], 0)), opts, Some(tls)).await
+    }
+
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr, opts: MockOptions) -> std::io::Result<MockGoto> {
+        MockGoto::serve(addr, opts, None).await
+    }
+
+    async fn serve(
+        addr: SocketAddr,
+        opts: MockOptions,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<MockGoto> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -262,12 +279,12 @@ impl MockGoto {
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
-        let serve = Serve::new(shutdown.clone()).drain(Duration::from_secs(1));
+        let serve = Serve::new(shutdown.clone()).tls(tls).drain(Duration::from_secs(1));
         tokio::spawn(serve.run(listener, move |req, conn: Arc<ConnInfo>| {
             let s = s.clone();
             async move { handle(&s, req, conn.peer).await }
         }));
-        Ok(MockGoto { addr, state, shutdown })
+        Ok(MockGoto { addr, scheme, state, shutdown })
     }
 
     /// Its address.
@@ -275,9 +292,9 @@ impl MockGoto {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when started with [`MockGoto::start_tls`]).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The options in force.
