@@ -4,6 +4,8 @@
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
 #   redis-server   the Redis state store's tests (later release)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
+#   chromium, chromedriver  tests/it/status_page.rs drives the admin status page in a
+#                  headless browser (Debian's chromium + chromium-driver)
 #
 # Idempotent and non-interactive (stdin is never read), meant for root on a Debian
 # machine (CI runs it before the tests):
@@ -82,6 +84,13 @@ else
   fi
 fi
 
+# ---- chromium + chromedriver ----
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  say "chromium + chromedriver: present ($(command -v chromium), $(command -v chromedriver))"
+else
+  apt_install chromium chromium-driver || true
+fi
+
 # ---- summary ----
 missing=()
 command -v curl >/dev/null || missing+=(curl)
@@ -92,8 +101,10 @@ if ! command -v newman >/dev/null; then
   command -v npm >/dev/null && hint=" (npm's global bin $(npm prefix -g 2>/dev/null </dev/null)/bin on PATH?)"
   missing+=("newman$hint")
 fi
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromedriver)
 if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server and newman are installed"
+say "done: curl, python3 yaml, redis-server, newman, chromium and chromedriver are installed"

@@ -16,6 +16,7 @@ use crate::admin::{Admin, Credentials};
 use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
 use crate::token::redis_store::RedisStore;
@@ -81,6 +82,8 @@ pub struct Core {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     reload_lock: tokio::sync::Mutex<()>,
+    /// `[[notify]]`: follows each renewing credential's health.
+    notifier: Arc<Notifier>,
 }
 
 /// A reload that was refused; the running configuration stays.
@@ -151,10 +154,12 @@ impl Core {
                     self.tasks.spawn(supervise(name.clone(), stop.clone(), restarts, move || {
                         cred.clone().run(loop_stop.clone())
                     }));
+                    self.tasks.spawn(self.notifier.clone().watch(c.clone(), stop.clone()));
                     running.insert(name.clone(), (c.clone(), stop));
                 }
             }
         }
+        self.notifier.set_targets(config.notify.clone());
         let by_name: HashMap<String, TokenHandle> = next.iter().map(|(k, v)| (k.clone(), v.handle())).collect();
         self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics));
         self.credentials.store(Arc::new(next));
@@ -251,6 +256,10 @@ impl crate::admin::View for Core {
 
     fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+
+    fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
+        self.metrics.requests_by_route()
     }
 }
 
@@ -432,6 +441,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = open_checked_store(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics);
     let proxy = Arc::new(Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone()));
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let notifier =
+        Arc::new(Notifier::new(config.notify.clone(), admin_addr, metrics.clone(), tasks.clone(), shutdown.clone()));
     let core = Arc::new(Core {
         config: ArcSwap::from_pointee(config.clone()),
         credentials: ArcSwap::from_pointee(Credentials::new()),
@@ -441,9 +453,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         store: store.clone(),
         http: TokenSource::http_client(config.proxy.connect_timeout),
-        tasks: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        tasks,
+        shutdown,
         reload_lock: tokio::sync::Mutex::new(()),
+        notifier,
     });
     core.apply(config).await;
 

@@ -13,7 +13,8 @@
 //! * [`token`] — per-credential tokens: grants, token endpoint, store (file or Redis,
 //!   shared by replicas), refresher.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
-//! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
+//! * [`admin`] — the status page, health, readiness, metrics, token metadata, sign-in endpoints.
+//! * [`notify`] — `[[notify]]`: a webhook or command told when a credential needs a person.
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
 //! * [`error`] — the proxy's own error answers (SPEC codes).
 //! * [`server`] — the shared hyper accept loop with graceful drain.
@@ -34,6 +35,7 @@ pub mod inbound;
 mod limit;
 mod login;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 mod random;
 mod response;

@@ -37,14 +37,19 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         &["config", "error", "inbound", "limit", "metrics", "route", "server", "token", "upstream"],
         "the data path",
     ),
+    ("notify", &["config", "metrics", "token"], "[[notify]]: follows credentials' health, tells a person"),
     (
         "admin",
-        &["config", "error", "inbound", "login", "response", "token"],
+        &["config", "error", "inbound", "login", "random", "response", "token"],
         "the admin listener, over a View app builds",
     ),
     // Wiring: only these put the parts together.
-    ("app", &["admin", "config", "inbound", "login", "metrics", "proxy", "server", "token", "upstream"], "wiring"),
-    ("cli", &["app", "config", "demo", "login", "metrics", "response", "server", "token"], "the command line"),
+    (
+        "app",
+        &["admin", "config", "inbound", "login", "metrics", "notify", "proxy", "server", "token", "upstream"],
+        "wiring",
+    ),
+    ("cli", &["app", "config", "demo", "login", "metrics", "proxy", "response", "server", "token"], "the command line"),
     ("demo", &["app", "config", "error", "random", "response", "server"], "`demo` and its mock GoTo"),
 ];
 

@@ -28,6 +28,9 @@ pub(super) struct RawConfig {
     pub(super) credentials: BTreeMap<String, Spanned<RawCredential>>,
     #[serde(default)]
     pub(super) routes: Vec<Spanned<RawRoute>>,
+    /// `[[notify]]`: who is told when a credential needs a person.
+    #[serde(default)]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
 }
 
 /// `[proxy]`, defaults filled in.
@@ -50,6 +53,8 @@ pub(super) struct RawProxy {
     pub(super) workers: Option<usize>,
     #[serde(default = "default_max_concurrent_requests")]
     pub(super) max_concurrent_requests: usize,
+    #[serde(default = "default_access_log")]
+    pub(super) access_log: bool,
 }
 
 impl Default for RawProxy {
@@ -63,6 +68,7 @@ impl Default for RawProxy {
             token_wait: default_token_wait(),
             workers: None,
             max_concurrent_requests: default_max_concurrent_requests(),
+            access_log: default_access_log(),
         }
     }
 }
@@ -87,6 +93,9 @@ fn default_token_wait() -> Duration {
 }
 fn default_max_concurrent_requests() -> usize {
     4096
+}
+fn default_access_log() -> bool {
+    true
 }
 
 /// `[inbound]`.
@@ -207,4 +216,15 @@ pub(super) struct RawRoute {
     pub(super) strip_prefix: bool,
     pub(super) methods: Option<Spanned<Vec<String>>>,
     pub(super) rate_limit: Option<Spanned<f64>>,
+}
+
+/// One `[[notify]]` entry: a `webhook` or a `command`, which events, and when failing
+/// renewals are worth a page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) webhook: Option<Spanned<RawSecret>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) events: Option<Spanned<Vec<String>>>,
+    pub(super) after_failures: Option<Spanned<u32>>,
 }

@@ -25,5 +25,6 @@ mod props;
 mod redis;
 mod safety;
 mod state_files;
+mod status_page;
 mod support;
 mod tokens;

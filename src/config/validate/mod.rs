@@ -11,10 +11,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
-use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, RawSecret, RawState};
+use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
-    Config, CredentialConfig, GrantKind, ProxySettings, RouteConfig, StateSettings, GOTO_AUTHORIZE_URL,
-    GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
+    Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings, RouteConfig,
+    StateSettings, GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
 };
 use crate::secret::Secret;
 
@@ -41,7 +41,21 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
         routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
     }
 
-    Ok(Config { source: loc.file.to_string(), proxy, state, state_encryption_keys, inbound, credentials, routes })
+    let mut notify = Vec::new();
+    for (i, spanned) in raw.notify.into_iter().enumerate() {
+        notify.push(validate_notify(loc, i, &spanned)?);
+    }
+
+    Ok(Config {
+        source: loc.file.to_string(),
+        proxy,
+        state,
+        state_encryption_keys,
+        inbound,
+        credentials,
+        routes,
+        notify,
+    })
 }
 
 /// `[proxy]`: its types are checked by serde; what remains is that counts are not 0.
@@ -55,6 +69,7 @@ fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, Con
         token_wait: raw.token_wait,
         workers: raw.workers,
         max_concurrent_requests: raw.max_concurrent_requests,
+        access_log: raw.access_log,
     };
     if proxy.workers == Some(0) {
         return Err(loc.err_key("proxy.workers", &(0..0), "must be at least 1"));
@@ -120,6 +135,65 @@ fn validate_route(
         l => l.map(Spanned::into_inner),
     };
     Ok(RouteConfig { prefix, upstream, credential, strip_prefix: r.strip_prefix, methods, rate_limit })
+}
+
+/// `notify[i]`: exactly one of `webhook` (an http(s) URL) and `command` (a non-empty
+/// argv), known event names, `after_failures` at least 1.
+fn validate_notify(loc: &Locator<'_>, i: usize, spanned: &Spanned<RawNotify>) -> Result<NotifyConfig, ConfigError> {
+    let key = |k: &str| format!("notify[{i}].{k}");
+    let n = spanned.get_ref();
+    let target = match (&n.webhook, &n.command) {
+        (Some(w), None) => {
+            let url = resolve_secret(loc, w, &key("webhook"))?;
+            // The URL is a secret: the error says what is wrong, never what it is.
+            let ok = url::Url::parse(url.expose())
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err(loc.err(&w.span(), key("webhook"), "must be an http:// or https:// URL with a host"));
+            }
+            NotifyTarget::Webhook(url)
+        }
+        (None, Some(c)) => {
+            if c.get_ref().first().is_none_or(|program| program.is_empty()) {
+                return Err(loc.err(
+                    &c.span(),
+                    key("command"),
+                    "must name a program: a list such as [\"/usr/local/bin/page-oncall\"]",
+                ));
+            }
+            NotifyTarget::Command(c.get_ref().clone())
+        }
+        _ => {
+            return Err(loc.err(
+                &spanned.span(),
+                format!("notify[{i}]"),
+                "needs exactly one of `webhook` and `command`",
+            ));
+        }
+    };
+    let events = match &n.events {
+        None => NotifyEvent::ALL.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, name) in list.get_ref().iter().enumerate() {
+                let Some(e) = NotifyEvent::ALL.into_iter().find(|e| e.as_str() == name) else {
+                    return Err(loc.err(
+                        &list.span(),
+                        key(&format!("events[{j}]")),
+                        "is not an event: \"needs_login\", \"refresh_failing\" or \"recovered\"",
+                    ));
+                };
+                out.push(e);
+            }
+            out
+        }
+    };
+    let after_failures = match &n.after_failures {
+        None => 3,
+        Some(a) if *a.get_ref() == 0 => return Err(loc.err(&a.span(), key("after_failures"), "must be at least 1")),
+        Some(a) => *a.get_ref(),
+    };
+    Ok(NotifyConfig { target, events, after_failures })
 }
 
 /// `[state]`: a file (the default) or Redis.
