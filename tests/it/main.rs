@@ -12,6 +12,7 @@
     unreachable_pub
 )]
 
+mod access_log;
 mod cli;
 mod data_path;
 mod encryption;
@@ -21,6 +22,7 @@ mod hostile;
 mod hostile_token;
 mod idle;
 mod login;
+mod notify;
 mod props;
 mod redis;
 mod safety;

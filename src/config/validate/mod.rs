@@ -403,6 +403,39 @@ mod tests {
     }
 
     #[test]
+    fn notify_entries_resolve_with_defaults_and_bad_ones_are_named_by_key_and_line() {
+        use super::super::{NotifyEvent, NotifyTarget};
+        let ok = format!("{GOOD}\n[[notify]]\nwebhook = \"https://hooks.example/T0/SECRET\"\n\n[[notify]]\ncommand = [\"/bin/page\", \"-q\"]\nevents = [\"needs_login\"]\nafter_failures = 5\n");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert!(c.proxy.access_log, "the access log is on by default");
+        assert!(matches!(&c.notify[0].target, NotifyTarget::Webhook(u) if u.expose().ends_with("/SECRET")));
+        assert_eq!((c.notify[0].events.len(), c.notify[0].after_failures), (3, 3));
+        assert_eq!(c.notify[1].target, NotifyTarget::Command(vec!["/bin/page".into(), "-q".into()]));
+        assert_eq!((c.notify[1].events.clone(), c.notify[1].after_failures), (vec![NotifyEvent::NeedsLogin], 5));
+        assert!(!c.to_string().contains("SECRET") && !format!("{c:?}").contains("SECRET"));
+
+        let off = GOOD.replace("max_request_body = \"1MiB\"", "max_request_body = \"1MiB\"\naccess_log = false");
+        assert!(!Config::parse("t.toml", &off).unwrap().proxy.access_log);
+
+        for (entry, says) in [
+            (
+                "webhook = \"https://h.example/x\"\ncommand = [\"/bin/x\"]",
+                "notify[0]: needs exactly one of `webhook` and `command`",
+            ),
+            ("events = [\"needs_login\"]", "notify[0]: needs exactly one of `webhook` and `command`"),
+            ("webhook = \"not a url SECRET\"", "notify[0].webhook: must be an http:// or https:// URL"),
+            ("command = []", "notify[0].command: must name a program"),
+            ("command = [\"/bin/x\"]\nevents = [\"paged\"]", "notify[0].events[0]: is not an event"),
+            ("command = [\"/bin/x\"]\nafter_failures = 0", "notify[0].after_failures: must be at least 1"),
+            ("command = [\"/bin/x\"]\nshell = true", "shell"),
+        ] {
+            let e = err(&format!("{GOOD}\n[[notify]]\n{entry}\n"));
+            assert!(e.contains(says) && e.contains("t.toml:"), "{entry}: {e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+    }
+
+    #[test]
     fn key_foreign_to_grant_refused() {
         let text = GOOD.replace("password = \"pw-literal-secret\"", "password = \"x\"\npat = \"y\"");
         assert!(err(&text).contains("credentials.g2a.pat: is not used by grant \"password\""));
