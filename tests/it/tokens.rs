@@ -87,7 +87,8 @@ async fn dead_refresh_token_means_login_for_oauth_and_relogin_for_password() {
     // The operator's view says a person must act, for exactly that credential.
     let tokens: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
     assert_eq!(tokens["goto"]["state"], "needs_login", "{tokens}");
-    assert_eq!(tokens["g2a"]["state"], "valid", "{tokens}");
+    // g2a's 2-second tokens renew every second, so it may be caught mid-renewal.
+    assert!(matches!(tokens["g2a"]["state"].as_str(), Some("valid" | "renewing")), "{tokens}");
     assert!(tokens["goto"]["last_error"].as_str().is_some_and(|e| e.contains("login")), "{tokens}");
     assert!(
         !tokens["goto"]["expires_at"].as_str().is_some_and(|t| t.starts_with("1970")),
