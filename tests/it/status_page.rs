@@ -194,10 +194,9 @@ impl Browser {
         Some(Browser { driver, client, _profile: profile })
     }
 
-    async fn stop(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+    /// Ends the session (Chromium exits); chromedriver is stopped on drop.
+    async fn stop(self) {
+        let _ = self.client.clone().close().await;
     }
 
     /// The text of the first element `css` finds.
@@ -209,6 +208,14 @@ impl Browser {
     /// (`None` also while the page is being replaced).
     async fn attr(&self, css: &str, attr: &str) -> Option<String> {
         self.client.find(Locator::Css(css)).await.ok()?.attr(attr).await.ok()?
+    }
+}
+
+impl Drop for Browser {
+    /// Also when a test fails half-way: no chromedriver is left running.
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 }
 
