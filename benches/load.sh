@@ -18,6 +18,10 @@
 #           nginx       proxy_pass to an `upstream { keepalive 512; }` pool
 #           haproxy     http-reuse always
 #           envoy       route + request_headers_to_add (skipped when it cannot be installed)
+#           gap-log     opt-in: gap-static writing its access log (one line per request,
+#                       RUST_LOG=warn,goto_auth_proxy::access=info, stderr to a file);
+#                       gap-static's access log is on too but filtered out by RUST_LOG=warn
+#           gap-nolog   opt-in: gap-static with `access_log = false`
 #           gap-alt     opt-in: gap-static run from the binary GAP_ALT_BIN (another build,
 #                       e.g. a worktree with a candidate change), for an A/B in one run;
 #                       gap-alt2 likewise from GAP_ALT2_BIN
@@ -411,6 +415,8 @@ start_mode() { # MODE
     done
     ADMIN_PORT[gap-static]=$(free_port)
     ADMIN_PORT[gap-refresh]=$(free_port)
+    ADMIN_PORT[gap-log]=$(free_port)
+    ADMIN_PORT[gap-nolog]=$(free_port)
     ADMIN_PORT[gap-alt]=$(free_port)
     ADMIN_PORT[gap-alt2]=$(free_port)
 
@@ -439,6 +445,19 @@ start_mode() { # MODE
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
             start gap-static env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-static.toml"
+            ;;
+        gap-log)
+            write_gap_conf gap-log "$workers" "[credentials.bench]
+grant = \"static\"
+token = \"$STATIC_TOKEN\""
+            start gap-log env RUST_LOG=warn,goto_auth_proxy::access=info "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-log.toml"
+            ;;
+        gap-nolog)
+            write_gap_conf gap-nolog "$workers" "[credentials.bench]
+grant = \"static\"
+token = \"$STATIC_TOKEN\""
+            sed -i 's/^\[proxy\]$/[proxy]\naccess_log = false/' "$WORK/gap-nolog.toml"
+            start gap-nolog env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-nolog.toml"
             ;;
         gap-alt | gap-alt2)
             local alt_var=GAP_ALT_BIN

@@ -7,6 +7,8 @@
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
 #   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into
 #                  tests/oidc/node_modules, the version pinned by tests/oidc/package-lock.json
+#   chromium, chromedriver  tests/it/status_page.rs drives the admin status page in a
+#                  headless browser (Debian's chromium + chromium-driver)
 #
 # Idempotent and non-interactive (stdin is never read), meant for root on a Debian
 # machine (CI runs it before the tests):
@@ -110,6 +112,13 @@ else
   fi
 fi
 
+# ---- chromium + chromedriver ----
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  say "chromium + chromedriver: present ($(command -v chromium), $(command -v chromedriver))"
+else
+  apt_install chromium chromium-driver || true
+fi
+
 # ---- summary ----
 missing=()
 command -v curl >/dev/null || missing+=(curl)
@@ -122,8 +131,10 @@ if ! command -v newman >/dev/null; then
   missing+=("newman$hint")
 fi
 has_oidc || missing+=("oidc-provider (tests/oidc; needs node 20 or later and npm)")
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromedriver)
 if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server, tinyproxy, newman and oidc-provider are installed"
+say "done: curl, python3 yaml, redis-server, tinyproxy, newman, oidc-provider, chromium and chromedriver are installed"

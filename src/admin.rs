@@ -2,11 +2,12 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
+//! | `GET /` | the status page (HTML, see [`page`]) |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when every credential a route uses holds a valid token, else 503 naming each that does not and why |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /tokens` | per credential: grant, expiry, keys, last/next refresh, failures — never a token |
-//! | `POST /refresh/{credential}` | renew now |
+//! | `POST /refresh/{credential}` | renew now (a browser's form post: a redirect back to `/`) |
 //! | `GET /login/{credential}` | 302 to GoTo's sign-in page (see [`crate::login`]) |
 //! | `GET /callback?code=…&state=…` | finishes a sign-in |
 
@@ -26,6 +27,8 @@ use crate::login::LoginFlows;
 use crate::response;
 use crate::token::{Credential, Trigger};
 
+mod page;
+
 /// Credentials by name, as the admin listener sees them.
 pub(crate) type Credentials = BTreeMap<String, Arc<Credential>>;
 
@@ -40,6 +43,8 @@ pub(crate) trait View: Send + Sync {
     fn used(&self) -> Arc<Vec<String>>;
     /// The Prometheus text exposition.
     fn metrics_text(&self) -> String;
+    /// Requests answered so far, per route prefix.
+    fn requests_by_route(&self) -> BTreeMap<String, u64>;
 }
 
 /// The admin service.
@@ -109,6 +114,7 @@ impl Admin {
         }
         let credentials = self.view.credentials();
         match (&method, segments.as_slice()) {
+            (&Method::GET | &Method::HEAD, [""]) => self.status_page(),
             (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
             (&Method::GET, ["metrics"]) => {
@@ -123,6 +129,12 @@ impl Admin {
             }
             (&Method::POST, ["refresh", name]) => match credentials.get(*name) {
                 None => unknown(&credentials, name),
+                // The status page's button: renew, then show the page again (PRG), where
+                // the outcome is in the row.
+                Some(c) if from_a_form(req.headers()) => {
+                    let _outcome_is_on_the_page = c.refresh(Trigger::Manual).await;
+                    see_other("/")
+                }
                 Some(c) => match c.refresh(Trigger::Manual).await {
                     Ok(_) => json(StatusCode::OK, &serde_json::to_value(c.info()).unwrap_or_default()),
                     Err(e) => json(
@@ -146,15 +158,33 @@ impl Admin {
                 let (status, page) = self.login.callback(query, &credentials).await;
                 html(status, &page)
             }
-            (_, ["healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
+            (_, ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &serde_json::json!({ "error": "method_not_allowed", "message": format!("{method} {path} is not supported") }),
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": "not_found", "message": format!("{path}: try /healthz, /readyz, /metrics, /tokens, POST /refresh/{{credential}}, /login/{{credential}}") }),
+                &serde_json::json!({ "error": "not_found", "message": format!("{path}: try / (the status page), /healthz, /readyz, /metrics, /tokens, POST /refresh/{{credential}}, /login/{{credential}}") }),
             ),
         }
+    }
+
+    /// `GET /`: the status page, under a CSP that lets only its own nonce'd style and
+    /// script run.
+    fn status_page(&self) -> Response<Full<Bytes>> {
+        let nonce = crate::random::token(16);
+        let body = page::render(&self.view.config(), &self.view.credentials(), &self.view.requests_by_route(), &nonce);
+        let mut res = html(StatusCode::OK, &body);
+        let h = res.headers_mut();
+        if let Ok(csp) = HeaderValue::from_str(&page::content_security_policy(&nonce)) {
+            h.insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        // Not `no-referrer`: with it, a browser sends `Origin: null` on the page's own form posts.
+        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        res
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {
@@ -197,4 +227,20 @@ fn html(status: StatusCode, page: &str) -> Response<Full<Bytes>> {
 
 fn redirect(url: &str) -> Response<Full<Bytes>> {
     response::redirect(url)
+}
+
+/// `303 See Other` to `location`: after a form post, the browser GETs the page again.
+fn see_other(location: &'static str) -> Response<Full<Bytes>> {
+    let mut res = response::with_body(StatusCode::SEE_OTHER, response::TEXT, Bytes::new());
+    res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(location));
+    res
+}
+
+/// A browser's form post (the status page's buttons) rather than an API client: it
+/// sends a form content type, or asks for HTML. curl and scripts get JSON.
+fn from_a_form(headers: &http::HeaderMap) -> bool {
+    let has = |name: header::HeaderName, what: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.to_ascii_lowercase().contains(what))
+    };
+    has(header::CONTENT_TYPE, "application/x-www-form-urlencoded") || has(header::ACCEPT, "text/html")
 }

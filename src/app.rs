@@ -16,6 +16,7 @@ use crate::admin::{Admin, Credentials};
 use crate::config::{Config, StateSettings};
 use crate::login::LoginFlows;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::outbound::{Outbound, OutboundError};
 use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
@@ -87,6 +88,8 @@ pub struct Core {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     reload_lock: tokio::sync::Mutex<()>,
+    /// `[[notify]]`: follows each renewing credential's health.
+    notifier: Arc<Notifier>,
 }
 
 /// What outbound connections use, built once per configuration load: the TLS roots and
@@ -94,13 +97,20 @@ pub struct Core {
 struct Net {
     outbound: Outbound,
     http: reqwest::Client,
+    /// Posts `[[notify]]` webhooks: the same trust and proxy, one attempt's timeout.
+    webhooks: reqwest::Client,
 }
 
 impl Net {
     fn new(config: &Config) -> Result<Net, OutboundError> {
         let outbound = Outbound::from_config(config)?;
         let http = outbound.token_client(config.proxy.connect_timeout)?;
-        Ok(Net { outbound, http })
+        let webhooks = outbound
+            .client_builder(config.proxy.connect_timeout)
+            .timeout(crate::notify::ATTEMPT_TIMEOUT)
+            .build()
+            .map_err(|e| OutboundError::Client(e.to_string()))?;
+        Ok(Net { outbound, http, webhooks })
     }
 }
 
@@ -174,10 +184,12 @@ impl Core {
                     self.tasks.spawn(supervise(name.clone(), stop.clone(), restarts, move || {
                         cred.clone().run(loop_stop.clone())
                     }));
+                    self.tasks.spawn(self.notifier.clone().watch(c.clone(), stop.clone()));
                     running.insert(name.clone(), (c.clone(), stop));
                 }
             }
         }
+        self.notifier.set_targets(config.notify.clone(), net.webhooks.clone());
         let by_name: HashMap<String, TokenHandle> = next.iter().map(|(k, v)| (k.clone(), v.handle())).collect();
         self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics, &net.outbound));
         self.net.store(net);
@@ -293,6 +305,10 @@ impl crate::admin::View for Core {
 
     fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+
+    fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
+        self.metrics.requests_by_route()
     }
 }
 
@@ -492,6 +508,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
     let proxy = Arc::new(proxy);
+    let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+    let notifier = Arc::new(Notifier::new(
+        config.notify.clone(),
+        net.webhooks.clone(),
+        admin_addr,
+        metrics.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
     let core = Arc::new(Core {
         config: ArcSwap::from_pointee(config.clone()),
         credentials: ArcSwap::from_pointee(Credentials::new()),
@@ -501,9 +526,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         store: store.clone(),
         net: ArcSwap::new(net.clone()),
-        tasks: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        tasks,
+        shutdown,
         reload_lock: tokio::sync::Mutex::new(()),
+        notifier,
     });
     core.apply(config, net).await;
 

@@ -119,7 +119,8 @@ struct CredentialArgs {
 /// Entry point: parse, log, dispatch; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held until `main` returns: dropping it flushes the log lines still queued.
+    let _log_writer = init_logging(cli.log_format);
     let command = cli.command.unwrap_or_else(|| {
         let config =
             std::env::var_os("GOTO_AUTH_PROXY_CONFIG").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
@@ -135,15 +136,31 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr through a non-blocking writer (a thread of its own writes; a request
+/// never waits on the terminal or a full pipe — under extreme overload lines are dropped
+/// instead). In JSON, an access log line's fields are top-level keys (SPEC "Data path");
+/// other lines keep theirs under `fields`.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{filter::filter_fn, fmt, Layer as _};
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(writer).with_ansi(ansi)).init(),
+        LogFormat::Json => {
+            let access = |m: &tracing::Metadata<'_>| m.target() == crate::proxy::access::TARGET;
+            registry
+                .with(fmt::layer().json().with_writer(writer.clone()).with_filter(filter_fn(move |m| !access(m))))
+                .with(fmt::layer().json().flatten_event(true).with_writer(writer).with_filter(filter_fn(access)))
+                .init()
+        }
     }
+    guard
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {

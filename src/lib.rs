@@ -16,7 +16,8 @@
 //! * [`token`] — per-credential tokens: grants, token endpoint, store (file or Redis,
 //!   shared by replicas), refresher.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
-//! * [`admin`] — health, readiness, metrics, token metadata, sign-in endpoints.
+//! * [`admin`] — the status page, health, readiness, metrics, token metadata, sign-in endpoints.
+//! * [`notify`] — `[[notify]]`: a webhook or command told when a credential needs a person.
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
 //! * [`error`] — the proxy's own error answers (SPEC codes).
 //! * [`server`] — the shared hyper accept loop with graceful drain.
@@ -37,6 +38,7 @@ pub mod inbound;
 mod limit;
 mod login;
 pub mod metrics;
+pub mod notify;
 pub mod outbound;
 pub mod proxy;
 mod random;

@@ -168,6 +168,21 @@ impl Metrics {
         })
     }
 
+    /// Requests answered so far per route prefix (every method and status): the status
+    /// page's "requests served".
+    pub fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
+        use prometheus::core::Collector as _;
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.requests_total.collect() {
+            for m in family.get_metric() {
+                if let Some(route) = m.get_label().iter().find(|l| l.name() == "route") {
+                    *out.entry(route.value().to_string()).or_insert(0) += m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
+    }
+
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
         let families = self.registry.gather();

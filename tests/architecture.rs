@@ -47,20 +47,21 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         &["config", "error", "inbound", "limit", "metrics", "outbound", "route", "server", "token", "upstream"],
         "the data path",
     ),
+    ("notify", &["config", "metrics", "token"], "[[notify]]: follows credentials' health, tells a person"),
     (
         "admin",
-        &["config", "error", "inbound", "login", "response", "token"],
+        &["config", "error", "inbound", "login", "random", "response", "token"],
         "the admin listener, over a View app builds",
     ),
     // Wiring: only these put the parts together.
     (
         "app",
-        &["admin", "config", "inbound", "login", "metrics", "outbound", "proxy", "server", "token", "upstream"],
+        &["admin", "config", "inbound", "login", "metrics", "notify", "outbound", "proxy", "server", "token", "upstream"],
         "wiring",
     ),
     (
         "cli",
-        &["app", "config", "demo", "login", "metrics", "outbound", "response", "server", "token"],
+        &["app", "config", "demo", "login", "metrics", "outbound", "proxy", "response", "server", "token"],
         "the command line",
     ),
     ("demo", &["app", "config", "error", "random", "response", "server"], "`demo` and its mock GoTo"),

@@ -216,6 +216,10 @@ async fn check_config(label: &str, toml: &str) -> String {
             use base64::Engine as _;
             let k = base64::engine::general_purpose::STANDARD.encode([0xa5; 32]);
             (k.clone(), k)
+        } else if key == "webhook" {
+            // A `[[notify]]` webhook must be an http(s) URL to pass `check`.
+            let url = format!("https://hooks.example/services/dummy-{}-5eCr3t", var.to_ascii_lowercase());
+            (url.clone(), url)
         } else {
             dummy_secret(&key, format!("dummy-{}-5eCr3t", var.to_ascii_lowercase()), &client_key)
         };

@@ -5,7 +5,8 @@
 use std::fmt;
 
 use super::{
-    CaFile, ClientAuth, ClientCert, Config, CredentialConfig, GrantKind, InboundSettings, RouteConfig, StateSettings,
+    CaFile, ClientAuth, ClientCert, Config, CredentialConfig, GrantKind, InboundSettings, NotifyTarget, RouteConfig,
+    StateSettings,
 };
 
 /// A configured URL as it may be printed or logged: scheme, host, port and path. User
@@ -141,6 +142,15 @@ impl fmt::Display for Config {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         for r in routes {
             write_route(f, r)?;
+        }
+        writeln!(f, "access_log: {}", if p.access_log { "on" } else { "off" })?;
+        for n in &self.notify {
+            let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
+            let to = match &n.target {
+                NotifyTarget::Webhook(_) => "webhook [redacted url]".to_string(),
+                NotifyTarget::Command(argv) => format!("command {}", argv.first().map(String::as_str).unwrap_or("")),
+            };
+            writeln!(f, "notify: {to} events {} after_failures {}", events.join(","), n.after_failures)?;
         }
         Ok(())
     }

@@ -87,6 +87,8 @@ pub struct Config {
     pub credentials: BTreeMap<String, Arc<CredentialConfig>>,
     /// Routes in file order (matching is longest prefix, not order).
     pub routes: Vec<RouteConfig>,
+    /// `[[notify]]`: where events about credentials that need a person go.
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl Config {
@@ -125,6 +127,8 @@ pub struct ProxySettings {
     /// endpoint is reached through (loopback included); `None`: the environment's
     /// `HTTPS_PROXY`/`HTTP_PROXY` decide. A secret: user and password may be in it.
     pub outbound_proxy: Option<Secret>,
+    /// One line per request on target `goto_auth_proxy::access` (default on).
+    pub access_log: bool,
 }
 
 /// `[inbound]`: who may send requests, since any request becomes an authenticated one.
@@ -380,6 +384,51 @@ pub struct RouteConfig {
     /// Resend a `GET`/`HEAD`/`OPTIONS` once after an upstream 429's pause (within
     /// `token_wait`).
     pub retry_429: bool,
+}
+
+/// What a notification is about (SPEC "Configuration", `[[notify]]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyEvent {
+    /// A credential cannot renew without a person.
+    NeedsLogin,
+    /// `after_failures` renewals in a row failed.
+    RefreshFailing,
+    /// A credential that needed login or was failing is valid again.
+    Recovered,
+}
+
+impl NotifyEvent {
+    /// Every event, in the order a config file lists them by default.
+    pub const ALL: [NotifyEvent; 3] = [NotifyEvent::NeedsLogin, NotifyEvent::RefreshFailing, NotifyEvent::Recovered];
+
+    /// The event's name in the config file, the payload and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::NeedsLogin => "needs_login",
+            NotifyEvent::RefreshFailing => "refresh_failing",
+            NotifyEvent::Recovered => "recovered",
+        }
+    }
+}
+
+/// Where one `[[notify]]` entry delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotifyTarget {
+    /// POST the event as JSON to this URL (a secret: chat webhook URLs carry tokens).
+    Webhook(Secret),
+    /// Run this program (argv, no shell) with the event JSON on stdin.
+    Command(Vec<String>),
+}
+
+/// One `[[notify]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyConfig {
+    /// Where events go.
+    pub target: NotifyTarget,
+    /// Which events go there (default: all three).
+    pub events: Vec<NotifyEvent>,
+    /// `refresh_failing` after this many failed renewals in a row (default 3).
+    pub after_failures: u32,
 }
 
 impl Config {

@@ -30,6 +30,9 @@ pub(super) struct RawConfig {
     pub(super) credentials: BTreeMap<String, Spanned<RawCredential>>,
     #[serde(default)]
     pub(super) routes: Vec<Spanned<RawRoute>>,
+    /// `[[notify]]`: who is told when a credential needs a person.
+    #[serde(default)]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
 }
 
 /// `[proxy]`, defaults filled in.
@@ -55,6 +58,8 @@ pub(super) struct RawProxy {
     /// `proxy.outbound_proxy`: a secret, since the URL may hold a user and password.
     #[serde(default)]
     pub(super) outbound_proxy: Option<Spanned<RawSecret>>,
+    #[serde(default = "default_access_log")]
+    pub(super) access_log: bool,
 }
 
 impl Default for RawProxy {
@@ -69,6 +74,7 @@ impl Default for RawProxy {
             workers: None,
             max_concurrent_requests: default_max_concurrent_requests(),
             outbound_proxy: None,
+            access_log: default_access_log(),
         }
     }
 }
@@ -93,6 +99,9 @@ fn default_token_wait() -> Duration {
 }
 fn default_max_concurrent_requests() -> usize {
     4096
+}
+fn default_access_log() -> bool {
+    true
 }
 
 /// `[inbound]`.
@@ -264,4 +273,15 @@ pub(super) struct RawRoute {
     pub(super) rate_limit: Option<Spanned<f64>>,
     #[serde(default)]
     pub(super) retry_429: bool,
+}
+
+/// One `[[notify]]` entry: a `webhook` or a `command`, which events, and when failing
+/// renewals are worth a page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) webhook: Option<Spanned<RawSecret>>,
+    pub(super) command: Option<Spanned<Vec<String>>>,
+    pub(super) events: Option<Spanned<Vec<String>>>,
+    pub(super) after_failures: Option<Spanned<u32>>,
 }

@@ -148,8 +148,9 @@ fn banner(proxy: SocketAddr, admin: SocketAddr, mock: &str) -> String {
     format!(
         r#"goto-auth-proxy demo: a mock GoTo API and token endpoint run at {mock}; no credentials needed.
 
-  data path  http://{proxy}   send plain requests; the proxy adds `Authorization: Bearer …`
-  admin      http://{admin}
+  status page  http://{admin}/   open it in a browser: credentials, routes, Sign in, Refresh now
+  data path    http://{proxy}   send plain requests; the proxy adds `Authorization: Bearer …`
+  admin        http://{admin}   /tokens /readyz /metrics
 
 Paste any of these into another terminal:
 

@@ -6,6 +6,7 @@ use http::Response;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::access::AccessLine;
 use super::rewrite::strip_hop_by_hop;
 use super::table::Route;
 use super::Body;
@@ -13,7 +14,7 @@ use super::Body;
 pub(super) fn passthrough(mut res: Response<Incoming>, route: &Route) -> Response<Body> {
     strip_hop_by_hop(res.headers_mut());
     let aborted = route.aborted.clone();
-    res.map(|inner| Either::Left(UpstreamStream { inner, aborted: Some(aborted) }))
+    res.map(|inner| Either::Left(UpstreamStream { inner, aborted: Some(aborted), bytes_out: 0, access: None }))
 }
 
 /// The upstream's response body streamed to the client. When the upstream breaks off
@@ -23,6 +24,25 @@ pub struct UpstreamStream {
     inner: Incoming,
     /// Taken on the first error, so one broken body counts once.
     aborted: Option<prometheus::IntCounter>,
+    /// Body bytes handed to the client so far.
+    bytes_out: u64,
+    /// The request's access log line, written when this body is done (or dropped).
+    access: Option<AccessLine>,
+}
+
+impl UpstreamStream {
+    /// Writes `line` once this body has been sent (or abandoned).
+    pub(super) fn log_at_end(&mut self, line: AccessLine) {
+        self.access = Some(line);
+    }
+}
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        if let Some(line) = self.access.take() {
+            line.emit(self.bytes_out);
+        }
+    }
 }
 
 impl hyper::body::Body for UpstreamStream {
@@ -34,6 +54,11 @@ impl hyper::body::Body for UpstreamStream {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes_out += data.len() as u64;
+            }
+        }
         if let std::task::Poll::Ready(Some(Err(e))) = &polled {
             if let Some(c) = self.aborted.take() {
                 c.inc();

@@ -13,7 +13,9 @@
 //! * [`body`] — the answer streamed back.
 //! * [`pace`] — the route's `rate_limit`, the pause after an upstream 429, the budget
 //!   replicas share; [`throttle`] — what a 429 answer does to its request (`retry_429`).
+//! * [`access`] — the access log line, written when the answer has been sent.
 
+pub mod access;
 mod body;
 mod pace;
 mod rewrite;
@@ -112,6 +114,12 @@ impl Proxy {
             let start = Instant::now();
             let snap = self.snapshot.load_full();
             let method = parts.method.clone();
+            // The access log's view of the request as received (a shared `Uri`, no copy).
+            let logged = snap
+                .settings
+                .access_log
+                .then(|| (parts.uri.clone(), body.as_ref().and_then(|b| b.size_hint().exact())));
+            let mut normalized = None;
             // Set for a browser page of an allowed origin: its answers carry CORS headers.
             let mut cors = None;
             let (route, result) = match self.in_flight.enter() {
@@ -127,6 +135,9 @@ impl Proxy {
                             match route_request(&snap, &parts) {
                                 Err((route, e)) => (route, Err(e)),
                                 Ok((route, path)) => {
+                                    if logged.is_some() {
+                                        normalized.clone_from(&path); // allocates only for a path normalising changed
+                                    }
                                     let forwarded =
                                         self.forward(&snap, route, path, &mut parts, &mut body, &conn.state);
                                     (Some(route), forwarded.await)
@@ -136,6 +147,8 @@ impl Proxy {
                     },
                 },
             };
+            let head_ms = (route.is_some() && result.is_ok()).then(|| access::millis(start.elapsed().as_secs_f64()));
+            let error = result.as_ref().err().map(|e| e.code.as_str());
             let mut res = match result {
                 Ok(res) => res,
                 Err(e) => {
@@ -156,6 +169,26 @@ impl Proxy {
                     .requests_total
                     .with_label_values(&["none", crate::metrics::method_label(&method), res.status().as_str()])
                     .inc(),
+            }
+            if let Some((uri, bytes_in)) = logged {
+                let line = access::AccessLine {
+                    start,
+                    method,
+                    uri,
+                    normalized,
+                    snap: snap.clone(),
+                    routed: route.is_some(),
+                    client: conn.peer,
+                    status: res.status().as_u16(),
+                    upstream_ms: head_ms,
+                    bytes_in,
+                    retried: res.extensions().get::<access::Retried>().map_or("none", |r| r.as_str()),
+                    error,
+                };
+                match res.body_mut() {
+                    Either::Left(stream) => stream.log_at_end(line),
+                    Either::Right(made) => line.emit(made.size_hint().exact().unwrap_or(0)),
+                }
             }
             res
         }
@@ -282,6 +315,8 @@ impl Proxy {
         if rejected_again {
             cred.rejected_again(fresh.generation);
         }
+        let mut res = res;
+        access::mark_retried(&mut res, access::Retried::Token);
         Ok(res)
     }
 

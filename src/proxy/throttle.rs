@@ -66,6 +66,8 @@ impl Proxy {
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             route.pace.throttled(&route.prefix, shared, res.headers().get(header::RETRY_AFTER)).await;
         }
-        Ok(passthrough(res, route))
+        let mut res = passthrough(res, route);
+        super::access::mark_retried(&mut res, super::access::Retried::TooManyRequests);
+        Ok(res)
     }
 }

@@ -33,7 +33,7 @@ use http::HeaderValue;
 
 use crate::secret::Secret;
 pub use handle::TokenHandle;
-pub use refresher::{Credential, CredentialState, RefreshError, TokenInfo, Trigger};
+pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent

@@ -12,6 +12,7 @@
     unreachable_pub
 )]
 
+mod access_log;
 mod cli;
 mod corporate;
 mod data_path;
@@ -23,10 +24,12 @@ mod hostile;
 mod hostile_token;
 mod idle;
 mod login;
+mod notify;
 mod oidc;
 mod props;
 mod redis;
 mod safety;
 mod state_files;
+mod status_page;
 mod support;
 mod tokens;

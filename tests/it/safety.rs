@@ -404,6 +404,11 @@ async fn secrets_never_leak() {
             route("/P/", &mock, Some("pat")),
             route("/", &mock, Some("goto")),
         );
+        // A webhook URL is a secret (chat webhooks carry their token in it); nothing
+        // listens there, so its failures are logged — without the URL.
+        let rest = format!(
+            "{rest}\n[[notify]]\nwebhook = \"http://127.0.0.1:9/hook/SECRET-webhook?key=SECRET-webhook-query\"\n"
+        );
         seeds.push(seed);
         let state = dir.path().join(format);
         std::fs::create_dir_all(&state).unwrap();
@@ -433,7 +438,10 @@ async fn secrets_never_leak() {
         let key = "SECRET-inbound-key";
         let get = |url: String| http.get(url).header("x-goto-auth-proxy-key", key).send();
         wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
-        for path in ["/G2A/x", "/P/G2W/x", "/G2W/x", "/G2W/forbidden", "/nothing/../G2W/x", "/via-proxy/x"] {
+        // Query strings stay out of the access log.
+        for path in
+            ["/G2A/x", "/P/G2W/x", "/G2W/x?SECRET-query=1", "/G2W/forbidden", "/nothing/../G2W/x", "/via-proxy/x"]
+        {
             seen.push_str(&get(p.url(path)).await.unwrap().text().await.unwrap());
         }
         mock.revoke_access_tokens();
@@ -455,7 +463,8 @@ async fn secrets_never_leak() {
                 .await
                 .unwrap(),
         );
-        for admin in ["/tokens", "/metrics", "/readyz"] {
+        // The status page, with every credential's state on it.
+        for admin in ["/", "/tokens", "/metrics", "/readyz"] {
             seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
         }
         seen.push_str(
@@ -482,6 +491,8 @@ async fn secrets_never_leak() {
     assert!(seen.contains("client_auth: basic_rfc6749"), "the audited config authenticated the RFC 6749 way");
     assert!(seen.contains("outbound proxy http://***@127.0.0.1:"), "the proxy's refusal was audited");
     assert!(seen.contains("client certificate: ") && seen.contains("(key [redacted])"), "check showed [tls]");
+    assert!(seen.contains("goto_auth_proxy::access"), "the access log was audited");
+    assert!(seen.contains("Refresh now"), "the status page was audited");
     for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key, &key_line] {
         assert!(
             !seen.contains(secret),

@@ -12,10 +12,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
-use super::raw::{RawConfig, RawCredential, RawProxy, RawRoute, RawSecret, RawState};
+use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
-    ClientAuth, Config, CredentialConfig, GrantKind, ProxySettings, RouteConfig, StateSettings, AUTHORIZE_PARAMS_OWN,
-    GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
+    ClientAuth, Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings,
+    RouteConfig, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL,
+    GOTO_TOKEN_URL,
 };
 use crate::secret::Secret;
 
@@ -46,7 +47,22 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
         routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
     }
 
-    Ok(Config { source: loc.file.to_string(), proxy, state, state_encryption_keys, inbound, tls, credentials, routes })
+    let mut notify = Vec::new();
+    for (i, spanned) in raw.notify.into_iter().enumerate() {
+        notify.push(validate_notify(loc, i, &spanned)?);
+    }
+
+    Ok(Config {
+        source: loc.file.to_string(),
+        proxy,
+        state,
+        state_encryption_keys,
+        inbound,
+        tls,
+        credentials,
+        routes,
+        notify,
+    })
 }
 
 /// `[proxy]`: its types are checked by serde; what remains is that counts are not 0
@@ -62,6 +78,7 @@ fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, Con
         workers: raw.workers,
         max_concurrent_requests: raw.max_concurrent_requests,
         outbound_proxy: outbound::validate_outbound_proxy(loc, raw.outbound_proxy.as_ref())?,
+        access_log: raw.access_log,
     };
     if proxy.workers == Some(0) {
         return Err(loc.err_key("proxy.workers", &(0..0), "must be at least 1"));
@@ -135,6 +152,65 @@ fn validate_route(
         rate_limit,
         retry_429: r.retry_429,
     })
+}
+
+/// `notify[i]`: exactly one of `webhook` (an http(s) URL) and `command` (a non-empty
+/// argv), known event names, `after_failures` at least 1.
+fn validate_notify(loc: &Locator<'_>, i: usize, spanned: &Spanned<RawNotify>) -> Result<NotifyConfig, ConfigError> {
+    let key = |k: &str| format!("notify[{i}].{k}");
+    let n = spanned.get_ref();
+    let target = match (&n.webhook, &n.command) {
+        (Some(w), None) => {
+            let url = resolve_secret(loc, w, &key("webhook"))?;
+            // The URL is a secret: the error says what is wrong, never what it is.
+            let ok = url::Url::parse(url.expose())
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !ok {
+                return Err(loc.err(&w.span(), key("webhook"), "must be an http:// or https:// URL with a host"));
+            }
+            NotifyTarget::Webhook(url)
+        }
+        (None, Some(c)) => {
+            if c.get_ref().first().is_none_or(|program| program.is_empty()) {
+                return Err(loc.err(
+                    &c.span(),
+                    key("command"),
+                    "must name a program: a list such as [\"/usr/local/bin/page-oncall\"]",
+                ));
+            }
+            NotifyTarget::Command(c.get_ref().clone())
+        }
+        _ => {
+            return Err(loc.err(
+                &spanned.span(),
+                format!("notify[{i}]"),
+                "needs exactly one of `webhook` and `command`",
+            ));
+        }
+    };
+    let events = match &n.events {
+        None => NotifyEvent::ALL.to_vec(),
+        Some(list) => {
+            let mut out = Vec::new();
+            for (j, name) in list.get_ref().iter().enumerate() {
+                let Some(e) = NotifyEvent::ALL.into_iter().find(|e| e.as_str() == name) else {
+                    return Err(loc.err(
+                        &list.span(),
+                        key(&format!("events[{j}]")),
+                        "is not an event: \"needs_login\", \"refresh_failing\" or \"recovered\"",
+                    ));
+                };
+                out.push(e);
+            }
+            out
+        }
+    };
+    let after_failures = match &n.after_failures {
+        None => 3,
+        Some(a) if *a.get_ref() == 0 => return Err(loc.err(&a.span(), key("after_failures"), "must be at least 1")),
+        Some(a) => *a.get_ref(),
+    };
+    Ok(NotifyConfig { target, events, after_failures })
 }
 
 /// `[state]`: a file (the default) or Redis.
@@ -378,6 +454,39 @@ mod tests {
         let text = GOOD.replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", p.display().to_string()));
         let c = Config::parse("t.toml", &text).unwrap();
         assert_eq!(c.credentials["g2a"].password.as_ref().unwrap().expose(), "abc");
+    }
+
+    #[test]
+    fn notify_entries_resolve_with_defaults_and_bad_ones_are_named_by_key_and_line() {
+        use super::super::{NotifyEvent, NotifyTarget};
+        let ok = format!("{GOOD}\n[[notify]]\nwebhook = \"https://hooks.example/T0/SECRET\"\n\n[[notify]]\ncommand = [\"/bin/page\", \"-q\"]\nevents = [\"needs_login\"]\nafter_failures = 5\n");
+        let c = Config::parse("t.toml", &ok).unwrap();
+        assert!(c.proxy.access_log, "the access log is on by default");
+        assert!(matches!(&c.notify[0].target, NotifyTarget::Webhook(u) if u.expose().ends_with("/SECRET")));
+        assert_eq!((c.notify[0].events.len(), c.notify[0].after_failures), (3, 3));
+        assert_eq!(c.notify[1].target, NotifyTarget::Command(vec!["/bin/page".into(), "-q".into()]));
+        assert_eq!((c.notify[1].events.clone(), c.notify[1].after_failures), (vec![NotifyEvent::NeedsLogin], 5));
+        assert!(!c.to_string().contains("SECRET") && !format!("{c:?}").contains("SECRET"));
+
+        let off = GOOD.replace("max_request_body = \"1MiB\"", "max_request_body = \"1MiB\"\naccess_log = false");
+        assert!(!Config::parse("t.toml", &off).unwrap().proxy.access_log);
+
+        for (entry, says) in [
+            (
+                "webhook = \"https://h.example/x\"\ncommand = [\"/bin/x\"]",
+                "notify[0]: needs exactly one of `webhook` and `command`",
+            ),
+            ("events = [\"needs_login\"]", "notify[0]: needs exactly one of `webhook` and `command`"),
+            ("webhook = \"not a url SECRET\"", "notify[0].webhook: must be an http:// or https:// URL"),
+            ("command = []", "notify[0].command: must name a program"),
+            ("command = [\"/bin/x\"]\nevents = [\"paged\"]", "notify[0].events[0]: is not an event"),
+            ("command = [\"/bin/x\"]\nafter_failures = 0", "notify[0].after_failures: must be at least 1"),
+            ("command = [\"/bin/x\"]\nshell = true", "shell"),
+        ] {
+            let e = err(&format!("{GOOD}\n[[notify]]\n{entry}\n"));
+            assert!(e.contains(says) && e.contains("t.toml:"), "{entry}: {e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
     }
 
     #[test]

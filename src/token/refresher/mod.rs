@@ -34,7 +34,7 @@ use crate::secret::Secret;
 
 use coordinate::Coordinated;
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
-pub use state::{CredentialState, TokenInfo};
+pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
 
@@ -65,6 +65,8 @@ pub struct Credential {
     source: TokenSource,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
+    /// The credential's health, published at every renewal outcome (for notifications).
+    health: tokio::sync::watch::Sender<Health>,
 }
 
 impl Credential {
@@ -87,6 +89,7 @@ impl Credential {
             refresh_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
+            health: tokio::sync::watch::Sender::new(Health::default()),
         }
     }
 

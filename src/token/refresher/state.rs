@@ -40,6 +40,20 @@ impl CredentialState {
     }
 }
 
+/// What a credential's renewals say about it, published after every outcome so that
+/// notifications follow changes of state without the token module knowing who listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Only a person can make a token again.
+    pub needs_login: bool,
+    /// Failed renewals since the last success.
+    pub consecutive_failures: u32,
+    /// Whether a valid token is served right now.
+    pub token_served: bool,
+    /// The last failure in words (never a secret), when failing.
+    pub last_error: Option<String>,
+}
+
 /// What `/tokens` shows of a credential: metadata, never a token.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenInfo {
@@ -111,6 +125,27 @@ impl Credential {
         }
     }
 
+    /// Follows [`Health`] changes: each renewal outcome publishes one.
+    pub fn health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
+    /// Publishes the credential's [`Health`] as the slot records it now.
+    fn publish_health(&self) {
+        let status = self.slot.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let health = Health {
+            needs_login: self.slot.needs_login.load(Ordering::Relaxed),
+            consecutive_failures: status.consecutive_failures,
+            token_served: self.slot.current.load().as_ref().is_some_and(|t| t.is_valid_at(SystemTime::now())),
+            last_error: status.last_error,
+        };
+        self.health.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+    }
+
     /// Says whether only a person can renew now: `/tokens`, waiting requests and the
     /// `goto_auth_proxy_credential_needs_login` gauge all read it from here.
     pub(super) fn set_needs_login(&self, needs_login: bool) {
@@ -126,6 +161,7 @@ impl Credential {
             s.last_error = None;
             s.not_before = None;
         }
+        self.publish_health();
     }
 
     /// Counts, logs and remembers a failed token call; waiting requests see it.
@@ -169,6 +205,7 @@ impl Credential {
             Err(_) => 0,
         };
         tracing::warn!(credential = %self.name(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
+        self.publish_health();
         self.slot.wake(); // waiters see the failure
         RefreshError { message, needs_login }
     }
@@ -194,6 +231,7 @@ impl Credential {
             Err(_) => 0,
         };
         tracing::warn!(credential = %self.name(), failures, error = %message, "token renewal deferred");
+        self.publish_health();
         self.slot.wake();
         RefreshError { message, needs_login: false }
     }
