@@ -413,6 +413,9 @@ async fn tinyproxy_carries_the_token_call_and_the_data_path_in_connect_tunnels()
     for _ in 0..3 {
         let r = http.get(format!("http://{}/G2A/rest/v1/sessions", p.proxy_addr)).send().await.unwrap();
         assert_eq!(r.status(), 200);
+        // Read to the end, so the client's connection (and the upstream one it holds)
+        // serves the next request; an unread body would make the client open another.
+        r.bytes().await.unwrap();
     }
     assert_eq!(tp.connects_to(port, 2).await, 2, "one tunnel for the data path, reused:\n{}", tp.log_text());
     assert_eq!(mock.api_connections(), 1);
