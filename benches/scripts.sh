@@ -160,7 +160,7 @@ http {
     ssl_certificate $WORK/server.pem;
     ssl_certificate_key $WORK/server.key;
     ssl_session_cache shared:SSL:1m;
-    # TLS 1.3 (one round trip) as GoTo's API offers it; nginx 1.22 defaults to 1.2 only,
+    # TLS 1.3 (one round trip), as current servers offer it; nginx 1.22 defaults to 1.2 only,
     # whose two round trips would flatter the proxy.
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
