@@ -16,6 +16,7 @@
 #                  `200` from /readyz (polled every 0.5 ms), median and spread; the
 #                  state file, unchanged, shows no start asked for a token
 #   binary size    the release binary as built, and stripped
+#   for scale      nginx (when installed) idle as a proxy_pass to the same upstream
 #
 # Environment: STARTS, IDLE_SECS, GAP_BIN and MOCK_BIN (built binaries; default: cargo
 # build --release), MALLOC_CONF_TRY (a jemalloc option string to measure in the same run
@@ -195,6 +196,51 @@ for t in times:
 print(f"same_tokens\t{int(stored_tokens() == stored)}")
 PY
 
+# For scale: nginx (when installed) doing the same job idle, one worker, proxy_pass with
+# a keep-alive pool to the same upstream, after the same few requests; master and worker
+# summed, as benches/load.sh sums them.
+PATH="$PATH:/usr/sbin:/sbin"
+if command -v nginx >/dev/null; then
+    NGINX_PORT=$(free_port)
+    mkdir -p "$WORK/nginx/tmp"
+    cat >"$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/tmp/body;
+  proxy_temp_path $WORK/nginx/tmp/proxy;
+  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+  scgi_temp_path $WORK/nginx/tmp/scgi;
+  upstream goto { server ${MOCK_URL#http://}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://goto;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-static-token";
+    }
+  }
+}
+NGINX
+    nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.out" 2>&1 &
+    PIDS+=($!)
+    NGINX_PID=$!
+    for _ in $(seq 100); do curl -sS -o /dev/null "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null && break || sleep 0.1; done
+    for _ in 1 2 3 4 5; do curl -sS -o /dev/null "http://127.0.0.1:$NGINX_PORT/admin/rest/v1/me" || true; done
+    sleep "$IDLE_SECS"
+    kb=0
+    for p in $NGINX_PID $(pgrep -P "$NGINX_PID" || true); do
+        kb=$((kb + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status")))
+    done
+    printf 'nginx\t%s\n' "$kb" >>"$WORK/results.tsv"
+fi
+
 size=$(stat -c %s "$GAP_BIN")
 strip -o "$WORK/gap.stripped" "$GAP_BIN"
 stripped=$(stat -c %s "$WORK/gap.stripped")
@@ -213,6 +259,9 @@ for r in rows:
         ok = "✅" if int(r[2]) <= 6 * 1024 else "❌"
         out.append(f"| idle RSS, two credentials{label} (after {idle_secs} s idle) | {mib(r[2])} "
                    f"(heap and stacks {mib(r[4])}, binary and libraries {mib(r[5])}; peak {mib(r[3])}; {r[6]} threads) | ≤ 6 MiB {ok} |")
+for r in rows:
+    if r[0] == "nginx":
+        out.append(f"| for scale: nginx idle, one worker, `proxy_pass` with a keep-alive pool (master and worker summed) | {mib(r[1])} | — |")
 starts_ms = sorted(float(r[1]) for r in rows if r[0] == "start")
 med = statistics.median(starts_ms)
 same = next(r[1] for r in rows if r[0] == "same_tokens") == "1"
