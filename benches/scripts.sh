@@ -3,7 +3,7 @@
 # against a TLS upstream 20 ms away, and through goto-auth-proxy on loopback, in one
 # alternating run.
 #
-#   bash benches/scripts.sh                          # 3 rounds, 10 ms each way (20 ms RTT)
+#   bash benches/scripts.sh                          # 3 rounds, 10 ms each way (20 ms RTT), ≈ 3 min
 #   ROUNDS=1 DELAY_MS=10 bash benches/scripts.sh     # a quick look
 #
 # The upstream is nginx over TLS (HTTP/2 offered by ALPN) with a certificate from a
