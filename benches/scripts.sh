@@ -9,8 +9,10 @@
 # The upstream is nginx over TLS (HTTP/2 offered by ALPN) with a certificate from a
 # throw-away CA made here; between it and every client sits benches/tools/latency_relay.py,
 # which delays every chunk by DELAY_MS each way (this kernel has no netem) and charges
-# the TCP handshake's round trip on each new connection. The relay's own overhead is
-# measured with a zero-delay relay and reported. Direct clients trust the CA
+# the TCP handshake's round trip on each new connection. The relay's own cost (curl
+# straight to nginx against curl through a zero-delay relay) and its timing (curl's
+# time_connect, time_appconnect, time_total at DELAY_MS) are measured and reported.
+# Direct clients trust the CA
 # (`curl --cacert`, an SSL context) and send the token themselves; proxied clients send
 # plain HTTP to goto-auth-proxy, which trusts the CA through `[tls] ca_file` and keeps
 # its upstream connection warm.
@@ -27,7 +29,8 @@
 # stopped by pid however the script exits.
 #
 # Output: a markdown table on stdout and in $BENCH_OUT/scripts.md (median wall time per
-# workload, speed-up = direct / proxied, connections and TLS handshakes the upstream saw).
+# workload, speed-up = median of per-round direct / proxied, the issue #21 target, the
+# requests, new connections and full TLS handshakes the upstream's log shows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
