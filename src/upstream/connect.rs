@@ -100,7 +100,7 @@ impl Connector {
     ) -> Result<(Response<Incoming>, Option<Sender>), UpstreamError> {
         for attempt in 0..2 {
             if let Some(mut h2) = target.h2.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone()) {
-                target.absolute(&mut req);
+                target.h2_form(&mut req);
                 return h2.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
             }
             let mut sender = match own.take().or_else(|| target.take_idle()) {
@@ -129,7 +129,7 @@ impl Connector {
         let mut sender = match Box::pin(self.connect(target)).await? {
             Conn::H1(s) => s,
             Conn::H2(mut s) => {
-                target.absolute(&mut req);
+                target.h2_form(&mut req);
                 return s.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
             }
         };

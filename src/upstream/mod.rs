@@ -157,6 +157,14 @@ impl Target {
         }
     }
 
+    /// A request for the shared HTTP/2 connection: the absolute URI, and no `Host`
+    /// header, since `:authority` carries it (RFC 9113 §8.3.1; nginx answers a request
+    /// with both `400 Bad Request`, "duplicate host header").
+    fn h2_form(&self, req: &mut Request<UpstreamBody>) {
+        self.absolute(req);
+        req.headers_mut().remove(http::header::HOST);
+    }
+
     fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((s, since)) = idle.pop() {
@@ -414,7 +422,9 @@ mod tests {
                     connections.fetch_add(1, Ordering::SeqCst);
                     let tls = acceptor.accept(tcp).await.unwrap();
                     let echo = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let said = format!("{:?} {}", req.version(), req.uri().path());
+                        let host =
+                            if req.headers().contains_key(http::header::HOST) { " with a Host header" } else { "" };
+                        let said = format!("{:?} {}{host}", req.version(), req.uri().path());
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(said))))
                     });
                     tokio::spawn(
@@ -437,7 +447,12 @@ mod tests {
         let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
         let target = Arc::new(Target::new(&url, Arc::new(tls), None));
         let get = |path: String| {
-            let req = Request::builder().uri(path).body(Either::Left(Full::new(bytes::Bytes::new()))).unwrap();
+            // As the data path sends it: origin form, and the Host header.
+            let req = Request::builder()
+                .uri(path)
+                .header(http::header::HOST, format!("localhost:{port}"))
+                .body(Either::Left(Full::new(bytes::Bytes::new())))
+                .unwrap();
             let (connector, target) = (&connector, &target);
             async move {
                 let (res, kept) = connector.send(target, None, req).await.unwrap();
