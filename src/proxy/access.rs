@@ -72,10 +72,17 @@ impl AccessLine {
         }
         let path = self.normalized.as_deref().unwrap_or(self.uri.path());
         let route = if self.routed { self.snap.router.find(path) } else { None };
+        // As forwarded: without the prefix where the route strips it (computed here, when
+        // a line is written, not on the request's path). Key placeholders are logged as
+        // the client wrote them.
+        let forwarded = match route {
+            Some(r) if r.strip_prefix => crate::route::strip_prefix(&r.prefix, path),
+            _ => std::borrow::Cow::Borrowed(path),
+        };
         tracing::info!(
             target: TARGET,
             method = %self.method,
-            path = %path,
+            path = %forwarded,
             route = route.map(|r| r.prefix.as_str()),
             credential = route.and_then(|r| r.credential.as_ref()).map(|c| c.name()),
             status = self.status,

@@ -12,10 +12,11 @@ fn config(mock: &MockGoto, dir: &std::path::Path, proxy_extra: &str) -> std::pat
         dir,
         proxy_extra,
         &format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             code_cred("goto", mock, Some(&mock.mint_refresh_token())),
             route("/G2A/", mock, None),
-            route("/", mock, Some("goto")) + "retry_429 = true\n"
+            route("/", mock, Some("goto")) + "retry_429 = true\n",
+            route("/stripped/", mock, Some("goto")) + "strip_prefix = true\n"
         ),
     );
     write_config(dir, "access.toml", &text)
@@ -68,7 +69,10 @@ async fn json_lines_hold_spec_fields_for_forwarded_retried_and_refused_requests(
     mock.throttle_once("1");
     assert_eq!(http.get(p.url("/admin/rest/v1/me")).send().await.unwrap().status(), 200);
 
-    let lines = wait_lines(&p, 5).await;
+    // A route that strips its prefix: the path as forwarded.
+    assert_eq!(http.get(p.url("/stripped/G2W/rest/v2/x")).send().await.unwrap().status(), 200);
+
+    let lines = wait_lines(&p, 6).await;
     let all = lines.join("\n");
     assert!(!all.contains("query-value") && !all.contains("header-value-never-logged"), "{all}");
     let json: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -100,6 +104,8 @@ async fn json_lines_hold_spec_fields_for_forwarded_retried_and_refused_requests(
 
     assert_eq!(json[4]["retried"], "429", "{}", json[4]);
     assert_eq!(json[4]["status"], 200);
+
+    assert_eq!((json[5]["route"].as_str(), json[5]["path"].as_str()), (Some("/stripped/"), Some("/G2W/rest/v2/x")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
