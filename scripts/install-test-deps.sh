@@ -2,7 +2,7 @@
 # Installs what the test suite uses beyond the Rust toolchain, only when missing:
 #   curl           examples/scripts/list-webinars.sh
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
-#   redis-server   the Redis state store's tests (later release)
+#   redis-server   the Redis state store's tests, and the chaos soak (benches/soak.sh; redis-cli comes with it)
 #   tinyproxy      a real forward proxy for the outbound-proxy tests (tests/it/corporate.rs)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
 #   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into

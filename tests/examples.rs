@@ -3,7 +3,8 @@
 //! Kubernetes manifests parse and carry their probes and hardening (their embedded
 //! configs pass `check`, their probe commands answer), the systemd unit verifies, the
 //! Dockerfile's health check answers, and the binary needs nothing the runtime image
-//! lacks.
+//! lacks. The README is held to the repository: every path it names exists, every
+//! command line running the binary parses, every TOML example passes `check`.
 //!
 //! Tools that may be missing on a developer's machine (newman, PyYAML, systemd-analyze)
 //! make their test print a notice and pass; under CI (`CI` set), where
@@ -704,4 +705,211 @@ async fn readme_toml_examples_pass_check() {
             .replace("/etc/goto-auth-proxy/tls/key.pem", &key_file.display().to_string());
         check_config(&format!("README example {i}"), &toml).await;
     }
+}
+
+// ===== the README against the repository and the CLI =====
+
+/// The README's fenced code blocks, each line with its line number (1-based).
+fn readme_code_lines(readme: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for (i, line) in readme.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside;
+        } else if inside {
+            out.push((i + 1, line));
+        }
+    }
+    out
+}
+
+/// Repository paths the README names: words starting with one of the top-level
+/// directories (not inside a longer path or a URL), trailing punctuation dropped.
+fn readme_repo_paths(readme: &str) -> Vec<(usize, String)> {
+    const ROOTS: &[&str] =
+        &["benches/", "deploy/", "config/", "examples/", "scripts/", "docs/", "tests/", "src/", ".ci/"];
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "_.-/*".contains(c);
+    let mut out = Vec::new();
+    for (n, line) in readme.lines().enumerate() {
+        for (i, _) in line.char_indices() {
+            let rest = &line[i..];
+            let Some(root) = ROOTS.iter().find(|r| rest.starts_with(*r)) else { continue };
+            let before = line[..i].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || "_.-/$".contains(c)) {
+                continue;
+            }
+            let end = rest.find(|c: char| !path_char(c)).unwrap_or(rest.len());
+            let path = rest[..end].trim_end_matches(['.', ',', ':', ';']);
+            if path.len() > root.len() || path == *root {
+                out.push((n + 1, path.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pattern` (a path, `*` matching within one name) names something in `repo`.
+fn exists_in_repo(repo: &Path, pattern: &str) -> bool {
+    if !pattern.contains('*') {
+        return repo.join(pattern).exists();
+    }
+    let (dir, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    let (head, tail) = name.split_once('*').unwrap_or((name, ""));
+    std::fs::read_dir(repo.join(dir)).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+        })
+    })
+}
+
+/// Every repository path the README mentions exists (a removed script, a renamed
+/// example or deploy file would otherwise go on being recommended).
+#[test]
+fn readme_paths_exist() {
+    let readme = read(&repo().join("README.md"));
+    let paths = readme_repo_paths(&readme);
+    assert!(paths.len() >= 20, "found only {} paths in the README: {paths:?}", paths.len());
+    let missing: Vec<String> =
+        paths.iter().filter(|(_, p)| !exists_in_repo(&repo(), p)).map(|(n, p)| format!("README.md:{n}: {p}")).collect();
+    assert!(missing.is_empty(), "the README names paths that do not exist:\n{}", missing.join("\n"));
+}
+
+/// Shell words of `line`, and the operators that separate commands (`;`, `&&`, `|`,
+/// `&`, `(`, `)`) as words of their own; quotes kept out of the words, a `#` comment and
+/// redirections dropped. Enough shell for the README's command lines.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars().peekable();
+    let flush = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(std::mem::take(word));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '#') if word.is_empty() => break,
+            (None, c) if c.is_whitespace() => flush(&mut word, &mut words),
+            (None, ';' | '|' | '&' | '(' | ')') => {
+                flush(&mut word, &mut words);
+                while chars.peek().is_some_and(|n| "|&".contains(*n)) {
+                    chars.next();
+                }
+                words.push(";".into());
+            }
+            (None, '>' | '<') => {
+                // A redirection: drop it and its target (`2>` included).
+                if word.chars().all(|d| d.is_ascii_digit()) {
+                    word.clear();
+                }
+                flush(&mut word, &mut words);
+                while chars.peek().is_some_and(|n| "&>".contains(*n)) {
+                    chars.next();
+                }
+                while chars.peek().is_some_and(|n| n.is_whitespace()) {
+                    chars.next();
+                }
+                while chars.peek().is_some_and(|n| !n.is_whitespace() && !";|&)".contains(*n)) {
+                    chars.next();
+                }
+            }
+            (None, c) => word.push(c),
+        }
+    }
+    flush(&mut word, &mut words);
+    words
+}
+
+/// The argument lists `line` runs `goto-auth-proxy` with: as a command (after a `$ `
+/// prompt, variable assignments or a path to the binary), through `cargo run … --`, or
+/// inside `$(…)`.
+fn binary_invocations(line: &str) -> Vec<Vec<String>> {
+    let mut lines = vec![line.trim_start().trim_start_matches("$ ").to_string()];
+    let mut rest = line;
+    while let Some(i) = rest.find("$(") {
+        rest = &rest[i + 2..];
+        lines.push(rest.split(')').next().unwrap_or("").to_string());
+    }
+    let mut out = Vec::new();
+    for l in lines {
+        for command in shell_words(&l).split(|w| w == ";") {
+            let mut words = command.iter().skip_while(|w| w.contains('=') && !w.starts_with('-')).peekable();
+            let Some(first) = words.next() else { continue };
+            let args: Vec<String> = if first == "goto-auth-proxy" || first.ends_with("/goto-auth-proxy") {
+                words.cloned().collect()
+            } else if first == "cargo" && command.iter().any(|w| w == "run") {
+                command.iter().skip_while(|w| *w != "--").skip(1).cloned().collect()
+            } else {
+                continue;
+            };
+            out.push(args);
+        }
+    }
+    out
+}
+
+/// Every command line of the README that runs the binary (in code blocks, and inline
+/// `goto-auth-proxy …` spans without placeholders) names subcommands and flags the CLI
+/// accepts: run with `--help` appended, clap parses what comes before it and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_command_lines_parse() {
+    let readme = read(&repo().join("README.md"));
+    let mut lines: Vec<(usize, String)> =
+        readme_code_lines(&readme).into_iter().map(|(n, l)| (n, l.to_string())).collect();
+    for (n, line) in readme.lines().enumerate() {
+        for span in line.split('`').skip(1).step_by(2) {
+            if span.starts_with("goto-auth-proxy ") && !span.contains(['[', '…', '<']) {
+                lines.push((n + 1, span.to_string()));
+            }
+        }
+    }
+    let mut checked = 0;
+    for (n, line) in &lines {
+        for args in binary_invocations(line) {
+            let mut cmd = Command::new(BIN);
+            cmd.args(&args).arg("--help").env_remove("GOTO_AUTH_PROXY_CONFIG");
+            let out = run(cmd, &format!("README.md:{n}")).await;
+            let (_, stderr) = text(&out);
+            assert!(
+                out.status.success(),
+                "README.md:{n}: `goto-auth-proxy {}` is not accepted by the CLI ({}):\n{stderr}",
+                args.join(" "),
+                out.status
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "found only {checked} command lines running the binary in the README");
+}
+
+#[test]
+fn shell_words_split_commands_and_drop_redirections() {
+    assert_eq!(
+        binary_invocations("(umask 077; goto-auth-proxy keygen > /etc/goto-auth-proxy/state.key)   # 32 random bytes"),
+        vec![vec!["keygen".to_string()]]
+    );
+    assert_eq!(
+        binary_invocations("$ goto-auth-proxy check --config bad.toml"),
+        vec![vec!["check", "--config", "bad.toml"].into_iter().map(String::from).collect::<Vec<_>>()]
+    );
+    assert_eq!(binary_invocations("cargo run --release -- demo      # try it"), vec![vec!["demo".to_string()]]);
+    assert_eq!(
+        binary_invocations(r#"curl -H "Authorization: Bearer $(goto-auth-proxy token --credential goto)" https://x"#),
+        vec![vec!["token", "--credential", "goto"].into_iter().map(String::from).collect::<Vec<_>>()]
+    );
+    assert_eq!(
+        binary_invocations("GOTO_X=1 goto-auth-proxy run --config g2a.toml 2>&1 &"),
+        vec![vec!["run", "--config", "g2a.toml"].into_iter().map(String::from).collect::<Vec<_>>()]
+    );
+    assert!(binary_invocations("systemctl reload goto-auth-proxy").is_empty());
+    assert!(binary_invocations("docker build -f deploy/Dockerfile -t goto-auth-proxy .").is_empty());
+    assert_eq!(
+        readme_repo_paths("see `benches/load.sh`, deploy/kubernetes/*.yaml and https://x/docs/a, /etc/config/x."),
+        vec![(1, "benches/load.sh".to_string()), (1, "deploy/kubernetes/*.yaml".to_string())]
+    );
 }

@@ -1,88 +1,16 @@
-//! The token endpoint `benches/load.sh` points the refreshing credential at: the crate's
-//! own mock GoTo server ([`goto_auth_proxy::demo::mock`]) issuing short-lived tokens, so the
-//! proxy under load renews about once a second.
+//! `bench_mock_goto`: the mock token endpoint `benches/load.sh` points the refreshing
+//! credential at (2-second tokens, so the proxy under load renews about once a second).
 //!
 //! ```text
 //! cargo run --release --example bench_mock_goto -- [--listen 127.0.0.1:0] [--token-lifetime-ms 2000]
 //! ```
-//!
-//! Prints one line, `http://127.0.0.1:PORT`, once it is listening, then serves until
-//! SIGTERM or Ctrl-C. Its client id and secret are `MockOptions::default()`'s
-//! (`demo-client-id` / `demo-client-secret`).
 
 // Test and bench code may unwrap, expect and print (the house lints in Cargo.toml are
 // for the product).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs, unreachable_pub)]
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::time::Duration;
+mod mock_server;
 
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
-
-struct Args {
-    listen: SocketAddr,
-    token_lifetime: Duration,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args { listen: SocketAddr::from(([127, 0, 0, 1], 0)), token_lifetime: Duration::from_secs(2) };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--listen" => args.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--token-lifetime-ms" => {
-                let ms: u64 = value()?.parse().map_err(|e| format!("--token-lifetime-ms: {e}"))?;
-                args.token_lifetime = Duration::from_millis(ms);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if !args.listen.ip().is_loopback() {
-        return Err("--listen must be a loopback address".into());
-    }
-    Ok(args)
-}
-
-async fn serve(args: Args) -> std::io::Result<()> {
-    let opts = MockOptions { token_lifetime: args.token_lifetime, ..MockOptions::default() };
-    let mock = MockGoto::start_on(args.listen, opts).await?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", mock.url())?;
-    out.flush()?;
-    drop(out);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
-    let stats = mock.stats();
-    eprintln!("bench_mock_goto: {} token calls served", stats.token_calls);
-    Ok(())
-}
-
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench_mock_goto: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench_mock_goto: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench_mock_goto: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> std::process::ExitCode {
+    mock_server::main(std::env::args().skip(1))
 }

@@ -77,6 +77,14 @@ impl Route {
     }
 }
 
+impl Drop for Route {
+    /// A route goes when its table was replaced (a reload) and the last request on it has
+    /// finished: client connections that outlive it then let go of its upstream connections.
+    fn drop(&mut self) {
+        self.target.retire();
+    }
+}
+
 /// What a reload swaps: routes and the data-path settings.
 pub struct Snapshot {
     /// Longest-prefix table.

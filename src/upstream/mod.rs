@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -88,6 +89,9 @@ pub struct Target {
     forwarded: bool,
     pub(super) idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
     pub(super) h2: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
+    /// Set once no route uses it (a reload compiled new targets): client connections that
+    /// outlive the reload let go of their connections to it instead of holding them.
+    retired: AtomicBool,
 }
 
 impl Target {
@@ -116,6 +120,7 @@ impl Target {
             tunnel_authority: format!("{}:{port}", url.host_str().unwrap_or_default()),
             idle: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +143,15 @@ impl Target {
             });
         }
         Ok(res)
+    }
+
+    /// Marks it as used by no route any more (its route table was replaced).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// `host[:port]` as the `Host` header carries it.
@@ -309,7 +323,11 @@ impl Conns {
         Some(self.0.swap_remove(i).1)
     }
 
+    /// Keeps `sender` for `target`, letting go of connections that closed or whose target
+    /// a reload retired (a long-lived client connection would otherwise hold one per
+    /// route per reload, open, for its whole life).
     fn put(&mut self, target: &Arc<Target>, sender: Sender) {
+        self.0.retain(|(t, s)| !t.is_retired() && !s.is_closed());
         self.0.push((target.clone(), sender));
     }
 }
@@ -317,7 +335,9 @@ impl Conns {
 impl Drop for Conns {
     fn drop(&mut self) {
         for (target, sender) in self.0.drain(..) {
-            target.put_idle(sender);
+            if !target.is_retired() {
+                target.put_idle(sender);
+            }
         }
     }
 }

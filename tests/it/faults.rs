@@ -255,3 +255,55 @@ async fn upstream_breaking_off_a_body_aborts_the_client_answer_without_a_hang() 
     let m = metrics(&s).await;
     assert_eq!(metric(&m, "goto_auth_proxy_upstream_errors_total{kind=\"aborted\",route=\"/\"}"), 1.0, "{m}");
 }
+
+/// The remote control the chaos soak (`benches/soak.sh`) drives its mocks with, from
+/// another process: a fault set over HTTP is the one in force and lifts the same way,
+/// each token call is listed with the query of its URL (how the soak tells replicas
+/// apart), and the refresh-token check counts a chain as held only with its newest
+/// refresh token, so a store holding a rotated-away one is a lost refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mocks_remote_control_sets_faults_lists_calls_and_finds_lost_refresh_tokens() {
+    let mock = MockGoto::start(short_tokens(60)).await.unwrap();
+    let http = client();
+    let o = mock.options();
+    let post = |path: &str| http.post(format!("{}{path}", mock.url()));
+    let minted: serde_json::Value = post("/_mock/refresh_tokens/mint").send().await.unwrap().json().await.unwrap();
+    let first = minted["refresh_token"].as_str().unwrap().to_string();
+    let check = |held: Vec<String>| {
+        let req = post("/_mock/refresh_tokens/check").json(&held);
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            (v["chains"].as_u64().unwrap(), v["held"].as_u64().unwrap())
+        }
+    };
+    assert_eq!(check(vec![first.clone()]).await, (1, 1));
+    assert_eq!(check(vec![]).await, (1, 0), "nothing stored: the newest refresh token is lost");
+
+    let refresh = |rt: String| {
+        post("/oauth/token?replica=x")
+            .basic_auth(&o.client_id, Some(&o.client_secret))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", rt.as_str())])
+            .send()
+    };
+    let answer: serde_json::Value = refresh(first.clone()).await.unwrap().json().await.unwrap();
+    let second = answer["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first, "rotating refresh tokens");
+    assert_eq!(check(vec![first.clone()]).await, (1, 0), "a rotated-away refresh token is not the newest");
+    assert_eq!(check(vec![second.clone(), first]).await, (1, 1));
+
+    let set = post("/_mock/fault?status=503").send().await.unwrap();
+    assert_eq!(set.status(), 200);
+    assert_eq!(refresh(second.clone()).await.unwrap().status(), 503);
+    assert_eq!(post("/_mock/fault?retry_after=3").send().await.unwrap().status(), 200);
+    let limited = refresh(second.clone()).await.unwrap();
+    assert_eq!((limited.status().as_u16(), limited.headers()["retry-after"].to_str().unwrap()), (429, "3"));
+    assert_eq!(post("/_mock/fault?bogus=1").send().await.unwrap().status(), 400);
+    post("/_mock/fault").send().await.unwrap();
+    assert_eq!(refresh(second).await.unwrap().status(), 200, "the fault is lifted");
+
+    let calls: serde_json::Value =
+        http.get(format!("{}/_mock/token_calls", mock.url())).send().await.unwrap().json().await.unwrap();
+    let calls = calls["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c["query"] == "replica=x" && c["endpoint"] == "oauth/token"), "{calls:?}");
+}

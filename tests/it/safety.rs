@@ -348,6 +348,54 @@ async fn sighup_reloads_routes_keeps_tokens_and_rejects_bad_configs() {
     assert!(p.log_text().contains("bogus"), "the error is logged with the key");
 }
 
+/// A keep-alive client connection that outlives reloads holds no upstream connection per
+/// reload: each reload builds new route targets, and the connection to a retired one is
+/// let go at the next request. (Found by the chaos soak: such connections were held,
+/// open, for the client connection's life, so a long-lived client's proxy grew by memory
+/// and an upstream socket per route at every SIGHUP.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_client_across_reloads_holds_no_upstream_connection_per_reload() {
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |generation: u32| {
+        let routes = format!(
+            "{}\n[[routes]]\nprefix = \"/gen{generation}/\"\nupstream = \"{}\"\n",
+            route("/G2A/", &mock, Some("g2a")),
+            mock.url()
+        );
+        config_text(dir.path(), "", &format!("{}\n{routes}", password_cred("g2a", &mock)))
+    };
+    let path = write_config(dir.path(), "proxy.toml", &config(0));
+    let p = Proc::spawn(&path);
+    let admin = client();
+    wait_ready(&admin, &p.admin("/readyz"), Duration::from_secs(10)).await;
+    // One keep-alive connection, reused by every request below.
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap();
+    assert_eq!(http.get(p.url("/G2A/x")).send().await.unwrap().status(), 200);
+    let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", p.child.id())).unwrap().count();
+    let before = open_fds();
+    for generation in 1..=20 {
+        std::fs::write(&path, config(generation)).unwrap();
+        p.signal(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = admin.get(p.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+            if metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"applied\"}") == f64::from(generation) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "reload {generation} never applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(http.get(p.url("/G2A/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(mock.api_connections(), 21, "one keep-alive client: one upstream connection per route table");
+    let after = open_fds();
+    assert!(
+        after <= before + 2,
+        "{before} open fds before 20 reloads, {after} after: upstream connections held per reload"
+    );
+}
+
 /// Every scenario with recognisable secrets: none may show in logs (both formats),
 /// `check`, `/tokens`, `/metrics` or error bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,14 +31,17 @@
 //!   that many times per second; beyond, `429` with `Retry-After`. GoTo Connect paths
 //!   (`/voice-admin/…`, `/call-history/…`, `/notification-channel/…`) answer `400`
 //!   without `?accountKey=` and `404` with another account's key.
-//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo.
+//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo; and the
+//!   remote control of `control` (`/_mock/fault`, `/_mock/refresh_tokens/…`,
+//!   `/_mock/token_calls`) for the chaos soak, which drives a mock in another process.
 //! * `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token` — the token
 //!   endpoints without faults: where [`TokenFault::Redirect`] points, so a client that
 //!   followed the redirect would get a token.
 //!
 //! The files, one per GoTo surface: `token_endpoint` (both token endpoints, one function
 //! per grant), `authorize` (the sign-in redirect), `api` (the API and its `_mock/…`
-//! operations), `faults` (the token endpoints' injected faults and the odd bodies),
+//! operations), `control` (the remote control), `faults` (the token endpoints' injected
+//! faults and the odd bodies),
 //! `tokens` (the book of issued tokens, codes and refresh chains). This file holds the
 //! handle ([`MockGoto`]), its options and counters, and the request dispatch.
 
@@ -61,6 +64,7 @@ use crate::server::{ConnInfo, Serve};
 
 mod api;
 mod authorize;
+mod control;
 mod faults;
 mod token_endpoint;
 mod tokens;
@@ -227,6 +231,8 @@ struct State {
     issued: Mutex<Vec<Issued>>,
     /// GoTo's quota ([`MockOptions::api_quota`]) and the calls it saw.
     quota: Mutex<api::Quota>,
+    /// What the remote control (`/_mock/fault`, `/_mock/token_calls`…) records.
+    control: control::Book,
 }
 
 /// A running mock GoTo server; dropping it stops the server. Public: the demo, tests and
@@ -276,6 +282,7 @@ impl MockGoto {
             api_peers: Mutex::new(HashSet::new()),
             issued: Mutex::new(Vec::new()),
             quota: Mutex::new(api::Quota::default()),
+            control: control::Book::default(),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
@@ -402,6 +409,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sends a request to the surface that answers it.
 async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<MockBody> {
+    control::note_token_call(state, &req);
+    let req = match control::answer(state, req).await {
+        Ok(res) => return res,
+        Err(req) => req,
+    };
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/oauth/token") => token_endpoint::answer(state, req, false, true).await,

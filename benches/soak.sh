@@ -1,0 +1,548 @@
+#!/usr/bin/env bash
+# Chaos soak: every fault at once, for as long as you like, and a verdict.
+#
+#   SOAK_SECONDS=600 bash benches/soak.sh      # ten minutes (the default)
+#   SOAK_SECONDS=60 bash benches/soak.sh       # one round of every fault (what `cargo test` runs)
+#
+# Three replicas of goto-auth-proxy: `a` and `b` share one real Redis (`store = "redis"`),
+# `c` has the file store to itself. Each holds two short-lived refreshing credentials
+# from its own mock GoTo (the crate's shared mock, `src/demo/mock/`, one process per
+# group, since a Direct Login revokes every other token of its application): `goto`,
+# authorization code with rotating refresh tokens (seeded once), and `g2a`, Direct
+# Login (password). Tokens live 2 s, so each credential renews about once a second.
+# A steady client (`soak_tool load`) sends a script's requests to every replica and
+# records every answer, while this script repeats, until SOAK_SECONDS are over:
+#
+#   token endpoint down (503) 8 s: longer than a token's life and than token_wait (5 s)
+#   token endpoint answering 500 for 1.5 s, then 429 with Retry-After for 2 s
+#   upstream bodies broken off mid-way (reset) and slow answers, beside the steady load
+#   every access token revoked at the mock
+#   SIGHUP to every replica with a changed route (checked to serve)
+#   Redis killed (-9) and restarted empty; next round shut down and restarted with its data
+#   kill -9 of replica b, restarted on the same state
+#
+# and reports (stdout and $BENCH_OUT/soak.md): requests; failures split by cause, where
+# the ones the proxy could have avoided must be 0; token calls of the Redis pair against
+# the lone replica's; password logins (never two within a second); RSS and open fds per
+# process after the warm-up, in the middle and at the end; refresh tokens lost (0: while
+# the token endpoint is down, and at the end, the newest refresh token the mock issued
+# must be in a store). Exit 1 when any of that fails, 77 when a tool it needs is missing
+# and cannot be installed.
+#
+# Environment: SOAK_SECONDS (600, at least 60), SOAK_CONNS connections per replica (2),
+# SOAK_PACE_MS pause after each answer per connection (40), BENCH_OUT (target/bench).
+# SOAK_BIN and SOAK_TOOL name the goto-auth-proxy binary and the helper binary
+# (default: both built with `cargo build --release`); SOAK_TOOL_ARG is a first argument
+# the helper needs (tests/soak.rs passes its own binary and `soak-tool`). Everything
+# listens on 127.0.0.1, on ports below the ephemeral range; the script stops everything
+# it started, by pid, however it exits. Work files and logs: $BENCH_OUT/soak-work/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SOAK_SECONDS=${SOAK_SECONDS:-600}
+CONNS=${SOAK_CONNS:-2}
+PACE_MS=${SOAK_PACE_MS:-40}
+OUT=${BENCH_OUT:-target/bench}
+TOKEN_LIFETIME_MS=2000
+TOKEN_WAIT_S=5
+
+if ((SOAK_SECONDS < 60)); then
+    echo "SOAK_SECONDS must be at least 60 (one round of every fault takes about 50 s)" >&2
+    exit 64
+fi
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+WORK="$OUT/soak-work"
+MD="$OUT/soak.md"
+
+log() { printf '[soak.sh] %s\n' "$*" >&2; }
+now_ms() { date +%s%3N; }
+
+# ===== dependencies =====
+
+install_deps() {
+    local missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v curl >/dev/null || missing+=(curl)
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]} with apt-get"
+        if ! { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null &&
+            apt-get update -qq </dev/null &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null; }; then
+            log "SKIPPED: ${missing[*]} missing and not installable here (apt-get install redis-server curl)"
+            exit 77
+        fi
+    fi
+}
+
+build() {
+    if [[ -n ${SOAK_BIN:-} && -n ${SOAK_TOOL:-} ]]; then
+        GAP_BIN=$SOAK_BIN
+        TOOL=("$SOAK_TOOL" ${SOAK_TOOL_ARG:+"$SOAK_TOOL_ARG"})
+        return
+    fi
+    log "building goto-auth-proxy and soak_tool (release)"
+    cargo build --release --locked --quiet --bin goto-auth-proxy --example soak_tool
+    local dir=${CARGO_TARGET_DIR:-target}
+    GAP_BIN=${SOAK_BIN:-$dir/release/goto-auth-proxy}
+    TOOL=("${SOAK_TOOL:-$dir/release/examples/soak_tool}" ${SOAK_TOOL_ARG:+"$SOAK_TOOL_ARG"})
+}
+
+tool() { "${TOOL[@]}" "$@"; }
+
+# ===== processes =====
+
+declare -A PID PORT ADMIN_PORT USED_PORTS
+
+# Stops what is still running, by the pids this script holds (a pid is dropped from
+# PID once reaped, so a recycled one is never signalled).
+cleanup() {
+    local name
+    for name in "${!PID[@]}"; do kill -TERM "${PID[$name]}" 2>/dev/null || true; done
+    for name in "${!PID[@]}"; do stop "$name"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD... — runs CMD in the background, logs appended to $WORK/NAME.log.
+start() {
+    local name=$1
+    shift
+    "$@" >>"$WORK/$name.log" 2>&1 &
+    PID[$name]=$!
+}
+
+# stop NAME [SIGNAL] — signals NAME (TERM by default; KILL after 10 s) and reaps it.
+# (stderr is silenced around the kill and the wait: bash would report "Killed".)
+stop() {
+    local name=$1 sig=${2:-TERM} pid=${PID[$1]:-}
+    [[ -n $pid ]] || return 0
+    {
+        kill "-$sig" "$pid" || true
+        for _ in $(seq 100); do kill -0 "$pid" || break; sleep 0.1; done
+        kill -KILL "$pid" || true
+        wait "$pid" || true
+    } 2>/dev/null
+    unset "PID[$name]"
+}
+
+# Listening ports come from below the kernel's ephemeral range (as in load.sh): a port
+# the load's own outgoing connections hold could not be bound again after a restart.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
+
+# free_port VAR — a loopback port nothing answers on, not handed out before, into VAR.
+free_port() {
+    local -n into=$1
+    local p
+    while :; do
+        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
+        [[ -n "${USED_PORTS[$p]:-}" ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            USED_PORTS[$p]=1
+            into=$p
+            return
+        fi
+    done
+}
+
+# wait_until SECONDS WHAT CMD... — polls CMD every 0.1 s; fails after SECONDS.
+wait_until() {
+    local secs=$1 what=$2 deadline
+    shift 2
+    deadline=$(($(now_ms) + secs * 1000))
+    until "$@" >/dev/null 2>&1; do
+        if (($(now_ms) > deadline)); then
+            log "timed out after ${secs}s waiting for $what"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:${ADMIN_PORT[$1]}/readyz") == 200 ]]; }
+redis_pings() { [[ $(redis-cli -p "${PORT[redis]}" ping 2>/dev/null) == PONG ]]; }
+
+start_redis() {
+    mkdir -p "$WORK/redis"
+    start redis redis-server --port "${PORT[redis]}" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$WORK/redis" --dbfilename dump.rdb
+    wait_until 10 "redis-server" redis_pings
+}
+
+start_mock() { # NAME
+    local name=$1
+    start "$name" "${TOOL[@]}" mock --listen "127.0.0.1:${PORT[$name]}" --token-lifetime-ms "$TOKEN_LIFETIME_MS"
+    wait_until 20 "$name" curl -fs --max-time 1 "http://127.0.0.1:${PORT[$name]}/_mock/stats"
+}
+
+# The replicas' mock and store.
+declare -A MOCK_OF=([a]=mock-redis [b]=mock-redis [c]=mock-file)
+declare -A SEED
+
+# write_config REPLICA GENERATION — its config; the generation names a route that a
+# SIGHUP swaps for the next one (the "changed route").
+write_config() {
+    local r=$1 gen=$2 mock="http://127.0.0.1:${PORT[${MOCK_OF[$1]}]}" state
+    if [[ $r == c ]]; then
+        state="path = \"$WORK/c/state.json\""
+    else
+        state="store = \"redis\"
+redis_url = \"redis://127.0.0.1:${PORT[redis]}/0\"
+redis_prefix = \"soak\""
+    fi
+    cat >"$WORK/$r.toml.tmp" <<EOF
+# replica $r, route generation $gen (written by benches/soak.sh)
+[proxy]
+listen = "127.0.0.1:${PORT[$r]}"
+admin_listen = "127.0.0.1:${ADMIN_PORT[$r]}"
+token_wait = "${TOKEN_WAIT_S}s"
+request_timeout = "5s"
+
+[state]
+$state
+
+[credentials.goto]
+grant = "authorization_code"
+client_id = "demo-client-id"
+client_secret = "demo-client-secret"
+refresh_token = { env = "SOAK_SEED" }
+token_url = "$mock/oauth/token?replica=$r"
+authorize_url = "$mock/oauth/authorize"
+keys_url = "$mock/admin/rest/v1/me"
+
+[credentials.g2a]
+grant = "password"
+client_id = "demo-consumer-key"
+username = "api-manager@example.com"
+password = "demo-password"
+token_url = "$mock/oauth/access_token?replica=$r"
+
+[[routes]]
+prefix = "/G2A/"
+upstream = "$mock"
+credential = "g2a"
+
+[[routes]]
+prefix = "/soak-reload-$gen/"
+upstream = "$mock"
+credential = "goto"
+strip_prefix = true
+
+[[routes]]
+prefix = "/"
+upstream = "$mock"
+credential = "goto"
+EOF
+    mv "$WORK/$r.toml.tmp" "$WORK/$r.toml"
+}
+
+start_replica() { # REPLICA
+    local r=$1
+    start "$r" env RUST_LOG=info SOAK_SEED="${SEED[${MOCK_OF[$r]}]}" "$GAP_BIN" run --config "$WORK/$r.toml"
+    wait_until 20 "replica $r to be ready" ready "$r"
+}
+
+# ===== what the report reads (see benches/tools/soak/report.rs) =====
+
+window() { # KIND REPLICA START_MS END_MS LONG DESCRIPTION
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$WORK/windows.tsv"
+}
+
+check() { # NAME ok|fail DETAIL
+    printf '%s\t%s\t%s\t%s\n' "$(now_ms)" "$1" "$2" "$3" >>"$WORK/checks.tsv"
+    [[ $2 == ok ]] || log "check failed: $1: $3"
+}
+
+sample() { # PHASE
+    local name pid rss fds t
+    t=$(now_ms)
+    for name in a b c mock-redis mock-file redis; do
+        pid=${PID[$name]:-}
+        [[ -n $pid ]] || continue
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        # What the fds are, to tell a leak from an idle pool should the counts differ.
+        [[ $1 == round ]] || ls -l "/proc/$pid/fd" >"$WORK/fds-$1-$name.txt" 2>/dev/null || true
+        fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$1" "$name" "$pid" "${rss:-0}" "$fds" >>"$WORK/samples.tsv"
+    done
+}
+
+check_refresh() { # — both groups: is the newest refresh token of each chain stored?
+    local out group args chains held
+    for group in redis file; do
+        if [[ $group == redis ]]; then
+            args=(--redis-url "redis://127.0.0.1:${PORT[redis]}/0" --redis-prefix soak)
+        else
+            args=(--state-file "$WORK/c/state.json")
+        fi
+        if out=$(tool check-refresh --mock "http://127.0.0.1:${PORT[mock-$group]}" \
+            --credential goto --credential g2a "${args[@]}" 2>>"$WORK/check-refresh.log"); then
+            read -r chains held < <(sed -E 's/chains=([0-9]+) held=([0-9]+)/\1 \2/' <<<"$out")
+            printf '%s\t%s\t%s\t%s\n' "$(now_ms)" "$group" "$chains" "$held" >>"$WORK/refresh.tsv"
+            ((chains == held)) || log "refresh tokens lost at the $group store: $held of $chains chains held"
+        else
+            check "refresh tokens readable" fail "check-refresh of the $group store failed (see check-refresh.log)"
+        fi
+    done
+}
+
+mocks_post() { # PATH — to both mocks
+    local m
+    for m in mock-redis mock-file; do
+        curl -fsS -o /dev/null --max-time 5 -X POST "http://127.0.0.1:${PORT[$m]}$1"
+    done
+}
+
+# ===== the faults =====
+
+# token_fault KIND QUERY SECONDS LONG DESCRIPTION — the token endpoints of both mocks
+# answer the fault for SECONDS; during a long one the refresh tokens are checked.
+token_fault() {
+    local kind=$1 query=$2 secs=$3 long=$4 desc=$5 t0
+    t0=$(now_ms)
+    mocks_post "/_mock/fault?$query"
+    if ((long)); then
+        # Nothing new can be issued now; what was answered before has been stored by then.
+        sleep 3
+        check_refresh
+        sleep "$(awk -v s="$secs" 'BEGIN {print s - 3}')"
+    else
+        sleep "$secs"
+    fi
+    mocks_post "/_mock/fault"
+    window "$kind" "*" "$t0" "$(now_ms)" "$long" "$desc"
+}
+
+upstream_faults() {
+    local t0 targets=() r
+    t0=$(now_ms)
+    for r in a b c; do targets+=(--target "$r=http://127.0.0.1:${PORT[$r]}"); done
+    tool probe "${targets[@]}" --kind reset --seconds 5 --out "$WORK/probes.tsv" &
+    local reset=$!
+    tool probe "${targets[@]}" --kind slow --seconds 5 --out "$WORK/probes.tsv" &
+    local slow=$!
+    wait "$reset" || check "upstream probes ran" fail "the reset probe exited non-zero"
+    wait "$slow" || check "upstream probes ran" fail "the slow probe exited non-zero"
+    window upstream "*" "$t0" "$(now_ms)" 0 "upstream breaks bodies off mid-way and answers slowly (probes beside the load, 5 s)"
+}
+
+revoke_all() {
+    local t0
+    t0=$(now_ms)
+    mocks_post "/_mock/revoke"
+    window revoke "*" "$t0" "$((t0 + 2000))" 0 "every access token revoked at the mock"
+}
+
+# serves REPLICA PREFIX PATH — a request under /PREFIX reaches the mock as PATH: stripped
+# by the route of that generation, or whole through the catch-all once it is gone.
+serves() {
+    curl -fs --max-time 2 "http://127.0.0.1:${PORT[$1]}/$2/G2M/rest/v1/soak" | grep -qF "\"path\":\"$3\""
+}
+
+GEN=1
+reload_all() {
+    local t0 r old=$GEN
+    t0=$(now_ms)
+    GEN=$((GEN + 1))
+    for r in a b c; do
+        write_config "$r" "$GEN"
+        kill -HUP "${PID[$r]}"
+    done
+    for r in a b c; do
+        if wait_until 5 "replica $r to serve the reloaded route" serves "$r" "soak-reload-$GEN" /G2M/rest/v1/soak &&
+            serves "$r" "soak-reload-$old" "/soak-reload-$old/G2M/rest/v1/soak"; then
+            check "SIGHUP with a changed route: the new route serves, the old one is gone" ok "$r"
+        else
+            check "SIGHUP with a changed route: the new route serves, the old one is gone" fail "replica $r"
+        fi
+    done
+    window reload "*" "$t0" "$(now_ms)" 0 "SIGHUP to every replica with a changed route"
+}
+
+REDIS_ROUND=0
+restart_redis() {
+    local t0 kind desc
+    t0=$(now_ms)
+    REDIS_ROUND=$((REDIS_ROUND + 1))
+    if ((REDIS_ROUND % 2)); then
+        kind=redis-crash
+        desc="Redis killed (-9) and restarted empty"
+        stop redis KILL
+        rm -f "$WORK/redis/dump.rdb"
+    else
+        kind=redis-restart
+        desc="Redis shut down and restarted with its data"
+        redis-cli -p "${PORT[redis]}" shutdown save >/dev/null 2>&1 || true
+        stop redis
+    fi
+    if start_redis; then
+        check "Redis back after a restart" ok "$kind"
+    else
+        check "Redis back after a restart" fail "$kind"
+    fi
+    window "$kind" "*" "$t0" "$(now_ms)" 0 "$desc"
+}
+
+kill_replica() { # REPLICA
+    local r=$1 t0 t1
+    t0=$(now_ms)
+    stop "$r" KILL
+    if start_replica "$r"; then
+        t1=$(now_ms)
+        check "kill -9 of replica $r, restarted on the same state: ready again" ok "in $((t1 - t0)) ms"
+    else
+        t1=$(now_ms)
+        check "kill -9 of replica $r, restarted on the same state: ready again" fail "not ready within 20 s"
+    fi
+    window kill "$r" "$t0" "$t1" 0 "\`kill -9\` of replica $r (Redis), restarted on the same state"
+}
+
+# ===== the schedule =====
+
+token_down() {
+    token_fault token-down status=503 8 1 "token endpoint down (503) for 8 s: longer than a token's life and than \`token_wait\`"
+}
+token_500() { token_fault token-500 status=500 1.5 0 "token endpoint answers 500 for 1.5 s"; }
+token_429() { token_fault token-429 retry_after=1 2 0 "token endpoint answers 429 with \`Retry-After: 1\` for 2 s"; }
+
+# Each step: about how long it takes (seconds), then what it runs. The run is made of
+# whole rounds (the samples at their boundaries are taken at the same point of the
+# schedule); what SOAK_SECONDS leaves over is load without faults before the first.
+STEPS=(
+    "2 quiet 2"
+    "9 token_down"
+    "9 quiet 9"
+    "2 token_500"
+    "3 quiet 3"
+    "2 token_429"
+    "3 quiet 3"
+    "6 upstream_faults"
+    "2 quiet 2"
+    "0 revoke_all"
+    "3 quiet 3"
+    "1 reload_all"
+    "2 quiet 2"
+    "1 restart_redis"
+    "3 quiet 3"
+    "1 kill_replica b"
+    "3 quiet 3"
+)
+
+quiet() { sleep "$1"; }
+
+ROUND_S=0
+for step in "${STEPS[@]}"; do ROUND_S=$((ROUND_S + ${step%% *})); done
+ROUNDS=$(((SOAK_SECONDS - 5) / ROUND_S))
+((ROUNDS >= 1)) || ROUNDS=1
+WARMUP_S=$((SOAK_SECONDS - ROUNDS * ROUND_S))
+((WARMUP_S >= 5)) || WARMUP_S=5
+# With three rounds or more, the first is the warm-up (every kind of connection and
+# allocation has happened once); with fewer, the load without faults before the first.
+if ((ROUNDS >= 3)); then START_AFTER=1; else START_AFTER=0; fi
+MIDDLE_AFTER=$(((ROUNDS + START_AFTER + 1) / 2))
+
+run_schedule() {
+    local round step fn args
+    for ((round = 1; round <= ROUNDS; round++)); do
+        log "round $round of $ROUNDS"
+        for step in "${STEPS[@]}"; do
+            read -r _ fn args <<<"$step"
+            # shellcheck disable=SC2086
+            $fn $args
+        done
+        if ((round == ROUNDS)); then
+            sample end
+        elif ((round == START_AFTER)); then
+            sample start
+        elif ((round == MIDDLE_AFTER)); then
+            sample middle
+        else
+            sample round
+        fi
+    done
+}
+
+# ===== main =====
+
+main() {
+    install_deps
+    build
+    rm -rf "$WORK"
+    mkdir -p "$WORK"
+    mkdir -m 700 -p "$WORK/c"
+    : >"$WORK/windows.tsv"
+    : >"$WORK/checks.tsv"
+    : >"$WORK/refresh.tsv"
+    : >"$WORK/samples.tsv"
+
+    local r
+    for r in redis mock-redis mock-file a b c; do free_port "PORT[$r]"; done
+    for r in a b c; do free_port "ADMIN_PORT[$r]"; done
+
+    start_redis
+    start_mock mock-redis
+    start_mock mock-file
+    local m
+    for m in mock-redis mock-file; do
+        # A refresh token "someone signed in" with: each group's seed (env, never printed).
+        SEED[$m]=$(curl -fsS -X POST "http://127.0.0.1:${PORT[$m]}/_mock/refresh_tokens/mint" |
+            sed -E 's/.*"refresh_token":"([^"]+)".*/\1/')
+    done
+    for r in a b c; do
+        write_config "$r" "$GEN"
+        start_replica "$r"
+    done
+    log "replicas a, b (Redis 127.0.0.1:${PORT[redis]}) and c (file store) ready; load for ${SOAK_SECONDS}s"
+
+    local targets=()
+    for r in a b c; do targets+=(--target "$r=http://127.0.0.1:${PORT[$r]}"); done
+    : >"$WORK/answers.tsv"
+    : >"$WORK/probes.tsv"
+    start load "${TOOL[@]}" load "${targets[@]}" --conns "$CONNS" --pace-ms "$PACE_MS" --out "$WORK/answers.tsv"
+    local load_started
+    load_started=$(now_ms)
+    log "load without faults for ${WARMUP_S}s, then $ROUNDS round(s) of every fault (${ROUND_S}s each)"
+    sleep "$WARMUP_S"
+    if ((START_AFTER == 0)); then sample start; else sample round; fi
+
+    run_schedule
+
+    for r in a b c mock-redis mock-file redis load; do
+        if kill -0 "${PID[$r]:-0}" 2>/dev/null; then
+            check "every process still running at the end" ok "$r"
+        else
+            check "every process still running at the end" fail "$r exited (see $WORK/$r.log)"
+        fi
+    done
+    stop load
+    local seconds
+    seconds=$(awk -v ms=$(($(now_ms) - load_started)) 'BEGIN {printf "%.1f", ms / 1000}')
+    # The last look at the refresh tokens, with nothing issued meanwhile.
+    mocks_post "/_mock/fault?status=503"
+    sleep 2
+    check_refresh
+    for m in redis file; do
+        curl -fsS --max-time 10 "http://127.0.0.1:${PORT[mock-$m]}/_mock/token_calls" >"$WORK/calls-$m.json"
+    done
+    cleanup
+
+    local machine commit fd_slack=2 warm="the first round"
+    if ((START_AFTER == 0)); then
+        # Compared with the load before any fault: connections the faults opened may
+        # still sit idle in a pool (upstream: closed after 50 s; token endpoint: 90 s).
+        fd_slack=10
+        warm="${WARMUP_S} s of load before the first fault (so open fds may differ by up to $fd_slack: idle pooled connections)"
+    fi
+    machine=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+    tool report --dir "$WORK" --out "$MD" --seconds "$seconds" \
+        --group redis=a,b --group file=c --shared a --shared b --alone c --long-lived a --long-lived c \
+        --header "$(date -u +%Y-%m-%dT%H:%MZ), commit $commit; $(nproc) cores, $machine, Linux $(uname -r)." \
+        --fd-slack "$fd_slack" \
+        --header "${ROUNDS} round(s) of every fault in ${seconds} s of load: replicas a and b on one Redis, c on the file store; 2-second tokens (rotating refresh tokens, and Direct Login), \`token_wait\` ${TOKEN_WAIT_S} s; ${CONNS} keep-alive connection(s) per replica, one request at a time, ${PACE_MS} ms apart. Warm-up (\"start\"): $warm." \
+        --command "SOAK_SECONDS=$SOAK_SECONDS bash benches/soak.sh"
+}
+
+main "$@"
