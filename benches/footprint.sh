@@ -68,11 +68,9 @@ until grep -q '^http://' "$WORK/mock.out" 2>/dev/null; do
 done
 MOCK_URL=$(head -n1 "$WORK/mock.out")
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-DATA_PORT=$(free_port)
-ADMIN_PORT=$(free_port)
+. benches/ports.sh # free_port VAR
+free_port "DATA_PORT"
+free_port "ADMIN_PORT"
 mkdir -p "$WORK/state"
 chmod 700 "$WORK/state"
 cat >"$WORK/gap.toml" <<EOF
@@ -201,7 +199,7 @@ PY
 # summed, as benches/load.sh sums them.
 PATH="$PATH:/usr/sbin:/sbin"
 if command -v nginx >/dev/null; then
-    NGINX_PORT=$(free_port)
+    free_port "NGINX_PORT"
     mkdir -p "$WORK/nginx/tmp"
     cat >"$WORK/nginx.conf" <<NGINX
 worker_processes 1;

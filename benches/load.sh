@@ -155,24 +155,7 @@ stop_mode() {
     MODE_PIDS=()
 }
 
-# Listening ports come from below the kernel's ephemeral range: a port that the load's
-# own outgoing connections hold answers no probe but still cannot be bound.
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
-
-# A free loopback port (probing by connecting; nothing here listens beyond loopback).
-free_port() {
-    local p
-    while :; do
-        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
-        [[ -n "${USED_PORTS[$p]:-}" ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS[$p]=1
-            echo "$p"
-            return
-        fi
-    done
-}
+. benches/ports.sh # free_port VAR
 
 # The PID and its children (nginx master + workers).
 pid_tree() {
@@ -399,7 +382,7 @@ EOF
 
 # ===== one mode =====
 
-declare -A PID PORT ADMIN_PORT PROXY_PIDS RSS USED_PORTS
+declare -A PID PORT ADMIN_PORT PROXY_PIDS RSS
 REFRESHES=()
 
 start_mode() { # MODE
@@ -411,18 +394,18 @@ start_mode() { # MODE
         workers=2
     fi
     rm -f "$WORK"/*-state.json
-    UP_PORT=$(free_port)
+    free_port "UP_PORT"
     PORT[direct]=$UP_PORT
     local t
     for t in $TARGETS; do
-        [[ $t == direct ]] || PORT[$t]=$(free_port)
+        [[ $t == direct ]] || free_port "PORT[$t]"
     done
-    ADMIN_PORT[gap-static]=$(free_port)
-    ADMIN_PORT[gap-refresh]=$(free_port)
-    ADMIN_PORT[gap-log]=$(free_port)
-    ADMIN_PORT[gap-nolog]=$(free_port)
-    ADMIN_PORT[gap-alt]=$(free_port)
-    ADMIN_PORT[gap-alt2]=$(free_port)
+    free_port "ADMIN_PORT[gap-static]"
+    free_port "ADMIN_PORT[gap-refresh]"
+    free_port "ADMIN_PORT[gap-log]"
+    free_port "ADMIN_PORT[gap-nolog]"
+    free_port "ADMIN_PORT[gap-alt]"
+    free_port "ADMIN_PORT[gap-alt2]"
 
     write_upstream_conf "$workers"
     start upstream "${pin[@]}" nginx -p "$WORK/upstream" -c "$WORK/upstream.conf" -e "$WORK/upstream/error.log"

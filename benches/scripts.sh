@@ -96,21 +96,7 @@ start() { # NAME CMD...
     PIDS+=($!)
 }
 
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
-declare -A USED_PORTS=()
-free_port() {
-    local p
-    while :; do
-        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
-        [[ -n "${USED_PORTS[$p]:-}" ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS[$p]=1
-            echo "$p"
-            return
-        fi
-    done
-}
+. benches/ports.sh # free_port VAR
 
 wait_http() { # URL [CURL ARGS...]
     local url=$1 deadline=$((SECONDS + 20))
@@ -135,11 +121,11 @@ openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key
     -days 2 -extfile "$WORK/san.ext" -out "$WORK/server.pem" 2>/dev/null
 
 # ===== upstream: nginx over TLS, HTTP/2 by ALPN, a log line per request =====
-UP_PORT=$(free_port)
-RELAY_PORT=$(free_port)
-RELAY0_PORT=$(free_port)
-GAP_PORT=$(free_port)
-GAP_ADMIN=$(free_port)
+free_port "UP_PORT"
+free_port "RELAY_PORT"
+free_port "RELAY0_PORT"
+free_port "GAP_PORT"
+free_port "GAP_ADMIN"
 BODY='{"key":"8439885694023999999","accountKey":"9999982253621659654","email":"bench@example.com","firstName":"Bench","lastName":"User"}'
 mkdir -p "$WORK/nginx/tmp"
 cat >"$WORK/nginx.conf" <<EOF

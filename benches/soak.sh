@@ -93,7 +93,7 @@ tool() { "${TOOL[@]}" "$@"; }
 
 # ===== processes =====
 
-declare -A PID PORT ADMIN_PORT USED_PORTS
+declare -A PID PORT ADMIN_PORT
 
 # Stops what is still running, by the pids this script holds (a pid is dropped from
 # PID once reaped, so a recycled one is never signalled).
@@ -127,25 +127,7 @@ stop() {
     unset "PID[$name]"
 }
 
-# Listening ports come from below the kernel's ephemeral range (as in load.sh): a port
-# the load's own outgoing connections hold could not be bound again after a restart.
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
-
-# free_port VAR — a loopback port nothing answers on, not handed out before, into VAR.
-free_port() {
-    local -n into=$1
-    local p
-    while :; do
-        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
-        [[ -n "${USED_PORTS[$p]:-}" ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            USED_PORTS[$p]=1
-            into=$p
-            return
-        fi
-    done
-}
+. benches/ports.sh # free_port VAR
 
 # wait_until SECONDS WHAT CMD... — polls CMD every 0.1 s; fails after SECONDS.
 wait_until() {
