@@ -303,9 +303,18 @@ mod tests {
             "methods",
             "rate_limit",
             "retry_429",
+            "access_log",
+            "outbound_proxy",
+            "system_roots",
+            "client_key",
+            "encryption_keys",
+            "webhook",
+            "events",
+            "after_failures",
             "bogus",
         ];
-        let sections = ["", "[proxy]", "[state]", "[inbound]", "[[routes]]", "[credentials.c]"];
+        // (`ca_file`, `client_cert` and `command` name files and programs, on purpose.)
+        let sections = ["", "[proxy]", "[state]", "[inbound]", "[tls]", "[[notify]]", "[[routes]]", "[credentials.c]"];
         let (word, digits) = ("S3cr3tW0rd", "98765432101234");
         let shapes = [
             (format!("\"{word}\""), word),
