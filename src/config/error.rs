@@ -260,59 +260,7 @@ mod tests {
     /// out: their errors name the variable or the path, on purpose.)
     #[test]
     fn no_error_echoes_a_value_whatever_the_key_section_or_shape() {
-        let keys = [
-            "listen",
-            "admin_listen",
-            "connect_timeout",
-            "request_timeout",
-            "max_request_body",
-            "token_wait",
-            "workers",
-            "max_concurrent_requests",
-            "store",
-            "path",
-            "redis_url",
-            "redis_prefix",
-            "allow_remote",
-            "keys",
-            "allow_cidrs",
-            "tls_cert",
-            "tls_key",
-            "hosts",
-            "allow_origins",
-            "grant",
-            "client_id",
-            "client_secret",
-            "redirect_uri",
-            "refresh_token",
-            "username",
-            "password",
-            "pat",
-            "token",
-            "token_url",
-            "authorize_url",
-            "keys_url",
-            "scope",
-            "refresh_before",
-            "client_auth",
-            "authorize_params",
-            "prefix",
-            "upstream",
-            "credential",
-            "strip_prefix",
-            "methods",
-            "rate_limit",
-            "retry_429",
-            "access_log",
-            "outbound_proxy",
-            "system_roots",
-            "client_key",
-            "encryption_keys",
-            "webhook",
-            "events",
-            "after_failures",
-            "bogus",
-        ];
+        let keys = super::super::ECHO_CHECKED_KEYS.iter().copied().chain(["bogus"]);
         // (`ca_file`, `client_cert` and `command` name files and programs, on purpose.)
         let sections = ["", "[proxy]", "[state]", "[inbound]", "[tls]", "[[notify]]", "[[routes]]", "[credentials.c]"];
         let (word, digits) = ("S3cr3tW0rd", "98765432101234");
@@ -332,7 +280,7 @@ mod tests {
         ];
         let mut on_the_line = 0;
         for section in sections {
-            for key in keys {
+            for key in keys.clone() {
                 for (value, hidden) in &shapes {
                     let text = format!("{section}\n{key} = {value}\n");
                     if let Err(e) = Config::parse("t.toml", &text) {
