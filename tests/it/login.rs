@@ -1,8 +1,8 @@
 //! Authorization-code sign-in: browser flow through the admin listener, and the
 //! `login` command with a pasted URL or code.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
@@ -19,28 +19,6 @@ async fn never_signed_in() -> Stack {
 fn signed_out_config(mock: &MockGoto, dir: &std::path::Path, redirect_uri: &str) -> String {
     let cred = format!("{}redirect_uri = \"{redirect_uri}\"\n", code_cred("goto", mock, None));
     config_text(dir, "", &format!("{cred}{}", route("/", mock, Some("goto"))))
-}
-
-/// Starts `goto-auth-proxy ARGS --config PATH` (a `login`) and reads the authorize URL it
-/// prints first; stdin is a pipe for pasting when `paste` is set.
-fn spawn_login(
-    path: &std::path::Path,
-    args: &[&str],
-    paste: bool,
-) -> (std::process::Child, BufReader<std::process::ChildStdout>, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(path)
-        .stdin(if paste { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    stdout.read_line(&mut url).unwrap();
-    (child, stdout, url)
 }
 
 /// Follows redirects by hand and returns (status, final body, the Location chain).

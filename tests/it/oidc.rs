@@ -391,17 +391,7 @@ async fn login_command_with_a_pasted_redirect_url() {
     let rest =
         format!("{}\n{}", code_cred("app", &provider, "proxy-post", "post", &redirect), route_to("/", up, "app"));
     let config = proxy_config(dir.path(), free_port(), &rest);
-    let mut child = Command::new(BIN)
-        .args(["login", "--credential", "app", "--config"])
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    stdout.read_line(&mut url).unwrap();
+    let (mut child, mut stdout, url) = spawn_login(&config, &["login", "--credential", "app"], true);
     let (_, _, visited) = browse(url.trim(), &provider.issuer, Some(&redirect)).await;
     let landed = visited.last().unwrap();
     assert!(landed.starts_with(&redirect) && landed.contains("code="), "{visited:#?}\n{}", provider.log());

@@ -476,3 +476,25 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Starts `goto-auth-proxy ARGS --config PATH` (a `login`) and reads the authorize URL it
+/// prints first; stdin is a pipe for pasting when `paste` is set.
+pub fn spawn_login(
+    path: &std::path::Path,
+    args: &[&str],
+    paste: bool,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .stdin(if paste { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    (child, stdout, url)
+}
