@@ -441,6 +441,7 @@ async fn secrets_never_leak() {
     // log format: the first run ends with every refresh token revoked, so the second
     // would rightly need a `login`.
     let mut seeds = Vec::new();
+    let notified = dir.path().join("notified.jsonl");
     let mut config_for = |format: &str| {
         let seed = mock.mint_refresh_token();
         // Lines before the first table land in config_text's [state] section.
@@ -457,6 +458,9 @@ async fn secrets_never_leak() {
         let rest = format!(
             "{rest}\n[[notify]]\nwebhook = \"http://127.0.0.1:9/hook/SECRET-webhook?key=SECRET-webhook-query\"\n"
         );
+        // And a command: what a person is told (the event JSON on its stdin) is audited too.
+        let rest =
+            format!("{rest}\n[[notify]]\ncommand = [\"sh\", \"-c\", {:?}]\n", format!("cat >> {}", notified.display()));
         seeds.push(seed);
         let state = dir.path().join(format);
         std::fs::create_dir_all(&state).unwrap();
@@ -531,6 +535,9 @@ async fn secrets_never_leak() {
         tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
         seen.push_str(&p.log_text());
     }
+    let notifications = std::fs::read_to_string(&notified).unwrap_or_default();
+    assert!(notifications.contains("\"needs_login\""), "a person was told of the dead sign-in: {notifications:?}");
+    seen.push_str(&notifications);
     assert!(
         seen.contains("token_unavailable") && seen.contains("goto_auth_proxy_requests_total"),
         "the scenario ran: {seen}"
