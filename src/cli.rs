@@ -150,8 +150,7 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{filter::filter_fn, fmt, Layer as _};
 
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_BUFFER_LINES)
@@ -169,6 +168,17 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         }
     }
     guard
+}
+
+/// The log filter from `RUST_LOG`: a default level and `target=level` pairs, comma
+/// separated (`warn,goto_auth_proxy::access=info`); unset or unreadable means `info`.
+/// `Targets` rather than `EnvFilter`: the same syntax for what operators write, without
+/// a regular-expression engine in the binary (span and field filters are not supported).
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    spec.filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
@@ -564,4 +574,33 @@ fn loopback_callback_addr(redirect: &str) -> Option<SocketAddr> {
         url::Host::Domain(_) => return None,
     };
     host.is_loopback().then(|| SocketAddr::new(host, u.port_or_known_default().unwrap_or(80)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_takes_a_default_level_and_per_target_levels() {
+        let access = crate::proxy::access::TARGET;
+        let f = log_filter(Some("warn,goto_auth_proxy::access=info"));
+        assert!(f.would_enable(access, &Level::INFO));
+        assert!(!f.would_enable("goto_auth_proxy::token", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+
+        let f = log_filter(Some("info,goto_auth_proxy::access=off"));
+        assert!(!f.would_enable(access, &Level::ERROR));
+        assert!(f.would_enable("goto_auth_proxy::token", &Level::INFO));
+        assert!(!f.would_enable("goto_auth_proxy::token", &Level::DEBUG));
+    }
+
+    #[test]
+    fn unset_empty_or_unreadable_rust_log_means_info() {
+        for spec in [None, Some(""), Some("  "), Some("=="), Some("info,x=loud")] {
+            let f = log_filter(spec);
+            assert!(f.would_enable("goto_auth_proxy", &Level::INFO), "{spec:?}");
+            assert!(!f.would_enable("goto_auth_proxy", &Level::DEBUG), "{spec:?}");
+        }
+    }
 }

@@ -91,7 +91,7 @@ async fn stop_all(replicas: Vec<Running>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_under_load_make_the_token_calls_of_one() {
-    let _ = tracing_subscriber::fmt().with_env_filter("goto_auth_proxy=info").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
     let Some(redis) = RedisServer::start().await else { return };
     let mock = MockGoto::start(short_tokens(3)).await.unwrap();
     let seed = mock.mint_refresh_token();
