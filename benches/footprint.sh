@@ -20,8 +20,10 @@
 #
 # Environment: STARTS, IDLE_SECS, GAP_BIN and MOCK_BIN (built binaries; default: cargo
 # build --release), MALLOC_CONF_TRY (a jemalloc option string to measure in the same run
-# through `_RJEM_MALLOC_CONF`, e.g. "narenas:1"), BENCH_OUT (target/bench). Loopback only;
-# everything started is stopped by pid however the script exits.
+# through `_RJEM_MALLOC_CONF`, e.g. "narenas:1"), GAP_STATIC_BIN (another build of the
+# proxy, e.g. the static musl one, measured idle in the same run; README "Footprint"
+# says how to build it), BENCH_OUT (target/bench). Loopback only; everything started is
+# stopped by pid however the script exits.
 #
 # Output: a markdown table on stdout and in $BENCH_OUT/footprint.md.
 set -euo pipefail
@@ -105,10 +107,10 @@ credential = "meetings"
 EOF
 
 # The measurements, in one Python process: it starts the binary, polls /readyz, reads /proc.
-python3 - "$GAP_BIN" "$WORK" "$STARTS" "$IDLE_SECS" "$DATA_PORT" "$ADMIN_PORT" "${MALLOC_CONF_TRY:-}" <<'PY' >"$WORK/results.tsv"
+python3 - "$GAP_BIN" "$WORK" "$STARTS" "$IDLE_SECS" "$DATA_PORT" "$ADMIN_PORT" "${MALLOC_CONF_TRY:-}" "${GAP_STATIC_BIN:-}" <<'PY' >"$WORK/results.tsv"
 import http.client, os, subprocess, sys, time
 
-gap, work, starts, idle_secs, data, admin, try_conf = sys.argv[1:]
+gap, work, starts, idle_secs, data, admin, try_conf, static_bin = sys.argv[1:]
 starts, idle_secs, data, admin = int(starts), float(idle_secs), int(data), int(admin)
 conf = f"{work}/gap.toml"
 
@@ -126,11 +128,11 @@ def get(port, path):
         c.close()
 
 
-def start(env_extra=None):
+def start(env_extra=None, binary=None):
     env = dict(os.environ, RUST_LOG="warn")
     env.update(env_extra or {})
     t0 = time.perf_counter()
-    p = subprocess.Popen([gap, "run", "--config", conf], stdout=subprocess.DEVNULL,
+    p = subprocess.Popen([binary or gap, "run", "--config", conf], stdout=subprocess.DEVNULL,
                          stderr=open(f"{work}/gap.err", "a"), env=env)
     deadline = t0 + 20
     while time.perf_counter() < deadline:
@@ -159,8 +161,8 @@ def status(pid):
     return d
 
 
-def idle(env_extra, label):
-    p, _ = start(env_extra)
+def idle(env_extra, label, binary=None):
+    p, _ = start(env_extra, binary)
     for _ in range(5):
         for path in ("/admin/rest/v1/me", "/G2M/rest/upcomingMeetings"):
             get(data, path)
@@ -183,6 +185,8 @@ stored = stored_tokens()
 idle({}, "default")
 if try_conf:
     idle({"_RJEM_MALLOC_CONF": try_conf}, try_conf)
+if static_bin:
+    idle({}, "static", static_bin)
 
 times = []
 for _ in range(starts):
@@ -242,6 +246,10 @@ fi
 size=$(stat -c %s "$GAP_BIN")
 strip -o "$WORK/gap.stripped" "$GAP_BIN"
 stripped=$(stat -c %s "$WORK/gap.stripped")
+if [[ -n ${GAP_STATIC_BIN:-} ]]; then
+    strip -o "$WORK/static.stripped" "$GAP_STATIC_BIN"
+    export STATIC_SIZES="$(stat -c %s "$GAP_STATIC_BIN") $(stat -c %s "$WORK/static.stripped")"
+fi
 
 python3 - "$WORK/results.tsv" "$MD" "$size" "$stripped" "$STARTS" "$IDLE_SECS" "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" <<'PY'
 import os, statistics, sys
@@ -253,7 +261,7 @@ out = [f"Footprint, commit {commit}, {os.cpu_count()} × {cpu}, load average {op
 out += ["| what | value | target |", "|---|---:|---:|"]
 for r in rows:
     if r[0] == "idle":
-        label = "" if r[1] == "default" else f" with `_RJEM_MALLOC_CONF={r[1]}`"
+        label = {"default": "", "static": " (GAP_STATIC_BIN: the static musl build)"}.get(r[1], f" with `_RJEM_MALLOC_CONF={r[1]}`")
         ok = "✅" if int(r[2]) <= 6 * 1024 else "❌"
         out.append(f"| idle RSS, two credentials{label} (after {idle_secs} s idle) | {mib(r[2])} "
                    f"(heap and stacks {mib(r[4])}, binary and libraries {mib(r[5])}; peak {mib(r[3])}; {r[6]} threads) | ≤ 6 MiB {ok} |")
@@ -267,6 +275,9 @@ out.append(f"| start to ready with stored valid tokens, median of {len(starts_ms
            f"(min {starts_ms[0]:.1f}, max {starts_ms[-1]:.1f}){'' if same else ' — the stored tokens changed: a start asked for a token'} "
            f"| ≤ 30 ms {'✅' if med <= 30 and same else '❌'} |")
 out.append(f"| release binary | {int(size) / 2**20:.1f} MiB ({int(stripped) / 2**20:.1f} MiB stripped) | — |")
+if os.environ.get("STATIC_SIZES"):
+    ssize, sstripped = os.environ["STATIC_SIZES"].split()
+    out.append(f"| static musl binary (GAP_STATIC_BIN) | {int(ssize) / 2**20:.1f} MiB ({int(sstripped) / 2**20:.1f} MiB stripped) | — |")
 text = "\n".join(out) + "\n"
 open(md, "w").write(text)
 print(text)
