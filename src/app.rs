@@ -224,10 +224,13 @@ impl Core {
         if config.proxy.workers != current.proxy.workers {
             needs_restart.push("proxy.workers");
         }
-        // `[tls]` or the outbound proxy changed: everything that connects out is built
-        // again (credentials included: their token endpoint client changes). The Redis
-        // connection is not, so with `rediss://` that takes a restart.
-        let outbound_changed = config.tls != current.tls || config.proxy.outbound_proxy != current.proxy.outbound_proxy;
+        // `[tls]`, the outbound proxy or `connect_timeout` changed: everything that
+        // connects out is built again (credentials included: their token endpoint client
+        // changes; routes compile their upstreams anyway). The Redis connection is not,
+        // so with `rediss://` a `[tls]` change takes a restart.
+        let outbound_changed = config.tls != current.tls
+            || config.proxy.outbound_proxy != current.proxy.outbound_proxy
+            || config.proxy.connect_timeout != current.proxy.connect_timeout;
         if config.tls != current.tls && is_rediss(&current) {
             needs_restart.push("[tls] (used by the rediss:// connection)");
         }
@@ -498,7 +501,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Metrics::new(prometheus::Registry::new())?;
     let store = open_checked_store(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics, &net.outbound);
-    let mut proxy = Proxy::new(empty, Connector::new(config.proxy.connect_timeout), metrics.clone());
+    let mut proxy = Proxy::new(empty, Connector, metrics.clone());
     if let StateSettings::Redis { url, prefix, .. } = &config.state {
         // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
         let tls = is_rediss(&config).then(|| net.outbound.redis_tls());

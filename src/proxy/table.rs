@@ -44,9 +44,11 @@ impl Route {
         credentials: &HashMap<String, TokenHandle>,
         metrics: &Metrics,
         outbound: &Outbound,
+        connect_timeout: std::time::Duration,
     ) -> Route {
         let u = &cfg.upstream;
-        let target = Arc::new(Target::new(u, outbound.upstream_tls().clone(), outbound.proxy_for(u).cloned()));
+        let via = outbound.proxy_for(u).cloned();
+        let target = Arc::new(Target::new(u, outbound.upstream_tls().clone(), via, connect_timeout));
         Route {
             prefix: cfg.prefix.clone(),
             host: HeaderValue::from_str(target.authority().as_str()).unwrap_or(HeaderValue::from_static("invalid")),
@@ -104,9 +106,9 @@ impl Snapshot {
         metrics: &Metrics,
         outbound: &Outbound,
     ) -> Snapshot {
-        let router = Router::new(
-            config.routes.iter().map(|r| (r.prefix.clone(), Route::compile(r, credentials, metrics, outbound))),
-        );
+        let router = Router::new(config.routes.iter().map(|r| {
+            (r.prefix.clone(), Route::compile(r, credentials, metrics, outbound, config.proxy.connect_timeout))
+        }));
         Snapshot { router, settings: config.proxy.clone(), inbound: config.inbound.clone() }
     }
 }

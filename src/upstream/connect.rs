@@ -4,7 +4,6 @@
 //! never comes here (see [`super::Held`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,20 +17,15 @@ use crate::outbound::ProxyEndpoint;
 
 /// Opens upstream connections: TCP (nodelay), through the outbound proxy's `CONNECT`
 /// tunnel when the target has one, rustls with the target's TLS configuration and ALPN
-/// offering HTTP/2 and HTTP/1.1.
-pub struct Connector {
-    connect_timeout: Duration,
-}
+/// offering HTTP/2 and HTTP/1.1, all within the target's `connect_timeout` (a target is
+/// compiled with each config load, so a reload's new timeout applies to new connections).
+#[derive(Default)]
+pub struct Connector;
 
 impl Connector {
-    /// A connector with `connect_timeout` for TCP, the proxy's tunnel and TLS together.
-    pub fn new(connect_timeout: Duration) -> Connector {
-        Connector { connect_timeout }
-    }
-
     pub(super) async fn connect(&self, target: &Target) -> Result<Conn, UpstreamError> {
         let fail = |message: String| UpstreamError::Connect { target: target.label.clone(), message };
-        let opened = tokio::time::timeout(self.connect_timeout, async {
+        let opened = tokio::time::timeout(target.connect_timeout, async {
             let tcp = match &target.via {
                 None => tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                     .await
@@ -62,7 +56,7 @@ impl Connector {
         let (io, h2) = match opened {
             Ok(r) => r?,
             Err(_) => {
-                return Err(fail(format!("timed out after {}", humantime::format_duration(self.connect_timeout))))
+                return Err(fail(format!("timed out after {}", humantime::format_duration(target.connect_timeout))))
             }
         };
         if h2 {

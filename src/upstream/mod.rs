@@ -85,6 +85,8 @@ pub struct Target {
     pub(super) via: Option<Arc<ProxyEndpoint>>,
     /// `host:port` as a `CONNECT` request names it.
     pub(super) tunnel_authority: String,
+    /// For TCP, the outbound proxy's tunnel and TLS together (`proxy.connect_timeout`).
+    pub(super) connect_timeout: Duration,
     /// Plain HTTP through [`Target::via`]: requests go in absolute form to the proxy.
     forwarded: bool,
     pub(super) idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
@@ -96,8 +98,14 @@ pub struct Target {
 
 impl Target {
     /// The upstream of `url` (scheme, host, port), verified with `tls` (whose ALPN offers
-    /// HTTP/2 and HTTP/1.1), reached through `via` when an outbound proxy applies.
-    pub fn new(url: &url::Url, tls: Arc<rustls::ClientConfig>, via: Option<Arc<ProxyEndpoint>>) -> Target {
+    /// HTTP/2 and HTTP/1.1), reached through `via` when an outbound proxy applies, a new
+    /// connection given up after `connect_timeout`.
+    pub fn new(
+        url: &url::Url,
+        tls: Arc<rustls::ClientConfig>,
+        via: Option<Arc<ProxyEndpoint>>,
+        connect_timeout: Duration,
+    ) -> Target {
         let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = url.port_or_known_default().unwrap_or(80);
         let server_name =
@@ -118,6 +126,7 @@ impl Target {
             tls: tokio_rustls::TlsConnector::from(tls),
             via,
             tunnel_authority: format!("{}:{port}", url.host_str().unwrap_or_default()),
+            connect_timeout,
             idle: Mutex::new(Vec::new()),
             h2: ArcSwapOption::empty(),
             retired: AtomicBool::new(false),
@@ -463,9 +472,9 @@ mod tests {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let connector = Connector::new(Duration::from_secs(5));
+        let connector = Connector;
         let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
-        let target = Arc::new(Target::new(&url, Arc::new(tls), None));
+        let target = Arc::new(Target::new(&url, Arc::new(tls), None, Duration::from_secs(5)));
         let get = |path: String| {
             // As the data path sends it: origin form, and the Host header.
             let req = Request::builder()

@@ -226,6 +226,40 @@ async fn upstream_down_then_back() {
     server.abort();
 }
 
+/// `connect_timeout` is the config's in force: a reload that changes it applies to the
+/// next new upstream connection. The upstream accepts TCP and never answers TLS.
+#[tokio::test]
+async fn a_reload_changes_the_connect_timeout_of_new_upstream_connections() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let routes = |mock: &MockGoto| {
+        format!(
+            "{}\n[[routes]]\nprefix = \"/silent/\"\nupstream = \"https://127.0.0.1:{port}\"\ncredential = \"g2a\"\n",
+            password_cred("g2a", mock)
+        )
+    };
+    let s =
+        stack(MockOptions::default(), |mock, dir| config_text(dir, "connect_timeout = \"300ms\"", &routes(mock))).await;
+    let started = Instant::now();
+    let msg = expect_error(s.get("/silent/x").await, 502, "upstream_unreachable").await;
+    assert!(msg.contains("timed out after 300ms"), "{msg}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+
+    let text = config_text(s.dir.path(), "connect_timeout = \"2s\"", &routes(&s.mock));
+    s.proxy.core.reload(goto_auth_proxy::config::Config::parse("reload.toml", &text).unwrap()).await.unwrap();
+    let started = Instant::now();
+    let msg = expect_error(s.get("/silent/x").await, 502, "upstream_unreachable").await;
+    assert!(msg.contains("timed out after 2s"), "the reloaded timeout applies: {msg}");
+    assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+    held.abort();
+}
+
 #[tokio::test]
 async fn upstream_slower_than_request_timeout_then_fast() {
     let s = g2a_stack(MockOptions::default(), "3s", None).await;
