@@ -8,7 +8,18 @@
 //! replicas spend GoTo's quota as one budget; the local limiter is the fallback.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The delay a server's `Retry-After` asks for (RFC 9110 §10.2.3): delay-seconds or an
+/// HTTP-date (one gone by: zero); `None` when absent or unreadable. One reader for the
+/// token endpoint's and the upstream API's answers; each caller caps it.
+pub(crate) fn retry_after(value: Option<&http::HeaderValue>, now: SystemTime) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    text.parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .or_else(|| httpdate::parse_http_date(text).ok().map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)))
+}
 
 /// How far apart requests that queued behind a pause leave a route without a
 /// `rate_limit`: in the order they came, not as one burst.

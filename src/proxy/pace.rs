@@ -260,14 +260,7 @@ impl RoutePace {
 /// The pause a `Retry-After` asks for: delay-seconds or an HTTP date (a past date: none);
 /// [`DEFAULT_PAUSE`] when absent or unreadable; at most [`MAX_PAUSE`].
 pub(super) fn pause_of(value: Option<&HeaderValue>, now: SystemTime) -> Duration {
-    let text = value.and_then(|v| v.to_str().ok()).map(str::trim);
-    let asked = text.and_then(|t| {
-        t.parse::<u64>()
-            .ok()
-            .map(Duration::from_secs)
-            .or_else(|| httpdate::parse_http_date(t).ok().map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)))
-    });
-    asked.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE)
+    crate::limit::retry_after(value, now).unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE)
 }
 
 #[cfg(test)]

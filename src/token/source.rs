@@ -6,7 +6,7 @@
 //! (`static`) its own config.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Deserializer};
 
@@ -73,11 +73,10 @@ pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 /// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
 pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
-/// Reads `Retry-After` in its delay-seconds form (the form token endpoints use), capped
-/// at [`MAX_RETRY_AFTER`]; an HTTP-date or garbage counts as absent.
-pub(crate) fn parse_retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
-    let secs: u64 = value?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+/// A token endpoint's `Retry-After` (seconds or an HTTP-date, as the data path reads an
+/// API's), capped at [`MAX_RETRY_AFTER`]; garbage counts as absent.
+pub(crate) fn parse_retry_after(value: Option<&http::HeaderValue>, now: SystemTime) -> Option<Duration> {
+    crate::limit::retry_after(value, now).map(|d| d.min(MAX_RETRY_AFTER))
 }
 
 /// A token endpoint's answer, with every field GoTo may send that the proxy uses.
@@ -371,7 +370,7 @@ impl TokenSource {
         }
         let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(e)))?;
         let status = res.status().as_u16();
-        let retry_after = parse_retry_after(res.headers().get(http::header::RETRY_AFTER));
+        let retry_after = parse_retry_after(res.headers().get(http::header::RETRY_AFTER), SystemTime::now());
         if (300..400).contains(&status) {
             // Never followed: the request carries secrets, and the token goes nowhere else.
             return Err(SourceError::Refused {

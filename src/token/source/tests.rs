@@ -94,13 +94,16 @@ fn refused_classification() {
 }
 
 #[test]
-fn retry_after_seconds_only_and_capped() {
+fn retry_after_in_seconds_or_as_a_date_and_capped() {
     let h = |s: &'static str| http::HeaderValue::from_static(s);
-    assert_eq!(parse_retry_after(Some(&h("7"))), Some(Duration::from_secs(7)));
-    assert_eq!(parse_retry_after(Some(&h(" 2 "))), Some(Duration::from_secs(2)));
-    assert_eq!(parse_retry_after(Some(&h("999999"))), Some(MAX_RETRY_AFTER));
-    assert_eq!(parse_retry_after(Some(&h("Wed, 21 Oct 2015 07:28:00 GMT"))), None);
-    assert_eq!(parse_retry_after(None), None);
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // Wed, 21 Oct 2015 07:27:50 GMT
+    assert_eq!(parse_retry_after(Some(&h("7")), now), Some(Duration::from_secs(7)));
+    assert_eq!(parse_retry_after(Some(&h(" 2 ")), now), Some(Duration::from_secs(2)));
+    assert_eq!(parse_retry_after(Some(&h("999999")), now), Some(MAX_RETRY_AFTER));
+    assert_eq!(parse_retry_after(Some(&h("Wed, 21 Oct 2015 07:28:00 GMT")), now), Some(Duration::from_secs(10)));
+    assert_eq!(parse_retry_after(Some(&h("Fri, 21 Oct 2016 07:28:00 GMT")), now), Some(MAX_RETRY_AFTER));
+    assert_eq!(parse_retry_after(Some(&h("soon")), now), None);
+    assert_eq!(parse_retry_after(None, now), None);
 }
 
 #[test]
