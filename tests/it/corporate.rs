@@ -1,8 +1,8 @@
 //! Inside a corporate network (issue #16): servers only a private CA vouches for, an
 //! upstream that wants a client certificate, a real forward proxy (`tinyproxy`) that
 //! every connection must take, the environment's `HTTPS_PROXY`/`NO_PROXY`, HTTP/2
-//! through the tunnel, and Redis over TLS — for the data path, the token endpoint and
-//! the store alike. Certificates are made here, for each test (rcgen).
+//! through the tunnel, and Redis over TLS — for the data path, the token endpoint, the
+//! store and the `[[notify]]` webhooks alike. Certificates are made here, for each test (rcgen).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -133,6 +133,28 @@ async fn hello_server(tls: Arc<rustls::ServerConfig>, stop: CancellationToken) -
         http::Response::new(Full::new(Bytes::from_static(b"hello")))
     }));
     addr
+}
+
+/// An HTTPS webhook receiver with `tls`: records every POSTed JSON body.
+async fn hook_server(
+    tls: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use http_body_util::BodyExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let record = got.clone();
+    let serve = Serve::new(stop).tls(Some(tokio_rustls::TlsAcceptor::from(tls)));
+    tokio::spawn(serve.run(listener, move |req: http::Request<Incoming>, _conn: Arc<ConnInfo>| {
+        let record = record.clone();
+        async move {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            record.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+            http::Response::new(Full::new(Bytes::new()))
+        }
+    }));
+    (addr, got)
 }
 
 /// An HTTPS server speaking HTTP/2 (ALPN `h2` only) that answers `"{version} {path}"`;
@@ -429,6 +451,40 @@ async fn tinyproxy_carries_the_token_call_and_the_data_path_in_connect_tunnels()
     assert!(m.contains("goto_auth_proxy_upstream_errors_total{kind=\"aborted\",route=\"/G2A/\"} 0"), "{m}");
     assert!(!m.lines().any(|l| l.starts_with("goto_auth_proxy_upstream_errors_total{") && !l.ends_with(" 0")), "{m}");
     p.stop().await;
+}
+
+/// A `[[notify]]` webhook behind the private CA and the forward proxy: the event arrives
+/// over TLS that only `ca_file` makes trusted, through a `CONNECT` tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_behind_the_private_ca_is_told_through_the_tunnel() {
+    let Some(tp) = Tinyproxy::start(None).await else { return };
+    let pki = Pki::new();
+    let stop = CancellationToken::new();
+    let (hook, got) = hook_server(pki.server_config(&[b"http/1.1"], false), stop.clone()).await;
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        dir.path(),
+        &format!("outbound_proxy = \"{}\"", tp.url(None)),
+        &format!(
+            // Never signed in: `needs_login` at once.
+            "{}\n{}\n{}\n[[notify]]\nwebhook = \"https://{hook}/hook\"\nevents = [\"needs_login\"]\n",
+            pki.tls_toml(false),
+            code_cred("goto", &mock, None),
+            route("/", &mock, Some("goto")),
+        ),
+    );
+    let p = start_proxy(&text).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no event arrived; tinyproxy log:\n{}", tp.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let event = got.lock().unwrap()[0].clone();
+    assert_eq!((event["event"].as_str(), event["credential"].as_str()), (Some("needs_login"), Some("goto")), "{event}");
+    assert_eq!(tp.connects_to(hook.port(), 1).await, 1, "through the proxy:\n{}", tp.log_text());
+    p.stop().await;
+    stop.cancel();
 }
 
 /// A proxy refusing the tunnel (`407` without credentials, `401` to wrong ones): `502
