@@ -1,7 +1,6 @@
 //! Authorization-code sign-in: browser flow through the admin listener, and the
 //! `login` command with a pasted URL or code.
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -96,7 +95,7 @@ async fn login_command_accepts_pasted_url_or_bare_code() {
     let http = client();
 
     for bare_code in [false, true] {
-        let (mut child, mut stdout, url) = spawn_login(&path, &["login", "--credential", "goto"], true);
+        let (child, stdout, url) = spawn_login(&path, &["login", "--credential", "goto"], true);
         // The person signs in; the browser lands on the redirect URI with the code.
         let r = http.get(url.trim()).send().await.unwrap();
         let landed = r.headers()["location"].to_str().unwrap().to_string();
@@ -106,13 +105,8 @@ async fn login_command_accepts_pasted_url_or_bare_code() {
         } else {
             landed
         };
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{pasted}").unwrap();
-        drop(stdin);
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-        let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
-        assert!(out.status.success(), "{:?} {rest}{}", out.status, String::from_utf8_lossy(&out.stderr));
+        let (status, rest) = paste_login(child, stdout, &pasted);
+        assert!(status.success(), "{status:?} {rest}");
         assert!(rest.contains("Signed in"), "{rest}");
     }
     assert_eq!(mock.stats().code_exchanges, 2);
@@ -173,18 +167,13 @@ async fn login_while_the_proxy_runs_is_picked_up_without_restart() {
     let http = client();
     assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 503);
 
-    let (mut child, mut stdout, url) = spawn_login(&path, &["login"], true);
+    let (child, stdout, url) = spawn_login(&path, &["login"], true);
     // The browser is sent to the running proxy's /callback, which does not know this
     // sign-in's state; the person pastes the address instead.
     let r = http.get(url.trim()).send().await.unwrap();
     let landed = r.headers()["location"].to_str().unwrap().to_string();
     assert!(landed.starts_with(&format!("http://{admin}/callback?")), "{landed}");
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{landed}").unwrap();
-    drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let (status, rest) = paste_login(child, stdout, &landed);
     assert!(status.success(), "{rest}");
     assert!(rest.contains("picked up"), "{rest}");
     assert_eq!(http.get(p.url("/G2W/x")).send().await.unwrap().status(), 200);

@@ -7,7 +7,7 @@
 //! on CI (`CI` set), where it fails.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -391,16 +391,11 @@ async fn login_command_with_a_pasted_redirect_url() {
     let rest =
         format!("{}\n{}", code_cred("app", &provider, "proxy-post", "post", &redirect), route_to("/", up, "app"));
     let config = proxy_config(dir.path(), free_port(), &rest);
-    let (mut child, mut stdout, url) = spawn_login(&config, &["login", "--credential", "app"], true);
+    let (child, stdout, url) = spawn_login(&config, &["login", "--credential", "app"], true);
     let (_, _, visited) = browse(url.trim(), &provider.issuer, Some(&redirect)).await;
     let landed = visited.last().unwrap();
     assert!(landed.starts_with(&redirect) && landed.contains("code="), "{visited:#?}\n{}", provider.log());
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{landed}").unwrap();
-    drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    let (status, rest) = paste_login(child, stdout, landed);
     assert!(status.success() && rest.contains("Signed in"), "{status:?} {rest}");
 
     let out = Command::new(BIN).args(["token", "--credential", "app", "--config"]).arg(&config).output().unwrap();

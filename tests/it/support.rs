@@ -498,3 +498,19 @@ pub fn spawn_login(
     stdout.read_line(&mut url).unwrap();
     (child, stdout, url)
 }
+
+/// Pastes `text` (where the browser landed, or the bare code) into a `login` started by
+/// [`spawn_login`] and waits for it: its exit status and the rest of what it printed.
+pub fn paste_login(
+    mut child: std::process::Child,
+    mut stdout: BufReader<std::process::ChildStdout>,
+    text: &str,
+) -> (std::process::ExitStatus, String) {
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, format!("{text}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    (status, rest)
+}
