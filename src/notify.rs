@@ -53,7 +53,8 @@ enum Condition {
     Fine,
     /// Some failures, fewer than `after_failures`: not worth a page yet.
     Wobbly,
-    /// `after_failures` or more failures in a row.
+    /// `after_failures` or more failures in a row while a token is still served (SPEC:
+    /// the warning comes before clients notice; once none is served they already do).
     Failing,
     /// Only a person can help.
     NeedsLogin,
@@ -63,7 +64,7 @@ impl Condition {
     fn of(h: &Health, after_failures: u32) -> Condition {
         if h.needs_login {
             Condition::NeedsLogin
-        } else if h.consecutive_failures >= after_failures {
+        } else if h.consecutive_failures >= after_failures && h.token_served {
             Condition::Failing
         } else if h.consecutive_failures > 0 {
             Condition::Wobbly
@@ -173,9 +174,8 @@ impl Notifier {
                 None => format!("{name} cannot renew its token without a person: {why}"),
             },
             NotifyEvent::RefreshFailing => format!(
-                "{} renewals of {name} in a row failed ({why}); {}",
-                h.consecutive_failures,
-                if h.token_served { "the current token is still served" } else { "no valid token is left" }
+                "{} renewals of {name} in a row failed ({why}); the current token is still served",
+                h.consecutive_failures
             ),
             NotifyEvent::Recovered => format!("{name} holds a valid token again"),
         };
@@ -285,6 +285,10 @@ mod tests {
         Health { needs_login, consecutive_failures: failures, token_served: true, last_error: None }
     }
 
+    fn unserved(failures: u32) -> Health {
+        Health { token_served: false, ..h(false, failures) }
+    }
+
     #[test]
     fn one_event_per_change_of_condition_never_per_retry() {
         let mut was = Fine;
@@ -315,5 +319,19 @@ mod tests {
         assert_eq!(transition(Fine, Wobbly), (Wobbly, None));
         assert_eq!(transition(Wobbly, Fine), (Fine, None));
         assert_eq!(transition(Failing, Wobbly), (Failing, None));
+    }
+
+    #[test]
+    fn refresh_failing_only_while_a_token_is_still_served() {
+        // Never held a token (or it expired first): failures alone are no `refresh_failing`.
+        assert_eq!(Condition::of(&unserved(5), 3), Wobbly);
+        assert_eq!(transition(Fine, Condition::of(&unserved(5), 3)), (Wobbly, None));
+        // Warned while it was served, then it expired: still the one alarm, no second event,
+        // and `recovered` once renewing works again.
+        let (was, e) = transition(Fine, Condition::of(&h(false, 3), 3));
+        assert_eq!((was, e), (Failing, Some(NotifyEvent::RefreshFailing)));
+        let (was, e) = transition(was, Condition::of(&unserved(4), 3));
+        assert_eq!((was, e), (Failing, None));
+        assert_eq!(transition(was, Fine), (Fine, Some(NotifyEvent::Recovered)));
     }
 }

@@ -213,6 +213,44 @@ async fn a_token_endpoint_down_past_after_failures_pages_once_and_recovers() {
 }
 
 #[tokio::test]
+async fn failures_with_no_token_served_are_no_refresh_failing() {
+    // SPEC: `refresh_failing` warns while a token is still served. A credential that never
+    // got one fails its renewals silently (the status page and metrics say so); once it
+    // holds a token, the same failures are worth the page.
+    let hook = Receiver::start(&[]).await;
+    let notify = format!("[[notify]]\nwebhook = \"{}\"\nafter_failures = 2\n", hook.url());
+    let s = stack(MockOptions::default(), |mock, dir| {
+        mock.set_fault(Some(TokenFault::Status(500)));
+        let rest = format!(
+            "{}\n{}\n{notify}",
+            code_cred("goto", mock, Some(&mock.mint_refresh_token())),
+            route("/", mock, Some("goto"))
+        );
+        config_text(dir, "", &rest)
+    })
+    .await;
+    let refresh = || async { s.http.post(s.admin("/refresh/goto")).send().await.unwrap().status().as_u16() };
+    for _ in 0..3 {
+        assert_eq!(refresh().await, 502);
+    }
+    let tokens: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+    assert_ne!(tokens["goto"]["state"], "valid", "no token was ever served: {tokens}");
+
+    s.mock.set_fault(None);
+    assert_eq!(refresh().await, 200);
+    s.mock.set_fault(Some(TokenFault::Status(500)));
+    for _ in 0..2 {
+        assert_eq!(refresh().await, 502);
+    }
+    // Events are sent in the order their changes happened: a page for the first failures
+    // would be first in the list.
+    until("refresh_failing", || !hook.events().is_empty()).await;
+    assert_eq!(hook.events(), ["refresh_failing"], "only the failures while a token was served page");
+    let payload = hook.got.lock().unwrap()[0].clone();
+    assert!(payload["message"].as_str().unwrap().contains("still served"), "{payload}");
+}
+
+#[tokio::test]
 async fn a_receiver_that_fails_twice_gets_the_event_once() {
     let hook = Receiver::start(&[500, 500]).await;
     let notify = format!("[[notify]]\nwebhook = \"{}\"\nevents = [\"needs_login\"]\n", hook.url());
