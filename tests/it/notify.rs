@@ -177,11 +177,13 @@ async fn a_dead_refresh_token_pages_once_and_a_sign_in_recovers() {
     }
 }
 
-#[tokio::test]
-async fn a_token_endpoint_down_past_after_failures_pages_once_and_recovers() {
+/// A credential holding a refresh token, a webhook with `after_failures = 2`, and the
+/// token endpoint answering `fault` from before the proxy starts.
+async fn signed_in_with_a_hook(fault: Option<TokenFault>) -> (Receiver, Stack) {
     let hook = Receiver::start(&[]).await;
     let notify = format!("[[notify]]\nwebhook = \"{}\"\nafter_failures = 2\n", hook.url());
     let s = stack(MockOptions::default(), |mock, dir| {
+        mock.set_fault(fault);
         let rest = format!(
             "{}\n{}\n{notify}",
             code_cred("goto", mock, Some(&mock.mint_refresh_token())),
@@ -190,6 +192,12 @@ async fn a_token_endpoint_down_past_after_failures_pages_once_and_recovers() {
         config_text(dir, "", &rest)
     })
     .await;
+    (hook, s)
+}
+
+#[tokio::test]
+async fn a_token_endpoint_down_past_after_failures_pages_once_and_recovers() {
+    let (hook, s) = signed_in_with_a_hook(None).await;
     wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(10)).await;
 
     s.mock.set_fault(Some(TokenFault::Status(500)));
@@ -217,18 +225,7 @@ async fn failures_with_no_token_served_are_no_refresh_failing() {
     // SPEC: `refresh_failing` warns while a token is still served. A credential that never
     // got one fails its renewals silently (the status page and metrics say so); once it
     // holds a token, the same failures are worth the page.
-    let hook = Receiver::start(&[]).await;
-    let notify = format!("[[notify]]\nwebhook = \"{}\"\nafter_failures = 2\n", hook.url());
-    let s = stack(MockOptions::default(), |mock, dir| {
-        mock.set_fault(Some(TokenFault::Status(500)));
-        let rest = format!(
-            "{}\n{}\n{notify}",
-            code_cred("goto", mock, Some(&mock.mint_refresh_token())),
-            route("/", mock, Some("goto"))
-        );
-        config_text(dir, "", &rest)
-    })
-    .await;
+    let (hook, s) = signed_in_with_a_hook(Some(TokenFault::Status(500))).await;
     let refresh = || async { s.http.post(s.admin("/refresh/goto")).send().await.unwrap().status().as_u16() };
     for _ in 0..3 {
         assert_eq!(refresh().await, 502);
