@@ -260,7 +260,7 @@ mod tests {
     /// out: their errors name the variable or the path, on purpose.)
     #[test]
     fn no_error_echoes_a_value_whatever_the_key_section_or_shape() {
-        let keys = super::super::ECHO_CHECKED_KEYS.iter().copied().chain(["bogus"]);
+        let keys = super::super::echo_checked_keys().into_iter().chain(["bogus"]);
         // (`ca_file`, `client_cert` and `command` name files and programs, on purpose.)
         let sections = ["", "[proxy]", "[state]", "[inbound]", "[tls]", "[[notify]]", "[[routes]]", "[credentials.c]"];
         let (word, digits) = ("S3cr3tW0rd", "98765432101234");

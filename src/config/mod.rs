@@ -48,9 +48,23 @@ mod fixtures;
 /// Every key the schema accepts, but `ca_file`, `client_cert` and `command` (their errors
 /// name a file or a program, on purpose): the keys the "a config error never echoes a
 /// value" tests try in every section. One list for the unit and the property test; a key
-/// added to the schema belongs here.
+/// added to a section belongs in [`SECTION_KEYS`], a credential's key in
+/// [`GrantKind::keys`], which this reads.
 #[doc(hidden)]
-pub const ECHO_CHECKED_KEYS: &[&str] = &[
+pub fn echo_checked_keys() -> Vec<&'static str> {
+    let grants = GrantKind::ALL.into_iter().flat_map(|g| {
+        let (required, optional) = g.keys();
+        required.iter().chain(optional)
+    });
+    let mut keys: Vec<&'static str> = SECTION_KEYS.iter().chain(grants).copied().collect();
+    keys.push("grant");
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The keys of every section but a credential's (see [`echo_checked_keys`]).
+const SECTION_KEYS: &[&str] = &[
     "listen",
     "admin_listen",
     "connect_timeout",
@@ -70,22 +84,6 @@ pub const ECHO_CHECKED_KEYS: &[&str] = &[
     "tls_key",
     "hosts",
     "allow_origins",
-    "grant",
-    "client_id",
-    "client_secret",
-    "redirect_uri",
-    "refresh_token",
-    "username",
-    "password",
-    "pat",
-    "token",
-    "token_url",
-    "authorize_url",
-    "keys_url",
-    "scope",
-    "refresh_before",
-    "client_auth",
-    "authorize_params",
     "prefix",
     "upstream",
     "credential",
@@ -300,17 +298,18 @@ impl GrantKind {
         }
     }
 
+    /// Every grant.
+    const ALL: [GrantKind; 5] = [
+        GrantKind::AuthorizationCode,
+        GrantKind::Password,
+        GrantKind::PersonalAccessToken,
+        GrantKind::ClientCredentials,
+        GrantKind::Static,
+    ];
+
     /// The grant a config file's `grant = "…"` names, if any.
     fn parse(s: &str) -> Option<GrantKind> {
-        [
-            GrantKind::AuthorizationCode,
-            GrantKind::Password,
-            GrantKind::PersonalAccessToken,
-            GrantKind::ClientCredentials,
-            GrantKind::Static,
-        ]
-        .into_iter()
-        .find(|g| g.as_str() == s)
+        GrantKind::ALL.into_iter().find(|g| g.as_str() == s)
     }
 
     /// Keys a credential of this grant must have, and keys it may have.

@@ -27,7 +27,7 @@ fn config_line() -> impl Strategy<Value = String> {
         "\\[[a-z.\\[\\]]{0,12}\\]?",
     ];
     let key = prop_oneof![
-        prop::sample::select(goto_auth_proxy::config::ECHO_CHECKED_KEYS).prop_map(|k| k.to_string()),
+        prop::sample::select(goto_auth_proxy::config::echo_checked_keys()).prop_map(|k| k.to_string()),
         "[a-z_]{1,10}",
     ];
     let value = prop_oneof![
@@ -128,7 +128,7 @@ proptest! {
 
 fn config_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::sample::select(goto_auth_proxy::config::ECHO_CHECKED_KEYS).prop_map(|k| k.to_string()),
+        prop::sample::select(goto_auth_proxy::config::echo_checked_keys()).prop_map(|k| k.to_string()),
         "[a-z_]{1,10}",
     ]
 }
