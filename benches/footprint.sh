@@ -31,12 +31,8 @@ cd "$(dirname "$0")/.."
 
 STARTS=${STARTS:-20}
 IDLE_SECS=${IDLE_SECS:-3}
-OUT=${BENCH_OUT:-target/bench}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK="$OUT/footprint-work"
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. benches/lib.sh # bench_work, start, stop_pids, free_port, nginx_common (trap: stops all at exit)
+bench_work footprint
 MD="$OUT/footprint.md"
 
 log() { printf '[footprint.sh] %s\n' "$*" >&2; }
@@ -49,20 +45,7 @@ if [[ -z "${GAP_BIN:-}" || -z "${MOCK_BIN:-}" ]]; then
     MOCK_BIN=${MOCK_BIN:-$dir/release/examples/bench_mock_goto}
 fi
 
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"$MOCK_BIN" --token-lifetime-ms 3600000 >"$WORK/mock.out" 2>"$WORK/mock.err" &
-PIDS+=($!)
+start mock "$MOCK_BIN" --token-lifetime-ms 3600000
 deadline=$((SECONDS + 20))
 until grep -q '^http://' "$WORK/mock.out" 2>/dev/null; do
     ((SECONDS < deadline)) || { log "the mock token endpoint did not start"; exit 1; }
@@ -70,7 +53,6 @@ until grep -q '^http://' "$WORK/mock.out" 2>/dev/null; do
 done
 MOCK_URL=$(head -n1 "$WORK/mock.out")
 
-. benches/ports.sh # free_port VAR
 free_port "DATA_PORT"
 free_port "ADMIN_PORT"
 mkdir -p "$WORK/state"
@@ -204,20 +186,12 @@ PY
 PATH="$PATH:/usr/sbin:/sbin"
 if command -v nginx >/dev/null; then
     free_port "NGINX_PORT"
-    mkdir -p "$WORK/nginx/tmp"
-    cat >"$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
+    {
+        nginx_common nginx 1 1024
+        cat <<NGINX
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
+$(nginx_temp_paths nginx)
   upstream goto { server ${MOCK_URL#http://}; keepalive 64; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
@@ -230,9 +204,9 @@ http {
   }
 }
 NGINX
-    nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" >"$WORK/nginx.out" 2>&1 &
-    PIDS+=($!)
-    NGINX_PID=$!
+    } >"$WORK/nginx.conf"
+    start nginx nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+    NGINX_PID=${PID[nginx]}
     for _ in $(seq 100); do curl -sS -o /dev/null "http://127.0.0.1:$NGINX_PORT/" 2>/dev/null && break || sleep 0.1; done
     for _ in 1 2 3 4 5; do curl -sS -o /dev/null "http://127.0.0.1:$NGINX_PORT/admin/rest/v1/me" || true; done
     sleep "$IDLE_SECS"

@@ -46,10 +46,8 @@ WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-"50 256"}
 MODES=${MODES:-"unpinned pinned"}
 TARGETS=${TARGETS:-"direct gap-static gap-refresh nginx haproxy envoy"}
-OUT=${BENCH_OUT:-target/bench}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK="$OUT/load-work"
+. benches/lib.sh # bench_work, start, stop_pids, free_port, nginx_common (trap: stops all at exit)
+bench_work load
 TSV="$OUT/load.tsv"
 MD="$OUT/load.md"
 
@@ -117,45 +115,19 @@ build() {
 
 # ===== processes =====
 
-ALL_PIDS=()  # everything this script started, for the trap
-MODE_PIDS=() # what the current mode started
+MODE_PIDS=()        # what the current mode started
 
-cleanup() {
-    local pid
-    for pid in "${ALL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${ALL_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME CMD... — runs CMD in the background (logs in $WORK/NAME.out/.err).
-start() {
-    local name=$1
-    shift
-    # Removed here, not by the child's redirection: a reader must never see a previous
-    # mode's output.
-    rm -f "$WORK/$name.out" "$WORK/$name.err"
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PID[$name]=$!
-    ALL_PIDS+=($!)
-    MODE_PIDS+=($!)
+# mode_start NAME CMD... — procs.sh's start, stopped with the mode (stop_mode).
+mode_start() {
+    start "$@"
+    MODE_PIDS+=("${PID[$1]}")
 }
 
 stop_mode() {
-    local pid
-    for pid in "${MODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${MODE_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids "${MODE_PIDS[@]}"
     MODE_PIDS=()
 }
 
-. benches/ports.sh # free_port VAR
 
 # The PID and its children (nginx master + workers).
 pid_tree() {
@@ -220,30 +192,7 @@ wait_http() { # URL [NAME]: NAME's process must stay alive meanwhile
 
 BODY='{"key":"8439885694023999999","accountKey":"9999982253621659654","email":"bench@example.com","firstName":"Bench","lastName":"User","locale":"en_US","timeZone":"Europe/Berlin","products":["G2M","G2W","G2T"],"createTime":1700000000000}'
 
-nginx_common() { # NAME WORKERS
-    local d="$WORK/$1"
-    mkdir -p "$d/tmp"
-    cat <<EOF
-worker_processes $2;
-daemon off;
-master_process on;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 8192; }
-EOF
-}
-
-nginx_temp_paths() {
-    local d="$WORK/$1/tmp"
-    cat <<EOF
-  client_body_temp_path $d/body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-EOF
-}
+# nginx_common and nginx_temp_paths: benches/lib.sh.
 
 write_upstream_conf() { # WORKERS
     {
@@ -382,7 +331,7 @@ EOF
 
 # ===== one mode =====
 
-declare -A PID PORT ADMIN_PORT PROXY_PIDS RSS
+declare -A PORT ADMIN_PORT PROXY_PIDS RSS
 REFRESHES=()
 
 start_mode() { # MODE
@@ -408,7 +357,7 @@ start_mode() { # MODE
     free_port "ADMIN_PORT[gap-alt2]"
 
     write_upstream_conf "$workers"
-    start upstream "${pin[@]}" nginx -p "$WORK/upstream" -c "$WORK/upstream.conf" -e "$WORK/upstream/error.log"
+    mode_start upstream "${pin[@]}" nginx -p "$WORK/upstream" -c "$WORK/upstream.conf" -e "$WORK/upstream/error.log"
     wait_http "http://127.0.0.1:$UP_PORT/echo-auth" upstream
 
     for t in $TARGETS; do
@@ -416,35 +365,35 @@ start_mode() { # MODE
         direct) ;;
         nginx)
             write_nginx_proxy_conf "$workers"
-            start nginx "${pin[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+            mode_start nginx "${pin[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
             ;;
         haproxy)
             write_haproxy_conf "$workers"
-            start haproxy "${pin[@]}" haproxy -db -f "$WORK/haproxy.cfg"
+            mode_start haproxy "${pin[@]}" haproxy -db -f "$WORK/haproxy.cfg"
             ;;
         envoy)
             write_envoy_conf
-            start envoy "${pin[@]}" "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency "$workers" \
+            mode_start envoy "${pin[@]}" "$ENVOY_BIN" -c "$WORK/envoy.yaml" --concurrency "$workers" \
                 --disable-hot-restart -l warn --log-path "$WORK/envoy.log"
             ;;
         gap-static)
             write_gap_conf gap-static "$workers" "[credentials.bench]
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
-            start gap-static env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-static.toml"
+            mode_start gap-static env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-static.toml"
             ;;
         gap-log)
             write_gap_conf gap-log "$workers" "[credentials.bench]
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
-            start gap-log env RUST_LOG=warn,goto_auth_proxy::access=info "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-log.toml"
+            mode_start gap-log env RUST_LOG=warn,goto_auth_proxy::access=info "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-log.toml"
             ;;
         gap-nolog)
             write_gap_conf gap-nolog "$workers" "[credentials.bench]
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
             sed -i 's/^\[proxy\]$/[proxy]\naccess_log = false/' "$WORK/gap-nolog.toml"
-            start gap-nolog env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-nolog.toml"
+            mode_start gap-nolog env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-nolog.toml"
             ;;
         gap-alt | gap-alt2)
             local alt_var=GAP_ALT_BIN
@@ -453,10 +402,10 @@ token = \"$STATIC_TOKEN\""
             write_gap_conf "$t" "$workers" "[credentials.bench]
 grant = \"static\"
 token = \"$STATIC_TOKEN\""
-            start "$t" env RUST_LOG=warn "${pin[@]}" "${!alt_var}" run --config "$WORK/$t.toml"
+            mode_start "$t" env RUST_LOG=warn "${pin[@]}" "${!alt_var}" run --config "$WORK/$t.toml"
             ;;
         gap-refresh)
-            start mock "${pin[@]}" "$MOCK_BIN" --token-lifetime-ms "$TOKEN_LIFETIME_MS"
+            mode_start mock "${pin[@]}" "$MOCK_BIN" --token-lifetime-ms "$TOKEN_LIFETIME_MS"
             local deadline=$((SECONDS + 20))
             until grep -q '^http://' "$WORK/mock.out" 2>/dev/null; do
                 ((SECONDS < deadline)) || { log "the mock token endpoint did not start"; return 1; }
@@ -469,7 +418,7 @@ grant = \"client_credentials\"
 client_id = \"demo-client-id\"
 client_secret = \"demo-client-secret\"
 token_url = \"$mock_url/oauth/token\""
-            start gap-refresh env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-refresh.toml"
+            mode_start gap-refresh env RUST_LOG=warn "${pin[@]}" "$GAP_BIN" run --config "$WORK/gap-refresh.toml"
             ;;
         *) log "unknown target $t"; return 1 ;;
         esac
@@ -634,8 +583,6 @@ report() {
 main() {
     install_deps
     build
-    rm -rf "$WORK"
-    mkdir -p "$WORK"
     : >"$TSV"
     CLK_TCK=$(getconf CLK_TCK)
     local mode round conns t i n

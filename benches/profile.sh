@@ -17,12 +17,8 @@ PROFILER=${PROFILER:-perf}
 PROXY=${PROXY:-gap}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-50}
-OUT=${BENCH_OUT:-target/bench}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK="$OUT/profile-work"
-rm -rf "$WORK"
-mkdir -p "$WORK/up/tmp"
+. benches/lib.sh # bench_work, start, stop_pids, free_port, nginx_common (trap: stops all at exit)
+bench_work profile
 PATH="$PATH:/usr/sbin:/sbin"
 
 # GAP_BIN profiles another build (e.g. a baseline kept for an A/B) instead of this tree's.
@@ -33,50 +29,21 @@ else
     BIN="${CARGO_TARGET_DIR:-target}/release/goto-auth-proxy"
 fi
 
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+free_port UP
+free_port PX
+free_port AD
 
-# Listening ports come from below the kernel's ephemeral range: a port that the load's
-# own outgoing connections hold answers no probe but still cannot be bound.
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-LOW_PORT=$((EPHEMERAL_LOW > 12000 ? 10000 : 1024))
-
-# A loopback port nothing answers on (probed by connecting), distinct from those taken.
-TAKEN=" "
-port() {
-    local p
-    while :; do
-        p=$((LOW_PORT + RANDOM % (EPHEMERAL_LOW - LOW_PORT)))
-        [[ $TAKEN == *" $p "* ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
-UP=$(port)
-TAKEN+="$UP "
-PX=$(port)
-TAKEN+="$PX "
-AD=$(port)
-
-cat >"$WORK/up.conf" <<EOF
-worker_processes 1; daemon off; master_process on;
-pid $WORK/up/nginx.pid; error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
+{
+nginx_common up 1 4096
+cat <<EOF
 http {
   access_log off; keepalive_requests 10000000;
-  client_body_temp_path $WORK/up/tmp/b; proxy_temp_path $WORK/up/tmp/p; fastcgi_temp_path $WORK/up/tmp/f;
-  uwsgi_temp_path $WORK/up/tmp/u; scgi_temp_path $WORK/up/tmp/s;
+$(nginx_temp_paths up)
   server { listen 127.0.0.1:$UP; location / { default_type application/json;
     return 200 '{"key":"8439885694023999999","accountKey":"9999982253621659654","email":"bench@example.com","firstName":"Bench","lastName":"User","locale":"en_US","timeZone":"Europe/Berlin","products":["G2M","G2W","G2T"],"createTime":1700000000000}'; } }
 }
 EOF
+} >"$WORK/up.conf"
 cat >"$WORK/gap.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$PX"
@@ -92,43 +59,37 @@ prefix = "/"
 upstream = "http://127.0.0.1:$UP"
 credential = "bench"
 EOF
-mkdir -p "$WORK/px/tmp"
-cat >"$WORK/px.conf" <<EOF
-worker_processes 1; daemon off; master_process on;
-pid $WORK/px/nginx.pid; error_log $WORK/px/error.log warn;
-events { worker_connections 4096; }
+{
+nginx_common px 1 4096
+cat <<EOF
 http {
   access_log off; keepalive_requests 10000000;
-  client_body_temp_path $WORK/px/tmp/b; proxy_temp_path $WORK/px/tmp/p; fastcgi_temp_path $WORK/px/tmp/f;
-  uwsgi_temp_path $WORK/px/tmp/u; scgi_temp_path $WORK/px/tmp/s;
+$(nginx_temp_paths px)
   upstream up { server 127.0.0.1:$UP; keepalive 512; keepalive_requests 10000000; }
   server { listen 127.0.0.1:$PX; location / { proxy_pass http://up; proxy_http_version 1.1;
     proxy_set_header Connection ""; proxy_set_header Authorization "Bearer bench-static-token"; } }
 }
 EOF
+} >"$WORK/px.conf"
 
-taskset -c 1 nginx -p "$WORK/up" -c "$WORK/up.conf" -e "$WORK/up/error.log" &
-PIDS+=($!)
+start upstream taskset -c 1 nginx -p "$WORK/up" -c "$WORK/up.conf" -e "$WORK/up/error.log"
 case $PROXY/$PROFILER in
 nginx/callgrind) echo "callgrind profiles goto-auth-proxy only" >&2; exit 64 ;;
 nginx/*)
-    taskset -c 1 nginx -p "$WORK/px" -c "$WORK/px.conf" -e "$WORK/px/error.log" &
-    PIDS+=($!)
+    start gap taskset -c 1 nginx -p "$WORK/px" -c "$WORK/px.conf" -e "$WORK/px/error.log"
     ;;
 gap/perf | gap/syscalls)
-    RUST_LOG=warn taskset -c 1 "$BIN" run --config "$WORK/gap.toml" 2>"$WORK/gap.err" &
-    PIDS+=($!)
+    start gap env RUST_LOG=warn taskset -c 1 "$BIN" run --config "$WORK/gap.toml"
     ;;
 gap/callgrind)
     # Collection starts after the warm-up (callgrind_control below), so start-up, the
     # pools' first connections and shutdown are left out of the per-request figure.
-    RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-        "$BIN" run --config "$WORK/gap.toml" 2>"$WORK/gap.err" &
-    PIDS+=($!)
+    start gap env RUST_LOG=warn taskset -c 1 valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$WORK/callgrind.out" "$BIN" run --config "$WORK/gap.toml"
     ;;
 *) echo "PROXY must be gap or nginx; PROFILER perf, callgrind or syscalls" >&2; exit 64 ;;
 esac
-GAP=$!
+GAP=${PID[gap]}
 deadline=$((SECONDS + 60))
 until curl -fsS -o /dev/null "http://127.0.0.1:$PX/x" 2>/dev/null; do
     ((SECONDS < deadline)) || { echo "the proxy did not come up" >&2; cat "$WORK/gap.err" >&2; exit 1; }

@@ -41,12 +41,8 @@ LOOP_N=${LOOP_N:-100}
 PAR=${PAR:-8}
 PAR_N=${PAR_N:-$LOOP_N}
 NEWMAN_N=${NEWMAN_N:-20}
-OUT=${BENCH_OUT:-target/bench}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-WORK="$OUT/scripts-work"
-rm -rf "$WORK"
-mkdir -p "$WORK"
+. benches/lib.sh # bench_work, start, stop_pids, free_port, nginx_common (trap: stops all at exit)
+bench_work scripts
 MD="$OUT/scripts.md"
 TOKEN="bench-static-token-0123456789abcdef0123456789abcdef"
 REQ_PATH="/admin/rest/v1/me"
@@ -77,26 +73,6 @@ if [[ -z "${GAP_BIN:-}" ]]; then
 fi
 
 # ===== processes =====
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() { # NAME CMD...
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-    PIDS+=($!)
-}
-
-. benches/ports.sh # free_port VAR
 
 wait_http() { # URL [CURL ARGS...]
     local url=$1 deadline=$((SECONDS + 20))
@@ -127,23 +103,15 @@ free_port "RELAY0_PORT"
 free_port "GAP_PORT"
 free_port "GAP_ADMIN"
 BODY='{"key":"8439885694023999999","accountKey":"9999982253621659654","email":"bench@example.com","firstName":"Bench","lastName":"User"}'
-mkdir -p "$WORK/nginx/tmp"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; }
+{
+nginx_common nginx 1 4096
+cat <<EOF
 http {
   log_format conns '\$connection \$connection_requests \$ssl_session_reused \$server_protocol \$status';
   access_log $WORK/nginx/access.log conns;
   keepalive_requests 1000000;
   keepalive_timeout 300s;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
+$(nginx_temp_paths nginx)
   server {
     listen 127.0.0.1:$UP_PORT ssl http2;
     ssl_certificate $WORK/server.pem;
@@ -160,6 +128,7 @@ http {
   }
 }
 EOF
+} >"$WORK/nginx.conf"
 start upstream nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
 start relay python3 benches/tools/latency_relay.py "$RELAY_PORT" "$UP_PORT" "$DELAY_MS" "$WORK/relay.log"
 start relay0 python3 benches/tools/latency_relay.py "$RELAY0_PORT" "$UP_PORT" 0
