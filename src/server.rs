@@ -115,81 +115,69 @@ impl Serve {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        serve(listener, handler, self).await
-    }
-}
-
-async fn serve<S, F, Fut, B>(listener: TcpListener, handler: F, how: Serve)
-where
-    S: Default + Send + Sync + 'static,
-    F: Fn(Request<Incoming>, Arc<ConnInfo<S>>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let Serve { tls, shutdown, drain, idle } = how;
-    let closing = Arc::new(Closing::default());
-    // A listener bound to one address is that address for every connection; one bound
-    // to 0.0.0.0/:: asks each connection (one getsockname per connection).
-    let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
-    let connections = TaskTracker::new();
-    let builder = http1_builder();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        let Serve { tls, shutdown, drain, idle } = self;
+        let closing = Arc::new(Closing::default());
+        // A listener bound to one address is that address for every connection; one bound
+        // to 0.0.0.0/:: asks each connection (one getsockname per connection).
+        let bound = listener.local_addr().ok().filter(|a| !a.ip().is_unspecified());
+        let connections = TaskTracker::new();
+        let builder = http1_builder();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "set_nodelay failed");
             }
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "set_nodelay failed");
-        }
-        let h = handler.clone();
-        let local = match bound {
-            Some(a) => a,
-            None => stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-        };
-        let info = Arc::new(ConnInfo::<S>::new(peer, local));
-        let watched = info.clone();
-        let svc = service_fn(move |req| {
-            info.started.fetch_add(1, Ordering::Relaxed);
-            // The response body keeps the connection's info: while it streams, the
-            // connection is busy, not idle.
-            let conn = info.clone();
-            // A map, not an async block: that would hold the handler's future twice.
-            h(req, info.clone()).map(move |res| Ok::<_, Infallible>(res.map(|body| Busy { body, _conn: conn })))
-        });
-        match &tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                connections.spawn(serve_watched(conn, watched, idle, closing.clone()));
-            }
-            Some(acceptor) => {
-                let (acceptor, builder, closing) = (acceptor.clone(), builder.clone(), closing.clone());
-                connections.spawn(async move {
-                    let tls = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    };
-                    serve_watched(builder.serve_connection(TokioIo::new(tls), svc), watched, idle, closing).await;
-                });
+            let h = handler.clone();
+            let local = match bound {
+                Some(a) => a,
+                None => stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            };
+            let info = Arc::new(ConnInfo::<S>::new(peer, local));
+            let watched = info.clone();
+            let svc = service_fn(move |req| {
+                info.started.fetch_add(1, Ordering::Relaxed);
+                // The response body keeps the connection's info: while it streams, the
+                // connection is busy, not idle.
+                let conn = info.clone();
+                // A map, not an async block: that would hold the handler's future twice.
+                h(req, info.clone()).map(move |res| Ok::<_, Infallible>(res.map(|body| Busy { body, _conn: conn })))
+            });
+            match &tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    connections.spawn(serve_watched(conn, watched, idle, closing.clone()));
+                }
+                Some(acceptor) => {
+                    let (acceptor, builder, closing) = (acceptor.clone(), builder.clone(), closing.clone());
+                    connections.spawn(async move {
+                        let tls = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                        };
+                        serve_watched(builder.serve_connection(TokioIo::new(tls), svc), watched, idle, closing).await;
+                    });
+                }
             }
         }
-    }
-    drop(listener);
-    closing.start();
-    connections.close();
-    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
-        tracing::warn!(drain_secs = drain.as_secs(), "requests still open after the drain timeout; closing them");
+        drop(listener);
+        closing.start();
+        connections.close();
+        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+            tracing::warn!(drain_secs = drain.as_secs(), "requests still open after the drain timeout; closing them");
+        }
     }
 }
 

@@ -504,32 +504,13 @@ async fn secrets_never_leak() {
             seen.push_str(&get(p.url(path)).await.unwrap().text().await.unwrap());
         }
         assert!(seen.contains("token_unavailable"), "a dead sign-in is reported as token_unavailable");
-        seen.push_str(
-            &http
-                .get(p.url("/G2A/x"))
-                .header("x-goto-auth-proxy-key", "SECRET-wrong")
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        let text = |r: reqwest::RequestBuilder| async move { r.send().await.unwrap().text().await.unwrap() };
+        seen.push_str(&text(http.get(p.url("/G2A/x")).header("x-goto-auth-proxy-key", "SECRET-wrong")).await);
         // The status page, with every credential's state on it.
         for admin in ["/", "/tokens", "/metrics", "/readyz"] {
             seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
         }
-        seen.push_str(
-            &http
-                .post(p.admin("/refresh/goto"))
-                .header("x-goto-auth-proxy-key", key)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        seen.push_str(&text(http.post(p.admin("/refresh/goto")).header("x-goto-auth-proxy-key", key)).await);
         p.signal(15);
         let mut p = p;
         tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
