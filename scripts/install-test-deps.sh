@@ -83,12 +83,11 @@ else
 fi
 
 # ---- newman ----
+ensure_npm() { command -v npm >/dev/null || apt_install nodejs npm || true; }
 if command -v newman >/dev/null; then
   say "newman: present ($(newman --version 2>/dev/null </dev/null || echo '?'))"
 else
-  if ! command -v npm >/dev/null; then
-    apt_install nodejs npm || true
-  fi
+  ensure_npm
   if command -v npm >/dev/null; then
     say "npm install -g newman"
     npm install -g --no-audit --no-fund --loglevel=error newman </dev/null || true
@@ -103,9 +102,7 @@ has_oidc() { command -v node >/dev/null && [[ -n $(oidc_installed) && $(oidc_ins
 if has_oidc; then
   say "oidc-provider: present ($(oidc_installed) in $oidc_dir/node_modules)"
 else
-  if ! command -v npm >/dev/null; then
-    apt_install nodejs npm || true
-  fi
+  ensure_npm
   if command -v npm >/dev/null; then
     say "npm ci in $oidc_dir (oidc-provider $(oidc_wanted))"
     npm ci --prefix "$oidc_dir" --no-audit --no-fund --loglevel=error </dev/null || true
