@@ -51,10 +51,11 @@ impl SourceError {
     }
 
     /// True when the endpoint said the grant itself is dead (`invalid_grant`: a revoked
-    /// PAT, a wrong password) or the client is not accepted (401): asking again with the
-    /// same values cannot succeed.
+    /// PAT, a wrong password) or the client is not accepted (`invalid_client`, or any
+    /// 401): asking again with the same values cannot succeed.
     pub fn is_invalid_grant(&self) -> bool {
-        matches!(self, SourceError::Refused { status, error, .. } if error == "invalid_grant" || *status == 401)
+        matches!(self, SourceError::Refused { status, error, .. }
+            if error == "invalid_grant" || error == "invalid_client" || *status == 401)
     }
 
     /// How long the endpoint asked the proxy to wait before calling again, if it did.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, TokenFault};
+use goto_auth_proxy::demo::mock::TokenFault;
 
 /// Lifetime of the tokens the mock issues: the first renewal comes at about half of it,
 /// which leaves the other half to watch the proxy serve its token through the fault.
@@ -184,17 +184,6 @@ async fn start(grant: Grant) -> Stack {
     .await;
     wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(10)).await;
     s
-}
-
-/// `[credentials.NAME]` for OAuth client credentials against the mock.
-fn client_credentials_cred(name: &str, mock: &MockGoto) -> String {
-    let o = mock.options();
-    format!(
-        "[credentials.{name}]\ngrant = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\ntoken_url = \"{}/oauth/token\"\n",
-        o.client_id,
-        o.client_secret,
-        mock.url()
-    )
 }
 
 async fn run_case(s: &Stack, case: &Case) -> Result<(), String> {

@@ -41,6 +41,17 @@ pub fn code_cred(name: &str, mock: &MockGoto, seed: Option<&str>) -> String {
     s
 }
 
+/// `[credentials.NAME]` for OAuth client credentials against the mock.
+pub fn client_credentials_cred(name: &str, mock: &MockGoto) -> String {
+    let o = mock.options();
+    format!(
+        "[credentials.{name}]\ngrant = \"client_credentials\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\ntoken_url = \"{}/oauth/token\"\n",
+        o.client_id,
+        o.client_secret,
+        mock.url()
+    )
+}
+
 /// A `[[routes]]` entry to the mock.
 pub fn route(prefix: &str, mock: &MockGoto, credential: Option<&str>) -> String {
     let cred = credential.map(|c| format!("credential = \"{c}\"\n")).unwrap_or_default();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::MockOptions;
+use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 
 #[tokio::test]
 async fn restart_reuses_a_valid_stored_token_without_logging_in() {
@@ -307,4 +307,44 @@ async fn a_dead_grant_makes_no_token_calls_until_a_person_acts() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(s.get("/G2W/rest/v2/x").await.status(), 200);
+}
+
+/// A refused client secret is like a refused password: `needs_login` (a person must fix
+/// the config; identity providers lock out clients that keep trying), no token calls
+/// while requests come and go, and a reload with the right secret serves again.
+#[tokio::test]
+async fn a_refused_client_secret_waits_for_a_person_and_a_reload_ends_it() {
+    let config = |mock: &MockGoto, dir: &std::path::Path, secret: &str| {
+        let cred = client_credentials_cred("svc", mock).replace(
+            &format!("client_secret = \"{}\"", mock.options().client_secret),
+            &format!("client_secret = \"{secret}\""),
+        );
+        config_text(dir, "token_wait = \"200ms\"", &format!("{cred}\n{}", route("/", mock, Some("svc"))))
+    };
+    let s = stack(MockOptions::default(), |mock, dir| config(mock, dir, "not-the-secret")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let t = loop {
+        let t = tokens_of(&s).await;
+        if t["svc"]["state"] == "needs_login" {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never needs_login: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(t["svc"]["last_error"].as_str().is_some_and(|e| e.contains("client_secret")), "{t}");
+    let calls = s.mock.stats().token_calls;
+    for _ in 0..6 {
+        assert_eq!(s.get("/admin/rest/v1/me").await.status(), 503);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(s.mock.stats().token_calls, calls, "token calls while waiting for a person");
+
+    let right = config(&s.mock, s.dir.path(), &s.mock.options().client_secret);
+    s.proxy.core.reload(goto_auth_proxy::config::Config::parse("reload.toml", &right).unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.get("/admin/rest/v1/me").await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never served after the reload: {}", tokens_of(&s).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tokens_of(&s).await["svc"]["state"], "valid");
 }

@@ -173,11 +173,20 @@ impl Credential {
                 true,
                 format!("{e}; the refresh token is dead: run `goto-auth-proxy login --credential {}`", self.name()),
             ),
+            // A refused client secret, like a refused password: asking again cannot succeed,
+            // and identity providers lock out clients that keep trying.
             SourceError::Refused { .. }
                 if e.is_invalid_grant()
-                    && matches!(self.cfg.grant, GrantKind::PersonalAccessToken | GrantKind::Password) =>
+                    && matches!(
+                        self.cfg.grant,
+                        GrantKind::PersonalAccessToken | GrantKind::Password | GrantKind::ClientCredentials
+                    ) =>
             {
-                let what = if self.cfg.grant == GrantKind::Password { "password" } else { "personal access token" };
+                let what = match self.cfg.grant {
+                    GrantKind::Password => "password",
+                    GrantKind::ClientCredentials => "client (client_id, client_secret)",
+                    _ => "personal access token",
+                };
                 (
                     "refused",
                     true,
