@@ -83,6 +83,8 @@ pub struct Core {
     /// The metrics.
     pub metrics: Metrics,
     store: Arc<dyn TokenStore>,
+    /// The Redis connections (`store = "redis"`), rebuilt when a reload changes `[tls]`.
+    redis: Option<RedisLinks>,
     /// The outbound settings and the token endpoints' client built on them.
     net: ArcSwap<Net>,
     tasks: TaskTracker,
@@ -90,6 +92,24 @@ pub struct Core {
     reload_lock: tokio::sync::Mutex<()>,
     /// `[[notify]]`: follows each renewing credential's health.
     notifier: Arc<Notifier>,
+}
+
+/// The shared store and the routes' shared rate budget, when the state lives in Redis.
+struct RedisLinks {
+    store: Arc<RedisStore>,
+    budget: Option<Arc<RedisBudget>>,
+}
+
+impl RedisLinks {
+    /// New connections trust `net`'s `[tls]` (a reload changed it; only `rediss://` cares).
+    fn retls(&self, config: &Config, net: &Net) -> Result<(), String> {
+        let tls = is_rediss(config).then(|| net.outbound.redis_tls());
+        self.store.retls(tls.clone()).map_err(|e| e.to_string())?;
+        if let Some(budget) = &self.budget {
+            budget.retls(tls).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
 }
 
 /// What outbound connections use, built once per configuration load: the TLS roots and
@@ -226,14 +246,11 @@ impl Core {
         }
         // `[tls]`, the outbound proxy or `connect_timeout` changed: everything that
         // connects out is built again (credentials included: their token endpoint client
-        // changes; routes compile their upstreams anyway). The Redis connection is not,
-        // so with `rediss://` a `[tls]` change takes a restart.
+        // changes; routes compile their upstreams anyway; with `rediss://` the Redis
+        // connections too).
         let outbound_changed = config.tls != current.tls
             || config.proxy.outbound_proxy != current.proxy.outbound_proxy
             || config.proxy.connect_timeout != current.proxy.connect_timeout;
-        if config.tls != current.tls && is_rediss(&current) {
-            needs_restart.push("[tls] (used by the rediss:// connection)");
-        }
         if !needs_restart.is_empty() {
             self.metrics.reloads.with_label_values(&["rejected"]).inc();
             return Err(ReloadError(format!(
@@ -242,7 +259,14 @@ impl Core {
             )));
         }
         let net = if outbound_changed {
-            match Net::new(&config) {
+            let built = Net::new(&config).map_err(|e| e.to_string()).and_then(|n| {
+                match &self.redis {
+                    Some(redis) if config.tls != current.tls => redis.retls(&config, &n)?,
+                    _ => {}
+                }
+                Ok(n)
+            });
+            match built {
                 Ok(n) => Arc::new(n),
                 Err(e) => {
                     self.metrics.reloads.with_label_values(&["rejected"]).inc();
@@ -360,6 +384,14 @@ impl Running {
 /// With `state.encryption_keys`, the store seals every record it writes with the first
 /// key and opens records with any of them.
 pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
+    Ok(open(config, metrics).await?.0)
+}
+
+/// [`open_store`], and the Redis store as itself (a reload may rebuild its connection).
+async fn open(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
     // `state.encryption_keys`: the first seals, every one opens.
     let keys = &config.state_encryption_keys;
     let sealer = if keys.is_empty() {
@@ -370,8 +402,9 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn To
     match &config.state {
         // Checked before any token is trusted to it: an unsafe directory or a symlinked
         // state file stops the start, naming it (SPEC "Token lifecycle").
-        StateSettings::File { path, .. } => Ok(Arc::new(
-            FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer),
+        StateSettings::File { path, .. } => Ok((
+            Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer)),
+            None,
         )),
         StateSettings::Redis { url, prefix, .. } => {
             // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
@@ -382,7 +415,8 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn To
             if let Err(e) = store.ping().await {
                 tracing::warn!(error = %e, "shared store unreachable at start; serving what can be served and retrying");
             }
-            Ok(Arc::new(store))
+            let store = Arc::new(store);
+            Ok((store.clone(), Some(store)))
         }
     }
 }
@@ -392,13 +426,21 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn To
 /// ([`StartError::Keys`]) with nothing written; plaintext records and records sealed
 /// with an older key are sealed again with the first key.
 pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
-    let store = open_store(config, metrics).await?;
+    Ok(open_checked(config, metrics).await?.0)
+}
+
+/// [`open_checked_store`], and the Redis store as itself ([`open`]).
+async fn open_checked(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
+    let (store, redis) = open(config, metrics).await?;
     let names: Vec<String> = config.credentials.keys().cloned().collect();
     store.prepare(&names).await.map_err(|e| match e {
         StoreError::Keys { .. } => StartError::Keys(e.to_string()),
         other => StartError::Store(other.to_string()),
     })?;
-    Ok(store)
+    Ok((store, redis))
 }
 
 /// Whether the state store is Redis over TLS.
@@ -499,14 +541,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let net = Arc::new(Net::new(&config)?);
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let store = open_checked_store(&config, &metrics).await?;
+    let (store, redis_store) = open_checked(&config, &metrics).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics, &net.outbound);
     let mut proxy = Proxy::new(empty, Connector, metrics.clone());
+    let mut shared_budget = None;
     if let StateSettings::Redis { url, prefix, .. } = &config.state {
         // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
         let tls = is_rediss(&config).then(|| net.outbound.redis_tls());
         match RedisBudget::connect(url, prefix, tls) {
-            Ok(budget) => proxy = proxy.with_shared_budget(Arc::new(budget)),
+            Ok(budget) => {
+                let budget = Arc::new(budget);
+                shared_budget = Some(budget.clone());
+                proxy = proxy.with_shared_budget(budget);
+            }
             Err(e) => tracing::warn!(error = %e, "no shared rate-limit budget: each replica paces its routes alone"),
         }
     }
@@ -528,6 +575,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy: proxy.clone(),
         metrics: metrics.clone(),
         store: store.clone(),
+        redis: redis_store.map(|store| RedisLinks { store, budget: shared_budget }),
         net: ArcSwap::new(net.clone()),
         tasks,
         shutdown,

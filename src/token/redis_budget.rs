@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
-use super::redis_store::{client_for, describe, location_of};
+use super::redis_store::{describe, location_of, Link};
 use crate::limit::{BudgetUnavailable, SharedBudget, QUEUE_STEP};
 use crate::secret::Secret;
 
@@ -67,7 +67,7 @@ return math.max(0, untl - now)
 
 /// Routes' pace in Redis, shared by every replica under one `redis_prefix`.
 pub struct RedisBudget {
-    conn: ConnectionManager,
+    link: Link,
     prefix: String,
     /// `host:port/db` for messages; never the password.
     location: String,
@@ -86,25 +86,28 @@ impl RedisBudget {
         tls: Option<redis::TlsCertificates>,
     ) -> Result<RedisBudget, BudgetUnavailable> {
         let location = location_of(url.expose());
-        let client = client_for(url, tls).map_err(|e| {
-            BudgetUnavailable(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
-        })?;
         // Short timeouts: a request waits for this answer (the data path gives up sooner).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(250)))
             .set_response_timeout(Some(Duration::from_millis(250)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| BudgetUnavailable(format!("redis {location}: {}", e.category())))?;
+        let link = Link::new(url, tls, config).map_err(|e| {
+            BudgetUnavailable(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
+        })?;
         Ok(RedisBudget {
-            conn,
+            link,
             prefix: prefix.to_string(),
             location,
             reserve: redis::Script::new(RESERVE),
             pause: redis::Script::new(PAUSE),
             paused_for: redis::Script::new(PAUSED_FOR),
         })
+    }
+
+    /// A reload changed `[tls]`: requests from now on use a new connection trusting `tls`.
+    pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), BudgetUnavailable> {
+        self.link.retls(tls).map_err(|e| self.failed(&e))
     }
 
     fn key(&self, kind: &str, route: &str) -> String {
@@ -128,7 +131,7 @@ impl SharedBudget for RedisBudget {
         interval: Duration,
         max_wait: Duration,
     ) -> Result<Result<Duration, Duration>, BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let (reserved, wait): (u8, u64) = self
             .reserve
             .key(self.key("pace", route))
@@ -144,7 +147,7 @@ impl SharedBudget for RedisBudget {
     }
 
     async fn pause(&self, route: &str, pause: Duration) -> Result<(), BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let _: u8 = self
             .pause
             .key(self.key("pause", route))
@@ -156,7 +159,7 @@ impl SharedBudget for RedisBudget {
     }
 
     async fn paused_for(&self, route: &str) -> Result<Duration, BudgetUnavailable> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let left: u64 =
             self.paused_for.key(self.key("pause", route)).invoke_async(&mut conn).await.map_err(|e| self.failed(&e))?;
         Ok(Duration::from_micros(left))

@@ -68,8 +68,7 @@ return 0
 
 /// The Redis-backed [`TokenStore`].
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    link: std::sync::Arc<Link>,
     prefix: String,
     /// `host:port/db` for logs; never the password.
     location: String,
@@ -89,10 +88,58 @@ pub struct RedisStore {
 
 /// The Redis client for `url`: a `rediss://` URL with `tls` trusts `[tls]`'s roots and
 /// presents its client certificate (the store and the shared rate budget alike).
-pub(crate) fn client_for(url: &Secret, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
+fn client_for(url: &Secret, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
     match tls {
         Some(certs) if url.expose().starts_with("rediss://") => redis::Client::build_with_tls(url.expose(), certs),
         _ => redis::Client::open(url.expose()),
+    }
+}
+
+/// A Redis client and its connection, replaced together when a reload changes `[tls]`
+/// ([`Link::retls`]): each operation takes the pair in force; a replaced connection
+/// closes once its last operation is done. Shared by the store and the rate budget.
+pub(crate) struct Link {
+    url: Secret,
+    config: ConnectionManagerConfig,
+    current: arc_swap::ArcSwap<(redis::Client, ConnectionManager)>,
+}
+
+impl Link {
+    /// Connects lazily (inside a tokio runtime): a proxy starts while Redis is down.
+    pub(crate) fn new(
+        url: &Secret,
+        tls: Option<redis::TlsCertificates>,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<Link> {
+        let pair = Link::open(url, tls, config.clone())?;
+        Ok(Link { url: url.clone(), config, current: arc_swap::ArcSwap::from_pointee(pair) })
+    }
+
+    fn open(
+        url: &Secret,
+        tls: Option<redis::TlsCertificates>,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<(redis::Client, ConnectionManager)> {
+        let client = client_for(url, tls)?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok((client, conn))
+    }
+
+    /// The connection in force (a cheap handle).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.current.load().1.clone()
+    }
+
+    /// The client in force, for connections of their own (the change subscriber).
+    fn client(&self) -> redis::Client {
+        self.current.load().0.clone()
+    }
+
+    /// New connections trust `tls` (a reload changed `[tls]` under `rediss://`).
+    pub(crate) fn retls(&self, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<()> {
+        let pair = Link::open(&self.url, tls, self.config.clone())?;
+        self.current.store(std::sync::Arc::new(pair));
+        Ok(())
     }
 }
 
@@ -114,20 +161,17 @@ impl RedisStore {
         tls: Option<redis::TlsCertificates>,
     ) -> Result<RedisStore, StoreError> {
         let location = location_of(url.expose());
-        // The URL may hold a password: errors name the location only.
-        let client = client_for(url, tls).map_err(|e| {
-            StoreError::Backend(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
-        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(OP_TIMEOUT))
             .set_response_timeout(Some(OP_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Backend(format!("redis {location}: {}", e.category())))?;
+        // The URL may hold a password: errors name the location only.
+        let link = Link::new(url, tls, config).map_err(|e| {
+            StoreError::Backend(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
+        })?;
         Ok(RedisStore {
-            client,
-            conn,
+            link: std::sync::Arc::new(link),
             prefix: prefix.to_string(),
             location,
             errors,
@@ -147,13 +191,19 @@ impl RedisStore {
         self
     }
 
+    /// A reload changed `[tls]`: operations from now on use a new connection that trusts
+    /// `tls` (roots and client certificate); the change subscriber's next connection too.
+    pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), StoreError> {
+        self.link.retls(tls).map_err(|e| StoreError::Backend(format!("redis {}: {}", self.location, e.category())))
+    }
+
     fn aad(&self, credential: &str) -> String {
         format!("redis:{}:{credential}", self.prefix)
     }
 
     /// The raw value of `credential`'s record, read and classified.
     async fn read(&self, credential: &str) -> Result<Option<(Option<Decoded>, RecordState)>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let key = self.token_key(credential);
         let raw: Option<String> =
             self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
@@ -173,7 +223,7 @@ impl RedisStore {
 
     /// Asks Redis for `PONG` (start-up diagnostics).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         self.run("ping", async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(|_| ())
     }
 
@@ -252,7 +302,7 @@ impl TokenStore for RedisStore {
     async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
         let record = self.codec.encode(&self.aad(credential), token)?;
         let json = serde_json::to_string(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let mut call = self.save_script.key(self.token_key(credential));
         call.key(self.channel()).arg(json).arg(token.obtained_at_ms).arg(credential);
         let written: i64 = self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
@@ -316,7 +366,7 @@ impl TokenStore for RedisStore {
 
     async fn lock(&self, credential: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
         let lock = LockToken::random();
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let key = self.lock_key(credential);
         let value = lock.as_str().to_string();
         let ms = ttl.as_millis().max(1) as u64;
@@ -339,7 +389,7 @@ impl TokenStore for RedisStore {
     }
 
     async fn unlock(&self, credential: &str, lock: LockToken) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let mut call = self.unlock_script.key(self.lock_key(credential));
         call.arg(lock.as_str());
         let _deleted: i64 = self.run("unlock", async move { call.invoke_async(&mut conn).await }).await?;
@@ -350,7 +400,7 @@ impl TokenStore for RedisStore {
         let tx = self.changes.get_or_init(|| {
             let (tx, _) = broadcast::channel(64);
             tokio::spawn(subscribe_loop(
-                self.client.clone(),
+                self.link.clone(),
                 self.channel(),
                 self.location.clone(),
                 tx.clone(),
@@ -370,7 +420,7 @@ impl TokenStore for RedisStore {
 /// Subscribes to the change channel and forwards credential names, reconnecting with a
 /// capped backoff; after each (re)subscribe it sends "" (anything may have changed).
 async fn subscribe_loop(
-    client: redis::Client,
+    link: std::sync::Arc<Link>,
     channel: String,
     location: String,
     tx: broadcast::Sender<String>,
@@ -380,7 +430,7 @@ async fn subscribe_loop(
     let mut failures: u32 = 0;
     loop {
         let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = link.client().get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

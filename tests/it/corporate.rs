@@ -689,6 +689,62 @@ async fn rediss_trusts_the_private_ca_and_presents_the_client_certificate() {
     assert!(bundled_only.ping().await.is_err(), "a private CA's server is not trusted by the bundled roots alone");
 }
 
+/// A reload that changes `[tls]` under `rediss://` — the Redis server moved to a new
+/// corporate CA and wants a client certificate from it — is applied, not refused: the
+/// Redis connections are rebuilt with the new roots and client certificate, and the
+/// next renewal is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_new_ca_and_client_certificate_reconnects_rediss() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let Some(mut redis) = RedisServer::start_tls(&old.server_cert_file, &old.server_key_file, &old.ca_file).await
+    else {
+        return;
+    };
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let url = redis.tls_url();
+    let config = |pki: &Pki| {
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[state]\nstore = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"corp\"\n\n{}\n{}\n{}",
+            pki.tls_toml(true),
+            password_cred("g2a", &mock),
+            route("/G2A/", &mock, Some("g2a"))
+        )
+    };
+    let p = start_proxy(&config(&old)).await;
+    let http = client();
+    wait_ready(&http, &format!("http://{}/readyz", p.admin_addr), Duration::from_secs(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while redis.get("corp:token:g2a").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the token was stored over rediss://");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The server moves to the new PKI (its files rewritten; it comes back empty).
+    for (from, to) in [
+        (&new.server_cert_file, &old.server_cert_file),
+        (&new.server_key_file, &old.server_key_file),
+        (&new.ca_file, &old.ca_file),
+    ] {
+        std::fs::copy(from, to).unwrap();
+    }
+    redis.restart().await;
+    p.core
+        .reload(Config::parse("reload.toml", &config(&new)).unwrap())
+        .await
+        .expect("a [tls] change under rediss:// is applied");
+    let refreshed = http.post(format!("http://{}/refresh/g2a", p.admin_addr)).send().await.unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while redis.get("corp:token:g2a").await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewal was stored with the new CA and client certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.stop().await;
+}
+
 // ===== check =====
 
 /// `check` counts the roots of each source, shows the client certificate and the proxy
