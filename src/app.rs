@@ -384,13 +384,16 @@ impl Running {
 /// With `state.encryption_keys`, the store seals every record it writes with the first
 /// key and opens records with any of them.
 pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
-    Ok(open(config, metrics).await?.0)
+    Ok(open(config, metrics, None).await?.0)
 }
 
-/// [`open_store`], and the Redis store as itself (a reload may rebuild its connection).
+/// [`open_store`], and the Redis store as itself (a reload may rebuild its connection);
+/// `outbound`: the config's outbound settings when the caller has them already (the
+/// operating system's roots are read once).
 async fn open(
     config: &Config,
     metrics: &Metrics,
+    outbound: Option<&Outbound>,
 ) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
     // `state.encryption_keys`: the first seals, every one opens.
     let keys = &config.state_encryption_keys;
@@ -408,7 +411,11 @@ async fn open(
         )),
         StateSettings::Redis { url, prefix, .. } => {
             // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
-            let tls = if is_rediss(config) { Some(Outbound::from_config(config)?.redis_tls()) } else { None };
+            let tls = match (is_rediss(config), outbound) {
+                (false, _) => None,
+                (true, Some(outbound)) => Some(outbound.redis_tls()),
+                (true, None) => Some(Outbound::from_config(config)?.redis_tls()),
+            };
             let store = RedisStore::connect_with_tls(url, prefix, Some(metrics.store_errors.clone()), tls)
                 .map_err(|e| StartError::Store(e.to_string()))?
                 .with_sealer(sealer);
@@ -426,15 +433,16 @@ async fn open(
 /// ([`StartError::Keys`]) with nothing written; plaintext records and records sealed
 /// with an older key are sealed again with the first key.
 pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
-    Ok(open_checked(config, metrics).await?.0)
+    Ok(open_checked(config, metrics, None).await?.0)
 }
 
 /// [`open_checked_store`], and the Redis store as itself ([`open`]).
 async fn open_checked(
     config: &Config,
     metrics: &Metrics,
+    outbound: Option<&Outbound>,
 ) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
-    let (store, redis) = open(config, metrics).await?;
+    let (store, redis) = open(config, metrics, outbound).await?;
     let names: Vec<String> = config.credentials.keys().cloned().collect();
     store.prepare(&names).await.map_err(|e| match e {
         StoreError::Keys { .. } => StartError::Keys(e.to_string()),
@@ -541,7 +549,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let net = Arc::new(Net::new(&config)?);
     let metrics = Metrics::new(prometheus::Registry::new())?;
-    let (store, redis_store) = open_checked(&config, &metrics).await?;
+    let (store, redis_store) = open_checked(&config, &metrics, Some(&net.outbound)).await?;
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics, &net.outbound);
     let mut proxy = Proxy::new(empty, Connector, metrics.clone());
     let mut shared_budget = None;
