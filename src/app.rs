@@ -102,8 +102,8 @@ struct RedisLinks {
 
 impl RedisLinks {
     /// New connections trust `net`'s `[tls]` (a reload changed it; only `rediss://` cares).
-    fn retls(&self, config: &Config, net: &Net) -> Result<(), String> {
-        let tls = is_rediss(config).then(|| net.outbound.redis_tls());
+    fn retls(&self, net: &Net) -> Result<(), String> {
+        let tls = net.outbound.redis_tls();
         self.store.retls(tls.clone()).map_err(|e| e.to_string())?;
         if let Some(budget) = &self.budget {
             budget.retls(tls).map_err(|e| e.to_string())?;
@@ -261,7 +261,7 @@ impl Core {
         let net = if outbound_changed {
             let built = Net::new(&config).map_err(|e| e.to_string()).and_then(|n| {
                 match &self.redis {
-                    Some(redis) if config.tls != current.tls => redis.retls(&config, &n)?,
+                    Some(redis) if config.tls != current.tls => redis.retls(&n)?,
                     _ => {}
                 }
                 Ok(n)
@@ -411,10 +411,10 @@ async fn open(
         )),
         StateSettings::Redis { url, prefix, .. } => {
             // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
-            let tls = match (is_rediss(config), outbound) {
+            let tls = match (config.state.is_rediss(), outbound) {
                 (false, _) => None,
-                (true, Some(outbound)) => Some(outbound.redis_tls()),
-                (true, None) => Some(Outbound::from_config(config)?.redis_tls()),
+                (true, Some(outbound)) => outbound.redis_tls(),
+                (true, None) => Outbound::from_config(config)?.redis_tls(),
             };
             let store = RedisStore::connect_with_tls(url, prefix, Some(metrics.store_errors.clone()), tls)
                 .map_err(|e| StartError::Store(e.to_string()))?
@@ -449,11 +449,6 @@ async fn open_checked(
         other => StartError::Store(other.to_string()),
     })?;
     Ok((store, redis))
-}
-
-/// Whether the state store is Redis over TLS.
-fn is_rediss(config: &Config) -> bool {
-    matches!(&config.state, StateSettings::Redis { url, .. } if url.expose().starts_with("rediss://"))
 }
 
 /// Builds every credential over `store` (no refresher started): for `login` and `token`.
@@ -555,7 +550,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut shared_budget = None;
     if let StateSettings::Redis { url, prefix, .. } = &config.state {
         // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
-        let tls = is_rediss(&config).then(|| net.outbound.redis_tls());
+        let tls = net.outbound.redis_tls();
         match RedisBudget::connect(url, prefix, tls) {
             Ok(budget) => {
                 let budget = Arc::new(budget);

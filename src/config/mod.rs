@@ -271,6 +271,13 @@ pub enum StateSettings {
     },
 }
 
+impl StateSettings {
+    /// Whether the store is Redis over TLS (`rediss://`), which trusts `[tls]`.
+    pub fn is_rediss(&self) -> bool {
+        matches!(self, StateSettings::Redis { url, .. } if url.expose().starts_with("rediss://"))
+    }
+}
+
 /// How a credential obtains its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantKind {

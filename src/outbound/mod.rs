@@ -60,7 +60,7 @@ impl Outbound {
     pub fn from_config(config: &Config) -> Result<Outbound, OutboundError> {
         let env = |name: &str| std::env::var(name).ok();
         let proxy = Arc::new(ProxyRules::new(config.proxy.outbound_proxy.as_ref(), env)?);
-        let roots = roots::Roots::load(&config.tls);
+        let roots = roots::Roots::load(&config.tls, config.state.is_rediss());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| OutboundError::Tls(e.to_string()))?
@@ -127,16 +127,18 @@ impl Outbound {
             .map_err(|e| OutboundError::Client(e.to_string()))
     }
 
-    /// The roots and client certificate for a `rediss://` connection, in the PEM form
-    /// the Redis client takes: the same trust as every other connection.
-    pub fn redis_tls(&self) -> redis::TlsCertificates {
-        redis::TlsCertificates {
+    /// The roots and client certificate for the `rediss://` connection, in the PEM form
+    /// the Redis client takes: the same trust as every other connection. `None` unless
+    /// the config's store is `rediss://`.
+    pub fn redis_tls(&self) -> Option<redis::TlsCertificates> {
+        let certs = self.roots.certs.as_ref()?;
+        Some(redis::TlsCertificates {
             client_tls: self.settings.client_cert.as_ref().map(|a| redis::ClientTlsConfig {
                 client_cert: roots::pem(&a.chain).into_bytes(),
                 client_key: a.key.expose().as_bytes().to_vec(),
             }),
-            root_cert: Some(roots::pem(&self.roots.certs).into_bytes()),
-        }
+            root_cert: Some(roots::pem(certs).into_bytes()),
+        })
     }
 }
 

@@ -14,8 +14,9 @@ use crate::config::OutboundTls;
 pub(super) struct Roots {
     /// What rustls verifies servers against.
     pub(super) store: Arc<rustls::RootCertStore>,
-    /// Every certificate the store took, in the order added (for `rediss://`).
-    pub(super) certs: Vec<CertificateDer<'static>>,
+    /// Every certificate the store took, in the order added, kept only for `rediss://`
+    /// (the Redis client takes PEM; a few hundred KiB nobody else needs).
+    pub(super) certs: Option<Vec<CertificateDer<'static>>>,
     /// How many each source gave.
     pub(super) counts: Counts,
 }
@@ -33,11 +34,12 @@ pub(super) struct Counts {
 impl Roots {
     /// Gathers the roots `tls` asks for. The operating system's store is read here (a
     /// problem reading it is logged, and what could be read is used); the `ca_file`
-    /// certificates were checked when the config was loaded.
-    pub(super) fn load(tls: &OutboundTls) -> Roots {
+    /// certificates were checked when the config was loaded. `keep_certs`: also keep the
+    /// certificates themselves (for `rediss://`).
+    pub(super) fn load(tls: &OutboundTls, keep_certs: bool) -> Roots {
         let mut roots = Roots {
             store: Arc::new(rustls::RootCertStore::empty()),
-            certs: Vec::new(),
+            certs: keep_certs.then(Vec::new),
             counts: Counts { bundled: 0, system: None, ca_files: Vec::new() },
         };
         let mut store = rustls::RootCertStore::empty();
@@ -65,8 +67,11 @@ impl Roots {
     ) -> usize {
         let mut n = 0;
         for cert in certs {
-            if store.add(cert.clone()).is_ok() {
-                self.certs.push(cert);
+            let copy = self.certs.is_some().then(|| cert.clone());
+            if store.add(cert).is_ok() {
+                if let (Some(kept), Some(copy)) = (self.certs.as_mut(), copy) {
+                    kept.push(copy);
+                }
                 n += 1;
             }
         }
@@ -102,12 +107,16 @@ mod tests {
             system_roots: false,
             client_cert: None,
         };
-        let roots = Roots::load(&tls);
+        let roots = Roots::load(&tls, true);
         assert!(roots.counts.bundled > 100, "Mozilla's list: {}", roots.counts.bundled);
         assert_eq!(roots.counts.system, None);
         assert_eq!(roots.counts.ca_files, vec![(PathBuf::from("corp.pem"), 1)]);
         assert_eq!(roots.store.len(), roots.counts.bundled + 1);
-        assert_eq!(roots.certs.len(), roots.store.len());
+        assert_eq!(roots.certs.as_ref().map(Vec::len), Some(roots.store.len()));
+        // Without `rediss://` nobody needs the certificates themselves: the same trust.
+        let lean = Roots::load(&tls, false);
+        assert!(lean.certs.is_none());
+        assert_eq!(lean.store.len(), roots.store.len());
     }
 
     #[test]
