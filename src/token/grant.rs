@@ -22,6 +22,34 @@ pub(crate) struct TokenRequest {
     pub(crate) kind: &'static str,
 }
 
+/// Form fields whose values are secrets: a token endpoint that quotes them back in its
+/// error text must not get them into logs, `/tokens` or a notification.
+const SECRET_FIELDS: [&str; 6] = ["client_secret", "refresh_token", "password", "pat", "code", "code_verifier"];
+
+impl TokenRequest {
+    /// The secret values this request carries (form fields and `cfg`'s client secret, also
+    /// as `client_auth = "basic_rfc6749"` encodes it), to be blanked out of whatever the
+    /// endpoint answers.
+    pub(crate) fn secrets<'a>(&'a self, cfg: &'a CredentialConfig) -> Vec<std::borrow::Cow<'a, str>> {
+        let mut out: Vec<std::borrow::Cow<'a, str>> = self
+            .form
+            .iter()
+            .filter(|(k, _)| SECRET_FIELDS.contains(k))
+            .map(|(_, v)| std::borrow::Cow::Borrowed(v.as_str()))
+            .collect();
+        if let Some(secret) = &cfg.client_secret {
+            out.push(std::borrow::Cow::Borrowed(secret.expose()));
+            out.push(std::borrow::Cow::Owned(form_encode(secret.expose())));
+        }
+        if let Some(header) = &self.authorization {
+            if let Some(encoded) = header.expose().strip_prefix("Basic ") {
+                out.push(std::borrow::Cow::Borrowed(encoded));
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Debug for TokenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let keys: Vec<&str> = self.form.iter().map(|(k, _)| *k).collect();
@@ -261,5 +289,21 @@ mod tests {
 
     fn serde_urlencoded_body(r: &TokenRequest) -> String {
         url::form_urlencoded::Serializer::new(String::new()).extend_pairs(r.form.iter().map(|(k, v)| (*k, v))).finish()
+    }
+
+    #[test]
+    fn every_secret_a_request_carries_is_listed_for_blanking() {
+        let c = cred(
+            "authorization_code",
+            "client_id = \"id\"\nclient_secret = \"s e/c+ret\"\nclient_auth = \"basic_rfc6749\"",
+        );
+        let r = refresh(&c, &Secret::new("the-refresh-token"));
+        let listed: Vec<String> = r.secrets(&c).into_iter().map(|s| s.into_owned()).collect();
+        assert!(listed.contains(&"the-refresh-token".to_string()), "{listed:?}");
+        assert!(listed.contains(&"s e/c+ret".to_string()), "the raw client secret");
+        assert!(listed.contains(&"s+e%2Fc%2Bret".to_string()), "as basic_rfc6749 encodes it");
+        let header = r.authorization.as_ref().unwrap().expose().strip_prefix("Basic ").unwrap().to_string();
+        assert!(listed.contains(&header), "the Basic header's credentials");
+        assert!(!listed.iter().any(|s| s == "refresh_token" || s == "id"), "names and the client id are not secrets");
     }
 }

@@ -67,6 +67,18 @@ impl SourceError {
     }
 }
 
+/// `text` with every occurrence of each secret (of four characters or more: shorter
+/// ones would blank out ordinary words) replaced by `***`.
+fn blank_out<'a>(text: &'a str, secrets: &[std::borrow::Cow<'_, str>]) -> std::borrow::Cow<'a, str> {
+    let mut out = std::borrow::Cow::Borrowed(text);
+    for secret in secrets.iter().filter(|s| s.chars().count() >= 4) {
+        if out.contains(secret.as_ref()) {
+            out = std::borrow::Cow::Owned(out.replace(secret.as_ref(), "***"));
+        }
+    }
+    out
+}
+
 /// Largest token endpoint (or keys endpoint) answer read: beyond it the answer is
 /// refused, like a malformed one, instead of growing the process (SPEC: 1 MiB).
 pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
@@ -387,10 +399,13 @@ impl TokenSource {
         let body = read_capped(res).await?;
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
-            // Words from outside go into logs and pages: escaped and bounded.
+            // Words from outside go into logs, pages and notifications: with any secret this
+            // request sent blanked out (an endpoint may quote it back), escaped and bounded.
+            let secrets = req.secrets(&self.cfg);
+            let outside = |text: &str, max| crate::error::printable(&blank_out(text, &secrets), max);
             let (error, description) = match parsed {
                 Some(OAuthError { error: Some(e), error_description }) => {
-                    (crate::error::printable(&e, 100), error_description.map(|d| crate::error::printable(&d, 300)))
+                    (outside(&e, 100), error_description.map(|d| outside(&d, 300)))
                 }
                 _ => ("http_error".to_string(), None),
             };

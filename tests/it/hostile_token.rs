@@ -372,3 +372,44 @@ fn expires_in_secs(info: &Value) -> Result<f64, String> {
         Err(e) => -e.duration().as_secs_f64(),
     })
 }
+
+/// A token endpoint that quotes back what it was sent ("refresh token X is revoked", the
+/// client secret in its error text): the secrets are blanked out of everything the
+/// proxy shows — its log, `/tokens`, the status page — and the rest of the reason stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_quoted_back_by_the_token_endpoint_are_never_shown() {
+    let mock = goto_auth_proxy::demo::mock::MockGoto::start(goto_auth_proxy::demo::mock::MockOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = mock.mint_refresh_token();
+    let client_secret = mock.options().client_secret;
+    let description = format!("refresh token {seed} is revoked; client secret {client_secret} was checked");
+    let body = json!({ "error": "invalid_grant", "error_description": description }).to_string();
+    mock.set_fault(Some(TokenFault::Body { status: 400, body: Bytes::from(body) }));
+    let text = config_text(
+        dir.path(),
+        "",
+        &format!("{}\n{}", code_cred(CRED, &mock, Some(&seed)), route("/", &mock, Some(CRED))),
+    );
+    let p = Proc::spawn(&write_config(dir.path(), "quoting.toml", &text));
+    let http = client();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let tokens = loop {
+        let t: Value = http.get(p.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+        if t[CRED]["last_error"].is_string() {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no renewal failure shown: {t}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = tokens[CRED]["last_error"].as_str().unwrap();
+    assert!(reason.contains("refresh token *** is revoked; client secret *** was checked"), "{reason}");
+    let page = http.get(p.admin("/")).send().await.unwrap().text().await.unwrap();
+    let shown = [tokens.to_string(), page, p.log_text()];
+    for (what, secret) in [("refresh token", &seed), ("client secret", &client_secret)] {
+        for out in &shown {
+            assert!(!out.contains(secret.as_str()), "the {what} was shown:\n{out}");
+        }
+    }
+}

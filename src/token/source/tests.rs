@@ -94,6 +94,19 @@ fn refused_classification() {
 }
 
 #[test]
+fn secrets_quoted_back_are_blanked_out() {
+    let text = "client dGhlLXNlY3JldA== with secret the-secret and refresh rt-123456 unknown; the password";
+    let secrets: Vec<std::borrow::Cow<'_, str>> =
+        vec!["the-secret".into(), "rt-123456".into(), "dGhlLXNlY3JldA==".into(), "pw".into()];
+    assert_eq!(
+        blank_out(text, &secrets),
+        "client *** with secret *** and refresh *** unknown; the password",
+        "secrets of four characters or more are blanked; shorter ones would eat words"
+    );
+    assert!(matches!(blank_out("nothing to hide", &secrets), std::borrow::Cow::Borrowed(_)));
+}
+
+#[test]
 fn retry_after_in_seconds_or_as_a_date_and_capped() {
     let h = |s: &'static str| http::HeaderValue::from_static(s);
     let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // Wed, 21 Oct 2015 07:27:50 GMT
