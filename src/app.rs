@@ -387,14 +387,14 @@ pub async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn To
     Ok(open(config, metrics, None).await?.0)
 }
 
-/// [`open_store`], and the Redis store as itself (a reload may rebuild its connection);
+/// A store as the rest of the process uses it, and the Redis store as itself (a reload
+/// may rebuild its connection).
+type Opened = (Arc<dyn TokenStore>, Option<Arc<RedisStore>>);
+
+/// [`open_store`], and the Redis store as itself ([`Opened`]);
 /// `outbound`: the config's outbound settings when the caller has them already (the
 /// operating system's roots are read once).
-async fn open(
-    config: &Config,
-    metrics: &Metrics,
-    outbound: Option<&Outbound>,
-) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
+async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -> Result<Opened, StartError> {
     // `state.encryption_keys`: the first seals, every one opens.
     let keys = &config.state_encryption_keys;
     let sealer = if keys.is_empty() {
@@ -437,11 +437,7 @@ pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Ar
 }
 
 /// [`open_checked_store`], and the Redis store as itself ([`open`]).
-async fn open_checked(
-    config: &Config,
-    metrics: &Metrics,
-    outbound: Option<&Outbound>,
-) -> Result<(Arc<dyn TokenStore>, Option<Arc<RedisStore>>), StartError> {
+async fn open_checked(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -> Result<Opened, StartError> {
     let (store, redis) = open(config, metrics, outbound).await?;
     let names: Vec<String> = config.credentials.keys().cloned().collect();
     store.prepare(&names).await.map_err(|e| match e {
