@@ -120,7 +120,10 @@ struct CredentialArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held until `main` returns: dropping it flushes the log lines still queued.
-    let _log_writer = init_logging(cli.log_format);
+    let _log_writer = crate::log::init(match cli.log_format {
+        LogFormat::Text => crate::log::Format::Text,
+        LogFormat::Json => crate::log::Format::Json,
+    });
     let command = cli.command.unwrap_or_else(|| {
         let config =
             std::env::var_os("GOTO_AUTH_PROXY_CONFIG").map(PathBuf::from).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
@@ -134,60 +137,6 @@ pub fn main() -> ExitCode {
         Command::Token(a) => with_config(&a.config, |c| block_on(Some(1), token(c, a.credential.as_deref()))),
         Command::Keygen => keygen(),
     }
-}
-
-/// Log lines the non-blocking writer holds before it drops (80 ms of access log at 50k
-/// requests/s; the writer thread, gathering lines into one `write`, kept up with 40k
-/// requests/s on the CPU it shares with the proxy, dropping none). The ring is allocated
-/// and touched at start, 32 bytes a line: tracing-appender's default, 128,000, would be
-/// 4 MiB of resident memory for a sidecar that idles at a few.
-const LOG_BUFFER_LINES: usize = 4_096;
-
-/// Bytes the log writer thread gathers before a `write` (it also writes whenever no line
-/// is waiting).
-const LOG_WRITE_BUFFER: usize = 64 * 1024;
-
-/// Logs to stderr through a non-blocking writer (a thread of its own writes; a request
-/// never waits on the terminal or a full pipe — under extreme overload lines are dropped
-/// instead). In JSON, an access log line's fields are top-level keys (SPEC "Data path");
-/// other lines keep theirs under `fields`.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    use tracing_subscriber::{filter::filter_fn, fmt, Layer as _};
-
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // The writer thread drains every line waiting, then flushes: buffered, a busy access
-    // log costs one `write` per batch instead of one per line (stderr is unbuffered), and
-    // a quiet one is still written at once.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .lossy(true)
-        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BUFFER, std::io::stderr()));
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(writer).with_ansi(ansi)).init(),
-        LogFormat::Json => {
-            let access = |m: &tracing::Metadata<'_>| m.target() == crate::proxy::access::TARGET;
-            registry
-                .with(fmt::layer().json().with_writer(writer.clone()).with_filter(filter_fn(move |m| !access(m))))
-                .with(fmt::layer().json().flatten_event(true).with_writer(writer).with_filter(filter_fn(access)))
-                .init()
-        }
-    }
-    guard
-}
-
-/// The log filter from `RUST_LOG`: a default level and `target=level` pairs, comma
-/// separated (`warn,goto_auth_proxy::access=info`); unset or unreadable means `info`.
-/// `Targets` rather than `EnvFilter`: the same syntax for what operators write, without
-/// a regular-expression engine in the binary (span and field filters are not supported).
-fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    spec.filter(|s| !s.trim().is_empty())
-        .and_then(|s| s.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
 }
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
@@ -583,33 +532,4 @@ fn loopback_callback_addr(redirect: &str) -> Option<SocketAddr> {
         url::Host::Domain(_) => return None,
     };
     host.is_loopback().then(|| SocketAddr::new(host, u.port_or_known_default().unwrap_or(80)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-    use tracing::Level;
-
-    #[test]
-    fn rust_log_takes_a_default_level_and_per_target_levels() {
-        let access = crate::proxy::access::TARGET;
-        let f = log_filter(Some("warn,goto_auth_proxy::access=info"));
-        assert!(f.would_enable(access, &Level::INFO));
-        assert!(!f.would_enable("goto_auth_proxy::token", &Level::INFO));
-        assert!(f.would_enable("hyper", &Level::WARN));
-
-        let f = log_filter(Some("info,goto_auth_proxy::access=off"));
-        assert!(!f.would_enable(access, &Level::ERROR));
-        assert!(f.would_enable("goto_auth_proxy::token", &Level::INFO));
-        assert!(!f.would_enable("goto_auth_proxy::token", &Level::DEBUG));
-    }
-
-    #[test]
-    fn unset_empty_or_unreadable_rust_log_means_info() {
-        for spec in [None, Some(""), Some("  "), Some("=="), Some("info,x=loud")] {
-            let f = log_filter(spec);
-            assert!(f.would_enable("goto_auth_proxy", &Level::INFO), "{spec:?}");
-            assert!(!f.would_enable("goto_auth_proxy", &Level::DEBUG), "{spec:?}");
-        }
-    }
 }

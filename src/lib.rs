@@ -15,6 +15,7 @@
 //! * [`limit`] — per-route rate limiting.
 //! * [`token`] — per-credential tokens: grants, token endpoint, store (file or Redis,
 //!   shared by replicas), refresher.
+//! * [`log`] — logging to stderr; the writer escapes control characters in every line.
 //! * [`login`] — authorization-code sign-in: authorize URL, PKCE, callback.
 //! * [`admin`] — the status page, health, readiness, metrics, token metadata, sign-in endpoints.
 //! * [`notify`] — `[[notify]]`: a webhook or command told when a credential needs a person.
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod inbound;
 mod limit;
+mod log;
 mod login;
 pub mod metrics;
 pub mod notify;

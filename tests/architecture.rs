@@ -42,6 +42,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         "tokens: grants, endpoint, stores, refresher; Redis also keeps limit's SharedBudget (GoTo's quota is one per user, like the token)",
     ),
     ("login", &["config", "random", "token"], "authorization-code sign-in flows"),
+    ("log", &["proxy"], "stderr logging; proxy only for the access log's target name"),
     (
         "proxy",
         &["config", "error", "inbound", "limit", "metrics", "outbound", "route", "server", "token", "upstream"],
@@ -61,7 +62,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ),
     (
         "cli",
-        &["app", "config", "demo", "login", "metrics", "outbound", "proxy", "response", "server", "token"],
+        &["app", "config", "demo", "log", "login", "metrics", "outbound", "proxy", "response", "server", "token"],
         "the command line",
     ),
     ("demo", &["app", "config", "error", "random", "response", "server"], "`demo` and its mock GoTo"),
