@@ -2,17 +2,22 @@
 //! callback that checks the state and exchanges the code exactly once, and parsing of
 //! what a person pastes into `goto-auth-proxy login` (the redirected URL, or the code).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::config::GrantKind;
 use crate::token::{Credential, Token};
 
-/// A pending sign-in expires after this long.
-const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+/// A pending sign-in expires after this long: time enough to sign in, short enough that a
+/// leaked `state` soon means nothing.
+const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// At most this many sign-ins are pending per credential; a new one drops the oldest, so
+/// however often `/login` is called, memory and the cost of the next call stay the same.
+const PENDING_PER_CREDENTIAL: usize = 32;
 
 /// Why a sign-in could not start or finish; safe to show.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,12 +43,49 @@ struct Pending {
     credential: String,
     verifier: String,
     redirect_uri: String,
-    created: Instant,
+    /// `tokio`'s clock, so a test with paused time can let one expire.
+    created: tokio::time::Instant,
+}
+
+/// Sign-ins in progress: by `state`, and per credential in the order they began, so
+/// starting one is a constant amount of work (insert, and drop the oldest or the
+/// expired from the front) instead of a scan of all.
+#[derive(Default)]
+struct PendingTable {
+    by_state: HashMap<String, Pending>,
+    /// Per credential, its states oldest first (one already finished stays until it
+    /// reaches the front; it counts toward the bound, which only makes it tighter).
+    order: HashMap<String, VecDeque<String>>,
+}
+
+impl PendingTable {
+    /// Adds a sign-in under `state`, dropping the credential's expired ones and, beyond
+    /// [`PENDING_PER_CREDENTIAL`], its oldest.
+    fn insert(&mut self, state: String, pending: Pending) {
+        let now = pending.created;
+        let order = self.order.entry(pending.credential.clone()).or_default();
+        while let Some(oldest) = order.front() {
+            let expired = self.by_state.get(oldest).is_none_or(|p| now.duration_since(p.created) >= PENDING_TTL);
+            if order.len() < PENDING_PER_CREDENTIAL && !expired {
+                break;
+            }
+            if let Some(oldest) = order.pop_front() {
+                self.by_state.remove(&oldest);
+            }
+        }
+        order.push_back(state.clone());
+        self.by_state.insert(state, pending);
+    }
+
+    /// Takes the sign-in of `state` (spent either way); `None` when unknown or expired.
+    fn take(&mut self, state: &str) -> Option<Pending> {
+        self.by_state.remove(state).filter(|p| p.created.elapsed() < PENDING_TTL)
+    }
 }
 
 /// Sign-ins in progress, keyed by their `state`.
 pub(crate) struct LoginFlows {
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<PendingTable>,
     /// Used when a credential sets no `redirect_uri`: the admin listener's `/callback`.
     default_redirect: String,
 }
@@ -59,7 +101,7 @@ pub(crate) struct Started {
 impl LoginFlows {
     /// Flows whose default redirect URI is `default_redirect`.
     pub(crate) fn new(default_redirect: String) -> LoginFlows {
-        LoginFlows { pending: Mutex::new(HashMap::new()), default_redirect }
+        LoginFlows { pending: Mutex::new(PendingTable::default()), default_redirect }
     }
 
     /// Begins a sign-in for `cred` and returns the authorize URL.
@@ -86,11 +128,8 @@ impl LoginFlows {
             &cfg.authorize_params,
         );
         if let Ok(mut p) = self.pending.lock() {
-            p.retain(|_, v| v.created.elapsed() < PENDING_TTL);
-            p.insert(
-                state.clone(),
-                Pending { credential: cfg.name.clone(), verifier, redirect_uri, created: Instant::now() },
-            );
+            let created = tokio::time::Instant::now();
+            p.insert(state.clone(), Pending { credential: cfg.name.clone(), verifier, redirect_uri, created });
         }
         Ok(Started { url, state })
     }
@@ -102,13 +141,7 @@ impl LoginFlows {
         code: &str,
         state: &str,
     ) -> Result<(Arc<Credential>, Arc<Token>), LoginError> {
-        let pending = self
-            .pending
-            .lock()
-            .ok()
-            .and_then(|mut p| p.remove(state))
-            .filter(|p| p.created.elapsed() < PENDING_TTL)
-            .ok_or(LoginError::BadState)?;
+        let pending = self.pending.lock().ok().and_then(|mut p| p.take(state)).ok_or(LoginError::BadState)?;
         let cred = credentials.get(&pending.credential).cloned().ok_or(LoginError::BadState)?;
         let response = cred
             .source()
@@ -236,6 +269,43 @@ mod tests {
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["scope"], "openid offline_access");
         assert_eq!(q["prompt"], "consent");
+    }
+
+    fn pending(credential: &str) -> Pending {
+        Pending {
+            credential: credential.into(),
+            verifier: "v".into(),
+            redirect_uri: "http://127.0.0.1/callback".into(),
+            created: tokio::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn at_most_32_pending_per_credential_and_a_new_one_drops_the_oldest() {
+        let mut t = PendingTable::default();
+        for i in 0..1000 {
+            t.insert(format!("a{i}"), pending("a"));
+        }
+        t.insert("b0".into(), pending("b"));
+        assert_eq!(t.by_state.len(), PENDING_PER_CREDENTIAL + 1, "32 of `a`, one of `b`");
+        assert_eq!(t.order["a"].len(), PENDING_PER_CREDENTIAL);
+        assert!(t.take("a0").is_none() && t.take("a967").is_none(), "the oldest were dropped");
+        assert!(t.take("a968").is_some() && t.take("a999").is_some() && t.take("b0").is_some());
+        assert!(t.take("a999").is_none(), "a state is spent once taken");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_sign_in_lives_ten_minutes() {
+        let mut t = PendingTable::default();
+        for state in ["early", "late", "never-used"] {
+            t.insert(state.into(), pending("a"));
+        }
+        tokio::time::advance(PENDING_TTL - Duration::from_secs(1)).await;
+        assert!(t.take("early").is_some(), "still alive just before ten minutes");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(t.take("late").is_none(), "expired after ten minutes");
+        t.insert("new".into(), pending("a"));
+        assert_eq!(t.by_state.len(), 1, "starting one drops the expired: {:?}", t.order["a"]);
     }
 
     #[test]
