@@ -107,6 +107,46 @@ fn secrets_quoted_back_are_blanked_out() {
 }
 
 #[test]
+fn secrets_are_blanked_in_every_spelling_they_may_come_back_in() {
+    use base64::Engine as _;
+    let secret = "p+ss/w%rd X";
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let b64_url = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let every_byte = |upper: bool| -> String {
+        secret.bytes().map(|b| if upper { format!("%{b:02X}") } else { format!("%{b:02x}") }).collect()
+    };
+    let spellings: Vec<(&str, String)> = vec![
+        ("as sent", secret.to_string()),
+        ("upper case", secret.to_ascii_uppercase()),
+        ("lower case", secret.to_ascii_lowercase()),
+        ("form-encoded, upper-case hex, + for space", "p%2Bss%2Fw%25rd+X".into()),
+        ("form-encoded, lower-case hex", "p%2bss%2fw%25rd+X".into()),
+        ("%20 for space", "p%2Bss%2Fw%25rd%20X".into()),
+        ("every byte encoded, lower-case hex", every_byte(false)),
+        ("every byte encoded, upper-case hex", every_byte(true)),
+        ("encoded and in another case", "P%2bSS%2Fw%25RD+x".into()),
+        ("Basic header: base64 of id:secret", b64(&format!("the-client:{secret}"))),
+        ("base64 of a form-encoded id:secret", b64("the-client:p%2Bss%2Fw%25rd+X")),
+        ("URL-safe base64 without padding", b64_url(&format!("another-id:{secret}"))),
+        ("base64 of the secret alone", b64(secret)),
+    ];
+    let secrets: Vec<std::borrow::Cow<'_, str>> = vec![secret.into()];
+    for (how, spelled) in &spellings {
+        for text in [format!("bad client secret '{spelled}', try again"), format!("Basic {spelled}"), spelled.clone()] {
+            let blanked = blank_out(&text, &secrets);
+            assert!(blanked.contains("***"), "{how}: {text} -> {blanked}");
+            let rest = blanked.replace("***", "");
+            assert!(!rest.to_ascii_lowercase().contains("ss%2f") && !rest.contains("w%rd"), "{how}: {blanked}");
+            assert!(!rest.contains(&spelled[..spelled.len().min(6)]), "{how}: {text} -> {blanked}");
+        }
+        assert_eq!(blank_out(&format!("bad '{spelled}' given"), &secrets), "bad '***' given", "{how}");
+    }
+    for innocent in ["p+ss/w%r and X", "nothing to hide", "p ss/w%rd X", "cCtzcy93JXJk"] {
+        assert_eq!(blank_out(innocent, &secrets), innocent, "not the secret");
+    }
+}
+
+#[test]
 fn retry_after_in_seconds_or_as_a_date_and_capped() {
     let h = |s: &'static str| http::HeaderValue::from_static(s);
     let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // Wed, 21 Oct 2015 07:27:50 GMT
