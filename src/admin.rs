@@ -156,7 +156,8 @@ impl Admin {
             (&Method::GET, ["callback"]) => {
                 let query = req.uri().query().unwrap_or("");
                 let (status, page) = self.login.callback(query, &credentials).await;
-                html(status, &page)
+                // A page with neither style nor script: its nonce is never used.
+                secure_page(html(status, &page), &crate::random::token(16))
             }
             (_, ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -174,17 +175,7 @@ impl Admin {
     fn status_page(&self) -> Response<Full<Bytes>> {
         let nonce = crate::random::token(16);
         let body = page::render(&self.view.config(), &self.view.credentials(), &self.view.requests_by_route(), &nonce);
-        let mut res = html(StatusCode::OK, &body);
-        let h = res.headers_mut();
-        if let Ok(csp) = HeaderValue::from_str(&page::content_security_policy(&nonce)) {
-            h.insert(header::CONTENT_SECURITY_POLICY, csp);
-        }
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        // Not `no-referrer`: with it, a browser sends `Origin: null` on the page's own form posts.
-        h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        res
+        secure_page(html(StatusCode::OK, &body), &nonce)
     }
 
     fn readyz(&self) -> Response<Full<Bytes>> {
@@ -203,6 +194,22 @@ impl Admin {
             json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "ready": false, "not_ready": not_ready }))
         }
     }
+}
+
+/// `res`, an HTML page of this listener, with the headers every such page carries: a CSP
+/// that lets only `nonce`'d style and script run, never stored, never sniffed, never
+/// framed.
+fn secure_page(mut res: Response<Full<Bytes>>, nonce: &str) -> Response<Full<Bytes>> {
+    let h = res.headers_mut();
+    if let Ok(csp) = HeaderValue::from_str(&page::content_security_policy(nonce)) {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Not `no-referrer`: with it, a browser sends `Origin: null` on the page's own form posts.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
 }
 
 fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {
