@@ -15,12 +15,35 @@ const FORGED: &str = "%0A2026-12-07T10:00:00.000000Z%20%20INFO%20goto_auth_proxy
 const FORGED_RAW: &str =
     "\n2026-12-07T10:00:00.000000Z  INFO goto_auth_proxy::access: method=GET status=200\u{1b}[31m\r\0\u{7f}\u{9b}2J";
 
-fn config(mock: &MockGoto, dir: &std::path::Path) -> std::path::PathBuf {
+/// A server that answers every request with a head whose reason phrase holds control
+/// characters and a body that breaks off: a hostile upstream, or keys endpoint.
+async fn hostile_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK{FORGED_RAW}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"x\":\"{FORGED_RAW}"
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(mock: &MockGoto, dir: &std::path::Path, hostile: std::net::SocketAddr) -> std::path::PathBuf {
+    let hostile_keys = code_cred("keys", mock, Some(&mock.mint_refresh_token()))
+        .replace(&format!("{}/identity", mock.url()), &format!("http://{hostile}/identity"));
     let text = config_text(
         dir,
         "",
         &format!(
-            "{}\n{}\n{}\n{}",
+            "{}\n{}\n{hostile_keys}\n{}\n[[routes]]\nprefix = \"/hostile/\"\nupstream = \"http://{hostile}\"\n{}",
             code_cred("goto", mock, Some(&mock.mint_refresh_token())),
             client_credentials_cred("cc", mock),
             route("/cc/", mock, Some("cc")),
@@ -55,14 +78,21 @@ async fn drive_hostile_text(p: &Proc, mock: &MockGoto) {
     let r = http.post(p.admin("/refresh/cc")).send().await.unwrap();
     assert_eq!(r.status(), 502);
     mock.set_fault(None);
+    // A keys endpoint and an upstream that answer with control characters and break off.
+    let r = http.post(p.admin("/refresh/keys")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a renewal succeeds without keys");
+    let r = http.get(p.url("/hostile/x")).send().await;
+    if let Ok(r) = r {
+        let _ = r.bytes().await;
+    }
     // Something logged after all the above: every line before it was written.
     assert_eq!(http.post(p.admin("/refresh/goto")).send().await.unwrap().status(), 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !p.log_text().contains("token renewed") || !p.log_text().contains("sign-in callback failed") {
+    let waited_for = ["token renewed", "sign-in callback failed", "organizer/account key lookup failed", "/hostile/x"];
+    while !waited_for.iter().all(|w| p.log_text().contains(w)) {
         assert!(tokio::time::Instant::now() < deadline, "{}", p.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// No raw control character (C0 but tab, DEL, C1) anywhere in `lines`.
@@ -78,7 +108,9 @@ async fn text_log_lines_cannot_be_forged_or_carry_escape_sequences() {
     let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["run", "--log-format", "text", "--config"]).arg(config(&mock, dir.path())).env("RUST_LOG", "info");
+    cmd.args(["run", "--log-format", "text", "--config"])
+        .arg(config(&mock, dir.path(), hostile_server().await))
+        .env("RUST_LOG", "info");
     let p = Proc::spawn_with(cmd);
     wait_ready(&client(), &p.admin("/readyz"), Duration::from_secs(10)).await;
     drive_hostile_text(&p, &mock).await;
@@ -107,7 +139,7 @@ async fn text_log_lines_cannot_be_forged_or_carry_escape_sequences() {
 async fn json_log_lines_cannot_be_forged_or_carry_escape_sequences() {
     let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::spawn(&config(&mock, dir.path()));
+    let p = Proc::spawn(&config(&mock, dir.path(), hostile_server().await));
     wait_ready(&client(), &p.admin("/readyz"), Duration::from_secs(10)).await;
     drive_hostile_text(&p, &mock).await;
 
