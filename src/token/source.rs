@@ -72,8 +72,14 @@ impl SourceError {
 /// as sent, in any ASCII case, percent-encoded (either case of hex digit, any mix of
 /// encoded and plain characters, `+` or `%20` for a space), and inside base64 (as a Basic
 /// header carries `client_id:client_secret`, whatever the client id).
+///
+/// Only the first [`BLANK_LIMIT`] bytes are kept (then `…`): the search costs the text's
+/// length times the secrets', and callers show a few hundred characters at most, so a
+/// hostile megabyte of error text costs no more than a short one.
 fn blank_out<'a>(text: &'a str, secrets: &[std::borrow::Cow<'_, str>]) -> std::borrow::Cow<'a, str> {
     let secrets: Vec<&[u8]> = secrets.iter().filter(|s| s.chars().count() >= 4).map(|s| s.as_bytes()).collect();
+    let cut = (0..=BLANK_LIMIT.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    let (text, cut_off) = (&text[..cut], cut < text.len());
     let bytes = text.as_bytes();
     let mut found: Vec<(usize, usize)> = Vec::new();
     for start in (0..bytes.len()).filter(|&i| text.is_char_boundary(i)) {
@@ -83,7 +89,7 @@ fn blank_out<'a>(text: &'a str, secrets: &[std::borrow::Cow<'_, str>]) -> std::b
         }
     }
     found.extend(base64_runs(bytes).filter(|&(s, e)| holds_secret_in_base64(&bytes[s..e], &secrets)));
-    if found.is_empty() {
+    if found.is_empty() && !cut_off {
         return std::borrow::Cow::Borrowed(text);
     }
     found.sort_unstable();
@@ -100,8 +106,14 @@ fn blank_out<'a>(text: &'a str, secrets: &[std::borrow::Cow<'_, str>]) -> std::b
         copied = end;
     }
     out.push_str(&text[copied..]);
+    if cut_off {
+        out.push('…');
+    }
     std::borrow::Cow::Owned(out)
 }
+
+/// How much of an outside error text [`blank_out`] searches and keeps.
+const BLANK_LIMIT: usize = 8 * 1024;
 
 /// Where a spelling of `secret` that begins at `text[start]` ends: each of its bytes as
 /// itself in any ASCII case, as `%XX` (either case), or a space as `+`.

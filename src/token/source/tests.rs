@@ -147,6 +147,18 @@ fn secrets_are_blanked_in_every_spelling_they_may_come_back_in() {
 }
 
 #[test]
+fn a_huge_error_text_is_cut_before_it_is_searched() {
+    let secrets: Vec<std::borrow::Cow<'_, str>> = vec!["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab".into()];
+    let text = format!("ü{}", "a".repeat(1024 * 1024));
+    let started = std::time::Instant::now();
+    let blanked = blank_out(&text, &secrets);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(blanked.len() <= BLANK_LIMIT + '…'.len_utf8() && blanked.ends_with('…'), "{}", blanked.len());
+    let text = format!("{}ü", "a".repeat(BLANK_LIMIT - 1));
+    assert!(blank_out(&text, &secrets).ends_with("a…"), "cut on a character boundary");
+}
+
+#[test]
 fn retry_after_in_seconds_or_as_a_date_and_capped() {
     let h = |s: &'static str| http::HeaderValue::from_static(s);
     let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // Wed, 21 Oct 2015 07:27:50 GMT
