@@ -501,12 +501,12 @@ impl TokenSource {
             });
         }
         let body = read_capped(res).await?;
+        // Words from outside go into logs, pages and notifications: with any secret this
+        // request sent blanked out (an endpoint may quote it back), escaped and bounded.
+        let secrets = req.secrets(&self.cfg);
+        let outside = |text: &str, max| crate::error::printable(&blank_out(text, &secrets), max);
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();
-            // Words from outside go into logs, pages and notifications: with any secret this
-            // request sent blanked out (an endpoint may quote it back), escaped and bounded.
-            let secrets = req.secrets(&self.cfg);
-            let outside = |text: &str, max| crate::error::printable(&blank_out(text, &secrets), max);
             let (error, description) = match parsed {
                 Some(OAuthError { error: Some(e), error_description }) => {
                     (outside(&e, 100), error_description.map(|d| outside(&d, 300)))
@@ -515,7 +515,11 @@ impl TokenSource {
             };
             return Err(SourceError::Refused { kind: req.kind, status, error, description, retry_after });
         }
-        TokenResponse::parse(&body)
+        // The parser's complaint may quote the body ("invalid type: string \"…\"").
+        TokenResponse::parse(&body).map_err(|e| match e {
+            SourceError::Malformed(why) => SourceError::Malformed(outside(&why, 300)),
+            e => e,
+        })
     }
 
     /// Looks up organizer/account keys with `access_token`, when a keys URL applies: the

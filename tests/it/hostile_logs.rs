@@ -233,4 +233,14 @@ async fn a_client_secret_quoted_back_in_another_spelling_is_blanked_everywhere()
         let lower = text.to_ascii_lowercase();
         assert!(!lower.contains(&lower_hex) && !lower.contains(&secret), "{what}: {text}");
     }
+
+    // A 200 that is no token answer: the parser's complaint quotes the body back.
+    let quoted = serde_json::Value::String(format!("your secret {upper}")).to_string();
+    s.mock.set_fault(Some(TokenFault::Body { status: 200, body: quoted.into() }));
+    let refused = s.http.post(s.admin("/refresh/cc")).send().await.unwrap().text().await.unwrap();
+    let tokens = s.http.get(s.admin("/tokens")).send().await.unwrap().text().await.unwrap();
+    for (what, text) in [("refresh answer", &refused), ("/tokens", &tokens)] {
+        assert!(text.contains("your secret ***"), "{what}: {text}");
+        assert!(!text.to_ascii_lowercase().contains(&secret), "{what}: {text}");
+    }
 }
