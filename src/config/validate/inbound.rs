@@ -43,7 +43,8 @@ pub(super) fn validate_inbound(
     }
     for (what, addr) in [("proxy.listen", proxy.listen), ("proxy.admin_listen", proxy.admin_listen)] {
         if !addr.ip().is_loopback() && !allow_remote {
-            return Err(loc.err_key(what, &(0..0), "is not a loopback address: anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs to allow it"));
+            let why = format!("\"{addr}\" is not a loopback address: anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs to allow it");
+            return Err(loc.err_key(what, &(0..0), why));
         }
     }
     let hosts = validate_hosts(loc, &raw.hosts)?;
