@@ -516,7 +516,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
         one_shot_store(&config).await?.describe()
     );
     if proxy_running {
-        let url = format!("http://{admin}/refresh/{name}");
+        let url = format!("http://{admin}{}", crate::config::refresh_path(&name));
         // The admin listener is on loopback: never through an environment's proxy.
         let local = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
         match local.post(&url).timeout(Duration::from_secs(10)).send().await {
