@@ -7,6 +7,7 @@
 //! are never a value: the dotted key at the span ([`super::keys`]), the line, and the
 //! type the schema expected.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -38,12 +39,15 @@ pub enum ConfigError {
     },
 }
 
-/// Turns byte offsets into line numbers and builds located errors.
+/// Turns byte offsets into line numbers and builds located errors (and warnings).
 pub(super) struct Locator<'a> {
     /// The file's name, as errors print it.
     pub(super) file: &'a str,
     /// The file's text.
     pub(super) text: &'a str,
+    /// What validation found worth telling but not refusing, located like errors; it
+    /// becomes [`super::Config::warnings`].
+    pub(super) warnings: RefCell<Vec<String>>,
 }
 
 impl Locator<'_> {
@@ -61,6 +65,12 @@ impl Locator<'_> {
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// Notes a warning at the line `span` starts on, in the form errors print.
+    pub(super) fn warn(&self, span: &Range<usize>, key: &str, message: impl std::fmt::Display) {
+        let line = self.line_of(span.start);
+        self.warnings.borrow_mut().push(format!("{}:{line}: {key}: {message}", self.file));
     }
 
     /// A located error for a key whose value carries no span: the line of `key`'s own

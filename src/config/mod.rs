@@ -159,6 +159,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[[notify]]`: where events about credentials that need a person go.
     pub notify: Vec<NotifyConfig>,
+    /// What is worth telling but not refusing, e.g. a key or secret file other users can
+    /// read (container runtimes often mount secrets 0644): `check` prints these and `run`
+    /// logs them at start. Each names the file, the line and the key, never a value.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -519,7 +523,7 @@ impl Config {
 
     /// Validates config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let loc = error::Locator { file, text };
+        let loc = error::Locator { file, text, warnings: Default::default() };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| error::toml_error(&loc, &e))?;
         validate::validate(&loc, raw)
     }

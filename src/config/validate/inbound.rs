@@ -66,6 +66,7 @@ fn validate_tls(
                     return Err(loc.err(&f.span(), k, "is not a readable file"));
                 }
             }
+            super::warn_if_others_read(loc, &key.span(), "inbound.tls_key", key.get_ref());
             Ok(Some(TlsFiles { cert: cert.into_inner(), key: key.into_inner() }))
         }
         (Some(c), None) => Err(loc.err(&c.span(), "inbound.tls_key", "is required with tls_cert")),

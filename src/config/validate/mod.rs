@@ -58,6 +58,7 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
     }
 
     Ok(Config {
+        warnings: loc.warnings.take(),
         source: loc.file.to_string(),
         proxy,
         state,
@@ -419,6 +420,7 @@ fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Resul
         RawSecret::File { file } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| loc.err(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))?;
+            warn_if_others_read(loc, &s.span(), key, file);
             text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
         }
     };
@@ -426,6 +428,34 @@ fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Resul
         return Err(loc.err(&s.span(), key, "is empty"));
     }
     Ok(Secret::new(value))
+}
+
+/// Warns (not refuses: container runtimes often mount secrets 0644) when the key or
+/// secret file `path` is readable by its group or by everyone. The warning names the
+/// file and its mode, never what it holds.
+fn warn_if_others_read(loc: &Locator<'_>, span: &Range<usize>, key: &str, path: &std::path::Path) {
+    if let Some(mode) = readable_by_others(path) {
+        let message = format!(
+            "{} is readable by other users (mode {mode:04o}); only the proxy's own user should read it (chmod 600)",
+            path.display()
+        );
+        loc.warn(span, key, message);
+    }
+}
+
+/// The permission bits of `path` (the file a symbolic link points at) when its group or
+/// everyone may read it.
+#[cfg(unix)]
+fn readable_by_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+/// Elsewhere files carry no such bits.
+#[cfg(not(unix))]
+fn readable_by_others(_path: &std::path::Path) -> Option<u32> {
+    None
 }
 
 #[cfg(test)]
@@ -524,6 +554,47 @@ mod tests {
         let text = GOOD.replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", p.display().to_string()));
         let c = Config::parse("t.toml", &text).unwrap();
         assert_eq!(c.credentials["g2a"].password.as_ref().unwrap().expose(), "abc");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_and_secret_files_others_can_read_are_warned_about_by_name_never_content() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, key) = (dir.path().join("password"), dir.path().join("state.key"));
+        std::fs::write(&secret, "file-s3cr3t\n").unwrap();
+        std::fs::write(&key, format!("{}\n", b64(&[5; 32]))).unwrap();
+        let text = with_keys(&format!("[{{ file = {:?} }}]", key.display().to_string()))
+            .replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", secret.display().to_string()));
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let mode =
+            |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+
+        mode(&secret, 0o644);
+        mode(&key, 0o640);
+        let c = Config::parse("t.toml", &text).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![
+                format!(
+                    "t.toml:{}: state.encryption_keys[0]: {} is readable by other users (mode 0640); only the proxy's own user should read it (chmod 600)",
+                    line_of("encryption_keys"),
+                    key.display()
+                ),
+                format!(
+                    "t.toml:{}: credentials.g2a.password: {} is readable by other users (mode 0644); only the proxy's own user should read it (chmod 600)",
+                    line_of("password = {"),
+                    secret.display()
+                ),
+            ]
+        );
+        assert!(!format!("{:?}", c.warnings).contains("s3cr3t"));
+
+        // Owner-only files: nothing to say.
+        mode(&secret, 0o600);
+        mode(&key, 0o400);
+        assert!(Config::parse("t.toml", &text).unwrap().warnings.is_empty());
+        assert!(Config::parse("t.toml", GOOD).unwrap().warnings.is_empty(), "literal secrets are no files");
     }
 
     #[test]
