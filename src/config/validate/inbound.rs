@@ -179,6 +179,28 @@ mod tests {
         assert!(err(&bad).contains("inbound.allow_cidrs[0]"));
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn an_inbound_tls_key_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "k3y-s3cr3t").unwrap();
+        let text = format!(
+            "[inbound]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let warnings = Config::parse("t.toml", &text).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let expected = format!("t.toml:3: inbound.tls_key: {} is readable by other users (mode 0604)", key.display());
+        assert!(warnings[0].starts_with(&expected) && !warnings[0].contains("s3cr3t"), "{warnings:?}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::parse("t.toml", &text).unwrap().warnings.is_empty());
+    }
+
     #[test]
     fn inbound_hosts_and_origins_are_normalised() {
         let text = "[inbound]\nhosts = [\"Proxy.Internal\", \"10.0.0.5\", \"::1\", \"[2001:DB8::1]\", \"my_service\", \"proxy.internal\"]\nallow_origins = [\"https://Web.Postman.co\", \"https://web.postman.co:443/\", \"http://localhost:3000\", \"https://app.example:8443\"]\n";
