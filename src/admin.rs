@@ -104,6 +104,8 @@ impl Admin {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // A credential's name, as `login_path`/`refresh_path` encoded it.
+        let named = |segment: &str| crate::config::name_from_path(segment).unwrap_or_default().into_owned();
         let config = self.view.config();
         let admitted = match segments.as_slice() {
             ["healthz"] | ["readyz"] => inbound::admit_address(&config.inbound, peer.ip()),
@@ -127,8 +129,8 @@ impl Admin {
                 let infos: BTreeMap<&str, _> = credentials.iter().map(|(n, c)| (n.as_str(), c.info())).collect();
                 json(StatusCode::OK, &serde_json::to_value(infos).unwrap_or_default())
             }
-            (&Method::POST, ["refresh", name]) => match credentials.get(*name) {
-                None => unknown(&credentials, name),
+            (&Method::POST, ["refresh", name]) => match credentials.get(&named(name)) {
+                None => unknown(&credentials, &named(name)),
                 // The status page's button: renew, then show the page again (PRG), where
                 // the outcome is in the row.
                 Some(c) if from_a_form(req.headers()) => {
@@ -143,8 +145,8 @@ impl Admin {
                     ),
                 },
             },
-            (&Method::GET, ["login", name]) => match credentials.get(*name) {
-                None => unknown(&credentials, name),
+            (&Method::GET, ["login", name]) => match credentials.get(&named(name)) {
+                None => unknown(&credentials, &named(name)),
                 Some(c) => match self.login.start(c) {
                     Ok(url) => redirect(&url),
                     Err(e) => json(

@@ -156,6 +156,9 @@ fn with_config(arg: &ConfigArg, f: impl FnOnce(Config) -> ExitCode) -> ExitCode 
 fn check(arg: &ConfigArg) -> ExitCode {
     match load(arg) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
             print!("{c}");
             // The outbound settings as `run` builds them: roots counted per source, the
             // proxy from the config or this environment (credentials as `***`).
@@ -255,6 +258,9 @@ fn run(a: &RunArgs) -> ExitCode {
         // The data path runs on its own threads (`workers`); this runtime only renews
         // tokens and answers the admin listener.
         block_on(Some(1), async move {
+            for w in &config.warnings {
+                tracing::warn!("{w}");
+            }
             let running = crate::app::start(config).await?;
             wait_for_stop(running.shutdown_token(), Some((&running.core, &reload))).await;
             tracing::info!("stopping: draining in-flight requests");
@@ -465,7 +471,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
         one_shot_store(&config).await?.describe()
     );
     if proxy_running {
-        let url = format!("http://{admin}/refresh/{name}");
+        let url = format!("http://{admin}{}", crate::config::refresh_path(&name));
         // The admin listener is on loopback: never through an environment's proxy.
         let local = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
         match local.post(&url).timeout(Duration::from_secs(10)).send().await {

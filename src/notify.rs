@@ -95,8 +95,8 @@ fn transition(was: Condition, now: Condition) -> (Condition, Option<NotifyEvent>
 /// Watches credentials and delivers their events to the `[[notify]]` entries in force.
 pub struct Notifier {
     targets: ArcSwap<Vec<NotifyConfig>>,
-    /// `http://ADMIN/login/`: where a person signs in.
-    login_base: String,
+    /// `http://ADMIN`: the admin listener, where a person signs in.
+    admin_base: String,
     /// Posts webhooks: the outbound TLS and proxy settings of the config in force.
     http: ArcSwap<reqwest::Client>,
     metrics: Metrics,
@@ -119,7 +119,7 @@ impl Notifier {
     ) -> Notifier {
         Notifier {
             targets: ArcSwap::from_pointee(targets),
-            login_base: format!("http://{admin}/login/"),
+            admin_base: format!("http://{admin}"),
             http: ArcSwap::from_pointee(http),
             metrics,
             tasks,
@@ -166,7 +166,8 @@ impl Notifier {
     fn payload(&self, cred: &Credential, event: NotifyEvent, h: &Health) -> Payload {
         let name = cred.name();
         let grant = cred.config().grant;
-        let login_url = (grant == GrantKind::AuthorizationCode).then(|| format!("{}{name}", self.login_base));
+        let login_url = (grant == GrantKind::AuthorizationCode)
+            .then(|| format!("{}{}", self.admin_base, crate::config::login_path(name)));
         let why = h.last_error.as_deref().unwrap_or("no reason given");
         let message = match event {
             NotifyEvent::NeedsLogin => match &login_url {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::config::{display_url, Config, GrantKind};
+use crate::config::{display_url, login_path, refresh_path, Config, GrantKind};
 use crate::token::TokenInfo;
 
 use super::Credentials;
@@ -124,9 +124,9 @@ fn credential_row(name: &str, grant: GrantKind, info: &TokenInfo, now: SystemTim
             td.num data-label="Failures" { (info.consecutive_failures) }
             td.actions data-label="Actions" {
                 @if grant == GrantKind::AuthorizationCode {
-                    a.button.primary href={ "/login/" (name) } { "Sign in" }
+                    a.button.primary href=(login_path(name)) { "Sign in" }
                 }
-                form method="post" action={ "/refresh/" (name) } {
+                form method="post" action=(refresh_path(name)) {
                     button type="submit" { "Refresh now" }
                 }
             }

@@ -7,6 +7,7 @@
 //! are never a value: the dotted key at the span ([`super::keys`]), the line, and the
 //! type the schema expected.
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -38,12 +39,15 @@ pub enum ConfigError {
     },
 }
 
-/// Turns byte offsets into line numbers and builds located errors.
+/// Turns byte offsets into line numbers and builds located errors (and warnings).
 pub(super) struct Locator<'a> {
     /// The file's name, as errors print it.
     pub(super) file: &'a str,
     /// The file's text.
     pub(super) text: &'a str,
+    /// What validation found worth telling but not refusing, located like errors; it
+    /// becomes [`super::Config::warnings`].
+    pub(super) warnings: RefCell<Vec<String>>,
 }
 
 impl Locator<'_> {
@@ -61,6 +65,12 @@ impl Locator<'_> {
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// Notes a warning at the line `span` starts on, in the form errors print.
+    pub(super) fn warn(&self, span: &Range<usize>, key: &str, message: impl std::fmt::Display) {
+        let line = self.line_of(span.start);
+        self.warnings.borrow_mut().push(format!("{}:{line}: {key}: {message}", self.file));
     }
 
     /// A located error for a key whose value carries no span: the line of `key`'s own
@@ -257,7 +267,8 @@ mod tests {
 
     /// Every key the schema has (and an unknown one), in every section, with a value of
     /// every shape: an error never contains the value. (`{ env }`/`{ file }` are left
-    /// out: their errors name the variable or the path, on purpose.)
+    /// out: their errors name the variable or the path, on purpose; a string under a key
+    /// that holds a name the user chose is quoted back, also on purpose.)
     #[test]
     fn no_error_echoes_a_value_whatever_the_key_section_or_shape() {
         let keys = super::super::echo_checked_keys().into_iter().chain(["bogus"]);
@@ -285,6 +296,10 @@ mod tests {
                     let text = format!("{section}\n{key} = {value}\n");
                     if let Err(e) = Config::parse("t.toml", &text) {
                         let e = e.to_string();
+                        if super::super::is_quoted_name(key, value) && e.contains(&format!("\"{hidden}\"")) {
+                            // A name the user chose, quoted back on purpose.
+                            continue;
+                        }
                         assert!(!e.contains(hidden), "{text:?} echoed: {e}");
                         on_the_line += usize::from(e.starts_with("t.toml:2:"));
                     }
@@ -354,7 +369,6 @@ mod tests {
             ("routes = 5\n", "t.toml:1: routes: invalid value: expected a list, found an integer", "5\n"),
             ("proxy = 98765\n", "t.toml:1: proxy: invalid value: expected a table", "98765"),
             ("[state]\nstore = \"s3cr3t\"\n", "t.toml:2: state.store: is not a store", "s3cr3t"),
-            ("[credentials.a]\ngrant = \"s3cr3t\"\n", "t.toml:2: credentials.a.grant: is not a grant", "s3cr3t"),
             (
                 "[credentials.a]\ngrant = \"static\"\ntoken = \"t\"\nbogus = \"s3cr3t\"\n",
                 "t.toml:4: credentials.a.bogus: unknown key (allowed keys: grant, ",
@@ -370,7 +384,6 @@ mod tests {
                 "t.toml:2: inbound.tls_cert: is not a readable file",
                 "s3cr3t",
             ),
-            ("[proxy]\nlisten = \"10.9.8.7:80\"\n", "t.toml:2: proxy.listen: is not a loopback address", "10.9.8.7"),
         ];
         for (text, start, hidden) in cases {
             let e = err(text);

@@ -17,6 +17,8 @@
 //! * `error.rs` — [`ConfigError`]; toml's errors rebuilt from the key, the line and the
 //!   expected type, never the value.
 //! * `keys.rs` — the dotted key at a byte position of the file (`routes[1].methods[0]`).
+//! * `names.rs` — the rule for credential names, and how a name is put into (and read
+//!   back from) a URL path.
 //! * `validate/` — raw → validated: routes, credentials and their grants, state,
 //!   secrets from the environment or files; `validate/inbound.rs` for `[inbound]`;
 //!   `validate/outbound.rs` for `[tls]` (its PEM files read and checked) and
@@ -39,6 +41,7 @@ use crate::secret::Secret;
 mod display;
 mod error;
 mod keys;
+mod names;
 mod raw;
 mod validate;
 
@@ -61,6 +64,16 @@ pub fn echo_checked_keys() -> Vec<&'static str> {
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// Keys whose string value is a name the user chose — a grant, a route's prefix, the
+/// credential a route names — which an error quotes back (escaped), so that
+/// `credential = "g2w_missing"` is told which name is wrong. Never a secret, and a value
+/// of any other type is never echoed: what the never-echo tests skip, and only that.
+#[doc(hidden)]
+pub fn is_quoted_name(key: &str, value: &str) -> bool {
+    let is_string = format!("v = {value}").parse::<toml::Table>().is_ok_and(|t| t.get("v").is_some_and(|v| v.is_str()));
+    matches!(key, "grant" | "prefix" | "credential") && is_string
 }
 
 /// The keys of every section but a credential's (see [`echo_checked_keys`]).
@@ -103,6 +116,7 @@ const SECTION_KEYS: &[&str] = &[
 
 pub use display::{display_url, display_url_str};
 pub use error::ConfigError;
+pub use names::{is_valid_name, login_path, name_from_path, name_to_path, quoted, refresh_path, NAME_RULE};
 pub use validate::proxy_url;
 
 /// Where `--config` points when neither the flag nor `GOTO_AUTH_PROXY_CONFIG` is given.
@@ -145,6 +159,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[[notify]]`: where events about credentials that need a person go.
     pub notify: Vec<NotifyConfig>,
+    /// What is worth telling but not refusing, e.g. a key or secret file other users can
+    /// read (container runtimes often mount secrets 0644): `check` prints these and `run`
+    /// logs them at start. Each names the file, the line and the key, never a value.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -505,7 +523,7 @@ impl Config {
 
     /// Validates config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let loc = error::Locator { file, text };
+        let loc = error::Locator { file, text, warnings: Default::default() };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| error::toml_error(&loc, &e))?;
         validate::validate(&loc, raw)
     }

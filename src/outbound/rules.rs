@@ -7,7 +7,9 @@
 //!   127.0.0.0/8 and `::1`, decided from the URL's host.
 //! * `NO_PROXY` (either case) applies in both cases: comma-separated host names (a name
 //!   also covers its subdomains; a leading `.` or `*.` is the same), IP addresses, CIDRs,
-//!   and `*` for everything.
+//!   and `*` for everything. An entry with a port (`host.corp:8443`, `.corp:8443`,
+//!   `10.0.0.1:443`, `[::1]:8080`) covers that port only: the URL's port, or 443/80
+//!   by scheme.
 //!
 //! The environment is passed in ([`ProxyRules::new`] takes a lookup function), so the
 //! rules are unit-tested without touching the process's variables.
@@ -125,7 +127,7 @@ impl ProxyRules {
     /// The proxy to reach `url` through, or `None` to connect directly.
     pub fn proxy_for(&self, url: &url::Url) -> Option<&Arc<ProxyEndpoint>> {
         let host = url.host()?;
-        if self.no_proxy.covers(&host) {
+        if self.no_proxy.covers(&host, url.port_or_known_default()) {
             return None;
         }
         if let Some(p) = &self.explicit {
@@ -183,48 +185,57 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
     }
 }
 
-/// `NO_PROXY`: destinations that never go through a proxy.
+/// `NO_PROXY`: destinations that never go through a proxy. An entry with a port covers
+/// that port only (`None`: every port).
 #[derive(Debug, Default)]
 struct NoProxy {
     /// `*`: nothing goes through a proxy.
     all: bool,
     /// Host names, lowercase, without a leading `.`/`*.` or trailing `.`; each covers
     /// itself and its subdomains.
-    names: Vec<String>,
+    names: Vec<(String, Option<u16>)>,
     /// Addresses (as /32 or /128) and networks.
-    nets: Vec<ipnet::IpNet>,
+    nets: Vec<(ipnet::IpNet, Option<u16>)>,
 }
 
 impl NoProxy {
     fn parse(list: &str) -> NoProxy {
         let mut out = NoProxy::default();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let bare = entry.trim_start_matches('[').trim_end_matches(']');
             if entry == "*" {
                 out.all = true;
-            } else if let Ok(net) = bare.parse::<ipnet::IpNet>() {
-                out.nets.push(net);
+                continue;
+            }
+            // A port that is no number makes the entry cover nothing (it is left out).
+            let Some((host, port)) = split_port(entry) else { continue };
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(net) = bare.parse::<ipnet::IpNet>() {
+                out.nets.push((net, port));
             } else if let Ok(ip) = bare.parse::<IpAddr>() {
-                out.nets.push(ipnet::IpNet::from(ip));
+                out.nets.push((ipnet::IpNet::from(ip), port));
             } else {
-                let name = entry.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
+                let name = host.trim_start_matches("*.").trim_start_matches('.').trim_end_matches('.');
                 if !name.is_empty() {
-                    out.names.push(name.to_ascii_lowercase());
+                    out.names.push((name.to_ascii_lowercase(), port));
                 }
             }
         }
         out
     }
 
-    fn covers(&self, host: &url::Host<&str>) -> bool {
+    /// Whether a destination at `host` and `port` (the URL's, or its scheme's default)
+    /// is reached directly.
+    fn covers(&self, host: &url::Host<&str>, port: Option<u16>) -> bool {
         if self.all {
             return true;
         }
+        let port_ok = |p: &Option<u16>| p.is_none() || *p == port;
         let ip = match host {
             url::Host::Domain(d) => {
                 let d = d.trim_end_matches('.');
-                return self.names.iter().any(|n| {
-                    d.len() >= n.len()
+                return self.names.iter().any(|(n, p)| {
+                    port_ok(p)
+                        && d.len() >= n.len()
                         && d[d.len() - n.len()..].eq_ignore_ascii_case(n)
                         && (d.len() == n.len() || d.as_bytes()[d.len() - n.len() - 1] == b'.')
                 });
@@ -232,7 +243,7 @@ impl NoProxy {
             url::Host::Ipv4(ip) => IpAddr::V4(*ip),
             url::Host::Ipv6(ip) => IpAddr::V6(*ip),
         };
-        self.nets.iter().any(|n| n.contains(&ip))
+        self.nets.iter().any(|(n, p)| port_ok(p) && n.contains(&ip))
     }
 
     fn is_empty(&self) -> bool {
@@ -240,14 +251,35 @@ impl NoProxy {
     }
 }
 
+/// A `NO_PROXY` entry's host and port: `host.corp:8443`, `10.0.0.1:443` and
+/// `[::1]:8080` have one; `host.corp`, `[::1]` and a bare IPv6 address or network
+/// (`fd00::1`, `fd00::/8`: more than one colon) have none. `None` when the port is not
+/// a number.
+fn split_port(entry: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = entry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((_, "")) | None => Some((entry, None)),
+            Some((inner, after)) => {
+                let port = after.strip_prefix(':')?.parse().ok()?;
+                Some((&entry[..inner.len() + 2], Some(port)))
+            }
+        };
+    }
+    match entry.split_once(':') {
+        Some((host, port)) if !port.contains(':') => Some((host, Some(port.parse().ok()?))),
+        _ => Some((entry, None)),
+    }
+}
+
 impl std::fmt::Display for NoProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |p: &Option<u16>| p.map(|p| format!(" (port {p} only)")).unwrap_or_default();
         let mut parts: Vec<String> = Vec::new();
         if self.all {
             parts.push("* (everything)".to_string());
         }
-        parts.extend(self.names.iter().map(|n| format!("{n} and its subdomains")));
-        parts.extend(self.nets.iter().map(|n| n.to_string()));
+        parts.extend(self.names.iter().map(|(n, p)| format!("{n} and its subdomains{}", on(p))));
+        parts.extend(self.nets.iter().map(|(n, p)| format!("{n}{}", on(p))));
         f.write_str(&parts.join(", "))
     }
 }
@@ -322,6 +354,60 @@ mod tests {
         let star = rules(Some("http://proxy.corp:3128"), &[("NO_PROXY", "*")]);
         assert_eq!(via(&star, "https://api.getgo.com/"), None);
         assert_eq!(via(&star, "https://10.0.0.1/"), None, "`*` covers addresses too");
+    }
+
+    #[test]
+    fn no_proxy_entries_with_a_port_cover_that_port_only() {
+        let no = "host.corp:8443, .svc.corp:9443, 10.0.0.1:443, [::1]:8080, 192.168.0.0/16:8080, [fd00::/8]:443, fd01::1, plain.corp";
+        for explicit in [Some("http://proxy.corp:3128"), None] {
+            let r = rules(
+                explicit,
+                &[
+                    ("HTTPS_PROXY", "http://proxy.corp:3128"),
+                    ("HTTP_PROXY", "http://proxy.corp:3128"),
+                    ("NO_PROXY", no),
+                ],
+            );
+            for direct in [
+                "https://host.corp:8443/",
+                "https://api.host.corp:8443/",
+                "https://redis.svc.corp:9443/",
+                "https://10.0.0.1/",
+                "https://10.0.0.1:443/",
+                "http://10.0.0.1:443/",
+                "http://192.168.4.5:8080/",
+                "https://[fd00::7]/",
+                "https://[fd01::1]:1234/",
+                "https://plain.corp:1/",
+            ] {
+                assert_eq!(via(&r, direct), None, "{direct} with explicit {explicit:?}");
+            }
+            let mut proxied = vec![
+                "https://host.corp/",
+                "https://host.corp:8444/",
+                "https://xhost.corp:8443/",
+                "https://redis.svc.corp/",
+                "https://10.0.0.1:8443/",
+                "http://10.0.0.1/",
+                "https://192.168.4.5/",
+                "https://[fd00::7]:8443/",
+            ];
+            if explicit.is_some() {
+                // Loopback goes through the explicit proxy unless NO_PROXY says otherwise.
+                proxied.push("http://[::1]:8081/");
+                assert_eq!(via(&r, "http://[::1]:8080/"), None);
+            }
+            for url in proxied {
+                assert_eq!(via(&r, url).as_deref(), Some("proxy.corp:3128"), "{url} with explicit {explicit:?}");
+            }
+        }
+        // A port that is no number covers nothing; the other entries still apply.
+        let r = rules(Some("http://proxy.corp:3128"), &[("NO_PROXY", "host.corp:https, [::1]:x, ok.corp")]);
+        assert_eq!(via(&r, "https://host.corp/").as_deref(), Some("proxy.corp:3128"));
+        assert_eq!(via(&r, "https://ok.corp/"), None);
+        let shown = rules(None, &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "host.corp:8443, [::1]:8080")]);
+        let shown = shown.describe().join("\n");
+        assert!(shown.contains("host.corp and its subdomains (port 8443 only), ::1/128 (port 8080 only)"), "{shown}");
     }
 
     #[test]

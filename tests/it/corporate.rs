@@ -622,6 +622,41 @@ async fn no_proxy_sends_listed_destinations_direct() {
     assert!(!tp.log_text().contains("Request"), "nothing went through the proxy:\n{}", tp.log_text());
 }
 
+/// A `NO_PROXY` entry with a port (`127.0.0.1:PORT`) sends that port direct and only
+/// that port: two plain-HTTP mocks on one address, past an explicit `outbound_proxy`
+/// (a real tinyproxy); the listed one is never seen by the proxy, the other goes
+/// through it as an absolute-form request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_proxy_entry_with_a_port_covers_that_port_only() {
+    let Some(tp) = Tinyproxy::start(None).await else { return };
+    let listed = MockGoto::start(MockOptions::default()).await.unwrap();
+    let other = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        dir.path(),
+        &format!("outbound_proxy = \"{}\"", tp.url(None)),
+        &format!(
+            "{}\n{}\n{}",
+            password_cred("g2a", &listed),
+            route("/G2A/", &listed, Some("g2a")),
+            open_route("/other/", &other.url())
+        ),
+    );
+    let path = write_config(dir.path(), "no-proxy-port.toml", &text);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--log-format", "json", "--config"]).arg(&path).env("RUST_LOG", "info");
+    cmd.env_remove("no_proxy").env("NO_PROXY", format!("127.0.0.1:{}", listed.addr().port()));
+    let p = Proc::spawn_with(cmd);
+    let http = client();
+    wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+    assert_eq!(http.get(p.url("/G2A/rest/v1/sessions")).send().await.unwrap().status(), 200);
+    // The other port answers through the proxy (the mock refuses a request without a token).
+    assert_eq!(http.get(p.url("/other/G2M/x")).send().await.unwrap().status(), 403);
+    let log = tp.log_text();
+    assert!(log.contains(&format!("GET http://{}/other/G2M/x ", other.addr())), "{log}");
+    assert!(!log.contains(&format!("127.0.0.1:{}/", listed.addr().port())), "the listed port went direct:\n{log}");
+}
+
 /// HTTP/2 upstreams through the whole stack: trusted by the private CA only, directly
 /// and through tinyproxy's tunnel; every request, several at once among them, on one
 /// multiplexed connection (one `CONNECT`).

@@ -43,7 +43,8 @@ pub(super) fn validate_inbound(
     }
     for (what, addr) in [("proxy.listen", proxy.listen), ("proxy.admin_listen", proxy.admin_listen)] {
         if !addr.ip().is_loopback() && !allow_remote {
-            return Err(loc.err_key(what, &(0..0), "is not a loopback address: anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs to allow it"));
+            let why = format!("\"{addr}\" is not a loopback address: anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs to allow it");
+            return Err(loc.err_key(what, &(0..0), why));
         }
     }
     let hosts = validate_hosts(loc, &raw.hosts)?;
@@ -65,6 +66,7 @@ fn validate_tls(
                     return Err(loc.err(&f.span(), k, "is not a readable file"));
                 }
             }
+            super::warn_if_others_read(loc, &key.span(), "inbound.tls_key", key.get_ref());
             Ok(Some(TlsFiles { cert: cert.into_inner(), key: key.into_inner() }))
         }
         (Some(c), None) => Err(loc.err(&c.span(), "inbound.tls_key", "is required with tls_cert")),
@@ -175,6 +177,28 @@ mod tests {
         assert!(!c.to_string().contains("k-secret-1"));
         let bad = format!("{text}\n[inbound]\nallow_remote = true\nallow_cidrs = [\"ten\"]\n");
         assert!(err(&bad).contains("inbound.allow_cidrs[0]"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_inbound_tls_key_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "cert").unwrap();
+        std::fs::write(&key, "k3y-s3cr3t").unwrap();
+        let text = format!(
+            "[inbound]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let warnings = Config::parse("t.toml", &text).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let expected = format!("t.toml:3: inbound.tls_key: {} is readable by other users (mode 0604)", key.display());
+        assert!(warnings[0].starts_with(&expected) && !warnings[0].contains("s3cr3t"), "{warnings:?}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::parse("t.toml", &text).unwrap().warnings.is_empty());
     }
 
     #[test]

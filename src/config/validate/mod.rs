@@ -12,6 +12,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
+use super::names::quoted;
 use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
     ClientAuth, Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings,
@@ -37,6 +38,10 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
     let mut credentials = BTreeMap::new();
     for (name, spanned) in raw.credentials {
         let span = spanned.span();
+        if !super::is_valid_name(&name) {
+            let why = format!("{} is not a credential name: {}", quoted(&name), super::NAME_RULE);
+            return Err(loc.err(&span, "credentials", why));
+        }
         let cred = validate_credential(loc, &name, &span, spanned.into_inner())?;
         credentials.insert(name, Arc::new(cred));
     }
@@ -53,6 +58,7 @@ pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, Conf
     }
 
     Ok(Config {
+        warnings: loc.warnings.take(),
         source: loc.file.to_string(),
         proxy,
         state,
@@ -101,10 +107,12 @@ fn validate_route(
     let key = |k: &str| format!("routes[{i}].{k}");
     let prefix = r.prefix.get_ref().clone();
     if !prefix.starts_with('/') {
-        return Err(loc.err(&r.prefix.span(), key("prefix"), "must start with `/`"));
+        let why = format!("{} must start with `/`", quoted(&prefix));
+        return Err(loc.err(&r.prefix.span(), key("prefix"), why));
     }
     if let Some(first) = seen.insert(prefix.clone(), i) {
-        return Err(loc.err(&r.prefix.span(), key("prefix"), format!("is already used by routes[{first}]")));
+        let why = format!("{} is already used by routes[{first}]", quoted(&prefix));
+        return Err(loc.err(&r.prefix.span(), key("prefix"), why));
     }
     let upstream = parse_url(loc, &r.upstream, &key("upstream"))?;
     if upstream.query().is_some() || upstream.fragment().is_some() {
@@ -112,12 +120,12 @@ fn validate_route(
     }
     let credential = match r.credential {
         Some(c) if !credentials.contains_key(c.get_ref()) => {
-            let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+            let known: Vec<String> = credentials.keys().map(|k| quoted(k)).collect();
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
             return Err(loc.err(
                 &c.span(),
                 key("credential"),
-                format!("names no credential that exists (defined: {known})"),
+                format!("{} names no credential that exists (defined: {known})", quoted(c.get_ref())),
             ));
         }
         Some(c) => Some(c.into_inner()),
@@ -263,7 +271,10 @@ fn validate_credential(
         loc.err(
             &raw.grant.span(),
             key("grant"),
-            "is not a grant: expected authorization_code, password, personal_access_token, client_credentials or static",
+            format!(
+                "{} is not a grant: expected authorization_code, password, personal_access_token, client_credentials or static",
+                quoted(raw.grant.get_ref())
+            ),
         )
     })?;
     check_grant_keys(loc, name, span, grant, &raw)?;
@@ -409,6 +420,7 @@ fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Resul
         RawSecret::File { file } => {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| loc.err(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))?;
+            warn_if_others_read(loc, &s.span(), key, file);
             text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
         }
     };
@@ -418,19 +430,107 @@ fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Resul
     Ok(Secret::new(value))
 }
 
+/// Warns (not refuses: container runtimes often mount secrets 0644) when the key or
+/// secret file `path` is readable by its group or by everyone. The warning names the
+/// file and its mode, never what it holds.
+fn warn_if_others_read(loc: &Locator<'_>, span: &Range<usize>, key: &str, path: &std::path::Path) {
+    if let Some(mode) = readable_by_others(path) {
+        let message = format!(
+            "{} is readable by other users (mode {mode:04o}); only the proxy's own user should read it (chmod 600)",
+            path.display()
+        );
+        loc.warn(span, key, message);
+    }
+}
+
+/// The permission bits of `path` (the file a symbolic link points at) when its group or
+/// everyone may read it.
+#[cfg(unix)]
+fn readable_by_others(path: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o044 != 0).then_some(mode)
+}
+
+/// Elsewhere files carry no such bits.
+#[cfg(not(unix))]
+fn readable_by_others(_path: &std::path::Path) -> Option<u32> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{err, GOOD};
     use super::super::Config;
 
     #[test]
-    fn dangling_credential_names_route_and_line() {
-        let text = GOOD.replace("credential = \"goto\"", "credential = \"nope\"");
+    fn dangling_credential_is_quoted_with_the_names_that_exist() {
+        let text = GOOD.replace("credential = \"goto\"", "credential = \"g2w_missing\"");
         let e = err(&text);
-        assert!(e.contains("routes[1].credential") && e.contains("defined: g2a, goto"), "{e}");
-        assert!(!e.contains("nope"), "the value is not echoed: {e}");
-        let line = text.lines().position(|l| l.contains("\"nope\"")).unwrap() + 1;
-        assert!(e.starts_with(&format!("t.toml:{line}:")), "{e}");
+        let line = text.lines().position(|l| l.contains("\"g2w_missing\"")).unwrap() + 1;
+        assert_eq!(
+            e,
+            format!(
+                "t.toml:{line}: routes[1].credential: \"g2w_missing\" names no credential that exists (defined: \"g2a\", \"goto\")"
+            )
+        );
+        // A name with control characters is quoted escaped: it cannot break the line.
+        let e = err(&GOOD.replace("credential = \"goto\"", "credential = \"go\\u001b[2K\\nto\""));
+        assert!(e.contains("\"go\\u{1b}[2K\\nto\" names no credential") && !e.contains('\u{1b}'), "{e}");
+    }
+
+    #[test]
+    fn grants_prefixes_and_listen_addresses_are_quoted_back() {
+        // (the last line that has it: a duplicate is refused at the second route)
+        let line_of = |text: &str, needle: &str| {
+            text.lines().enumerate().filter(|(_, l)| l.contains(needle)).last().unwrap().0 + 1
+        };
+        for (from, to, says) in [
+            (
+                "grant = \"password\"",
+                "grant = \"passwrod\"",
+                "credentials.g2a.grant: \"passwrod\" is not a grant: expected ",
+            ),
+            ("prefix = \"/G2A/\"", "prefix = \"G2A/\"", "routes[0].prefix: \"G2A/\" must start with `/`"),
+            ("prefix = \"/G2A/\"", "prefix = \"/\"", "routes[1].prefix: \"/\" is already used by routes[0]"),
+            ("127.0.0.1:18080", "10.9.8.7:80", "proxy.listen: \"10.9.8.7:80\" is not a loopback address"),
+        ] {
+            let text = GOOD.replace(from, to);
+            let e = err(&text);
+            let line = line_of(&text, to);
+            assert!(e.starts_with(&format!("t.toml:{line}: {says}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn credential_names_outside_the_rule_are_refused_quoted_at_their_line() {
+        for (header, shown) in [
+            ("[credentials.\"a b\"]", "\"a b\""),
+            ("[credentials.\"x<script>\"]", "\"x<script>\""),
+            ("[credentials.\"prod?x\"]", "\"prod?x\""),
+            ("[credentials.\"..\"]", "\"..\""),
+            ("[credentials.\"\"]", "\"\""),
+            ("[credentials.\"r\\u001b[31mred\"]", "\"r\\u{1b}[31mred\""),
+            ("[credentials.\"é\"]", "\"é\""),
+        ] {
+            let text = GOOD.replace("[credentials.goto]", header).replace("credential = \"goto\"", "");
+            let e = err(&text);
+            let line = text.lines().position(|l| l == header).unwrap() + 1;
+            let expected = format!(
+                "t.toml:{line}: credentials: {shown} is not a credential name: a name is 1 to 64 ASCII letters, digits, \"_\", \"-\" and \".\""
+            );
+            assert_eq!(e, expected, "{header}");
+        }
+        let long = "x".repeat(65);
+        let e = err(&GOOD.replace("[credentials.goto]", &format!("[credentials.{long}]")));
+        assert!(e.contains(&format!("\"{long}\" is not a credential name")), "{e}");
+        // The rule's edges are accepted.
+        let text = GOOD
+            .replace("goto", "\"a.b-c_D9\"")
+            .replace("\"\"a.b-c_D9\"\"", "\"a.b-c_D9\"")
+            .replace("g2a", &"x".repeat(64));
+        let c = Config::parse("t.toml", &text).unwrap();
+        assert!(c.credentials.contains_key("a.b-c_D9") && c.credentials.contains_key(&"x".repeat(64)));
     }
 
     #[test]
@@ -454,6 +554,47 @@ mod tests {
         let text = GOOD.replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", p.display().to_string()));
         let c = Config::parse("t.toml", &text).unwrap();
         assert_eq!(c.credentials["g2a"].password.as_ref().unwrap().expose(), "abc");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_and_secret_files_others_can_read_are_warned_about_by_name_never_content() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, key) = (dir.path().join("password"), dir.path().join("state.key"));
+        std::fs::write(&secret, "file-s3cr3t\n").unwrap();
+        std::fs::write(&key, format!("{}\n", b64(&[5; 32]))).unwrap();
+        let text = with_keys(&format!("[{{ file = {:?} }}]", key.display().to_string()))
+            .replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", secret.display().to_string()));
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let mode =
+            |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+
+        mode(&secret, 0o644);
+        mode(&key, 0o640);
+        let c = Config::parse("t.toml", &text).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![
+                format!(
+                    "t.toml:{}: state.encryption_keys[0]: {} is readable by other users (mode 0640); only the proxy's own user should read it (chmod 600)",
+                    line_of("encryption_keys"),
+                    key.display()
+                ),
+                format!(
+                    "t.toml:{}: credentials.g2a.password: {} is readable by other users (mode 0644); only the proxy's own user should read it (chmod 600)",
+                    line_of("password = {"),
+                    secret.display()
+                ),
+            ]
+        );
+        assert!(!format!("{:?}", c.warnings).contains("s3cr3t"));
+
+        // Owner-only files: nothing to say.
+        mode(&secret, 0o600);
+        mode(&key, 0o400);
+        assert!(Config::parse("t.toml", &text).unwrap().warnings.is_empty());
+        assert!(Config::parse("t.toml", GOOD).unwrap().warnings.is_empty(), "literal secrets are no files");
     }
 
     #[test]
@@ -522,7 +663,7 @@ mod tests {
         assert!(e.contains("routes[0].methods[1]: is not an HTTP method") && !e.contains("s3cr3t"), "{e}");
         let text = GOOD.replace("prefix = \"/G2A/\"", "prefix = \"/\"");
         let e = err(&text);
-        assert!(e.contains("routes[1].prefix: is already used by routes[0]") && !e.contains("\"/\""), "{e}");
+        assert!(e.contains("routes[1].prefix: \"/\" is already used by routes[0]"), "{e}");
     }
 
     #[test]
