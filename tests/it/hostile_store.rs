@@ -87,6 +87,8 @@ async fn a_record_from_the_far_future_neither_keeps_a_dead_refresh_token_nor_blo
     assert_ne!(rt, live, "the store still holds the refresh token the renewals rotated away");
     assert_eq!(live_chains(&mock, &[rt]).await, (1, 1), "the store holds the live refresh token");
     assert!(mock.is_valid(stored["access_token"].as_str().unwrap()), "the store holds the live access token");
+    // The record from before versions existed got one at its first save.
+    assert!(stored["version"].as_u64().is_some_and(|v| v >= 2), "not upgraded: {stored}");
 
     // A restart reads the store: valid at once, no person needed.
     let second = start_proxy(&config).await;

@@ -634,3 +634,22 @@ fn a_plaintext_record_read_under_keys_is_warned_about_and_sealed_at_once() {
     // Same version: sealing changed no token.
     assert_eq!(FileStore::load_blocking(&path, "planted", &reported, &codec).unwrap().unwrap().version, 3);
 }
+
+#[tokio::test]
+async fn a_state_file_from_before_versions_is_read_and_upgraded_at_the_next_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // As written before records had a version.
+    std::fs::write(
+        &path,
+        r#"{"version":1,"credentials":{"a":{"access_token":"at1","refresh_token":"rt1","expires_at":1001,"obtained_at_ms":1},
+            "b":{"access_token":"at2","refresh_token":"rt2","expires_at":1002,"obtained_at_ms":2}}}"#,
+    )
+    .unwrap();
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)), "read, as version 0");
+    assert_eq!(store.save("a", &token(3)).await.unwrap(), Saved::Stored(1));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["credentials"]["a"]["version"], 1, "{v}");
+    assert_eq!(store.load("b").await.unwrap(), Some(token(2)), "the other record is kept as it was");
+}
