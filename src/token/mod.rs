@@ -62,7 +62,7 @@ pub struct Token {
     pub refresh_token: Option<Secret>,
     /// When the access token stops working.
     pub expires_at: SystemTime,
-    /// When it was obtained (orders tokens written by several processes).
+    /// When it was obtained (this process's clock: data for expiry math, never an order).
     pub obtained_at: SystemTime,
     /// `{organizerKey}` substitution.
     pub organizer_key: Option<String>,
@@ -72,6 +72,10 @@ pub struct Token {
     pub principal: Option<String>,
     /// Process-local sequence number; a rejection names the generation it saw.
     pub generation: u64,
+    /// The store's version of this token's record: the version it was stored as, or,
+    /// until it is stored, the version it was renewed from (0: none). The store, not a
+    /// clock, decides which token is newest.
+    pub version: u64,
 }
 
 /// An access token that cannot be put in an HTTP header.
@@ -100,6 +104,7 @@ impl Token {
             account_key: None,
             principal: None,
             generation: 0,
+            version: 0,
         })
     }
 
@@ -133,6 +138,7 @@ impl Token {
         t.organizer_key = s.organizer_key.clone();
         t.account_key = s.account_key.clone();
         t.principal = s.principal.clone();
+        t.version = s.version;
         Ok(t)
     }
 
@@ -147,6 +153,7 @@ impl Token {
             organizer_key: self.organizer_key.clone(),
             account_key: self.account_key.clone(),
             principal: self.principal.clone(),
+            version: self.version,
         }
     }
 

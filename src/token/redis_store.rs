@@ -6,9 +6,10 @@
 //!
 //! * `{prefix}:token:{credential}` — the [`StoredToken`] JSON, or with
 //!   `state.encryption_keys` its sealed envelope (associated data
-//!   `redis:{prefix}:{credential}`, `obtained_at_ms` in clear but authenticated), written
-//!   by a script that keeps the newest by `obtained_at_ms` (a replica that renewed alone
-//!   during an outage can write back without clobbering a newer token).
+//!   `redis:{prefix}:{credential}`, `version` in clear but authenticated), written by a
+//!   script that compares versions: a save is stored only while the stored record is
+//!   still the version it was renewed from, and gets the next one. Replicas' clocks play
+//!   no part (a replica whose clock runs ahead cannot shut the others out).
 //! * `{prefix}:lock:{credential}` — the renewal lock: `SET NX PX` with a random fencing
 //!   value, released by compare-and-delete, so only its holder releases it.
 //! * channel `{prefix}:changed` — the credential's name is published on every save; a
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::seal::Sealer;
 use super::store::sealing::{verdict, Codec, Decoded, RecordState};
-use super::store::{LockToken, StoreError, StoredToken, TokenStore};
+use super::store::{next_version, version_in, LockToken, Saved, StoreError, StoredToken, TokenStore};
 use crate::secret::Secret;
 
 /// Longest any one Redis operation may take before it counts as failed.
@@ -40,22 +41,30 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How often replicas re-read the stored token (backstop for lost notifications).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 
-/// Keeps the stored token only when the new one is at least as new (by obtained_at_ms),
-/// then tells the other replicas. KEYS: token, channel. ARGV: json, obtained_at_ms, name.
-const SAVE_NEWEST: &str = r#"
+/// Stores the record only while the stored one is still at the version it was renewed
+/// from, then tells the other replicas; otherwise answers what is stored. The version is
+/// read as [`super::store::version_in`] reads it (an integer from 0 to 2^53 - 1, else 0),
+/// so both sides agree whatever a planted record holds. No timestamp is looked at.
+/// KEYS: token, channel. ARGV: record json, expected version, name.
+/// Returns `{1, false}` when stored, `{0, stored value or false}` when refused.
+const SAVE_IF_VERSION: &str = r#"
 local cur = redis.call('GET', KEYS[1])
+local have = 0
 if cur then
   local ok, t = pcall(cjson.decode, cur)
   if ok and type(t) == 'table' then
-    local have = tonumber(t['obtained_at_ms'])
-    if have and have > tonumber(ARGV[2]) then
-      return 0
+    local v = t['version']
+    if type(v) == 'number' and v == v and v >= 0 and v <= 9007199254740991 and math.floor(v) == v then
+      have = v
     end
   end
 end
+if have ~= tonumber(ARGV[2]) then
+  return {0, cur or false}
+end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[3])
-return 1
+return {1, false}
 "#;
 
 /// Deletes the lock only if it still holds this holder's fencing value.
@@ -175,7 +184,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             location,
             errors,
-            save_script: redis::Script::new(SAVE_NEWEST),
+            save_script: redis::Script::new(SAVE_IF_VERSION),
             unlock_script: redis::Script::new(UNLOCK),
             changes: OnceLock::new(),
             stop: CancellationToken::new(),
@@ -219,6 +228,57 @@ impl RedisStore {
             ))
         })?;
         Ok(Some(self.codec.decode(&self.aad(credential), &value)))
+    }
+
+    /// Stores `record` (its version already set) if the stored record is at `expected`;
+    /// `Some(Saved::Stale)` with what is stored otherwise.
+    async fn write_if(
+        &self,
+        credential: &str,
+        record: &StoredToken,
+        expected: u64,
+    ) -> Result<Option<Saved>, StoreError> {
+        let sealed = self.codec.encode(&self.aad(credential), record)?;
+        let json = serde_json::to_string(&sealed).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut conn = self.link.conn();
+        let mut call = self.save_script.key(self.token_key(credential));
+        call.key(self.channel()).arg(json).arg(expected).arg(credential);
+        let (written, current): (i64, Option<String>) =
+            self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
+        if written == 1 {
+            return Ok(None);
+        }
+        let value = current.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+        let version = version_in(value.as_ref().and_then(|v| v.get("version")));
+        let current = value.and_then(|v| self.codec.decode(&self.aad(credential), &v).0).map(|(t, _)| t);
+        Ok(Some(Saved::Stale { current, version }))
+    }
+
+    /// A new record of `credential` is stored, sealed with the first key.
+    fn saved(&self, credential: &str) {
+        self.codec.note(credential, self.codec.current_kid());
+        if let Ok(mut r) = self.reported.lock() {
+            r.remove(credential);
+        }
+    }
+
+    /// Writes a record back sealed with the first key, at the same version (same
+    /// token), if it is still the stored one. A plaintext one is warned about, naming
+    /// its credential; one sealed with an older key is noted.
+    async fn reseal(&self, credential: &str, token: &StoredToken, was_plain: bool) -> Result<(), StoreError> {
+        if self.write_if(credential, token, token.version).await?.is_none() {
+            self.saved(credential);
+            if was_plain {
+                self.codec.warn_plaintext(credential, &self.describe());
+            } else {
+                tracing::info!(
+                    credential,
+                    key_id = self.codec.current_kid().as_deref().unwrap_or(""),
+                    "stored token record encrypted with the first of state.encryption_keys"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Asks Redis for `PONG` (start-up diagnostics).
@@ -271,8 +331,14 @@ impl TokenStore for RedisStore {
                 self.codec.note(credential, None);
                 Ok(None)
             }
-            Some((Some((token, kid)), _)) => {
+            Some((Some((token, kid)), state)) => {
                 self.codec.note(credential, kid);
+                if self.codec.is_plaintext_under_keys(&state) {
+                    // Served, but sealed at once; a failure is retried at the next read.
+                    if let Err(e) = self.reseal(credential, &token, true).await {
+                        tracing::warn!(credential, error = %e, "could not seal a plaintext record; tried again at the next read");
+                    }
+                }
                 Ok(Some(token))
             }
             Some((None, RecordState::Unopenable { kid })) => {
@@ -299,22 +365,19 @@ impl TokenStore for RedisStore {
         }
     }
 
-    async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
-        let record = self.codec.encode(&self.aad(credential), token)?;
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut conn = self.link.conn();
-        let mut call = self.save_script.key(self.token_key(credential));
-        call.key(self.channel()).arg(json).arg(token.obtained_at_ms).arg(credential);
-        let written: i64 = self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
-        if written == 0 {
-            tracing::info!(credential, "the shared store already holds a newer token; kept it");
-        } else {
-            self.codec.note(credential, self.codec.current_kid());
-            if let Ok(mut r) = self.reported.lock() {
-                r.remove(credential);
+    async fn save(&self, credential: &str, token: &StoredToken) -> Result<Saved, StoreError> {
+        let version = next_version(token.version);
+        let record = StoredToken { version, ..token.clone() };
+        match self.write_if(credential, &record, token.version).await? {
+            None => {
+                self.saved(credential);
+                Ok(Saved::Stored(version))
+            }
+            Some(stale) => {
+                tracing::info!(credential, "the shared store holds a newer token (another replica renewed first)");
+                Ok(stale)
             }
         }
-        Ok(())
     }
 
     async fn prepare(&self, credentials: &[String]) -> Result<(), StoreError> {
@@ -326,7 +389,7 @@ impl TokenStore for RedisStore {
                 Ok(Some((decoded, state))) => {
                     if let Some((token, _)) = decoded {
                         if self.codec.needs_reseal(&state) {
-                            tokens.push((credential.clone(), token));
+                            tokens.push((credential.clone(), token, state == RecordState::Plain));
                         }
                     }
                     states.insert(credential.clone(), state);
@@ -339,11 +402,9 @@ impl TokenStore for RedisStore {
             }
         }
         verdict(&self.codec, &format!("redis {} prefix {}", self.location, self.prefix), &states)?;
-        for (credential, token) in tokens {
-            match self.save(&credential, &token).await {
-                Ok(()) => {
-                    tracing::info!(credential = %credential, key_id = self.codec.current_kid().as_deref().unwrap_or(""), "stored token record encrypted with the first of state.encryption_keys")
-                }
+        for (credential, token, was_plain) in tokens {
+            match self.reseal(&credential, &token, was_plain).await {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(credential = %credential, error = %e, "could not encrypt the stored record again at start; it is at the next write")
                 }

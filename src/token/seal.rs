@@ -1,8 +1,8 @@
 //! Token records at rest (`state.encryption_keys`, issue #18): AES-256-GCM envelopes.
 //!
 //! A sealed record is a JSON object `{"v":1,"kid":"…","nonce":"<b64>","ct":"<b64>"}`
-//! plus any *public* fields the store needs in clear (Redis keeps the newest token by
-//! `obtained_at_ms`). The associated data binds the record to where it is stored — the
+//! plus any *public* fields the store needs in clear (the Redis save script compares the
+//! record's `version`). The associated data binds the record to where it is stored — the
 //! caller's `aad` (e.g. `file:goto`, `redis:<prefix>:goto`) — and to its public fields:
 //! `aad || "\n" || canonical JSON of the public fields sorted by name`, so a record moved
 //! to another credential or with an edited public field fails authentication.

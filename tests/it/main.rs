@@ -23,6 +23,7 @@ mod goto;
 mod hostile;
 mod hostile_config;
 mod hostile_logs;
+mod hostile_store;
 mod hostile_token;
 mod idle;
 mod login;

@@ -12,7 +12,7 @@ use goto_auth_proxy::app::Running;
 use goto_auth_proxy::demo::mock::MockGoto;
 use goto_auth_proxy::secret::Secret;
 use goto_auth_proxy::token::redis_store::RedisStore;
-use goto_auth_proxy::token::store::{StoredToken, TokenStore};
+use goto_auth_proxy::token::store::{Saved, StoredToken, TokenStore};
 
 /// Config for one replica: the usual two credentials, state in `redis` under `prefix`.
 fn replica_config(mock: &MockGoto, redis: &RedisServer, prefix: &str, seed: &str) -> String {
@@ -300,7 +300,7 @@ async fn a_lone_replica_renews_by_itself_when_redis_is_down_and_writes_back() {
 }
 
 #[tokio::test]
-async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_newest_token_wins() {
+async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_saves_compare_versions() {
     let Some(redis) = RedisServer::start().await else { return };
     let url = Secret::new(redis.url());
     let a = RedisStore::connect(&url, "unit", None).unwrap();
@@ -328,7 +328,7 @@ async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_newest_toke
     let mut changes = b.changes().expect("a shared store notifies");
     // The subscriber announces itself with "" once subscribed.
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "");
-    let token = |n: u64| StoredToken {
+    let token = |n: u64, version: u64| StoredToken {
         access_token: format!("at{n}"),
         refresh_token: Some(format!("rt{n}")),
         expires_at: 2_000_000_000,
@@ -337,13 +337,17 @@ async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_newest_toke
         organizer_key: None,
         account_key: None,
         principal: None,
+        version,
     };
-    a.save("c", &token(20)).await.unwrap();
+    assert_eq!(a.save("c", &token(20, 0)).await.unwrap(), Saved::Stored(1));
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "c");
-    a.save("c", &token(10)).await.unwrap(); // older: kept out
-    assert_eq!(b.load("c").await.unwrap(), Some(token(20)));
-    a.save("c", &token(30)).await.unwrap();
-    assert_eq!(b.load("c").await.unwrap(), Some(token(30)));
+    assert_eq!(b.load("c").await.unwrap(), Some(token(20, 1)));
+    // Renewed from version 0 again (another replica, late): refused, told what is stored.
+    assert_eq!(a.save("c", &token(30, 0)).await.unwrap(), Saved::Stale { current: Some(token(20, 1)), version: 1 });
+    assert_eq!(b.load("c").await.unwrap(), Some(token(20, 1)));
+    // Renewed from the stored version: accepted, whatever its timestamp says.
+    assert_eq!(b.save("c", &token(10, 1)).await.unwrap(), Saved::Stored(2));
+    assert_eq!(a.load("c").await.unwrap(), Some(token(10, 2)));
     assert!(b.is_shared() && b.describe().contains("unit"));
 }
 

@@ -5,8 +5,9 @@
 //! replica follows the store (change notifications, and a poll as backstop). When the
 //! store cannot be asked, a replica keeps serving the token it holds and renews alone
 //! only once that token is about to expire ([`must_renew_alone`]); when the store is
-//! back, the newest token (by `obtained_at_ms`) wins and a replica holding a newer one
-//! writes it back.
+//! back, a replica holding a renewal of the stored version that it could not save
+//! writes it back (over that version only: whoever saved first wins). Which token is
+//! newer is the store's version counter's to say, never a clock's.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
 
 use super::{Credential, RefreshError, Trigger};
-use crate::token::store::{LockToken, StoredToken};
+use crate::token::store::{LockToken, Saved, StoredToken};
 use crate::token::{deadline_in, half, Token};
 
 /// How long a replica's renewal lock lives in a shared store: longer than a token call
@@ -121,7 +122,9 @@ impl Credential {
         let now = SystemTime::now();
         let held = current.as_ref().filter(|t| t.is_valid_at(now)).map(|t| t.to_stored());
         match (stored, held) {
-            (Some(s), Some(h)) if h.obtained_at_ms > s.obtained_at_ms && h.access_token != s.access_token => {
+            // Held: a renewal of the stored version that was never saved (the store was
+            // down). Written over that version only.
+            (Some(s), Some(h)) if h.version == s.version && h.access_token != s.access_token => {
                 self.write_back(&h).await
             }
             (None, Some(h)) => self.write_back(&h).await,
@@ -136,13 +139,30 @@ impl Credential {
         }
     }
 
+    /// Saves the held token (see [`Credential::sync_with_store`]); when the store holds
+    /// nothing readable, over the version it reports. A store that moved on wins: its
+    /// token is taken up at the next sync.
     async fn write_back(&self, held: &StoredToken) {
-        match self.store.save(self.name(), held).await {
-            Ok(()) => {
-                tracing::info!(credential = %self.name(), "the shared store held an older token (or none): wrote ours back");
-                self.metrics.token_refreshes.with_label_values(&[self.name(), "written_back"]).inc();
+        let mut held = held.clone();
+        for _ in 0..2 {
+            match self.store.save(self.name(), &held).await {
+                Ok(Saved::Stored(version)) => {
+                    tracing::info!(credential = %self.name(), "the shared store held the token this one renewed (or none): wrote ours back");
+                    self.metrics.token_refreshes.with_label_values(&[self.name(), "written_back"]).inc();
+                    // Served again as the stored version, so the store and this replica agree.
+                    if let Ok(mut t) = Token::from_stored(&held, SystemTime::now()) {
+                        t.version = version;
+                        self.publish(t);
+                    }
+                    return;
+                }
+                Ok(Saved::Stale { current: None, version }) => held.version = version,
+                Ok(Saved::Stale { current: Some(_), .. }) => return,
+                Err(e) => {
+                    tracing::debug!(credential = %self.name(), error = %e, "cannot write the token back");
+                    return;
+                }
             }
-            Err(e) => tracing::debug!(credential = %self.name(), error = %e, "cannot write the token back"),
         }
     }
 
@@ -156,17 +176,28 @@ impl Credential {
                 return None;
             }
         };
-        let newer = match current {
-            None => true,
-            Some(c) => {
-                let cs = c.to_stored();
-                stored.obtained_at_ms > cs.obtained_at_ms && stored.access_token != cs.access_token
-            }
+        // The store decides: another version is another process's newer record (a
+        // held token at the stored version but different is a renewal not yet saved,
+        // which `sync_with_store` writes back).
+        let (newer, same_token) = match current {
+            None => (true, false),
+            Some(c) => (
+                stored.version != c.version,
+                stored.access_token == c.access_token.expose()
+                    && stored.refresh_token.as_deref() == c.refresh_token.as_ref().map(|r| r.expose()),
+            ),
         };
         if !newer {
             return None;
         }
         let token = Token::from_stored(&stored, SystemTime::now()).ok()?;
+        if same_token {
+            // Only the version moved (another replica wrote the token back): the held
+            // token is served on at that version; nothing new was adopted.
+            tracing::debug!(credential = %self.name(), version = stored.version, "the stored record of the held token has a new version");
+            self.publish(token);
+            return None;
+        }
         tracing::info!(credential = %self.name(), "picked up a newer stored token");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
         Some(self.publish(token))

@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use super::handle::{Inbox, TokenHandle};
 use super::slot::TokenSlot;
 use super::source::{Renewal, SourceError, TokenResponse, TokenSource};
-use super::store::{StoredToken, TokenStore};
+use super::store::{Saved, TokenStore};
 use super::{later, lifetime_of, unix_secs, Token, MAX_LIFETIME, STATIC_LIFETIME};
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
@@ -37,6 +37,18 @@ use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
 pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
+
+/// How many times a save is tried again over the version the store reports (a sign-in,
+/// or nothing readable stored) before it is given up as a store error.
+const SAVE_ATTEMPTS: usize = 5;
+
+/// What [`Credential::persist`] made of a new token.
+enum Persisted {
+    /// Stored (or the store failed): serve this token.
+    Ours(Token),
+    /// Another process stored a newer one first: serve that one.
+    Theirs(Token),
+}
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +294,7 @@ impl Credential {
                 return Err(self.record_failure(e));
             }
         };
-        let published = self.complete(response, current.as_deref(), refresh_token).await?;
+        let published = self.complete(response, current.as_deref(), refresh_token, false).await?;
         tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
         Ok(published)
     }
@@ -312,19 +324,21 @@ impl Credential {
     /// Stores and serves the answer of a code exchange (`login`, `/callback`).
     pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
-        let token = self.complete(response, None, None).await?;
+        let token = self.complete(response, None, None, true).await?;
         tracing::info!(credential = %self.name(), expires_at = unix_secs(token.expires_at), "signed in");
         Ok(token)
     }
 
     /// Turns a token endpoint's answer into the served token: carries over the refresh
     /// token and keys the answer lacks, looks keys up when still missing, stores, then
-    /// publishes.
+    /// publishes. A renewal is stored as renewed from `previous`'s version; a `sign_in`
+    /// (a person's new sign-in) over whatever is stored ([`Credential::persist`]).
     async fn complete(
         &self,
         response: TokenResponse,
         previous: Option<&Token>,
         previous_refresh: Option<Secret>,
+        sign_in: bool,
     ) -> Result<Arc<Token>, RefreshError> {
         if lifetime_of(response.expires_in).1 {
             tracing::warn!(credential = %self.name(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
@@ -352,20 +366,56 @@ impl Credential {
                 token.principal = token.principal.or(keys.principal);
             }
         }
+        token.version = match previous {
+            Some(p) => p.version,
+            None => self.slot.current.load().as_ref().map_or(0, |t| t.version),
+        };
         self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
-        self.persist(&token.to_stored()).await;
-        let published = self.publish(token);
+        let published = match self.persist(token, sign_in).await {
+            Persisted::Ours(token) => self.publish(token),
+            Persisted::Theirs(stored) => {
+                tracing::info!(credential = %self.name(), "another process stored a newer token first: took it up instead of this renewal's");
+                self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
+                self.publish(stored)
+            }
+        };
         self.record_success(SystemTime::now());
         Ok(published)
     }
 
-    async fn persist(&self, stored: &StoredToken) {
-        if let Err(e) = self.store.save(self.name(), stored).await {
-            // Serving the new token still beats failing requests; say loudly that a
-            // crash now would lose the refresh token.
-            tracing::error!(credential = %self.name(), error = %e, "could not persist the new token");
-            self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
+    /// Stores `token`, renewed from the stored version `token.version`. When the store
+    /// has moved on (another replica, or a `login`, saved first), a renewal takes the
+    /// stored token up instead: it is the newer one, and this renewal's is dropped
+    /// unused. A sign-in is a person's decision, newer than anything stored, so it is
+    /// saved again over the version the store reports until it is stored (bounded); so
+    /// is a renewal when nothing readable is stored.
+    async fn persist(&self, mut token: Token, sign_in: bool) -> Persisted {
+        for _ in 0..SAVE_ATTEMPTS {
+            match self.store.save(self.name(), &token.to_stored()).await {
+                Ok(Saved::Stored(version)) => {
+                    token.version = version;
+                    return Persisted::Ours(token);
+                }
+                Ok(Saved::Stale { current: Some(stored), version }) if !sign_in => {
+                    match Token::from_stored(&stored, SystemTime::now()) {
+                        Ok(theirs) => return Persisted::Theirs(theirs),
+                        // Unusable (not a header value): ours replaces it.
+                        Err(_) => token.version = version,
+                    }
+                }
+                Ok(Saved::Stale { version, .. }) => token.version = version,
+                Err(e) => {
+                    // Serving the new token still beats failing requests; say loudly that
+                    // a crash now would lose the refresh token.
+                    tracing::error!(credential = %self.name(), error = %e, "could not persist the new token");
+                    self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
+                    return Persisted::Ours(token);
+                }
+            }
         }
+        tracing::error!(credential = %self.name(), attempts = SAVE_ATTEMPTS, "could not persist the new token: the stored record kept changing");
+        self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
+        Persisted::Ours(token)
     }
 
     /// Replaces `dead` by a copy that is already expired but keeps its refresh token.
@@ -378,6 +428,7 @@ impl Credential {
         copy.organizer_key = dead.organizer_key.clone();
         copy.account_key = dead.account_key.clone();
         copy.principal = dead.principal.clone();
+        copy.version = dead.version;
         self.publish(copy);
     }
 

@@ -2,7 +2,9 @@
 //! an unpredictable name, fsync, rename, fsync the directory), never through a symbolic
 //! link, in a directory no other user can write to. A damaged file is kept aside in a
 //! numbered copy before it is rewritten with every record that could be read
-//! ([`super::recover`]).
+//! ([`super::recover`]). A save is compared with the stored record's version under the
+//! writers' lock, so a `login` in another process and the running proxy never undo each
+//! other's tokens.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -15,7 +17,7 @@ use serde_json::Value;
 
 use super::recover::{file_aad, parse_state_with, Contents, StateFile};
 use super::sealing::{verdict, Codec, RecordState};
-use super::{StoreError, StoredToken, TokenStore};
+use super::{next_version, Saved, StoreError, StoredToken, TokenStore};
 use crate::token::seal::Sealer;
 
 /// How many numbered copies of damaged state files are looked through for a free name
@@ -87,6 +89,10 @@ impl FileStore {
         };
         codec.note(credential, kid);
         if let Some(token) = contents.records.remove(credential) {
+            if contents.states.get(credential).is_some_and(|s| codec.is_plaintext_under_keys(s)) {
+                // Sealed at once (with any other plaintext record), warned about inside.
+                Self::rewrite_blocking(path, reported, codec, None)?;
+            }
             return Ok(Some(token));
         }
         if !contents.malformed.contains(credential) && contents.unreadable.is_none() {
@@ -124,15 +130,18 @@ impl FileStore {
         Ok(None)
     }
 
-    /// Read-merge-write of one credential under an exclusive lock on `<path>.lock`.
+    /// Read-compare-merge-write of one credential under an exclusive lock on
+    /// `<path>.lock` (see [`TokenStore::save`]).
     pub(super) fn save_blocking(
         path: &Path,
         credential: &str,
         token: &StoredToken,
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
-    ) -> Result<(), StoreError> {
-        Self::rewrite_blocking(path, reported, codec, Some((credential, token))).map(|_| ())
+    ) -> Result<Saved, StoreError> {
+        let outcome = Self::rewrite_blocking(path, reported, codec, Some((credential, token)))?;
+        // With an update, the rewrite always answers one.
+        Ok(outcome.saved.unwrap_or(Saved::Stale { current: None, version: 0 }))
     }
 
     /// The start-up check (see [`TokenStore::prepare`]): every record of the file.
@@ -146,7 +155,7 @@ impl FileStore {
         verdict(codec, &format!("state file {}", path.display()), &contents.states)?;
         if contents.states.values().any(|s| codec.needs_reseal(s)) {
             // Under the writers' lock, from what the file holds then.
-            if Self::rewrite_blocking(path, reported, codec, None)? {
+            if Self::rewrite_blocking(path, reported, codec, None)?.written {
                 tracing::info!(path = %path.display(), key_id = codec.current_kid().as_deref().unwrap_or(""), "token records encrypted with the first of state.encryption_keys");
             }
         }
@@ -154,14 +163,15 @@ impl FileStore {
     }
 
     /// Read-merge-write under the writers' lock: every readable record written again
-    /// (sealed when keys are configured), with `update` replacing one. Without an update,
-    /// the file is left alone when no record needs sealing again; true when written.
+    /// (sealed when keys are configured, keeping its version), with `update` replacing
+    /// one when the stored record is still at the update's version (it gets the next).
+    /// Without an update, the file is left alone when no record needs sealing again.
     fn rewrite_blocking(
         path: &Path,
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
         update: Option<(&str, &StoredToken)>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Rewritten, StoreError> {
         let dir = state_dir(path);
         create_private_dir(&dir)?;
         // Again at every write: the directory may have been created (or changed) by
@@ -178,16 +188,34 @@ impl FileStore {
             None => (Contents::default(), None),
         };
         if update.is_none() && !contents.states.values().any(|s| codec.needs_reseal(s)) {
-            return Ok(false);
+            return Ok(Rewritten { written: false, saved: None });
+        }
+        let mut saved = None;
+        if let Some((credential, token)) = update {
+            let stored = contents.records.get(credential).map_or(0, |t| t.version);
+            if token.version != stored {
+                let current = contents.records.remove(credential);
+                return Ok(Rewritten { written: false, saved: Some(Saved::Stale { current, version: stored }) });
+            }
+            let version = next_version(stored);
+            contents.records.insert(credential.to_string(), StoredToken { version, ..token.clone() });
+            saved = Some(Saved::Stored(version));
         }
         if let Some(bytes) = &old {
             if contents.is_damaged() {
                 keep_damaged_copy(path, &dir, bytes, &contents)?;
             }
         }
-        if let Some((credential, token)) = update {
-            contents.records.insert(credential.to_string(), token.clone());
-        }
+        let plaintext: Vec<&String> = contents
+            .states
+            .iter()
+            .filter(|(name, state)| {
+                codec.is_plaintext_under_keys(state)
+                    && contents.records.contains_key(*name)
+                    && update.is_none_or(|(c, _)| c != name.as_str())
+            })
+            .map(|(name, _)| name)
+            .collect();
         let mut credentials = std::collections::BTreeMap::new();
         for (name, token) in &contents.records {
             credentials.insert(name.clone(), codec.encode(&file_aad(name), token)?);
@@ -198,12 +226,24 @@ impl FileStore {
         for name in contents.records.keys() {
             codec.note(name, codec.current_kid());
         }
+        let store = format!("file {}", path.display());
+        for name in plaintext {
+            codec.warn_plaintext(name, &store);
+        }
         // The file is clean now: damage found later is new, and is reported again.
         if let Ok(mut r) = reported.lock() {
             r.clear();
         }
-        Ok(true)
+        Ok(Rewritten { written: true, saved })
     }
+}
+
+/// What a rewrite did.
+struct Rewritten {
+    /// Whether the file was written.
+    written: bool,
+    /// The answer to the update, when there was one.
+    saved: Option<Saved>,
 }
 
 #[async_trait::async_trait]
@@ -218,7 +258,7 @@ impl TokenStore for FileStore {
             .map_err(|e| StoreError::Backend(e.to_string()))?
     }
 
-    async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
+    async fn save(&self, credential: &str, token: &StoredToken) -> Result<Saved, StoreError> {
         let path = self.path.clone();
         let credential = credential.to_string();
         let token = token.clone();

@@ -126,7 +126,8 @@ pub struct StoredToken {
     /// whole seconds. Absent in files written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
-    /// When it was obtained, unix milliseconds (orders tokens from several writers).
+    /// When it was obtained, unix milliseconds, by the writer's clock: data for expiry
+    /// math only. Which record is newest is [`StoredToken::version`]'s to say.
     pub obtained_at_ms: u64,
     /// GoTo organizer key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +138,63 @@ pub struct StoredToken {
     /// Who signed in, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// The version the store gave this record (a counter, 0 for records written before
+    /// versions existed). In a save: the version the token was renewed from — the store
+    /// accepts the save only while that is still the stored version ([`TokenStore::save`]).
+    #[serde(default, deserialize_with = "lenient_version")]
+    pub version: u64,
+}
+
+/// The largest version a record may carry: 2^53 - 1, the largest integer that Redis's
+/// Lua (whose numbers are doubles) and this process read alike.
+pub(crate) const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// The version after `v`: a record at [`MAX_VERSION`] (only ever planted) is followed
+/// by 1, so no stored value can stop the counting.
+pub(crate) fn next_version(v: u64) -> u64 {
+    if v >= MAX_VERSION {
+        1
+    } else {
+        v.saturating_add(1)
+    }
+}
+
+/// A record's `version` field, read the way the Redis save script reads it: an integer
+/// from 0 to [`MAX_VERSION`]; anything else (absent, a string, negative, fractional,
+/// huge) is 0. Both sides must agree, or a compare could never succeed.
+pub(crate) fn version_in(value: Option<&serde_json::Value>) -> u64 {
+    let Some(serde_json::Value::Number(n)) = value else { return 0 };
+    if let Some(v) = n.as_u64() {
+        return if v <= MAX_VERSION { v } else { 0 };
+    }
+    match n.as_f64() {
+        // Exact: an integral value in range converts without loss.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(f) if f.fract() == 0.0 && (0.0..=MAX_VERSION as f64).contains(&f) => f as u64,
+        _ => 0,
+    }
+}
+
+fn lenient_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(version_in(Some(&value)))
+}
+
+/// What became of a [`TokenStore::save`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored, as this version.
+    Stored(u64),
+    /// Refused: the store no longer holds the version the token was renewed from —
+    /// another process saved first. `current` is what it holds now (`None`: nothing
+    /// readable), at `version`: a renewal takes `current` up; with nothing readable it
+    /// may save again from `version`.
+    Stale {
+        /// The stored record, when it can be read.
+        current: Option<StoredToken>,
+        /// Its version (0: no record).
+        version: u64,
+    },
 }
 
 impl fmt::Debug for StoredToken {
@@ -146,6 +204,7 @@ impl fmt::Debug for StoredToken {
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .field("expires_at", &self.expires_at)
             .field("obtained_at_ms", &self.obtained_at_ms)
+            .field("version", &self.version)
             .finish()
     }
 }
@@ -192,9 +251,12 @@ impl fmt::Debug for LockToken {
 pub trait TokenStore: Send + Sync {
     /// The stored token of `credential`, if any.
     async fn load(&self, credential: &str) -> Result<Option<StoredToken>, StoreError>;
-    /// Replaces the stored token of `credential`; durable when it returns `Ok`. A shared
-    /// store keeps the newest token by `obtained_at_ms` when writers race.
-    async fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError>;
+    /// Stores `token` for `credential` if the stored record is still at `token.version`
+    /// (the version it was renewed from; 0: none stored), as the next version
+    /// ([`Saved::Stored`]); durable when it returns. Otherwise nothing is written
+    /// ([`Saved::Stale`]). The compare and the write are one step (the file under its
+    /// lock, Redis in its script): no clock and no timestamp takes part.
+    async fn save(&self, credential: &str, token: &StoredToken) -> Result<Saved, StoreError>;
     /// A short description for logs (`file state/x.json`), never a password.
     fn describe(&self) -> String;
 

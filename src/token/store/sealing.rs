@@ -4,6 +4,10 @@
 //! The associated data binds a record to its place (`file:<credential>`,
 //! `redis:<prefix>:<credential>`), so a record copied to another credential does not open.
 //!
+//! A plaintext record read while keys are configured (written before them, or planted)
+//! is logged as a warning naming its credential and written back sealed at once, by the
+//! store that read it ([`Codec::warn_plaintext`]).
+//!
 //! Both stores use the same [`Codec`]; the start-up check ([`verdict`]) is the same too:
 //! sealed records that no key opens are a wrong (or missing) key when none of the sealed
 //! records opens — `run` stops and nothing is written — and a damaged record otherwise.
@@ -13,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use super::{StoreError, StoredToken};
+use super::{version_in, StoreError, StoredToken};
 use crate::token::seal::{self, Sealer};
 
 /// What a stored record turned out to be.
@@ -69,7 +73,12 @@ impl Codec {
             let Some(sealer) = &self.sealer else { return (None, RecordState::Unopenable { kid: named }) };
             return match sealer.open_value(aad, value) {
                 Ok((plain, kid)) => match serde_json::from_slice::<StoredToken>(&plain) {
-                    Ok(token) => (Some((token, Some(kid.clone()))), RecordState::Sealed { kid }),
+                    Ok(mut token) => {
+                        // The envelope's (authenticated) version is the one the Redis
+                        // save script compares.
+                        token.version = version_in(value.get("version"));
+                        (Some((token, Some(kid.clone()))), RecordState::Sealed { kid })
+                    }
                     Err(_) => (None, RecordState::Malformed),
                 },
                 Err(_) => (None, RecordState::Unopenable { kid: named }),
@@ -82,13 +91,14 @@ impl Codec {
     }
 
     /// The record to store for `token` at `aad`: sealed when keys are configured, with
-    /// `obtained_at_ms` in clear (authenticated) so a shared store can keep the newest.
+    /// `version` in clear so the Redis save script can compare it, and authenticated
+    /// (edited, the record no longer opens: a tamperer can only damage it).
     pub(crate) fn encode(&self, aad: &str, token: &StoredToken) -> Result<Value, StoreError> {
         let Some(sealer) = &self.sealer else {
             return serde_json::to_value(token).map_err(|e| StoreError::Backend(e.to_string()));
         };
         let plain = serde_json::to_vec(token).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let envelope = sealer.seal(aad, &plain, &[("obtained_at_ms", Value::from(token.obtained_at_ms))]);
+        let envelope = sealer.seal(aad, &plain, &[("version", Value::from(token.version))]);
         serde_json::from_slice(&envelope).map_err(|e| StoreError::Backend(e.to_string()))
     }
 
@@ -100,6 +110,22 @@ impl Codec {
             RecordState::Sealed { kid } => *kid != current,
             RecordState::Unopenable { .. } | RecordState::Malformed => false,
         }
+    }
+
+    /// True when keys are configured and `state` is a plaintext record: it is warned
+    /// about and sealed at once.
+    pub(crate) fn is_plaintext_under_keys(&self, state: &RecordState) -> bool {
+        self.sealer.is_some() && *state == RecordState::Plain
+    }
+
+    /// The warning for a plaintext record found while keys are configured.
+    pub(crate) fn warn_plaintext(&self, credential: &str, store: &str) {
+        tracing::warn!(
+            credential,
+            store,
+            key_id = self.current_kid().as_deref().unwrap_or(""),
+            "plaintext record of this credential (written before state.encryption_keys, or planted) re-sealed with the first key"
+        );
     }
 
     /// Remembers the key id of `credential`'s stored record.

@@ -24,7 +24,21 @@ fn token(n: u64) -> StoredToken {
         organizer_key: None,
         account_key: None,
         principal: None,
+        version: 0,
     }
+}
+
+/// Saves `t` over whatever `credential` holds (renewed from the stored version), as
+/// every writer that read the store first does.
+async fn put(store: &impl TokenStore, credential: &str, t: StoredToken) {
+    let version = store.load(credential).await.unwrap().map_or(0, |s| s.version);
+    let saved = store.save(credential, &StoredToken { version, ..t }).await.unwrap();
+    assert!(matches!(saved, Saved::Stored(v) if v == next_version(version)), "{saved:?}");
+}
+
+/// The stored token of `credential`, its version left out (compared on their own).
+async fn got(store: &impl TokenStore, credential: &str) -> Option<StoredToken> {
+    store.load(credential).await.unwrap().map(|t| StoredToken { version: 0, ..t })
 }
 
 fn mode(p: &Path) -> u32 {
@@ -61,12 +75,12 @@ async fn round_trip_merges_credentials_with_mode_0600() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sub/deeper/state.json");
     let store = FileStore::open(&path).unwrap();
-    assert_eq!(store.load("a").await.unwrap(), None);
-    store.save("a", &token(1)).await.unwrap();
-    store.save("b", &token(2)).await.unwrap();
-    store.save("a", &token(3)).await.unwrap();
-    assert_eq!(store.load("a").await.unwrap(), Some(token(3)));
-    assert_eq!(store.load("b").await.unwrap(), Some(token(2)));
+    assert_eq!(got(&store, "a").await, None);
+    put(&store, "a", token(1)).await;
+    put(&store, "b", token(2)).await;
+    put(&store, "a", token(3)).await;
+    assert_eq!(got(&store, "a").await, Some(token(3)));
+    assert_eq!(got(&store, "b").await, Some(token(2)));
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&dir.path().join("sub")), 0o700, "created directories are private");
     assert_eq!(mode(&dir.path().join("sub/deeper")), 0o700);
@@ -101,13 +115,13 @@ async fn planted_symlinks_are_never_followed() {
         symlink(&victim, dir.path().join(name)).unwrap();
     }
     let store = FileStore::open(&path).unwrap();
-    store.save("a", &token(1)).await.unwrap();
-    store.save("a", &token(2)).await.unwrap();
+    put(&store, "a", token(1)).await;
+    put(&store, "a", token(2)).await;
     assert_untouched(&victim);
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_file());
     assert_eq!(mode(&path), 0o600);
-    assert_eq!(store.load("a").await.unwrap(), Some(token(2)));
+    assert_eq!(got(&store, "a").await, Some(token(2)));
     // The would-be temp name was cleaned up as a leftover (the link, not its target).
     assert!(!names_in(dir.path()).iter().any(|n| n.starts_with(".state.json.tmp.")));
 }
@@ -236,8 +250,8 @@ async fn a_malformed_record_is_skipped_and_kept_aside_in_numbered_copies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let store = FileStore::open(&path).unwrap();
-    store.save("a", &token(1)).await.unwrap();
-    store.save("b", &token(2)).await.unwrap();
+    put(&store, "a", token(1)).await;
+    put(&store, "b", token(2)).await;
     let damage = |p: &Path| {
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
         v["credentials"]["b"] = serde_json::json!({"access_token": 5, "expires_at": 1e20});
@@ -246,34 +260,34 @@ async fn a_malformed_record_is_skipped_and_kept_aside_in_numbered_copies() {
         bytes
     };
     let first = damage(&path);
-    assert_eq!(store.load("a").await.unwrap(), Some(token(1)), "another record's damage costs nothing");
-    assert_eq!(store.load("b").await.unwrap(), None, "the damaged credential starts with no token");
+    assert_eq!(got(&store, "a").await, Some(token(1)), "another record's damage costs nothing");
+    assert_eq!(got(&store, "b").await, None, "the damaged credential starts with no token");
     assert!(!dir.path().join("state.json.damaged.1").exists(), "reading never writes");
 
-    store.save("c", &token(3)).await.unwrap();
+    put(&store, "c", token(3)).await;
     let copy1 = dir.path().join("state.json.damaged.1");
     assert_eq!(std::fs::read(&copy1).unwrap(), first);
     assert_eq!(mode(&copy1), 0o600);
-    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
-    assert_eq!(store.load("b").await.unwrap(), None);
-    assert_eq!(store.load("c").await.unwrap(), Some(token(3)));
+    assert_eq!(got(&store, "a").await, Some(token(1)));
+    assert_eq!(got(&store, "b").await, None);
+    assert_eq!(got(&store, "c").await, Some(token(3)));
     let c = parse_state(&std::fs::read(&path).unwrap());
     assert!(!c.is_damaged(), "the rewritten file is clean");
 
     // No copy while the file is clean; the next damage goes to .2, .1 stays.
-    store.save("c", &token(4)).await.unwrap();
+    put(&store, "c", token(4)).await;
     assert!(!dir.path().join("state.json.damaged.2").exists());
-    store.save("b", &token(5)).await.unwrap();
+    put(&store, "b", token(5)).await;
     let second = damage(&path);
     // A link planted at the next free name is skipped, not followed.
     let (_v, victim) = victim();
     symlink(&victim, dir.path().join("state.json.damaged.2")).unwrap();
-    store.save("a", &token(6)).await.unwrap();
+    put(&store, "a", token(6)).await;
     assert_untouched(&victim);
     assert_eq!(std::fs::read(&copy1).unwrap(), first, ".1 is never overwritten");
     assert_eq!(std::fs::read(dir.path().join("state.json.damaged.3")).unwrap(), second);
-    assert_eq!(store.load("a").await.unwrap(), Some(token(6)));
-    assert_eq!(store.load("c").await.unwrap(), Some(token(4)));
+    assert_eq!(got(&store, "a").await, Some(token(6)));
+    assert_eq!(got(&store, "c").await, Some(token(4)));
 }
 
 #[tokio::test]
@@ -282,15 +296,15 @@ async fn an_unreadable_file_is_no_token_then_kept_aside() {
     let path = dir.path().join("state.json");
     std::fs::write(&path, "{not json").unwrap();
     let store = FileStore::open(&path).unwrap();
-    assert_eq!(store.load("a").await.unwrap(), None);
-    store.save("a", &token(1)).await.unwrap();
+    assert_eq!(got(&store, "a").await, None);
+    put(&store, "a", token(1)).await;
     assert_eq!(std::fs::read(dir.path().join("state.json.damaged.1")).unwrap(), b"{not json");
-    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(got(&store, "a").await, Some(token(1)));
 
     // An empty file is no state at all, not damage.
     std::fs::write(&path, "").unwrap();
-    assert_eq!(store.load("a").await.unwrap(), None);
-    store.save("a", &token(2)).await.unwrap();
+    assert_eq!(got(&store, "a").await, None);
+    put(&store, "a", token(2)).await;
     assert!(!dir.path().join("state.json.damaged.2").exists());
 }
 
@@ -350,7 +364,9 @@ fn damage_is_an_error_once_per_credential_until_a_clean_write() {
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("credential=\"b\"") && errors[0].contains("state.json"), "{log}");
 
-    let log = captured_log(|| FileStore::save_blocking(&path, "c", &token(3), &reported, &codec).unwrap());
+    let log = captured_log(|| {
+        FileStore::save_blocking(&path, "c", &token(3), &reported, &codec).unwrap();
+    });
     assert!(log.contains("ERROR") && log.contains("state.json.damaged.1"), "the copy is named: {log}");
     std::fs::write(&path, damaged).unwrap();
     let log = captured_log(|| assert_eq!(FileStore::load_blocking(&path, "b", &reported, &codec).unwrap(), None));
@@ -394,7 +410,8 @@ fn stored_token_keeps_its_field_names() {
             "expires_at_ms",
             "obtained_at_ms",
             "organizer_key",
-            "refresh_token"
+            "refresh_token",
+            "version"
         ]
     );
 }
@@ -435,21 +452,21 @@ async fn sealed_records_hold_no_token_and_open_with_any_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let store = sealed_store(&path, &[b"1"]);
-    store.save("a", &token(1)).await.unwrap();
-    store.save("b", &token(2)).await.unwrap();
+    put(&store, "a", token(1)).await;
+    put(&store, "b", token(2)).await;
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains("at1") && !text.contains("rt1") && !text.contains("access_token"), "{text}");
     let kid = store.key_id("a").unwrap();
     assert_eq!(kids_in(&path), [Some(kid.clone()), Some(kid.clone())]);
     // Rotated: [2, 1] opens it, and prepare re-seals with 2.
     let rotated = sealed_store(&path, &[b"2", b"1"]);
-    assert_eq!(rotated.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(got(&rotated, "a").await, Some(token(1)));
     assert_eq!(rotated.key_id("a"), Some(kid.clone()));
     rotated.prepare(&[]).await.unwrap();
     let new_kid = rotated.key_id("a").unwrap();
     assert_ne!(new_kid, kid);
     assert_eq!(kids_in(&path), [Some(new_kid.clone()), Some(new_kid)]);
-    assert_eq!(sealed_store(&path, &[b"2"]).load("b").await.unwrap(), Some(token(2)));
+    assert_eq!(got(&sealed_store(&path, &[b"2"]), "b").await, Some(token(2)));
 }
 
 #[tokio::test]
@@ -457,7 +474,7 @@ async fn plaintext_is_sealed_at_prepare_and_a_wrong_or_missing_key_writes_nothin
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let plain = FileStore::open(&path).unwrap();
-    plain.save("a", &token(1)).await.unwrap();
+    put(&plain, "a", token(1)).await;
     plain.prepare(&[]).await.unwrap();
     assert_eq!(kids_in(&path), [None]);
     let store = sealed_store(&path, &[b"1"]);
@@ -481,9 +498,9 @@ async fn a_tampered_or_moved_record_is_a_damaged_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     let store = sealed_store(&path, &[b"1"]);
-    store.save("a", &token(1)).await.unwrap();
-    store.save("b", &token(2)).await.unwrap();
-    store.save("c", &token(3)).await.unwrap();
+    put(&store, "a", token(1)).await;
+    put(&store, "b", token(2)).await;
+    put(&store, "c", token(3)).await;
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     v["credentials"]["b"] = v["credentials"]["a"].clone();
     let ct = v["credentials"]["c"]["ct"].as_str().unwrap().to_string();
@@ -495,11 +512,144 @@ async fn a_tampered_or_moved_record_is_a_damaged_record() {
 
     let store = sealed_store(&path, &[b"1"]);
     store.prepare(&[]).await.unwrap();
-    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
-    assert_eq!(store.load("b").await.unwrap(), None, "a record moved from a to b does not open");
-    assert_eq!(store.load("c").await.unwrap(), None, "a flipped byte does not open");
-    store.save("c", &token(4)).await.unwrap();
+    assert_eq!(got(&store, "a").await, Some(token(1)));
+    assert_eq!(got(&store, "b").await, None, "a record moved from a to b does not open");
+    assert_eq!(got(&store, "c").await, None, "a flipped byte does not open");
+    put(&store, "c", token(4)).await;
     assert!(dir.path().join("state.json.damaged.1").exists());
-    assert_eq!(store.load("c").await.unwrap(), Some(token(4)));
-    assert_eq!(store.load("a").await.unwrap(), Some(token(1)));
+    assert_eq!(got(&store, "c").await, Some(token(4)));
+    assert_eq!(got(&store, "a").await, Some(token(1)));
+}
+
+// ===== versions, not clocks =====
+
+/// A record "obtained" thousands of years ahead, as a replica with a wild clock (or an
+/// attacker) would write it.
+const FAR_FUTURE_MS: u64 = 99_999_999_999_999_999;
+
+fn write_state(path: &Path, credentials: serde_json::Value) {
+    std::fs::write(path, serde_json::json!({"version": 1, "credentials": credentials}).to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn a_save_counts_over_the_version_it_renewed_never_over_a_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut planted = serde_json::to_value(token(1)).unwrap();
+    planted["obtained_at_ms"] = FAR_FUTURE_MS.into();
+    planted["version"] = 5.into();
+    write_state(&path, serde_json::json!({ "a": planted }));
+    let store = FileStore::open(&path).unwrap();
+    let held = store.load("a").await.unwrap().unwrap();
+    assert_eq!((held.version, held.obtained_at_ms), (5, FAR_FUTURE_MS));
+
+    // Renewed from version 5, obtained "now" by a sane clock: stored as 6.
+    let renewed = StoredToken { version: 5, ..token(2) };
+    assert_eq!(store.save("a", &renewed).await.unwrap(), Saved::Stored(6));
+    assert_eq!(store.load("a").await.unwrap(), Some(StoredToken { version: 6, ..token(2) }));
+    // Another writer that also renewed from 5, however new its timestamp: refused, and
+    // told what is stored (to take it up).
+    let late = StoredToken { version: 5, obtained_at_ms: FAR_FUTURE_MS, ..token(3) };
+    assert_eq!(
+        store.save("a", &late).await.unwrap(),
+        Saved::Stale { current: Some(StoredToken { version: 6, ..token(2) }), version: 6 }
+    );
+    assert_eq!(got(&store, "a").await, Some(token(2)), "the refused save wrote nothing");
+    // And saves keep counting after it: none is refused for a timestamp.
+    for n in 7..10 {
+        assert_eq!(store.save("a", &StoredToken { version: n - 1, ..token(n) }).await.unwrap(), Saved::Stored(n));
+    }
+}
+
+#[tokio::test]
+async fn two_writers_of_one_file_never_undo_each_other() {
+    // The running proxy and a `login` in another process: two stores on one file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let proxy = FileStore::open(&path).unwrap();
+    let login = FileStore::open(&path).unwrap();
+    assert_eq!(proxy.save("a", &token(1)).await.unwrap(), Saved::Stored(1));
+    let held = proxy.load("a").await.unwrap().unwrap();
+    // The person signs in (over version 1), with a clock ten minutes slow.
+    let signed_in = StoredToken { version: 1, obtained_at_ms: 0, ..token(2) };
+    assert_eq!(login.save("a", &signed_in).await.unwrap(), Saved::Stored(2));
+    // The proxy's renewal of what it held (version 1) must not undo the sign-in.
+    let renewal = StoredToken { version: held.version, obtained_at_ms: 1_000, ..token(3) };
+    match proxy.save("a", &renewal).await.unwrap() {
+        Saved::Stale { current: Some(current), version: 2 } => assert_eq!(current.access_token, "at2"),
+        other => panic!("a stale renewal was not refused: {other:?}"),
+    }
+    assert_eq!(got(&login, "a").await, Some(StoredToken { obtained_at_ms: 0, ..token(2) }));
+}
+
+#[tokio::test]
+async fn versions_no_writer_could_have_given_read_as_zero_and_counting_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    for odd in [
+        serde_json::json!(99_999_999_999_999_999u64),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(-1),
+        serde_json::json!(1.5),
+        serde_json::json!("7"),
+        serde_json::json!(null),
+    ] {
+        let mut planted = serde_json::to_value(token(1)).unwrap();
+        planted["version"] = odd.clone();
+        write_state(&path, serde_json::json!({ "a": planted }));
+        assert_eq!(store.load("a").await.unwrap().unwrap().version, 0, "{odd}");
+        assert_eq!(store.save("a", &token(2)).await.unwrap(), Saved::Stored(1), "{odd}");
+    }
+    // The largest version is followed by 1, not by an overflow or a refusal.
+    let mut planted = serde_json::to_value(token(1)).unwrap();
+    planted["version"] = MAX_VERSION.into();
+    write_state(&path, serde_json::json!({ "a": planted }));
+    assert_eq!(store.save("a", &StoredToken { version: MAX_VERSION, ..token(2) }).await.unwrap(), Saved::Stored(1));
+}
+
+#[test]
+fn a_plaintext_record_read_under_keys_is_warned_about_and_sealed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut plain = serde_json::to_value(token(1)).unwrap();
+    plain["version"] = 3.into();
+    write_state(&path, serde_json::json!({ "planted": plain }));
+    let reported = Mutex::new(BTreeSet::new());
+    let codec = Codec::new(sealer(&[b"1"]));
+    let mut loaded = None;
+    let log = captured_log(|| loaded = FileStore::load_blocking(&path, "planted", &reported, &codec).unwrap());
+    assert_eq!(loaded, Some(StoredToken { version: 3, ..token(1) }), "read (and served)");
+    let warning = log.lines().find(|l| l.contains("WARN")).unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(
+        warning.contains("credential=\"planted\"")
+            && warning.contains("plaintext record")
+            && warning.contains("re-sealed"),
+        "{warning}"
+    );
+    assert!(!log.contains("at1") && !log.contains("rt1"), "a token in the log: {log}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("at1") && !text.contains("access_token"), "not sealed: {text}");
+    assert_eq!(kids_in(&path), [codec.current_kid()]);
+    // Same version: sealing changed no token.
+    assert_eq!(FileStore::load_blocking(&path, "planted", &reported, &codec).unwrap().unwrap().version, 3);
+}
+
+#[tokio::test]
+async fn a_state_file_from_before_versions_is_read_and_upgraded_at_the_next_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    // As written before records had a version.
+    std::fs::write(
+        &path,
+        r#"{"version":1,"credentials":{"a":{"access_token":"at1","refresh_token":"rt1","expires_at":1001,"obtained_at_ms":1},
+            "b":{"access_token":"at2","refresh_token":"rt2","expires_at":1002,"obtained_at_ms":2}}}"#,
+    )
+    .unwrap();
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.load("a").await.unwrap(), Some(token(1)), "read, as version 0");
+    assert_eq!(store.save("a", &token(3)).await.unwrap(), Saved::Stored(1));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(v["credentials"]["a"]["version"], 1, "{v}");
+    assert_eq!(store.load("b").await.unwrap(), Some(token(2)), "the other record is kept as it was");
 }
