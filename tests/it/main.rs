@@ -21,6 +21,7 @@ mod errors;
 mod faults;
 mod goto;
 mod hostile;
+mod hostile_keys;
 mod hostile_token;
 mod idle;
 mod login;
