@@ -198,6 +198,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_valid_keys_are_filled_in() {
+        for (key, used) in [("8439885694023999999", true), ("../admin?x=1#f", false), ("..", false), ("", false)] {
+            assert_eq!(usable_key(&Some(key.to_string())).is_some(), used, "{key:?}");
+        }
+        assert_eq!(usable_key(&None), None);
+    }
+
+    #[test]
     fn hop_by_hop_removed_including_connection_named() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));

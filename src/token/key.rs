@@ -5,7 +5,7 @@
 //! the credential and the field, never the value.
 
 /// Longest organizer or account key accepted (GoTo's are about 19 digits).
-pub const MAX_KEY_LEN: usize = 64;
+const MAX_KEY_LEN: usize = 64;
 
 /// Longest principal accepted, in characters. A longer one is dropped, not cut: it
 /// names an account and matches `X-GoTo-Account`, and a cut name would be another one.

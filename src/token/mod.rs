@@ -35,7 +35,7 @@ use http::HeaderValue;
 
 use crate::secret::Secret;
 pub use handle::TokenHandle;
-pub use key::{valid_key, MAX_KEY_LEN, MAX_PRINCIPAL};
+pub use key::{valid_key, MAX_PRINCIPAL};
 pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
