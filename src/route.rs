@@ -170,10 +170,49 @@ pub fn has_key_placeholder(path: &str) -> bool {
     b.contains(&b'{') || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'7' && (w[2] | 0x20) == b'b')
 }
 
+/// Which key a placeholder stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyName {
+    /// `{organizerKey}`.
+    Organizer,
+    /// `{accountKey}`.
+    Account,
+}
+
+impl KeyName {
+    /// The key in words, for messages: `organizer key`, `account key`.
+    pub fn words(self) -> &'static str {
+        match self {
+            KeyName::Organizer => "organizer key",
+            KeyName::Account => "account key",
+        }
+    }
+
+    /// The placeholder as a client writes it.
+    pub fn placeholder(self) -> &'static str {
+        match self {
+            KeyName::Organizer => "{organizerKey}",
+            KeyName::Account => "{accountKey}",
+        }
+    }
+}
+
+/// A request names a placeholder whose key the credential does not have: it cannot be
+/// forwarded (the upstream would get the placeholder itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no {} to fill in {}", .0.words(), .0.placeholder())]
+pub struct MissingKey(pub KeyName);
+
 /// Replaces whole path segments `{organizerKey}` and `{accountKey}` (also written
-/// `%7BorganizerKey%7D`, hex in any case) with the credential's keys. A placeholder
-/// whose key is unknown is left as it is.
-pub fn substitute_keys(path: &str, organizer_key: Option<&str>, account_key: Option<&str>) -> String {
+/// `%7BorganizerKey%7D`, hex in any case) with the credential's keys, each escaped as one
+/// path segment: whatever a key holds, the path keeps its segments (`/`, `?`, `#`, `%`
+/// and `;` are escaped, and a key of dots alone has its dots escaped, so it is never a
+/// dot segment). A placeholder whose key is unknown (or empty) is a [`MissingKey`].
+pub fn substitute_keys(
+    path: &str,
+    organizer_key: Option<&str>,
+    account_key: Option<&str>,
+) -> Result<String, MissingKey> {
     let mut out = String::with_capacity(path.len() + 32);
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
@@ -184,31 +223,54 @@ pub fn substitute_keys(path: &str, organizer_key: Option<&str>, account_key: Opt
             let upper = seg.get(seg.len() - 3..)?.eq_ignore_ascii_case("%7d");
             (lower && upper).then(|| &seg[3..seg.len() - 3])
         });
-        let value = match name {
-            Some("organizerKey") => organizer_key,
-            Some("accountKey") => account_key,
-            _ => None,
+        let key = match name {
+            Some("organizerKey") => KeyName::Organizer,
+            Some("accountKey") => KeyName::Account,
+            _ => {
+                out.push_str(seg);
+                continue;
+            }
         };
-        out.push_str(value.unwrap_or(seg));
+        let value = key_of(key, organizer_key, account_key)?;
+        if value.bytes().all(|b| b == b'.') {
+            // `.` and `..` would be dot segments. (The data path never gets here with such
+            // a key: it is not a valid key, so it counts as missing.)
+            value.bytes().for_each(|_| out.push_str("%2E"));
+        } else {
+            out.extend(percent_encoding::utf8_percent_encode(value, KEY_ESCAPES));
+        }
     }
-    out
+    Ok(out)
+}
+
+/// The key `name` stands for, when known and not empty.
+fn key_of<'k>(
+    name: KeyName,
+    organizer_key: Option<&'k str>,
+    account_key: Option<&'k str>,
+) -> Result<&'k str, MissingKey> {
+    let key = match name {
+        KeyName::Organizer => organizer_key,
+        KeyName::Account => account_key,
+    };
+    key.filter(|k| !k.is_empty()).ok_or(MissingKey(name))
 }
 
 /// The placeholders and the key each one stands for.
-const PLACEHOLDERS: [(&str, Key); 2] = [("organizerKey", Key::Organizer), ("accountKey", Key::Account)];
-
-#[derive(Clone, Copy)]
-enum Key {
-    Organizer,
-    Account,
-}
+const PLACEHOLDERS: [(&str, KeyName); 2] = [("organizerKey", KeyName::Organizer), ("accountKey", KeyName::Account)];
 
 /// Replaces `{organizerKey}` and `{accountKey}` (also written `%7BaccountKey%7D`, hex in
 /// any case) wherever they stand in the query string's values (`?accountKey={accountKey}`,
-/// `?filter=owner:{organizerKey}`) with the credential's keys, percent-encoded for a
-/// query. Names, separators and everything else stay byte for byte; a placeholder whose
-/// key is unknown, or one in a parameter's name, is left as it is.
-pub fn substitute_query_keys(query: &str, organizer_key: Option<&str>, account_key: Option<&str>) -> String {
+/// `?filter=owner:{organizerKey}`) with the credential's keys, percent-encoded as part of
+/// one value (`&`, `=`, `#`, `+` escaped: a key never adds a parameter). Names,
+/// separators and everything else stay byte for byte; a placeholder in a parameter's
+/// name is left as it is. A placeholder whose key is unknown (or empty) is a
+/// [`MissingKey`].
+pub fn substitute_query_keys(
+    query: &str,
+    organizer_key: Option<&str>,
+    account_key: Option<&str>,
+) -> Result<String, MissingKey> {
     let mut out = String::with_capacity(query.len() + 32);
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
@@ -225,15 +287,9 @@ pub fn substitute_query_keys(query: &str, organizer_key: Option<&str>, account_k
         let mut rest = value;
         while !rest.is_empty() {
             match placeholder_at(rest) {
-                Some((len, key)) => {
-                    let key = match key {
-                        Key::Organizer => organizer_key,
-                        Key::Account => account_key,
-                    };
-                    match key {
-                        Some(k) => out.extend(percent_encoding::utf8_percent_encode(k, QUERY_VALUE)),
-                        None => out.push_str(&rest[..len]),
-                    }
+                Some((len, name)) => {
+                    let key = key_of(name, organizer_key, account_key)?;
+                    out.extend(percent_encoding::utf8_percent_encode(key, KEY_ESCAPES));
                     rest = &rest[len..];
                 }
                 None => {
@@ -244,15 +300,16 @@ pub fn substitute_query_keys(query: &str, organizer_key: Option<&str>, account_k
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// What a key must be escaped of in a query value: all but RFC 3986's unreserved.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
+/// What a key is escaped of, in a path segment or a query value: all but RFC 3986's
+/// unreserved characters. A valid key (digits, letters, `-_.`) passes unchanged.
+const KEY_ESCAPES: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// The placeholder at the start of `s`, raw or escaped: its length and which key.
-fn placeholder_at(s: &str) -> Option<(usize, Key)> {
+fn placeholder_at(s: &str) -> Option<(usize, KeyName)> {
     let (open, close) = if s.starts_with('{') {
         (1, "}")
     } else if s.get(..3).is_some_and(|o| o.eq_ignore_ascii_case("%7b")) {
@@ -378,12 +435,14 @@ mod tests {
 
     #[test]
     fn key_substitution() {
-        let s = |p| substitute_keys(p, Some("111"), Some("222"));
+        let s = |p| substitute_keys(p, Some("111"), Some("222")).unwrap();
         assert_eq!(s("/G2W/rest/v2/organizers/{organizerKey}/webinars"), "/G2W/rest/v2/organizers/111/webinars");
         assert_eq!(s("/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars"), "/G2W/rest/v2/organizers/111/webinars");
         assert_eq!(s("/G2W/rest/v2/accounts/%7baccountKey%7d/x"), "/G2W/rest/v2/accounts/222/x");
         assert_eq!(s("/a/{other}/b"), "/a/{other}/b");
-        assert_eq!(substitute_keys("/o/{organizerKey}", None, None), "/o/{organizerKey}");
+        assert_eq!(substitute_keys("/o/{organizerKey}", None, None), Err(MissingKey(KeyName::Organizer)));
+        assert_eq!(substitute_keys("/a/%7BaccountKey%7D", Some("1"), Some("")), Err(MissingKey(KeyName::Account)));
+        assert_eq!(substitute_keys("/o/{other}/x", None, None).as_deref(), Ok("/o/{other}/x"), "no key needed");
         for p in ["/o/%7borganizerKey%7d", "/o/%7BorganizerKey%7D", "/o/{organizerKey}", "/%7B"] {
             assert!(has_key_placeholder(p), "{p}");
         }
@@ -394,7 +453,7 @@ mod tests {
 
     #[test]
     fn query_key_substitution() {
-        let q = |s| substitute_query_keys(s, Some("111"), Some("222"));
+        let q = |s| substitute_query_keys(s, Some("111"), Some("222")).unwrap();
         assert_eq!(q("accountKey={accountKey}"), "accountKey=222");
         assert_eq!(q("accountKey=%7BaccountKey%7D"), "accountKey=222");
         assert_eq!(q("accountKey=%7baccountkey%7d"), "accountKey=%7baccountkey%7d", "the name is case-sensitive");
@@ -404,8 +463,23 @@ mod tests {
         assert_eq!(q("x={other}&y=%7B&z={accountKey"), "x={other}&y=%7B&z={accountKey");
         assert_eq!(q("&&a=&=b&c=%7BorganizerKey%7D"), "&&a=&=b&c=111");
         assert_eq!(q("é=ü{accountKey}ö"), "é=ü222ö");
-        assert_eq!(substitute_query_keys("k={accountKey}", None, None), "k={accountKey}", "unknown keys stay");
-        assert_eq!(substitute_query_keys("k={accountKey}", None, Some("a b&c")), "k=a%20b%26c");
+        assert_eq!(substitute_query_keys("k={accountKey}", Some("1"), None), Err(MissingKey(KeyName::Account)));
+        assert_eq!(substitute_query_keys("k=%7BorganizerKey%7D", None, Some("")), Err(MissingKey(KeyName::Organizer)));
+        assert_eq!(substitute_query_keys("k={accountKey}", None, Some("a b&c")).as_deref(), Ok("k=a%20b%26c"));
+    }
+
+    #[test]
+    fn hostile_keys_stay_one_segment_or_one_value() {
+        let hostile = "../../../admin/rest/v1/users?evil=1#frag";
+        let p = substitute_keys("/G2W/rest/v2/organizers/{organizerKey}/webinars", Some(hostile), None).unwrap();
+        assert_eq!(p, "/G2W/rest/v2/organizers/..%2F..%2F..%2Fadmin%2Frest%2Fv1%2Fusers%3Fevil%3D1%23frag/webinars");
+        for (key, want) in
+            [("..", "/o/%2E%2E/x"), (".", "/o/%2E/x"), ("%2e%2e", "/o/%252e%252e/x"), ("a;b", "/o/a%3Bb/x")]
+        {
+            assert_eq!(substitute_keys("/o/{organizerKey}/x", Some(key), None).unwrap(), want, "{key}");
+        }
+        let q = substitute_query_keys("accountKey={accountKey}&b=1", None, Some("1&evil=2#x+y")).unwrap();
+        assert_eq!(q, "accountKey=1%26evil%3D2%23x%2By&b=1");
     }
 
     mod props {
@@ -414,10 +488,43 @@ mod tests {
         use super::*;
 
         proptest! {
-            /// Without keys to fill in, the query is untouched, whatever it holds.
+            /// Without keys to fill in, a query is untouched, whatever it holds, unless a
+            /// value needs a key: then it is refused.
             #[test]
             fn unknown_keys_leave_the_query_byte_for_byte(q in "[a-zA-Z0-9%{}=&:,;+ é]{0,40}") {
-                prop_assert_eq!(substitute_query_keys(&q, None, None), q);
+                match substitute_query_keys(&q, None, None) {
+                    Ok(same) => prop_assert_eq!(same, q),
+                    Err(_) => prop_assert!(q.contains("Key")),
+                }
+            }
+
+            /// Whatever a key holds, the path keeps its segments and the query its
+            /// parameter names; each placeholder decodes back to the key.
+            #[test]
+            fn any_key_is_one_segment_and_one_value(
+                org in "\\PC{1,12}|[./?#%&=;\\\\]{1,6}",
+                acct in any::<String>().prop_filter("not empty", |s| !s.is_empty()),
+                before in "(/[a-z]{1,3}){0,3}",
+                after in "(/[a-z]{1,3}){0,3}",
+            ) {
+                let path = format!("{before}/{{organizerKey}}/%7baccountKey%7D{after}");
+                let out = substitute_keys(&path, Some(&org), Some(&acct)).unwrap();
+                prop_assert_eq!(out.split('/').count(), path.split('/').count(), "{:?}", out);
+                prop_assert!(!out.contains(['?', '#']), "{:?}", out);
+                let segs: Vec<&str> = out.split('/').collect();
+                let at = before.split('/').count();
+                let decoded = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned();
+                prop_assert_eq!(decoded(segs[at]), org.clone());
+                prop_assert_eq!(decoded(segs[at + 1]), acct.clone());
+                prop_assert!(segs[at] != "." && segs[at] != "..");
+
+                let query = "a=1&accountKey={accountKey}&f=owner:%7BorganizerKey%7D,x&z";
+                let out = substitute_query_keys(query, Some(&org), Some(&acct)).unwrap();
+                let names = |q: &str| q.split('&').map(|p| p.split('=').next().unwrap_or("").to_string()).collect::<Vec<_>>();
+                prop_assert_eq!(names(&out), names(query), "{:?}", out);
+                prop_assert!(!out.contains('#'), "{:?}", out);
+                let value = out.split('&').nth(1).unwrap().strip_prefix("accountKey=").unwrap();
+                prop_assert_eq!(decoded(value), acct);
             }
 
             /// A placeholder in any spelling, anywhere in a value, is filled; the rest stays.
@@ -432,7 +539,7 @@ mod tests {
                 let before = if before.is_empty() { String::new() } else { format!("{before}&") };
                 let q = format!("{before}k={head}{open}accountKey{close}{tail}{after}");
                 let want = format!("{before}k={head}222{tail}{after}");
-                prop_assert_eq!(substitute_query_keys(&q, None, Some("222")), want);
+                prop_assert_eq!(substitute_query_keys(&q, None, Some("222")), Ok(want));
             }
         }
     }

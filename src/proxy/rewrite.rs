@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::bad_request;
 use super::table::Route;
-use crate::error::ProxyError;
+use crate::error::{ErrorCode, ProxyError};
 use crate::route;
 use crate::token::Token;
 use crate::upstream::UpstreamBody;
@@ -37,14 +37,16 @@ pub(super) fn rewrite_request(
         if route.strip_prefix { route::strip_prefix(&route.prefix, path) } else { Cow::Borrowed(path) };
     let fwd_path: Cow<str> = match token {
         Some(t) if route::has_key_placeholder(&fwd_path) => {
-            Cow::Owned(route::substitute_keys(&fwd_path, t.organizer_key.as_deref(), t.account_key.as_deref()))
+            let (organizer, account) = usable_keys(t);
+            Cow::Owned(route::substitute_keys(&fwd_path, organizer, account).map_err(|m| missing_key(route, m))?)
         }
         _ => fwd_path,
     };
     // GoTo Connect's `?accountKey={accountKey}`: only a query that may hold one is copied.
     let fwd_query = match (token, parts.uri.query()) {
         (Some(t), Some(q)) if route::has_key_placeholder(q) => {
-            Some(route::substitute_query_keys(q, t.organizer_key.as_deref(), t.account_key.as_deref()))
+            let (organizer, account) = usable_keys(t);
+            Some(route::substitute_query_keys(q, organizer, account).map_err(|m| missing_key(route, m))?)
         }
         _ => None,
     };
@@ -57,6 +59,30 @@ pub(super) fn rewrite_request(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     Ok(())
+}
+
+/// The token's keys that may be filled in: each checked again here, where it is used
+/// (a key that is not valid counts as missing), though tokens only ever hold valid ones.
+fn usable_keys(t: &Token) -> (Option<&str>, Option<&str>) {
+    (usable_key(&t.organizer_key), usable_key(&t.account_key))
+}
+
+fn usable_key(key: &Option<String>) -> Option<&str> {
+    key.as_deref().filter(|k| crate::token::valid_key(k))
+}
+
+/// `503 token_unavailable` for a request that needs a key the credential lacks (none
+/// came with its token, or the one that came was not valid and was dropped).
+fn missing_key(route: &Route, missing: route::MissingKey) -> ProxyError {
+    let credential = route.credential.as_ref().map_or("", |c| c.name());
+    ProxyError::new(
+        ErrorCode::TokenUnavailable,
+        format!(
+            "credential {credential:?} has no {} to fill in {}: its token answer and keys lookup gave none that is valid (1-64 ASCII letters, digits, '-', '_' or '.'); see the proxy's warnings",
+            missing.0.words(),
+            missing.0.placeholder()
+        ),
+    )
 }
 
 pub(super) fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> UpstreamBody {
@@ -170,6 +196,14 @@ pub(super) fn has_foreign_coding(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_valid_keys_are_filled_in() {
+        for (key, used) in [("8439885694023999999", true), ("../admin?x=1#f", false), ("..", false), ("", false)] {
+            assert_eq!(usable_key(&Some(key.to_string())).is_some(), used, "{key:?}");
+        }
+        assert_eq!(usable_key(&None), None);
+    }
 
     #[test]
     fn hop_by_hop_removed_including_connection_named() {

@@ -8,6 +8,7 @@
 //!   (the renewal itself runs on the credential's refresh loop).
 //! * `slot` — the state a credential shares with its handles (current token, waiters).
 //! * `grant` — what each grant sends to the token endpoint (pure).
+//! * `key` — organizer/account keys and the principal checked where they come in.
 //! * [`source`] — the token endpoint calls and response parsing (reqwest); `static` is
 //!   its own kind of source.
 //! * [`store`] — persistence (`FileStore`; the `TokenStore` trait for others).
@@ -19,6 +20,7 @@
 mod grant;
 mod handle;
 mod id_token;
+mod key;
 pub mod redis_budget;
 pub mod redis_store;
 pub mod refresher;
@@ -33,6 +35,7 @@ use http::HeaderValue;
 
 use crate::secret::Secret;
 pub use handle::TokenHandle;
+pub use key::{valid_key, MAX_PRINCIPAL};
 pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
@@ -64,11 +67,12 @@ pub struct Token {
     pub expires_at: SystemTime,
     /// When it was obtained (this process's clock: data for expiry math, never an order).
     pub obtained_at: SystemTime,
-    /// `{organizerKey}` substitution.
+    /// `{organizerKey}` substitution: a [`valid_key`] (checked where it came in), or none.
     pub organizer_key: Option<String>,
-    /// `{accountKey}` substitution.
+    /// `{accountKey}` substitution: a [`valid_key`], or none.
     pub account_key: Option<String>,
-    /// Who signed in, when known (shown to operators; never used to decide anything).
+    /// Who signed in, when known (shown to operators; never used to decide anything);
+    /// at most [`MAX_PRINCIPAL`] characters.
     pub principal: Option<String>,
     /// Process-local sequence number; a rejection names the generation it saw.
     pub generation: u64,
@@ -125,7 +129,9 @@ impl Token {
 
     /// A token read back from the store, read at `now`: an expiry more than
     /// [`MAX_LIFETIME`] ahead is clamped to it, and one that is not a time at all counts
-    /// as expired (its refresh token still renews it). Never panics, whatever the file held.
+    /// as expired (its refresh token still renews it). Keys and a principal that are not
+    /// valid (a record written before they were checked) are dropped with a warning.
+    /// Never panics, whatever the file held.
     pub fn from_stored(s: &StoredToken, now: SystemTime) -> Result<Token, InvalidTokenChars> {
         let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(s.obtained_at_ms)).unwrap_or(UNIX_EPOCH);
         let expires_at = s.expires_at_time().min(later(now, MAX_LIFETIME));
@@ -135,10 +141,13 @@ impl Token {
             expires_at,
             obtained.min(now),
         )?;
-        t.organizer_key = s.organizer_key.clone();
-        t.account_key = s.account_key.clone();
-        t.principal = s.principal.clone();
+        let mut dropped = Vec::new();
+        t.organizer_key = key::first_key([("organizer_key", s.organizer_key.clone())], &mut dropped);
+        t.account_key = key::first_key([("account_key", s.account_key.clone())], &mut dropped);
+        t.principal = key::first_principal([("principal", s.principal.clone())], &mut dropped);
         t.version = s.version;
+        // The record does not name its credential; the field is enough to find it.
+        key::warn_dropped("(a stored record)", "stored token", &dropped);
         Ok(t)
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Deserializer};
 
 use super::grant::{self, TokenRequest};
+use super::key::{self, Dropped};
 use crate::config::{CredentialConfig, GrantKind};
 use crate::secret::Secret;
 
@@ -208,19 +209,27 @@ pub struct TokenResponse {
     /// Present when the server issued (or rotated) one.
     #[serde(default, deserialize_with = "opt_secret")]
     pub refresh_token: Option<Secret>,
-    /// GoTo organizer key.
+    /// GoTo organizer key; only a valid one ([`super::valid_key`]).
     #[serde(default, deserialize_with = "key_string")]
     pub organizer_key: Option<String>,
-    /// GoTo account key.
+    /// GoTo account key; only a valid one.
     #[serde(default, deserialize_with = "key_string")]
     pub account_key: Option<String>,
-    /// Who signed in (GoTo: the user's email), when the answer says; else the OpenID
-    /// `id_token`'s `email` or `sub`, for display only ([`super::id_token`]).
+    /// Who signed in (GoTo: the user's email), when the answer says (`principal`, else
+    /// `email`); else the OpenID `id_token`'s `email` or `sub`, for display only
+    /// ([`super::id_token`]). At most [`super::MAX_PRINCIPAL`] characters.
     #[serde(default, deserialize_with = "key_string")]
     pub principal: Option<String>,
+    /// The answer's `email`: who signed in when there is no `principal`.
+    #[serde(default, deserialize_with = "key_string")]
+    email: Option<String>,
     /// An OpenID answer's `id_token`: read once for `principal`, never stored or sent.
     #[serde(default, deserialize_with = "opt_secret")]
     id_token: Option<Secret>,
+    /// Keys and principals of the answer that were not valid, dropped: warned about by
+    /// whoever knows the credential ([`TokenResponse::warn_dropped`]).
+    #[serde(skip)]
+    dropped: Vec<Dropped>,
 }
 
 impl std::fmt::Debug for TokenResponse {
@@ -232,22 +241,35 @@ impl std::fmt::Debug for TokenResponse {
             .field("account_key", &self.account_key)
             .field("principal", &self.principal)
             .field("has_id_token", &self.id_token.is_some())
+            .field("dropped", &self.dropped)
             .finish()
     }
 }
 
 impl TokenResponse {
-    /// Parses a token endpoint body.
+    /// Parses a token endpoint body. Keys and the principal are data from outside:
+    /// one that is not valid is dropped (absent), and noted for [`Self::warn_dropped`].
     pub fn parse(body: &[u8]) -> Result<TokenResponse, SourceError> {
         let mut r: TokenResponse =
             serde_json::from_slice(body).map_err(|e| SourceError::Malformed(format!("{e} ({} bytes)", body.len())))?;
         if r.access_token.expose().is_empty() {
             return Err(SourceError::Malformed("empty access_token".into()));
         }
-        if r.principal.is_none() {
-            r.principal = r.id_token.take().and_then(|t| super::id_token::display_principal(t.expose()));
-        }
+        let mut dropped = Vec::new();
+        r.organizer_key = key::first_key([("organizer_key", r.organizer_key.take())], &mut dropped);
+        r.account_key = key::first_key([("account_key", r.account_key.take())], &mut dropped);
+        let [from_email, from_sub] =
+            r.id_token.take().map_or([("", None), ("", None)], |t| super::id_token::principal_claims(t.expose()));
+        let candidates = [("principal", r.principal.take()), ("email", r.email.take()), from_email, from_sub];
+        r.principal = key::first_principal(candidates, &mut dropped);
+        r.dropped = dropped;
         Ok(r)
+    }
+
+    /// Logs a warning for each key or principal [`Self::parse`] dropped, naming
+    /// `credential` and the field (never the value).
+    pub(crate) fn warn_dropped(&self, credential: &str) {
+        key::warn_dropped(credential, "token answer", &self.dropped);
     }
 }
 
@@ -331,7 +353,7 @@ struct OAuthError {
     error_description: Option<String>,
 }
 
-/// Organizer and account keys of the signed-in user.
+/// Organizer and account keys of the signed-in user; each valid, or absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Keys {
     /// `{organizerKey}`.
@@ -340,6 +362,8 @@ pub(crate) struct Keys {
     pub(crate) account_key: Option<String>,
     /// Who signed in, when the answer says (email or user name).
     pub(crate) principal: Option<String>,
+    /// Values of the answer that were not valid, dropped, for the warnings.
+    pub(crate) dropped: Vec<Dropped>,
 }
 
 /// The SCIM extension of GoTo's identity answer that holds the user's accounts.
@@ -350,7 +374,8 @@ const SCIM_GETGO: &str = "urn:scim:schemas:extension:getgo:1.0";
 /// (`key`, `accountKey` or `accounts[].key`, `email`) and the identity SCIM document
 /// (`id` is the organizer key, the first `accounts[].value` of the
 /// `urn:scim:schemas:extension:getgo:1.0` extension the account key, `userName` who
-/// signed in). Keys may be strings or integers beyond 2^53; both stay exact.
+/// signed in). Keys may be strings or integers beyond 2^53; both stay exact. Each is
+/// the first valid one of its fields; those not valid are dropped ([`Keys::dropped`]).
 pub(crate) fn parse_keys(body: &[u8]) -> Keys {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Keys::default();
@@ -360,26 +385,42 @@ pub(crate) fn parse_keys(body: &[u8]) -> Keys {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
-    let first = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(as_key));
+    let field = |name: &'static str| (name, v.get(name).and_then(as_key));
     let first_of = |list: Option<&serde_json::Value>, field: &str| {
         list.and_then(|a| a.get(0)).and_then(|a| a.get(field)).and_then(as_key)
     };
     let scim = v.get(SCIM_GETGO);
     // `id` means the user key only in a SCIM document (anything else may have an `id`).
     let is_scim = scim.is_some() || v.get("schemas").is_some();
-    Keys {
-        organizer_key: first(&["organizer_key", "organizerKey", "key"]).or_else(|| {
-            if is_scim {
-                v.get("id").and_then(as_key)
-            } else {
-                None
-            }
-        }),
-        account_key: first(&["account_key", "accountKey"])
-            .or_else(|| first_of(v.get("accounts"), "key"))
-            .or_else(|| first_of(scim.and_then(|s| s.get("accounts")), "value")),
-        principal: first(&["principal", "userName", "email"]).or_else(|| first_of(v.get("emails"), "value")),
-    }
+    let mut dropped = Vec::new();
+    let organizer_key = key::first_key(
+        [
+            field("organizer_key"),
+            field("organizerKey"),
+            field("key"),
+            ("id", if is_scim { v.get("id").and_then(as_key) } else { None }),
+        ],
+        &mut dropped,
+    );
+    let account_key = key::first_key(
+        [
+            field("account_key"),
+            field("accountKey"),
+            ("accounts[0].key", first_of(v.get("accounts"), "key")),
+            ("accounts[0].value", first_of(scim.and_then(|s| s.get("accounts")), "value")),
+        ],
+        &mut dropped,
+    );
+    let principal = key::first_principal(
+        [
+            field("principal"),
+            field("userName"),
+            field("email"),
+            ("emails[0].value", first_of(v.get("emails"), "value")),
+        ],
+        &mut dropped,
+    );
+    Keys { organizer_key, account_key, principal, dropped }
 }
 
 /// What renews a credential's token: the refresher asks this, never the grant.
@@ -516,10 +557,12 @@ impl TokenSource {
             return Err(SourceError::Refused { kind: req.kind, status, error, description, retry_after });
         }
         // The parser's complaint may quote the body ("invalid type: string \"…\"").
-        TokenResponse::parse(&body).map_err(|e| match e {
+        let answer = TokenResponse::parse(&body).map_err(|e| match e {
             SourceError::Malformed(why) => SourceError::Malformed(outside(&why, 300)),
             e => e,
-        })
+        })?;
+        answer.warn_dropped(&self.cfg.name);
+        Ok(answer)
     }
 
     /// Looks up organizer/account keys with `access_token`, when a keys URL applies: the
@@ -530,7 +573,11 @@ impl TokenSource {
             let fallback = i.saturating_add(1) < self.keys_urls.len();
             match res {
                 Ok(r) if r.status().is_success() => match read_capped(r).await {
-                    Ok(b) => return Some(parse_keys(&b)),
+                    Ok(b) => {
+                        let keys = parse_keys(&b);
+                        key::warn_dropped(&self.cfg.name, "keys lookup", &keys.dropped);
+                        return Some(keys);
+                    }
                     Err(e) => {
                         tracing::warn!(credential = %self.cfg.name, error = %e, fallback, "organizer/account key lookup failed")
                     }

@@ -22,6 +22,7 @@ mod faults;
 mod goto;
 mod hostile;
 mod hostile_config;
+mod hostile_keys;
 mod hostile_logs;
 mod hostile_store;
 mod hostile_token;

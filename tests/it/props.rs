@@ -1,14 +1,15 @@
 //! Property tests (proptest, bounded case counts so the suite stays fast): config parsing,
-//! token answers, path normalisation and routing, hop-by-hop headers.
+//! token answers, path normalisation and routing, keys in forwarded requests, hop-by-hop
+//! headers.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
 use goto_auth_proxy::config::Config;
 use goto_auth_proxy::proxy::strip_hop_by_hop;
-use goto_auth_proxy::route::{normalize_path, Router};
+use goto_auth_proxy::route::{normalize_path, substitute_keys, substitute_query_keys, KeyName, Router};
 use goto_auth_proxy::token::source::TokenResponse;
-use goto_auth_proxy::token::Token;
+use goto_auth_proxy::token::{valid_key, Token};
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
@@ -489,6 +490,129 @@ proptest! {
     ) {
         let raw = format!("/{}/{dot}/{}", before.concat(), after.concat());
         prop_assert!(normalize_path(&raw).is_err(), "{:?} -> {:?}", raw, normalize_path(&raw));
+    }
+}
+
+// ===== keys in the forwarded request =====
+
+/// A key as a token answer or keys lookup might hand it out: GoTo's digits, spellings
+/// built to reshape a request, and any text at all.
+fn any_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9]{1,19}",
+        prop::sample::select(vec![
+            "",
+            ".",
+            "..",
+            "...",
+            "../../../admin/rest/v1/users?evil=1#frag",
+            "a/b",
+            "a\\b",
+            "a?b=c",
+            "#frag",
+            "%2e%2e",
+            "%2F",
+            "1&evil=2",
+            "a=b",
+            ";x",
+            " ",
+            "{organizerKey}",
+            "%7BaccountKey%7D",
+        ])
+        .prop_map(str::to_string),
+        "[./?#%&=;+\\\\a-z0-9 ]{1,16}",
+        any::<String>(),
+    ]
+}
+
+/// A client's path and query with placeholders in every spelling.
+fn templated_target() -> impl Strategy<Value = (String, String)> {
+    let seg = prop::sample::select(vec![
+        "G2W",
+        "rest",
+        "organizers",
+        "{organizerKey}",
+        "%7BorganizerKey%7D",
+        "%7baccountKey%7d",
+        "{accountKey}",
+        "x.json",
+    ]);
+    let value =
+        prop::sample::select(vec!["1", "{accountKey}", "%7BorganizerKey%7D", "owner:{organizerKey},x", "", "a%20b"]);
+    let path = prop::collection::vec(seg, 1..6).prop_map(|s| format!("/{}", s.join("/")));
+    let query = prop::collection::vec(("[a-zA-Z]{1,4}", value), 0..4)
+        .prop_map(|ps| ps.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&"));
+    (path, query)
+}
+
+fn segment_count(path: &str) -> usize {
+    path.split('/').count()
+}
+
+fn parameter_names(query: &str) -> Vec<&str> {
+    query.split('&').map(|p| p.split('=').next().unwrap_or("")).collect()
+}
+
+/// What the data path forwards for `(path, query)` with these keys (normalise, fill in
+/// the path, fill in the query, build the request target), or which key is missing.
+fn forwarded(
+    path: &str,
+    query: &str,
+    org: Option<&str>,
+    acct: Option<&str>,
+) -> Result<http::uri::PathAndQuery, KeyName> {
+    let path = normalize_path(path).unwrap();
+    let p = substitute_keys(&path, org, acct).map_err(|m| m.0)?;
+    let q = substitute_query_keys(query, org, acct).map_err(|m| m.0)?;
+    let target = if q.is_empty() { p } else { format!("{p}?{q}") };
+    let pq = http::uri::PathAndQuery::try_from(target.as_str()).unwrap();
+    assert_eq!(pq.as_str(), target, "nothing of the target is cut off (a `#` would be)");
+    Ok(pq)
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// For any key, what the data path forwards has the client's path segments and
+    /// query parameter names; a key that is not valid is never used (the request is
+    /// refused as missing that key), and a valid one always is.
+    #[test]
+    fn any_key_leaves_the_shape_of_the_request_alone(
+        (path, query) in templated_target(),
+        org in any_key(),
+        acct in any_key(),
+    ) {
+        // As the data path does: only valid keys are filled in.
+        let usable = |k: &str| Some(k).filter(|k| valid_key(k)).map(str::to_string);
+        let (o, a) = (usable(&org), usable(&acct));
+        match forwarded(&path, &query, o.as_deref(), a.as_deref()) {
+            Ok(pq) => {
+                prop_assert_eq!(segment_count(pq.path()), segment_count(&path), "{} -> {}", path, pq);
+                prop_assert_eq!(parameter_names(pq.query().unwrap_or("")), parameter_names(&query), "{} -> {}", query, pq);
+            }
+            Err(KeyName::Organizer) => prop_assert!(o.is_none(), "{:?} is valid", org),
+            Err(KeyName::Account) => prop_assert!(a.is_none(), "{:?} is valid", acct),
+        }
+        if valid_key(&org) && valid_key(&acct) {
+            prop_assert!(forwarded(&path, &query, Some(&org), Some(&acct)).is_ok());
+        }
+    }
+
+    /// The substitution alone, trusted with any key that is not empty (defence in
+    /// depth: keys are checked where they come in and again where they are used), still
+    /// keeps the client's segments and parameter names.
+    #[test]
+    fn even_an_unchecked_key_cannot_reshape_the_request(
+        (path, query) in templated_target(),
+        org in any_key().prop_filter("a key", |k| !k.is_empty()),
+        acct in any_key().prop_filter("a key", |k| !k.is_empty()),
+    ) {
+        let pq = forwarded(&path, &query, Some(&org), Some(&acct)).unwrap();
+        prop_assert_eq!(segment_count(pq.path()), segment_count(&path), "{} -> {}", path, pq);
+        prop_assert_eq!(parameter_names(pq.query().unwrap_or("")), parameter_names(&query), "{} -> {}", query, pq);
+        for seg in pq.path().split('/') {
+            prop_assert!(seg != "." && seg != "..", "{}", pq);
+        }
     }
 }
 

@@ -18,6 +18,12 @@ use super::{json, lock, respond, MockBody, MockOptions, State};
 /// An API call's answer.
 pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<MockBody> {
     let path = req.uri().path().to_string();
+    {
+        let mut targets = lock(&state.api_targets);
+        if targets.len() < MAX_ARRIVALS {
+            targets.push(req.uri().path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_string()));
+        }
+    }
     if !bearer_valid(state, &req) {
         state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
         return rejected(&path);
@@ -67,8 +73,9 @@ fn bearer_valid(state: &State, req: &Request<Incoming>) -> bool {
     })
 }
 
-/// Most arrival times [`Quota`] keeps (a bench's millions of calls must not grow it).
-const MAX_ARRIVALS: usize = 100_000;
+/// Most arrival times [`Quota`] keeps, and most request targets recorded (a bench's
+/// millions of calls must not grow them).
+pub(super) const MAX_ARRIVALS: usize = 100_000;
 
 /// GoTo's per-token, per-API quota (GCRA: one call per `1/quota` s, a burst of one
 /// second's worth), the one-off throttle of [`super::MockGoto::throttle_once`], and when
@@ -229,8 +236,11 @@ fn me(opts: &MockOptions) -> Response<MockBody> {
     json(
         StatusCode::OK,
         format!(
-            r#"{{"key":"{}","accountKey":"{}","email":"mister.jones@fakemail.com","firstName":"Moon","lastName":"Beam","locale":"en_US","accounts":[{{"key":"{}","name":"Example Co"}}]}}"#,
-            opts.organizer_key, opts.account_key, opts.account_key
+            r#"{{"key":{},"accountKey":{},"email":{},"firstName":"Moon","lastName":"Beam","locale":"en_US","accounts":[{{"key":{},"name":"Example Co"}}]}}"#,
+            serde_json::Value::from(opts.organizer_key.as_str()),
+            serde_json::Value::from(opts.account_key.as_str()),
+            serde_json::Value::from(opts.principal.as_str()),
+            serde_json::Value::from(opts.account_key.as_str()),
         ),
     )
 }
@@ -244,10 +254,10 @@ fn identity_me(opts: &MockOptions) -> Response<MockBody> {
     let doc = serde_json::json!({
         "schemas": ["urn:scim:schemas:core:1.0", "urn:scim:schemas:extension:getgo:1.0"],
         "id": opts.organizer_key,
-        "userName": "mister.jones@fakemail.com",
+        "userName": opts.principal,
         "name": { "familyName": "Jones", "givenName": "Moon" },
         "displayName": "Moon Jones",
-        "emails": [{ "value": "mister.jones@fakemail.com", "type": "work", "primary": true }],
+        "emails": [{ "value": opts.principal, "type": "work", "primary": true }],
         "locale": "en_US",
         "urn:scim:schemas:extension:getgo:1.0": {
             "accounts": [

@@ -94,6 +94,9 @@ pub struct MockOptions {
     pub organizer_key: String,
     /// The account key.
     pub account_key: String,
+    /// Who "the user" is (an email): the OAuth answers' `principal`, the identity
+    /// answer's `userName` and the Admin `/me`'s `email`.
+    pub principal: String,
     /// Whether OAuth answers carry organizer/account keys (the old host's shape).
     pub keys_in_oauth_response: bool,
     /// Whether refresh tokens are single-use (a new one each refresh).
@@ -120,6 +123,7 @@ impl Default for MockOptions {
             pat: "demo-personal-access-token".into(),
             organizer_key: "8439885694023999999".into(),
             account_key: "9999982253621659654".into(),
+            principal: "mister.jones@fakemail.com".into(),
             keys_in_oauth_response: false,
             rotate_refresh_tokens: true,
             api_quota: None,
@@ -229,6 +233,9 @@ struct State {
     /// Client addresses seen on API paths: one per upstream connection the proxy opened.
     api_peers: Mutex<HashSet<SocketAddr>>,
     issued: Mutex<Vec<Issued>>,
+    /// The request target (path and query, as received) of each API call, oldest
+    /// first; the first [`api::MAX_ARRIVALS`] are kept.
+    api_targets: Mutex<Vec<String>>,
     /// GoTo's quota ([`MockOptions::api_quota`]) and the calls it saw.
     quota: Mutex<api::Quota>,
     /// What the remote control (`/_mock/fault`, `/_mock/token_calls`…) records.
@@ -281,6 +288,7 @@ impl MockGoto {
             token_call_times: Mutex::new(Vec::new()),
             api_peers: Mutex::new(HashSet::new()),
             issued: Mutex::new(Vec::new()),
+            api_targets: Mutex::new(Vec::new()),
             quota: Mutex::new(api::Quota::default()),
             control: control::Book::default(),
         });
@@ -364,6 +372,13 @@ impl MockGoto {
     /// first; the first 100 000 are kept. Tests measure the rate GoTo saw with it.
     pub fn api_call_times(&self) -> Vec<Instant> {
         lock(&self.state.quota).arrivals.clone()
+    }
+
+    /// The request target (path and query, byte for byte as received) of every API
+    /// call so far, whatever its token, oldest first: tests check what the proxy
+    /// forwarded, even where no answer echoes it.
+    pub fn api_targets(&self) -> Vec<String> {
+        lock(&self.state.api_targets).clone()
     }
 
     /// Answers the next API call with a valid token `429` with this `Retry-After` value

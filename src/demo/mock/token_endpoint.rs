@@ -178,7 +178,7 @@ fn oauth_grant(
         "access_token": at,
         "token_type": "Bearer",
         "scope": "collab:",
-        "principal": "mister.jones@fakemail.com",
+        "principal": opts.principal,
     });
     if let Some(e) = expires_in(fault, opts.token_lifetime, false) {
         v["expires_in"] = e;

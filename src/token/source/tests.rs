@@ -190,6 +190,40 @@ fn principal_from_the_answer_else_from_the_id_token() {
 }
 
 #[test]
+fn keys_and_principals_that_are_not_valid_are_dropped_with_their_field() {
+    let hostile = "../../../admin/rest/v1/users?evil=1#frag";
+    let huge = "a".repeat(201);
+    let body = serde_json::json!({
+        "access_token": "at",
+        "organizer_key": hostile,
+        "account_key": 9999982253621659654u64,
+        "principal": huge,
+        "email": "jane@example.com",
+    });
+    let r = TokenResponse::parse(body.to_string().as_bytes()).unwrap();
+    assert_eq!(r.organizer_key, None);
+    assert_eq!(r.account_key.as_deref(), Some("9999982253621659654"));
+    assert_eq!(r.principal.as_deref(), Some("jane@example.com"), "the next source is used");
+    let fields: Vec<(&str, usize)> = r.dropped.iter().map(|d| (d.field, d.chars)).collect();
+    assert_eq!(fields, [("organizer_key", hostile.len()), ("principal", 201)]);
+    assert!(!format!("{r:?}").contains("evil"), "{r:?}");
+
+    let scim = serde_json::json!({
+        "schemas": ["urn:scim:schemas:core:1.0"],
+        "id": "..",
+        "userName": "a\nb",
+        SCIM_GETGO: { "accounts": [{ "value": "1&x=2" }] },
+    });
+    let k = parse_keys(scim.to_string().as_bytes());
+    assert_eq!((k.organizer_key, k.account_key, k.principal), (None, None, None));
+    let fields: Vec<&str> = k.dropped.iter().map(|d| d.field).collect();
+    assert_eq!(fields, ["id", "accounts[0].value", "userName"]);
+    let k = parse_keys(br#"{"key":"a/b","accountKey":"7","email":"boss@example.com"}"#);
+    assert_eq!((k.organizer_key, k.account_key.as_deref()), (None, Some("7")));
+    assert_eq!(k.dropped.iter().map(|d| d.field).collect::<Vec<_>>(), ["key"]);
+}
+
+#[test]
 fn identity_scim_keys_first_account_wins() {
     let k = parse_keys(&fixture("identity-users-me-response.json"));
     assert_eq!(k.organizer_key.as_deref(), Some("8439885694023999999"), "`id` is the organizer key");
