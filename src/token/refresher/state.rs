@@ -191,8 +191,8 @@ impl Credential {
                     "refused",
                     true,
                     format!(
-                        "{e}; the {what} is refused: fix it in the config and reload, then `POST /refresh/{}`",
-                        self.name()
+                        "{e}; the {what} is refused: fix it in the config and reload, then `POST {}`",
+                        crate::config::refresh_path(self.name())
                     ),
                 )
             }
