@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::route;
 use crate::server::ConnInfo;
 use crate::token::{Token, TokenHandle};
-use crate::upstream::{Affinity, Connector, Held, UpstreamBody};
+use crate::upstream::{Affinity, Connector, Held, Replay, Resent, UpstreamBody};
 use body::passthrough;
 use rewrite::{has_foreign_coding, rewrite_request, take_parts, upstream_body};
 use verdict::{classify_upstream_error, inspect_forbidden, quick_verdict, RetryCopy, Suspect};
@@ -245,9 +245,10 @@ impl Proxy {
         // valid token exists.
         let Some(cred) = route.credential.as_ref() else {
             rewrite_request(route, parts, path.as_deref(), None)?;
-            let retry = throttle::retry_copy(route, parts, buffered.as_ref());
+            let retry = throttle::retry_copy(parts, buffered.as_ref());
             let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
-            let res = self.send(settings, route, &mut held, req).await?;
+            let replay = retry.as_ref().map(|r| r as &dyn Replay);
+            let res = self.send(settings, route, &mut held, req, replay).await?;
             if res.status() == StatusCode::TOO_MANY_REQUESTS {
                 return Box::pin(self.after_429(settings, route, &mut held, res, retry, None)).await;
             }
@@ -267,7 +268,7 @@ impl Proxy {
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
         let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
-        let res = self.send(settings, route, &mut held, req).await?;
+        let res = self.send(settings, route, &mut held, req, retry.as_ref().map(|r| r as &dyn Replay)).await?;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             return Box::pin(self.after_429(settings, route, &mut held, res, retry, Some(cred))).await;
         }
@@ -305,7 +306,7 @@ impl Proxy {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        let res = self.send(settings, route, held, retry.into_request(fresh.bearer())).await?;
+        let res = self.send(settings, route, held, retry.into_request(fresh.bearer()), None).await?;
         // A token issued for this very rejection, refused too: the request is refused for
         // another reason, and later rejections of that token must not renew again.
         let (res, rejected_again) = match quick_verdict(&res) {
@@ -330,10 +331,17 @@ impl Proxy {
         route: &'a Route,
         held: &'a mut Held,
         req: Request<UpstreamBody>,
+        replay: Option<&'a dyn Replay>,
     ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
         let deadline = Instant::now() + settings.request_timeout;
-        held.send(&self.connector, &route.target, deadline, req).map(move |sent| match sent {
-            Some(Ok(res)) => Ok(res),
+        held.send(&self.connector, &route.target, deadline, req, replay).map(move |sent| match sent {
+            Some(Ok(mut res)) => {
+                if let Some(Resent(reason)) = res.extensions().get::<Resent>().copied() {
+                    self.metrics.upstream_retries.with_label_values(&[&route.prefix, reason]).inc();
+                    access::mark_retried(&mut res, access::Retried::Connection);
+                }
+                Ok(res)
+            }
             None => {
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
                 Err(ProxyError::new(

@@ -65,6 +65,18 @@ impl RetryCopy {
     }
 }
 
+impl crate::upstream::Replay for RetryCopy {
+    fn replay(&self) -> Request<UpstreamBody> {
+        RetryCopy {
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
+        .into_request_as_sent()
+    }
+}
+
 /// Whether the upstream rejected the token, when the head alone tells (every answer but
 /// a 403, whose body must be read: see [`inspect_forbidden`]).
 pub(super) fn quick_verdict(res: &Response<Incoming>) -> Option<bool> {
@@ -118,6 +130,9 @@ pub(super) fn classify_upstream_error(
         // The outbound proxy, not the upstream: its own `kind`, so an alert tells them apart.
         UpstreamError::Proxy { .. } => {
             return (Some("proxy"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
+        }
+        UpstreamError::Protocol { .. } => {
+            return (Some("protocol"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
         }
         UpstreamError::Http(h) => h,
     };

@@ -33,3 +33,4 @@ mod state_files;
 mod status_page;
 mod support;
 mod tokens;
+mod upstream_conn;

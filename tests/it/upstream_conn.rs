@@ -1,0 +1,106 @@
+//! Upstream connections that misbehave: raw HTTP/1.1 upstreams written byte by byte
+//! (unsolicited answers, bad framing, connections closed as a request arrives) and
+//! HTTP/2 upstreams over TLS that refuse streams, go away or stop acknowledging. Each
+//! test asserts what a client of the proxy would notice.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+// ===== helpers =====
+
+/// A proxy whose one route `/` (no credential) goes to `upstream`, `[proxy]` lines extra.
+async fn proxy_to(upstream: &str, proxy_extra: &str) -> (goto_auth_proxy::app::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config_text(dir.path(), proxy_extra, &format!("[[routes]]\nprefix = \"/\"\nupstream = \"{upstream}\"\n"));
+    (start_proxy(&text).await, dir)
+}
+
+/// A raw HTTP/1.1 upstream: `serve(n, tcp)` runs for the n-th connection (from 0).
+async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(n, tcp));
+        }
+    });
+    (addr, count)
+}
+
+/// Reads one request head (and no body) from `tcp`, leaving extra bytes in `seen`; the
+/// request line, or `None` at the end of the connection.
+async fn read_head(tcp: &mut TcpStream, seen: &mut Vec<u8>) -> Option<String> {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = seen.drain(..end + 4).collect();
+            let head = String::from_utf8_lossy(&head).into_owned();
+            return Some(head.lines().next().unwrap_or_default().to_string());
+        }
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The path of a request line (`GET /x HTTP/1.1`).
+fn path_of(line: &str) -> &str {
+    line.split(' ').nth(1).unwrap_or_default()
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// The proxy-made error code of an answer, or "".
+fn error_code(r: &reqwest::Response) -> String {
+    r.headers().get("x-goto-auth-proxy-error").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+// ===== HTTP/1.1: framing never leaks between clients =====
+
+/// An upstream that follows each real answer with an unsolicited one a moment later:
+/// no client ever receives an answer meant for nobody (or for another client).
+#[tokio::test]
+async fn an_unsolicited_answer_never_reaches_the_next_client() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        while let Some(line) = read_head(&mut tcp, &mut seen).await {
+            let path = path_of(&line).to_string();
+            if tcp.write_all(&ok(&format!("answer to {path}"))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tcp.write_all(&ok("unsolicited")).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "").await;
+    for i in 0..3 {
+        // A new client each time (as `curl` in a loop): the upstream connection is reused.
+        let http = client();
+        let r = http.get(format!("http://{}/c{i}", p.proxy_addr)).send().await.unwrap();
+        let body = r.text().await.unwrap();
+        assert_eq!(body, format!("answer to /c{i}"), "client {i}");
+        drop(http);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+}
