@@ -293,7 +293,7 @@ impl Proxy {
         let Suspect { cred, generation, retry, res, verdict } = suspect;
         let (res, rejected) = match verdict {
             Some(rejected) => (passthrough(res, route), rejected),
-            None => inspect_forbidden(res).await?,
+            None => inspect_forbidden(res, route, settings.request_timeout).await?,
         };
         if !rejected {
             return Ok(res);
@@ -305,13 +305,19 @@ impl Proxy {
         let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
+        // The rejected answer is dropped, whatever its size; a connection still carrying
+        // its unread body is let go, so the retry never waits behind it.
+        if !res.body().is_end_stream() {
+            held.let_go(&route.target);
+        }
+        drop(res);
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
         let res = self.send(settings, route, held, retry.into_request(fresh.bearer()), None).await?;
         // A token issued for this very rejection, refused too: the request is refused for
         // another reason, and later rejections of that token must not renew again.
         let (res, rejected_again) = match quick_verdict(&res) {
             Some(rejected) => (passthrough(res, route), rejected),
-            None => inspect_forbidden(res).await?,
+            None => inspect_forbidden(res, route, settings.request_timeout).await?,
         };
         if rejected_again {
             cred.rejected_again(fresh.generation);

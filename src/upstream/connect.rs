@@ -148,10 +148,7 @@ impl Connector {
                 Some(c) => (c, true),
                 None => match self.open(target).await? {
                     Conn::H1(c) => (c, false),
-                    Conn::H2(c) => {
-                        target.add_h2(c);
-                        continue;
-                    }
+                    Conn::H2(_) => continue, // shared now: sent on it as HTTP/2
                 },
             };
             if h1.sender.ready().await.is_err() {
@@ -198,7 +195,11 @@ impl Connector {
             }
         }
         // Boxed: the handshake futures are large and rarely needed.
-        Box::pin(self.connect(target)).await
+        let conn = Box::pin(self.connect(target)).await?;
+        if let Conn::H2(c) = &conn {
+            target.add_h2(c.clone()); // before the next in line looks
+        }
+        Ok(conn)
     }
 
     /// An HTTP/2 connection for `req`: one with a free stream (and, for a request with a

@@ -319,6 +319,14 @@ impl Held {
     }
 }
 
+impl Held {
+    /// Lets go of this client connection's connection to `target` (it still carries an
+    /// answer nobody will read): the next request takes another.
+    pub fn let_go(&mut self, target: &Arc<Target>) {
+        drop(self.conns.take(target));
+    }
+}
+
 /// [`Connector::send`], boxed.
 type SlowSend<'a> = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<H1>), UpstreamError>> + Send + 'a>>;
 
