@@ -104,3 +104,79 @@ async fn an_unsolicited_answer_never_reaches_the_next_client() {
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
 }
+
+/// `Transfer-Encoding: chunked` beside a stale `Content-Length: 3`: the client gets the
+/// chunked body whole, and the next request on its connection its own answer.
+#[tokio::test]
+async fn a_chunked_answer_with_a_stale_content_length_arrives_whole() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        while let Some(line) = read_head(&mut tcp, &mut seen).await {
+            let body = format!("answer to {}", path_of(&line));
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            );
+            if tcp.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "").await;
+    let http = client();
+    for path in ["/te", "/next"] {
+        let r = http.get(format!("http://{}{path}", p.proxy_addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("answer to {path}"));
+    }
+}
+
+/// A `101` to a plain GET is the proxy's `502`, not passed on.
+#[tokio::test]
+async fn a_101_to_a_plain_get_is_a_502() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        if read_head(&mut tcp, &mut seen).await.is_some() {
+            let _ =
+                tcp.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "request_timeout = \"3s\"").await;
+    let r = client().get(format!("http://{}/up", p.proxy_addr)).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(&r), "upstream_unreachable");
+}
+
+/// The keep-alive race: the upstream closes its kept-alive connection as the second
+/// request arrives. The GET is sent again on a new connection and answered, counted.
+#[tokio::test]
+async fn a_get_caught_by_the_keep_alive_race_is_resent_once() {
+    let (up, conns) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        let mut n = 0;
+        while let Some(line) = read_head(&mut tcp, &mut seen).await {
+            n += 1;
+            if n == 2 {
+                return; // closed as the request arrived: no byte of an answer
+            }
+            if tcp.write_all(&ok(&format!("answer to {}", path_of(&line)))).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "request_timeout = \"3s\"").await;
+    let http = client();
+    for i in 0..4 {
+        let path = format!("/race-{i}");
+        let r = http.get(format!("http://{}{path}", p.proxy_addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}: {}", error_code(&r));
+        assert_eq!(r.text().await.unwrap(), format!("answer to {path}"));
+    }
+    assert!(conns.load(Ordering::SeqCst) >= 2);
+    let m = metrics_of(&p).await;
+    assert!(metric(&m, r#"goto_auth_proxy_upstream_retries_total{reason="keepalive_race",route="/"}"#) >= 1.0, "{m}");
+}
