@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::route;
 use crate::server::ConnInfo;
 use crate::token::{Token, TokenHandle};
-use crate::upstream::{Affinity, Connector, Held, Replay, Resent, UpstreamBody};
+use crate::upstream::{Affinity, Connector, Held, IdleBody, Replay, Resent, UpstreamBody};
 use body::passthrough;
 use rewrite::{has_foreign_coding, rewrite_request, take_parts, upstream_body};
 use verdict::{classify_upstream_error, inspect_forbidden, quick_verdict, RetryCopy, Suspect};
@@ -233,10 +233,7 @@ impl Proxy {
         }
         let (buffered, stream): (Option<Bytes>, Option<Limited<Incoming>>) = match hint.exact() {
             Some(0) => (Some(Bytes::new()), None),
-            Some(n) if n <= RETRY_BODY_LIMIT => match Limited::new(body, max as usize).collect().await {
-                Ok(c) => (Some(c.to_bytes()), None),
-                Err(_) => return Err(bad_request("the request body ended early")),
-            },
+            Some(n) if n <= RETRY_BODY_LIMIT => (Some(collect_small(body, settings.body_idle_timeout).await?), None),
             _ => (None, Some(Limited::new(body, max as usize))),
         };
 
@@ -246,7 +243,7 @@ impl Proxy {
         let Some(cred) = route.credential.as_ref() else {
             rewrite_request(route, parts, path.as_deref(), None)?;
             let retry = throttle::retry_copy(parts, buffered.as_ref());
-            let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+            let req = Request::from_parts(take_parts(parts), watched(upstream_body(buffered, stream), settings));
             let replay = retry.as_ref().map(|r| r as &dyn Replay);
             let res = self.send(settings, route, &mut held, req, replay).await?;
             if res.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -267,7 +264,7 @@ impl Proxy {
 
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
-        let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
+        let req = Request::from_parts(take_parts(parts), watched(upstream_body(buffered, stream), settings));
         let res = self.send(settings, route, &mut held, req, retry.as_ref().map(|r| r as &dyn Replay)).await?;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             return Box::pin(self.after_429(settings, route, &mut held, res, retry, Some(cred))).await;
@@ -368,6 +365,46 @@ impl Proxy {
                 Err(err)
             }
         })
+    }
+}
+
+/// The request body as sent upstream: a stream is broken off after `body_idle_timeout`
+/// without a byte.
+fn watched(body: Either<Full<Bytes>, Limited<Incoming>>, settings: &ProxySettings) -> UpstreamBody {
+    match body {
+        Either::Left(full) => Either::Left(full),
+        Either::Right(stream) => Either::Right(IdleBody::new(stream, settings.body_idle_timeout)),
+    }
+}
+
+/// A small request body (at most [`RETRY_BODY_LIMIT`], its length announced), read whole
+/// so it can be resent; a client that stops sending it for `idle` is refused.
+async fn collect_small(mut body: Incoming, idle: std::time::Duration) -> Result<Bytes, ProxyError> {
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        // The usual body is there already: no timer for it.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => match tokio::time::timeout(idle, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    tracing::warn!(idle = %humantime::format_duration(idle), "the request body moved no byte for body_idle_timeout; broken off");
+                    return Err(bad_request(format!(
+                        "the request body moved no byte for {} (body_idle_timeout)",
+                        humantime::format_duration(idle)
+                    )));
+                }
+            },
+        };
+        match frame {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    collected.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => return Err(bad_request("the request body ended early")),
+        }
     }
 }
 

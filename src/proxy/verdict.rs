@@ -169,6 +169,11 @@ pub(super) fn classify_upstream_error(
         if s.is::<http_body_util::LengthLimitError>() {
             return (Some("body_too_large"), too_large(max));
         }
+        // The client stopped sending its body: its fault, not the upstream's.
+        if let Some(idle) = s.downcast_ref::<crate::upstream::BodyIdle>() {
+            tracing::warn!("{idle}; broken off");
+            return (None, bad_request(idle.to_string()));
+        }
         // The body sent upstream is the client's: an error reading it is the client's
         // framing (a malformed chunk, a body cut short), not the upstream's.
         if hyper_error.is_user() && s.is::<hyper::Error>() {

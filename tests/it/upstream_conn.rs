@@ -180,3 +180,39 @@ async fn a_get_caught_by_the_keep_alive_race_is_resent_once() {
     let m = metrics_of(&p).await;
     assert!(metric(&m, r#"goto_auth_proxy_upstream_retries_total{reason="keepalive_race",route="/"}"#) >= 1.0, "{m}");
 }
+
+/// A POST caught by the keep-alive race is never sent twice: `502`, and the upstream
+/// saw it once, on the kept-alive connection.
+#[tokio::test]
+async fn a_post_caught_by_the_keep_alive_race_is_not_resent() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(usize, usize, String)>::new()));
+    let log = seen.clone();
+    let (up, _) = raw_upstream(move |conn, mut tcp| {
+        let log = log.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut n = 0;
+            while let Some(line) = read_head(&mut tcp, &mut buf).await {
+                n += 1;
+                log.lock().unwrap().push((conn, n, line.clone()));
+                if n == 2 {
+                    return;
+                }
+                if tcp.write_all(&ok(&format!("answer to {}", path_of(&line)))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "request_timeout = \"3s\"").await;
+    let http = client();
+    let r = http.get(format!("http://{}/warm", p.proxy_addr)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "answer to /warm");
+    let r = http.post(format!("http://{}/post", p.proxy_addr)).body("{\"once\":1}").send().await.unwrap();
+    let status = r.status();
+    let posts: Vec<_> = seen.lock().unwrap().iter().filter(|(_, _, l)| l.starts_with("POST")).cloned().collect();
+    assert_eq!(posts.len(), 1, "{:?}", seen.lock().unwrap());
+    assert_eq!(posts[0].1, 2, "on the kept-alive connection: {:?}", seen.lock().unwrap());
+    assert_eq!(status, 502);
+}
