@@ -659,4 +659,85 @@ mod tests {
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for all nine requests");
     }
+
+    /// A self-signed `localhost` certificate: the server's TLS acceptor (ALPN h2 only)
+    /// and a client configuration trusting it.
+    fn h2_tls() -> (tokio_rustls::TlsAcceptor, Arc<rustls::ClientConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), Arc::new(tls))
+    }
+
+    /// A GET as the data path sends it, replayable.
+    struct Get(String);
+
+    impl Replay for Get {
+        fn replay(&self) -> Request<UpstreamBody> {
+            Request::builder()
+                .uri(self.0.as_str())
+                .body(http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new())))
+                .unwrap()
+        }
+    }
+
+    /// An HTTP/2 upstream (the `h2` crate's server) that refuses the first stream with
+    /// `REFUSED_STREAM` and answers the rest: the refused request is sent once more, on
+    /// a new connection, and its answer is marked as resent for that reason.
+    #[tokio::test]
+    async fn a_refused_stream_is_sent_again_on_a_new_connection() {
+        use std::sync::atomic::AtomicUsize;
+
+        let (acceptor, tls) = h2_tls();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, n) = (connections.clone(), streams.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, n) = (acceptor.clone(), n.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let mut conn = h2::server::handshake(tls).await.unwrap();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let body = bytes::Bytes::from(format!("answer to {}", req.uri().path()));
+                        let mut send = respond.send_response(Response::new(()), false).unwrap();
+                        send.send_data(body, true).unwrap();
+                    }
+                });
+            }
+        });
+
+        let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        let target = Arc::new(Target::new(&url, tls, None, Duration::from_secs(5)));
+        let get = Get("/refused".to_string());
+        let (res, kept) = Connector.send(&target, None, get.replay(), Some(&get), None).await.unwrap();
+        assert!(kept.is_none());
+        assert!(matches!(res.extensions().get::<Resent>(), Some(Resent("refused_stream"))));
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        assert_eq!(body, "answer to /refused");
+        assert_eq!(streams.load(Ordering::SeqCst), 2, "sent twice, not more");
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "the second time on a new connection");
+    }
 }
