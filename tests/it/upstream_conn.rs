@@ -230,3 +230,95 @@ async fn a_post_caught_by_the_keep_alive_race_is_not_resent() {
     assert_eq!(posts[0].1, 2, "on the kept-alive connection: {:?}", seen.lock().unwrap());
     assert_eq!(status, 502);
 }
+
+// ===== rejected answers, stalled bodies =====
+
+/// A proxy whose route `/` (credential `g2a`, Direct Login at a mock GoTo) goes to
+/// `upstream`; ready (a token is there) when it returns.
+async fn credential_stack(upstream: SocketAddr, proxy_extra: &str) -> Stack {
+    let extra = proxy_extra.to_string();
+    let s = stack(goto_auth_proxy::demo::mock::MockOptions::default(), move |mock, dir| {
+        config_text(
+            dir,
+            &extra,
+            &format!(
+                "{}\n[[routes]]\nprefix = \"/\"\nupstream = \"http://{upstream}\"\ncredential = \"g2a\"\n",
+                password_cred("g2a", mock)
+            ),
+        )
+    })
+    .await;
+    wait_ready(&s.http, &s.admin("/readyz"), Duration::from_secs(5)).await;
+    s
+}
+
+/// The first request gets a `401` with a 256 KiB body (more than any buffer holds); the
+/// retry with a renewed token must not wait behind that unread body.
+#[tokio::test]
+async fn a_large_401_is_dropped_before_the_token_retry() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+        let mut seen = Vec::new();
+        while let Some(line) = read_head(&mut tcp, &mut seen).await {
+            if FIRST.swap(false, Ordering::SeqCst) {
+                let body = vec![b'x'; 256 * 1024];
+                let head = format!("HTTP/1.1 401 Unauthorized\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(&body).await;
+                continue;
+            }
+            if tcp.write_all(&ok(&format!("answer to {}", path_of(&line)))).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let s = credential_stack(up, "request_timeout = \"5s\"").await;
+    let started = std::time::Instant::now();
+    let r = s.get("/x").await;
+    assert_eq!(r.status(), 200, "{}", error_code(&r));
+    assert_eq!(r.text().await.unwrap(), "answer to /x");
+    assert!(started.elapsed() < Duration::from_secs(2), "the retry waited {:?}", started.elapsed());
+}
+
+/// A `403` whose body stalls is passed on as the `403` it is within `request_timeout`,
+/// not held until the upstream gives up and then answered `502`.
+#[tokio::test]
+async fn a_403_whose_body_stalls_passes_through_in_time() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        if read_head(&mut tcp, &mut seen).await.is_some() {
+            let _ = tcp.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\n{\"int_err_code\":").await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    })
+    .await;
+    let s = credential_stack(up, "request_timeout = \"1s\"").await;
+    let started = std::time::Instant::now();
+    let r = s.get("/forbidden").await;
+    assert_eq!(r.status(), 403);
+    assert!(started.elapsed() < Duration::from_secs(3), "the 403 came after {:?}", started.elapsed());
+}
+
+/// An answer body that stalls after its head is broken off after `body_idle_timeout`
+/// (the client sees it broken, not a hang) and counted.
+#[tokio::test]
+async fn an_answer_body_that_stalls_is_broken_off() {
+    let (up, _) = raw_upstream(|_, mut tcp| async move {
+        let mut seen = Vec::new();
+        if read_head(&mut tcp, &mut seen).await.is_some() {
+            let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    })
+    .await;
+    let (p, _dir) = proxy_to(&format!("http://{up}"), "body_idle_timeout = \"500ms\"").await;
+    let r = client().get(format!("http://{}/stall", p.proxy_addr)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), r.bytes()).await.expect("not broken off");
+    assert!(body.is_err(), "a broken-off body is no clean end");
+    assert!(started.elapsed() < Duration::from_secs(2), "after {:?}", started.elapsed());
+    let m = metrics_of(&p).await;
+    assert_eq!(metric(&m, r#"goto_auth_proxy_upstream_errors_total{kind="body_idle",route="/"}"#), 1.0, "{m}");
+}
