@@ -13,7 +13,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::h2conn::{self, H2Conn, MAX_H2, PING_EVERY, PING_TIMEOUT};
-use super::io::{Io, Raw, Stream, Watch};
+use super::io::{Io, Stream, Watch};
 use super::{Replay, Resent, Target, UpstreamBody, UpstreamError, H1};
 use crate::outbound::ProxyEndpoint;
 use hyper::body::Body as _;
@@ -41,15 +41,14 @@ impl Connector {
             };
             let _ = tcp.set_nodelay(true);
             match (&target.server_name, &target.via) {
-                (None, _) => Ok::<_, UpstreamError>((Stream::Plain(Raw::new(tcp)), false)),
+                (None, _) => Ok::<_, UpstreamError>((Stream::Plain(tcp), false)),
                 (Some(name), None) => {
-                    let tls =
-                        target.tls.connect(name.clone(), Raw::new(tcp)).await.map_err(|e| fail(format!("TLS: {e}")))?;
+                    let tls = target.tls.connect(name.clone(), tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     Ok((Stream::Tls(Box::new(tls)), h2))
                 }
                 (Some(name), Some(proxy)) => {
-                    let tunnel = TokioIo::new(tunnel(Raw::new(tcp), target, proxy).await?);
+                    let tunnel = TokioIo::new(tunnel(tcp, target, proxy).await?);
                     let tls = target.tls.connect(name.clone(), tunnel).await.map_err(|e| fail(format!("TLS: {e}")))?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     Ok((Stream::Tunnel(Box::new(tls)), h2))
@@ -95,7 +94,7 @@ impl Connector {
     /// The slow path of [`Held::send`]: the shared HTTP/2 connections, or `own` (this
     /// client connection's HTTP/1.1 connection, once it is ready), an idle one, or a new
     /// one (opened one at a time per upstream). A request a connection never took (it had
-    /// closed, or bytes arrived on it while idle) goes to another. A request a connection
+    /// closed while idle) goes to another. A request a connection
     /// failed before any byte of an answer arrived is sent once more on a new connection
     /// when that is safe (see [`Resent`]). Returns the HTTP/1.1 connection used, for the
     /// client connection to keep.
@@ -163,7 +162,7 @@ impl Connector {
                     }
                 }
                 Err(mut e) => match e.take_message() {
-                    // Never sent (the connection closed, or bytes arrived on it while idle).
+                    // Never sent (the connection closed while idle).
                     Some(back) => req = back,
                     None => {
                         let error = e.into_error();
@@ -267,7 +266,11 @@ pub(super) fn marked(mut res: Response<Incoming>, resent: Option<&'static str>) 
 /// Asks `proxy` (over `tcp`) for a `CONNECT` tunnel to `target`, with the proxy's
 /// credentials when it has some. A refusal names the proxy (never its credentials) and
 /// its answer: `407 Proxy Authentication Required`, `403 Forbidden`, `502 …`.
-async fn tunnel(tcp: Raw, target: &Target, proxy: &ProxyEndpoint) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
+async fn tunnel(
+    tcp: tokio::net::TcpStream,
+    target: &Target,
+    proxy: &ProxyEndpoint,
+) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
     let refused = |message: String| UpstreamError::Proxy { proxy: proxy.shown.clone(), message };
     let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
         .await

@@ -1,16 +1,13 @@
-//! The bytes of one upstream connection, watched: what an HTTP/1.1 connection read
-//! between answers, whether a failed request got any byte of an answer, and the
-//! HTTP/2 peer's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+//! The bytes of one upstream connection, watched: how many answer bytes it has read
+//! (a request it failed with none read since got no byte of an answer; a connection
+//! with none yet was never used) and the HTTP/2 peer's `SETTINGS_MAX_CONCURRENT_STREAMS`.
 //!
-//! Why a look at the socket itself: tokio learns that a socket became readable only when
-//! its I/O driver runs. Bytes an upstream sent on an idle connection (an unsolicited or
-//! late answer) can already be in the kernel while tokio still believes the socket
-//! empty; hyper's own idle check (it reads an idle connection and closes it on any
-//! byte) then sees nothing, takes the next request and reads those bytes as that
-//! request's answer. [`Raw`] asks the kernel directly (`MSG_PEEK | MSG_DONTWAIT`)
-//! whenever tokio says "nothing" after a read, so hyper's check sees what is really
-//! there: the connection closes, and the request it had not yet taken comes back to be
-//! sent on another. Only the connection's own task pays this, and only after a read.
+//! Bytes an upstream sends on an idle HTTP/1.1 connection (an unsolicited or late
+//! answer) are hyper's to catch: it reads an idle connection and closes it on any byte.
+//! Bytes that reach the proxy before a client's next request are always seen first (the
+//! same I/O driver reports both, in arrival order), so that check suffices; an answer
+//! that arrives only after the next request was written can be told from that request's
+//! answer by nobody.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -18,7 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use rustix::net::RecvFlags;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -45,92 +41,10 @@ impl Watch {
     }
 }
 
-/// A TCP connection that looks at the kernel's receive queue when tokio reports nothing
-/// to read right after a read (see the module's comment).
-pub(crate) struct Raw {
-    tcp: TcpStream,
-    /// The last thing done was a read that returned bytes: the next "nothing to read"
-    /// may be tokio's stale view.
-    after_read: bool,
-}
-
-impl Raw {
-    pub(crate) fn new(tcp: TcpStream) -> Raw {
-        Raw { tcp, after_read: false }
-    }
-}
-
-impl AsyncRead for Raw {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.tcp).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                this.after_read = buf.filled().len() > before;
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending if this.after_read => {
-                // tokio has registered the waker; ask the kernel whether it really is empty.
-                let mut probe = [0u8; 1];
-                match rustix::net::recv(&this.tcp, &mut probe[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-                    // The upstream closed: an end of stream now, not when tokio notices.
-                    Ok((0, _)) => Poll::Ready(Ok(())),
-                    Ok(_) => match rustix::net::recv(&this.tcp, buf.initialize_unfilled(), RecvFlags::DONTWAIT) {
-                        Ok((n, _)) => {
-                            buf.advance(n);
-                            Poll::Ready(Ok(()))
-                        }
-                        Err(rustix::io::Errno::AGAIN) => Poll::Pending,
-                        Err(e) => Poll::Ready(Err(e.into())),
-                    },
-                    Err(_) => Poll::Pending,
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-impl AsyncWrite for Raw {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.after_read = false;
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.after_read = false;
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
-}
-
 /// Plain TCP, TLS, or TLS inside an outbound proxy's tunnel, so all fit one connection type.
 pub(crate) enum Stream {
-    Plain(Raw),
-    Tls(Box<tokio_rustls::client::TlsStream<Raw>>),
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Tunnel(Box<tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>>),
 }
 

@@ -9,11 +9,11 @@
 //! ([`h2conn`]).
 //!
 //! An upstream's framing never leaks between clients: an HTTP/1.1 connection is reused
-//! only after a complete answer with nothing after it (bytes that arrive on it while idle
-//! close it, see [`io`]), an answer with `Transfer-Encoding` loses its `Content-Length`, a
-//! `101` nobody asked for is an error, and a request a connection failed before any byte
-//! of an answer arrived is sent once more on a new connection when that is safe
-//! ([`Resent`]).
+//! only after a complete answer with nothing after it (hyper closes it on bytes that
+//! arrive while it is idle, see [`io`]), an answer with `Transfer-Encoding` loses its
+//! `Content-Length`, a `101` nobody asked for is an error, and a request a connection
+//! failed before any byte of an answer arrived is sent once more on a new connection
+//! when that is safe ([`Resent`]).
 //!
 //! Behind an outbound proxy ([`Target::new`] is told which), an `https://` upstream is
 //! reached through a `CONNECT` tunnel (TLS and ALPN inside it, as directly), and an
