@@ -16,7 +16,8 @@ pub struct Metrics {
     /// Time from request to response headers, by route.
     pub request_duration: HistogramVec,
     /// Upstream failures, by route and kind (connect, proxy, timeout, reset, aborted,
-    /// body_too_large); `proxy`: the outbound proxy was unreachable or refused.
+    /// body_too_large, protocol, body_idle); `proxy`: the outbound proxy was unreachable
+    /// or refused.
     pub upstream_errors: IntCounterVec,
     /// Token endpoint outcomes, by credential and outcome.
     pub token_refreshes: IntCounterVec,
@@ -24,6 +25,10 @@ pub struct Metrics {
     pub token_expiry: prometheus::GaugeVec,
     /// Requests retried once after the upstream rejected the token.
     pub retries: IntCounterVec,
+    /// Requests sent a second time on a new connection because the first failed them
+    /// before any byte of an answer, by route and reason (`keepalive_race`,
+    /// `refused_stream`, `goaway`, `closed`).
+    pub upstream_retries: IntCounterVec,
     /// Requests waiting in a route's rate-limit queue now.
     pub rate_limit_queue: prometheus::IntGaugeVec,
     /// Time requests spent in a route's rate-limit queue.
@@ -84,6 +89,14 @@ impl Metrics {
             Opts::new("goto_auth_proxy_retries_total", "Requests retried after the upstream rejected the token."),
             &["route"],
         )?;
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "goto_auth_proxy_upstream_retries_total",
+                "Requests sent again on a new connection after their upstream connection failed them before any byte of an answer, by route and reason.",
+            ),
+            &["route", "reason"],
+        )?;
+        registry.register(Box::new(upstream_retries.clone()))?;
         let rate_limit_queue = prometheus::IntGaugeVec::new(
             Opts::new("goto_auth_proxy_rate_limit_queue", "Requests waiting in the route's rate-limit queue."),
             &["route"],
@@ -156,6 +169,7 @@ impl Metrics {
             token_refreshes,
             token_expiry,
             retries,
+            upstream_retries,
             rate_limit_queue,
             rate_limit_wait,
             reloads,

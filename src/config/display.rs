@@ -114,9 +114,10 @@ impl fmt::Display for Config {
         writeln!(f, "proxy: listen {} admin {}", p.listen, p.admin_listen)?;
         writeln!(
             f,
-            "  connect_timeout {} request_timeout {} token_wait {} max_request_body {}",
+            "  connect_timeout {} request_timeout {} body_idle_timeout {} token_wait {} max_request_body {}",
             humantime::format_duration(p.connect_timeout),
             humantime::format_duration(p.request_timeout),
+            humantime::format_duration(p.body_idle_timeout),
             humantime::format_duration(p.token_wait),
             bytesize::ByteSize(p.max_request_body).to_string_as(true),
         )?;

@@ -82,6 +82,7 @@ const SECTION_KEYS: &[&str] = &[
     "admin_listen",
     "connect_timeout",
     "request_timeout",
+    "body_idle_timeout",
     "max_request_body",
     "token_wait",
     "workers",
@@ -189,6 +190,8 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Budget until the upstream's response headers arrive.
     pub request_timeout: Duration,
+    /// A request or answer body that moves no byte this long is broken off.
+    pub body_idle_timeout: Duration,
     /// Largest request body forwarded.
     pub max_request_body: u64,
     /// How long a request may wait for a token when none is valid.

@@ -47,6 +47,8 @@ pub(super) struct RawProxy {
     pub(super) connect_timeout: Duration,
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub(super) request_timeout: Duration,
+    #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
+    pub(super) body_idle_timeout: Duration,
     #[serde(default = "default_max_request_body")]
     pub(super) max_request_body: bytesize::ByteSize,
     #[serde(default = "default_token_wait", with = "humantime_serde")]
@@ -69,6 +71,7 @@ impl Default for RawProxy {
             admin_listen: default_admin_listen(),
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
+            body_idle_timeout: default_body_idle_timeout(),
             max_request_body: default_max_request_body(),
             token_wait: default_token_wait(),
             workers: None,
@@ -89,6 +92,9 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_body_idle_timeout() -> Duration {
     Duration::from_secs(60)
 }
 fn default_max_request_body() -> bytesize::ByteSize {

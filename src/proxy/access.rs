@@ -26,6 +26,9 @@ pub enum Retried {
     Token,
     /// The upstream answered `429`; sent again after its pause (`retry_429`).
     TooManyRequests,
+    /// The upstream connection failed it before any byte of an answer; sent again on a
+    /// new connection.
+    Connection,
 }
 
 impl Retried {
@@ -34,6 +37,7 @@ impl Retried {
         match self {
             Retried::Token => "token",
             Retried::TooManyRequests => "429",
+            Retried::Connection => "connection",
         }
     }
 }

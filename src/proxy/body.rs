@@ -1,33 +1,78 @@
 //! The upstream's answer streamed back to the client, with the hop-by-hop headers
-//! removed and a broken-off body counted.
+//! removed, a body that stops moving broken off (`body_idle_timeout`), and a broken-off
+//! body counted and written into the access line's `error`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 
 use super::access::AccessLine;
 use super::rewrite::strip_hop_by_hop;
 use super::table::Route;
 use super::Body;
 
-pub(super) fn passthrough(mut res: Response<Incoming>, route: &Route) -> Response<Body> {
+pub(super) fn passthrough(res: Response<Incoming>, route: &Route) -> Response<Body> {
+    passthrough_after(res, route, None)
+}
+
+/// [`passthrough`], its body starting with `prefix` (bytes already read from it).
+pub(super) fn passthrough_after(mut res: Response<Incoming>, route: &Route, prefix: Option<Bytes>) -> Response<Body> {
     strip_hop_by_hop(res.headers_mut());
-    let aborted = route.aborted.clone();
-    res.map(|inner| Either::Left(UpstreamStream { inner, aborted: Some(aborted), bytes_out: 0, access: None }))
+    let (aborted, idle_counter, idle_after) = (route.aborted.clone(), route.body_idle.clone(), route.body_idle_timeout);
+    res.map(|inner| {
+        Either::Left(UpstreamStream {
+            inner,
+            prefix,
+            aborted: Some(aborted),
+            idle_counter,
+            bytes_out: 0,
+            access: None,
+            idle_after,
+            idle: None,
+            failed: None,
+        })
+    })
+}
+
+/// Why an answer's body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream broke it off.
+    #[error("upstream broke off the answer: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// No byte moved for `body_idle_timeout`.
+    #[error("the answer moved no byte for {}", humantime::format_duration(*.0))]
+    Idle(Duration),
 }
 
 /// The upstream's response body streamed to the client. When the upstream breaks off
-/// mid-body the error reaches hyper, which aborts the client's connection (the client
-/// sees a truncated answer, never a hang), and the route's `aborted` counter counts it.
+/// mid-body, or the body moves no byte for `body_idle_timeout`, the error reaches hyper,
+/// which aborts the client's connection (the client sees a truncated answer, never a
+/// hang), the route's counter counts it and the access line records it.
 pub struct UpstreamStream {
     inner: Incoming,
+    /// Bytes read from `inner` already (a 403 inspected for `InvalidToken`), sent first.
+    prefix: Option<Bytes>,
     /// Taken on the first error, so one broken body counts once.
     aborted: Option<prometheus::IntCounter>,
+    /// `upstream_errors{kind="body_idle"}`.
+    idle_counter: prometheus::IntCounter,
     /// Body bytes handed to the client so far.
     bytes_out: u64,
     /// The request's access log line, written when this body is done (or dropped).
     access: Option<AccessLine>,
+    idle_after: Duration,
+    /// Armed the first time the body has nothing to give (a body read in one go never
+    /// needs a timer), pushed back on every frame after that.
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The access line's `error` when the body did not end cleanly.
+    failed: Option<&'static str>,
 }
 
 impl UpstreamStream {
@@ -39,7 +84,8 @@ impl UpstreamStream {
 
 impl Drop for UpstreamStream {
     fn drop(&mut self) {
-        if let Some(line) = self.access.take() {
+        if let Some(mut line) = self.access.take() {
+            line.error = line.error.or(self.failed);
             line.emit(self.bytes_out);
         }
     }
@@ -47,32 +93,71 @@ impl Drop for UpstreamStream {
 
 impl hyper::body::Body for UpstreamStream {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes_out += data.len() as u64;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(prefix) = self.prefix.take().filter(|p| !p.is_empty()) {
+            self.bytes_out += prefix.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes_out += data.len() as u64;
+                }
+                let after = self.idle_after;
+                if let Some(timer) = self.idle.as_mut() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + after);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(c) = self.aborted.take() {
+                    c.inc();
+                    self.failed = Some(ABORTED);
+                    tracing::warn!(error = %e, "upstream broke off the response body");
+                }
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let after = self.idle_after;
+                let timer = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if self.aborted.take().is_some() {
+                    self.idle_counter.inc();
+                    self.failed = Some(IDLE);
+                    tracing::warn!(
+                        idle = %humantime::format_duration(after),
+                        "the upstream's answer body moved no byte for body_idle_timeout; broken off"
+                    );
+                }
+                Poll::Ready(Some(Err(BodyError::Idle(after))))
             }
         }
-        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
-            if let Some(c) = self.aborted.take() {
-                c.inc();
-                tracing::warn!(error = %e, "upstream broke off the response body");
-            }
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.prefix.is_none() && self.inner.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+    fn size_hint(&self) -> SizeHint {
+        let hint = self.inner.size_hint();
+        let Some(extra) = self.prefix.as_ref().map(|p| p.len() as u64) else {
+            return hint;
+        };
+        let mut sum = SizeHint::new();
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + extra);
+        }
+        sum.set_lower(hint.lower() + extra);
+        sum
     }
 }
+
+/// The access line's `error` for an answer the upstream broke off.
+pub(super) const ABORTED: &str = "upstream_aborted";
+/// The access line's `error` for a body that moved no byte for `body_idle_timeout`.
+pub(super) const IDLE: &str = "body_idle_timeout";

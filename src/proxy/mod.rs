@@ -48,7 +48,7 @@ use crate::metrics::Metrics;
 use crate::route;
 use crate::server::ConnInfo;
 use crate::token::{Token, TokenHandle};
-use crate::upstream::{Affinity, Connector, Held, UpstreamBody};
+use crate::upstream::{Affinity, Connector, Held, IdleBody, Replay, Resent, UpstreamBody};
 use body::passthrough;
 use rewrite::{has_foreign_coding, rewrite_request, take_parts, upstream_body};
 use verdict::{classify_upstream_error, inspect_forbidden, quick_verdict, RetryCopy, Suspect};
@@ -233,10 +233,7 @@ impl Proxy {
         }
         let (buffered, stream): (Option<Bytes>, Option<Limited<Incoming>>) = match hint.exact() {
             Some(0) => (Some(Bytes::new()), None),
-            Some(n) if n <= RETRY_BODY_LIMIT => match Limited::new(body, max as usize).collect().await {
-                Ok(c) => (Some(c.to_bytes()), None),
-                Err(_) => return Err(bad_request("the request body ended early")),
-            },
+            Some(n) if n <= RETRY_BODY_LIMIT => (Some(collect_small(body, settings.body_idle_timeout).await?), None),
             _ => (None, Some(Limited::new(body, max as usize))),
         };
 
@@ -245,9 +242,10 @@ impl Proxy {
         // valid token exists.
         let Some(cred) = route.credential.as_ref() else {
             rewrite_request(route, parts, path.as_deref(), None)?;
-            let retry = throttle::retry_copy(route, parts, buffered.as_ref());
-            let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
-            let res = self.send(settings, route, &mut held, req).await?;
+            let retry = throttle::retry_copy(parts, buffered.as_ref());
+            let req = Request::from_parts(take_parts(parts), watched(upstream_body(buffered, stream), settings));
+            let replay = retry.as_ref().map(|r| r as &dyn Replay);
+            let res = self.send(settings, route, &mut held, req, replay).await?;
             if res.status() == StatusCode::TOO_MANY_REQUESTS {
                 return Box::pin(self.after_429(settings, route, &mut held, res, retry, None)).await;
             }
@@ -266,8 +264,8 @@ impl Proxy {
 
         // Keep what a retry needs: only for bodies small enough to resend.
         let retry = buffered.as_ref().map(|b| RetryCopy::of(parts, b));
-        let req = Request::from_parts(take_parts(parts), upstream_body(buffered, stream));
-        let res = self.send(settings, route, &mut held, req).await?;
+        let req = Request::from_parts(take_parts(parts), watched(upstream_body(buffered, stream), settings));
+        let res = self.send(settings, route, &mut held, req, retry.as_ref().map(|r| r as &dyn Replay)).await?;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             return Box::pin(self.after_429(settings, route, &mut held, res, retry, Some(cred))).await;
         }
@@ -292,7 +290,7 @@ impl Proxy {
         let Suspect { cred, generation, retry, res, verdict } = suspect;
         let (res, rejected) = match verdict {
             Some(rejected) => (passthrough(res, route), rejected),
-            None => inspect_forbidden(res).await?,
+            None => inspect_forbidden(res, route, settings.request_timeout).await?,
         };
         if !rejected {
             return Ok(res);
@@ -304,13 +302,19 @@ impl Proxy {
         let (Some(retry), Ok(fresh)) = (retry, renewed) else {
             return Ok(res); // not retryable, or the renewal failed: the client sees GoTo's answer
         };
+        // The rejected answer is dropped, whatever its size; a connection still carrying
+        // its unread body is let go, so the retry never waits behind it.
+        if !res.body().is_end_stream() {
+            held.let_go(&route.target);
+        }
+        drop(res);
         self.metrics.retries.with_label_values(&[&route.prefix]).inc();
-        let res = self.send(settings, route, held, retry.into_request(fresh.bearer())).await?;
+        let res = self.send(settings, route, held, retry.into_request(fresh.bearer()), None).await?;
         // A token issued for this very rejection, refused too: the request is refused for
         // another reason, and later rejections of that token must not renew again.
         let (res, rejected_again) = match quick_verdict(&res) {
             Some(rejected) => (passthrough(res, route), rejected),
-            None => inspect_forbidden(res).await?,
+            None => inspect_forbidden(res, route, settings.request_timeout).await?,
         };
         if rejected_again {
             cred.rejected_again(fresh.generation);
@@ -330,10 +334,17 @@ impl Proxy {
         route: &'a Route,
         held: &'a mut Held,
         req: Request<UpstreamBody>,
+        replay: Option<&'a dyn Replay>,
     ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
         let deadline = Instant::now() + settings.request_timeout;
-        held.send(&self.connector, &route.target, deadline, req).map(move |sent| match sent {
-            Some(Ok(res)) => Ok(res),
+        held.send(&self.connector, &route.target, deadline, req, replay).map(move |sent| match sent {
+            Some(Ok(mut res)) => {
+                if let Some(Resent(reason)) = res.extensions().get::<Resent>().copied() {
+                    self.metrics.upstream_retries.with_label_values(&[&route.prefix, reason]).inc();
+                    access::mark_retried(&mut res, access::Retried::Connection);
+                }
+                Ok(res)
+            }
             None => {
                 self.metrics.upstream_errors.with_label_values(&[&route.prefix, "timeout"]).inc();
                 Err(ProxyError::new(
@@ -354,6 +365,46 @@ impl Proxy {
                 Err(err)
             }
         })
+    }
+}
+
+/// The request body as sent upstream: a stream is broken off after `body_idle_timeout`
+/// without a byte.
+fn watched(body: Either<Full<Bytes>, Limited<Incoming>>, settings: &ProxySettings) -> UpstreamBody {
+    match body {
+        Either::Left(full) => Either::Left(full),
+        Either::Right(stream) => Either::Right(IdleBody::new(stream, settings.body_idle_timeout)),
+    }
+}
+
+/// A small request body (at most [`RETRY_BODY_LIMIT`], its length announced), read whole
+/// so it can be resent; a client that stops sending it for `idle` is refused.
+async fn collect_small(mut body: Incoming, idle: std::time::Duration) -> Result<Bytes, ProxyError> {
+    let mut collected = bytes::BytesMut::new();
+    loop {
+        // The usual body is there already: no timer for it.
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => match tokio::time::timeout(idle, body.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    tracing::warn!(idle = %humantime::format_duration(idle), "the request body moved no byte for body_idle_timeout; broken off");
+                    return Err(bad_request(format!(
+                        "the request body moved no byte for {} (body_idle_timeout)",
+                        humantime::format_duration(idle)
+                    )));
+                }
+            },
+        };
+        match frame {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    collected.extend_from_slice(data);
+                }
+            }
+            Some(Err(_)) => return Err(bad_request("the request body ended early")),
+        }
     }
 }
 

@@ -16,7 +16,6 @@ use super::table::Route;
 use crate::error::{ErrorCode, ProxyError};
 use crate::route;
 use crate::token::Token;
-use crate::upstream::UpstreamBody;
 
 /// Moves the parts out for sending, leaving empty ones (no allocation).
 pub(super) fn take_parts(parts: &mut http::request::Parts) -> http::request::Parts {
@@ -85,7 +84,10 @@ fn missing_key(route: &Route, missing: route::MissingKey) -> ProxyError {
     )
 }
 
-pub(super) fn upstream_body(buffered: Option<Bytes>, stream: Option<Limited<Incoming>>) -> UpstreamBody {
+pub(super) fn upstream_body(
+    buffered: Option<Bytes>,
+    stream: Option<Limited<Incoming>>,
+) -> Either<Full<Bytes>, Limited<Incoming>> {
     match (buffered, stream) {
         (_, Some(s)) => Either::Right(s),
         (Some(b), None) => Either::Left(Full::new(b)),

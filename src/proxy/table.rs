@@ -36,6 +36,10 @@ pub struct Route {
     pub(super) pace: RoutePace,
     /// `upstream_errors{kind="aborted"}`: the upstream broke off a response body.
     pub(super) aborted: prometheus::IntCounter,
+    /// `upstream_errors{kind="body_idle"}`: a body broken off after `body_idle_timeout`.
+    pub(super) body_idle: prometheus::IntCounter,
+    /// `proxy.body_idle_timeout`.
+    pub(super) body_idle_timeout: std::time::Duration,
 }
 
 impl Route {
@@ -45,6 +49,7 @@ impl Route {
         metrics: &Metrics,
         outbound: &Outbound,
         connect_timeout: std::time::Duration,
+        body_idle_timeout: std::time::Duration,
     ) -> Route {
         let u = &cfg.upstream;
         let via = outbound.proxy_for(u).cloned();
@@ -70,6 +75,8 @@ impl Route {
                 polled: Default::default(),
             },
             aborted: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "aborted"]),
+            body_idle: metrics.upstream_errors.with_label_values(&[&cfg.prefix, "body_idle"]),
+            body_idle_timeout,
         }
     }
 
@@ -107,7 +114,17 @@ impl Snapshot {
         outbound: &Outbound,
     ) -> Snapshot {
         let router = Router::new(config.routes.iter().map(|r| {
-            (r.prefix.clone(), Route::compile(r, credentials, metrics, outbound, config.proxy.connect_timeout))
+            (
+                r.prefix.clone(),
+                Route::compile(
+                    r,
+                    credentials,
+                    metrics,
+                    outbound,
+                    config.proxy.connect_timeout,
+                    config.proxy.body_idle_timeout,
+                ),
+            )
         }));
         Snapshot { router, settings: config.proxy.clone(), inbound: config.inbound.clone() }
     }

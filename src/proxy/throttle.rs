@@ -24,10 +24,11 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// A copy for resending after a 429, when the route asks for it and the request may be
-/// resent (a safe method, a body small enough to have been buffered).
-pub(super) fn retry_copy(route: &Route, parts: &http::request::Parts, buffered: Option<&Bytes>) -> Option<RetryCopy> {
-    if !route.pace.retry_429 || !is_safe(&parts.method) {
+/// A copy for resending a request of a route without a credential, when it may be resent
+/// (a safe method, a body small enough to have been buffered): after a 429 when the route
+/// asks for it (`retry_429`), and after a connection failed it before any answer.
+pub(super) fn retry_copy(parts: &http::request::Parts, buffered: Option<&Bytes>) -> Option<RetryCopy> {
+    if !is_safe(&parts.method) {
         return None;
     }
     buffered.map(|b| RetryCopy::of(parts, b))
@@ -62,7 +63,7 @@ impl Proxy {
             Some(b) => retry.into_request(b),
             None => retry.into_request_as_sent(),
         };
-        let res = self.send(settings, route, held, req).await?;
+        let res = self.send(settings, route, held, req, None).await?;
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             route.pace.throttled(&route.prefix, shared, res.headers().get(header::RETRY_AFTER)).await;
         }

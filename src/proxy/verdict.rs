@@ -2,12 +2,15 @@
 //! `WWW-Authenticate: … error="invalid_token"`), what a retry needs, and what an upstream
 //! failure means for the client (a `502`, a `504`, or the client's own fault).
 
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
+use super::body::passthrough_after;
 use super::rewrite::strip_hop_by_hop;
 use super::table::Route;
 use super::{bad_request, too_large, Body};
@@ -65,6 +68,18 @@ impl RetryCopy {
     }
 }
 
+impl crate::upstream::Replay for RetryCopy {
+    fn replay(&self) -> Request<UpstreamBody> {
+        RetryCopy {
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+        }
+        .into_request_as_sent()
+    }
+}
+
 /// Whether the upstream rejected the token, when the head alone tells (every answer but
 /// a 403, whose body must be read: see [`inspect_forbidden`]).
 pub(super) fn quick_verdict(res: &Response<Incoming>) -> Option<bool> {
@@ -82,22 +97,46 @@ pub(super) fn www_invalid_token(headers: &HeaderMap) -> bool {
 }
 
 /// Reads enough of a 403 whose head did not decide ([`quick_verdict`]) to tell a
-/// rejected token (`InvalidToken`) from a real permission error.
-pub(super) async fn inspect_forbidden(res: Response<Incoming>) -> Result<(Response<Body>, bool), ProxyError> {
-    let (mut parts, body) = res.into_parts();
-    let bytes = match Limited::new(body, REJECTION_BODY_LIMIT).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            return Err(ProxyError::new(
-                ErrorCode::UpstreamUnreachable,
-                format!("reading the upstream's 403 answer failed: {e}"),
-            ))
+/// rejected token (`InvalidToken`) from a real permission error: until the word shows,
+/// the body ends, [`REJECTION_BODY_LIMIT`] bytes were read or `within` has passed. A 403
+/// not read whole passes through unchanged: the bytes read, then the rest streamed.
+pub(super) async fn inspect_forbidden(
+    res: Response<Incoming>,
+    route: &Route,
+    within: Duration,
+) -> Result<(Response<Body>, bool), ProxyError> {
+    let (mut parts, mut body) = res.into_parts();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = BytesMut::new();
+    let says = |b: &[u8]| contains(b, b"InvalidToken") || contains(b, b"invalid_token");
+    let ended = loop {
+        if seen.len() >= REJECTION_BODY_LIMIT || says(&seen) {
+            break false;
+        }
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break false, // stalled: passed on as it is
+            Ok(None) => break true,
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seen.extend_from_slice(data);
+                }
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError::new(
+                    ErrorCode::UpstreamUnreachable,
+                    format!("reading the upstream's 403 answer failed: {e}"),
+                ))
+            }
         }
     };
-    let rejected = contains(&bytes, b"InvalidToken") || contains(&bytes, b"invalid_token");
+    let rejected = says(&seen);
+    if !ended {
+        let res = Response::from_parts(parts, body);
+        return Ok((passthrough_after(res, route, Some(seen.freeze())), rejected));
+    }
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok((Response::from_parts(parts, Either::Right(Full::new(bytes))), rejected))
+    Ok((Response::from_parts(parts, Either::Right(Full::new(seen.freeze()))), rejected))
 }
 
 pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -119,6 +158,9 @@ pub(super) fn classify_upstream_error(
         UpstreamError::Proxy { .. } => {
             return (Some("proxy"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
         }
+        UpstreamError::Protocol { .. } => {
+            return (Some("protocol"), ProxyError::new(ErrorCode::UpstreamUnreachable, e.to_string()));
+        }
         UpstreamError::Http(h) => h,
     };
     let mut detail = hyper_error.to_string();
@@ -126,6 +168,11 @@ pub(super) fn classify_upstream_error(
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
             return (Some("body_too_large"), too_large(max));
+        }
+        // The client stopped sending its body: its fault, not the upstream's.
+        if let Some(idle) = s.downcast_ref::<crate::upstream::BodyIdle>() {
+            tracing::warn!("{idle}; broken off");
+            return (None, bad_request(idle.to_string()));
         }
         // The body sent upstream is the client's: an error reading it is the client's
         // framing (a malformed chunk, a body cut short), not the upstream's.

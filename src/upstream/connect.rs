@@ -12,8 +12,11 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use super::{Sender, Target, UpstreamBody, UpstreamError};
+use super::h2conn::{self, H2Conn, MAX_H2, PING_EVERY, PING_TIMEOUT};
+use super::io::{Io, Stream, Watch};
+use super::{Replay, Resent, Target, UpstreamBody, UpstreamError, H1};
 use crate::outbound::ProxyEndpoint;
+use hyper::body::Body as _;
 
 /// Opens upstream connections: TCP (nodelay), through the outbound proxy's `CONNECT`
 /// tunnel when the target has one, rustls with the target's TLS configuration and ALPN
@@ -38,31 +41,38 @@ impl Connector {
             };
             let _ = tcp.set_nodelay(true);
             match (&target.server_name, &target.via) {
-                (None, _) => Ok::<_, UpstreamError>((Io::Plain(tcp), false)),
+                (None, _) => Ok::<_, UpstreamError>((Stream::Plain(tcp), false)),
                 (Some(name), None) => {
                     let tls = target.tls.connect(name.clone(), tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Ok((Io::Tls(Box::new(tls)), h2))
+                    Ok((Stream::Tls(Box::new(tls)), h2))
                 }
                 (Some(name), Some(proxy)) => {
                     let tunnel = TokioIo::new(tunnel(tcp, target, proxy).await?);
                     let tls = target.tls.connect(name.clone(), tunnel).await.map_err(|e| fail(format!("TLS: {e}")))?;
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Ok((Io::Tunnel(Box::new(tls)), h2))
+                    Ok((Stream::Tunnel(Box::new(tls)), h2))
                 }
             }
         })
         .await;
-        let (io, h2) = match opened {
+        let (stream, h2) = match opened {
             Ok(r) => r?,
             Err(_) => {
                 return Err(fail(format!("timed out after {}", humantime::format_duration(target.connect_timeout))))
             }
         };
+        let watch = Arc::new(Watch::default());
+        let io = TokioIo::new(Io::new(stream, watch.clone(), h2));
         if h2 {
+            // PINGs while in use and while idle: a connection a network silently dropped
+            // is closed (and replaced) within PING_EVERY + PING_TIMEOUT, not used forever.
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(TokioIo::new(io))
+                .keep_alive_interval(PING_EVERY)
+                .keep_alive_timeout(PING_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .handshake(io)
                 .await
                 .map_err(|e| fail(format!("HTTP/2 handshake: {e}")))?;
             tokio::spawn(async move {
@@ -70,66 +80,187 @@ impl Connector {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            return Ok(Conn::H2(sender));
+            return Ok(Conn::H2(Arc::new(H2Conn::new(sender, watch))));
         }
-        let (sender, conn) =
-            http1::handshake(TokioIo::new(io)).await.map_err(|e| fail(format!("HTTP/1.1 handshake: {e}")))?;
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| fail(format!("HTTP/1.1 handshake: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(Conn::H1(sender))
+        Ok(Conn::H1(H1 { sender, watch }))
     }
 
-    /// The slow path of [`Held::send`]: the shared HTTP/2 connection, or `own` (this
+    /// The slow path of [`Held::send`]: the shared HTTP/2 connections, or `own` (this
     /// client connection's HTTP/1.1 connection, once it is ready), an idle one, or a new
-    /// one. A request a connection never took (it had closed while idle) is sent again
-    /// on another. Returns the HTTP/1.1 connection used, for the client connection to keep.
+    /// one (opened one at a time per upstream). A request a connection never took (it had
+    /// closed while idle) goes to another. A request a connection
+    /// failed before any byte of an answer arrived is sent once more on a new connection
+    /// when that is safe (see [`Resent`]). Returns the HTTP/1.1 connection used, for the
+    /// client connection to keep.
     pub(super) async fn send(
         &self,
         target: &Arc<Target>,
-        mut own: Option<Sender>,
+        mut own: Option<H1>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Option<Sender>), UpstreamError> {
-        for attempt in 0..2 {
-            if let Some(mut h2) = target.h2.load_full().filter(|s| !s.is_closed()).map(|s| (*s).clone()) {
-                target.h2_form(&mut req);
-                return h2.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
-            }
-            let mut sender = match own.take().or_else(|| target.take_idle()) {
-                Some(s) => s,
-                // Boxed: the handshake futures are large and rarely needed.
-                None => match Box::pin(self.connect(target)).await? {
-                    Conn::H1(s) => s,
-                    Conn::H2(s) => {
-                        target.h2.store(Some(Arc::new(s)));
+        replay: Option<&dyn Replay>,
+        mut resent: Option<&'static str>,
+    ) -> Result<(Response<Incoming>, Option<H1>), UpstreamError> {
+        // After a failure on a kept-alive connection: a new one, never another idle one.
+        let mut fresh_only = resent.is_some();
+        // Connections tried; a request no connection takes is given up after a few.
+        for _ in 0..6 {
+            if target.speaks_h2() {
+                let conn = match self.h2_conn(target, &req).await? {
+                    Conn::H2(c) => c,
+                    Conn::H1(h1) => {
+                        own = Some(h1);
+                        fresh_only = false;
                         continue;
                     }
+                };
+                match conn.send(target, req).await {
+                    Ok(res) => return target.answer(res).map(|res| (marked(res, resent), None)),
+                    Err(mut e) => {
+                        conn.retire();
+                        let back = e.take_message();
+                        let error = e.into_error();
+                        let (reason, again) = match back {
+                            Some(back) => ("closed", Some(back)),
+                            None => match h2conn::resend_reason(&error) {
+                                Some(reason) => (reason, replay.map(Replay::replay)),
+                                None => return Err(UpstreamError::Http(error)),
+                            },
+                        };
+                        match again {
+                            Some(again) if resent.is_none() => {
+                                resent = Some(reason);
+                                req = again;
+                                continue;
+                            }
+                            _ => return Err(UpstreamError::Http(error)),
+                        }
+                    }
+                }
+            }
+            let (mut h1, reused) = match own.take().or_else(|| if fresh_only { None } else { target.take_idle() }) {
+                Some(c) => (c, true),
+                None => match self.open(target).await? {
+                    Conn::H1(c) => (c, false),
+                    Conn::H2(_) => continue, // shared now: sent on it as HTTP/2
                 },
             };
-            if sender.ready().await.is_err() {
+            if h1.sender.ready().await.is_err() {
                 continue; // closed while idle: take another
             }
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, Some(sender))),
+            let before = h1.watch.read();
+            match h1.sender.try_send_request(req).await {
+                Ok(res) => {
+                    return match target.answer(res) {
+                        Ok(res) => Ok((marked(res, resent), Some(h1))),
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(mut e) => match e.take_message() {
-                    Some(back) if attempt == 0 => req = back,
-                    _ => return Err(UpstreamError::Http(e.into_error())),
+                    // Never sent (the connection closed while idle).
+                    Some(back) => req = back,
+                    None => {
+                        let error = e.into_error();
+                        match keepalive_race(reused, before, &h1, &error, replay, resent) {
+                            Some(again) => {
+                                resent = Some("keepalive_race");
+                                fresh_only = true;
+                                req = again;
+                            }
+                            None => return Err(UpstreamError::Http(error)),
+                        }
+                    }
                 },
             }
         }
-        // Two connections in a row refused the request before sending it.
-        let mut sender = match Box::pin(self.connect(target)).await? {
-            Conn::H1(s) => s,
-            Conn::H2(mut s) => {
-                target.h2_form(&mut req);
-                return s.send_request(req).await.map(|res| (res, None)).map_err(UpstreamError::Http);
-            }
-        };
-        let res = sender.send_request(req).await.map_err(UpstreamError::Http)?;
-        Ok((res, Some(sender)))
+        Err(UpstreamError::Connect {
+            target: target.label.clone(),
+            message: "every connection closed before taking the request".to_string(),
+        })
     }
+
+    /// A new connection to `target`, opened while no other is being opened to it (a
+    /// burst of first requests opens one connection, which HTTP/2 then shares).
+    async fn open(&self, target: &Arc<Target>) -> Result<Conn, UpstreamError> {
+        let _one = target.opening.lock().await;
+        if target.speaks_h2() {
+            if let Some(c) = target.pick_h2(false) {
+                return Ok(Conn::H2(c)); // opened while this one waited
+            }
+        }
+        // Boxed: the handshake futures are large and rarely needed.
+        let conn = Box::pin(self.connect(target)).await?;
+        if let Conn::H2(c) = &conn {
+            target.add_h2(c.clone()); // before the next in line looks
+        }
+        Ok(conn)
+    }
+
+    /// An HTTP/2 connection for `req`: one with a free stream (and, for a request with a
+    /// body, no upload in flight that may have taken the send window), else a new one
+    /// while there are fewer than [`MAX_H2`], else the least busy.
+    async fn h2_conn(&self, target: &Arc<Target>, req: &Request<UpstreamBody>) -> Result<Conn, UpstreamError> {
+        let with_body = !req.body().is_end_stream();
+        if let Some(c) = target.pick_h2(with_body) {
+            return Ok(Conn::H2(c));
+        }
+        if target.h2_count() >= MAX_H2 {
+            if let Some(c) = target.least_busy_h2() {
+                return Ok(Conn::H2(c));
+            }
+        }
+        let _one = target.opening.lock().await;
+        if let Some(c) = target.pick_h2(with_body) {
+            return Ok(Conn::H2(c));
+        }
+        match Box::pin(self.connect(target)).await? {
+            Conn::H2(c) => {
+                target.add_h2(c.clone());
+                Ok(Conn::H2(c))
+            }
+            h1 => {
+                target.h2_offered(false);
+                Ok(h1)
+            }
+        }
+    }
+}
+
+/// The request again, when its kept-alive HTTP/1.1 connection failed it before any byte
+/// of an answer arrived (the upstream closed the connection as the request came: the
+/// keep-alive race) and sending it twice is harmless: `GET`, `HEAD`, `OPTIONS`, or a
+/// `PUT`/`DELETE` whose body is held. Never a second time, never on a new connection
+/// (whose failure is the upstream's answer), never for a fault of the request's own body.
+pub(super) fn keepalive_race(
+    reused: bool,
+    before: u64,
+    h1: &H1,
+    error: &hyper::Error,
+    replay: Option<&dyn Replay>,
+    resent: Option<&'static str>,
+) -> Option<Request<UpstreamBody>> {
+    if !reused || before == 0 || h1.watch.read() != before || error.is_user() || resent.is_some() {
+        return None;
+    }
+    let again = replay?.replay();
+    matches!(
+        *again.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
+    )
+    .then_some(again)
+}
+
+/// `res`, marked as the answer to a request sent a second time, for `reason`.
+pub(super) fn marked(mut res: Response<Incoming>, resent: Option<&'static str>) -> Response<Incoming> {
+    if let Some(reason) = resent {
+        res.extensions_mut().insert(Resent(reason));
+    }
+    res
 }
 
 /// Asks `proxy` (over `tcp`) for a `CONNECT` tunnel to `target`, with the proxy's
@@ -179,83 +310,6 @@ async fn tunnel(
 }
 
 pub(super) enum Conn {
-    H1(http1::SendRequest<UpstreamBody>),
-    H2(http2::SendRequest<UpstreamBody>),
-}
-
-/// Plain TCP, TLS, or TLS inside an outbound proxy's tunnel, so all fit one connection type.
-pub(super) enum Io {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
-    Tunnel(Box<tokio_rustls::client::TlsStream<TokioIo<hyper::upgrade::Upgraded>>>),
-}
-
-impl tokio::io::AsyncRead for Io {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Io {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-            Io::Tunnel(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-            Io::Tunnel(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+    H1(H1),
+    H2(Arc<H2Conn>),
 }

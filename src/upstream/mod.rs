@@ -5,7 +5,15 @@
 //! connections, no task spawned per request. When the client connection closes, its
 //! upstream connection goes to the route's idle list for the next client (a script
 //! that opens a connection per `curl` must not pay a TLS handshake each time). An
-//! upstream that offers HTTP/2 (ALPN) gets one shared, multiplexed connection instead.
+//! upstream that offers HTTP/2 (ALPN) gets shared, multiplexed connections instead
+//! ([`h2conn`]).
+//!
+//! An upstream's framing never leaks between clients: an HTTP/1.1 connection is reused
+//! only after a complete answer with nothing after it (hyper closes it on bytes that
+//! arrive while it is idle, see [`io`]), an answer with `Transfer-Encoding` loses its
+//! `Content-Length`, a `101` nobody asked for is an error, and a request a connection
+//! failed before any byte of an answer arrived is sent once more on a new connection
+//! when that is safe ([`Resent`]).
 //!
 //! Behind an outbound proxy ([`Target::new`] is told which), an `https://` upstream is
 //! reached through a `CONNECT` tunnel (TLS and ALPN inside it, as directly), and an
@@ -19,25 +27,89 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use crossbeam_utils::atomic::AtomicCell;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use rustls::pki_types::ServerName;
 use smallvec::SmallVec;
 
 use crate::outbound::ProxyEndpoint;
 
 mod connect;
+mod h2conn;
+mod io;
 
 pub(crate) use connect::Connector;
+use h2conn::H2Conn;
+use io::Watch;
 
 /// What is sent upstream: a buffered (retryable) body or the client's stream, limited
 /// to `max_request_body`. Defined here, beside the connections that send it, so the
 /// upstream side imports nothing of the data path.
 pub(crate) type UpstreamBody =
-    http_body_util::Either<http_body_util::Full<bytes::Bytes>, http_body_util::Limited<Incoming>>;
+    http_body_util::Either<http_body_util::Full<bytes::Bytes>, IdleBody<http_body_util::Limited<Incoming>>>;
+
+/// The client's body as it streams upstream, broken off when it moves no byte for
+/// `body_idle_timeout` (a client that stops sending must not hold an upstream
+/// connection forever). The timer is armed only once the body has to wait.
+pub struct IdleBody<B> {
+    inner: B,
+    after: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> IdleBody<B> {
+    /// `inner`, broken off after `after` without a byte.
+    pub fn new(inner: B, after: Duration) -> IdleBody<B> {
+        IdleBody { inner, after, timer: None }
+    }
+}
+
+/// A body that moved no byte for `body_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body moved no byte for {} (body_idle_timeout)", humantime::format_duration(*.0))]
+pub(crate) struct BodyIdle(pub(crate) Duration);
+
+impl<B> hyper::body::Body for IdleBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some(timer) = this.timer.as_mut() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + this.after);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let after = this.after;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(after))))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// An idle upstream connection older than this is closed rather than reused.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -58,6 +130,15 @@ pub enum UpstreamError {
     /// The connection failed while the request was under way.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The upstream answered in a way no request of ours allows (a `101` to a request
+    /// that asked for no upgrade).
+    #[error("{target} {message}")]
+    Protocol {
+        /// `scheme://host:port`.
+        target: String,
+        /// What it did.
+        message: String,
+    },
     /// The outbound proxy could not be reached, or refused the tunnel (or, for an
     /// `http://` upstream, the request) with its own answer.
     #[error("outbound proxy {proxy} {message}")]
@@ -89,8 +170,14 @@ pub struct Target {
     pub(super) connect_timeout: Duration,
     /// Plain HTTP through [`Target::via`]: requests go in absolute form to the proxy.
     forwarded: bool,
-    pub(super) idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
-    pub(super) h2: ArcSwapOption<http2::SendRequest<UpstreamBody>>,
+    pub(super) idle: Mutex<Vec<(H1, Instant)>>,
+    /// The shared HTTP/2 connections (see [`h2conn`]); a lock taken only on the way to
+    /// one, never while waiting.
+    pub(super) h2: Mutex<Vec<Arc<H2Conn>>>,
+    /// ALPN chose HTTP/2 on the last connection opened.
+    h2_offered: AtomicBool,
+    /// Held while a connection is being opened: one at a time per upstream.
+    opening: tokio::sync::Mutex<()>,
     /// Set once no route uses it (a reload compiled new targets): client connections that
     /// outlive the reload let go of their connections to it instead of holding them.
     retired: AtomicBool,
@@ -128,7 +215,9 @@ impl Target {
             tunnel_authority: format!("{}:{port}", url.host_str().unwrap_or_default()),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
-            h2: ArcSwapOption::empty(),
+            h2: Mutex::new(Vec::new()),
+            h2_offered: AtomicBool::new(false),
+            opening: tokio::sync::Mutex::new(()),
             retired: AtomicBool::new(false),
         }
     }
@@ -143,8 +232,19 @@ impl Target {
     }
 
     /// The answer as the data path sees it: a `407` to a forwarded request is the
-    /// outbound proxy's refusal, not the upstream's answer.
-    fn answer(&self, res: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+    /// outbound proxy's refusal, not the upstream's answer; a `101` (the data path asks
+    /// for no upgrade) is an error; beside `Transfer-Encoding`, a `Content-Length` is
+    /// dropped (RFC 9112 §6.3: the coding frames the body, the length is stale).
+    fn answer(&self, mut res: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+        if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(UpstreamError::Protocol {
+                target: self.label.clone(),
+                message: "answered 101 Switching Protocols to a request that asked for no upgrade".to_string(),
+            });
+        }
+        if res.headers().contains_key(http::header::TRANSFER_ENCODING) {
+            res.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         if self.forwarded && res.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
             return Err(UpstreamError::Proxy {
                 proxy: self.via.as_ref().map(|p| p.shown.clone()).unwrap_or_default(),
@@ -188,30 +288,52 @@ impl Target {
         req.headers_mut().remove(http::header::HOST);
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn take_idle(&self) -> Option<H1> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((s, since)) = idle.pop() {
-            if !s.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(s);
+        while let Some((c, since)) = idle.pop() {
+            if !c.sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(c);
             }
         }
         None
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
+    fn put_idle(&self, conn: H1) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(s, since)| !s.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+        idle.retain(|(c, since)| !c.sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
         if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 }
 
 /// The sending half of an HTTP/1.1 upstream connection.
 pub(super) type Sender = http1::SendRequest<UpstreamBody>;
+
+/// An HTTP/1.1 upstream connection: its sending half and what its I/O saw.
+pub(super) struct H1 {
+    sender: Sender,
+    watch: Arc<Watch>,
+}
+
+/// A request that can be sent again as it was first sent (its body held), for a resend
+/// after its connection failed it (see [`Resent`]). Made only when a resend may happen.
+pub trait Replay: Sync {
+    /// The request again, exactly as first sent.
+    fn replay(&self) -> Request<UpstreamBody>;
+}
+
+/// In an answer's extensions: its request was sent a second time, on a new connection,
+/// because the first connection failed it before any byte of an answer arrived; the
+/// reason as `goto_auth_proxy_upstream_retries_total` names it (`keepalive_race`: a
+/// kept-alive HTTP/1.1 connection closed as the request came; `refused_stream`;
+/// `goaway`: above an HTTP/2 `GOAWAY`'s last stream; `closed`: a connection that closed
+/// before the request went out). At most once per request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resent(pub(crate) &'static str);
 
 /// What one client connection keeps between its requests: its HTTP/1.1 upstream
 /// connections and one timer for every request's deadline.
@@ -241,30 +363,41 @@ impl Held {
         target: &'a Arc<Target>,
         deadline: Instant,
         mut req: Request<UpstreamBody>,
+        replay: Option<&'a dyn Replay>,
     ) -> Sending<'a, impl Future<Output = Answer> + Send + 'a> {
         if target.forwarded {
             target.forward_form(&mut req);
         }
         let stage = match self.conns.ready(target) {
             // Sent in place: taking it out and back would clone the shared `Arc<Target>`.
-            Some(sender) => Stage::Sent { fut: sender.try_send_request(req) },
-            None => Stage::Slow { fut: Box::pin(connector.send(target, self.conns.take(target), req)) },
+            Some(conn) => Stage::Sent { read: conn.watch.read(), fut: conn.sender.try_send_request(req) },
+            None => Stage::Slow {
+                since: Instant::now(),
+                fut: Box::pin(connector.send(target, self.conns.take(target), req, replay, None)),
+            },
         };
-        Sending { stage, conns: &mut self.conns, connector, target, timer: self.timer.arm(deadline) }
+        Sending { stage, conns: &mut self.conns, connector, target, replay, timer: self.timer.arm(deadline) }
+    }
+}
+
+impl Held {
+    /// Lets go of this client connection's connection to `target` (it still carries an
+    /// answer nobody will read): the next request takes another.
+    pub fn let_go(&mut self, target: &Arc<Target>) {
+        drop(self.conns.take(target));
     }
 }
 
 /// [`Connector::send`], boxed.
-type SlowSend<'a> =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Sender>), UpstreamError>> + Send + 'a>>;
+type SlowSend<'a> = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<H1>), UpstreamError>> + Send + 'a>>;
 
 pin_project_lite::pin_project! {
     #[project = StageProj]
     enum Stage<'a, F> {
-        /// On this client connection's own connection.
-        Sent { #[pin] fut: F },
-        /// Anything else.
-        Slow { fut: SlowSend<'a> },
+        /// On this client connection's own connection, which had read `read` bytes.
+        Sent { read: u64, #[pin] fut: F },
+        /// Anything else, since then.
+        Slow { since: Instant, fut: SlowSend<'a> },
     }
 }
 
@@ -277,6 +410,7 @@ pin_project_lite::pin_project! {
         conns: &'a mut Conns,
         connector: &'a Connector,
         target: &'a Arc<Target>,
+        replay: Option<&'a dyn Replay>,
         timer: Pin<&'a mut tokio::time::Sleep>,
     }
 }
@@ -288,46 +422,75 @@ impl<'a, F: Future<Output = Answer>> Future for Sending<'a, F> {
         let mut this = self.project();
         loop {
             match this.stage.as_mut().project() {
-                StageProj::Sent { fut } => match fut.poll(cx) {
-                    Poll::Ready(Ok(res)) => return Poll::Ready(Some(this.target.answer(res))),
-                    Poll::Ready(Err(mut e)) => match e.take_message() {
-                        // The connection had closed while idle and never took it.
-                        Some(req) => {
-                            drop(this.conns.take(this.target));
-                            let (connector, target) = (*this.connector, *this.target);
-                            this.stage.set(Stage::Slow { fut: Box::pin(connector.send(target, None, req)) });
+                StageProj::Sent { read, fut } => match fut.poll(cx) {
+                    Poll::Ready(Ok(res)) => {
+                        let answer = this.target.answer(res);
+                        if answer.is_err() {
+                            drop(this.conns.take(this.target)); // its framing is not to be trusted
                         }
-                        None => return Poll::Ready(Some(Err(UpstreamError::Http(e.into_error())))),
-                    },
+                        return Poll::Ready(Some(answer));
+                    }
+                    Poll::Ready(Err(mut e)) => {
+                        let (read, replay) = (*read, *this.replay);
+                        let (connector, target) = (*this.connector, *this.target);
+                        let failed = this.conns.take(target);
+                        let (req, resent) = match e.take_message() {
+                            // The connection had closed (or bytes arrived on it) while idle
+                            // and never took it.
+                            Some(req) => (req, None),
+                            None => {
+                                let error = e.into_error();
+                                let again = failed
+                                    .as_ref()
+                                    .and_then(|h1| connect::keepalive_race(true, read, h1, &error, replay, None));
+                                match again {
+                                    Some(req) => (req, Some("keepalive_race")),
+                                    None => return Poll::Ready(Some(Err(UpstreamError::Http(error)))),
+                                }
+                            }
+                        };
+                        drop(failed);
+                        let fut = Box::pin(connector.send(target, None, req, replay, resent));
+                        this.stage.set(Stage::Slow { since: Instant::now(), fut });
+                    }
                     Poll::Pending => break,
                 },
-                StageProj::Slow { fut } => match fut.as_mut().poll(cx) {
-                    Poll::Ready(Ok((res, sender))) => {
-                        if let Some(sender) = sender {
-                            this.conns.put(this.target, sender);
+                StageProj::Slow { fut, .. } => match fut.as_mut().poll(cx) {
+                    Poll::Ready(Ok((res, conn))) => {
+                        if let Some(conn) = conn {
+                            this.conns.put(this.target, conn);
                         }
-                        return Poll::Ready(Some(this.target.answer(res)));
+                        return Poll::Ready(Some(Ok(res)));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Poll::Pending => break,
                 },
             }
         }
-        this.timer.as_mut().poll(cx).map(|()| None)
+        let timed_out = this.timer.as_mut().poll(cx).is_ready();
+        if !timed_out {
+            return Poll::Pending;
+        }
+        if let StageProj::Slow { since, .. } = this.stage.project() {
+            if this.target.speaks_h2() {
+                this.target.h2_timed_out(*since);
+            }
+        }
+        Poll::Ready(None)
     }
 }
 
 /// HTTP/1.1 upstream connections by route target; usually one.
 #[derive(Default)]
-struct Conns(SmallVec<[(Arc<Target>, Sender); 1]>);
+struct Conns(SmallVec<[(Arc<Target>, H1); 1]>);
 
 impl Conns {
     /// The connection to `target`, when it is ready for a request now.
-    fn ready(&mut self, target: &Arc<Target>) -> Option<&mut Sender> {
-        self.0.iter_mut().find(|(t, _)| Arc::ptr_eq(t, target)).map(|(_, s)| s).filter(|s| s.is_ready())
+    fn ready(&mut self, target: &Arc<Target>) -> Option<&mut H1> {
+        self.0.iter_mut().find(|(t, _)| Arc::ptr_eq(t, target)).map(|(_, c)| c).filter(|c| c.sender.is_ready())
     }
 
-    fn take(&mut self, target: &Arc<Target>) -> Option<Sender> {
+    fn take(&mut self, target: &Arc<Target>) -> Option<H1> {
         let i = self.0.iter().position(|(t, _)| Arc::ptr_eq(t, target))?;
         Some(self.0.swap_remove(i).1)
     }
@@ -335,17 +498,17 @@ impl Conns {
     /// Keeps `sender` for `target`, letting go of connections that closed or whose target
     /// a reload retired (a long-lived client connection would otherwise hold one per
     /// route per reload, open, for its whole life).
-    fn put(&mut self, target: &Arc<Target>, sender: Sender) {
-        self.0.retain(|(t, s)| !t.is_retired() && !s.is_closed());
-        self.0.push((target.clone(), sender));
+    fn put(&mut self, target: &Arc<Target>, conn: H1) {
+        self.0.retain(|(t, c)| !t.is_retired() && !c.sender.is_closed());
+        self.0.push((target.clone(), conn));
     }
 }
 
 impl Drop for Conns {
     fn drop(&mut self) {
-        for (target, sender) in self.0.drain(..) {
+        for (target, conn) in self.0.drain(..) {
             if !target.is_retired() {
-                target.put_idle(sender);
+                target.put_idle(conn);
             }
         }
     }
@@ -484,7 +647,7 @@ mod tests {
                 .unwrap();
             let (connector, target) = (&connector, &target);
             async move {
-                let (res, kept) = connector.send(target, None, req).await.unwrap();
+                let (res, kept) = connector.send(target, None, req, None, None).await.unwrap();
                 assert!(kept.is_none(), "an HTTP/2 connection is shared, not kept by one client connection");
                 String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
             }
@@ -495,5 +658,86 @@ mod tests {
             assert_eq!(answer, &format!("HTTP/2.0 /at-once/{i}"));
         }
         assert_eq!(connections.load(Ordering::SeqCst), 1, "one connection for all nine requests");
+    }
+
+    /// A self-signed `localhost` certificate: the server's TLS acceptor (ALPN h2 only)
+    /// and a client configuration trusting it.
+    fn h2_tls() -> (tokio_rustls::TlsAcceptor, Arc<rustls::ClientConfig>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        (tokio_rustls::TlsAcceptor::from(Arc::new(server)), Arc::new(tls))
+    }
+
+    /// A GET as the data path sends it, replayable.
+    struct Get(String);
+
+    impl Replay for Get {
+        fn replay(&self) -> Request<UpstreamBody> {
+            Request::builder()
+                .uri(self.0.as_str())
+                .body(http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new())))
+                .unwrap()
+        }
+    }
+
+    /// An HTTP/2 upstream (the `h2` crate's server) that refuses the first stream with
+    /// `REFUSED_STREAM` and answers the rest: the refused request is sent once more, on
+    /// a new connection, and its answer is marked as resent for that reason.
+    #[tokio::test]
+    async fn a_refused_stream_is_sent_again_on_a_new_connection() {
+        use std::sync::atomic::AtomicUsize;
+
+        let (acceptor, tls) = h2_tls();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, streams) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, n) = (connections.clone(), streams.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, n) = (acceptor.clone(), n.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let mut conn = h2::server::handshake(tls).await.unwrap();
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        if n.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let body = bytes::Bytes::from(format!("answer to {}", req.uri().path()));
+                        let mut send = respond.send_response(Response::new(()), false).unwrap();
+                        send.send_data(body, true).unwrap();
+                    }
+                });
+            }
+        });
+
+        let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
+        let target = Arc::new(Target::new(&url, tls, None, Duration::from_secs(5)));
+        let get = Get("/refused".to_string());
+        let (res, kept) = Connector.send(&target, None, get.replay(), Some(&get), None).await.unwrap();
+        assert!(kept.is_none());
+        assert!(matches!(res.extensions().get::<Resent>(), Some(Resent("refused_stream"))));
+        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+        assert_eq!(body, "answer to /refused");
+        assert_eq!(streams.load(Ordering::SeqCst), 2, "sent twice, not more");
+        assert_eq!(connections.load(Ordering::SeqCst), 2, "the second time on a new connection");
     }
 }

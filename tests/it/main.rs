@@ -37,3 +37,4 @@ mod state_files;
 mod status_page;
 mod support;
 mod tokens;
+mod upstream_conn;

@@ -79,6 +79,7 @@ fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, Con
         admin_listen: raw.admin_listen,
         connect_timeout: raw.connect_timeout,
         request_timeout: raw.request_timeout,
+        body_idle_timeout: raw.body_idle_timeout,
         max_request_body: raw.max_request_body.as_u64(),
         token_wait: raw.token_wait,
         workers: raw.workers,
