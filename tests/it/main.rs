@@ -22,6 +22,7 @@ mod faults;
 mod goto;
 mod hostile;
 mod hostile_token;
+mod hostile_upstream;
 mod idle;
 mod login;
 mod notify;
