@@ -492,24 +492,34 @@ async fn streams_above_an_abrupt_goaway_are_resent_and_answered() {
     assert_eq!(sample(&m, RETRIES, &["reason=\"goaway\""]), 4.0, "{m}");
 }
 
-/// A graceful GOAWAY (the upstream restarting): the next request is answered on a new
-/// connection, not 502.
+/// A graceful GOAWAY (the upstream draining before a restart: NO_ERROR, the last stream
+/// id that of a slow request still being answered, the connection left open for it):
+/// the next request goes out on a new connection and is answered, not 502; the slow
+/// one finishes on the old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_graceful_goaway_the_next_request_is_answered() {
     let pki = Pki::new();
     let mut up = H2::start(&pki, |_| {}).await;
     let rig = Arc::new(h2_rig(&pki, up.addr.port(), H2_PROXY).await);
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
     let r = rig.clone();
-    let warm = tokio::spawn(async move { get(&r.http, &r.url("/m/h2/warm-own")).await });
-    let first = up.next(Duration::from_secs(5)).await;
-    let ctl = first.ctl.clone();
-    first.echo();
-    assert_eq!(warm.await.unwrap(), (200, own("/m/h2/warm-own")));
-    ctl.graceful_shutdown();
-    let accepted = up.echo_from(0);
-    ctl.wait_closed(Duration::from_secs(5)).await;
+    let slow = tokio::spawn(async move {
+        let res = r.http.get(r.url("/m/h2/slow-A-own")).timeout(Duration::from_secs(10)).send().await.unwrap();
+        let _ = head_tx.send(());
+        (res.status().as_u16(), res.text().await.unwrap_or_default())
+    });
+    let mut a = up.next(Duration::from_secs(5)).await;
+    let ctl = a.ctl.clone();
+    ctl.goaway(a.respond.stream_id().as_u32());
+    // A's head goes out after the GOAWAY: once the client has it, so has the proxy both.
+    let mut body = a.respond.send_response(http::Response::builder().status(200).body(()).unwrap(), false).unwrap();
+    head_rx.await.unwrap();
+    let accepted = up.echo_from(1);
     assert_eq!(get(&rig.http, &rig.url("/m/h2/next-own")).await, (200, own("/m/h2/next-own")));
+    body.send_data(Bytes::from(own("/m/h2/slow-A-own")), true).unwrap();
+    assert_eq!(slow.await.unwrap(), (200, own("/m/h2/slow-A-own")));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    drop(a);
 }
 
 /// A stream the upstream refused (`REFUSED_STREAM`) is sent again, GET and POST alike
