@@ -18,7 +18,7 @@ use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 
 use crate::support::*;
 
@@ -329,21 +329,13 @@ pub async fn read_body(body: &mut h2::RecvStream) -> Vec<u8> {
     out
 }
 
-/// A connection's controls: a graceful shutdown, raw frames written between `h2`'s own
-/// (an exact GOAWAY), and a signal when it has closed.
+/// A connection's controls: raw frames written between `h2`'s own (an exact GOAWAY).
 #[derive(Clone)]
 pub struct ConnCtl {
-    graceful: Arc<Notify>,
     inject: Arc<Mutex<Vec<u8>>>,
-    pub closed: watch::Receiver<bool>,
 }
 
 impl ConnCtl {
-    /// GOAWAY (NO_ERROR, last stream id …), PING, GOAWAY with the last stream processed.
-    pub fn graceful_shutdown(&self) {
-        self.graceful.notify_one();
-    }
-
     /// Queues a `GOAWAY` frame saying `last_stream_id` was the last stream processed, with
     /// error NO_ERROR; it is written before the next bytes `h2` writes (answer a stream
     /// to send it).
@@ -352,12 +344,6 @@ impl ConnCtl {
         frame.extend_from_slice(&last_stream_id.to_be_bytes());
         frame.extend_from_slice(&0u32.to_be_bytes());
         self.inject.lock().unwrap().extend_from_slice(&frame);
-    }
-
-    /// Waits until the connection has closed.
-    pub async fn wait_closed(&self, within: Duration) {
-        let mut closed = self.closed.clone();
-        tokio::time::timeout(within, closed.wait_for(|c| *c)).await.expect("connection closed in time").unwrap();
     }
 }
 
@@ -388,20 +374,10 @@ impl H2 {
                     let inject = Arc::new(Mutex::new(Vec::new()));
                     let io = Inject { inner: tls, pending: inject.clone() };
                     let Ok(mut h2c) = builder.handshake::<_, Bytes>(io).await else { return };
-                    let (closed_tx, closed) = watch::channel(false);
-                    let ctl = ConnCtl { graceful: Arc::new(Notify::new()), inject, closed };
-                    loop {
-                        tokio::select! {
-                            next = h2c.accept() => match next {
-                                Some(Ok((req, respond))) => {
-                                    let _ = tx.send(H2Req { conn, req, respond, ctl: ctl.clone() });
-                                }
-                                _ => break,
-                            },
-                            () = ctl.graceful.notified() => h2c.graceful_shutdown(),
-                        }
+                    let ctl = ConnCtl { inject };
+                    while let Some(Ok((req, respond))) = h2c.accept().await {
+                        let _ = tx.send(H2Req { conn, req, respond, ctl: ctl.clone() });
                     }
-                    let _ = closed_tx.send(true);
                 });
             }
         });
