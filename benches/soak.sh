@@ -16,13 +16,17 @@
 #   token endpoint down (503) 8 s: longer than a token's life and than token_wait (5 s)
 #   token endpoint answering 500 for 1.5 s, then 429 with Retry-After for 2 s
 #   upstream bodies broken off mid-way (reset) and slow answers, beside the steady load
+#   the keep-alive race: an upstream closing kept-alive connections as requests arrive, 4 s
+#   a black hole: the shared HTTP/2 connection to an upstream silently stops forwarding
+#     (recovery within 20 s, while the rest of the round goes on)
 #   every access token revoked at the mock
 #   SIGHUP to every replica with a changed route (checked to serve)
 #   Redis killed (-9) and restarted empty; next round shut down and restarted with its data
 #   kill -9 of replica b, restarted on the same state
 #
 # and reports (stdout and $BENCH_OUT/soak.md): requests; failures split by cause, where
-# the ones the proxy could have avoided must be 0; token calls of the Redis pair against
+# the ones the proxy could have avoided must be 0 (a request to the black-holed upstream
+# is excused for 20 s, then it must be answered again); token calls of the Redis pair against
 # the lone replica's; password logins (never two within a second); RSS and open fds per
 # process after the warm-up, in the middle and at the end; refresh tokens lost (0: while
 # the token endpoint is down, and at the end, the newest refresh token the mock issued
@@ -185,6 +189,9 @@ request_timeout = "5s"
 [state]
 $state
 
+[tls]
+ca_file = "$WORK/hostile-ca.pem"
+
 [credentials.goto]
 grant = "authorization_code"
 client_id = "demo-client-id"
@@ -213,11 +220,34 @@ credential = "goto"
 strip_prefix = true
 
 [[routes]]
+prefix = "/hostile/"
+upstream = "http://127.0.0.1:${PORT[hostile]}"
+credential = "goto"
+
+[[routes]]
+prefix = "/hostile-h2/"
+upstream = "https://127.0.0.1:${PORT[relay]}"
+credential = "goto"
+
+[[routes]]
 prefix = "/"
 upstream = "$mock"
 credential = "goto"
 EOF
     mv "$WORK/$r.toml.tmp" "$WORK/$r.toml"
+}
+
+# The hostile upstream (`soak_tool hostile`): `/hostile/` reaches it over HTTP/1.1, and
+# `/hostile-h2/` over TLS and HTTP/2 through its relay (the certificate it made is in
+# hostile-ca.pem); the script's controls go to the HTTP/1.1 port.
+start_hostile() {
+    start hostile "${TOOL[@]}" hostile --listen "127.0.0.1:${PORT[hostile]}" --relay "127.0.0.1:${PORT[relay]}" \
+        --ca-out "$WORK/hostile-ca.pem"
+    wait_until 20 "the hostile upstream" curl -fs --max-time 1 "http://127.0.0.1:${PORT[hostile]}/_hostile/stats"
+}
+
+hostile_post() { # PATH
+    curl -fsS -o /dev/null --max-time 5 -X POST "http://127.0.0.1:${PORT[hostile]}$1"
 }
 
 start_replica() { # REPLICA
@@ -310,6 +340,22 @@ upstream_faults() {
     window upstream "*" "$t0" "$(now_ms)" 0 "upstream breaks bodies off mid-way and answers slowly (probes beside the load, 5 s)"
 }
 
+keepalive_race() {
+    local t0
+    t0=$(now_ms)
+    hostile_post "/_hostile/race?on=1"
+    sleep 4
+    hostile_post "/_hostile/race?on=0"
+    window keepalive-race "*" "$t0" "$(now_ms)" 0 "the upstream closes kept-alive connections as requests arrive (one in three, 4 s)"
+}
+
+blackhole() {
+    local t0
+    t0=$(now_ms)
+    hostile_post "/_hostile/freeze"
+    window blackhole "*" "$t0" "$t0" 0 "the network black-holes the HTTP/2 connections to the upstream of \`/hostile-h2/\` (open and silent; failures excused for 20 s)"
+}
+
 revoke_all() {
     local t0
     t0=$(now_ms)
@@ -389,13 +435,16 @@ token_down() {
 token_500() { token_fault token-500 status=500 1.5 0 "token endpoint answers 500 for 1.5 s"; }
 token_429() { token_fault token-429 retry_after=1 2 0 "token endpoint answers 429 with \`Retry-After: 1\` for 2 s"; }
 
-# Each step: about how long it takes (seconds), then what it runs. The run is made of
+# Each step: about how long it takes (seconds), then what it runs. The black hole takes
+# no time of its own: its 20 s of recovery run beside the steps after it, and end before
+# the keep-alive race (whose failures it would otherwise excuse). The run is made of
 # whole rounds (the samples at their boundaries are taken at the same point of the
 # schedule); what SOAK_SECONDS leaves over is load without faults before the first.
 STEPS=(
     "2 quiet 2"
     "9 token_down"
     "9 quiet 9"
+    "0 blackhole"
     "2 token_500"
     "3 quiet 3"
     "2 token_429"
@@ -403,11 +452,12 @@ STEPS=(
     "6 upstream_faults"
     "2 quiet 2"
     "0 revoke_all"
-    "3 quiet 3"
-    "1 reload_all"
     "2 quiet 2"
+    "1 reload_all"
+    "1 quiet 1"
     "1 restart_redis"
-    "3 quiet 3"
+    "1 quiet 1"
+    "4 keepalive_race"
     "1 kill_replica b"
     "3 quiet 3"
 )
@@ -460,12 +510,13 @@ main() {
     : >"$WORK/samples.tsv"
 
     local r
-    for r in redis mock-redis mock-file a b c; do free_port "PORT[$r]"; done
+    for r in redis mock-redis mock-file hostile relay a b c; do free_port "PORT[$r]"; done
     for r in a b c; do free_port "ADMIN_PORT[$r]"; done
 
     start_redis
     start_mock mock-redis
     start_mock mock-file
+    start_hostile
     local m
     for m in mock-redis mock-file; do
         # A refresh token "someone signed in" with: each group's seed (env, never printed).
@@ -491,7 +542,7 @@ main() {
 
     run_schedule
 
-    for r in a b c mock-redis mock-file redis load; do
+    for r in a b c mock-redis mock-file hostile redis load; do
         if kill -0 "${PID[$r]:-0}" 2>/dev/null; then
             check "every process still running at the end" ok "$r"
         else
@@ -508,6 +559,8 @@ main() {
     for m in redis file; do
         curl -fsS --max-time 10 "http://127.0.0.1:${PORT[mock-$m]}/_mock/token_calls" >"$WORK/calls-$m.json"
     done
+    curl -fsS --max-time 10 "http://127.0.0.1:${PORT[hostile]}/_hostile/stats" >"$WORK/hostile.json" ||
+        check "the hostile upstream's stats readable" fail "GET /_hostile/stats failed"
     cleanup
 
     local machine commit fd_slack=2 warm="the first round"

@@ -1,7 +1,8 @@
 //! The chaos soak as part of `cargo test`: `SOAK_SECONDS=60 bash benches/soak.sh`, one
 //! round of every fault (token endpoint down, 500s, 429s, upstream resets and slow
-//! answers, a revocation of every token, a SIGHUP with a changed route, Redis restarted,
-//! `kill -9` of a replica), with the binary under test. It passes when the script's
+//! answers, an upstream closing kept-alive connections as requests arrive, a network
+//! black-holing the upstream connections, a revocation of every token, a SIGHUP with a
+//! changed route, Redis restarted, `kill -9` of a replica), with the binary under test. It passes when the script's
 //! verdict does (no failure the proxy could have avoided, no refresh token lost, flat
 //! memory and fds…), and when nothing it wrote holds a token or a secret.
 //!

@@ -26,6 +26,7 @@ mod hostile_keys;
 mod hostile_logs;
 mod hostile_store;
 mod hostile_token;
+mod hostile_upstream;
 mod idle;
 mod login;
 mod notify;

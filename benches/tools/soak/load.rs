@@ -1,7 +1,8 @@
 //! The soak's clients. `load`: a few keep-alive connections per replica, each sending one
 //! request at a time at a steady pace, the requests a script would send (a call with no
 //! auth, a path whose `{organizerKey}` the proxy fills in, a Direct Login call, a POST
-//! whose body must come back byte for byte). `probe`: requests the mock answers with a
+//! whose body must come back byte for byte, and calls to the hostile upstream, over
+//! HTTP/1.1 and over HTTP/2, whose answers must be their own). `probe`: requests the mock answers with a
 //! body broken off mid-way (`…/_mock/reset/N`) or slowly (`…/_mock/slow/MS`), sent
 //! beside the steady load during the script's upstream-fault window.
 //!
@@ -81,9 +82,13 @@ enum Kind {
     Webinars,
     DirectLogin,
     Post,
+    /// Through the route to `soak_tool hostile` over HTTP/1.1 (the keep-alive race).
+    Hostile,
+    /// Through the route to it over HTTP/2, behind the relay (the black hole).
+    HostileH2,
 }
 
-const KINDS: [Kind; 4] = [Kind::Me, Kind::Webinars, Kind::DirectLogin, Kind::Post];
+const KINDS: [Kind; 6] = [Kind::Me, Kind::Webinars, Kind::DirectLogin, Kind::Post, Kind::Hostile, Kind::HostileH2];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -92,6 +97,8 @@ impl Kind {
             Kind::Webinars => "webinars",
             Kind::DirectLogin => "g2a",
             Kind::Post => "post",
+            Kind::Hostile => "hostile",
+            Kind::HostileH2 => "hostile-h2",
         }
     }
 }
@@ -222,6 +229,8 @@ async fn steady(http: &reqwest::Client, base: &str, kind: Kind, n: u64, organize
             http.post(format!("{base}/G2T/rest/v1/soak")).header("content-type", "application/json").body(body.clone()),
             body.clone(),
         ),
+        Kind::Hostile => (http.get(format!("{base}/hostile/echo/{n}")), format!("own:/hostile/echo/{n}")),
+        Kind::HostileH2 => (http.get(format!("{base}/hostile-h2/echo/{n}")), format!("own:/hostile-h2/echo/{n}")),
     };
     let res = match req.send().await {
         Ok(r) => r,
@@ -237,7 +246,7 @@ async fn steady(http: &reqwest::Client, base: &str, kind: Kind, n: u64, organize
         return format!("http\t{status}\t{code} {}", clean(&text));
     }
     let right = match kind {
-        Kind::Post => text == expect,
+        Kind::Post | Kind::Hostile | Kind::HostileH2 => text == expect,
         _ => text.contains(&expect),
     };
     if right {

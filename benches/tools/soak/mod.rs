@@ -8,6 +8,9 @@
 //!   answer checked (status, body) and recorded with its start and end time ([`load`]).
 //! * `probe` — upstream faults through the proxy: requests the mock answers with a body it
 //!   breaks off mid-way, or slowly; each must be seen as exactly that ([`load`]).
+//! * `hostile` — an upstream behind a relay for the network faults: the keep-alive race
+//!   (a kept-alive connection closed as a request arrives) and a black hole (every
+//!   relayed connection silently stops forwarding) ([`hostile`]).
 //! * `check-refresh` — reads what the proxies stored (state file or Redis, through the
 //!   crate's own stores) and asks the mock whether the newest refresh token of each chain
 //!   is among it ([`check`]).
@@ -22,6 +25,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod check;
+mod hostile;
 mod load;
 #[path = "../mock_server.rs"]
 mod mock_server;
@@ -39,6 +43,8 @@ enum Tool {
     Load(load::LoadArgs),
     /// Upstream-fault probes through the replicas for a while; one TSV line per answer.
     Probe(load::ProbeArgs),
+    /// An upstream behind a relay for the keep-alive race and the black hole; until SIGTERM.
+    Hostile(hostile::HostileArgs),
     /// Whether the newest refresh tokens the mock issued are in a store.
     CheckRefresh(check::CheckArgs),
     /// The soak's table, from the files the script wrote; exit 1 when a check fails.
@@ -58,6 +64,7 @@ pub fn main(argv: Vec<String>) -> ExitCode {
         Tool::Mock { args } => mock_server::main(args),
         Tool::Load(a) => on_runtime(load::load(a)),
         Tool::Probe(a) => on_runtime(load::probe(a)),
+        Tool::Hostile(a) => on_runtime(hostile::hostile(a)),
         Tool::CheckRefresh(a) => on_runtime(check::check(a)),
         Tool::Report(a) => report::report(&a),
     }

@@ -12,12 +12,16 @@
 //! * `checks.tsv` — `at_ms name ok|fail detail`: what the script verified itself (a
 //!   reload serves the changed route, a restarted replica comes back).
 //! * `calls-GROUP.json` — the mock's `GET /_mock/token_calls` at the end.
+//! * `hostile.json` — `soak_tool hostile`'s `GET /_hostile/stats` at the end (requests
+//!   the keep-alive race cut off, connections black-holed).
 //!
 //! A failed request is **unavoidable** when it overlaps its own replica's `kill -9`
 //! window (until it answers again, plus a second), or when it is a `503
 //! token_unavailable` during a `long` token endpoint fault or its recovery (the fault's
 //! length again, at most the 30 s backoff cap, plus a second: the proxy backs off while
-//! the endpoint fails, and a request waits `token_wait` at most). Every other failure is
+//! the endpoint fails, and a request waits `token_wait` at most), or when it is a
+//! request to the black-holed HTTP/2 upstream (`/hostile-h2/`) within 20 s of the black
+//! hole (the proxy must notice a silently dropped connection by then). Every other failure is
 //! **avoidable** and fails the soak, as do a wrong probe answer, a lost refresh token,
 //! two password logins within a second, a failed script check, RSS growth of 10 % or
 //! more after the warm-up or a growing fd count in a long-lived replica, and token calls
@@ -76,6 +80,9 @@ fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
 const RESTART_SLACK_MS: u64 = 1000;
 /// The refresher's backoff cap: a long fault's recovery tail is never longer.
 const BACKOFF_CAP_MS: u64 = 30_000;
+/// Failures of requests to a black-holed upstream are excused this long after it: by
+/// then the proxy must have given up the dead connections and opened new ones.
+const BLACKHOLE_RECOVERY_MS: u64 = 20_000;
 /// RSS may grow by less than this after the warm-up.
 const RSS_GROWTH_LIMIT: f64 = 0.10;
 /// The Redis pair may make this many times the lone replica's token calls.
@@ -159,6 +166,8 @@ impl Window {
             self.end + (self.end - self.start).min(BACKOFF_CAP_MS) + 1000
         } else if self.kind == "kill" {
             self.end + RESTART_SLACK_MS
+        } else if self.kind == "blackhole" {
+            self.end + BLACKHOLE_RECOVERY_MS
         } else {
             self.end + 1000
         }
@@ -170,6 +179,7 @@ impl Window {
 enum Cause {
     OwnRestart,
     LongTokenFault,
+    BlackHole,
     Avoidable,
 }
 
@@ -181,6 +191,11 @@ fn classify(a: &Answer, windows: &[Window]) -> (Cause, Option<usize>) {
     if a.is_token_unavailable() {
         if let Some(i) = windows.iter().position(|w| w.long && mine(&w)) {
             return (Cause::LongTokenFault, Some(i));
+        }
+    }
+    if a.kind == "hostile-h2" {
+        if let Some(i) = windows.iter().position(|w| w.kind == "blackhole" && mine(&w)) {
+            return (Cause::BlackHole, Some(i));
         }
     }
     (Cause::Avoidable, windows.iter().position(|w| mine(&w)))
@@ -215,6 +230,21 @@ fn samples(dir: &Path) -> Vec<Sample> {
         .collect()
 }
 
+/// `GET /_hostile/stats` of `soak_tool hostile`.
+#[derive(serde::Deserialize, Default)]
+struct Hostile {
+    cut: u64,
+    frozen: u64,
+}
+
+/// The replicas the load answered for, in order.
+fn per_replica_names(answers: &[Answer]) -> Vec<String> {
+    let mut names: Vec<String> = answers.iter().map(|a| a.replica.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 #[derive(serde::Deserialize, Default)]
 struct Calls {
     calls: Vec<Call>,
@@ -242,7 +272,7 @@ pub fn report(args: &ReportArgs) -> ExitCode {
     let _ = writeln!(w);
 
     // ===== failures by fault =====
-    let mut per_kind: BTreeMap<usize, (String, String, usize, u64, [u64; 3])> = BTreeMap::new();
+    let mut per_kind: BTreeMap<usize, (String, String, usize, u64, [u64; 4])> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for win in &windows {
         if !order.contains(&win.kind) {
@@ -253,7 +283,7 @@ pub fn report(args: &ReportArgs) -> ExitCode {
     for win in &windows {
         let e = per_kind
             .entry(kind_index(&win.kind))
-            .or_insert_with(|| (win.kind.clone(), win.description.clone(), 0, 0, [0; 3]));
+            .or_insert_with(|| (win.kind.clone(), win.description.clone(), 0, 0, [0; 4]));
         e.2 += 1;
         e.3 += answers.iter().filter(|a| win.applies_to(&a.replica) && a.overlaps(win.start, win.tail_end())).count()
             as u64;
@@ -262,8 +292,8 @@ pub fn report(args: &ReportArgs) -> ExitCode {
         .iter()
         .filter(|a| !windows.iter().any(|w| w.applies_to(&a.replica) && a.overlaps(w.start, w.tail_end())))
         .count() as u64;
-    per_kind.insert(0, ("steady".into(), "no fault in force".into(), 0, steady_requests, [0; 3]));
-    let mut totals = [0u64; 3];
+    per_kind.insert(0, ("steady".into(), "no fault in force".into(), 0, steady_requests, [0; 4]));
+    let mut totals = [0u64; 4];
     let mut avoidable_examples: Vec<String> = Vec::new();
     for a in answers.iter().filter(|a| a.outcome != "ok") {
         let (cause, win) = classify(a, &windows);
@@ -271,7 +301,8 @@ pub fn report(args: &ReportArgs) -> ExitCode {
         let slot = match cause {
             Cause::OwnRestart => 0,
             Cause::LongTokenFault => 1,
-            Cause::Avoidable => 2,
+            Cause::BlackHole => 2,
+            Cause::Avoidable => 3,
         };
         if let Some(e) = per_kind.get_mut(&idx) {
             e.4[slot] += 1;
@@ -282,23 +313,24 @@ pub fn report(args: &ReportArgs) -> ExitCode {
             avoidable_examples.push(format!("{} on {} during {during}: {}", a.start, a.replica, a.short()));
         }
     }
-    let _ = writeln!(w, "| fault | times | requests during it (and its recovery) | failures: its own restart | failures: token endpoint down longer than `token_wait` | failures it should have avoided |");
-    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "| fault | times | requests during it (and its recovery) | failures: its own restart | failures: token endpoint down longer than `token_wait` | failures: upstream black-holed (first 20 s) | failures it should have avoided |");
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
     for (kind, description, times, requests, f) in per_kind.values() {
         let times = if kind == "steady" { "—".to_string() } else { times.to_string() };
-        let _ = writeln!(w, "| {description} | {times} | {requests} | {} | {} | **{}** |", f[0], f[1], f[2]);
+        let _ = writeln!(w, "| {description} | {times} | {requests} | {} | {} | {} | **{}** |", f[0], f[1], f[2], f[3]);
     }
     let _ = writeln!(
         w,
-        "| **all** | {} | {} | {} | {} | **{}** |\n",
+        "| **all** | {} | {} | {} | {} | {} | **{}** |\n",
         windows.len(),
         answers.len(),
         totals[0],
         totals[1],
-        totals[2]
+        totals[2],
+        totals[3]
     );
-    if totals[2] > 0 {
-        problems.push(format!("{} failures the proxy should have avoided", totals[2]));
+    if totals[3] > 0 {
+        problems.push(format!("{} failures the proxy should have avoided", totals[3]));
     }
 
     // ===== the other measures =====
@@ -317,12 +349,75 @@ pub fn report(args: &ReportArgs) -> ExitCode {
     }
     let _ = writeln!(
         w,
-        "| failures it could not avoid | {} ({} during its own restart, {} while the token endpoint was down longer than `token_wait`) | |",
-        totals[0] + totals[1],
+        "| failures it could not avoid | {} ({} during its own restart, {} while the token endpoint was down longer than `token_wait`, {} to a black-holed upstream within 20 s) | |",
+        totals[0] + totals[1] + totals[2],
         totals[0],
-        totals[1]
+        totals[1],
+        totals[2]
     );
-    let _ = writeln!(w, "| failures it should have avoided | **{}** | 0 |", totals[2]);
+    let _ = writeln!(w, "| failures it should have avoided | **{}** | 0 |", totals[3]);
+
+    // The network faults of the hostile upstream.
+    let hostile: Hostile = std::fs::read_to_string(dir.join("hostile.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let race: Vec<&Window> = windows.iter().filter(|w| w.kind == "keepalive-race").collect();
+    // Those during it that no other fault excuses (a replica's own restart may follow).
+    let race_failures = answers
+        .iter()
+        .filter(|a| a.outcome != "ok" && race.iter().any(|w| a.overlaps(w.start, w.tail_end())))
+        .filter(|a| classify(a, &windows).0 == Cause::Avoidable)
+        .count();
+    let _ = writeln!(
+        w,
+        "| keep-alive race | {} requests the upstream cut off as they arrived on a kept-alive connection; {race_failures} failed requests during it that nothing excuses | a race happened; 0 failures |",
+        hostile.cut
+    );
+    if !race.is_empty() && hostile.cut == 0 {
+        problems.push("the keep-alive race never happened (no request was cut off)".into());
+    }
+    for win in windows.iter().filter(|w| w.kind == "blackhole") {
+        let mut recovered = Vec::new();
+        for replica in &per_replica_names(&answers) {
+            // Its failures (those that began within the 20 s: a later fault's failures are
+            // that fault's), and the first good answer after them, however late.
+            let until = win.start + BLACKHOLE_RECOVERY_MS;
+            let theirs = |a: &&Answer| a.replica == *replica && a.kind == "hostile-h2" && a.start >= win.start;
+            let last_failure =
+                answers.iter().filter(theirs).filter(|a| a.outcome != "ok" && a.start <= until).map(|a| a.end).max();
+            let back = answers
+                .iter()
+                .filter(theirs)
+                .filter(|a| a.outcome == "ok" && last_failure.is_none_or(|f| a.start >= f))
+                .map(|a| a.end)
+                .min();
+            match back {
+                Some(t) => {
+                    let after = t.saturating_sub(win.start);
+                    recovered.push(format!("{replica} {:.1} s", after as f64 / 1000.0));
+                    if after > BLACKHOLE_RECOVERY_MS {
+                        problems.push(format!(
+                            "{replica}: answered through /hostile-h2/ only {after} ms after the black hole"
+                        ));
+                    }
+                }
+                None => {
+                    recovered.push(format!("{replica} never"));
+                    problems.push(format!(
+                        "{replica}: no answer through /hostile-h2/ after the black hole at {}",
+                        win.start
+                    ));
+                }
+            }
+        }
+        let _ = writeln!(
+            w,
+            "| black hole ({} connections) | answered again after: {} | ≤ 20 s |",
+            hostile.frozen,
+            recovered.join(", ")
+        );
+    }
 
     // Probes.
     let probe_summary = |kind: &str| {
