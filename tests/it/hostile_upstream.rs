@@ -88,34 +88,6 @@ async fn an_unsolicited_answer_on_an_idle_connection_reaches_no_client() {
     }
 }
 
-/// The upstream sends an unsolicited answer a moment (20 ms) after each real one. Clients
-/// come one after another, each on its own keep-alive connection, closing it when
-/// answered: the next client never gets the previous client's answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unsolicited_answer_a_moment_later_never_reaches_the_next_client() {
-    let up = H1::start(|req, mut io| async move {
-        answer(&mut io, 200, own(&req.path).as_bytes()).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let stale = format!("stale-after:{}", req.path);
-        write(&mut io, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{stale}", stale.len()).as_bytes()).await;
-        Some(io)
-    })
-    .await;
-    let rig = Rig::start(&up.url(), "request_timeout = \"3s\"", "").await;
-    let mut mixed = Vec::new();
-    for round in 1..=3 {
-        for who in ["A", "B"] {
-            let http = client();
-            let path = format!("/m/echo/{who}-{round}-own");
-            let (status, body) = get(&http, &rig.url(&path)).await;
-            if (status, body.as_str()) != (200, own(&path).as_str()) {
-                mixed.push(format!("{path}: {status} {body}"));
-            }
-        }
-    }
-    assert!(mixed.is_empty(), "answers that were not the client's own: {mixed:#?}");
-}
-
 /// `Transfer-Encoding: chunked` and `Content-Length: 3` together: the chunked body is the
 /// answer (RFC 9112 §6.3), the client gets it whole, and no stale length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
