@@ -19,12 +19,14 @@
 //! (its `Authorization` least of all) is printed.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use clap::Args;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::relay::Relay;
 
 #[derive(Args, Debug)]
 pub struct HostileArgs {
@@ -44,16 +46,14 @@ struct State {
     race: AtomicBool,
     /// Requests cut off by the race.
     cut: AtomicU64,
-    /// Relayed connections accepted so far; those below `frozen_below` are black-holed.
-    relayed: AtomicUsize,
-    frozen_below: AtomicUsize,
+    /// The relay to the HTTP/2 upstream, once it listens.
+    relay: std::sync::OnceLock<Relay>,
 }
 
 /// Runs the upstream and the relay until SIGTERM.
 pub async fn hostile(args: HostileArgs) -> anyhow::Result<()> {
     let state = Arc::new(State::default());
     let upstream = TcpListener::bind(args.listen).await?;
-    let relay = TcpListener::bind(args.relay).await?;
     let h2 = TcpListener::bind("127.0.0.1:0").await?;
     let target = h2.local_addr()?;
     let tls = h2_tls(&args.ca_out)?;
@@ -82,21 +82,8 @@ pub async fn hostile(args: HostileArgs) -> anyhow::Result<()> {
             });
         }
     });
-    let st = state.clone();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = relay.accept().await {
-            let idx = st.relayed.fetch_add(1, Ordering::SeqCst);
-            let st = st.clone();
-            tokio::spawn(async move {
-                let Ok(up) = TcpStream::connect(target).await else { return };
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                let a = tokio::spawn(pump(dr, uw, idx, st.clone()));
-                let b = tokio::spawn(pump(ur, dw, idx, st));
-                let _ = tokio::join!(a, b);
-            });
-        }
-    });
+    let relay = Relay::start(args.relay, target).await?;
+    let _ = state.relay.set(relay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
@@ -120,31 +107,6 @@ fn h2_tls(ca_out: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor>
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    idx: usize,
-    st: Arc<State>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if idx < st.frozen_below.load(Ordering::SeqCst) {
-            // Black-holed: nothing more is forwarded, and nothing is closed.
-            let _keep = (from, to);
-            std::future::pending::<()>().await;
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
-
 /// One upstream connection: requests one after another, keep-alive.
 async fn serve(tcp: TcpStream, st: Arc<State>) {
     let mut io = BufReader::new(tcp);
@@ -158,15 +120,13 @@ async fn serve(tcp: TcpStream, st: Arc<State>) {
                 "race set".to_string()
             }
             ("POST", "/_hostile/freeze") => {
-                let now = st.relayed.load(Ordering::SeqCst);
-                let before = st.frozen_below.swap(now, Ordering::SeqCst);
-                format!("{{\"frozen\":{}}}", now.saturating_sub(before))
+                format!("{{\"frozen\":{}}}", st.relay.get().map_or(0, Relay::freeze))
             }
             ("GET", "/_hostile/stats") => format!(
                 "{{\"cut\":{},\"relayed\":{},\"frozen\":{}}}",
                 st.cut.load(Ordering::SeqCst),
-                st.relayed.load(Ordering::SeqCst),
-                st.frozen_below.load(Ordering::SeqCst)
+                st.relay.get().map_or(0, Relay::accepted),
+                st.relay.get().map_or(0, Relay::frozen)
             ),
             _ if nth >= 2 && st.race.load(Ordering::SeqCst) && rand::random_ratio(1, 3) => {
                 st.cut.fetch_add(1, Ordering::SeqCst);

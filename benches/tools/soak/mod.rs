@@ -29,6 +29,8 @@ mod hostile;
 mod load;
 #[path = "../mock_server.rs"]
 mod mock_server;
+#[path = "../relay.rs"]
+mod relay;
 mod report;
 
 #[derive(Parser, Debug)]
