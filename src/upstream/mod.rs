@@ -592,17 +592,7 @@ mod tests {
         use http_body_util::{BodyExt, Either, Full};
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .unwrap();
-        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (acceptor, tls) = h2_tls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -627,17 +617,9 @@ mod tests {
             }
         });
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.cert.der().clone()).unwrap();
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let connector = Connector;
         let url = url::Url::parse(&format!("https://localhost:{port}/")).unwrap();
-        let target = Arc::new(Target::new(&url, Arc::new(tls), None, Duration::from_secs(5)));
+        let target = Arc::new(Target::new(&url, tls, None, Duration::from_secs(5)));
         let get = |path: String| {
             // As the data path sends it: origin form, and the Host header.
             let req = Request::builder()
