@@ -201,17 +201,8 @@ impl Admin {
 /// `res`, an HTML page of this listener, with the headers every such page carries: a CSP
 /// that lets only `nonce`'d style and script run, never stored, never sniffed, never
 /// framed.
-fn secure_page(mut res: Response<Full<Bytes>>, nonce: &str) -> Response<Full<Bytes>> {
-    let h = res.headers_mut();
-    if let Ok(csp) = HeaderValue::from_str(&page::content_security_policy(nonce)) {
-        h.insert(header::CONTENT_SECURITY_POLICY, csp);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // Not `no-referrer`: with it, a browser sends `Origin: null` on the page's own form posts.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    res
+fn secure_page(res: Response<Full<Bytes>>, nonce: &str) -> Response<Full<Bytes>> {
+    response::lock_down(res, &page::content_security_policy(nonce))
 }
 
 fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {

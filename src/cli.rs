@@ -519,7 +519,9 @@ async fn callback_listener(
             if status.is_success() {
                 let _ = done.try_send(());
             }
-            crate::response::with_body::<http_body_util::Full<bytes::Bytes>>(status, crate::response::HTML, page)
+            let page =
+                crate::response::with_body::<http_body_util::Full<bytes::Bytes>>(status, crate::response::HTML, page);
+            crate::response::lock_down(page, crate::response::STATIC_PAGE_CSP)
         }
     });
     (Some(tokio::spawn(server)), false)

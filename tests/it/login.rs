@@ -22,6 +22,15 @@ fn signed_out_config(mock: &MockGoto, dir: &std::path::Path, redirect_uri: &str)
 
 /// Follows redirects by hand and returns (status, final body, the Location chain).
 async fn follow(http: &reqwest::Client, url: &str) -> (u16, String, Vec<String>) {
+    let (status, page, chain, _) = follow_with_headers(http, url).await;
+    (status, page, chain)
+}
+
+/// [`follow`], with the last answer's headers.
+async fn follow_with_headers(
+    http: &reqwest::Client,
+    url: &str,
+) -> (u16, String, Vec<String>, reqwest::header::HeaderMap) {
     let mut url = url.to_string();
     let mut chain = Vec::new();
     for _ in 0..5 {
@@ -31,7 +40,8 @@ async fn follow(http: &reqwest::Client, url: &str) -> (u16, String, Vec<String>)
             chain.push(url.clone());
             continue;
         }
-        return (r.status().as_u16(), r.text().await.unwrap(), chain);
+        let headers = r.headers().clone();
+        return (r.status().as_u16(), r.text().await.unwrap(), chain, headers);
     }
     panic!("redirect loop: {chain:?}");
 }
@@ -130,14 +140,21 @@ async fn login_command_takes_the_browser_callback() {
     let http = client();
     // The login command binds the callback port right after printing the URL.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (status, page) = loop {
-        let (status, page, _) = follow(&http, url.trim()).await;
+    let (status, page, headers) = loop {
+        let (status, page, _, headers) = follow_with_headers(&http, url.trim()).await;
         if status == 200 || tokio::time::Instant::now() > deadline {
-            break (status, page);
+            break (status, page, headers);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status, 200, "{page}");
+    // Its page is locked down like the admin listener's: no script, not framed, not stored.
+    for (name, value) in
+        [("x-frame-options", "DENY"), ("cache-control", "no-store"), ("x-content-type-options", "nosniff")]
+    {
+        assert_eq!(headers.get(name).map(|v| v.to_str().unwrap()), Some(value), "{name}");
+    }
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
     assert!(out.status.success());
     assert_eq!(mock.stats().code_exchanges, 1);
