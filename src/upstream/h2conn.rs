@@ -159,34 +159,35 @@ impl Target {
         self.h2_offered.store(yes, Ordering::Relaxed);
     }
 
-    fn h2_list(&self) -> std::sync::MutexGuard<'_, Vec<Arc<H2Conn>>> {
-        let mut list = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|c| c.usable());
-        list
-    }
-
-    /// A usable connection with room for the request.
+    /// A usable connection with room for the request: one atomic load of the list, no
+    /// lock (every request to an HTTP/2 upstream comes here).
     pub(super) fn pick_h2(&self, with_body: bool) -> Option<Arc<H2Conn>> {
-        self.h2_list().iter().find(|c| c.has_room(with_body)).cloned()
+        self.h2.load().iter().find(|c| c.usable() && c.has_room(with_body)).cloned()
     }
 
     /// The usable connection with the fewest requests in flight.
     pub(super) fn least_busy_h2(&self) -> Option<Arc<H2Conn>> {
-        self.h2_list().iter().min_by_key(|c| c.busy()).cloned()
+        self.h2.load().iter().filter(|c| c.usable()).min_by_key(|c| c.busy()).cloned()
     }
 
     pub(super) fn h2_count(&self) -> usize {
-        self.h2_list().len()
+        self.h2.load().iter().filter(|c| c.usable()).count()
     }
 
+    /// Adds a new connection, letting go of the ones no longer usable (rare: only when a
+    /// connection opens, one at a time).
     pub(super) fn add_h2(&self, conn: Arc<H2Conn>) {
         self.h2_offered(true);
-        self.h2_list().push(conn);
+        self.h2.rcu(|list| {
+            let mut kept: Vec<Arc<H2Conn>> = list.iter().filter(|c| c.usable()).cloned().collect();
+            kept.push(conn.clone());
+            kept
+        });
     }
 
     /// A request sent at `since` got no answer within `request_timeout`.
     pub(super) fn h2_timed_out(&self, since: Instant) {
-        for c in self.h2_list().iter() {
+        for c in self.h2.load().iter() {
             c.timed_out(since);
         }
     }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_utils::atomic::AtomicCell;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -171,9 +172,9 @@ pub struct Target {
     /// Plain HTTP through [`Target::via`]: requests go in absolute form to the proxy.
     forwarded: bool,
     pub(super) idle: Mutex<Vec<(H1, Instant)>>,
-    /// The shared HTTP/2 connections (see [`h2conn`]); a lock taken only on the way to
-    /// one, never while waiting.
-    pub(super) h2: Mutex<Vec<Arc<H2Conn>>>,
+    /// The shared HTTP/2 connections (see [`h2conn`]): read with one atomic load per
+    /// request, replaced whole when a connection opens.
+    pub(super) h2: ArcSwap<Vec<Arc<H2Conn>>>,
     /// ALPN chose HTTP/2 on the last connection opened.
     h2_offered: AtomicBool,
     /// Held while a connection is being opened: one at a time per upstream.
@@ -215,7 +216,7 @@ impl Target {
             tunnel_authority: format!("{}:{port}", url.host_str().unwrap_or_default()),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(Vec::new()),
+            h2: ArcSwap::from_pointee(Vec::new()),
             h2_offered: AtomicBool::new(false),
             opening: tokio::sync::Mutex::new(()),
             retired: AtomicBool::new(false),
