@@ -317,6 +317,10 @@ impl Reload {
         if let Some(l) = self.overrides.admin_listen {
             config.proxy.admin_listen = l;
         }
+        // A rotated secret file may have come with looser permissions than the old one.
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         match core.reload(config).await {
             Ok(()) => tracing::info!(config = %self.path.display(), "SIGHUP: configuration reloaded"),
             Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),

@@ -127,6 +127,19 @@ async fn a_secret_file_others_can_read_is_warned_about_by_check_and_at_start() {
     let (code, _, stderr) = check(&path);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("readable by other users"), "{stderr}");
+
+    // A secret rotated with looser permissions while the proxy runs: the reload warns.
+    let p = Proc::spawn(&path);
+    wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+    assert!(!p.log_text().contains("readable by other users"), "{}", p.log_text());
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    p.signal(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !p.log_text().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload in:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.log_text().contains(&warning), "no warning at reload in:\n{}", p.log_text());
 }
 
 /// The status page's links carry the name as one percent-encoded path segment, and the
