@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::support::client;
+use crate::support::{client, OneConnection};
 use rig::*;
 
 /// A sample of `name` whose labels include every one of `labels` (`reason="goaway"`).
@@ -220,11 +220,13 @@ async fn the_keep_alive_race_resends_idempotent_requests() {
     })
     .await;
     let rig = Rig::start(&up.url(), "request_timeout = \"3s\"", "").await;
-    let http = client();
+    // One client connection, so each request takes the upstream connection the one
+    // before it left kept alive.
+    let mut conn = OneConnection::open(&rig.url("/")).await;
     let mut failed = Vec::new();
     for i in 0..10 {
         let path = format!("/m/echo/race-{i}-own");
-        let (status, body) = get(&http, &rig.url(&path)).await;
+        let (status, body) = conn.send("GET", &path, "").await;
         if (status, body.as_str()) != (200, own(&path).as_str()) {
             failed.push(format!("{path}: {status} {body}"));
         }
@@ -260,20 +262,14 @@ async fn the_keep_alive_race_never_resends_a_post() {
     })
     .await;
     let rig = Rig::start(&up.url(), "request_timeout = \"3s\"", "").await;
-    let http = client();
-    assert_eq!(get(&http, &rig.url("/m/echo/warm-own")).await.0, 200);
-    let res = http
-        .post(rig.url("/m/echo/post-own"))
-        .body("{\"create\":\"once\"}")
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status();
+    // Both requests on one client connection, so the POST takes its kept-alive upstream one.
+    let mut conn = OneConnection::open(&rig.url("/")).await;
+    assert_eq!(conn.send("GET", "/m/echo/warm-own", "").await.0, 200);
+    let (status, text) = conn.send("POST", "/m/echo/post-own", "{\"create\":\"once\"}").await;
     let posts: Vec<Req> = seen.lock().unwrap().iter().filter(|r| r.method == "POST").cloned().collect();
     assert_eq!(posts.len(), 1, "the POST reached the upstream {} times: {posts:?}", posts.len());
     assert_eq!(posts[0].nth, 2, "the POST went out on the kept-alive connection");
-    assert_eq!(status, 502, "{}", res.text().await.unwrap_or_default());
+    assert_eq!(status, 502, "{text}");
 }
 
 /// `101 Switching Protocols` to a plain GET (no upgrade asked for) is a 502.

@@ -525,3 +525,39 @@ pub fn paste_login(
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     (status, rest)
 }
+
+/// One HTTP/1.1 client connection, for tests whose requests must share it: a pooled
+/// client (reqwest) opens a second connection whenever the first is not back in its pool
+/// yet, which a loaded machine makes likely.
+pub struct OneConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: String,
+}
+
+impl OneConnection {
+    /// Connects to the host and port of `url` (`http://127.0.0.1:PORT/…`).
+    pub async fn open(url: &str) -> OneConnection {
+        let u = url::Url::parse(url).unwrap();
+        let host = format!("{}:{}", u.host_str().unwrap(), u.port_or_known_default().unwrap());
+        let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        OneConnection { sender, host }
+    }
+
+    /// `method path` with `body` on this connection: status and body text.
+    pub async fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use http_body_util::BodyExt;
+        self.sender.ready().await.unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.host.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}

@@ -183,12 +183,11 @@ async fn a_get_caught_by_the_keep_alive_race_is_resent_once() {
     })
     .await;
     let (p, _dir) = proxy_to(&format!("http://{up}"), "request_timeout = \"3s\"").await;
-    let http = client();
+    let mut conn = OneConnection::open(&format!("http://{}/", p.proxy_addr)).await;
     for i in 0..4 {
         let path = format!("/race-{i}");
-        let r = http.get(format!("http://{}{path}", p.proxy_addr)).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}: {}", error_code(&r));
-        assert_eq!(r.text().await.unwrap(), format!("answer to {path}"));
+        let (status, body) = conn.send("GET", &path, "").await;
+        assert_eq!((status, body), (200, format!("answer to {path}")));
     }
     assert!(conns.load(Ordering::SeqCst) >= 2);
     let m = metrics_of(&p).await;
@@ -220,11 +219,10 @@ async fn a_post_caught_by_the_keep_alive_race_is_not_resent() {
     })
     .await;
     let (p, _dir) = proxy_to(&format!("http://{up}"), "request_timeout = \"3s\"").await;
-    let http = client();
-    let r = http.get(format!("http://{}/warm", p.proxy_addr)).send().await.unwrap();
-    assert_eq!(r.text().await.unwrap(), "answer to /warm");
-    let r = http.post(format!("http://{}/post", p.proxy_addr)).body("{\"once\":1}").send().await.unwrap();
-    let status = r.status();
+    // Both requests on one client connection, so the POST takes its kept-alive upstream one.
+    let mut conn = OneConnection::open(&format!("http://{}/", p.proxy_addr)).await;
+    assert_eq!(conn.send("GET", "/warm", "").await.1, "answer to /warm");
+    let (status, _) = conn.send("POST", "/post", "{\"once\":1}").await;
     let posts: Vec<_> = seen.lock().unwrap().iter().filter(|(_, _, l)| l.starts_with("POST")).cloned().collect();
     assert_eq!(posts.len(), 1, "{:?}", seen.lock().unwrap());
     assert_eq!(posts[0].1, 2, "on the kept-alive connection: {:?}", seen.lock().unwrap());
