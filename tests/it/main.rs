@@ -29,6 +29,7 @@ mod hostile_token;
 mod hostile_upstream;
 mod idle;
 mod login;
+mod mock_users;
 mod notify;
 mod oidc;
 mod props;

@@ -1,7 +1,8 @@
 //! "The API": every path the other surfaces do not claim. The bearer token is checked
 //! the way GoTo's products each reject a dead one; then organizer and account keys in
-//! the path are checked, the `…/_mock/…` operations run (bytes, slow, redirect, close,
-//! reset), `…/me` answers the user's keys, and anything else echoes the request.
+//! the path and query must be the token's user's, the `…/_mock/…` operations run
+//! (bytes, slow, redirect, close, reset), `…/me` answers the token's user's keys, and
+//! anything else echoes the request.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt as _, Either};
 use hyper::body::Incoming;
 
 use super::faults::Zeros;
-use super::{json, lock, respond, MockBody, MockOptions, State};
+use super::{json, lock, respond, MockBody, MockOptions, MockUser, State};
 
 /// An API call's answer.
 pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<MockBody> {
@@ -24,10 +25,11 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
             targets.push(req.uri().path_and_query().map_or_else(|| path.clone(), |pq| pq.as_str().to_string()));
         }
     }
-    if !bearer_valid(state, &req) {
+    let Some(user) = bearer_user(state, &req) else {
         state.counters.api_rejected.fetch_add(1, Ordering::Relaxed);
         return rejected(&path);
-    }
+    };
+    let user = state.user(user);
     let opts = lock(&state.opts).clone();
     if let Some(res) = over_quota(state, &req, &path, &opts) {
         state.counters.api_throttled.fetch_add(1, Ordering::Relaxed);
@@ -35,10 +37,10 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
     }
     state.counters.api_ok.fetch_add(1, Ordering::Relaxed);
     let segments: Vec<&str> = path.split('/').collect();
-    if let Some(res) = refused(&segments, &opts) {
+    if let Some(res) = refused(&segments, user) {
         return res;
     }
-    if let Some(res) = goto_connect_refused(&path, req.uri().query(), &opts) {
+    if let Some(res) = account_key_refused(&path, req.uri().query(), user) {
         return res;
     }
     if let Some(op) = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]) {
@@ -47,30 +49,29 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
         }
     }
     if path == "/admin/rest/v1/me" {
-        return me(&opts);
+        return me(user);
     }
     if path == "/identity/v1/Users/me" {
         if opts.identity_unavailable {
             return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"temporarily unavailable"}"#.into());
         }
-        return identity_me(&opts);
+        return identity_me(user);
     }
-    echo(req, &path, &opts).await
+    echo(req, &path, user).await
 }
 
-/// Whether the request carries a live access token; using one confirms its chain (the
-/// rotated refresh tokens before it die).
-fn bearer_valid(state: &State, req: &Request<Incoming>) -> bool {
-    let bearer =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    bearer.is_some_and(|b| {
-        let mut t = lock(&state.tokens);
-        let chain = t.access.get(b).filter(|a| a.expires > Instant::now()).map(|a| a.chain);
-        if let Some(c) = chain {
-            t.confirm_chain(c);
-        }
-        chain.is_some()
-    })
+/// The user of the request's access token, if it is live; using one confirms its chain
+/// (the rotated refresh tokens before it die).
+fn bearer_user(state: &State, req: &Request<Incoming>) -> Option<usize> {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    let mut t = lock(&state.tokens);
+    let (chain, user) = t.access.get(bearer).filter(|a| a.expires > Instant::now()).map(|a| (a.chain, a.user))?;
+    t.confirm_chain(chain);
+    Some(user)
 }
 
 /// Most arrival times [`Quota`] keeps, and most request targets recorded (a bench's
@@ -127,26 +128,29 @@ fn over_quota(state: &State, req: &Request<Incoming>, path: &str, opts: &MockOpt
     None
 }
 
-/// GoTo Connect's refusals: its paths take the account key as `?accountKey=`, and
-/// answer 400 without it, 404 with another account's.
-fn goto_connect_refused(path: &str, query: Option<&str>, opts: &MockOptions) -> Option<Response<MockBody>> {
+/// The refusals of an `accountKey` query value: 403 when it is another account's than
+/// the token's user's (GoTo Connect's error shape on its paths), and on GoTo Connect's
+/// paths, which take the account key this way, 400 without one.
+fn account_key_refused(path: &str, query: Option<&str>, user: &MockUser) -> Option<Response<MockBody>> {
     const CONNECT: [&str; 3] = ["/voice-admin/", "/call-history/", "/notification-channel/"];
-    if !CONNECT.iter().any(|p| path.starts_with(p)) {
-        return None;
-    }
+    let connect = CONNECT.iter().any(|p| path.starts_with(p));
     let key = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "accountKey")
         .map(|(_, v)| v.into_owned());
     match key {
-        None => Some(json(
+        None if connect => Some(json(
             StatusCode::BAD_REQUEST,
             r#"{"errorCode":"BAD_REQUEST","message":"Query parameter 'accountKey' is required"}"#.into(),
         )),
-        Some(k) if k != opts.account_key => Some(json(
-            StatusCode::NOT_FOUND,
-            format!(r#"{{"errorCode":"NOT_FOUND","message":"no account with key {}"}}"#, serde_json::Value::String(k)),
+        Some(k) if k != user.account_key && connect => Some(json(
+            StatusCode::FORBIDDEN,
+            format!(
+                r#"{{"errorCode":"FORBIDDEN","message":"no permission for account {}"}}"#,
+                serde_json::Value::String(k)
+            ),
         )),
-        Some(_) => None,
+        Some(k) if k != user.account_key => Some(no_permission(&format!("no permission for account {k}"))),
+        _ => None,
     }
 }
 
@@ -170,28 +174,32 @@ fn rejected(path: &str) -> Response<MockBody> {
     }
 }
 
-/// A good token's refusals: a `forbidden` segment (a permission 403), or an organizer or
-/// account key in the path that is not the user's (404).
-fn refused(segments: &[&str], opts: &MockOptions) -> Option<Response<MockBody>> {
+/// A good token's refusals, permission 403s: a `forbidden` segment, or an organizer or
+/// account key in the path that is not the token's user's (GoTo lets nobody read
+/// another organizer's webinars).
+fn refused(segments: &[&str], user: &MockUser) -> Option<Response<MockBody>> {
     if segments.contains(&"forbidden") {
-        return Some(json(StatusCode::FORBIDDEN, r#"{"int_err_code":"NoPermission","msg":"Not allowed"}"#.into()));
+        return Some(no_permission("Not allowed"));
     }
     for (i, s) in segments.iter().enumerate() {
         let expected = match *s {
-            "organizers" => &opts.organizer_key,
-            "accounts" => &opts.account_key,
+            "organizers" => &user.organizer_key,
+            "accounts" => &user.account_key,
             _ => continue,
         };
         if let Some(k) = segments.get(i + 1) {
             if *k != expected.as_str() {
-                return Some(json(
-                    StatusCode::NOT_FOUND,
-                    format!(r#"{{"errorCode":"NotFound","description":"no {s} with key {k}"}}"#),
-                ));
+                return Some(no_permission(&format!("no permission for {s} key {k}")));
             }
         }
     }
     None
+}
+
+/// A product API's permission error: 403 with an `int_err_code` that is not
+/// `InvalidToken`, so a client must not take it for a dead token.
+fn no_permission(msg: &str) -> Response<MockBody> {
+    json(StatusCode::FORBIDDEN, serde_json::json!({ "int_err_code": "NoPermission", "msg": msg }).to_string())
 }
 
 /// The `…/_mock/…` operation `op` (the segments after `_mock`): its answer, or `None` to
@@ -231,16 +239,19 @@ async fn mock_operation(op: &[&str]) -> Option<Response<MockBody>> {
     }
 }
 
-/// `GET /admin/rest/v1/me`: the user and their keys, in the Admin API's shape.
-fn me(opts: &MockOptions) -> Response<MockBody> {
+/// `GET /admin/rest/v1/me`: the token's user and their keys, in the Admin API's shape.
+fn me(user: &MockUser) -> Response<MockBody> {
+    let s = |v: &str| serde_json::Value::from(v);
     json(
         StatusCode::OK,
         format!(
-            r#"{{"key":{},"accountKey":{},"email":{},"firstName":"Moon","lastName":"Beam","locale":"en_US","accounts":[{{"key":{},"name":"Example Co"}}]}}"#,
-            serde_json::Value::from(opts.organizer_key.as_str()),
-            serde_json::Value::from(opts.account_key.as_str()),
-            serde_json::Value::from(opts.principal.as_str()),
-            serde_json::Value::from(opts.account_key.as_str()),
+            r#"{{"key":{},"accountKey":{},"email":{},"firstName":{},"lastName":{},"locale":"en_US","accounts":[{{"key":{},"name":"Example Co"}}]}}"#,
+            s(&user.organizer_key),
+            s(&user.account_key),
+            s(&user.email),
+            s(&user.first_name),
+            s(&user.last_name),
+            s(&user.account_key),
         ),
     )
 }
@@ -249,19 +260,20 @@ fn me(opts: &MockOptions) -> Response<MockBody> {
 const OTHER_ACCOUNT_KEY: &str = "1111182253621651111";
 
 /// `GET /identity/v1/Users/me`: the SCIM document every user can read (the shape of
-/// `tests/fixtures/goto/identity-users-me-response.json`), the user's account first.
-fn identity_me(opts: &MockOptions) -> Response<MockBody> {
+/// `tests/fixtures/goto/identity-users-me-response.json`), the token's user's account
+/// first.
+fn identity_me(user: &MockUser) -> Response<MockBody> {
     let doc = serde_json::json!({
         "schemas": ["urn:scim:schemas:core:1.0", "urn:scim:schemas:extension:getgo:1.0"],
-        "id": opts.organizer_key,
-        "userName": opts.principal,
-        "name": { "familyName": "Jones", "givenName": "Moon" },
-        "displayName": "Moon Jones",
-        "emails": [{ "value": opts.principal, "type": "work", "primary": true }],
+        "id": user.organizer_key,
+        "userName": user.email,
+        "name": { "familyName": user.last_name, "givenName": user.first_name },
+        "displayName": format!("{} {}", user.first_name, user.last_name),
+        "emails": [{ "value": user.email, "type": "work", "primary": true }],
         "locale": "en_US",
         "urn:scim:schemas:extension:getgo:1.0": {
             "accounts": [
-                { "value": opts.account_key, "display": "Example Co", "entitlements": ["g2w", "g2m", "acctadmin"] },
+                { "value": user.account_key, "display": "Example Co", "entitlements": ["g2w", "g2m", "acctadmin"] },
                 { "value": OTHER_ACCOUNT_KEY, "display": "Example Co (sandbox)", "entitlements": ["g2w"] }
             ]
         },
@@ -273,7 +285,7 @@ fn identity_me(opts: &MockOptions) -> Response<MockBody> {
 /// Any other call: its body echoed (or, with no body, a JSON document with keys beyond
 /// 2^53), and what arrived in `x-mock-…` headers: method, path, query, host, the
 /// hop-by-hop headers that got through, the body's size.
-async fn echo(req: Request<Incoming>, path: &str, opts: &MockOptions) -> Response<MockBody> {
+async fn echo(req: Request<Incoming>, path: &str, user: &MockUser) -> Response<MockBody> {
     let method = req.method().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -295,7 +307,7 @@ async fn echo(req: Request<Incoming>, path: &str, opts: &MockOptions) -> Respons
             format!(
                 r#"{{"path":{},"webinarKey":8439885694023999999,"organizerKey":{}}}"#,
                 serde_json::Value::String(path.to_string()),
-                opts.organizer_key
+                user.organizer_key
             ),
         )
     } else {

@@ -1,8 +1,10 @@
 //! `GET /oauth/authorize`: GoTo's sign-in page, auto-approved. It checks the client and
-//! the PKCE method, files a single-use code, and redirects to `redirect_uri` with the
-//! code and the caller's `state`.
+//! the PKCE method, signs in the user `login_hint` names (OpenID's parameter: an email
+//! or organizer key; without it, the browser session's user), files a single-use code
+//! for them, and redirects to `redirect_uri` with the code and the caller's `state`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -29,8 +31,16 @@ pub(super) fn answer(state: &State, req: &Request<Incoming>) -> Response<MockBod
         Some("S256") | None => q.get("code_challenge").cloned(),
         Some(_) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "only S256 is supported"),
     };
+    let user = match q.get("login_hint") {
+        Some(hint) => match state.user_index(hint) {
+            Some(i) => i,
+            None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "login_hint names no user"),
+        },
+        None => state.signed_in.load(Ordering::Relaxed),
+    };
     let code = format!("mock-code-{}", random_token(12));
-    lock(&state.tokens).codes.insert(code.clone(), CodeEntry { redirect_uri: redirect.to_string(), challenge });
+    let entry = CodeEntry { redirect_uri: redirect.to_string(), challenge, user };
+    lock(&state.tokens).codes.insert(code.clone(), entry);
     let mut target = redirect;
     target.query_pairs_mut().append_pair("code", &code);
     if let Some(s) = q.get("state") {

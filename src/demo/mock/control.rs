@@ -63,7 +63,7 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Result<Resp
     let res = match (req.method(), req.uri().path()) {
         (&Method::POST, "/_mock/fault") => set_fault(state, req.uri().query().unwrap_or("")),
         (&Method::POST, "/_mock/refresh_tokens/mint") => {
-            let rt = lock(&state.tokens).mint_refresh(App::OAuth);
+            let rt = lock(&state.tokens).mint_refresh(App::OAuth, 0);
             json(StatusCode::OK, serde_json::json!({ "refresh_token": rt }).to_string())
         }
         (&Method::POST, "/_mock/refresh_tokens/check") => check_refresh_tokens(state, req).await,

@@ -14,23 +14,29 @@
 //! * `POST /oauth/access_token` — Direct Login (`password`, or `refresh_token` with
 //!   `client_id`), no Basic header, **string** `expires_in`, keys in the answer, and every
 //!   other token of the application revoked.
-//! * `GET /oauth/authorize` — auto-approves: 302 to `redirect_uri?code=…&state=…`.
+//! * `GET /oauth/authorize` — auto-approves: 302 to `redirect_uri?code=…&state=…`. The
+//!   person signing in is the user `login_hint` names (email or organizer key), else
+//!   the one [`MockGoto::sign_in_as`] chose, else the first; the code and every token
+//!   issued from it belong to that user. Direct Login, PAT and client credentials
+//!   tokens belong to the first user.
 //! * Anything else is "the API": a valid bearer gets an answer; a dead one gets 401 on
 //!   `/admin/…`, an empty 401 with `WWW-Authenticate: … error="invalid_token"` on
 //!   `/identity/…`, and `403 {"int_err_code":"InvalidToken"}` elsewhere.
-//!   `GET /admin/rest/v1/me` answers the keys; a path segment `forbidden` answers a
-//!   plain permission 403; `/organizers/{k}/` and `/accounts/{k}/` with a wrong key 404;
+//!   `GET /admin/rest/v1/me` answers the token's user's keys; a path segment
+//!   `forbidden` answers a plain permission 403, and so do `/organizers/{k}/`,
+//!   `/accounts/{k}/` and `?accountKey=k` with a key that is not the token's user's;
 //!   `…/_mock/bytes/N` streams N bytes; `…/_mock/slow/MS` waits before answering;
 //!   `…/_mock/redirect` answers 302 to another host; `…/_mock/close` closes the
 //!   connection after answering; `…/_mock/reset/N` promises more than it sends: headers
 //!   and N bytes, then the connection is dropped; other requests echo their body (or a
 //!   JSON document with keys beyond 2^53).
-//!   `GET /identity/v1/Users/me` answers the SCIM shape (`id`, `userName`, accounts under
-//!   the `urn:scim:schemas:extension:getgo:1.0` extension; two accounts, the user's first).
+//!   `GET /identity/v1/Users/me` answers the SCIM shape for the token's user (`id`,
+//!   `userName`, accounts under the `urn:scim:schemas:extension:getgo:1.0` extension;
+//!   two accounts, the user's first).
 //!   With [`MockOptions::api_quota`], each token may call each API (first path segment)
 //!   that many times per second; beyond, `429` with `Retry-After`. GoTo Connect paths
 //!   (`/voice-admin/…`, `/call-history/…`, `/notification-channel/…`) answer `400`
-//!   without `?accountKey=` and `404` with another account's key.
+//!   without `?accountKey=`.
 //! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo; and the
 //!   remote control of `control` (`/_mock/fault`, `/_mock/refresh_tokens/…`,
 //!   `/_mock/token_calls`) for the chaos soak, which drives a mock in another process.
@@ -47,7 +53,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -90,13 +96,17 @@ pub struct MockOptions {
     pub password: String,
     /// A personal access token it accepts.
     pub pat: String,
-    /// The organizer key of "the user".
+    /// The organizer key of "the user" (the first user).
     pub organizer_key: String,
-    /// The account key.
+    /// The first user's account key.
     pub account_key: String,
     /// Who "the user" is (an email): the OAuth answers' `principal`, the identity
     /// answer's `userName` and the Admin `/me`'s `email`.
     pub principal: String,
+    /// The users after the first (whose keys and email are the three fields above), for
+    /// tests where many people sign in to one client; they sign in with `login_hint`
+    /// or [`MockGoto::sign_in_as`]. Empty by default: one user, as the demo has.
+    pub more_users: Vec<MockUser>,
     /// Whether OAuth answers carry organizer/account keys (the old host's shape).
     pub keys_in_oauth_response: bool,
     /// Whether refresh tokens are single-use (a new one each refresh).
@@ -124,10 +134,57 @@ impl Default for MockOptions {
             organizer_key: "8439885694023999999".into(),
             account_key: "9999982253621659654".into(),
             principal: "mister.jones@fakemail.com".into(),
+            more_users: Vec::new(),
             keys_in_oauth_response: false,
             rotate_refresh_tokens: true,
             api_quota: None,
             identity_unavailable: false,
+        }
+    }
+}
+
+impl MockOptions {
+    /// Every user, the first one (from [`MockOptions::organizer_key`],
+    /// [`MockOptions::account_key`] and [`MockOptions::principal`]) first.
+    pub fn users(&self) -> Vec<MockUser> {
+        let first = MockUser {
+            organizer_key: self.organizer_key.clone(),
+            account_key: self.account_key.clone(),
+            email: self.principal.clone(),
+            first_name: "Moon".into(),
+            last_name: "Jones".into(),
+        };
+        std::iter::once(first).chain(self.more_users.iter().cloned()).collect()
+    }
+}
+
+/// One person who can sign in to the mock GoTo, as GoTo knows them. Public: tests of many
+/// accounts add users with [`MockOptions::more_users`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockUser {
+    /// Their organizer (user) key: digits; the SCIM `id`.
+    pub organizer_key: String,
+    /// Their account's key: digits. Colleagues may share one.
+    pub account_key: String,
+    /// Their email: the OAuth `principal`, the SCIM `userName`, the Admin `email`.
+    pub email: String,
+    /// Given name.
+    pub first_name: String,
+    /// Family name.
+    pub last_name: String,
+}
+
+impl MockUser {
+    /// User number `n` of a made-up company: organizer key `7000000000000000000 + n`,
+    /// account key `5000000000000000000 + n`, email `userN@example.com`; so a test can
+    /// add as many distinct users as it needs.
+    pub fn numbered(n: u32) -> MockUser {
+        MockUser {
+            organizer_key: (7_000_000_000_000_000_000_u64 + u64::from(n)).to_string(),
+            account_key: (5_000_000_000_000_000_000_u64 + u64::from(n)).to_string(),
+            email: format!("user{n}@example.com"),
+            first_name: "User".into(),
+            last_name: n.to_string(),
         }
     }
 }
@@ -223,7 +280,14 @@ pub struct Issued {
 
 /// Everything the handlers share.
 struct State {
+    /// The options, without [`MockOptions::more_users`] (they live in `users`, so the
+    /// per-call copy of the options stays small however many users there are).
     opts: Mutex<MockOptions>,
+    /// Every user, the first first; a token's user is an index into it.
+    users: Vec<MockUser>,
+    /// Whom the sign-in page signs in when `login_hint` names nobody: the browser's
+    /// session at GoTo ([`MockGoto::sign_in_as`]).
+    signed_in: AtomicUsize,
     tokens: Mutex<Tokens>,
     /// The fault in force; a dripping body watches it to break off when it is lifted.
     fault: watch::Sender<Option<TokenFault>>,
@@ -280,8 +344,12 @@ impl MockGoto {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let users = opts.users();
+        let opts = MockOptions { more_users: Vec::new(), ..opts };
         let state = Arc::new(State {
             opts: Mutex::new(opts),
+            users,
+            signed_in: AtomicUsize::new(0),
             tokens: Mutex::new(Tokens::default()),
             fault: watch::channel(None).0,
             counters: Counters::default(),
@@ -314,7 +382,17 @@ impl MockGoto {
 
     /// The options in force.
     pub fn options(&self) -> MockOptions {
-        lock(&self.state.opts).clone()
+        let more_users = self.state.users.iter().skip(1).cloned().collect();
+        MockOptions { more_users, ..lock(&self.state.opts).clone() }
+    }
+
+    /// Makes `who` (an email or organizer key) the person signed in at GoTo's sign-in
+    /// page, as a browser session would: sign-ins without a `login_hint` are theirs from
+    /// now on. False (and nothing changes) when no user matches.
+    pub fn sign_in_as(&self, who: &str) -> bool {
+        let Some(i) = self.state.user_index(who) else { return false };
+        self.state.signed_in.store(i, Ordering::Relaxed);
+        true
     }
 
     /// Changes the lifetime of tokens issued from now on.
@@ -358,9 +436,16 @@ impl MockGoto {
         lock(&self.state.tokens).refresh.clear();
     }
 
-    /// Issues a refresh token for the OAuth client, as if someone had signed in.
+    /// Issues a refresh token for the OAuth client, as if the first user had signed in.
     pub fn mint_refresh_token(&self) -> String {
-        lock(&self.state.tokens).mint_refresh(App::OAuth)
+        lock(&self.state.tokens).mint_refresh(App::OAuth, 0)
+    }
+
+    /// Issues a refresh token for the OAuth client, as if `who` (an email or organizer
+    /// key) had signed in; `None` when no user matches.
+    pub fn mint_refresh_token_for(&self, who: &str) -> Option<String> {
+        let user = self.state.user_index(who)?;
+        Some(lock(&self.state.tokens).mint_refresh(App::OAuth, user))
     }
 
     /// How many distinct connections have carried API calls so far.
@@ -396,6 +481,19 @@ impl MockGoto {
 impl Drop for MockGoto {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+impl State {
+    /// The index of the user `who` names: their email (any case) or organizer key.
+    fn user_index(&self, who: &str) -> Option<usize> {
+        self.users.iter().position(|u| u.email.eq_ignore_ascii_case(who) || u.organizer_key == who)
+    }
+
+    /// User `i` of the table (the first, should `i` be out of range; the table always
+    /// holds the first user).
+    fn user(&self, i: usize) -> &MockUser {
+        &self.users[if i < self.users.len() { i } else { 0 }]
     }
 }
 

@@ -3,7 +3,8 @@
 //! and `POST /oauth/access_token` (Direct Login: `password` or `refresh_token`, no Basic
 //! header, string `expires_in`, keys in the answer, every other token of the application
 //! revoked). One function per grant; each refuses with a [`Refused`] or says which chain
-//! the new tokens join.
+//! the new tokens join and whose they are: a sign-in's user, kept through its refreshes;
+//! the first user for the other grants.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -81,8 +82,9 @@ impl Refused {
     }
 }
 
-/// Which refresh chain the new tokens join, and whether a refresh token comes with them.
-type Grant = Result<(u64, bool), Refused>;
+/// Which refresh chain the new tokens join and whose they are, and whether a refresh
+/// token comes with them.
+type Grant = Result<((u64, usize), bool), Refused>;
 
 // ===== Direct Login: /oauth/access_token =====
 
@@ -106,14 +108,16 @@ fn direct_login_grant(
     }
     // Creating a token revokes every other token of the application.
     t.revoke_app(App::DirectLogin);
+    // The API Manager signs in as the first user.
     let chain = t.new_chain();
-    let (at, rt) = t.issue(App::DirectLogin, chain, opts.token_lifetime, true);
+    let (at, rt) = t.issue(App::DirectLogin, (chain, 0), opts.token_lifetime, true);
     lock(&state.issued).push(Issued { at: Instant::now(), direct_login: true, password });
+    let user = state.user(0);
     let mut v = serde_json::json!({
         "access_token": at,
         "refresh_token": rt,
-        "organizer_key": opts.organizer_key,
-        "account_key": opts.account_key,
+        "organizer_key": user.organizer_key,
+        "account_key": user.account_key,
         "account_type": "",
         "firstName": "Mahar",
         "lastName": "Singh",
@@ -165,20 +169,21 @@ fn oauth_grant(
         return Err(refused(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed."));
     }
     let mut t = lock(&state.tokens);
-    let (chain, with_refresh) = match form.get("grant_type") {
+    let ((chain, user), with_refresh) = match form.get("grant_type") {
         "authorization_code" => authorization_code(state, &mut t, form)?,
         "refresh_token" => refresh_token(state, &mut t, form, opts)?,
         "personal_access_token" => personal_access_token(&mut t, form, opts)?,
-        "client_credentials" => (t.new_chain(), false),
+        "client_credentials" => ((t.new_chain(), 0), false),
         other => return Err(refused(StatusCode::BAD_REQUEST, "unsupported_grant_type", other)),
     };
-    let (at, rt) = t.issue(App::OAuth, chain, opts.token_lifetime, with_refresh);
+    let (at, rt) = t.issue(App::OAuth, (chain, user), opts.token_lifetime, with_refresh);
     lock(&state.issued).push(Issued { at: Instant::now(), direct_login: false, password: false });
+    let user = state.user(user);
     let mut v = serde_json::json!({
         "access_token": at,
         "token_type": "Bearer",
         "scope": "collab:",
-        "principal": opts.principal,
+        "principal": user.email,
     });
     if let Some(e) = expires_in(fault, opts.token_lifetime, false) {
         v["expires_in"] = e;
@@ -187,14 +192,15 @@ fn oauth_grant(
         v["refresh_token"] = serde_json::Value::String(rt);
     }
     if opts.keys_in_oauth_response {
-        v["organizer_key"] = serde_json::Value::String(opts.organizer_key.clone());
-        v["account_key"] = serde_json::Value::String(opts.account_key.clone());
+        v["organizer_key"] = serde_json::Value::String(user.organizer_key.clone());
+        v["account_key"] = serde_json::Value::String(user.account_key.clone());
     }
     Ok(json(StatusCode::OK, v.to_string()))
 }
 
 /// `grant_type=authorization_code`: a code used once, with its `redirect_uri` and, if the
-/// sign-in sent a challenge, the PKCE verifier. A new chain, with a refresh token.
+/// sign-in sent a challenge, the PKCE verifier. A new chain of the user who signed in,
+/// with a refresh token.
 fn authorization_code(state: &State, t: &mut Tokens, form: &Form) -> Grant {
     let code = form.get("code").to_string();
     let Some(entry) = t.codes.remove(&code) else {
@@ -211,14 +217,14 @@ fn authorization_code(state: &State, t: &mut Tokens, form: &Form) -> Grant {
         }
     }
     state.counters.code_exchanges.fetch_add(1, Ordering::Relaxed);
-    Ok((t.new_chain(), true))
+    Ok(((t.new_chain(), entry.user), true))
 }
 
-/// `grant_type=refresh_token`: a live OAuth refresh token; the chain it belongs to, with
-/// a new refresh token when they rotate.
+/// `grant_type=refresh_token`: a live OAuth refresh token; the chain and user it belongs
+/// to, with a new refresh token when they rotate.
 fn refresh_token(state: &State, t: &mut Tokens, form: &Form, opts: &MockOptions) -> Grant {
     let rt = form.get("refresh_token").to_string();
-    let Some(chain) = t.refresh.get(&rt).filter(|r| r.app == App::OAuth).map(|r| r.chain) else {
+    let Some((chain, user)) = t.refresh.get(&rt).filter(|r| r.app == App::OAuth).map(|r| (r.chain, r.user)) else {
         return Err(refused(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
@@ -240,13 +246,14 @@ fn refresh_token(state: &State, t: &mut Tokens, form: &Form, opts: &MockOptions)
         }
         t.revoke_chain(chain);
     }
-    Ok((chain, opts.rotate_refresh_tokens))
+    Ok(((chain, user), opts.rotate_refresh_tokens))
 }
 
-/// `grant_type=personal_access_token`: the configured PAT. A new chain, no refresh token.
+/// `grant_type=personal_access_token`: the configured PAT, the first user's. A new
+/// chain, no refresh token.
 fn personal_access_token(t: &mut Tokens, form: &Form, opts: &MockOptions) -> Grant {
     if form.get("pat") != opts.pat {
         return Err(refused(StatusCode::BAD_REQUEST, "invalid_grant", "personal access token not accepted"));
     }
-    Ok((t.new_chain(), false))
+    Ok(((t.new_chain(), 0), false))
 }

@@ -14,25 +14,29 @@ pub(super) enum App {
     DirectLogin,
 }
 
-/// An access token: valid until `expires`, member of a refresh chain.
+/// An access token: valid until `expires`, member of a refresh chain, owned by a user
+/// (an index into the mock's users).
 pub(super) struct AccessEntry {
     pub(super) app: App,
     pub(super) expires: Instant,
     pub(super) chain: u64,
+    pub(super) user: usize,
 }
 
-/// A refresh token and its chain.
+/// A refresh token, its chain and its user.
 pub(super) struct RefreshEntry {
     pub(super) app: App,
     pub(super) chain: u64,
+    pub(super) user: usize,
     /// Set once rotated: the token stays usable until its successor proves received.
     pub(super) superseded: bool,
 }
 
-/// An authorization code waiting to be exchanged.
+/// An authorization code waiting to be exchanged, and who signed in for it.
 pub(super) struct CodeEntry {
     pub(super) redirect_uri: String,
     pub(super) challenge: Option<String>,
+    pub(super) user: usize,
 }
 
 /// Every live token and code, and the codes already exchanged.
@@ -69,28 +73,28 @@ impl Tokens {
         self.refresh.retain(|_, r| r.chain != chain || !r.superseded);
     }
 
-    /// A refresh token of `app` on a new chain, as if someone had signed in.
-    pub(super) fn mint_refresh(&mut self, app: App) -> String {
+    /// A refresh token of `app` on a new chain, as if `user` had signed in.
+    pub(super) fn mint_refresh(&mut self, app: App, user: usize) -> String {
         let chain = self.new_chain();
         let rt = format!("mock-rt-{}", random_token(18));
-        self.refresh.insert(rt.clone(), RefreshEntry { app, chain, superseded: false });
+        self.refresh.insert(rt.clone(), RefreshEntry { app, chain, user, superseded: false });
         rt
     }
 
-    /// Issues an access token of `app` on `chain` living `lifetime`, and with
+    /// Issues an access token of `app` for `user` on `chain` living `lifetime`, and with
     /// `with_refresh` a refresh token of the chain.
     pub(super) fn issue(
         &mut self,
         app: App,
-        chain: u64,
+        (chain, user): (u64, usize),
         lifetime: Duration,
         with_refresh: bool,
     ) -> (String, Option<String>) {
         let at = format!("mock-at-{}", random_token(18));
-        self.access.insert(at.clone(), AccessEntry { app, expires: Instant::now() + lifetime, chain });
+        self.access.insert(at.clone(), AccessEntry { app, expires: Instant::now() + lifetime, chain, user });
         let rt = with_refresh.then(|| {
             let rt = format!("mock-rt-{}", random_token(18));
-            self.refresh.insert(rt.clone(), RefreshEntry { app, chain, superseded: false });
+            self.refresh.insert(rt.clone(), RefreshEntry { app, chain, user, superseded: false });
             rt
         });
         (at, rt)
