@@ -244,3 +244,44 @@ async fn a_client_secret_quoted_back_in_another_spelling_is_blanked_everywhere()
         assert!(!text.to_ascii_lowercase().contains(&secret), "{what}: {text}");
     }
 }
+
+/// A Redis server that answers every command with an error whose text holds ESC, NUL,
+/// DEL and C1 (a RESP error line can hold anything but CR and LF): the store's error
+/// reaches the log escaped, in one JSON event per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_error_text_cannot_forge_log_lines() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    // One error per command of a pipeline (each starts a line with `*`).
+                    let commands = (0..n).filter(|&i| buf[i] == b'*' && (i == 0 || buf[i - 1] == b'\n')).count();
+                    let answer = b"-ERR evil\x1b[31m\x00\x7f\xc2\x9b2J red\r\n".repeat(commands.max(1));
+                    if n == 0 || tcp.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config_text(dir.path(), "", &format!("{}\n{}", password_cred("g2a", &mock), route("/", &mock, Some("g2a"))))
+            .replace("[state]\n", &format!("[state]\nstore = \"redis\"\nredis_url = \"redis://{redis}/0\"\n"));
+    let p = Proc::spawn(&write_config(dir.path(), "redis.toml", &text));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !p.log_text().contains("evil") {
+        assert!(tokio::time::Instant::now() < deadline, "no Redis error logged:\n{}", p.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = p.log.lock().unwrap().clone();
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: not one JSON event: {l:?}"));
+    }
+    assert_no_control_characters(&lines);
+}
