@@ -405,7 +405,7 @@ async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
             store.describe()
         );
     };
-    let token = Token::from_stored(&stored, std::time::SystemTime::now())?;
+    let token = Token::from_stored(&name, &stored, std::time::SystemTime::now())?;
     if !token.is_valid_at(std::time::SystemTime::now()) {
         bail!("the stored token of {name:?} has expired: a running proxy renews it; is it running?");
     }

@@ -132,7 +132,7 @@ impl Token {
     /// as expired (its refresh token still renews it). Keys and a principal that are not
     /// valid (a record written before they were checked) are dropped with a warning.
     /// Never panics, whatever the file held.
-    pub fn from_stored(s: &StoredToken, now: SystemTime) -> Result<Token, InvalidTokenChars> {
+    pub fn from_stored(credential: &str, s: &StoredToken, now: SystemTime) -> Result<Token, InvalidTokenChars> {
         let obtained = UNIX_EPOCH.checked_add(Duration::from_millis(s.obtained_at_ms)).unwrap_or(UNIX_EPOCH);
         let expires_at = s.expires_at_time().min(later(now, MAX_LIFETIME));
         let mut t = Token::new(
@@ -146,8 +146,7 @@ impl Token {
         t.account_key = key::first_key([("account_key", s.account_key.clone())], &mut dropped);
         t.principal = key::first_principal([("principal", s.principal.clone())], &mut dropped);
         t.version = s.version;
-        // The record does not name its credential; the field is enough to find it.
-        key::warn_dropped("(a stored record)", "stored token", &dropped);
+        key::warn_dropped(credential, "stored token", &dropped);
         Ok(t)
     }
 
@@ -249,7 +248,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let mut t = Token::new(Secret::new("a"), Some(Secret::new("r")), now + Duration::from_secs(10), now).unwrap();
         t.organizer_key = Some("8439885694023999999".into());
-        let back = Token::from_stored(&t.to_stored(), now).unwrap();
+        let back = Token::from_stored("c", &t.to_stored(), now).unwrap();
         assert_eq!(back.to_stored(), t.to_stored());
     }
 
@@ -259,16 +258,16 @@ mod tests {
         let mut s = Token::new(Secret::new("a"), None, now, now).unwrap().to_stored();
         s.expires_at_ms = Some(u64::MAX);
         s.obtained_at_ms = u64::MAX;
-        let t = Token::from_stored(&s, now).unwrap();
+        let t = Token::from_stored("c", &s, now).unwrap();
         assert!(t.expires_at <= later(now, MAX_LIFETIME));
         assert!(t.obtained_at <= now);
         s.expires_at_ms = None;
         s.expires_at = u64::MAX;
-        let t = Token::from_stored(&s, now).unwrap();
+        let t = Token::from_stored("c", &s, now).unwrap();
         assert!(t.expires_at <= later(now, MAX_LIFETIME));
         // A year and a day ahead: clamped to the year.
         s.expires_at_ms = Some(unix_millis(now) + MAX_LIFETIME.as_millis() as u64 + 86_400_000);
-        assert_eq!(Token::from_stored(&s, now).unwrap().expires_at, later(now, MAX_LIFETIME));
+        assert_eq!(Token::from_stored("c", &s, now).unwrap().expires_at, later(now, MAX_LIFETIME));
     }
 
     #[test]

@@ -158,3 +158,31 @@ async fn a_principal_of_a_megabyte_is_not_shown() {
     assert!(!warnings(&p, "goto", "principal").await.is_empty(), "{}", p.log_text());
     assert!(!p.log_text().contains(&"a".repeat(1000)), "nor logged");
 }
+
+/// A key planted in the state file (a record written before keys were checked, or by
+/// someone with access to it) is dropped when read back, with a warning that names the
+/// credential it belongs to.
+#[tokio::test]
+async fn a_hostile_key_in_a_stored_record_is_dropped_with_a_warning_naming_its_credential() {
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn(&mock, dir.path());
+    wait_ready(&client(), &first.admin("/readyz"), Duration::from_secs(10)).await;
+    drop(first);
+    let path = dir.path().join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(state["credentials"]["g2a"].is_object(), "{state}");
+    state["credentials"]["g2a"]["organizer_key"] = HOSTILE_KEY.into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let p = spawn(&mock, dir.path());
+    let warned = warnings(&p, "g2a", "organizer_key").await;
+    assert!(
+        warned.iter().any(|w| w["fields"]["source"] == "stored token"),
+        "a warning names the credential of the stored record:\n{}",
+        p.log_text()
+    );
+    let (status, code, body) = get(&p, "/G2A/rest/v2/organizers/{organizerKey}/webinars").await;
+    assert_eq!((status, code.as_deref()), (503, Some("token_unavailable")), "{body}");
+    assert_never_reshaped(&mock);
+}

@@ -636,7 +636,7 @@ proptest! {
             "expires_at": expires_at, "expires_at_ms": expires_at_ms, "obtained_at_ms": obtained_at_ms,
         });
         let stored: goto_auth_proxy::token::store::StoredToken = serde_json::from_value(json).unwrap();
-        let t = Token::from_stored(&stored, now).unwrap();
+        let t = Token::from_stored("c", &stored, now).unwrap();
         prop_assert!(t.expires_at <= goto_auth_proxy::token::later(now, goto_auth_proxy::token::MAX_LIFETIME));
         prop_assert!(t.obtained_at <= now);
         let _ = t.is_valid_at(now);

@@ -150,7 +150,7 @@ impl Credential {
                     tracing::info!(credential = %self.name(), "the shared store held the token this one renewed (or none): wrote ours back");
                     self.metrics.token_refreshes.with_label_values(&[self.name(), "written_back"]).inc();
                     // Served again as the stored version, so the store and this replica agree.
-                    if let Ok(mut t) = Token::from_stored(&held, SystemTime::now()) {
+                    if let Ok(mut t) = Token::from_stored(self.name(), &held, SystemTime::now()) {
                         t.version = version;
                         self.publish(t);
                     }
@@ -190,7 +190,7 @@ impl Credential {
         if !newer {
             return None;
         }
-        let token = Token::from_stored(&stored, SystemTime::now()).ok()?;
+        let token = Token::from_stored(self.name(), &stored, SystemTime::now()).ok()?;
         if same_token {
             // Only the version moved (another replica wrote the token back): the held
             // token is served on at that version; nothing new was adopted.

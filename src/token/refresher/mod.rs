@@ -147,7 +147,7 @@ impl Credential {
             return;
         }
         match self.store.load(self.name()).await {
-            Ok(Some(stored)) => match Token::from_stored(&stored, SystemTime::now()) {
+            Ok(Some(stored)) => match Token::from_stored(self.name(), &stored, SystemTime::now()) {
                 Ok(t) => {
                     if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
                         tracing::warn!(credential = %self.name(), "the stored token claims to live more than a year (or its expiry is not a time): treated as living one year at most");
@@ -397,7 +397,7 @@ impl Credential {
                     return Persisted::Ours(token);
                 }
                 Ok(Saved::Stale { current: Some(stored), version }) if !sign_in => {
-                    match Token::from_stored(&stored, SystemTime::now()) {
+                    match Token::from_stored(self.name(), &stored, SystemTime::now()) {
                         Ok(theirs) => return Persisted::Theirs(theirs),
                         // Unusable (not a header value): ours replaces it.
                         Err(_) => token.version = version,
