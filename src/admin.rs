@@ -86,7 +86,7 @@ impl Admin {
         res
     }
 
-    /// SPEC "Who may use it" on the admin listener: `Host` always; the browser origin
+    /// Who may use the admin listener: `Host` always; the browser origin
     /// rule on everything but the sign-in's `GET /callback` without an `Origin`.
     fn check_caller(&self, req: &Request<Incoming>, local: SocketAddr) -> Result<inbound::Caller, ProxyError> {
         let config = self.view.config();

@@ -43,7 +43,7 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A non-loopback listener without the opt-in SPEC requires.
+    /// A non-loopback listener without the `[inbound]` opt-in (`allow_remote` and keys or CIDRs).
     #[error("refusing to listen on {addr} ({what}): it is not a loopback address, and anyone who can reach it could call GoTo with your token; set [inbound] allow_remote = true with keys and/or allow_cidrs")]
     NotLoopback {
         /// The address.
@@ -404,7 +404,7 @@ async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -
     };
     match &config.state {
         // Checked before any token is trusted to it: an unsafe directory or a symlinked
-        // state file stops the start, naming it (SPEC "Token lifecycle").
+        // state file stops the start, naming it: a wrong key, not a damaged record.
         StateSettings::File { path, .. } => Ok((
             Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer)),
             None,

@@ -1,4 +1,4 @@
-//! The errors the proxy itself answers with: SPEC's stable codes, each with its status,
+//! The errors the proxy itself answers with: stable codes users rely on, each with its status,
 //! sent as `x-goto-auth-proxy-error: <code>` plus `{"error":"<code>","message":"…"}`.
 
 use bytes::Bytes;
@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 /// The header that marks an answer as made by the proxy, not by GoTo.
 pub const ERROR_HEADER: &str = "x-goto-auth-proxy-error";
 
-/// A stable error code from SPEC's table.
+/// A stable error code users and scripts rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// 404: no route matches.
@@ -31,7 +31,7 @@ pub enum ErrorCode {
     /// 503: `max_concurrent_requests` are already in flight.
     Overloaded,
     /// 403: a `Host` the listener does not serve, or a browser page from an origin not
-    /// allowed (SPEC "Who may use it").
+    /// allowed.
     Forbidden,
     /// 501: a request body in a transfer coding other than `chunked`, which the proxy
     /// would otherwise have to drop silently.

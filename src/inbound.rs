@@ -4,7 +4,7 @@
 //! `x-goto-auth-proxy-key`, compared in constant time.
 //!
 //! A loopback listener is still reachable from every page the user's browser opens, so
-//! both listeners also check who is asking ([`check_caller`], SPEC "Who may use it"): the
+//! both listeners also check who is asking ([`check_caller`]): the
 //! `Host` must be one this listener serves (DNS rebinding), and a browser request must
 //! come from the listener's own origin or one in `inbound.allow_origins`.
 

@@ -20,7 +20,7 @@
 //! * [`admin`] — the status page, health, readiness, metrics, token metadata, sign-in endpoints.
 //! * [`notify`] — `[[notify]]`: a webhook or command told when a credential needs a person.
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
-//! * [`error`] — the proxy's own error answers (SPEC codes).
+//! * [`error`] — the proxy's own error answers (stable codes).
 //! * [`server`] — the shared hyper accept loop with graceful drain.
 //! * [`demo`] — `goto-auth-proxy demo`: the mock GoTo plus a proxy, zero set-up.
 //!   Its `demo::mock` (a faithful mock of GoTo's token endpoints and APIs) is test

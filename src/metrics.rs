@@ -1,5 +1,5 @@
 //! Prometheus metrics, registered in a registry passed in (no globals), so two proxies
-//! can live in one test process. Names are SPEC's.
+//! can live in one test process. Names are the documented ones dashboards rely on.
 
 use std::sync::OnceLock;
 
@@ -54,7 +54,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry`. Long, but one statement per
-    /// metric: every name, help text and label set of SPEC's metrics in one place.
+    /// metric: every name, help text and label set of the metrics in one place.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let requests_total = IntCounterVec::new(
             Opts::new("goto_auth_proxy_requests_total", "Requests answered, by route, method and status."),
@@ -228,7 +228,7 @@ fn method_slot(m: &Method) -> usize {
 }
 
 /// The `method` label for `m`: its name for the nine standard methods, `OTHER` for any
-/// other, so clients cannot mint a new series per request (SPEC: no label takes a value
+/// other, so clients cannot mint a new series per request (no label takes a value
 /// from the request).
 #[inline]
 pub fn method_label(m: &Method) -> &'static str {

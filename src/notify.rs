@@ -1,4 +1,4 @@
-//! `[[notify]]`: telling a person when the proxy needs one (SPEC "Configuration").
+//! `[[notify]]`: telling a person when the proxy needs one.
 //!
 //! Each credential publishes its [`Health`] after every renewal outcome; a watcher per
 //! credential turns changes of *condition* into events — `needs_login`,
@@ -29,7 +29,7 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// What SPEC says a notification holds, and nothing else.
+/// What a notification holds, and nothing else (never a secret).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Payload {
     /// `needs_login`, `refresh_failing` or `recovered`.
@@ -53,8 +53,8 @@ enum Condition {
     Fine,
     /// Some failures, fewer than `after_failures`: not worth a page yet.
     Wobbly,
-    /// `after_failures` or more failures in a row while a token is still served (SPEC:
-    /// the warning comes before clients notice; once none is served they already do).
+    /// `after_failures` or more failures in a row while a token is still served
+    /// (the warning comes before clients notice; once none is served they already do).
     Failing,
     /// Only a person can help.
     NeedsLogin,

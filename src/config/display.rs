@@ -11,7 +11,7 @@ use super::{
 
 /// A configured URL as it may be printed or logged: scheme, host, port and path. User
 /// info and query string are where URLs carry passwords and `client_secret=`
-/// parameters, so they are never shown (SPEC "Configuration"); their place is marked
+/// parameters, so they are never shown; their place is marked
 /// `[redacted]` (`https://[redacted]@host/token?[redacted]`) so a reader still sees that
 /// the URL has them. A fragment is marked the same way.
 pub fn display_url(url: &url::Url) -> String {

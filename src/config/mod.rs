@@ -471,7 +471,7 @@ pub struct RouteConfig {
     pub retry_429: bool,
 }
 
-/// What a notification is about (SPEC "Configuration", `[[notify]]`).
+/// What a notification is about (`[[notify]]` `events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotifyEvent {
     /// A credential cannot renew without a person.

@@ -7,7 +7,7 @@
 //!   the operating system's store (unless `tls.system_roots = false`) and every
 //!   certificate of `tls.ca_file`, presenting `tls.client_cert` when set.
 //! * The outbound proxy ([`Outbound::proxy_for`]): `proxy.outbound_proxy` or the
-//!   environment's `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, by SPEC's rules (`rules.rs`).
+//!   environment's `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`, by the rules in `rules.rs`.
 //!
 //! `roots.rs` gathers the roots; `rules.rs` decides which destinations take the proxy.
 

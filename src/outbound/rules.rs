@@ -1,5 +1,5 @@
 //! Which destinations go through an outbound proxy, decided from the URL alone (no DNS),
-//! exactly as SPEC words it:
+//! as follows:
 //!
 //! * `proxy.outbound_proxy`, when set, carries every destination — loopback included.
 //! * Otherwise `HTTPS_PROXY` (for `https://`) and `HTTP_PROXY` (for `http://`), either
@@ -176,7 +176,7 @@ impl ProxyRules {
 }
 
 /// Whether `host` is a loopback destination: `localhost`, 127.0.0.0/8 or `::1`, from the
-/// URL alone (SPEC: no DNS lookup).
+/// URL alone, without a DNS lookup.
 fn is_loopback(host: &url::Host<&str>) -> bool {
     match host {
         url::Host::Domain(d) => d.trim_end_matches('.').eq_ignore_ascii_case("localhost"),

@@ -96,7 +96,7 @@ impl Proxy {
         self.snapshot.load_full()
     }
 
-    /// Answers one request that came on `conn`; never fails (errors become SPEC's JSON
+    /// Answers one request that came on `conn`; never fails (errors become the proxy's JSON
     /// answers).
     ///
     /// hyper moves this future for every request, so it is kept small: the request's
@@ -324,7 +324,7 @@ impl Proxy {
         Ok(res)
     }
 
-    /// Sends `req` upstream on `held`'s connections; the answer's head, or SPEC's error
+    /// Sends `req` upstream on `held`'s connections; the answer's head, or the proxy's error
     /// (counted) when there is none within `request_timeout`. Not an `async fn`: the
     /// request is handed to the connection right away, and the returned future is only
     /// the wait (hyper moves it for every request, so it is kept small).

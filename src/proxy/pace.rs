@@ -1,4 +1,4 @@
-//! A route's pace on the data path (SPEC "Data path"): its `rate_limit`, the pause an
+//! A route's pace on the data path: its `rate_limit`, the pause an
 //! upstream `429` imposes (`Retry-After`, in seconds or as an HTTP date; 1 s when absent;
 //! at most [`MAX_PAUSE`]), and — with `store = "redis"` — the budget every replica
 //! shares, so GoTo's quota is spent as one. When that budget cannot be reached the route

@@ -1,4 +1,4 @@
-//! What an upstream `429` does to the request that got it (SPEC "Data path"): the route
+//! What an upstream `429` does to the request that got it: the route
 //! pauses for the answer's `Retry-After` ([`super::pace`]); with `retry_429 = true` a
 //! `GET`, `HEAD` or `OPTIONS` is sent again once that pause has passed, if that is within
 //! `token_wait`; otherwise GoTo's 429 passes through as it came. A `POST`, `PUT`, `PATCH`

@@ -46,7 +46,7 @@ pub(crate) const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 /// Lifetime assumed when a token response carries no `expires_in`.
 pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// The longest lifetime believed (SPEC: one year). A token endpoint answering more, or
+/// The longest lifetime believed (one year). A token endpoint answering more, or
 /// a stored expiry further ahead, is clamped to it: a token answer is data, not trust,
 /// and no later arithmetic on the expiry can overflow.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);

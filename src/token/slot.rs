@@ -56,7 +56,7 @@ pub(super) struct TokenSlot {
     pub(super) generation: AtomicU64,
     /// The newest token generation whose rejection was already answered with a renewal
     /// (or that was rejected right after such a renewal): its later rejections pass
-    /// through instead of renewing again (SPEC: a rejected token renews at most once).
+    /// through instead of renewing again (a rejected token renews at most once).
     pub(super) renewed_on_rejection: AtomicU64,
     /// True while only a person can make a token (`login`): waiting is pointless.
     pub(super) needs_login: AtomicBool,

@@ -185,7 +185,7 @@ fn holds_secret_in_base64(run: &[u8], secrets: &[&[u8]]) -> bool {
 }
 
 /// Largest token endpoint (or keys endpoint) answer read: beyond it the answer is
-/// refused, like a malformed one, instead of growing the process (SPEC: 1 MiB).
+/// refused, like a malformed one, instead of growing the process (1 MiB).
 pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
@@ -291,7 +291,7 @@ enum NumOrStr {
 
 /// `expires_in` as GoTo sends it (a number, or a string in Direct Login answers). Zero,
 /// negative and non-numeric values are refused, so the renewal fails like an error answer
-/// and the current token stays (SPEC "Token lifecycle"); huge values saturate and are
+/// and the current token stays; huge values saturate and are
 /// clamped to a year later ([`super::lifetime_of`]).
 fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     use serde::de::Error;
@@ -334,7 +334,7 @@ fn key_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
 }
 
 /// An error with its causes ("error sending request: connection refused"), without the
-/// URL: a configured URL's user info and query are never logged (SPEC).
+/// URL: a configured URL's user info and query are never logged.
 fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut out = e.to_string();

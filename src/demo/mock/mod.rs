@@ -1,5 +1,5 @@
 //! A mock of GoTo's token endpoints and APIs on a real socket, faithful to how GoTo
-//! issues tokens (SPEC "How GoTo issues tokens"). `demo` runs it, and every test runs
+//! issues tokens (as GoTo documents it). `demo` runs it, and every test runs
 //! against it, so what the demo shows is what the tests prove.
 //!
 //! **Not a supported API.** It is test equipment, exported (and hidden from the docs)

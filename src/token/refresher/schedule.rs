@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use crate::token::{half, EXPIRY_MARGIN};
 
 /// Two token endpoint calls of one credential are never closer than this, whatever the
-/// answers say (SPEC: a lifetime of 0, a storm of rejections or of operator clicks must
+/// answers say (a lifetime of 0, a storm of rejections or of operator clicks must
 /// not hammer the endpoint; with Direct Login every call revokes the other tokens).
 pub(crate) const MIN_RENEWAL_SPACING: Duration = Duration::from_secs(1);
 

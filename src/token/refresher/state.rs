@@ -28,7 +28,8 @@ pub enum CredentialState {
 }
 
 impl CredentialState {
-    /// The SPEC word: `valid`, `renewing`, `needs_login`, `failing`, `no_token`.
+    /// The word the status page and `/tokens` show: `valid`, `renewing`, `needs_login`,
+    /// `failing`, `no_token`.
     pub fn as_str(self) -> &'static str {
         match self {
             CredentialState::Valid => "valid",
@@ -222,7 +223,7 @@ impl Credential {
     /// Whether only a person can make a token again ([`Credential::set_needs_login`]):
     /// then nothing calls the token endpoint on its own — neither the schedule nor a
     /// rejected token — until a sign-in, a token adopted from the store, a reload that
-    /// changes the credential, or `POST /refresh/{credential}` (SPEC "Configuration").
+    /// changes the credential, or `POST /refresh/{credential}`.
     pub(super) fn awaits_a_person(&self) -> bool {
         self.slot.needs_login.load(Ordering::Relaxed)
     }

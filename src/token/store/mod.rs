@@ -3,8 +3,8 @@
 //! atomically: temp file, fsync, rename, fsync the directory), safe to share between a
 //! running proxy and a `login` in another process (an advisory lock serialises writers).
 //!
-//! The file store assumes nothing about its directory that it has not checked (SPEC
-//! "Token lifecycle"): a directory other users can write to is refused, the temp file
+//! The file store assumes nothing about its directory that it has not checked: a
+//! directory other users can write to is refused, the temp file
 //! is created exclusively under an unpredictable name and never through a symbolic link,
 //! and `state.path` itself must not be a symbolic link. A damaged file costs only the
 //! records that cannot be read: the others are used, and the damaged bytes are kept in a
@@ -42,7 +42,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// The state directory can be written by other users, who could then plant or
-    /// replace files in it (SPEC: refused at start, naming it).
+    /// replace files in it (refused at start, naming it).
     #[error(
         "state directory {} is {reason} (mode {mode:04o}): other users could plant or replace files in it; \
          run `chmod go-w {}` (it must also belong to the user running the proxy, or root), \
@@ -80,7 +80,7 @@ pub enum StoreError {
     Backend(String),
     /// Sealed token records exist and none of them opens with the configured
     /// `state.encryption_keys` (a wrong key), or no key is configured at all: the start
-    /// is refused and nothing is written (SPEC "Configuration": `state.encryption_keys`).
+    /// is refused and nothing is written (`state.encryption_keys`: a wrong key stops the start).
     #[error("{}", keys_message(store, credentials, sealed_with, tried))]
     Keys {
         /// The store (`file …`, `redis …`).

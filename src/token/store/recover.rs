@@ -1,6 +1,6 @@
 //! Reading what can be read of a state file: a file cut or garbled anywhere still
 //! yields every record complete before the damage, and names the records that are JSON
-//! but not a stored token (SPEC "Token lifecycle": each readable record is used).
+//! but not a stored token (each readable record is used).
 
 use std::collections::{BTreeMap, BTreeSet};
 
