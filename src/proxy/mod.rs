@@ -379,32 +379,16 @@ fn watched(body: Either<Full<Bytes>, Limited<Incoming>>, settings: &ProxySetting
 
 /// A small request body (at most [`RETRY_BODY_LIMIT`], its length announced), read whole
 /// so it can be resent; a client that stops sending it for `idle` is refused.
-async fn collect_small(mut body: Incoming, idle: std::time::Duration) -> Result<Bytes, ProxyError> {
-    let mut collected = bytes::BytesMut::new();
-    loop {
-        // The usual body is there already: no timer for it.
-        let frame = match body.frame().now_or_never() {
-            Some(frame) => frame,
-            None => match tokio::time::timeout(idle, body.frame()).await {
-                Ok(frame) => frame,
-                Err(_) => {
-                    tracing::warn!(idle = %humantime::format_duration(idle), "the request body moved no byte for body_idle_timeout; broken off");
-                    return Err(bad_request(format!(
-                        "the request body moved no byte for {} (body_idle_timeout)",
-                        humantime::format_duration(idle)
-                    )));
-                }
-            },
-        };
-        match frame {
-            None => return Ok(collected.freeze()),
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    collected.extend_from_slice(data);
-                }
+async fn collect_small(body: Incoming, idle: std::time::Duration) -> Result<Bytes, ProxyError> {
+    match IdleBody::new(body, idle).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => match e.downcast_ref::<crate::upstream::BodyIdle>() {
+            Some(stalled) => {
+                tracing::warn!(error = %stalled, "request body broken off");
+                Err(bad_request(stalled.to_string()))
             }
-            Some(Err(_)) => return Err(bad_request("the request body ended early")),
-        }
+            None => Err(bad_request("the request body ended early")),
+        },
     }
 }
 
