@@ -109,10 +109,14 @@ pub(super) async fn inspect_forbidden(
     let deadline = tokio::time::Instant::now() + within;
     let mut seen = BytesMut::new();
     let says = |b: &[u8]| contains(b, b"InvalidToken") || contains(b, b"invalid_token");
+    // Each new chunk is searched once, with enough of the bytes before it for a word cut
+    // between two chunks.
+    let mut searched: usize = 0;
     let ended = loop {
-        if seen.len() >= REJECTION_BODY_LIMIT || says(&seen) {
+        if seen.len() >= REJECTION_BODY_LIMIT || says(&seen[searched.saturating_sub("InvalidToken".len() - 1)..]) {
             break false;
         }
+        searched = seen.len();
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => break false, // stalled: passed on as it is
             Ok(None) => break true,
