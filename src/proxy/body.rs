@@ -2,7 +2,6 @@
 //! removed, a body that stops moving broken off (`body_idle_timeout`), and a broken-off
 //! body counted and written into the access line's `error`.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use super::access::AccessLine;
 use super::rewrite::strip_hop_by_hop;
 use super::table::Route;
 use super::Body;
+use crate::upstream::{BodyIdle, IdleBody};
 
 pub(super) fn passthrough(res: Response<Incoming>, route: &Route) -> Response<Body> {
     passthrough_after(res, route, None)
@@ -27,14 +27,12 @@ pub(super) fn passthrough_after(mut res: Response<Incoming>, route: &Route, pref
     let (aborted, idle_counter, idle_after) = (route.aborted.clone(), route.body_idle.clone(), route.body_idle_timeout);
     res.map(|inner| {
         Either::Left(UpstreamStream {
-            inner,
+            inner: IdleBody::new(inner, idle_after),
             prefix,
             aborted: Some(aborted),
             idle_counter,
             bytes_out: 0,
             access: None,
-            idle_after,
-            idle: None,
             failed: None,
         })
     })
@@ -45,7 +43,7 @@ pub(super) fn passthrough_after(mut res: Response<Incoming>, route: &Route, pref
 pub enum BodyError {
     /// The upstream broke it off.
     #[error("upstream broke off the answer: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
     /// No byte moved for `body_idle_timeout`.
     #[error("the answer moved no byte for {}", humantime::format_duration(*.0))]
     Idle(Duration),
@@ -56,7 +54,8 @@ pub enum BodyError {
 /// which aborts the client's connection (the client sees a truncated answer, never a
 /// hang), the route's counter counts it and the access line records it.
 pub struct UpstreamStream {
-    inner: Incoming,
+    /// The upstream's body, broken off after `body_idle_timeout` without a byte.
+    inner: IdleBody<Incoming>,
     /// Bytes read from `inner` already (a 403 inspected for `InvalidToken`), sent first.
     prefix: Option<Bytes>,
     /// Taken on the first error, so one broken body counts once.
@@ -67,10 +66,6 @@ pub struct UpstreamStream {
     bytes_out: u64,
     /// The request's access log line, written when this body is done (or dropped).
     access: Option<AccessLine>,
-    idle_after: Duration,
-    /// Armed the first time the body has nothing to give (a body read in one go never
-    /// needs a timer), pushed back on every frame after that.
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The access line's `error` when the body did not end cleanly.
     failed: Option<&'static str>,
 }
@@ -105,37 +100,28 @@ impl hyper::body::Body for UpstreamStream {
                 if let Some(data) = frame.data_ref() {
                     self.bytes_out += data.len() as u64;
                 }
-                let after = self.idle_after;
-                if let Some(timer) = self.idle.as_mut() {
-                    timer.as_mut().reset(tokio::time::Instant::now() + after);
-                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(c) = self.aborted.take() {
-                    c.inc();
-                    self.failed = Some(ABORTED);
-                    tracing::warn!(error = %e, "upstream broke off the response body");
+                let e = match e.downcast::<BodyIdle>() {
+                    Ok(idle) => BodyError::Idle(idle.0),
+                    Err(e) => BodyError::Upstream(e),
+                };
+                // Counted and logged once per body.
+                if let Some(aborted) = self.aborted.take() {
+                    if let BodyError::Idle(_) = e {
+                        self.idle_counter.inc();
+                        self.failed = Some(IDLE);
+                        tracing::warn!(error = %e, "the upstream's answer body broken off (body_idle_timeout)");
+                    } else {
+                        aborted.inc();
+                        self.failed = Some(ABORTED);
+                        tracing::warn!(error = %e, "upstream broke off the response body");
+                    }
                 }
-                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+                Poll::Ready(Some(Err(e)))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let after = self.idle_after;
-                let timer = self.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                if self.aborted.take().is_some() {
-                    self.idle_counter.inc();
-                    self.failed = Some(IDLE);
-                    tracing::warn!(
-                        idle = %humantime::format_duration(after),
-                        "the upstream's answer body moved no byte for body_idle_timeout; broken off"
-                    );
-                }
-                Poll::Ready(Some(Err(BodyError::Idle(after))))
-            }
+            other => other.map(|o| o.map(|r| r.map_err(BodyError::Upstream))),
         }
     }
 
