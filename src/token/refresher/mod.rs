@@ -396,6 +396,12 @@ impl Credential {
                     token.version = version;
                     return Persisted::Ours(token);
                 }
+                // The store holds what this renewal was made from (its refresh token: a
+                // replica wrote its copy back after the store lost its data): this renewal
+                // is the newer one, and the refresh token stored may be dead already.
+                Ok(Saved::Stale { current: Some(stored), version }) if !sign_in && self.renewed_from(&stored) => {
+                    token.version = version
+                }
                 Ok(Saved::Stale { current: Some(stored), version }) if !sign_in => {
                     match Token::from_stored(self.name(), &stored, SystemTime::now()) {
                         Ok(theirs) => return Persisted::Theirs(theirs),
@@ -416,6 +422,14 @@ impl Credential {
         tracing::error!(credential = %self.name(), attempts = SAVE_ATTEMPTS, "could not persist the new token: the stored record kept changing");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
         Persisted::Ours(token)
+    }
+
+    /// Whether `stored` carries the refresh token of the token held now, the one a
+    /// renewal under way was made from.
+    fn renewed_from(&self, stored: &crate::token::StoredToken) -> bool {
+        let held = self.slot.current.load();
+        let held = held.as_ref().and_then(|t| t.refresh_token.as_ref()).map(|r| r.expose());
+        held.is_some() && held == stored.refresh_token.as_deref()
     }
 
     /// Replaces `dead` by a copy that is already expired but keeps its refresh token.
