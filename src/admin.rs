@@ -25,6 +25,7 @@ use crate::error::ProxyError;
 use crate::inbound;
 use crate::login::LoginFlows;
 use crate::response;
+use crate::token::accounts::AccountSet;
 use crate::token::{Credential, Trigger};
 
 mod page;
@@ -45,6 +46,8 @@ pub(crate) trait View: Send + Sync {
     fn metrics_text(&self) -> String;
     /// Requests answered so far, per route prefix.
     fn requests_by_route(&self) -> BTreeMap<String, u64>;
+    /// The accounts of each account credential (`accounts = true`), by credential.
+    fn accounts(&self) -> Arc<BTreeMap<String, Arc<AccountSet>>>;
 }
 
 /// The admin service.
@@ -126,8 +129,45 @@ impl Admin {
                 res
             }
             (&Method::GET, ["tokens"]) => {
-                let infos: BTreeMap<&str, _> = credentials.iter().map(|(n, c)| (n.as_str(), c.info())).collect();
-                json(StatusCode::OK, &serde_json::to_value(infos).unwrap_or_default())
+                let query: BTreeMap<String, String> =
+                    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+                json(StatusCode::OK, &self.tokens(&credentials, &query))
+            }
+            (&Method::POST, ["refresh", name, account]) => {
+                let (name, account) = (named(name), named(account));
+                let Some(set) = self.view.accounts().get(&name).cloned() else {
+                    return unknown(&credentials, &name);
+                };
+                if !set.adopt(&account).await {
+                    return unknown_account(&name, &account);
+                }
+                let Some(a) = set.index().get(&account).cloned() else { return unknown_account(&name, &account) };
+                if from_a_form(req.headers()) {
+                    let _outcome_is_on_the_page = a.cred.refresh(Trigger::Manual).await;
+                    return see_other("/");
+                }
+                match a.cred.refresh(Trigger::Manual).await {
+                    Ok(_) => json(StatusCode::OK, &serde_json::to_value(a.cred.info()).unwrap_or_default()),
+                    Err(e) => json(
+                        StatusCode::BAD_GATEWAY,
+                        &serde_json::json!({ "error": "refresh_failed", "message": e.message, "needs_login": e.needs_login }),
+                    ),
+                }
+            }
+            (&Method::POST, ["accounts", name, account, "remove"]) => {
+                let (name, account) = (named(name), named(account));
+                let Some(set) = self.view.accounts().get(&name).cloned() else {
+                    return unknown(&credentials, &name);
+                };
+                match set.remove(&account).await {
+                    Ok(true) if from_a_form(req.headers()) => see_other("/"),
+                    Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": account, "credential": name })),
+                    Ok(false) => unknown_account(&name, &account),
+                    Err(e) => json(
+                        StatusCode::BAD_GATEWAY,
+                        &serde_json::json!({ "error": "store_error", "message": e.to_string() }),
+                    ),
+                }
             }
             (&Method::POST, ["refresh", name]) => match credentials.get(&named(name)) {
                 None => unknown(&credentials, &named(name)),
@@ -147,7 +187,7 @@ impl Admin {
             },
             (&Method::GET, ["login", name]) => match credentials.get(&named(name)) {
                 None => unknown(&credentials, &named(name)),
-                Some(c) => match self.login.start(c) {
+                Some(c) => match self.login.start(c, account_param(req.uri().query()).as_deref()) {
                     Ok(url) => redirect(&url),
                     Err(e) => json(
                         StatusCode::BAD_REQUEST,
@@ -157,11 +197,17 @@ impl Admin {
             },
             (&Method::GET, ["callback"]) => {
                 let query = req.uri().query().unwrap_or("");
-                let (status, page) = self.login.callback(query, &credentials).await;
+                let (status, page) = self.login.callback(query, &credentials, &self.view.accounts()).await;
                 // A page with neither style nor script: its nonce is never used.
                 secure_page(html(status, &page), &crate::random::token(16))
             }
-            (_, ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback"] | ["refresh" | "login", _]) => json(
+            (
+                _,
+                ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback"]
+                | ["refresh" | "login", _]
+                | ["refresh", _, _]
+                | ["accounts", _, _, "remove"],
+            ) => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &serde_json::json!({ "error": "method_not_allowed", "message": format!("{method} {path} is not supported") }),
             ),
@@ -180,10 +226,54 @@ impl Admin {
         secure_page(html(StatusCode::OK, &body), &nonce)
     }
 
+    /// `GET /tokens`: every credential's metadata; an account credential's accounts under
+    /// it, a page at a time (`?credential=&offset=&limit=`, 50 by default, 500 at most).
+    fn tokens(&self, credentials: &Credentials, query: &BTreeMap<String, String>) -> serde_json::Value {
+        let number = |k: &str, default: usize| query.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(default);
+        let (offset, limit) = (number("offset", 0), number("limit", 50).min(500));
+        let only = query.get("credential");
+        let sets = self.view.accounts();
+        let mut out = serde_json::Map::new();
+        for (name, c) in credentials.iter().filter(|(n, _)| only.is_none_or(|o| o == *n)) {
+            let mut info = serde_json::to_value(c.info()).unwrap_or_default();
+            if let (Some(set), Some(obj)) = (sets.get(name), info.as_object_mut()) {
+                let index = set.index();
+                let items: Vec<serde_json::Value> = index
+                    .iter()
+                    .skip(offset)
+                    .take(limit)
+                    .map(|a| {
+                        let mut v = serde_json::to_value(a.cred.info()).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.insert("name".into(), a.name.clone().into());
+                        }
+                        v
+                    })
+                    .collect();
+                let counts: serde_json::Map<String, serde_json::Value> =
+                    set.state_counts().iter().map(|(s, n)| ((*s).to_string(), (*n).into())).collect();
+                obj.insert("state".into(), if set.ready().is_ok() { "valid" } else { "no_token" }.into());
+                obj.insert(
+                    "accounts".into(),
+                    serde_json::json!({ "total": index.len(), "offset": offset, "limit": limit, "states": counts, "items": items }),
+                );
+            }
+            out.insert(name.clone(), info);
+        }
+        serde_json::Value::Object(out)
+    }
+
     fn readyz(&self) -> Response<Full<Bytes>> {
         let (used, credentials) = (self.view.used(), self.view.credentials());
+        let sets = self.view.accounts();
         let mut not_ready = BTreeMap::new();
         for name in used.iter() {
+            if let Some(set) = sets.get(name) {
+                if let Err(why) = set.ready() {
+                    not_ready.insert(name.clone(), why);
+                }
+                continue;
+            }
             if let Some(c) = credentials.get(name) {
                 if c.valid_token().is_none() {
                     not_ready.insert(name.clone(), c.why_unavailable());
@@ -211,6 +301,18 @@ fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {
         StatusCode::NOT_FOUND,
         &serde_json::json!({ "error": "unknown_credential", "message": format!("no credential named {name:?} (configured: {})", known.join(", ")) }),
     )
+}
+
+fn unknown_account(credential: &str, account: &str) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::NOT_FOUND,
+        &serde_json::json!({ "error": "unknown_account", "message": format!("credential {credential:?} has no account named {account:?}") }),
+    )
+}
+
+/// The `account` query parameter of `/login/{credential}?account=NAME`.
+fn account_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "account").map(|(_, v)| v.into_owned())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -2,7 +2,7 @@
 //! reloads and an orderly stop. [`start`] returns the bound addresses, so tests (and
 //! `demo`) run whole proxies in-process on `127.0.0.1:0`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,13 +18,14 @@ use crate::login::LoginFlows;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::outbound::{Outbound, OutboundError};
-use crate::proxy::{Proxy, Snapshot};
+use crate::proxy::{Proxy, RouteCredential, Snapshot};
 use crate::server::{ConnInfo, Serve};
+use crate::token::accounts::{AccountSet, Starter};
 use crate::token::redis_budget::RedisBudget;
 use crate::token::redis_store::RedisStore;
 use crate::token::seal::Sealer;
 use crate::token::store::{FileStore, StoreError, TokenStore};
-use crate::token::{Credential, TokenHandle};
+use crate::token::Credential;
 use crate::upstream::{Affinity, Connector};
 
 /// How long in-flight requests may take to finish after a stop is asked for.
@@ -75,6 +76,8 @@ pub enum StartError {
 pub struct Core {
     config: ArcSwap<Config>,
     credentials: ArcSwap<Credentials>,
+    /// The accounts of each account credential (`accounts = true`).
+    accounts: ArcSwap<BTreeMap<String, Arc<AccountSet>>>,
     used: ArcSwap<Vec<String>>,
     /// Running refresh loops: the credential they renew and how to stop them.
     refreshers: Mutex<HashMap<String, (Arc<Credential>, CancellationToken)>>,
@@ -181,21 +184,26 @@ impl Core {
             next.insert(name.clone(), cred);
         }
         let used = config.used_credentials();
+        // An account credential's token lives in its accounts: the credential itself
+        // (kept for sign-ins and the admin) neither loads nor renews one.
+        let renews =
+            |name: &str| used.iter().any(|u| u == name) && !config.credentials.get(name).is_some_and(|c| c.accounts);
         for c in &fresh {
-            if used.iter().any(|u| u == c.name()) {
+            if renews(c.name()) {
                 c.init().await;
             }
         }
+        let sets = self.account_sets(&config, &net, same_net).await;
         {
             let mut running = self.refreshers.lock().unwrap_or_else(|p| p.into_inner());
             running.retain(|name, (c, stop)| {
-                let keep = used.contains(name) && next.get(name).is_some_and(|n| Arc::ptr_eq(n, c));
+                let keep = renews(name) && next.get(name).is_some_and(|n| Arc::ptr_eq(n, c));
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
-            for name in &used {
+            for name in used.iter().filter(|n| renews(n)) {
                 if let (false, Some(c)) = (running.contains_key(name), next.get(name)) {
                     let stop = self.shutdown.child_token();
                     let restarts = self.metrics.refresher_restarts.with_label_values(&[name.as_str()]);
@@ -210,12 +218,68 @@ impl Core {
             }
         }
         self.notifier.set_targets(config.notify.clone(), net.webhooks.clone());
-        let by_name: HashMap<String, TokenHandle> = next.iter().map(|(k, v)| (k.clone(), v.handle())).collect();
+        let by_name: HashMap<String, RouteCredential> = next
+            .iter()
+            .map(|(k, v)| match sets.get(k) {
+                Some(set) => (k.clone(), RouteCredential::Accounts(set.clone())),
+                None => (k.clone(), RouteCredential::One(v.handle())),
+            })
+            .collect();
         self.proxy.swap(Snapshot::compile(&config, &by_name, &self.metrics, &net.outbound));
         self.net.store(net);
         self.credentials.store(Arc::new(next));
+        self.accounts.store(Arc::new(sets));
         self.used.store(Arc::new(used));
         self.config.store(Arc::new(config));
+    }
+
+    /// The account sets of `config`'s account credentials: kept when the credential (and
+    /// the outbound settings) did not change, else built and loaded from the store; the
+    /// accounts of sets no longer used stop renewing.
+    async fn account_sets(&self, config: &Config, net: &Arc<Net>, same_net: bool) -> BTreeMap<String, Arc<AccountSet>> {
+        let old = self.accounts.load_full();
+        let mut sets = BTreeMap::new();
+        for (name, cfg) in config.credentials.iter().filter(|(_, c)| c.accounts) {
+            let set = match old.get(name) {
+                Some(s) if same_net && **s.config() == **cfg => s.clone(),
+                _ => {
+                    let set = Arc::new(AccountSet::new(
+                        cfg.clone(),
+                        net.http.clone(),
+                        self.store.clone(),
+                        self.metrics.clone(),
+                        self.starter(),
+                        self.shutdown.child_token(),
+                    ));
+                    set.load().await;
+                    set
+                }
+            };
+            sets.insert(name.clone(), set);
+        }
+        for (name, s) in old.iter() {
+            if !sets.get(name).is_some_and(|n| Arc::ptr_eq(n, s)) {
+                s.stop();
+            }
+        }
+        sets
+    }
+
+    /// How an account's refresh loop and notifications start: supervised like a
+    /// credential's, until its stop token is cancelled.
+    fn starter(&self) -> Starter {
+        let (tasks, notifier, metrics) = (self.tasks.clone(), self.notifier.clone(), self.metrics.clone());
+        Arc::new(move |cred: Arc<Credential>, stop: CancellationToken| {
+            let restarts = metrics.refresher_restarts.with_label_values(&[cred.name()]);
+            let (c, s) = (cred.clone(), stop.clone());
+            tasks.spawn(supervise(cred.key().to_string(), stop.clone(), restarts, move || c.clone().run(s.clone())));
+            tasks.spawn(notifier.clone().watch(cred, stop));
+        })
+    }
+
+    /// The account credentials' account sets, by name.
+    pub fn account_sets_now(&self) -> Arc<BTreeMap<String, Arc<AccountSet>>> {
+        self.accounts.load_full()
     }
 
     /// Reloads: validates nothing itself (pass a validated [`Config`]), refuses changes
@@ -331,7 +395,17 @@ impl crate::admin::View for Core {
     }
 
     fn metrics_text(&self) -> String {
+        for (name, set) in self.accounts.load().iter() {
+            let counts = set.state_counts();
+            for (state, n) in counts {
+                self.metrics.accounts.with_label_values(&[name.as_str(), state]).set(n as i64);
+            }
+        }
         self.metrics.render()
+    }
+
+    fn accounts(&self) -> Arc<BTreeMap<String, Arc<AccountSet>>> {
+        self.accounts.load_full()
     }
 
     fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
@@ -569,6 +643,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let core = Arc::new(Core {
         config: ArcSwap::from_pointee(config.clone()),
         credentials: ArcSwap::from_pointee(Credentials::new()),
+        accounts: ArcSwap::from_pointee(BTreeMap::new()),
         used: ArcSwap::from_pointee(Vec::new()),
         refreshers: Mutex::new(HashMap::new()),
         proxy: proxy.clone(),

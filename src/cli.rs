@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, GrantKind, StateSettings, DEFAULT_CONFIG_PATH};
 use crate::login::{parse_pasted, LoginFlows};
 use crate::metrics::Metrics;
+use crate::token::accounts::AccountSet;
 use crate::token::{Credential, Token};
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
@@ -69,6 +70,11 @@ enum Command {
         after_help = "Example:\n  curl -H \"Authorization: Bearer $(goto-auth-proxy token --credential goto)\" https://api.getgo.com/admin/rest/v1/me"
     )]
     Token(CredentialArgs),
+    /// List the accounts of an account credential from the state store: name, principal, keys, state, expiry.
+    #[command(
+        after_help = "Example:\n  goto-auth-proxy accounts --config config/goto-auth-proxy.toml --credential goto"
+    )]
+    Accounts(AccountsArgs),
     /// Print a new random state encryption key (base64 of 32 bytes) for state.encryption_keys.
     #[command(
         long_about = "Print a new random state encryption key: standard base64 of 32 bytes from the OS random \
@@ -114,6 +120,21 @@ struct CredentialArgs {
     /// Credential name (may be omitted when only one fits).
     #[arg(long)]
     credential: Option<String>,
+    /// Account of an account credential (`accounts = true`): sign in, or read, this one.
+    #[arg(long)]
+    account: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct AccountsArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Account credential (may be omitted when only one has `accounts = true`).
+    #[arg(long)]
+    credential: Option<String>,
+    /// One JSON object per account instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Entry point: parse, log, dispatch; returns the process exit code.
@@ -133,8 +154,15 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check(&a),
         Command::Run(a) => run(&a),
         Command::Demo(a) => demo(&a),
-        Command::Login(a) => with_config(&a.config, |c| block_on(c.proxy.workers, login(c, a.credential.as_deref()))),
-        Command::Token(a) => with_config(&a.config, |c| block_on(Some(1), token(c, a.credential.as_deref()))),
+        Command::Login(a) => with_config(&a.config, |c| {
+            block_on(c.proxy.workers, login(c, a.credential.as_deref(), a.account.as_deref()))
+        }),
+        Command::Token(a) => {
+            with_config(&a.config, |c| block_on(Some(1), token(c, a.credential.as_deref(), a.account.as_deref())))
+        }
+        Command::Accounts(a) => {
+            with_config(&a.config, |c| block_on(Some(1), accounts(c, a.credential.as_deref(), a.json)))
+        }
         Command::Keygen => keygen(),
     }
 }
@@ -395,8 +423,15 @@ async fn one_shot_store(config: &Config) -> anyhow::Result<Arc<dyn crate::token:
     Ok(crate::app::open_checked_store(config, &metrics).await?)
 }
 
-async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
+async fn token(config: Config, name: Option<&str>, account: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |_| true)?;
+    let is_accounts = config.credentials.get(&name).is_some_and(|c| c.accounts);
+    let name = match (account, is_accounts) {
+        (Some(a), true) => format!("{name}/{a}"),
+        (None, true) => bail!("credential {name:?} holds many accounts: choose one with --account NAME (`goto-auth-proxy accounts` lists them)"),
+        (Some(_), false) => bail!("credential {name:?} holds one token: --account applies to credentials with accounts = true"),
+        (None, false) => name,
+    };
     let store = one_shot_store(&config).await?;
     let stored = store.load(&name).await?;
     let Some(stored) = stored else {
@@ -413,20 +448,111 @@ async fn token(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
+/// The account set of `cred` for a one-shot `login` (nothing renews in this process);
+/// empty for a credential that holds one token.
+async fn one_shot_accounts(
+    config: &Config,
+    cred: &Arc<Credential>,
+) -> anyhow::Result<BTreeMap<String, Arc<AccountSet>>> {
+    let mut sets = BTreeMap::new();
+    if cred.config().accounts {
+        let metrics = Metrics::new(prometheus::Registry::new())?;
+        let store = crate::app::open_checked_store(config, &metrics).await?;
+        let http = crate::outbound::Outbound::from_config(config)?.token_client(config.proxy.connect_timeout)?;
+        let set =
+            AccountSet::new(cred.config().clone(), http, store, metrics, Arc::new(|_, _| {}), CancellationToken::new());
+        set.load().await;
+        sets.insert(cred.name().to_string(), Arc::new(set));
+    }
+    Ok(sets)
+}
+
+/// `accounts`: the accounts an account credential holds in the store.
+async fn accounts(config: Config, name: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let name = pick_accounts(&config, name)?;
+    let store = one_shot_store(&config).await?;
+    let now = std::time::SystemTime::now();
+    let names = store.accounts(&name).await?;
+    if !as_json {
+        println!("{:<24} {:<32} {:<14} {:<14} {:<8} expires", "NAME", "PRINCIPAL", "ORGANIZER", "ACCOUNT", "STATE");
+    }
+    for account in &names {
+        let stored = store.load(&format!("{name}/{account}")).await?;
+        let token = stored.as_ref().and_then(|s| Token::from_stored(&name, s, now).ok());
+        let state = match &token {
+            Some(t) if t.is_valid_at(now) => "valid",
+            Some(_) => "expired",
+            None => "no_token",
+        };
+        let expires = token.as_ref().map(|t| humantime::format_rfc3339_seconds(t.expires_at).to_string());
+        let field = |f: Option<&String>| f.cloned().unwrap_or_else(|| "-".into());
+        let (principal, organizer, account_key) = match &token {
+            Some(t) => (t.principal.as_ref(), t.organizer_key.as_ref(), t.account_key.as_ref()),
+            None => (None, None, None),
+        };
+        if as_json {
+            let line = serde_json::json!({
+                "name": account, "principal": principal, "organizer_key": organizer,
+                "account_key": account_key, "state": state, "expires_at": expires,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{:<24} {:<32} {:<14} {:<14} {:<8} {}",
+                account,
+                field(principal),
+                field(organizer),
+                field(account_key),
+                state,
+                expires.unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    if !as_json {
+        eprintln!("{} account(s) of credential {name:?} in {}", names.len(), store.describe());
+    }
+    Ok(())
+}
+
+/// The account credential a command is about: `--credential`, or the only one.
+fn pick_accounts(config: &Config, name: Option<&str>) -> anyhow::Result<String> {
+    let with: Vec<&String> = config.credentials.iter().filter(|(_, c)| c.accounts).map(|(n, _)| n).collect();
+    match name {
+        Some(n) if with.iter().any(|w| *w == n) => Ok(n.to_string()),
+        Some(n) => bail!(
+            "credential {n:?} is not an account credential (accounts = true): {}",
+            if with.is_empty() {
+                "none is configured".to_string()
+            } else {
+                format!("those are {}", with.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", "))
+            }
+        ),
+        None => match with.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => bail!("no credential has accounts = true"),
+            many => bail!(
+                "several account credentials; choose one with --credential ({})",
+                many.iter().map(|w| w.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    }
+}
+
+async fn login(config: Config, name: Option<&str>, account: Option<&str>) -> anyhow::Result<()> {
     let name = pick(&config, name, |g| g == GrantKind::AuthorizationCode)?;
     let credentials = runtime_credentials(&config).await?;
     let cred = credentials.get(&name).cloned().context("credential vanished")?;
+    let sets = one_shot_accounts(&config, &cred).await?;
     let admin = config.proxy.admin_listen;
     let flows = Arc::new(LoginFlows::new(format!("http://{admin}/callback")));
-    let started = flows.begin(&cred)?;
+    let started = flows.begin(&cred, account)?;
     let redirect = cred.config().redirect_uri.clone().unwrap_or_else(|| format!("http://{admin}/callback"));
 
     // The callback, when the redirect URI points at a loopback port we can take.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     let stop = CancellationToken::new();
     let (callback_server, proxy_running) =
-        callback_listener(&redirect, flows.clone(), credentials.clone(), done_tx, stop.clone()).await;
+        callback_listener(&redirect, flows.clone(), credentials.clone(), sets.clone(), done_tx, stop.clone()).await;
 
     // The URL goes out only once the callback listener is up, so a fast browser finds it.
     println!("{}", started.url);
@@ -450,7 +576,7 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
                 Ok(Some(line)) => match parse_pasted(&line) {
                     Some((code, state)) => {
                         let state = state.unwrap_or_else(|| started.state.clone());
-                        match flows.finish(&credentials, &code, &state).await {
+                        match flows.finish(&credentials, &sets, &code, &state).await {
                             Ok(_) => break Ok(()),
                             Err(e) => break Err(e.into()),
                         }
@@ -468,14 +594,26 @@ async fn login(config: Config, name: Option<&str>) -> anyhow::Result<()> {
     }
     outcome?;
 
-    let info = cred.info();
-    println!(
-        "Signed in: credential {name:?} now holds a token (expires {}); stored in {}.",
-        info.expires_at.unwrap_or_default(),
-        one_shot_store(&config).await?.describe()
-    );
+    let refresh_path = match flows.last_account() {
+        Some(account) => {
+            println!(
+                "Signed in: account {account:?} of credential {name:?} is stored in {}.",
+                one_shot_store(&config).await?.describe()
+            );
+            format!("{}/{}", crate::config::refresh_path(&name), crate::config::name_to_path(&account))
+        }
+        None => {
+            let info = cred.info();
+            println!(
+                "Signed in: credential {name:?} now holds a token (expires {}); stored in {}.",
+                info.expires_at.unwrap_or_default(),
+                one_shot_store(&config).await?.describe()
+            );
+            crate::config::refresh_path(&name)
+        }
+    };
     if proxy_running {
-        let url = format!("http://{admin}{}", crate::config::refresh_path(&name));
+        let url = format!("http://{admin}{refresh_path}");
         // The admin listener is on loopback: never through an environment's proxy.
         let local = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
         match local.post(&url).timeout(Duration::from_secs(10)).send().await {
@@ -494,6 +632,7 @@ async fn callback_listener(
     redirect: &str,
     flows: Arc<LoginFlows>,
     credentials: BTreeMap<String, Arc<Credential>>,
+    sets: BTreeMap<String, Arc<AccountSet>>,
     done: tokio::sync::mpsc::Sender<()>,
     stop: CancellationToken,
 ) -> (Option<tokio::task::JoinHandle<()>>, bool) {
@@ -509,14 +648,14 @@ async fn callback_listener(
             return (None, false);
         }
     };
-    let credentials = Arc::new(credentials);
+    let (credentials, sets) = (Arc::new(credentials), Arc::new(sets));
     let serve = crate::server::Serve::new(stop).drain(Duration::from_secs(2));
     let server = serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _peer| {
-        let (flows, creds, done) = (flows.clone(), credentials.clone(), done.clone());
+        let (flows, creds, sets, done) = (flows.clone(), credentials.clone(), sets.clone(), done.clone());
         async move {
             let query = req.uri().query().unwrap_or("").to_string();
             let (status, page) = if req.uri().path() == "/callback" {
-                flows.callback(&query, &creds).await
+                flows.callback(&query, &creds, &sets).await
             } else {
                 (http::StatusCode::NOT_FOUND, "not found\n".to_string())
             };

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     /// 501: a request body in a transfer coding other than `chunked`, which the proxy
     /// would otherwise have to drop silently.
     UnsupportedTransferCoding,
+    /// 400: an account credential's route, and nothing in the request chooses an account.
+    AccountRequired,
+    /// 400: `X-GoTo-Account` names no account of the route's credential.
+    UnknownAccount,
 }
 
 impl ErrorCode {
@@ -54,6 +58,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            ErrorCode::AccountRequired => "account_required",
+            ErrorCode::UnknownAccount => "unknown_account",
         }
     }
 
@@ -72,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            ErrorCode::AccountRequired | ErrorCode::UnknownAccount => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::config::GrantKind;
-use crate::token::{Credential, Token};
+use crate::token::accounts::AccountSet;
+use crate::token::Credential;
 
 /// A pending sign-in expires after this long: time enough to sign in, short enough that a
 /// leaked `state` soon means nothing.
@@ -30,6 +31,12 @@ pub(crate) enum LoginError {
         "unknown or already used sign-in state: start again from /login/{{credential}} or `goto-auth-proxy login`"
     )]
     BadState,
+    /// `?account=` on a credential that holds one token.
+    #[error("credential {0:?} holds one token: set accounts = true on it to sign in several accounts")]
+    NotAccounts(String),
+    /// `?account=` is not a name.
+    #[error("{0} is not an account name: 1-64 ASCII letters, digits, '_', '-' and '.'")]
+    BadAccountName(String),
     /// The callback carried no code.
     #[error("no authorization code in the callback{}", .0.as_deref().map(|e| format!(" (the authorization server said: {e})")).unwrap_or_default())]
     NoCode(Option<String>),
@@ -41,6 +48,9 @@ pub(crate) enum LoginError {
 /// One sign-in in progress.
 struct Pending {
     credential: String,
+    /// The account a sign-in to an account credential adds or renews (`None`: named
+    /// after who signs in).
+    account: Option<String>,
     verifier: String,
     redirect_uri: String,
     /// `tokio`'s clock, so a test with paused time can let one expire.
@@ -88,6 +98,8 @@ pub(crate) struct LoginFlows {
     pending: Mutex<PendingTable>,
     /// Used when a credential sets no `redirect_uri`: the admin listener's `/callback`.
     default_redirect: String,
+    /// The account the last finished sign-in went to (for `login` to report).
+    last_account: Mutex<Option<String>>,
 }
 
 /// An authorize URL and the state that will come back with the code.
@@ -101,19 +113,28 @@ pub(crate) struct Started {
 impl LoginFlows {
     /// Flows whose default redirect URI is `default_redirect`.
     pub(crate) fn new(default_redirect: String) -> LoginFlows {
-        LoginFlows { pending: Mutex::new(PendingTable::default()), default_redirect }
+        LoginFlows { pending: Mutex::new(PendingTable::default()), default_redirect, last_account: Mutex::default() }
     }
 
-    /// Begins a sign-in for `cred` and returns the authorize URL.
-    pub(crate) fn start(&self, cred: &Credential) -> Result<String, LoginError> {
-        self.begin(cred).map(|s| s.url)
+    /// Begins a sign-in for `cred` (as `account`, for an account credential) and returns
+    /// the authorize URL.
+    pub(crate) fn start(&self, cred: &Credential, account: Option<&str>) -> Result<String, LoginError> {
+        self.begin(cred, account).map(|s| s.url)
     }
 
     /// Begins a sign-in, returning the URL and its state.
-    pub(crate) fn begin(&self, cred: &Credential) -> Result<Started, LoginError> {
+    pub(crate) fn begin(&self, cred: &Credential, account: Option<&str>) -> Result<Started, LoginError> {
         let cfg = cred.config();
         if cfg.grant != GrantKind::AuthorizationCode {
             return Err(LoginError::NotAuthorizationCode(cfg.name.clone()));
+        }
+        if let Some(a) = account {
+            if !cfg.accounts {
+                return Err(LoginError::NotAccounts(cfg.name.clone()));
+            }
+            if !crate::config::is_valid_name(a) {
+                return Err(LoginError::BadAccountName(crate::config::quoted(a)));
+            }
         }
         let redirect_uri = cfg.redirect_uri.clone().unwrap_or_else(|| self.default_redirect.clone());
         let state = crate::random::token(24);
@@ -129,18 +150,27 @@ impl LoginFlows {
         );
         if let Ok(mut p) = self.pending.lock() {
             let created = tokio::time::Instant::now();
-            p.insert(state.clone(), Pending { credential: cfg.name.clone(), verifier, redirect_uri, created });
+            let account = account.map(str::to_string);
+            p.insert(state.clone(), Pending { credential: cfg.name.clone(), account, verifier, redirect_uri, created });
         }
         Ok(Started { url, state })
     }
 
-    /// Finishes a sign-in: the state must be pending (it is consumed either way).
+    /// The account the last finished sign-in went to, if it was an account's.
+    pub(crate) fn last_account(&self) -> Option<String> {
+        self.last_account.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// Finishes a sign-in: the state must be pending (it is consumed either way). An
+    /// account credential's sign-in goes to its account set (`accounts`); the answer
+    /// names the account signed in.
     pub(crate) async fn finish(
         &self,
         credentials: &BTreeMap<String, Arc<Credential>>,
+        accounts: &BTreeMap<String, Arc<AccountSet>>,
         code: &str,
         state: &str,
-    ) -> Result<(Arc<Credential>, Arc<Token>), LoginError> {
+    ) -> Result<(Arc<Credential>, Option<String>), LoginError> {
         let pending = self.pending.lock().ok().and_then(|mut p| p.take(state)).ok_or(LoginError::BadState)?;
         let cred = credentials.get(&pending.credential).cloned().ok_or(LoginError::BadState)?;
         let response = cred
@@ -148,8 +178,16 @@ impl LoginFlows {
             .exchange_code(code, &pending.redirect_uri, Some(&pending.verifier))
             .await
             .map_err(|e| LoginError::Exchange(e.to_string()))?;
-        let token = cred.install_response(response).await.map_err(|e| LoginError::Exchange(e.message))?;
-        Ok((cred, token))
+        if let Some(set) = accounts.get(&pending.credential) {
+            let name =
+                set.sign_in(pending.account.as_deref(), response).await.map_err(|e| LoginError::Exchange(e.message))?;
+            if let Ok(mut last) = self.last_account.lock() {
+                *last = Some(name.clone());
+            }
+            return Ok((cred, Some(name)));
+        }
+        cred.install_response(response).await.map_err(|e| LoginError::Exchange(e.message))?;
+        Ok((cred, None))
     }
 
     /// Handles `GET /callback?…`, answering a short HTML page.
@@ -157,19 +195,31 @@ impl LoginFlows {
         &self,
         query: &str,
         credentials: &BTreeMap<String, Arc<Credential>>,
+        accounts: &BTreeMap<String, Arc<AccountSet>>,
     ) -> (StatusCode, String) {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let result = match (params.get("code"), params.get("state")) {
-            (Some(code), Some(state)) => self.finish(credentials, code, state).await,
+            (Some(code), Some(state)) => self.finish(credentials, accounts, code, state).await,
             (None, _) => Err(LoginError::NoCode(params.get("error_description").or(params.get("error")).cloned())),
             (Some(_), None) => Err(LoginError::BadState),
         };
         match result {
-            Ok((cred, _)) => (
+            Ok((cred, None)) => (
                 StatusCode::OK,
                 page(
                     "Signed in",
                     &format!("Credential <b>{}</b> is now signed in. You can close this tab.", escape(cred.name())),
+                ),
+            ),
+            Ok((cred, Some(account))) => (
+                StatusCode::OK,
+                page(
+                    "Signed in",
+                    &format!(
+                        "Account <b>{}</b> of credential <b>{}</b> is now signed in. You can close this tab.",
+                        escape(&account),
+                        escape(cred.name())
+                    ),
                 ),
             ),
             Err(e) => {
@@ -274,6 +324,7 @@ mod tests {
     fn pending(credential: &str) -> Pending {
         Pending {
             credential: credential.into(),
+            account: None,
             verifier: "v".into(),
             redirect_uri: "http://127.0.0.1/callback".into(),
             created: tokio::time::Instant::now(),

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub rate_limit_local: IntCounterVec,
     /// 1 while a credential cannot renew without a person (sign-in, password), else 0.
     pub credential_needs_login: prometheus::IntGaugeVec,
+    /// `goto_auth_proxy_accounts{credential,state}`: accounts of an account credential per
+    /// state (set when scraped; never an account's name).
+    pub accounts: prometheus::IntGaugeVec,
     /// Notifications to a person, by event and outcome (`sent`, `failed`).
     pub notifications: IntCounterVec,
 }
@@ -156,6 +159,11 @@ impl Metrics {
             &["credential"],
         )?;
         registry.register(Box::new(credential_needs_login.clone()))?;
+        let accounts = prometheus::IntGaugeVec::new(
+            Opts::new("goto_auth_proxy_accounts", "Accounts of an account credential, by state."),
+            &["credential", "state"],
+        )?;
+        registry.register(Box::new(accounts.clone()))?;
         let notifications = IntCounterVec::new(
             Opts::new("goto_auth_proxy_notifications_total", "Notifications to a person, by event and outcome."),
             &["event", "outcome"],
@@ -178,6 +186,7 @@ impl Metrics {
             upstream_throttled,
             rate_limit_local,
             credential_needs_login,
+            accounts,
             notifications,
         })
     }

@@ -36,6 +36,9 @@ pub struct Payload {
     pub event: &'static str,
     /// The credential's name.
     pub credential: String,
+    /// The account, for an account of an account credential (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Its grant.
     pub grant: &'static str,
     /// What happened, in words.
@@ -156,7 +159,7 @@ impl Notifier {
                 *was = next;
                 let Some(event) = event.filter(|e| target.events.contains(e)) else { continue };
                 let payload = self.payload(&cred, event, &h);
-                tracing::info!(credential = %cred.name(), event = event.as_str(), "notifying");
+                tracing::info!(credential = %cred.key(), event = event.as_str(), "notifying");
                 let (me, target) = (self.clone(), target.clone());
                 self.tasks.spawn(async move { me.deliver(&target, &payload).await });
             }
@@ -164,10 +167,15 @@ impl Notifier {
     }
 
     fn payload(&self, cred: &Credential, event: NotifyEvent, h: &Health) -> Payload {
-        let name = cred.name();
+        let name = cred.key();
         let grant = cred.config().grant;
-        let login_url = (grant == GrantKind::AuthorizationCode)
-            .then(|| format!("{}{}", self.admin_base, crate::config::login_path(name)));
+        let login_url = (grant == GrantKind::AuthorizationCode).then(|| {
+            let path = crate::config::login_path(cred.name());
+            match cred.account() {
+                Some(a) => format!("{}{path}?account={a}", self.admin_base),
+                None => format!("{}{path}", self.admin_base),
+            }
+        });
         let why = h.last_error.as_deref().unwrap_or("no reason given");
         let message = match event {
             NotifyEvent::NeedsLogin => match &login_url {
@@ -182,7 +190,8 @@ impl Notifier {
         };
         Payload {
             event: event.as_str(),
-            credential: name.to_string(),
+            credential: cred.name().to_string(),
+            account: cred.account().map(str::to_string),
             grant: grant.as_str(),
             message,
             login_url,

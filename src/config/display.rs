@@ -216,6 +216,10 @@ fn write_credential(f: &mut fmt::Formatter<'_>, c: &CredentialConfig) -> fmt::Re
             let names: Vec<&str> = c.authorize_params.iter().map(|(k, _)| k.as_str()).collect();
             writeln!(f, "    authorize_params: {}", names.join(", "))?;
         }
+        if c.accounts {
+            let default = c.default_account.as_deref().map_or(String::from("none"), super::names::quoted);
+            writeln!(f, "    accounts: many (default account: {default}; token_rate: {}/s)", c.token_rate)?;
+        }
     }
     if let Some(r) = &c.redirect_uri {
         writeln!(f, "    redirect_uri: {}", display_url_str(r))?;

@@ -355,6 +355,9 @@ impl GrantKind {
                     "refresh_before",
                     "client_auth",
                     "authorize_params",
+                    "accounts",
+                    "default_account",
+                    "token_rate",
                 ],
             ),
             GrantKind::Password => {
@@ -449,6 +452,14 @@ pub struct CredentialConfig {
     pub client_auth: ClientAuth,
     /// Extra authorize query parameters (`prompt = "consent"`), in name order.
     pub authorize_params: Vec<(String, String)>,
+    /// `accounts = true`: many people sign in to this client, each an account chosen per
+    /// request (an account credential).
+    pub accounts: bool,
+    /// The account a request that names none uses (account credentials only).
+    pub default_account: Option<String>,
+    /// Token endpoint calls per second this credential may make (all its accounts
+    /// together; with Redis, all replicas together).
+    pub token_rate: f64,
 }
 
 /// One `[[routes]]` entry. `Debug` hides the upstream's user info (`display.rs`).

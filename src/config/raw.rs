@@ -264,6 +264,9 @@ pub(super) struct RawCredential {
     pub(super) refresh_before: Option<Duration>,
     pub(super) client_auth: Option<Spanned<String>>,
     pub(super) authorize_params: Option<Spanned<BTreeMap<String, String>>>,
+    pub(super) accounts: Option<Spanned<bool>>,
+    pub(super) default_account: Option<Spanned<String>>,
+    pub(super) token_rate: Option<Spanned<f64>>,
 }
 
 /// One `[[routes]]` entry.

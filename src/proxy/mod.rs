@@ -26,7 +26,7 @@ mod verdict;
 pub use body::UpstreamStream;
 pub use pace::{Shared, DEFAULT_PAUSE, MAX_PAUSE, PAUSE_POLL};
 pub use rewrite::strip_hop_by_hop;
-pub use table::{Route, Snapshot};
+pub use table::{Route, RouteCredential, Snapshot};
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -47,6 +47,7 @@ use crate::limit::InFlight;
 use crate::metrics::Metrics;
 use crate::route;
 use crate::server::ConnInfo;
+use crate::token::accounts::{Account, AccountSet, NoAccount};
 use crate::token::{Token, TokenHandle};
 use crate::upstream::{Affinity, Connector, Held, IdleBody, Replay, Resent, UpstreamBody};
 use body::passthrough;
@@ -207,6 +208,11 @@ impl Proxy {
         affinity: &Affinity,
     ) -> Result<Response<Body>, ProxyError> {
         let settings = &snap.settings;
+        // An account credential's route: the request chooses the account first.
+        let chosen = match &route.credential {
+            Some(RouteCredential::Accounts(set)) => Some(choose_account(set, parts)?),
+            _ => None,
+        };
         // The route's `rate_limit` and any 429 pause: no wait (one atomic load) usually.
         let shared = self.shared.as_ref();
         if !route.pace.is_open(shared) {
@@ -240,7 +246,12 @@ impl Proxy {
         // Token: the head is rewritten under one `ArcSwap` load (no reference count taken:
         // the data-path threads would all write the token's); wait (bounded) only when no
         // valid token exists.
-        let Some(cred) = route.credential.as_ref() else {
+        let cred = match (&route.credential, &chosen) {
+            (Some(RouteCredential::One(handle)), _) => Some(handle),
+            (Some(RouteCredential::Accounts(_)), Some(account)) => Some(&account.handle),
+            _ => None,
+        };
+        let Some(cred) = cred else {
             rewrite_request(route, parts, path.as_deref(), None)?;
             let retry = throttle::retry_copy(parts, buffered.as_ref());
             let req = Request::from_parts(take_parts(parts), watched(upstream_body(buffered, stream), settings));
@@ -447,6 +458,33 @@ fn overloaded(settings: &ProxySettings) -> ProxyError {
         ErrorCode::Overloaded,
         format!("{} requests are in flight (max_concurrent_requests); retry shortly", settings.max_concurrent_requests),
     )
+}
+
+/// The header that chooses an account of an account credential (removed before forwarding).
+const ACCOUNT_HEADER: &str = "x-goto-account";
+
+/// The account a request to an account credential's route uses ("Many accounts").
+fn choose_account(set: &AccountSet, parts: &mut http::request::Parts) -> Result<Arc<Account>, ProxyError> {
+    let header = parts.headers.remove(ACCOUNT_HEADER);
+    let named = match &header {
+        Some(v) => Some(v.to_str().map_err(|_| {
+            ProxyError::new(ErrorCode::UnknownAccount, "X-GoTo-Account names no account of this credential")
+        })?),
+        None => None,
+    };
+    set.choose(named, parts.uri.path(), parts.uri.query()).map_err(|why| match why {
+        NoAccount::Unknown => ProxyError::new(
+            ErrorCode::UnknownAccount,
+            format!("X-GoTo-Account names no account of credential {:?} (`goto-auth-proxy accounts` lists them)", set.name()),
+        ),
+        NoAccount::Required => ProxyError::new(
+            ErrorCode::AccountRequired,
+            format!(
+                "credential {:?} holds many accounts: choose one with the X-GoTo-Account header (a name, email, organizer or account key), or set default_account",
+                set.name()
+            ),
+        ),
+    })
 }
 
 /// `f` on the credential's token if it is valid now (the per-request path: one

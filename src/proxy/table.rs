@@ -13,6 +13,7 @@ use crate::limit::RateLimiter;
 use crate::metrics::{Metrics, RequestCounters};
 use crate::outbound::Outbound;
 use crate::route::Router;
+use crate::token::accounts::AccountSet;
 use crate::token::TokenHandle;
 use crate::upstream::Target;
 
@@ -27,7 +28,7 @@ pub struct Route {
     /// `Host` sent upstream.
     pub(super) host: HeaderValue,
     /// Token to inject; `None` passes the request through untouched.
-    pub credential: Option<TokenHandle>,
+    pub credential: Option<RouteCredential>,
     pub(super) strip_prefix: bool,
     pub(super) methods: Option<Vec<Method>>,
     pub(super) duration: prometheus::Histogram,
@@ -42,10 +43,29 @@ pub struct Route {
     pub(super) body_idle_timeout: std::time::Duration,
 }
 
+/// Whose token a route injects: one credential's, or the account each request chooses.
+#[derive(Clone)]
+pub enum RouteCredential {
+    /// A credential with one token.
+    One(TokenHandle),
+    /// An account credential: the request chooses the account.
+    Accounts(Arc<AccountSet>),
+}
+
+impl RouteCredential {
+    /// The credential's name (logs, the access line).
+    pub fn name(&self) -> &str {
+        match self {
+            RouteCredential::One(h) => h.name(),
+            RouteCredential::Accounts(a) => a.name(),
+        }
+    }
+}
+
 impl Route {
     fn compile(
         cfg: &RouteConfig,
-        credentials: &HashMap<String, TokenHandle>,
+        credentials: &HashMap<String, RouteCredential>,
         metrics: &Metrics,
         outbound: &Outbound,
         connect_timeout: std::time::Duration,
@@ -109,7 +129,7 @@ impl Snapshot {
     /// reached with `outbound`'s TLS configuration and proxy.
     pub fn compile(
         config: &Config,
-        credentials: &HashMap<String, TokenHandle>,
+        credentials: &HashMap<String, RouteCredential>,
         metrics: &Metrics,
         outbound: &Outbound,
     ) -> Snapshot {

@@ -17,6 +17,7 @@
 //! * [`refresher`] — the per-credential refresh loop and single-flight renewals: the
 //!   schedule, replica coordination, recorded outcomes.
 
+pub mod accounts;
 mod grant;
 mod handle;
 mod id_token;

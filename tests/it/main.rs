@@ -13,6 +13,7 @@
 )]
 
 mod access_log;
+mod accounts;
 mod cli;
 mod corporate;
 mod data_path;

@@ -297,6 +297,7 @@ fn validate_credential(
         Some(s) => Some(parse_url(loc, s, &key("redirect_uri"))?.to_string()),
         None => None,
     };
+    let accounts = accounts_of(loc, name, &raw)?;
     Ok(CredentialConfig {
         name: name.to_string(),
         grant,
@@ -315,7 +316,51 @@ fn validate_credential(
         refresh_before: raw.refresh_before.unwrap_or(Duration::from_secs(300)),
         client_auth: client_auth(loc, &raw.client_auth, &key("client_auth"))?,
         authorize_params: authorize_params(loc, &raw.authorize_params, &key("authorize_params"))?,
+        accounts,
+        default_account: raw.default_account.as_ref().map(|s| s.get_ref().clone()),
+        token_rate: token_rate(loc, &raw.token_rate, &key("token_rate"))?,
     })
+}
+
+/// The default `token_rate`: token endpoint calls per second per credential.
+const DEFAULT_TOKEN_RATE: f64 = 5.0;
+
+/// `token_rate`: a positive number of calls per second, at most 1000.
+fn token_rate(loc: &Locator<'_>, raw: &Option<Spanned<f64>>, key: &str) -> Result<f64, ConfigError> {
+    match raw {
+        None => Ok(DEFAULT_TOKEN_RATE),
+        Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 && *r.get_ref() <= 1000.0 => Ok(*r.get_ref()),
+        Some(r) => Err(loc.err(&r.span(), key, "must be a number of calls per second above 0 and at most 1000")),
+    }
+}
+
+/// `accounts` and `default_account`: an account credential takes no seed refresh token
+/// (each account signs in), and its default account is a name.
+fn accounts_of(loc: &Locator<'_>, name: &str, raw: &RawCredential) -> Result<bool, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let on = raw.accounts.as_ref().is_some_and(|a| *a.get_ref());
+    if on {
+        if let Some(seed) = &raw.refresh_token {
+            return Err(loc.err_key(
+                &key("refresh_token"),
+                &seed.span(),
+                "is not used with accounts = true: each account signs in (`login --account NAME`)",
+            ));
+        }
+    }
+    if let Some(d) = &raw.default_account {
+        if !on {
+            return Err(loc.err(&d.span(), key("default_account"), "needs accounts = true"));
+        }
+        if !super::names::is_valid_name(d.get_ref()) {
+            return Err(loc.err(
+                &d.span(),
+                key("default_account"),
+                format!("{} is not an account name: 1-64 ASCII letters, digits, '_', '-' and '.'", quoted(d.get_ref())),
+            ));
+        }
+    }
+    Ok(on)
 }
 
 /// `client_auth`: one of the three names; absent is GoTo's raw Basic.
@@ -378,6 +423,9 @@ fn check_grant_keys(
         ("refresh_before", raw.refresh_before.as_ref().map(|_| span.clone())),
         ("client_auth", raw.client_auth.as_ref().map(Spanned::span)),
         ("authorize_params", raw.authorize_params.as_ref().map(Spanned::span)),
+        ("accounts", raw.accounts.as_ref().map(Spanned::span)),
+        ("default_account", raw.default_account.as_ref().map(Spanned::span)),
+        ("token_rate", raw.token_rate.as_ref().map(Spanned::span)),
     ];
     let (required, optional) = grant.keys();
     for (k, s) in &present {

@@ -48,12 +48,12 @@ impl Credential {
         let mut changes = self.store.changes();
         let deadline = deadline_in(PEER_WAIT);
         loop {
-            match self.store.lock(self.name(), LOCK_TTL).await {
+            match self.store.lock(self.key(), LOCK_TTL).await {
                 Ok(Some(lock)) => {
                     // The previous holder may have stored its token just now.
                     if let Some(t) = self.adopt_if_good_enough(trigger).await {
-                        if let Err(e) = self.store.unlock(self.name(), lock).await {
-                            tracing::warn!(credential = %self.name(), error = %e, "cannot release the renewal lock");
+                        if let Err(e) = self.store.unlock(self.key(), lock).await {
+                            tracing::warn!(credential = %self.key(), error = %e, "cannot release the renewal lock");
                         }
                         return Coordinated::Adopted(t);
                     }
@@ -63,7 +63,7 @@ impl Credential {
                 Err(e) => return self.store_unavailable(trigger, &e.to_string()),
             }
             tokio::select! {
-                _ = next_change(&mut changes, self.name()) => {}
+                _ = next_change(&mut changes, self.key()) => {}
                 _ = tokio::time::sleep(PEER_POLL) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     return Coordinated::Deferred(self.record_deferred(
@@ -82,7 +82,7 @@ impl Credential {
     fn store_unavailable(&self, trigger: Trigger, error: &str) -> Coordinated {
         let current = self.slot.current.load_full();
         if must_renew_alone(trigger, current.as_deref(), self.cfg.refresh_before, SystemTime::now()) {
-            tracing::warn!(credential = %self.name(), ?trigger, %error, "shared store unavailable and the token is due: renewing without coordination");
+            tracing::warn!(credential = %self.key(), ?trigger, %error, "shared store unavailable and the token is due: renewing without coordination");
             self.metrics.token_refreshes.with_label_values(&[self.name(), "uncoordinated"]).inc();
             Coordinated::Alone
         } else {
@@ -111,10 +111,10 @@ impl Credential {
     pub(super) async fn sync_with_store(&self) {
         // A renewal under way reads the store itself.
         let Ok(_guard) = self.refresh_lock.try_lock() else { return };
-        let stored = match self.store.load(self.name()).await {
+        let stored = match self.store.load(self.key()).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(credential = %self.name(), error = %e, "cannot read the shared store");
+                tracing::debug!(credential = %self.key(), error = %e, "cannot read the shared store");
                 return;
             }
         };
@@ -145,12 +145,12 @@ impl Credential {
     async fn write_back(&self, held: &StoredToken) {
         let mut held = held.clone();
         for _ in 0..2 {
-            match self.store.save(self.name(), &held).await {
+            match self.store.save(self.key(), &held).await {
                 Ok(Saved::Stored(version)) => {
-                    tracing::info!(credential = %self.name(), "the shared store held the token this one renewed (or none): wrote ours back");
+                    tracing::info!(credential = %self.key(), "the shared store held the token this one renewed (or none): wrote ours back");
                     self.metrics.token_refreshes.with_label_values(&[self.name(), "written_back"]).inc();
                     // Served again as the stored version, so the store and this replica agree.
-                    if let Ok(mut t) = Token::from_stored(self.name(), &held, SystemTime::now()) {
+                    if let Ok(mut t) = Token::from_stored(self.key(), &held, SystemTime::now()) {
                         t.version = version;
                         self.publish(t);
                     }
@@ -159,7 +159,7 @@ impl Credential {
                 Ok(Saved::Stale { current: None, version }) => held.version = version,
                 Ok(Saved::Stale { current: Some(_), .. }) => return,
                 Err(e) => {
-                    tracing::debug!(credential = %self.name(), error = %e, "cannot write the token back");
+                    tracing::debug!(credential = %self.key(), error = %e, "cannot write the token back");
                     return;
                 }
             }
@@ -168,11 +168,11 @@ impl Credential {
 
     /// Serves the stored token when it is newer than `current` (another process stored it).
     async fn adopt_stored(&self, current: Option<&Token>) -> Option<Arc<Token>> {
-        let stored = match self.store.load(self.name()).await {
+        let stored = match self.store.load(self.key()).await {
             Ok(Some(s)) => s,
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(credential = %self.name(), error = %e, "cannot read stored token");
+                tracing::warn!(credential = %self.key(), error = %e, "cannot read stored token");
                 return None;
             }
         };
@@ -190,15 +190,15 @@ impl Credential {
         if !newer {
             return None;
         }
-        let token = Token::from_stored(self.name(), &stored, SystemTime::now()).ok()?;
+        let token = Token::from_stored(self.key(), &stored, SystemTime::now()).ok()?;
         if same_token {
             // Only the version moved (another replica wrote the token back): the held
             // token is served on at that version; nothing new was adopted.
-            tracing::debug!(credential = %self.name(), version = stored.version, "the stored record of the held token has a new version");
+            tracing::debug!(credential = %self.key(), version = stored.version, "the stored record of the held token has a new version");
             self.publish(token);
             return None;
         }
-        tracing::info!(credential = %self.name(), "picked up a newer stored token");
+        tracing::info!(credential = %self.key(), "picked up a newer stored token");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
         Some(self.publish(token))
     }

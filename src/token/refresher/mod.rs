@@ -29,6 +29,7 @@ use super::source::{Renewal, SourceError, TokenResponse, TokenSource};
 use super::store::{Saved, TokenStore};
 use super::{later, lifetime_of, unix_secs, Token, MAX_LIFETIME, STATIC_LIFETIME};
 use crate::config::CredentialConfig;
+use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
@@ -65,6 +66,11 @@ pub enum Trigger {
 /// A credential at run time: its token slot, how it renews, where it stores.
 pub struct Credential {
     cfg: Arc<CredentialConfig>,
+    /// The account of an account credential this renews (`None`: the credential itself).
+    account: Option<String>,
+    /// Its record's key in the store and its name in logs: the credential's name, or
+    /// `credential/account` for an account.
+    key: String,
     /// The current token and what waits on it; shared with every [`TokenHandle`].
     slot: Arc<TokenSlot>,
     /// Rejections reported through handles, answered by the refresh loop.
@@ -79,6 +85,8 @@ pub struct Credential {
     metrics: Metrics,
     /// The credential's health, published at every renewal outcome (for notifications).
     health: tokio::sync::watch::Sender<Health>,
+    /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
+    gate: Arc<RateLimiter>,
 }
 
 impl Credential {
@@ -89,10 +97,41 @@ impl Credential {
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
     ) -> Credential {
-        let slot = Arc::new(TokenSlot::new(cfg.name.clone(), metrics.token_refreshes.clone()));
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
+        let gate = Arc::new(RateLimiter::new(cfg.token_rate));
+        Credential::build(cfg, None, http, store, metrics, gate)
+    }
+
+    /// One account of an account credential (`accounts = true`): its own token, record
+    /// (`credential/account`), renewals and health; metrics count it under the credential.
+    pub(crate) fn for_account(
+        cfg: Arc<CredentialConfig>,
+        account: &str,
+        http: reqwest::Client,
+        store: Arc<dyn TokenStore>,
+        metrics: Metrics,
+        gate: Arc<RateLimiter>,
+    ) -> Credential {
+        Credential::build(cfg, Some(account.to_string()), http, store, metrics, gate)
+    }
+
+    fn build(
+        cfg: Arc<CredentialConfig>,
+        account: Option<String>,
+        http: reqwest::Client,
+        store: Arc<dyn TokenStore>,
+        metrics: Metrics,
+        gate: Arc<RateLimiter>,
+    ) -> Credential {
+        let key = match &account {
+            Some(a) => format!("{}/{a}", cfg.name),
+            None => cfg.name.clone(),
+        };
+        let slot = Arc::new(TokenSlot::new(key.clone(), metrics.token_refreshes.clone()));
         Credential {
+            account,
+            key,
             renewal: Renewal::of(&cfg),
             source: TokenSource::new(http, cfg.clone()),
             cfg,
@@ -102,12 +141,31 @@ impl Credential {
             store,
             metrics,
             health: tokio::sync::watch::Sender::new(Health::default()),
+            gate,
         }
     }
 
-    /// The credential's name.
+    /// The credential's name (an account's credential's: metrics never name accounts).
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    /// The account this renews, for an account of an account credential.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// The store key and the name in logs: `credential` or `credential/account`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The arguments of the `login` command that signs this in again.
+    pub fn login_args(&self) -> String {
+        match &self.account {
+            Some(a) => format!("--credential {} --account {a}", self.cfg.name),
+            None => format!("--credential {}", self.cfg.name),
+        }
     }
 
     /// Its configuration.
@@ -142,24 +200,24 @@ impl Credential {
     pub async fn init(&self) {
         if let Renewal::Static(_) = self.renewal {
             if let Err(e) = self.refresh(Trigger::Manual).await {
-                tracing::error!(credential = %self.name(), error = %e, "static token unusable");
+                tracing::error!(credential = %self.key(), error = %e, "static token unusable");
             }
             return;
         }
-        match self.store.load(self.name()).await {
-            Ok(Some(stored)) => match Token::from_stored(self.name(), &stored, SystemTime::now()) {
+        match self.store.load(self.key()).await {
+            Ok(Some(stored)) => match Token::from_stored(self.key(), &stored, SystemTime::now()) {
                 Ok(t) => {
                     if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
-                        tracing::warn!(credential = %self.name(), "the stored token claims to live more than a year (or its expiry is not a time): treated as living one year at most");
+                        tracing::warn!(credential = %self.key(), "the stored token claims to live more than a year (or its expiry is not a time): treated as living one year at most");
                     }
                     let valid = t.is_valid_at(SystemTime::now());
-                    tracing::info!(credential = %self.name(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
+                    tracing::info!(credential = %self.key(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
                     self.publish(t);
                 }
-                Err(e) => tracing::warn!(credential = %self.name(), error = %e, "stored token unusable; ignoring it"),
+                Err(e) => tracing::warn!(credential = %self.key(), error = %e, "stored token unusable; ignoring it"),
             },
             Ok(None) => {}
-            Err(e) => tracing::warn!(credential = %self.name(), error = %e, "cannot read stored token"),
+            Err(e) => tracing::warn!(credential = %self.key(), error = %e, "cannot read stored token"),
         }
     }
 
@@ -227,9 +285,9 @@ impl Credential {
             Coordinated::Alone => self.renew(trigger).await,
             Coordinated::Locked(lock) => {
                 let result = self.renew(trigger).await;
-                if let Err(e) = self.store.unlock(self.name(), lock).await {
+                if let Err(e) = self.store.unlock(self.key(), lock).await {
                     // It expires by itself after LOCK_TTL.
-                    tracing::warn!(credential = %self.name(), error = %e, "cannot release the renewal lock");
+                    tracing::warn!(credential = %self.key(), error = %e, "cannot release the renewal lock");
                 }
                 result
             }
@@ -267,11 +325,16 @@ impl Credential {
     }
 
     /// Waits until [`MIN_RENEWAL_SPACING`] has passed since the last token endpoint call,
-    /// and notes this one.
+    /// and for the credential's `token_rate` turn, and notes this call.
     async fn space_calls(&self) {
         let last = self.slot.status.lock().ok().and_then(|s| s.last_call);
         if let Some(last) = last {
             tokio::time::sleep_until(last.checked_add(MIN_RENEWAL_SPACING).unwrap_or(last)).await;
+        }
+        if let Ok(wait) = self.gate.reserve(std::time::Instant::now(), Duration::MAX) {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         if let Ok(mut s) = self.slot.status.lock() {
             s.last_call = Some(tokio::time::Instant::now());
@@ -295,7 +358,7 @@ impl Credential {
             }
         };
         let published = self.complete(response, current.as_deref(), refresh_token, false).await?;
-        tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
+        tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
         Ok(published)
     }
 
@@ -317,7 +380,7 @@ impl Credential {
         self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
         let published = self.publish(token);
         self.record_success(SystemTime::now());
-        tracing::info!(credential = %self.name(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
+        tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
         Ok(published)
     }
 
@@ -325,7 +388,7 @@ impl Credential {
     pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         let token = self.complete(response, None, None, true).await?;
-        tracing::info!(credential = %self.name(), expires_at = unix_secs(token.expires_at), "signed in");
+        tracing::info!(credential = %self.key(), expires_at = unix_secs(token.expires_at), "signed in");
         Ok(token)
     }
 
@@ -341,7 +404,7 @@ impl Credential {
         sign_in: bool,
     ) -> Result<Arc<Token>, RefreshError> {
         if lifetime_of(response.expires_in).1 {
-            tracing::warn!(credential = %self.name(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
+            tracing::warn!(credential = %self.key(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
         }
         let mut token = match Token::from_response(response, SystemTime::now(), false) {
             Ok(t) => t,
@@ -374,7 +437,7 @@ impl Credential {
         let published = match self.persist(token, sign_in).await {
             Persisted::Ours(token) => self.publish(token),
             Persisted::Theirs(stored) => {
-                tracing::info!(credential = %self.name(), "another process stored a newer token first: took it up instead of this renewal's");
+                tracing::info!(credential = %self.key(), "another process stored a newer token first: took it up instead of this renewal's");
                 self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
                 self.publish(stored)
             }
@@ -391,7 +454,7 @@ impl Credential {
     /// is a renewal when nothing readable is stored.
     async fn persist(&self, mut token: Token, sign_in: bool) -> Persisted {
         for _ in 0..SAVE_ATTEMPTS {
-            match self.store.save(self.name(), &token.to_stored()).await {
+            match self.store.save(self.key(), &token.to_stored()).await {
                 Ok(Saved::Stored(version)) => {
                     token.version = version;
                     return Persisted::Ours(token);
@@ -403,7 +466,7 @@ impl Credential {
                     token.version = version
                 }
                 Ok(Saved::Stale { current: Some(stored), version }) if !sign_in => {
-                    match Token::from_stored(self.name(), &stored, SystemTime::now()) {
+                    match Token::from_stored(self.key(), &stored, SystemTime::now()) {
                         Ok(theirs) => return Persisted::Theirs(theirs),
                         // Unusable (not a header value): ours replaces it.
                         Err(_) => token.version = version,
@@ -413,13 +476,13 @@ impl Credential {
                 Err(e) => {
                     // Serving the new token still beats failing requests; say loudly that
                     // a crash now would lose the refresh token.
-                    tracing::error!(credential = %self.name(), error = %e, "could not persist the new token");
+                    tracing::error!(credential = %self.key(), error = %e, "could not persist the new token");
                     self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
                     return Persisted::Ours(token);
                 }
             }
         }
-        tracing::error!(credential = %self.name(), attempts = SAVE_ATTEMPTS, "could not persist the new token: the stored record kept changing");
+        tracing::error!(credential = %self.key(), attempts = SAVE_ATTEMPTS, "could not persist the new token: the stored record kept changing");
         self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
         Persisted::Ours(token)
     }
@@ -451,7 +514,10 @@ impl Credential {
         token.generation = self.slot.next_generation();
         let token = Arc::new(token);
         self.slot.current.store(Some(token.clone()));
-        self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
+        if self.account.is_none() {
+            // Accounts are counted by state instead (`goto_auth_proxy_accounts`).
+            self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
+        }
         self.slot.changed.send_modify(|g| *g = token.generation);
         token
     }

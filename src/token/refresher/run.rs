@@ -92,7 +92,7 @@ impl Credential {
                     self.answer(report).await;
                     continue;
                 }
-                _ = next_change(&mut changes, self.name()) => {
+                _ = next_change(&mut changes, self.key()) => {
                     self.sync_with_store().await;
                     continue;
                 }

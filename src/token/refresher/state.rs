@@ -122,7 +122,7 @@ impl Credential {
             consecutive_failures: status.consecutive_failures,
             last_error: status.last_error,
             needs_login,
-            state_key_id: self.store.key_id(self.name()),
+            state_key_id: self.store.key_id(self.key()),
         }
     }
 
@@ -151,7 +151,9 @@ impl Credential {
     /// `goto_auth_proxy_credential_needs_login` gauge all read it from here.
     pub(super) fn set_needs_login(&self, needs_login: bool) {
         self.slot.needs_login.store(needs_login, Ordering::Relaxed);
-        self.metrics.credential_needs_login.with_label_values(&[self.name()]).set(i64::from(needs_login));
+        if self.account.is_none() {
+            self.metrics.credential_needs_login.with_label_values(&[self.name()]).set(i64::from(needs_login));
+        }
     }
 
     pub(super) fn record_success(&self, at: SystemTime) {
@@ -172,7 +174,7 @@ impl Credential {
             SourceError::Refused { .. } if e.is_grant_refused() && self.cfg.grant == GrantKind::AuthorizationCode => (
                 "refused",
                 true,
-                format!("{e}; the refresh token is dead: run `goto-auth-proxy login --credential {}`", self.name()),
+                format!("{e}; the refresh token is dead: run `goto-auth-proxy login {}`", self.login_args()),
             ),
             // A refused client secret, like a refused password: asking again cannot succeed,
             // and identity providers lock out clients that keep trying.
@@ -214,7 +216,7 @@ impl Credential {
             }
             Err(_) => 0,
         };
-        tracing::warn!(credential = %self.name(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
+        tracing::warn!(credential = %self.key(), failures, error = %message, retry_after_secs = e.retry_after().map(|d| d.as_secs()), "token renewal failed");
         self.publish_health();
         self.slot.wake(); // waiters see the failure
         RefreshError { message, needs_login }
@@ -240,7 +242,7 @@ impl Credential {
             }
             Err(_) => 0,
         };
-        tracing::warn!(credential = %self.name(), failures, error = %message, "token renewal deferred");
+        tracing::warn!(credential = %self.key(), failures, error = %message, "token renewal deferred");
         self.publish_health();
         self.slot.wake();
         RefreshError { message, needs_login: false }
