@@ -128,3 +128,37 @@ async fn a_default_account_serves_requests_that_choose_none() {
     let ready = s.http.get(s.admin("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_account_survives_a_restart_without_a_sign_in() {
+    let s = stack(two_users(), |m, d| accounts_config(m, d, "")).await;
+    sign_in(&s, Some("alice"), &MockUser::numbered(1).email).await;
+    sign_in(&s, Some("bob"), &MockUser::numbered(2).email).await;
+    let Stack { mock, proxy, dir, http } = s;
+    proxy.stop().await;
+    let calls = mock.stats().token_calls;
+
+    let proxy = start_proxy(&accounts_config(&mock, dir.path(), "")).await;
+    let s = Stack { mock, proxy, dir, http };
+    for who in ["alice", "bob"] {
+        let (status, body) = get_as(&s, WEBINARS, Some(who)).await;
+        assert_eq!(status, 200, "{who}: {body}");
+    }
+    assert_eq!(s.mock.stats().token_calls, calls, "a stored, valid account token was renewed at start");
+
+    // The `accounts` command reads the same store.
+    let file = s.dir.path().join("goto.toml");
+    std::fs::write(&file, accounts_config(&s.mock, s.dir.path(), "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_goto-auth-proxy"))
+        .args(["accounts", "--credential", "goto", "--json", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = lines.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(lines[1]["principal"], MockUser::numbered(2).email.as_str());
+    assert_eq!(lines[1]["state"], "valid");
+}
