@@ -905,3 +905,65 @@ async fn account_directories_are_never_links_nor_writable_by_others_and_leftover
     assert!(goto.join(".x.json.tmp.0123456789abcdef.json.damaged.1").exists());
     assert_eq!(got(&store, "goto/alice").await, Some(token(1)));
 }
+
+// ===== scale: a renewal costs the same at 100 and at 10,000 accounts =====
+
+/// This thread's I/O counters (`/proc/thread-self/io`): bytes it passed to `write`,
+/// its write calls, and bytes it sent (or will send) to the disk.
+fn thread_io() -> (u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    (field("wchar:"), field("syscw:"), field("write_bytes:"))
+}
+
+/// `accounts` sealed account records of credential `big` under `path` (written directly:
+/// the setup is not what is measured), then `saves` renewals of one of them measured.
+/// Returns (bytes passed to write, write calls, bytes to disk) per renewal, the time
+/// `prepare` takes over them all, and the time of one renewal.
+fn renewal_cost(path: &Path, accounts: usize, saves: u64) -> ((u64, u64, u64), Duration, Duration) {
+    let codec = Codec::new(sealer(&[b"1"]));
+    let reported = Mutex::new(BTreeSet::new());
+    // Creates the directories the way the store does.
+    FileStore::save_blocking(path, "big/a0", &token(0), &reported, &codec).unwrap();
+    let dir = account_dir(path, "big");
+    for n in 1..accounts {
+        let key = format!("big/a{n}");
+        let value = codec.encode(&super::recover::file_aad(&key), &StoredToken { version: 1, ..token(0) }).unwrap();
+        std::fs::write(dir.join(format!("a{n}.json")), serde_json::to_vec(&value).unwrap()).unwrap();
+    }
+    let started = std::time::Instant::now();
+    FileStore::prepare_blocking(path, &reported, &codec).unwrap();
+    let prepare = started.elapsed();
+    let key = format!("big/a{}", accounts / 2);
+    let before = thread_io();
+    let started = std::time::Instant::now();
+    for n in 1..=saves {
+        let from = FileStore::load_blocking(path, &key, &reported, &codec).unwrap().unwrap().version;
+        let saved = FileStore::save_blocking(path, &key, &StoredToken { version: from, ..token(n) }, &reported, &codec);
+        assert!(matches!(saved.unwrap(), Saved::Stored(_)));
+    }
+    let after = thread_io();
+    let each = started.elapsed() / u32::try_from(saves).unwrap();
+    let per = |a: u64, b: u64| (a - b) / saves;
+    ((per(after.0, before.0), per(after.1, before.1), per(after.2, before.2)), prepare, each)
+}
+
+#[test]
+fn a_renewal_of_one_account_writes_the_same_at_100_and_at_10000_accounts() {
+    // On the disk the state lives on in practice (tmpfs counts no disk bytes).
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let small_dir = tempfile::tempdir_in(&base).unwrap();
+    let big_dir = tempfile::tempdir_in(&base).unwrap();
+    let (small, small_prepare, small_each) = renewal_cost(&small_dir.path().join("state.json"), 100, 20);
+    let (big, big_prepare, big_each) = renewal_cost(&big_dir.path().join("state.json"), 10_000, 20);
+    println!(
+        "per account renewal (write bytes, write calls, disk bytes): 100 accounts {small:?} in {small_each:?}, \
+         10000 accounts {big:?} in {big_each:?}; prepare: 100 accounts {small_prepare:?}, 10000 accounts {big_prepare:?}"
+    );
+    assert_eq!((small.0, small.1), (big.0, big.1), "bytes and calls to write do not depend on the number of accounts");
+    assert!(big.2 <= small.2 + 4096, "disk bytes: {small:?} vs {big:?}");
+    assert!(big.0 < 2048, "one small record written: {big:?}");
+    assert!(big_prepare < Duration::from_secs(10), "start-up over 10,000 account records: {big_prepare:?}");
+}
