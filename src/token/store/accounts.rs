@@ -231,24 +231,41 @@ impl AccountFile {
     }
 }
 
+/// Refuses the account records' directory when it exists and is a link, not a
+/// directory, or writable by other users (checked at start, and again at every write).
+pub(super) fn check_root(state: &Path) -> Result<(), StoreError> {
+    let root = root(state);
+    match std::fs::symlink_metadata(&root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(&root, e)),
+        Ok(_) => real_private_dir(&root),
+    }
+}
+
+/// `dir` is a directory (not a link to one) that no other user can write to.
+fn real_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io_error(dir, e))?;
+    if !meta.is_dir() {
+        return Err(io_error(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a directory (a symbolic link or a file where the proxy keeps account records): move it away",
+            ),
+        ));
+    }
+    check_dir(dir)
+}
+
 /// Takes the writers' lock of the account directory `dir` (created 0700 with its parent
 /// when missing; refused when it, its parent or the state directory is unsafe). Held
 /// until the file is dropped.
 fn lock_dir(state: &Path, dir: &Path) -> Result<File, StoreError> {
     check_dir(&state_dir(state))?;
-    create_private_dir(dir)?;
+    // One level at a time, each checked before anything is created inside it.
     for d in [root(state).as_path(), dir] {
-        let meta = std::fs::symlink_metadata(d).map_err(|e| io_error(d, e))?;
-        if !meta.is_dir() {
-            return Err(io_error(
-                d,
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "not a directory (a symbolic link or a file where the proxy keeps account records): move it away",
-                ),
-            ));
-        }
-        check_dir(d)?;
+        create_private_dir(d)?;
+        real_private_dir(d)?;
     }
     let lock_path = dir.join(".lock");
     let lock = open_no_follow(&lock_path, OpenOptions::new().create(true).truncate(false).write(true))

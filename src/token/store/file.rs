@@ -56,8 +56,9 @@ impl FileStore {
     }
 
     /// A store at `path`, checked as `run` must before trusting it with tokens: refused
-    /// when `path` is a symbolic link or not a regular file, or when its directory exists
-    /// and other users can write to it (the error names the path and how to fix it).
+    /// when `path` is a symbolic link or not a regular file, or when its directory (or
+    /// the account records' directory beside it) exists and other users can write to it
+    /// (the error names the path and how to fix it).
     pub fn open(path: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
         let path = path.into();
         match std::fs::symlink_metadata(&path) {
@@ -68,6 +69,7 @@ impl FileStore {
             Err(source) => return Err(StoreError::Io { path, source }),
         }
         check_dir(&state_dir(&path))?;
+        accounts::check_root(&path)?;
         Ok(FileStore::new(path))
     }
 

@@ -967,3 +967,22 @@ fn a_renewal_of_one_account_writes_the_same_at_100_and_at_10000_accounts() {
     assert!(big.0 < 2048, "one small record written: {big:?}");
     assert!(big_prepare < Duration::from_secs(10), "start-up over 10,000 account records: {big_prepare:?}");
 }
+
+#[tokio::test]
+async fn a_linked_or_shared_account_records_directory_is_refused_at_open_and_never_written_through() {
+    let (_v, victim) = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let root = dir.path().join("state.json.accounts");
+    symlink(victim.parent().unwrap(), &root).unwrap();
+    assert!(FileStore::open(&path).is_err(), "a link where account records live is refused at start");
+    assert!(FileStore::new(&path).save("goto/alice", &token(1)).await.is_err());
+    assert!(!victim.parent().unwrap().join("goto").exists(), "nothing created through the link");
+    assert_untouched(&victim);
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    chmod(&root, 0o777);
+    assert!(matches!(FileStore::open(&path), Err(StoreError::UnsafeDir { .. })));
+    chmod(&root, 0o700);
+    put(&FileStore::open(&path).unwrap(), "goto/alice", token(1)).await;
+}
