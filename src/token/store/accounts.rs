@@ -46,6 +46,10 @@ type OnDisk = (Vec<u8>, Option<Decoded>, RecordState);
 pub(super) struct AccountFile {
     /// `"{credential}/{account}"`: the record's key (and associated data).
     key: String,
+    /// The credential's name, for logs.
+    credential: String,
+    /// The account's name, for logs.
+    account: String,
     /// The credential's directory.
     dir: PathBuf,
     /// `<dir>/<account>.json`.
@@ -74,7 +78,13 @@ impl AccountFile {
             ))
         })?;
         let path = dir.join(format!("{account}{RECORD_SUFFIX}"));
-        Ok(AccountFile { key: format!("{credential}/{account}"), dir, path })
+        Ok(AccountFile {
+            key: super::account_key(credential, account),
+            credential: credential.to_string(),
+            account: account.to_string(),
+            dir,
+            path,
+        })
     }
 
     /// The record as it is on disk: its bytes, what they hold and what they are.
@@ -126,10 +136,10 @@ impl AccountFile {
                 codec.note(&self.key, None);
                 let first = reported.lock().map(|mut r| r.insert(self.key.clone())).unwrap_or(true);
                 if !first {
-                    tracing::debug!(credential = %self.key, path = %self.path.display(), "account record still damaged; no token stored for this account");
+                    tracing::debug!(credential = %self.credential, account = %self.account, path = %self.path.display(), "account record still damaged; no token stored for this account");
                 } else if let RecordState::Unopenable { kid } = record_state {
                     tracing::error!(
-                        credential = %self.key,
+                        credential = %self.credential, account = %self.account,
                         path = %self.path.display(),
                         sealed_with = kid.as_deref().unwrap_or("unknown"),
                         key_ids_tried = ?codec.kids(),
@@ -139,7 +149,7 @@ impl AccountFile {
                     );
                 } else {
                     tracing::error!(
-                        credential = %self.key,
+                        credential = %self.credential, account = %self.account,
                         path = %self.path.display(),
                         "the stored record of this account is damaged: it starts with no token; \
                          the file is copied aside (<path>.damaged.<N>) when it is next written"

@@ -1,5 +1,8 @@
 //! Where tokens outlive the process. A [`TokenStore`] holds one [`StoredToken`] per
-//! credential; [`FileStore`] is the embedded default (one JSON file, mode 0600, written
+//! credential, and one per account of an account credential (key
+//! `"{credential}/{account}"`, each in a record of its own so a renewal's cost does not
+//! grow with the number of accounts); [`FileStore`] is the embedded default (one JSON
+//! file for credentials, a file per account beside it, mode 0600, written
 //! atomically: temp file, fsync, rename, fsync the directory), safe to share between a
 //! running proxy and a `login` in another process (an advisory lock serialises writers).
 //!

@@ -455,7 +455,7 @@ async fn sealed_records_hold_no_token_and_open_with_any_key() {
     put(&store, "a", token(1)).await;
     put(&store, "b", token(2)).await;
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("at1") && !text.contains("rt1") && !text.contains("access_token"), "{text}");
+    assert!(!text.contains("\"at1\"") && !text.contains("\"rt1\"") && !text.contains("access_token"), "{text}");
     let kid = store.key_id("a").unwrap();
     assert_eq!(kids_in(&path), [Some(kid.clone()), Some(kid.clone())]);
     // Rotated: [2, 1] opens it, and prepare re-seals with 2.
@@ -629,7 +629,7 @@ fn a_plaintext_record_read_under_keys_is_warned_about_and_sealed_at_once() {
     );
     assert!(!log.contains("at1") && !log.contains("rt1"), "a token in the log: {log}");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("at1") && !text.contains("access_token"), "not sealed: {text}");
+    assert!(!text.contains("\"at1\"") && !text.contains("access_token"), "not sealed: {text}");
     assert_eq!(kids_in(&path), [codec.current_kid()]);
     // Same version: sealing changed no token.
     assert_eq!(FileStore::load_blocking(&path, "planted", &reported, &codec).unwrap().unwrap().version, 3);
@@ -796,7 +796,7 @@ async fn a_sealed_account_record_opens_only_as_its_own_account() {
     put(&store, "other/alice", token(3)).await;
     let goto = account_dir(&path, "goto");
     let text = std::fs::read_to_string(goto.join("alice.json")).unwrap();
-    assert!(!text.contains("at1") && !text.contains("access_token"), "{text}");
+    assert!(!text.contains("\"at1\"") && !text.contains("access_token"), "{text}");
     assert!(store.key_id("goto/alice").is_some());
     // alice's file copied over bob's, and over alice's of another credential.
     std::fs::copy(goto.join("alice.json"), goto.join("bob.json")).unwrap();
