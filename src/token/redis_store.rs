@@ -12,7 +12,15 @@
 //!   no part (a replica whose clock runs ahead cannot shut the others out).
 //! * `{prefix}:lock:{credential}` — the renewal lock: `SET NX PX` with a random fencing
 //!   value, released by compare-and-delete, so only its holder releases it.
-//! * channel `{prefix}:changed` — the credential's name is published on every save; a
+//! * `{prefix}:token:{credential}/{account}`, `{prefix}:lock:{credential}/{account}` — the
+//!   same for each account of an account credential (associated data
+//!   `redis:{prefix}:{credential}/{account}`, so a value copied to another account does
+//!   not open).
+//! * `{prefix}:accounts:{credential}` — the set of an account credential's account
+//!   names, kept by the same scripts that write and delete the records (a save adds the
+//!   name, a removal deletes the record and the name in one step), so listing the
+//!   accounts reads one set, never a `SCAN`.
+//! * channel `{prefix}:changed` — the record's key is published on every save; a
 //!   subscriber task (started on first use, reconnecting by itself) turns it into
 //!   [`TokenStore::changes`]. Replicas also poll, in case a message was lost.
 //!
@@ -32,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::seal::Sealer;
 use super::store::sealing::{verdict, Codec, Decoded, RecordState};
-use super::store::{next_version, version_in, LockToken, Saved, StoreError, StoredToken, TokenStore};
+use super::store::{
+    account_key, next_version, split_account_key, version_in, LockToken, Saved, StoreError, StoredToken, TokenStore,
+};
 use crate::secret::Secret;
 
 /// Longest any one Redis operation may take before it counts as failed.
@@ -45,7 +55,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 /// from, then tells the other replicas; otherwise answers what is stored. The version is
 /// read as [`super::store::version_in`] reads it (an integer from 0 to 2^53 - 1, else 0),
 /// so both sides agree whatever a planted record holds. No timestamp is looked at.
-/// KEYS: token, channel. ARGV: record json, expected version, name.
+/// KEYS: token, channel, and for an account's record the credential's account set.
+/// ARGV: record json, expected version, key, and the account's name (with the set).
 /// Returns `{1, false}` when stored, `{0, stored value or false}` when refused.
 const SAVE_IF_VERSION: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -63,9 +74,29 @@ if have ~= tonumber(ARGV[2]) then
   return {0, cur or false}
 end
 redis.call('SET', KEYS[1], ARGV[1])
+if KEYS[3] then
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
 redis.call('PUBLISH', KEYS[2], ARGV[3])
 return {1, false}
 "#;
+
+/// Deletes a record and, for an account's, its name from the credential's account set,
+/// in one step; tells the other replicas when something was deleted.
+/// KEYS: token, channel, account set (for an account). ARGV: key, account name.
+const REMOVE: &str = r#"
+local n = redis.call('DEL', KEYS[1])
+if KEYS[3] then
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+if n > 0 then
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+end
+return n
+"#;
+
+/// How many account records one `MGET` reads at start-up.
+const ACCOUNT_BATCH: usize = 500;
 
 /// Deletes the lock only if it still holds this holder's fencing value.
 const UNLOCK: &str = r#"
@@ -84,6 +115,7 @@ pub struct RedisStore {
     errors: Option<IntCounterVec>,
     save_script: redis::Script,
     unlock_script: redis::Script,
+    remove_script: redis::Script,
     /// Change notifications; the subscriber task starts on the first `changes()`.
     changes: OnceLock<broadcast::Sender<String>>,
     /// Stops the subscriber task when the store is dropped.
@@ -186,6 +218,7 @@ impl RedisStore {
             errors,
             save_script: redis::Script::new(SAVE_IF_VERSION),
             unlock_script: redis::Script::new(UNLOCK),
+            remove_script: redis::Script::new(REMOVE),
             changes: OnceLock::new(),
             stop: CancellationToken::new(),
             codec: Codec::default(),
@@ -217,8 +250,13 @@ impl RedisStore {
         let raw: Option<String> =
             self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
         let Some(json) = raw else { return Ok(None) };
+        self.classify(credential, &json).map(Some)
+    }
+
+    /// A stored value of `credential`, opened and classified.
+    fn classify(&self, credential: &str, json: &str) -> Result<(Option<Decoded>, RecordState), StoreError> {
         // The value holds tokens: the message names the key only.
-        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
             StoreError::Backend(format!(
                 "redis {} key {}: not a stored token (line {}, column {})",
                 self.location,
@@ -227,7 +265,28 @@ impl RedisStore {
                 e.column()
             ))
         })?;
-        Ok(Some(self.codec.decode(&self.aad(credential), &value)))
+        Ok(self.codec.decode(&self.aad(credential), &value))
+    }
+
+    /// The account records of `credential`, read a batch of keys per round trip:
+    /// `(key, what it is)` for each that exists.
+    async fn read_accounts(&self, credential: &str) -> Result<Vec<(String, Option<Decoded>, RecordState)>, StoreError> {
+        let keys: Vec<String> = self.accounts(credential).await?.iter().map(|a| account_key(credential, a)).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(ACCOUNT_BATCH) {
+            let mut conn = self.link.conn();
+            let names: Vec<String> = batch.iter().map(|k| self.token_key(k)).collect();
+            let values: Vec<Option<String>> =
+                self.run("load", async move { redis::cmd("MGET").arg(&names).query_async(&mut conn).await }).await?;
+            for (key, value) in batch.iter().zip(values) {
+                let Some(json) = value else { continue };
+                match self.classify(key, &json) {
+                    Ok((decoded, state)) => out.push((key.clone(), decoded, state)),
+                    Err(_) => out.push((key.clone(), None, RecordState::Malformed)),
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Stores `record` (its version already set) if the stored record is at `expected`;
@@ -243,6 +302,9 @@ impl RedisStore {
         let mut conn = self.link.conn();
         let mut call = self.save_script.key(self.token_key(credential));
         call.key(self.channel()).arg(json).arg(expected).arg(credential);
+        if let Some((c, account)) = split_account_key(credential) {
+            call.key(self.accounts_key(c)).arg(account);
+        }
         let (written, current): (i64, Option<String>) =
             self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
         if written == 1 {
@@ -289,6 +351,11 @@ impl RedisStore {
 
     fn token_key(&self, credential: &str) -> String {
         format!("{}:token:{credential}", self.prefix)
+    }
+
+    /// The set of `credential`'s account names.
+    fn accounts_key(&self, credential: &str) -> String {
+        format!("{}:accounts:{credential}", self.prefix)
     }
 
     fn lock_key(&self, credential: &str) -> String {
@@ -400,6 +467,23 @@ impl TokenStore for RedisStore {
                     return Ok(());
                 }
             }
+            match self.read_accounts(credential).await {
+                Ok(records) => {
+                    for (key, decoded, state) in records {
+                        if let Some((token, kid)) = decoded {
+                            self.codec.note(&key, kid);
+                            if self.codec.needs_reseal(&state) {
+                                tokens.push((key.clone(), token, state == RecordState::Plain));
+                            }
+                        }
+                        states.insert(key, state);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(credential = %credential, error = %e, "cannot check the stored account records at start");
+                    return Ok(());
+                }
+            }
         }
         verdict(&self.codec, &format!("redis {} prefix {}", self.location, self.prefix), &states)?;
         for (credential, token, was_plain) in tokens {
@@ -419,6 +503,30 @@ impl TokenStore for RedisStore {
 
     fn describe(&self) -> String {
         format!("redis {} prefix {}", self.location, self.prefix)
+    }
+
+    async fn accounts(&self, credential: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.link.conn();
+        let key = self.accounts_key(credential);
+        let mut names: Vec<String> =
+            self.run("accounts", async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await }).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.link.conn();
+        let mut call = self.remove_script.key(self.token_key(key));
+        call.key(self.channel()).arg(key);
+        if let Some((c, account)) = split_account_key(key) {
+            call.key(self.accounts_key(c)).arg(account);
+        }
+        let _deleted: i64 = self.run("remove", async move { call.invoke_async(&mut conn).await }).await?;
+        self.codec.note(key, None);
+        if let Ok(mut r) = self.reported.lock() {
+            r.remove(key);
+        }
+        Ok(())
     }
 
     fn is_shared(&self) -> bool {

@@ -398,3 +398,120 @@ async fn unreachable_redis_fails_operations_quickly_and_counts_them() {
     assert_eq!(errors.with_label_values(&["load"]).get(), 1);
     assert!(!store.describe().contains("hunter2"));
 }
+
+/// A record for the store tests: `n` names its tokens, `version` is what it renewed from.
+fn record(n: u64, version: u64) -> StoredToken {
+    StoredToken {
+        access_token: format!("at{n}"),
+        refresh_token: Some(format!("rt{n}")),
+        expires_at: 2_000_000_000,
+        expires_at_ms: Some(2_000_000_000_000),
+        obtained_at_ms: n,
+        organizer_key: None,
+        account_key: None,
+        principal: None,
+        version,
+    }
+}
+
+fn sealer_of(byte: u8) -> Option<std::sync::Arc<goto_auth_proxy::token::seal::Sealer>> {
+    use base64::Engine;
+    let key = Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    Some(std::sync::Arc::new(goto_auth_proxy::token::seal::Sealer::new(&[key]).unwrap()))
+}
+
+#[tokio::test]
+async fn account_records_are_keys_of_their_own_listed_from_a_set_kept_by_the_scripts() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let url = Secret::new(redis.url());
+    let proxy = RedisStore::connect(&url, "acc", None).unwrap().with_sealer(sealer_of(1));
+    let login = RedisStore::connect(&url, "acc", None).unwrap().with_sealer(sealer_of(1));
+    let mut changes = proxy.changes().unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "");
+    assert_eq!(proxy.accounts("goto").await.unwrap(), Vec::<String>::new());
+
+    assert_eq!(proxy.save("goto/bob", &record(1, 0)).await.unwrap(), Saved::Stored(1));
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "goto/bob");
+    assert_eq!(proxy.save("goto/alice", &record(2, 0)).await.unwrap(), Saved::Stored(1));
+    assert_eq!(proxy.save("goto", &record(3, 0)).await.unwrap(), Saved::Stored(1));
+    assert_eq!(proxy.save("other/carol", &record(4, 0)).await.unwrap(), Saved::Stored(1));
+    assert_eq!(login.accounts("goto").await.unwrap(), ["alice", "bob"]);
+    assert_eq!(login.accounts("other").await.unwrap(), ["carol"]);
+    assert_eq!(login.load("goto/bob").await.unwrap(), Some(record(1, 1)));
+
+    // Versions are per account: a login over bob's version 1 wins, the proxy's late
+    // renewal of bob is refused, alice's is not.
+    assert_eq!(login.save("goto/bob", &record(5, 1)).await.unwrap(), Saved::Stored(2));
+    assert_eq!(
+        proxy.save("goto/bob", &record(6, 1)).await.unwrap(),
+        Saved::Stale { current: Some(record(5, 2)), version: 2 }
+    );
+    assert_eq!(proxy.save("goto/alice", &record(7, 1)).await.unwrap(), Saved::Stored(2));
+
+    let mut c = redis.conn().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("acc:*").query_async(&mut c).await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "acc:accounts:goto",
+            "acc:accounts:other",
+            "acc:token:goto",
+            "acc:token:goto/alice",
+            "acc:token:goto/bob",
+            "acc:token:other/carol"
+        ]
+    );
+    // Sealed with the key as associated data: bob's value under alice's key does not open.
+    let bob: String = redis::cmd("GET").arg("acc:token:goto/bob").query_async(&mut c).await.unwrap();
+    assert!(!bob.contains("\"at5\"") && !bob.contains("access_token"), "{bob}");
+    let _: () = redis::cmd("SET").arg("acc:token:goto/alice").arg(&bob).query_async(&mut c).await.unwrap();
+    assert_eq!(login.load("goto/alice").await.unwrap(), None, "a value moved to another account does not open");
+    assert_eq!(login.load("goto/bob").await.unwrap(), Some(record(5, 2)));
+
+    // The renewal lock is per account.
+    let ttl = Duration::from_secs(10);
+    let held = proxy.lock("goto/bob", ttl).await.unwrap().expect("granted");
+    assert!(login.lock("goto/bob", ttl).await.unwrap().is_none());
+    let other = login.lock("goto/alice", ttl).await.unwrap().expect("another account's lock is free");
+    proxy.unlock("goto/bob", held).await.unwrap();
+    login.unlock("goto/alice", other).await.unwrap();
+
+    // Removed: record and name gone in one step, the others told; removing again is Ok.
+    while changes.try_recv().is_ok() {}
+    login.remove("goto/bob").await.unwrap();
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "goto/bob");
+    login.remove("goto/bob").await.unwrap();
+    login.remove("goto/nobody").await.unwrap();
+    assert_eq!(proxy.accounts("goto").await.unwrap(), ["alice"]);
+    assert_eq!(proxy.load("goto/bob").await.unwrap(), None);
+    assert_eq!(proxy.save("goto/bob", &record(8, 0)).await.unwrap(), Saved::Stored(1), "starts over");
+    login.remove("goto").await.unwrap();
+    assert_eq!(proxy.load("goto").await.unwrap(), None);
+    assert_eq!(proxy.accounts("goto").await.unwrap(), ["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn prepare_checks_account_records_a_wrong_key_is_refused_and_plaintext_is_sealed() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let url = Secret::new(redis.url());
+    let plain = RedisStore::connect(&url, "prep", None).unwrap();
+    for n in 0..1200u64 {
+        assert_eq!(plain.save(&format!("goto/a{n}"), &record(n, 0)).await.unwrap(), Saved::Stored(1));
+    }
+    let sealed = RedisStore::connect(&url, "prep", None).unwrap().with_sealer(sealer_of(1));
+    sealed.prepare(&["goto".to_string()]).await.unwrap();
+    let mut c = redis.conn().await;
+    for n in [0u64, 777, 1199] {
+        let v: String = redis::cmd("GET").arg(format!("prep:token:goto/a{n}")).query_async(&mut c).await.unwrap();
+        assert!(!v.contains("access_token"), "a{n} not sealed at prepare: {v}");
+    }
+    assert!(sealed.key_id("goto/a5").is_some());
+    assert_eq!(sealed.load("goto/a5").await.unwrap(), Some(record(5, 1)), "same version: no token changed");
+
+    let wrong = RedisStore::connect(&url, "prep", None).unwrap().with_sealer(sealer_of(9));
+    let e = wrong.prepare(&["goto".to_string()]).await.unwrap_err();
+    assert!(e.to_string().contains("goto/a0"), "{e}");
+    let e = plain.prepare(&["goto".to_string()]).await.unwrap_err();
+    assert!(e.to_string().contains("keep a key configured"), "{e}");
+}

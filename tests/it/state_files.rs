@@ -171,3 +171,124 @@ fn run_refuses_a_symlinked_state_file_naming_it() {
     assert!(stderr.contains(&link.display().to_string()) && stderr.contains("symbolic link"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&real).unwrap(), "{}");
 }
+
+// ===== account records: a writer killed at any instant =====
+
+/// Where [`account_writer_child`] writes, set only in the child process.
+const CHILD_STATE: &str = "GOTO_AUTH_PROXY_TEST_ACCOUNT_WRITER_STATE";
+/// The first token number the child writes (later rounds write larger numbers).
+const CHILD_FIRST: &str = "GOTO_AUTH_PROXY_TEST_ACCOUNT_WRITER_FIRST";
+const WRITER_ACCOUNTS: [&str; 4] = ["goto/alice", "goto/bob", "goto/carol", "other/dave"];
+
+fn writer_sealer() -> Option<std::sync::Arc<goto_auth_proxy::token::seal::Sealer>> {
+    use base64::Engine;
+    let key = goto_auth_proxy::secret::Secret::new(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+    Some(std::sync::Arc::new(goto_auth_proxy::token::seal::Sealer::new(&[key]).unwrap()))
+}
+
+/// Not a test on its own (it returns at once): the child process of
+/// [`account_records_survive_a_writer_killed_at_any_instant`], which saves account
+/// records in a loop and prints `ack <key> <n>` once each save has returned.
+#[test]
+fn account_writer_child() {
+    use goto_auth_proxy::token::store::{FileStore, Saved, StoredToken, TokenStore};
+    let Some(path) = std::env::var_os(CHILD_STATE) else { return };
+    let first: u64 = std::env::var(CHILD_FIRST).unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = FileStore::new(path).with_sealer(writer_sealer());
+        for n in first.. {
+            for key in WRITER_ACCOUNTS {
+                let version = store.load(key).await.unwrap().map_or(0, |t| t.version);
+                let token = StoredToken {
+                    access_token: format!("at{n}"),
+                    refresh_token: Some(format!("rt{n}")),
+                    expires_at: 2_000_000_000,
+                    expires_at_ms: None,
+                    obtained_at_ms: n,
+                    organizer_key: None,
+                    account_key: None,
+                    principal: None,
+                    version,
+                };
+                let saved = store.save(key, &token).await.unwrap();
+                assert!(matches!(saved, Saved::Stored(_)), "{saved:?}");
+                println!("ack {key} {n}");
+            }
+        }
+    });
+}
+
+#[tokio::test]
+async fn account_records_survive_a_writer_killed_at_any_instant() {
+    use goto_auth_proxy::token::store::{FileStore, TokenStore};
+    use std::collections::BTreeMap;
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first = 1u64;
+    for round in 0..40u64 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "state_files::account_writer_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_STATE, &path)
+            .env(CHILD_FIRST, first.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // Read acks on a thread of its own; kill after a random number of them plus a
+        // random pause, so the kill lands anywhere in a save (temp file, fsync, rename).
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ack ") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let wanted = 1 + rand::random::<u64>() % 12;
+        let mut lines = Vec::new();
+        while (lines.len() as u64) < wanted {
+            lines.push(rx.recv_timeout(Duration::from_secs(20)).expect("the writer acknowledges saves"));
+        }
+        std::thread::sleep(Duration::from_micros(rand::random::<u64>() % 3000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        lines.extend(rx.try_iter());
+        for line in &lines {
+            let mut parts = line.split(' ').skip(1);
+            let (key, n) = (parts.next().unwrap(), parts.next().unwrap().parse::<u64>().unwrap());
+            let last = acked.entry(key.to_string()).or_default();
+            assert!(n > *last, "round {round}: {line} after {last}");
+            *last = n;
+            first = first.max(n + 1);
+        }
+        // Every acknowledged record opens, at least as new as its last acknowledgement.
+        let store = FileStore::open(&path).unwrap().with_sealer(writer_sealer());
+        for (key, last) in &acked {
+            let held = store.load(key).await.unwrap().unwrap_or_else(|| panic!("round {round}: {key} lost"));
+            let n: u64 = held.access_token.strip_prefix("at").unwrap().parse().unwrap();
+            assert!(n >= *last, "round {round}: {key} holds {n}, {last} was acknowledged");
+            assert_eq!(held.refresh_token.as_deref(), Some(format!("rt{n}").as_str()));
+        }
+    }
+    assert_eq!(acked.len(), WRITER_ACCOUNTS.len(), "every account was written: {acked:?}");
+    // The next start clears what killed writers left and every record still opens.
+    let store = FileStore::open(&path).unwrap().with_sealer(writer_sealer());
+    store.prepare(&[]).await.unwrap();
+    for credential in ["goto", "other"] {
+        let names = store.accounts(credential).await.unwrap();
+        let cred_dir = dir.path().join("state.json.accounts").join(credential);
+        let files: Vec<String> =
+            std::fs::read_dir(&cred_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(!files.iter().any(|f| f.contains(".tmp.")), "{files:?}");
+        for a in names {
+            assert!(store.load(&format!("{credential}/{a}")).await.unwrap().is_some());
+        }
+    }
+}

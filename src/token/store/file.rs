@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use super::accounts::{self, AccountFile};
 use super::recover::{file_aad, parse_state_with, Contents, StateFile};
 use super::sealing::{verdict, Codec, RecordState};
-use super::{next_version, Saved, StoreError, StoredToken, TokenStore};
+use super::{next_version, split_account_key, Saved, StoreError, StoredToken, TokenStore};
 use crate::token::seal::Sealer;
 
 /// How many numbered copies of damaged state files are looked through for a free name
@@ -55,8 +56,9 @@ impl FileStore {
     }
 
     /// A store at `path`, checked as `run` must before trusting it with tokens: refused
-    /// when `path` is a symbolic link or not a regular file, or when its directory exists
-    /// and other users can write to it (the error names the path and how to fix it).
+    /// when `path` is a symbolic link or not a regular file, or when its directory (or
+    /// the account records' directory beside it) exists and other users can write to it
+    /// (the error names the path and how to fix it).
     pub fn open(path: impl Into<PathBuf>) -> Result<FileStore, StoreError> {
         let path = path.into();
         match std::fs::symlink_metadata(&path) {
@@ -67,6 +69,7 @@ impl FileStore {
             Err(source) => return Err(StoreError::Io { path, source }),
         }
         check_dir(&state_dir(&path))?;
+        accounts::check_root(&path)?;
         Ok(FileStore::new(path))
     }
 
@@ -78,6 +81,9 @@ impl FileStore {
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
     ) -> Result<Option<StoredToken>, StoreError> {
+        if let Some((c, a)) = split_account_key(credential) {
+            return AccountFile::new(path, c, a)?.load(path, reported, codec, &format!("file {}", path.display()));
+        }
         let Some(bytes) = read_state(path)? else {
             codec.note(credential, None);
             return Ok(None);
@@ -91,7 +97,7 @@ impl FileStore {
         if let Some(token) = contents.records.remove(credential) {
             if contents.states.get(credential).is_some_and(|s| codec.is_plaintext_under_keys(s)) {
                 // Sealed at once (with any other plaintext record), warned about inside.
-                Self::rewrite_blocking(path, reported, codec, None)?;
+                Self::rewrite_blocking(path, reported, codec, Change::Reseal)?;
             }
             return Ok(Some(token));
         }
@@ -139,38 +145,49 @@ impl FileStore {
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
     ) -> Result<Saved, StoreError> {
-        let outcome = Self::rewrite_blocking(path, reported, codec, Some((credential, token)))?;
+        if let Some((c, a)) = split_account_key(credential) {
+            return AccountFile::new(path, c, a)?.save(path, token, reported, codec);
+        }
+        let outcome = Self::rewrite_blocking(path, reported, codec, Change::Save(credential, token))?;
         // With an update, the rewrite always answers one.
         Ok(outcome.saved.unwrap_or(Saved::Stale { current: None, version: 0 }))
     }
 
-    /// The start-up check (see [`TokenStore::prepare`]): every record of the file.
+    /// The start-up check (see [`TokenStore::prepare`]): every record of the file and
+    /// every account record, one verdict over them all (an account credential may have
+    /// no record in the file at all).
     pub(super) fn prepare_blocking(
         path: &Path,
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
     ) -> Result<(), StoreError> {
-        let Some(bytes) = read_state(path)? else { return Ok(()) };
-        let contents = parse_state_with(&bytes, codec);
-        verdict(codec, &format!("state file {}", path.display()), &contents.states)?;
+        let contents = match read_state(path)? {
+            Some(bytes) => parse_state_with(&bytes, codec),
+            None => Contents::default(),
+        };
+        let survey = accounts::survey(path, codec)?;
+        let mut states = survey.states.clone();
+        states.extend(contents.states.iter().map(|(k, v)| (k.clone(), v.clone())));
+        verdict(codec, &format!("state file {}", path.display()), &states)?;
         if contents.states.values().any(|s| codec.needs_reseal(s)) {
             // Under the writers' lock, from what the file holds then.
-            if Self::rewrite_blocking(path, reported, codec, None)?.written {
+            if Self::rewrite_blocking(path, reported, codec, Change::Reseal)?.written {
                 tracing::info!(path = %path.display(), key_id = codec.current_kid().as_deref().unwrap_or(""), "token records encrypted with the first of state.encryption_keys");
             }
         }
-        Ok(())
+        accounts::tidy(path, codec, &survey, &format!("file {}", path.display()))
     }
 
     /// Read-merge-write under the writers' lock: every readable record written again
-    /// (sealed when keys are configured, keeping its version), with `update` replacing
-    /// one when the stored record is still at the update's version (it gets the next).
-    /// Without an update, the file is left alone when no record needs sealing again.
+    /// (sealed when keys are configured, keeping its version), with a save replacing
+    /// one when the stored record is still at the save's version (it gets the next), or
+    /// a removal leaving one out. With [`Change::Reseal`], the file is left alone when no
+    /// record needs sealing again.
     fn rewrite_blocking(
         path: &Path,
         reported: &Mutex<BTreeSet<String>>,
         codec: &Codec,
-        update: Option<(&str, &StoredToken)>,
+        change: Change<'_>,
     ) -> Result<Rewritten, StoreError> {
         let dir = state_dir(path);
         create_private_dir(&dir)?;
@@ -187,8 +204,22 @@ impl FileStore {
             Some(bytes) => (parse_state_with(&bytes, codec), Some(bytes)),
             None => (Contents::default(), None),
         };
+        let (update, removed) = match change {
+            Change::Reseal => (None, None),
+            Change::Save(credential, token) => (Some((credential, token)), None),
+            Change::Remove(credential) => (None, Some(credential)),
+        };
         if update.is_none() && !contents.states.values().any(|s| codec.needs_reseal(s)) {
-            return Ok(Rewritten { written: false, saved: None });
+            match removed {
+                Some(c) if contents.states.contains_key(c) => {}
+                _ => return Ok(Rewritten { written: false, saved: None }),
+            }
+        }
+        if let Some(c) = removed {
+            contents.records.remove(c);
+            contents.states.remove(c);
+            contents.malformed.remove(c);
+            codec.note(c, None);
         }
         let mut saved = None;
         if let Some((credential, token)) = update {
@@ -230,12 +261,24 @@ impl FileStore {
         for name in plaintext {
             codec.warn_plaintext(name, &store);
         }
-        // The file is clean now: damage found later is new, and is reported again.
+        // The file is clean now: damage found later is new, and is reported again
+        // (account records are files of their own: their reports stay).
         if let Ok(mut r) = reported.lock() {
-            r.clear();
+            r.retain(|key| split_account_key(key).is_some());
         }
         Ok(Rewritten { written: true, saved })
     }
+}
+
+/// What a rewrite of the state file is for.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    /// Seal again what needs it (nothing else changes).
+    Reseal,
+    /// Save this record of this credential (compared with the stored version).
+    Save(&'a str, &'a StoredToken),
+    /// Leave this credential's record out.
+    Remove(&'a str),
 }
 
 /// What a rewrite did.
@@ -273,6 +316,27 @@ impl TokenStore for FileStore {
         format!("file {}", self.path.display())
     }
 
+    async fn accounts(&self, credential: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.path.clone();
+        let credential = credential.to_string();
+        tokio::task::spawn_blocking(move || accounts::list(&path, &credential))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let key = key.to_string();
+        let reported = self.reported.clone();
+        let codec = self.codec.clone();
+        tokio::task::spawn_blocking(move || match split_account_key(&key) {
+            Some((c, a)) => AccountFile::new(&path, c, a)?.remove(&path, &codec, &reported),
+            None => Self::rewrite_blocking(&path, &reported, &codec, Change::Remove(&key)).map(|_| ()),
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
     async fn prepare(&self, _credentials: &[String]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let reported = self.reported.clone();
@@ -289,12 +353,12 @@ impl TokenStore for FileStore {
 
 // ===== files =====
 
-fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+pub(super) fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io { path: path.to_path_buf(), source }
 }
 
 /// The directory holding the state file (`.` for a bare file name).
-fn state_dir(path: &Path) -> PathBuf {
+pub(super) fn state_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -302,14 +366,14 @@ fn state_dir(path: &Path) -> PathBuf {
 }
 
 /// `path` with `suffix` appended to its file name (`state.json` → `state.json.lock`).
-fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
 }
 
 /// Creates the state directory (and missing parents) readable by its owner only.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -324,7 +388,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 /// not: either way others can create names in it), or owned by another user than this
 /// process's (or root). A missing directory is fine: it is created 0700.
 #[cfg(unix)]
-fn check_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn check_dir(dir: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::MetadataExt;
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
@@ -346,13 +410,13 @@ fn check_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(not(unix))]
-fn check_dir(_dir: &Path) -> Result<(), StoreError> {
+pub(super) fn check_dir(_dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
 /// Opens with `options`, mode 0600 when created, never through a symbolic link at
 /// `path` itself (`O_NOFOLLOW`: a link there fails the open).
-fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
+pub(super) fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -363,7 +427,7 @@ fn open_no_follow(path: &Path, options: &mut OpenOptions) -> std::io::Result<Fil
 
 /// The state file's bytes; `None` when there is none. Never through a symbolic link, and
 /// never blocked by a FIFO planted at the path.
-fn read_state(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+pub(super) fn read_state(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -452,13 +516,13 @@ fn write_new_file(path: &Path, file: File, bytes: &[u8]) -> Result<RemoveOnDrop,
     Ok(guard)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))
 }
 
 /// Temp file (exclusive, unpredictable name, 0600), fsync, rename over `path`, fsync the
 /// directory. The temp file is removed on any failure.
-fn write_atomically(path: &Path, dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub(super) fn write_atomically(path: &Path, dir: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let prefix = temp_prefix(path).ok_or_else(|| {
         io_error(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "state.path names no file"))
     })?;
@@ -482,7 +546,12 @@ fn write_atomically(path: &Path, dir: &Path, bytes: &[u8]) -> Result<(), StoreEr
 
 /// Copies a damaged file's bytes to the first free `<path>.damaged.<N>` (created
 /// exclusively: a copy is never overwritten) and says so, before the file is rewritten.
-fn keep_damaged_copy(path: &Path, dir: &Path, bytes: &[u8], contents: &Contents) -> Result<PathBuf, StoreError> {
+pub(super) fn keep_damaged_copy(
+    path: &Path,
+    dir: &Path,
+    bytes: &[u8],
+    contents: &Contents,
+) -> Result<PathBuf, StoreError> {
     for n in 1..=MAX_DAMAGED_COPIES {
         let copy = suffixed(path, &format!(".damaged.{n}"));
         let file = match create_exclusive(&copy) {

@@ -1,5 +1,8 @@
 //! Where tokens outlive the process. A [`TokenStore`] holds one [`StoredToken`] per
-//! credential; [`FileStore`] is the embedded default (one JSON file, mode 0600, written
+//! credential, and one per account of an account credential (key
+//! `"{credential}/{account}"`, each in a record of its own so a renewal's cost does not
+//! grow with the number of accounts); [`FileStore`] is the embedded default (one JSON
+//! file for credentials, a file per account beside it, mode 0600, written
 //! atomically: temp file, fsync, rename, fsync the directory), safe to share between a
 //! running proxy and a `login` in another process (an advisory lock serialises writers).
 //!
@@ -22,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+mod accounts;
 mod file;
 mod recover;
 pub(crate) mod sealing;
@@ -246,7 +250,21 @@ impl fmt::Debug for LockToken {
     }
 }
 
-/// Persistence for tokens, one entry per credential.
+/// The key of an account's record: `"{credential}/{account}"`. Names follow the name
+/// rule (no `/`), so a key with a `/` is always an account's, and splits back in one way
+/// ([`split_account_key`]).
+pub fn account_key(credential: &str, account: &str) -> String {
+    format!("{credential}/{account}")
+}
+
+/// `(credential, account)` of an account record's key; `None` for a credential's own.
+pub fn split_account_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
+/// Persistence for tokens, one entry per credential, and one per account of an account
+/// credential (keyed `"{credential}/{account}"`: every method taking a `credential`
+/// takes such a key alike, and [`TokenStore::changes`] carries it).
 #[async_trait::async_trait]
 pub trait TokenStore: Send + Sync {
     /// The stored token of `credential`, if any.
@@ -259,6 +277,15 @@ pub trait TokenStore: Send + Sync {
     async fn save(&self, credential: &str, token: &StoredToken) -> Result<Saved, StoreError>;
     /// A short description for logs (`file state/x.json`), never a password.
     fn describe(&self) -> String;
+
+    /// The accounts stored under the account credential `credential`, sorted: each has
+    /// a record of its own at the key `"{credential}/{account}"` ([`account_key`]).
+    /// What start-up loads and the `accounts` command lists; no record is opened.
+    async fn accounts(&self, credential: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes the record at `key` (a credential's, or an account's that an operator
+    /// removed); durable when it returns. A record that is not there is not an error.
+    async fn remove(&self, key: &str) -> Result<(), StoreError>;
 
     /// True when other processes renew the same tokens through this store, so renewals
     /// must be coordinated; false for a store this process has to itself.

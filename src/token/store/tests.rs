@@ -455,7 +455,7 @@ async fn sealed_records_hold_no_token_and_open_with_any_key() {
     put(&store, "a", token(1)).await;
     put(&store, "b", token(2)).await;
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("at1") && !text.contains("rt1") && !text.contains("access_token"), "{text}");
+    assert!(!text.contains("\"at1\"") && !text.contains("\"rt1\"") && !text.contains("access_token"), "{text}");
     let kid = store.key_id("a").unwrap();
     assert_eq!(kids_in(&path), [Some(kid.clone()), Some(kid.clone())]);
     // Rotated: [2, 1] opens it, and prepare re-seals with 2.
@@ -629,7 +629,7 @@ fn a_plaintext_record_read_under_keys_is_warned_about_and_sealed_at_once() {
     );
     assert!(!log.contains("at1") && !log.contains("rt1"), "a token in the log: {log}");
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("at1") && !text.contains("access_token"), "not sealed: {text}");
+    assert!(!text.contains("\"at1\"") && !text.contains("access_token"), "not sealed: {text}");
     assert_eq!(kids_in(&path), [codec.current_kid()]);
     // Same version: sealing changed no token.
     assert_eq!(FileStore::load_blocking(&path, "planted", &reported, &codec).unwrap().unwrap().version, 3);
@@ -652,4 +652,337 @@ async fn a_state_file_from_before_versions_is_read_and_upgraded_at_the_next_save
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(v["credentials"]["a"]["version"], 1, "{v}");
     assert_eq!(store.load("b").await.unwrap(), Some(token(2)), "the other record is kept as it was");
+}
+
+// ===== account records: one file each =====
+
+/// `<dir>/state.json.accounts/<credential>`.
+fn account_dir(path: &Path, credential: &str) -> PathBuf {
+    PathBuf::from(format!("{}.accounts/{credential}", path.display()))
+}
+
+#[tokio::test]
+async fn account_records_round_trip_list_and_remove_each_in_a_file_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(store.accounts("goto").await.unwrap(), Vec::<String>::new());
+    put(&store, "goto", token(1)).await;
+    put(&store, "goto/bob", token(2)).await;
+    put(&store, "goto/alice", token(3)).await;
+    put(&store, "other/alice", token(4)).await;
+    put(&store, "goto/bob", token(5)).await;
+    assert_eq!(got(&store, "goto").await, Some(token(1)));
+    assert_eq!(got(&store, "goto/alice").await, Some(token(3)));
+    assert_eq!(got(&store, "goto/bob").await, Some(token(5)));
+    assert_eq!(got(&store, "other/alice").await, Some(token(4)));
+    assert_eq!(got(&store, "goto/carol").await, None);
+    assert_eq!(store.accounts("goto").await.unwrap(), ["alice", "bob"]);
+    assert_eq!(store.accounts("other").await.unwrap(), ["alice"]);
+    assert_eq!(store.accounts("nobody").await.unwrap(), Vec::<String>::new());
+
+    // The state file holds the credential's own record only.
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(doc["credentials"].as_object().unwrap().keys().collect::<Vec<_>>(), ["goto"]);
+    let accounts = dir.path().join("state.json.accounts");
+    let goto = account_dir(&path, "goto");
+    assert_eq!(names_in(&goto), [".lock", "alice.json", "bob.json"], "no temp file left");
+    assert_eq!((mode(&accounts), mode(&goto)), (0o700, 0o700));
+    assert_eq!((mode(&goto.join("bob.json")), mode(&goto.join(".lock"))), (0o600, 0o600));
+    let record: StoredToken = serde_json::from_slice(&std::fs::read(goto.join("bob.json")).unwrap()).unwrap();
+    assert_eq!(record, StoredToken { version: 2, ..token(5) });
+
+    store.remove("goto/bob").await.unwrap();
+    store.remove("goto/bob").await.unwrap();
+    store.remove("goto/never").await.unwrap();
+    store.remove("never/never").await.unwrap();
+    assert_eq!(got(&store, "goto/bob").await, None);
+    assert_eq!(store.accounts("goto").await.unwrap(), ["alice"]);
+    // Saved again from nothing, it starts over at version 1.
+    assert_eq!(store.save("goto/bob", &token(6)).await.unwrap(), Saved::Stored(1));
+    // A credential's own record can be removed too; the others stay.
+    store.remove("goto").await.unwrap();
+    assert_eq!(got(&store, "goto").await, None);
+    assert_eq!(got(&store, "goto/alice").await, Some(token(3)));
+    store.remove("goto").await.unwrap();
+}
+
+#[tokio::test]
+async fn account_keys_that_break_the_name_rule_touch_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    for key in ["goto/..", "../x", "goto/a/b", "goto/", "/a", "goto/a b", ".../."] {
+        assert!(store.save(key, &token(1)).await.is_err(), "{key}");
+        assert!(store.load(key).await.is_err(), "{key}");
+        assert!(store.remove(key).await.is_err(), "{key}");
+    }
+    assert_eq!(names_in(dir.path()), Vec::<String>::new());
+    assert_eq!(store.accounts("..").await.unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_account_save_counts_over_its_own_record_s_version() {
+    // The running proxy and a `login` in another process, each a store on one path.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let proxy = FileStore::open(&path).unwrap();
+    let login = FileStore::open(&path).unwrap();
+    assert_eq!(proxy.save("goto/alice", &token(1)).await.unwrap(), Saved::Stored(1));
+    assert_eq!(proxy.save("goto/bob", &token(1)).await.unwrap(), Saved::Stored(1));
+    // alice signs in again (over version 1).
+    assert_eq!(login.save("goto/alice", &StoredToken { version: 1, ..token(2) }).await.unwrap(), Saved::Stored(2));
+    // The proxy's renewal from version 1 is refused for alice, told what is stored...
+    assert_eq!(
+        proxy.save("goto/alice", &StoredToken { version: 1, ..token(3) }).await.unwrap(),
+        Saved::Stale { current: Some(StoredToken { version: 2, ..token(2) }), version: 2 }
+    );
+    // ...and not for bob, whose record is still at 1: versions are per account.
+    assert_eq!(proxy.save("goto/bob", &StoredToken { version: 1, ..token(3) }).await.unwrap(), Saved::Stored(2));
+    assert_eq!(got(&login, "goto/alice").await, Some(token(2)));
+    // A record that is not there is version 0.
+    assert_eq!(
+        proxy.save("goto/carol", &StoredToken { version: 4, ..token(3) }).await.unwrap(),
+        Saved::Stale { current: None, version: 0 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_and_the_proxy_saving_one_account_at_once_never_lose_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        // A store of its own, as another process has.
+        let store = FileStore::open(&path).unwrap().with_sealer(sealer(&[b"1"]));
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..40u64 {
+                let id = w * 1000 + n;
+                loop {
+                    let from = store.load("goto/alice").await.unwrap().map_or(0, |t| t.version);
+                    match store.save("goto/alice", &StoredToken { version: from, ..token(id) }).await.unwrap() {
+                        Saved::Stored(v) => {
+                            acked.push((v, id));
+                            break;
+                        }
+                        Saved::Stale { .. } => continue,
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    acked.sort();
+    let versions: BTreeSet<u64> = acked.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions.len(), 80, "two saves were given one version: one undid the other");
+    assert_eq!(versions.into_iter().collect::<Vec<_>>(), (1..=80).collect::<Vec<_>>());
+    let (newest, id) = *acked.last().unwrap();
+    let stored = sealed_store(&path, &[b"1"]).load("goto/alice").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.access_token), (newest, format!("at{id}")));
+}
+
+#[tokio::test]
+async fn a_sealed_account_record_opens_only_as_its_own_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = sealed_store(&path, &[b"1"]);
+    put(&store, "goto/alice", token(1)).await;
+    put(&store, "goto/bob", token(2)).await;
+    put(&store, "other/alice", token(3)).await;
+    let goto = account_dir(&path, "goto");
+    let text = std::fs::read_to_string(goto.join("alice.json")).unwrap();
+    assert!(!text.contains("\"at1\"") && !text.contains("access_token"), "{text}");
+    assert!(store.key_id("goto/alice").is_some());
+    // alice's file copied over bob's, and over alice's of another credential.
+    std::fs::copy(goto.join("alice.json"), goto.join("bob.json")).unwrap();
+    std::fs::copy(goto.join("alice.json"), account_dir(&path, "other").join("alice.json")).unwrap();
+    let store = sealed_store(&path, &[b"1"]);
+    store.prepare(&[]).await.unwrap();
+    assert_eq!(got(&store, "goto/alice").await, Some(token(1)));
+    assert_eq!(got(&store, "goto/bob").await, None, "moved to bob: does not open");
+    assert_eq!(got(&store, "other/alice").await, None, "moved to another credential: does not open");
+    // Written again, the damaged one is kept aside first.
+    assert_eq!(store.save("goto/bob", &token(4)).await.unwrap(), Saved::Stored(1));
+    assert!(goto.join("bob.json.damaged.1").exists());
+    assert_eq!(got(&store, "goto/bob").await, Some(token(4)));
+    assert_eq!(store.accounts("goto").await.unwrap(), ["alice", "bob"], "a kept-aside copy is no account");
+}
+
+#[tokio::test]
+async fn prepare_refuses_a_wrong_key_from_account_records_alone_and_seals_plaintext_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let plain = FileStore::open(&path).unwrap();
+    put(&plain, "goto/alice", token(1)).await;
+    put(&plain, "goto/bob", token(2)).await;
+    let store = sealed_store(&path, &[b"1"]);
+    store.prepare(&[]).await.unwrap();
+    let goto = account_dir(&path, "goto");
+    for a in ["alice", "bob"] {
+        let text = std::fs::read_to_string(goto.join(format!("{a}.json"))).unwrap();
+        assert!(!text.contains("access_token"), "{a} not sealed at prepare: {text}");
+    }
+    assert!(!path.exists(), "no credential record: the state file is not created");
+    let before: Vec<Vec<u8>> =
+        ["alice", "bob"].iter().map(|a| std::fs::read(goto.join(format!("{a}.json"))).unwrap()).collect();
+
+    let e = sealed_store(&path, &[b"9"]).prepare(&[]).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Keys { .. }) && msg.contains("\"goto/alice\""), "{msg}");
+    let e = FileStore::open(&path).unwrap().prepare(&[]).await.unwrap_err();
+    assert!(e.to_string().contains("keep a key configured"), "{e}");
+    let after: Vec<Vec<u8>> =
+        ["alice", "bob"].iter().map(|a| std::fs::read(goto.join(format!("{a}.json"))).unwrap()).collect();
+    assert_eq!(before, after, "a refused start writes nothing");
+    // Rotated: [2, 1] opens them, and prepare seals them with 2, at the same version.
+    let rotated = sealed_store(&path, &[b"2", b"1"]);
+    rotated.prepare(&[]).await.unwrap();
+    assert_eq!(got(&sealed_store(&path, &[b"2"]), "goto/bob").await, Some(token(2)));
+    assert_eq!(sealed_store(&path, &[b"2"]).load("goto/bob").await.unwrap().unwrap().version, 1);
+}
+
+#[test]
+fn a_damaged_account_record_is_no_token_an_error_once_and_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let reported = Mutex::new(BTreeSet::new());
+    let codec = Codec::default();
+    FileStore::save_blocking(&path, "goto/alice", &token(1), &reported, &codec).unwrap();
+    FileStore::save_blocking(&path, "goto/bob", &token(2), &reported, &codec).unwrap();
+    let bob = account_dir(&path, "goto").join("bob.json");
+    std::fs::write(&bob, "{\"access_token\": 5").unwrap();
+    let log = captured_log(|| {
+        for _ in 0..3 {
+            assert_eq!(FileStore::load_blocking(&path, "goto/bob", &reported, &codec).unwrap(), None);
+            assert!(FileStore::load_blocking(&path, "goto/alice", &reported, &codec).unwrap().is_some());
+        }
+        // A write of the state file leaves the account's report alone.
+        FileStore::save_blocking(&path, "goto", &token(3), &reported, &codec).unwrap();
+        assert_eq!(FileStore::load_blocking(&path, "goto/bob", &reported, &codec).unwrap(), None);
+    });
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("goto/bob") && errors[0].contains("bob.json"), "{log}");
+    assert_eq!(FileStore::save_blocking(&path, "goto/bob", &token(4), &reported, &codec).unwrap(), Saved::Stored(1));
+    assert_eq!(std::fs::read_to_string(bob.with_file_name("bob.json.damaged.1")).unwrap(), "{\"access_token\": 5");
+    assert_eq!(FileStore::load_blocking(&path, "goto/bob", &reported, &codec).unwrap().unwrap().access_token, "at4");
+}
+
+#[tokio::test]
+async fn account_directories_are_never_links_nor_writable_by_others_and_leftovers_go_at_prepare() {
+    let (_v, victim) = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let store = FileStore::open(&path).unwrap();
+    put(&store, "goto/alice", token(1)).await;
+    let goto = account_dir(&path, "goto");
+    // A link planted where a credential's directory belongs is refused, not followed.
+    symlink(victim.parent().unwrap(), account_dir(&path, "evil")).unwrap();
+    assert!(store.save("evil/alice", &token(1)).await.is_err());
+    assert_untouched(&victim);
+    assert!(!victim.parent().unwrap().join("alice.json").exists());
+    // A link at a record is replaced, never written through, and reads as damaged.
+    symlink(&victim, goto.join("bob.json")).unwrap();
+    assert_eq!(got(&store, "goto/bob").await, None);
+    put(&store, "goto/bob", token(2)).await;
+    assert_untouched(&victim);
+    assert!(std::fs::symlink_metadata(goto.join("bob.json")).unwrap().is_file());
+    // A directory others can write to is refused.
+    chmod(&goto, 0o777);
+    assert!(matches!(store.save("goto/alice", &token(3)).await, Err(StoreError::UnsafeDir { .. })));
+    chmod(&goto, 0o700);
+    // Temp files of a killed writer go at the next start; records and copies stay.
+    for left in [".alice.json.tmp.0123456789abcdef", ".x.json.tmp.0123456789abcdef.json.damaged.1"] {
+        std::fs::write(goto.join(left), "tokens of a crashed write").unwrap();
+    }
+    store.prepare(&[]).await.unwrap();
+    assert!(!goto.join(".alice.json.tmp.0123456789abcdef").exists());
+    assert!(goto.join(".x.json.tmp.0123456789abcdef.json.damaged.1").exists());
+    assert_eq!(got(&store, "goto/alice").await, Some(token(1)));
+}
+
+// ===== scale: a renewal costs the same at 100 and at 10,000 accounts =====
+
+/// This thread's I/O counters (`/proc/thread-self/io`): bytes it passed to `write`,
+/// its write calls, and bytes it sent (or will send) to the disk.
+fn thread_io() -> (u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+    let field = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    (field("wchar:"), field("syscw:"), field("write_bytes:"))
+}
+
+/// `accounts` sealed account records of credential `big` under `path` (written directly:
+/// the setup is not what is measured), then `saves` renewals of one of them measured.
+/// Returns (bytes passed to write, write calls, bytes to disk) per renewal, the time
+/// `prepare` takes over them all, and the time of one renewal.
+fn renewal_cost(path: &Path, accounts: usize, saves: u64) -> ((u64, u64, u64), Duration, Duration) {
+    let codec = Codec::new(sealer(&[b"1"]));
+    let reported = Mutex::new(BTreeSet::new());
+    // Creates the directories the way the store does.
+    FileStore::save_blocking(path, "big/a0", &token(0), &reported, &codec).unwrap();
+    let dir = account_dir(path, "big");
+    for n in 1..accounts {
+        let key = format!("big/a{n}");
+        let value = codec.encode(&super::recover::file_aad(&key), &StoredToken { version: 1, ..token(0) }).unwrap();
+        std::fs::write(dir.join(format!("a{n}.json")), serde_json::to_vec(&value).unwrap()).unwrap();
+    }
+    let started = std::time::Instant::now();
+    FileStore::prepare_blocking(path, &reported, &codec).unwrap();
+    let prepare = started.elapsed();
+    let key = format!("big/a{}", accounts / 2);
+    let before = thread_io();
+    let started = std::time::Instant::now();
+    for n in 1..=saves {
+        let from = FileStore::load_blocking(path, &key, &reported, &codec).unwrap().unwrap().version;
+        let saved = FileStore::save_blocking(path, &key, &StoredToken { version: from, ..token(n) }, &reported, &codec);
+        assert!(matches!(saved.unwrap(), Saved::Stored(_)));
+    }
+    let after = thread_io();
+    let each = started.elapsed() / u32::try_from(saves).unwrap();
+    let per = |a: u64, b: u64| (a - b) / saves;
+    ((per(after.0, before.0), per(after.1, before.1), per(after.2, before.2)), prepare, each)
+}
+
+#[test]
+fn a_renewal_of_one_account_writes_the_same_at_100_and_at_10000_accounts() {
+    // On the disk the state lives on in practice (tmpfs counts no disk bytes).
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let small_dir = tempfile::tempdir_in(&base).unwrap();
+    let big_dir = tempfile::tempdir_in(&base).unwrap();
+    let (small, small_prepare, small_each) = renewal_cost(&small_dir.path().join("state.json"), 100, 20);
+    let (big, big_prepare, big_each) = renewal_cost(&big_dir.path().join("state.json"), 10_000, 20);
+    println!(
+        "per account renewal (write bytes, write calls, disk bytes): 100 accounts {small:?} in {small_each:?}, \
+         10000 accounts {big:?} in {big_each:?}; prepare: 100 accounts {small_prepare:?}, 10000 accounts {big_prepare:?}"
+    );
+    assert_eq!((small.0, small.1), (big.0, big.1), "bytes and calls to write do not depend on the number of accounts");
+    assert!(big.2 <= small.2 + 4096, "disk bytes: {small:?} vs {big:?}");
+    assert!(big.0 < 2048, "one small record written: {big:?}");
+    assert!(big_prepare < Duration::from_secs(10), "start-up over 10,000 account records: {big_prepare:?}");
+}
+
+#[tokio::test]
+async fn a_linked_or_shared_account_records_directory_is_refused_at_open_and_never_written_through() {
+    let (_v, victim) = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let root = dir.path().join("state.json.accounts");
+    symlink(victim.parent().unwrap(), &root).unwrap();
+    assert!(FileStore::open(&path).is_err(), "a link where account records live is refused at start");
+    assert!(FileStore::new(&path).save("goto/alice", &token(1)).await.is_err());
+    assert!(!victim.parent().unwrap().join("goto").exists(), "nothing created through the link");
+    assert_untouched(&victim);
+    std::fs::remove_file(&root).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    chmod(&root, 0o777);
+    assert!(matches!(FileStore::open(&path), Err(StoreError::UnsafeDir { .. })));
+    chmod(&root, 0o700);
+    put(&FileStore::open(&path).unwrap(), "goto/alice", token(1)).await;
 }
