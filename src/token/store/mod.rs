@@ -325,16 +325,6 @@ pub trait TokenStore: Send + Sync {
         Ok(())
     }
 
-    /// The account names stored under `credential` (records `credential/NAME`), sorted.
-    async fn accounts(&self, _credential: &str) -> Result<Vec<String>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    /// Deletes the record `key` (an account's, `credential/NAME`); nothing stored is fine.
-    async fn remove(&self, _key: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-
     /// The key id the stored record of `credential` is sealed with, as last read or
     /// written (`None`: plaintext, or no record). Never the key.
     fn key_id(&self, _credential: &str) -> Option<String> {
