@@ -357,17 +357,7 @@ async fn store_lock_is_exclusive_and_released_only_by_its_holder_and_saves_compa
     let mut changes = b.changes().expect("a shared store notifies");
     // The subscriber announces itself with "" once subscribed.
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "");
-    let token = |n: u64, version: u64| StoredToken {
-        access_token: format!("at{n}"),
-        refresh_token: Some(format!("rt{n}")),
-        expires_at: 2_000_000_000,
-        expires_at_ms: Some(2_000_000_000_000),
-        obtained_at_ms: n,
-        organizer_key: None,
-        account_key: None,
-        principal: None,
-        version,
-    };
+    let token = record;
     assert_eq!(a.save("c", &token(20, 0)).await.unwrap(), Saved::Stored(1));
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "c");
     assert_eq!(b.load("c").await.unwrap(), Some(token(20, 1)));
