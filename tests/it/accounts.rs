@@ -162,3 +162,66 @@ async fn every_account_survives_a_restart_without_a_sign_in() {
     assert_eq!(lines[1]["principal"], MockUser::numbered(2).email.as_str());
     assert_eq!(lines[1]["state"], "valid");
 }
+
+/// Two colleagues whose tokens share one account key (GoTo's accounts hold several
+/// organizers).
+fn colleagues() -> MockOptions {
+    let mut two = MockUser::numbered(2);
+    two.account_key = MockUser::numbered(1).account_key;
+    MockOptions { more_users: vec![MockUser::numbered(1), two], ..MockOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_two_accounts_share_or_a_stray_header_chooses_no_one() {
+    let s = stack(colleagues(), |m, d| accounts_config(m, d, "")).await;
+    let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
+    sign_in(&s, Some("alice"), &one.email).await;
+    sign_in(&s, Some("bob"), &two.email).await;
+    let shared = format!("/G2W/rest/v2/accounts/{}/webinars", one.account_key);
+
+    // The account key both share chooses neither, by path or by header.
+    let (status, body) = get_as(&s, &shared, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "account_required");
+    let (status, body) = get_as(&s, WEBINARS, Some(&one.account_key)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"], "unknown_account");
+    // Each one's own organizer key still chooses them.
+    let (status, body) = get_as(&s, WEBINARS, Some(&two.organizer_key)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A header that is not text, or is huge, names no one; nothing leaves.
+    let api = |st: goto_auth_proxy::demo::mock::Stats| st.api_ok + st.api_rejected;
+    let calls = api(s.mock.stats());
+    let r = s
+        .http
+        .get(s.url(WEBINARS))
+        .header("X-GoTo-Account", reqwest::header::HeaderValue::from_bytes(b"al\xffice").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (status, _) = get_as(&s, WEBINARS, Some(&"a".repeat(60_000))).await;
+    assert!(status == 400 || status == 431, "{status}");
+    assert_eq!(api(s.mock.stats()), calls, "a request without a chosen account reached GoTo");
+
+    // The header is the client's explicit choice: Alice's token on Bob's organizer path
+    // goes out as Alice's, and GoTo refuses it — it never becomes Bob's.
+    let bobs = format!("/G2W/rest/v2/organizers/{}/webinars", two.organizer_key);
+    let (status, body) = get_as(&s, &bobs, Some("alice")).await;
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_under_a_name_outside_the_rule_is_refused() {
+    let s = stack(two_users(), |m, d| accounts_config(m, d, "")).await;
+    for bad in ["..%2Fx", "a%20b", "x%3Cscript%3E", "%0Aforged"] {
+        let r = s.http.get(s.admin(&format!("/login/goto?account={bad}"))).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        // JSON, never a page a browser would render.
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        let body = r.text().await.unwrap();
+        assert!(body.contains("not an account name"), "{bad}: {body}");
+        assert!(!body.trim_end().contains('\n'), "{body}");
+    }
+}
