@@ -7,18 +7,18 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn two_users() -> MockOptions {
+pub(crate) fn two_users() -> MockOptions {
     MockOptions { more_users: vec![MockUser::numbered(1), MockUser::numbered(2)], ..MockOptions::default() }
 }
 
-fn accounts_config(mock: &MockGoto, dir: &std::path::Path, extra: &str) -> String {
+pub(crate) fn accounts_config(mock: &MockGoto, dir: &std::path::Path, extra: &str) -> String {
     let cred = code_cred("goto", mock, None);
     config_text(dir, "", &format!("{cred}accounts = true\n{extra}\n{}", route("/", mock, Some("goto"))))
 }
 
 /// Signs `email` in through the admin listener's `/login/goto` (as `account` when given)
 /// and the mock's authorize page; the callback page's text.
-async fn sign_in(s: &Stack, account: Option<&str>, email: &str) -> String {
+pub(crate) async fn sign_in(s: &Stack, account: Option<&str>, email: &str) -> String {
     let q = account.map(|a| format!("?account={a}")).unwrap_or_default();
     let r = s.http.get(s.admin(&format!("/login/goto{q}"))).send().await.unwrap();
     assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
@@ -34,7 +34,7 @@ async fn sign_in(s: &Stack, account: Option<&str>, email: &str) -> String {
     page
 }
 
-async fn get_as(s: &Stack, path: &str, account: Option<&str>) -> (u16, String) {
+pub(crate) async fn get_as(s: &Stack, path: &str, account: Option<&str>) -> (u16, String) {
     let mut req = s.http.get(s.url(path));
     if let Some(a) = account {
         req = req.header("X-GoTo-Account", a);
@@ -43,7 +43,7 @@ async fn get_as(s: &Stack, path: &str, account: Option<&str>) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-const WEBINARS: &str = "/G2W/rest/v2/organizers/{organizerKey}/webinars";
+pub(crate) const WEBINARS: &str = "/G2W/rest/v2/organizers/{organizerKey}/webinars";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_signed_in_are_chosen_per_request() {

@@ -274,3 +274,42 @@ async fn a_receiver_that_fails_twice_gets_the_event_once() {
     assert_eq!(metric(&metrics, sent), 1.0);
     assert_eq!(metric(&metrics, r#"goto_auth_proxy_notifications_total{event="needs_login",outcome="failed"}"#), 0.0);
 }
+
+/// One account's refresh token dies: that account alone needs a sign-in, one
+/// notification names it, the other account keeps serving and the proxy stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_accounts_dead_refresh_token_touches_no_other_account() {
+    use crate::accounts::{accounts_config, get_as, sign_in, two_users, WEBINARS};
+    use goto_auth_proxy::demo::mock::MockUser;
+    let events_dir = tempfile::tempdir().unwrap();
+    let (script, out) = recorder(events_dir.path());
+    let notify = format!("[[notify]]\ncommand = [{:?}, {:?}]\n", script.display().to_string(), out.display().to_string());
+    let s = stack(two_users(), |m, d| accounts_config(m, d, &format!("\n{notify}"))).await;
+    let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
+    sign_in(&s, Some("alice"), &one.email).await;
+    sign_in(&s, Some("bob"), &two.email).await;
+
+    assert!(s.mock.revoke_refresh_tokens_of(&one.email));
+    let r = s.http.post(s.admin("/refresh/goto/alice")).send().await.unwrap();
+    assert_eq!(r.status(), 502, "{}", r.text().await.unwrap());
+    until("needs_login for alice", || recorded(&out).iter().any(|e| e["event"] == "needs_login")).await;
+    let events = recorded(&out);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["credential"], "goto");
+    assert_eq!(events[0]["account"], "alice");
+    assert!(events[0]["login_url"].as_str().unwrap().ends_with("/login/goto?account=alice"), "{events:?}");
+
+    let tokens: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+    let items = &tokens["goto"]["accounts"]["items"];
+    assert_eq!(items[0]["name"], "alice");
+    assert_eq!(items[0]["state"], "needs_login", "{tokens}");
+    assert_eq!(items[1]["state"], "valid", "{tokens}");
+    // Bob is untouched: renewed and served; the pod stays in service.
+    let r = s.http.post(s.admin("/refresh/goto/bob")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = get_as(&s, WEBINARS, Some("bob")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.http.get(s.admin("/readyz")).send().await.unwrap().status(), 200);
+    let metrics = s.http.get(s.admin("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("goto_auth_proxy_accounts{credential=\"goto\",state=\"needs_login\"} 1"), "{metrics}");
+}

@@ -436,6 +436,14 @@ impl MockGoto {
         lock(&self.state.tokens).refresh.clear();
     }
 
+    /// Kills the refresh tokens of one user (`who`: an email or organizer key), as GoTo
+    /// does when that person revokes the app; false when no user matches.
+    pub fn revoke_refresh_tokens_of(&self, who: &str) -> bool {
+        let Some(i) = self.state.user_index(who) else { return false };
+        lock(&self.state.tokens).refresh.retain(|_, r| r.user != i);
+        true
+    }
+
     /// Issues a refresh token for the OAuth client, as if the first user had signed in.
     pub fn mint_refresh_token(&self) -> String {
         lock(&self.state.tokens).mint_refresh(App::OAuth, 0)
