@@ -252,6 +252,9 @@ impl Core {
                         self.shutdown.child_token(),
                     ));
                     set.load().await;
+                    if self.store.is_shared() {
+                        self.tasks.spawn(set.clone().follow());
+                    }
                     set
                 }
             };

@@ -15,12 +15,16 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::TokenHandle;
+use super::redis_store::REMOVED;
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
 use super::{Credential, RefreshError};
 use crate::config::{is_valid_name, CredentialConfig};
 use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
+
+/// How often a set following a shared store reads the stored account list again.
+const RELIST_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Starts an account's refresh loop (and whatever watches its health) until the token
 /// is cancelled; the wiring (`app`) provides it.
@@ -350,6 +354,57 @@ impl AccountSet {
         self.index.store(Arc::new(AccountIndex::build(all)));
         tracing::info!(credential = %self.name(), account = %name, "picked up an account signed in elsewhere");
         true
+    }
+
+    /// Follows a shared store (Redis) until the set stops: an account signed in or
+    /// removed on another replica is taken up or forgotten here within a moment (the
+    /// change notice names it), and the stored list is read again now and then in case
+    /// a notice was lost. A record that merely vanished (Redis restarted empty) is not
+    /// a removal: its account keeps its token and writes it back.
+    pub async fn follow(self: Arc<Self>) {
+        let Some(mut changes) = self.store.changes() else { return };
+        let ours = format!("{}/", self.name());
+        let mut relist = tokio::time::interval(RELIST_EVERY);
+        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = relist.tick() => self.relist().await,
+                notice = changes.recv() => match notice {
+                    Ok(key) => {
+                        if let Some(name) = key.strip_prefix(REMOVED).and_then(|k| k.strip_prefix(ours.as_str())) {
+                            self.forget(name).await;
+                        } else if let Some(name) = key.strip_prefix(ours.as_str()) {
+                            self.adopt(name).await;
+                        } else if key.is_empty() {
+                            self.relist().await;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.relist().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Takes up every stored account this set does not know yet.
+    async fn relist(&self) {
+        let Ok(names) = self.store.accounts(self.name()).await else { return };
+        let index = self.index.load_full();
+        for name in names.iter().filter(|n| index.get(n).is_none() && is_valid_name(n)) {
+            self.adopt(name).await;
+        }
+    }
+
+    /// Stops serving and renewing `name` (removed on another replica; its record is
+    /// gone already).
+    async fn forget(&self, name: &str) {
+        let _edit = self.edit.lock().await;
+        let index = self.index.load_full();
+        let Some(gone) = index.get(name).cloned() else { return };
+        gone.stop.cancel();
+        self.index.store(Arc::new(AccountIndex::build(index.iter().filter(|a| a.name != name).cloned())));
+        tracing::info!(credential = %self.name(), account = %name, "account removed by another replica");
     }
 
     /// Stops every account's renewals (the credential was replaced or removed).

@@ -95,6 +95,9 @@ end
 return n
 "#;
 
+/// What a removal's change notice starts with, before the removed record's key.
+pub const REMOVED: char = '!';
+
 /// How many account records one `MGET` reads at start-up.
 const ACCOUNT_BATCH: usize = 500;
 
@@ -517,7 +520,8 @@ impl TokenStore for RedisStore {
     async fn remove(&self, key: &str) -> Result<(), StoreError> {
         let mut conn = self.link.conn();
         let mut call = self.remove_script.key(self.token_key(key));
-        call.key(self.channel()).arg(key);
+        // `!key`: a removal, told apart from a save (`!` is in no name).
+        call.key(self.channel()).arg(format!("{REMOVED}{key}"));
         if let Some((c, account)) = split_account_key(key) {
             call.key(self.accounts_key(c)).arg(account);
         }

@@ -225,3 +225,51 @@ async fn a_sign_in_under_a_name_outside_the_rule_is_refused() {
         assert!(!body.trim_end().contains('\n'), "{body}");
     }
 }
+
+/// Two replicas sharing Redis: a person signed in on one serves on the other within a
+/// second; removed on one, gone on the other, and not written back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_take_up_and_forget_accounts() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let mock = MockGoto::start(two_users()).await.unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntoken_wait = \"3s\"\n\n{}\n{}accounts = true\n\n{}",
+        redis.state("people"),
+        code_cred("goto", &mock, None),
+        route("/", &mock, Some("goto"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = Stack { mock, proxy: start_proxy(&text).await, dir, http: client() };
+    let b = start_proxy(&text).await;
+    let on_b = |path: &str| format!("http://{}{path}", b.proxy_addr);
+    let one = MockUser::numbered(1);
+    sign_in(&a, Some("alice"), &one.email).await;
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let r = a.http.get(on_b(WEBINARS)).header("X-GoTo-Account", "alice").send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica B never served alice: {}", r.status());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let calls = a.mock.stats().token_calls;
+
+    let r = a.http.post(a.admin("/accounts/goto/alice/remove")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let r = a.http.get(on_b(WEBINARS)).header("X-GoTo-Account", "alice").send().await.unwrap();
+        if r.status() == 400 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica B still serves a removed account");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Past B's polls: nothing wrote the removed account back.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(redis.get("people:token:goto/alice").await.is_none(), "the removed account came back");
+    assert_eq!(a.mock.stats().token_calls, calls, "B renewed instead of taking alice's token up");
+    b.stop().await;
+}

@@ -283,7 +283,8 @@ async fn one_accounts_dead_refresh_token_touches_no_other_account() {
     use goto_auth_proxy::demo::mock::MockUser;
     let events_dir = tempfile::tempdir().unwrap();
     let (script, out) = recorder(events_dir.path());
-    let notify = format!("[[notify]]\ncommand = [{:?}, {:?}]\n", script.display().to_string(), out.display().to_string());
+    let notify =
+        format!("[[notify]]\ncommand = [{:?}, {:?}]\n", script.display().to_string(), out.display().to_string());
     let s = stack(two_users(), |m, d| accounts_config(m, d, &format!("\n{notify}"))).await;
     let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
     sign_in(&s, Some("alice"), &one.email).await;

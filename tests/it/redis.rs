@@ -467,10 +467,11 @@ async fn account_records_are_keys_of_their_own_listed_from_a_set_kept_by_the_scr
     proxy.unlock("goto/bob", held).await.unwrap();
     login.unlock("goto/alice", other).await.unwrap();
 
-    // Removed: record and name gone in one step, the others told; removing again is Ok.
+    // Removed: record and name gone in one step, the others told (as a removal, `!key`,
+    // not a save); removing again is Ok.
     while changes.try_recv().is_ok() {}
     login.remove("goto/bob").await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "goto/bob");
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap(), "!goto/bob");
     login.remove("goto/bob").await.unwrap();
     login.remove("goto/nobody").await.unwrap();
     assert_eq!(proxy.accounts("goto").await.unwrap(), ["alice"]);

@@ -305,8 +305,9 @@ pub trait TokenStore: Send + Sync {
         Ok(())
     }
 
-    /// Names of credentials whose stored token another process changed (an empty name:
-    /// "any may have changed", after a reconnect). `None`: nothing changes behind our back.
+    /// Keys of records another process changed (an empty one: "any may have changed",
+    /// after a reconnect; `!key`: that record was removed). `None`: nothing changes
+    /// behind our back.
     fn changes(&self) -> Option<broadcast::Receiver<String>> {
         None
     }
