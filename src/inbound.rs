@@ -36,6 +36,23 @@ pub fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Re
     }
 }
 
+/// The accounts the request's inbound key may use: `None` when it may use any (no key
+/// is limited, or its key is not). Read only on account credentials' routes.
+pub fn key_accounts<'a>(inbound: &'a InboundSettings, headers: &HeaderMap) -> Option<&'a [String]> {
+    if inbound.key_accounts.iter().all(Option::is_none) {
+        return None;
+    }
+    let given = headers.get(crate::INBOUND_KEY_HEADER).map(HeaderValue::as_bytes).unwrap_or_default();
+    // Every key compared, as in `admit`: the time taken does not say which one matched.
+    let mut matched = None;
+    for (key, accounts) in inbound.keys.iter().zip(&inbound.key_accounts) {
+        if bool::from(key.expose().as_bytes().ct_eq(given)) && matched.is_none() {
+            matched = Some(accounts);
+        }
+    }
+    matched.and_then(|a| a.as_deref())
+}
+
 // ===== browsers: Host, Origin, Sec-Fetch-Site =====
 
 /// What the browser check decided about a request that may proceed.

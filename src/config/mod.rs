@@ -215,6 +215,9 @@ pub struct InboundSettings {
     pub allow_remote: bool,
     /// Accepted values of `x-goto-auth-proxy-key`; when set, every client needs one.
     pub keys: Vec<Secret>,
+    /// Per key (same order): the accounts it may use, `None` for any (`{ key = …,
+    /// accounts = [...] }`).
+    pub key_accounts: Vec<Option<Vec<String>>>,
     /// Remote peers allowed to connect (loopback always is).
     pub allow_cidrs: Vec<ipnet::IpNet>,
     /// TLS on the data-path listener: certificate chain and key (PEM).

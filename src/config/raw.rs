@@ -117,7 +117,7 @@ pub(super) struct RawInbound {
     #[serde(default)]
     pub(super) allow_remote: Option<Spanned<bool>>,
     #[serde(default)]
-    pub(super) keys: Vec<Spanned<RawSecret>>,
+    pub(super) keys: Vec<Spanned<RawInboundKey>>,
     #[serde(default)]
     pub(super) allow_cidrs: Vec<Spanned<String>>,
     #[serde(default)]
@@ -200,6 +200,54 @@ pub(super) enum RawSecret {
     Literal(String),
     Env { env: String },
     File { file: PathBuf },
+}
+
+/// One `inbound.keys` entry: a secret as for any secret, or a table
+/// `{ key = <secret>, accounts = ["alice", …] }` that limits the key to those accounts.
+#[derive(Debug)]
+pub(super) struct RawInboundKey {
+    pub(super) key: RawSecret,
+    pub(super) accounts: Option<Vec<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawInboundKey {
+    /// By hand, for the reason [`RawSecret`]'s is: errors keep pointing at the entry.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = RawInboundKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{SECRET_FORMS}, or {{ key = <one of those>, accounts = [\"NAME\", …] }}")
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<RawInboundKey, E> {
+                Ok(RawInboundKey { key: RawSecret::Literal(v.to_string()), accounts: None })
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawInboundKey, A::Error> {
+                let (mut key, mut accounts, mut plain) = (None, None, None);
+                while let Some(field) = map.next_key::<String>()? {
+                    match field.as_str() {
+                        "env" if plain.is_none() => plain = Some(RawSecret::Env { env: map.next_value()? }),
+                        "file" if plain.is_none() => plain = Some(RawSecret::File { file: map.next_value()? }),
+                        "key" => key = Some(map.next_value::<RawSecret>()?),
+                        "accounts" => accounts = Some(map.next_value::<Vec<String>>()?),
+                        _ => return Err(A::Error::unknown_field(&field, &["env", "file", "key", "accounts"])),
+                    }
+                }
+                match (key, plain) {
+                    (Some(key), None) => Ok(RawInboundKey { key, accounts }),
+                    (None, Some(key)) if accounts.is_none() => Ok(RawInboundKey { key, accounts }),
+                    _ => Err(A::Error::custom(format!(
+                        "expected {SECRET_FORMS}, or {{ key = <one of those>, accounts = [\"NAME\", …] }}"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
 }
 
 impl<'de> Deserialize<'de> for RawSecret {

@@ -210,7 +210,7 @@ impl Proxy {
         let settings = &snap.settings;
         // An account credential's route: the request chooses the account first.
         let chosen = match &route.credential {
-            Some(RouteCredential::Accounts(set)) => Some(choose_account(set, parts)?),
+            Some(RouteCredential::Accounts(set)) => Some(choose_account(set, &snap.inbound, parts)?),
             _ => None,
         };
         // The route's `rate_limit` and any 429 pause: no wait (one atomic load) usually.
@@ -464,7 +464,11 @@ fn overloaded(settings: &ProxySettings) -> ProxyError {
 const ACCOUNT_HEADER: &str = "x-goto-account";
 
 /// The account a request to an account credential's route uses ("Many accounts").
-fn choose_account(set: &AccountSet, parts: &mut http::request::Parts) -> Result<Arc<Account>, ProxyError> {
+fn choose_account(
+    set: &AccountSet,
+    inbound: &crate::config::InboundSettings,
+    parts: &mut http::request::Parts,
+) -> Result<Arc<Account>, ProxyError> {
     let header = parts.headers.remove(ACCOUNT_HEADER);
     let named = match &header {
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -472,7 +476,7 @@ fn choose_account(set: &AccountSet, parts: &mut http::request::Parts) -> Result<
         })?),
         None => None,
     };
-    set.choose(named, parts.uri.path(), parts.uri.query()).map_err(|why| match why {
+    let chosen = set.choose(named, parts.uri.path(), parts.uri.query()).map_err(|why| match why {
         NoAccount::Unknown => ProxyError::new(
             ErrorCode::UnknownAccount,
             format!("X-GoTo-Account names no account of credential {:?} (`goto-auth-proxy accounts` lists them)", set.name()),
@@ -484,7 +488,15 @@ fn choose_account(set: &AccountSet, parts: &mut http::request::Parts) -> Result<
                 set.name()
             ),
         ),
-    })
+    })?;
+    // A client whose inbound key is limited to some accounts uses those only, however
+    // the account was chosen (a default one included).
+    if let Some(allowed) = inbound::key_accounts(inbound, &parts.headers) {
+        if !allowed.iter().any(|a| *a == chosen.name) {
+            return Err(ProxyError::new(ErrorCode::Forbidden, "this client's inbound key may not use that account"));
+        }
+    }
+    Ok(chosen)
 }
 
 /// `f` on the credential's token if it is valid now (the per-request path: one

@@ -273,3 +273,46 @@ async fn replicas_sharing_redis_take_up_and_forget_accounts() {
     assert_eq!(a.mock.stats().token_calls, calls, "B renewed instead of taking alice's token up");
     b.stop().await;
 }
+
+/// An inbound key limited to accounts uses those only — chosen by header, by key in the
+/// path, or by falling back to the default account; an unlimited key uses any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_key_limited_to_accounts_uses_no_other() {
+    let inbound =
+        "default_account = \"bob\"\n\n[inbound]\nkeys = [\"open-k3y\", { key = \"team-a-k3y\", accounts = [\"alice\"] }]\n";
+    let s = stack(two_users(), |m, d| accounts_config(m, d, inbound)).await;
+    let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
+    let key = |k: &'static str| move |r: reqwest::RequestBuilder| r.header("x-goto-auth-proxy-key", k);
+    // Sign-ins go through the admin listener, which needs a key too.
+    let with_key = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .default_headers(
+            [("x-goto-auth-proxy-key".parse().unwrap(), "open-k3y".parse().unwrap())].into_iter().collect(),
+        )
+        .build()
+        .unwrap();
+    let s = Stack { http: with_key, ..s };
+    sign_in(&s, Some("alice"), &one.email).await;
+    sign_in(&s, Some("bob"), &two.email).await;
+
+    let plain = client();
+    let send = |path: String, account: Option<&'static str>, k: &'static str| {
+        let mut r = key(k)(plain.get(s.url(&path)));
+        if let Some(a) = account {
+            r = r.header("X-GoTo-Account", a);
+        }
+        r.send()
+    };
+    let bobs = format!("/G2W/rest/v2/organizers/{}/webinars", two.organizer_key);
+    assert_eq!(send(WEBINARS.into(), Some("alice"), "team-a-k3y").await.unwrap().status(), 200);
+    for (path, account) in [(WEBINARS.to_string(), Some("bob")), (bobs.clone(), None), (WEBINARS.to_string(), None)] {
+        let r = send(path.clone(), account, "team-a-k3y").await.unwrap();
+        assert_eq!(r.status(), 403, "{path} as {account:?}");
+        assert_eq!(r.headers()["x-goto-auth-proxy-error"], "forbidden");
+    }
+    // The unlimited key uses anyone, the default included.
+    assert_eq!(send(WEBINARS.into(), Some("alice"), "open-k3y").await.unwrap().status(), 200);
+    assert_eq!(send(WEBINARS.into(), None, "open-k3y").await.unwrap().status(), 200);
+    assert_eq!(send(bobs, None, "open-k3y").await.unwrap().status(), 200);
+}

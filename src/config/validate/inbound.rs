@@ -15,12 +15,23 @@ pub(super) fn validate_inbound(
     proxy: &ProxySettings,
 ) -> Result<InboundSettings, ConfigError> {
     let allow_remote = raw.allow_remote.as_ref().is_some_and(|a| *a.get_ref());
-    let keys = raw
-        .keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| resolve_secret(loc, k, &format!("inbound.keys[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    let mut key_accounts = Vec::with_capacity(raw.keys.len());
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let span = k.span();
+        let entry = k.into_inner();
+        keys.push(resolve_secret(loc, &toml::Spanned::new(span.clone(), entry.key), &format!("inbound.keys[{i}]"))?);
+        if let Some(names) = &entry.accounts {
+            if let Some(bad) = names.iter().find(|n| !crate::config::is_valid_name(n)) {
+                let why = format!(
+                    "{} is not an account name: 1-64 ASCII letters, digits, '_', '-' and '.'",
+                    crate::config::quoted(bad)
+                );
+                return Err(loc.err(&span, format!("inbound.keys[{i}].accounts"), why));
+            }
+        }
+        key_accounts.push(entry.accounts);
+    }
     let mut allow_cidrs = Vec::new();
     for (i, c) in raw.allow_cidrs.iter().enumerate() {
         let net = c
@@ -49,7 +60,7 @@ pub(super) fn validate_inbound(
     }
     let hosts = validate_hosts(loc, &raw.hosts)?;
     let allow_origins = validate_origins(loc, &raw.allow_origins)?;
-    Ok(InboundSettings { allow_remote, keys, allow_cidrs, tls, hosts, allow_origins })
+    Ok(InboundSettings { allow_remote, keys, key_accounts, allow_cidrs, tls, hosts, allow_origins })
 }
 
 /// `tls_cert` and `tls_key`: both or neither, each a readable file.
@@ -162,6 +173,20 @@ fn normalise_origin(s: &str) -> Option<String> {
 mod tests {
     use super::super::super::fixtures::{err, GOOD};
     use super::super::super::Config;
+
+    #[test]
+    fn a_key_may_be_limited_to_accounts_named_by_the_rule() {
+        let ok = format!("{GOOD}\n[inbound]\nkeys = [\"k-0pen\", {{ key = {{ env = \"PATH\" }}, accounts = [\"alice\", \"bob\"] }}]\n");
+        let cfg = Config::parse("t.toml", &ok).unwrap();
+        assert_eq!(cfg.inbound.keys.len(), 2);
+        assert_eq!(cfg.inbound.key_accounts, vec![None, Some(vec!["alice".to_string(), "bob".to_string()])]);
+        let bad = format!("{GOOD}\n[inbound]\nkeys = [{{ key = \"k-s3cret\", accounts = [\"a b\"] }}]\n");
+        let e = err(&bad);
+        assert!(e.contains("inbound.keys[0].accounts") && e.contains("\"a b\" is not an account name"), "{e}");
+        assert!(!e.contains("k-s3cret"), "{e}");
+        let both = format!("{GOOD}\n[inbound]\nkeys = [{{ env = \"PATH\", accounts = [\"alice\"] }}]\n");
+        assert!(err(&both).contains("inbound.keys"), "{}", err(&both));
+    }
 
     #[test]
     fn remote_listen_needs_opt_in_with_keys_or_cidrs() {
