@@ -356,8 +356,21 @@ async fn postman_collection_passes_under_newman() {
     }
     let env: serde_json::Value = serde_json::from_str(&read(&dir.join("goto-auth-proxy.postman_environment.json")))
         .expect("environment is JSON");
-    let base = env["values"].as_array().and_then(|v| v.iter().find(|x| x["key"] == "baseUrl")).cloned();
-    assert_eq!(base.map(|b| b["value"].clone()), Some("http://127.0.0.1:8080".into()));
+    let var = |key: &str| env["values"].as_array().and_then(|v| v.iter().find(|x| x["key"] == key)).cloned();
+    assert_eq!(var("baseUrl").map(|b| b["value"].clone()), Some("http://127.0.0.1:8080".into()));
+    // Empty by default: the single-credential use is unchanged.
+    assert_eq!(var("account").map(|b| b["value"].clone()), Some("".into()));
+    for item in collection["item"].as_array().into_iter().flatten() {
+        let headers = item["request"]["header"].as_array().cloned().unwrap_or_default();
+        let account =
+            headers.iter().find(|h| h["key"].as_str().is_some_and(|k| k.eq_ignore_ascii_case("x-goto-account")));
+        assert_eq!(
+            account.map(|h| h["value"].clone()),
+            Some("{{account}}".into()),
+            "{}: no X-GoTo-Account",
+            item["name"]
+        );
+    }
     let requests = collection["item"].as_array().map(Vec::len).unwrap_or(0);
     assert!(requests >= 5, "expected at least 5 requests, found {requests}");
 
@@ -366,25 +379,60 @@ async fn postman_collection_passes_under_newman() {
         return;
     }
     let demo = RunningDemo::start().await;
+    let single = newman(&dir, &[format!("baseUrl={}", demo.url())]).await;
+    // The demo's account credential, once per person: `account` picks who answers.
+    let mut people = Vec::new();
+    for (name, user) in goto_auth_proxy::demo::people() {
+        let before = demo.demo.mock.api_targets().len();
+        let vars = [format!("baseUrl={}/people", demo.url()), format!("account={name}")];
+        let run = newman(&dir, &vars).await;
+        people.push((name, user, run, demo.demo.mock.api_targets().split_off(before)));
+    }
+    demo.stop().await;
+    for (what, (out, stats)) in
+        std::iter::once(("newman run", &single)).chain(people.iter().map(|(name, _, run, _)| (*name, run)))
+    {
+        assert_success(out, what);
+        let stats = &stats["run"]["stats"];
+        assert_eq!(stats["requests"]["total"].as_u64(), Some(requests as u64), "{what}: {stats}");
+        assert_eq!(stats["requests"]["failed"].as_u64(), Some(0), "{what}: {stats}");
+        assert!(stats["assertions"]["total"].as_u64().unwrap_or(0) >= requests as u64, "{what}: {stats}");
+        assert_eq!(stats["assertions"]["failed"].as_u64(), Some(0), "{what}: {stats}");
+    }
+    // The mock answers a token on another organizer's path 403, and the proxy fills in
+    // `{organizerKey}` from the chosen account: the webinars call went out with this
+    // person's key, and no other person's key went out during their run.
+    for (name, user, _, targets) in &people {
+        let webinars = format!("/G2W/rest/v2/organizers/{}/webinars", user.organizer_key);
+        assert!(
+            targets.iter().any(|t| t.starts_with(&webinars)),
+            "{name}'s run did not list their webinars: {targets:?}"
+        );
+        for (other, them, _, _) in &people {
+            if other != name {
+                let theirs = format!("/{}/", them.organizer_key);
+                assert!(!targets.iter().any(|t| t.contains(&theirs)), "{name}'s run reached {other}: {targets:?}");
+            }
+        }
+    }
+}
+
+/// Runs the collection under newman with its environment and `vars` (`--env-var`); the
+/// run's output and its JSON report.
+async fn newman(dir: &Path, vars: &[String]) -> (Output, serde_json::Value) {
     let report_dir = tempfile::tempdir().expect("tempdir");
     let report = report_dir.path().join("newman.json");
     let mut cmd = Command::new("newman");
-    cmd.current_dir(&dir)
+    cmd.current_dir(dir)
         .args(["run", "goto-auth-proxy.postman_collection.json"])
-        .args(["--environment", "goto-auth-proxy.postman_environment.json"])
-        .arg("--env-var")
-        .arg(format!("baseUrl={}", demo.url()))
-        .args(["--reporters", "cli,json", "--color", "off", "--disable-unicode", "--reporter-json-export"])
-        .arg(&report);
+        .args(["--environment", "goto-auth-proxy.postman_environment.json"]);
+    for v in vars {
+        cmd.arg("--env-var").arg(v);
+    }
+    cmd.args(["--reporters", "cli,json", "--color", "off", "--disable-unicode", "--reporter-json-export"]).arg(&report);
     let out = run(cmd, "newman").await;
-    demo.stop().await;
-    assert_success(&out, "newman run");
-    let stats: serde_json::Value = serde_json::from_str(&read(&report)).expect("newman JSON report");
-    let stats = &stats["run"]["stats"];
-    assert_eq!(stats["requests"]["total"].as_u64(), Some(requests as u64), "{stats}");
-    assert_eq!(stats["requests"]["failed"].as_u64(), Some(0), "{stats}");
-    assert!(stats["assertions"]["total"].as_u64().unwrap_or(0) >= requests as u64, "{stats}");
-    assert_eq!(stats["assertions"]["failed"].as_u64(), Some(0), "{stats}");
+    let stats = std::fs::read_to_string(&report).ok().and_then(|r| serde_json::from_str(&r).ok());
+    (out, stats.unwrap_or_default())
 }
 
 // ===== Kubernetes =====

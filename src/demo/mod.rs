@@ -1,7 +1,8 @@
 //! `goto-auth-proxy demo`: the whole product with no set-up. Starts the mock GoTo
 //! server (`demo::mock`) on loopback, a proxy configured for it with one OAuth
-//! credential (seeded as if signed in) and one Direct Login credential, and builds a
-//! banner of `curl` lines that work as printed.
+//! credential (seeded as if signed in), one Direct Login credential and one account
+//! credential (`people`, under `/people/`) that two mock people sign in to through the
+//! proxy's own `/login`, and builds a banner of `curl` lines that work as printed.
 //!
 //! The mock lives here because the demo is the one part of the product that runs it;
 //! the integration tests and benches use the same mock, so what the demo shows is what
@@ -19,7 +20,7 @@ use crate::config::{Config, ConfigError};
 #[doc(hidden)]
 pub mod mock;
 
-use mock::{MockGoto, MockOptions};
+use mock::{MockGoto, MockOptions, MockUser};
 
 /// Why the demo could not start. Public: `cli` tells it apart from the proxy's own
 /// start-up errors.
@@ -37,6 +38,29 @@ pub enum DemoError {
     /// `GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME` is not a duration.
     #[error("{TOKEN_LIFETIME_ENV}={0:?} is not a duration such as \"2s\" or \"2m\"")]
     Lifetime(String),
+    /// Signing the demo's people in through `/login` failed (a bug).
+    #[error("cannot sign the demo's people in: {0}")]
+    SignIn(String),
+}
+
+/// The demo's account credential: many people sign in to it, each request picks one.
+const PEOPLE: &str = "people";
+
+/// The people signed in to the [`PEOPLE`] credential when the demo starts: each
+/// account's name and the mock GoTo user behind it (organizer keys
+/// `7000000000000000001` and `…002`). Public: the tests check each answer is the right
+/// person's.
+pub fn people() -> Vec<(&'static str, MockUser)> {
+    let person = |n: u32, name: &'static str, first: &str| {
+        let user = MockUser {
+            email: format!("{name}@example.com"),
+            first_name: first.into(),
+            last_name: "Example".into(),
+            ..MockUser::numbered(n)
+        };
+        (name, user)
+    };
+    vec![person(1, "alice", "Alice"), person(2, "bob", "Bob")]
 }
 
 /// Environment variable that shortens the mock's token lifetime (soak tests renew every
@@ -69,7 +93,7 @@ pub struct Demo {
     pub banner: String,
 }
 
-/// The demo's config: two credentials against the mock, state under `state_dir`.
+/// The demo's config: three credentials against the mock, state under `state_dir`.
 fn config(
     mock: &MockGoto,
     seed_refresh_token: &str,
@@ -99,6 +123,16 @@ authorize_url = "{m}/oauth/authorize"
 keys_url = "{m}/identity/v1/Users/me"
 refresh_before = "30s"
 
+[credentials.{PEOPLE}]
+grant = "authorization_code"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+accounts = true
+token_url = "{m}/oauth/token"
+authorize_url = "{m}/oauth/authorize"
+keys_url = "{m}/identity/v1/Users/me"
+refresh_before = "30s"
+
 [credentials.g2a]
 grant = "password"
 client_id = "{consumer_key}"
@@ -111,6 +145,12 @@ refresh_before = "30s"
 prefix = "/G2A/"
 upstream = "{m}"
 credential = "g2a"
+
+[[routes]]
+prefix = "/{PEOPLE}/"
+upstream = "{m}"
+credential = "{PEOPLE}"
+strip_prefix = true
 
 [[routes]]
 prefix = "/"
@@ -134,17 +174,58 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Pat
     let mock = MockGoto::start(MockOptions {
         token_lifetime: lifetime,
         api_quota: Some(DEMO_QUOTA),
+        more_users: people().into_iter().map(|(_, user)| user).collect(),
         ..MockOptions::default()
     })
     .await?;
     let seed = mock.mint_refresh_token();
     let cfg = config(&mock, &seed, listen, admin_listen, state_dir)?;
     let running = app::start(cfg).await?;
-    let banner = banner(running.proxy_addr, running.admin_addr, &mock.url());
+    for (name, user) in people() {
+        if let Err(e) = sign_in(running.admin_addr, name, &user.email).await {
+            running.stop().await;
+            return Err(e);
+        }
+    }
+    let banner = banner(running.proxy_addr, running.admin_addr, &mock.url(), &people());
     Ok(Demo { running, mock, banner })
 }
 
-fn banner(proxy: SocketAddr, admin: SocketAddr, mock: &str) -> String {
+/// Signs `email` in as account `name` of [`PEOPLE`] the way a person does: the admin
+/// listener's `/login/people?account=NAME`, GoTo's sign-in page (the mock's, told who
+/// signs in by OpenID's `login_hint`), and its redirect back to `/callback`.
+async fn sign_in(admin: SocketAddr, name: &str, email: &str) -> Result<(), DemoError> {
+    let failed = |e: reqwest::Error| DemoError::SignIn(e.without_url().to_string());
+    let http =
+        reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().map_err(failed)?;
+    let admin = if admin.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], admin.port())) } else { admin };
+    let start = http.get(format!("http://{admin}/login/{PEOPLE}?account={name}")).send().await.map_err(failed)?;
+    let mut authorize = location(&start, "/login")?;
+    authorize.query_pairs_mut().append_pair("login_hint", email);
+    let approved = http.get(authorize).send().await.map_err(failed)?;
+    let callback = location(&approved, "the sign-in page")?;
+    let done = http.get(callback).send().await.map_err(failed)?;
+    if !done.status().is_success() {
+        return Err(DemoError::SignIn(format!("/callback answered {} for {name:?}", done.status())));
+    }
+    Ok(())
+}
+
+/// Where a redirect answer points; an error naming `what` when it is no redirect.
+fn location(res: &reqwest::Response, what: &str) -> Result<url::Url, DemoError> {
+    res.headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| url::Url::parse(v).ok())
+        .ok_or_else(|| DemoError::SignIn(format!("{what} answered {} with no redirect", res.status())))
+}
+
+fn banner(proxy: SocketAddr, admin: SocketAddr, mock: &str, people: &[(&str, MockUser)]) -> String {
+    let (first, second) = match people {
+        [a, b, ..] => (a, b),
+        _ => unreachable!("the demo signs two people in"),
+    };
+    let (alice, bob, bob_key) = (first.0, second.0, &second.1.organizer_key);
     format!(
         r#"goto-auth-proxy demo: a mock GoTo API and token endpoint run at {mock}; no credentials needed.
 
@@ -172,6 +253,17 @@ POST body passes through byte for byte; /G2A/ uses a Direct Login credential. Th
 `_mock/revoke` line kills every token at "GoTo": the next request is rejected upstream,
 and the proxy renews the token and retries it, so you still get a 200. The last line
 runs the browser sign-in flow, auto-approved by the mock.
+
+Two people, {alice} and {bob}, are signed in to "{PEOPLE}", a credential that holds many
+accounts (under /{PEOPLE}/). A request picks one with the X-GoTo-Account header, or by the
+organizer key in its path; each answer's organizerKey is whose token served it:
+
+  curl -s -H 'X-GoTo-Account: {alice}' http://{proxy}/{PEOPLE}/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars
+  curl -s -H 'X-GoTo-Account: {bob}' http://{proxy}/{PEOPLE}/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars
+  curl -s http://{proxy}/{PEOPLE}/G2W/rest/v2/organizers/{bob_key}/webinars
+  curl -s 'http://{admin}/tokens?credential={PEOPLE}'
+
+The status page http://{admin}/ lists them; its Connect an account form adds more.
 
 Ctrl-C stops the demo.
 "#

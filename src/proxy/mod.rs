@@ -463,13 +463,14 @@ fn overloaded(settings: &ProxySettings) -> ProxyError {
 /// The header that chooses an account of an account credential (removed before forwarding).
 const ACCOUNT_HEADER: &str = "x-goto-account";
 
-/// The account a request to an account credential's route uses ("Many accounts").
+/// The account a request to an account credential's route uses ("Many accounts"). An
+/// empty `X-GoTo-Account` chooses none, as if absent: Postman sends an unset variable so.
 fn choose_account(
     set: &AccountSet,
     inbound: &crate::config::InboundSettings,
     parts: &mut http::request::Parts,
 ) -> Result<Arc<Account>, ProxyError> {
-    let header = parts.headers.remove(ACCOUNT_HEADER);
+    let header = parts.headers.remove(ACCOUNT_HEADER).filter(|v| !v.is_empty());
     let named = match &header {
         Some(v) => Some(v.to_str().map_err(|_| {
             ProxyError::new(ErrorCode::UnknownAccount, "X-GoTo-Account names no account of this credential")

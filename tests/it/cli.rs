@@ -168,9 +168,9 @@ fn keygen_prints_one_fresh_key_and_nothing_else() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("encryption_keys"));
 }
 
-/// The README's first command: every curl line the banner prints works as printed.
-#[test]
-fn demo_banner_curl_lines_work() {
+/// The `demo` binary, started on free ports, and the `curl` lines of its banner (read up
+/// to its last line, `Ctrl-C …`). The caller kills the child.
+fn start_demo() -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
@@ -196,12 +196,71 @@ fn demo_banner_curl_lines_work() {
             break;
         }
     }
+    (child, curls)
+}
+
+/// Runs a curl line through `sh` as a user pastes it: the status and the body.
+fn curl(line: &str) -> (String, String) {
+    let out = Command::new("sh").arg("-c").arg(format!("{line} -w '\\n%{{http_code}}'")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+/// The README's first command: every curl line the banner prints works as printed.
+#[test]
+fn demo_banner_curl_lines_work() {
+    let (mut child, curls) = start_demo();
     assert!(curls.len() >= 8, "banner: {curls:?}");
     for c in &curls {
         let out = Command::new("sh").arg("-c").arg(format!("{c} -o /dev/null -w '%{{http_code}}'")).output().unwrap();
         let code = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(code, "200", "{c} answered {code}");
     }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The demo signs two people in to its account credential through the real sign-in, and
+/// its account lines pick each: by `X-GoTo-Account` or by the organizer key in the path.
+/// The mock answers 403 to a token on another organizer's path, and its answer's
+/// `organizerKey` is the token's owner: a 200 naming the right key is the right person.
+#[test]
+fn demo_account_lines_each_reach_the_right_person() {
+    let (mut child, curls) = start_demo();
+    let people = goto_auth_proxy::demo::people();
+    let lines: Vec<&String> = curls.iter().filter(|c| c.contains("/people/")).collect();
+    let by_header = |name: &str| lines.iter().find(|c| c.contains(&format!("X-GoTo-Account: {name}'"))).copied();
+    let mut served = Vec::new();
+    for (name, user) in &people {
+        let line = by_header(name).unwrap_or_else(|| panic!("no line picks {name} by X-GoTo-Account: {curls:?}"));
+        served.push((line.clone(), user.organizer_key.clone()));
+    }
+    let (_, last) = people.last().unwrap();
+    let by_path = lines
+        .iter()
+        .find(|c| !c.contains("X-GoTo-Account") && c.contains(&format!("/organizers/{}/", last.organizer_key)))
+        .unwrap_or_else(|| panic!("no line picks by an organizer key in the path: {curls:?}"));
+    served.push((by_path.to_string(), last.organizer_key.clone()));
+    // An empty header (what Postman sends for an unset variable) chooses nothing: the
+    // path's key still does.
+    served.push((by_path.replace("curl -s ", "curl -s -H 'X-GoTo-Account;' "), last.organizer_key.clone()));
+    for (line, key) in &served {
+        let (code, body) = curl(line);
+        assert_eq!(code, "200", "{line} answered {code}: {body}");
+        assert!(body.contains(&format!("\"organizerKey\":{key}")), "{line}: not {key}'s answer: {body}");
+    }
+    let tokens = curls.iter().find(|c| c.contains("/tokens?credential=people")).expect("a /tokens line for people");
+    let (code, body) = curl(tokens);
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = v["people"]["accounts"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, people.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "{body}");
     let _ = child.kill();
     let _ = child.wait();
 }
