@@ -18,6 +18,7 @@ use super::handle::TokenHandle;
 use super::redis_store::REMOVED;
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
+use super::refresher::Calendar;
 use super::{Credential, RefreshError};
 use crate::config::{is_valid_name, CredentialConfig};
 use crate::limit::RateLimiter;
@@ -133,6 +134,8 @@ pub struct AccountSet {
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
     gate: Arc<RateLimiter>,
+    /// Where the accounts book their renewals (spread under `token_rate`).
+    calendar: Arc<Calendar>,
     /// The token endpoint client, for the keys lookup that names a sign-in.
     source: TokenSource,
     index: ArcSwap<AccountIndex>,
@@ -154,7 +157,9 @@ impl AccountSet {
         stop: CancellationToken,
     ) -> AccountSet {
         let gate = Arc::new(RateLimiter::new(cfg.token_rate));
+        let calendar = Arc::new(Calendar::new(cfg.token_rate));
         AccountSet {
+            calendar,
             source: TokenSource::new(http.clone(), cfg.clone()),
             cfg,
             http,
@@ -212,7 +217,7 @@ impl AccountSet {
             self.http.clone(),
             self.store.clone(),
             self.metrics.clone(),
-            self.gate.clone(),
+            (self.gate.clone(), self.calendar.clone()),
         ));
         let handle = cred.handle();
         Arc::new(Account { name: name.to_string(), cred, handle, stop: self.stop.child_token() })

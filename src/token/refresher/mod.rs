@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 use coordinate::Coordinated;
+pub(crate) use schedule::Calendar;
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
 pub use state::{CredentialState, Health, TokenInfo};
 
@@ -87,6 +88,8 @@ pub struct Credential {
     health: tokio::sync::watch::Sender<Health>,
     /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
     gate: Arc<RateLimiter>,
+    /// An account's: where the credential's accounts book their renewals.
+    calendar: Option<Arc<Calendar>>,
 }
 
 impl Credential {
@@ -100,7 +103,7 @@ impl Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
         let gate = Arc::new(RateLimiter::new(cfg.token_rate));
-        Credential::build(cfg, None, http, store, metrics, gate)
+        Credential::build(cfg, None, http, store, metrics, (gate, None))
     }
 
     /// One account of an account credential (`accounts = true`): its own token, record
@@ -111,9 +114,10 @@ impl Credential {
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        gate: Arc<RateLimiter>,
+        pace: (Arc<RateLimiter>, Arc<Calendar>),
     ) -> Credential {
-        Credential::build(cfg, Some(account.to_string()), http, store, metrics, gate)
+        let (gate, calendar) = pace;
+        Credential::build(cfg, Some(account.to_string()), http, store, metrics, (gate, Some(calendar)))
     }
 
     fn build(
@@ -122,7 +126,7 @@ impl Credential {
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        gate: Arc<RateLimiter>,
+        (gate, calendar): (Arc<RateLimiter>, Option<Arc<Calendar>>),
     ) -> Credential {
         let key = match &account {
             Some(a) => format!("{}/{a}", cfg.name),
@@ -142,6 +146,7 @@ impl Credential {
             metrics,
             health: tokio::sync::watch::Sender::new(Health::default()),
             gate,
+            calendar,
         }
     }
 

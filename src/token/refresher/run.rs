@@ -14,7 +14,7 @@ use super::schedule::{not_before_clamp, refresh_delay};
 use super::{Credential, Trigger};
 use crate::token::handle::{OpenInbox, Report};
 use crate::token::source::Renewal;
-use crate::token::{deadline_in, later};
+use crate::token::{deadline_in, half, later};
 
 /// How often a credential that waits for a person reads the store for a token someone
 /// else obtained (no token endpoint call).
@@ -28,6 +28,8 @@ struct Plan {
     generation: u64,
     failures: u32,
     when: Instant,
+    /// The second booked in the credential's [`Calendar`](super::schedule::Calendar).
+    booked: Option<u64>,
 }
 
 impl Credential {
@@ -120,17 +122,30 @@ impl Credential {
         let generation = current.as_ref().map_or(0, |t| t.generation);
         match previous {
             Some(p) if p.generation == generation && p.failures == failures => p,
-            _ => {
+            replaced => {
+                if let (Some(cal), Some(second)) = (&self.calendar, replaced.and_then(|p| p.booked)) {
+                    cal.release(second);
+                }
                 let now = SystemTime::now();
                 let expires_at = current.as_ref().map(|t| t.expires_at);
                 let delay = refresh_delay(now, expires_at, self.cfg.refresh_before, failures, rand::random::<f64>());
                 let delay = not_before_clamp(delay, now, not_before);
                 let waiting = self.awaits_a_person();
+                // An account books its renewal in the credential's calendar, so the
+                // accounts' renewals stay under `token_rate` without running late.
+                let left = expires_at.and_then(|e| e.duration_since(now).ok());
+                let (delay, booked) = match (&self.calendar, left) {
+                    (Some(cal), Some(left)) if failures == 0 && !waiting && !delay.is_zero() => {
+                        let (d, second) = cal.book(now, delay, half(left).min(delay));
+                        (d, Some(second))
+                    }
+                    _ => (delay, None),
+                };
                 if let Ok(mut s) = self.slot.status.lock() {
                     // None is planned while only a person can help.
                     s.next_refresh = (!waiting).then(|| later(now, delay));
                 }
-                Plan { generation, failures, when: deadline_in(delay) }
+                Plan { generation, failures, when: deadline_in(delay), booked }
             }
         }
     }

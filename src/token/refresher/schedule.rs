@@ -37,6 +37,52 @@ pub(crate) fn refresh_delay(
     }
 }
 
+/// The renewals the accounts of one credential have planned, per second: each account
+/// books the latest second before its wanted renewal that still has room under
+/// `token_rate`, so renewals that would bunch up (many people signed in within a minute
+/// all come due within a minute) spread over the tokens' second half-life instead of
+/// queueing at the token endpoint past their expiry.
+pub(crate) struct Calendar {
+    per_second: u32,
+    /// Unix second → renewals booked in it (seconds gone by are dropped).
+    booked: std::sync::Mutex<std::collections::BTreeMap<u64, u32>>,
+}
+
+impl Calendar {
+    /// A calendar for `rate` renewals per second (at least one).
+    pub(crate) fn new(rate: f64) -> Calendar {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let per_second = (rate.floor() as u32).max(1);
+        Calendar { per_second, booked: std::sync::Mutex::default() }
+    }
+
+    /// Books a renewal wanted `wanted` after `now`, not before `earliest` after it: the
+    /// latest second in between with room, else the first with room after `wanted`.
+    /// Answers the delay and the second booked (to [`Calendar::release`] when the plan
+    /// is dropped).
+    pub(crate) fn book(&self, now: SystemTime, wanted: Duration, earliest: Duration) -> (Duration, u64) {
+        let now_s = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (from, to) = (now_s.saturating_add(earliest.as_secs()), now_s.saturating_add(wanted.as_secs()));
+        let Ok(mut booked) = self.booked.lock() else { return (wanted, to) };
+        *booked = booked.split_off(&now_s);
+        let free = |s: &u64| booked.get(s).is_none_or(|n| *n < self.per_second);
+        let second = (from..=to).rev().find(free).or_else(|| (to.saturating_add(1)..).find(free)).unwrap_or(to);
+        let count = booked.entry(second).or_insert(0);
+        *count = count.saturating_add(1);
+        let delay = if second == to { wanted } else { Duration::from_secs(second.saturating_sub(now_s)) };
+        (delay, second)
+    }
+
+    /// Gives back a second booked for a plan that was replaced.
+    pub(crate) fn release(&self, second: u64) {
+        if let Ok(mut booked) = self.booked.lock() {
+            if let Some(n) = booked.get_mut(&second) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// A renewal never comes before the token endpoint's `Retry-After` has passed.
 pub(crate) fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Option<SystemTime>) -> Duration {
     match not_before.and_then(|t| t.duration_since(now).ok()) {
@@ -48,6 +94,19 @@ pub(crate) fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_calendar_spreads_renewals_that_come_due_together_back_over_the_half_life() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let cal = Calendar::new(2.0);
+        let wanted = Duration::from_secs(100);
+        let seconds: Vec<u64> = (0..7).map(|_| cal.book(now, wanted, Duration::from_secs(98)).1).collect();
+        // Two per second, latest first, then after `wanted` once the window is full.
+        assert_eq!(seconds, [1_000_100, 1_000_100, 1_000_099, 1_000_099, 1_000_098, 1_000_098, 1_000_101]);
+        assert_eq!(cal.book(now, wanted, Duration::from_secs(50)).0, Duration::from_secs(97));
+        cal.release(1_000_100);
+        assert_eq!(cal.book(now, wanted, Duration::from_secs(50)).0, wanted);
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
     const FIVE_MIN: Duration = Duration::from_secs(300);
