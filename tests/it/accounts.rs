@@ -7,18 +7,18 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn two_users() -> MockOptions {
+pub(crate) fn two_users() -> MockOptions {
     MockOptions { more_users: vec![MockUser::numbered(1), MockUser::numbered(2)], ..MockOptions::default() }
 }
 
-fn accounts_config(mock: &MockGoto, dir: &std::path::Path, extra: &str) -> String {
+pub(crate) fn accounts_config(mock: &MockGoto, dir: &std::path::Path, extra: &str) -> String {
     let cred = code_cred("goto", mock, None);
     config_text(dir, "", &format!("{cred}accounts = true\n{extra}\n{}", route("/", mock, Some("goto"))))
 }
 
 /// Signs `email` in through the admin listener's `/login/goto` (as `account` when given)
 /// and the mock's authorize page; the callback page's text.
-async fn sign_in(s: &Stack, account: Option<&str>, email: &str) -> String {
+pub(crate) async fn sign_in(s: &Stack, account: Option<&str>, email: &str) -> String {
     let q = account.map(|a| format!("?account={a}")).unwrap_or_default();
     let r = s.http.get(s.admin(&format!("/login/goto{q}"))).send().await.unwrap();
     assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
