@@ -174,7 +174,7 @@ impl Admin {
                     let confirmed = url::form_urlencoded::parse(&body).any(|(k, v)| k == "confirm" && v == "yes");
                     if !confirmed {
                         let page = page::not_removed(&name, &account, &view);
-                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &crate::random::token(16));
+                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &crate::random::token(16), &[]);
                     }
                     back = Some(view);
                 }
@@ -218,7 +218,7 @@ impl Admin {
                 let query = req.uri().query().unwrap_or("");
                 let (status, page) = self.login.callback(query, &credentials, &self.view.accounts()).await;
                 // A page with neither style nor script: its nonce is never used.
-                secure_page(html(status, &page), &crate::random::token(16))
+                secure_page(html(status, &page), &crate::random::token(16), &[])
             }
             (
                 _,
@@ -241,15 +241,16 @@ impl Admin {
     /// accounts), under a CSP that lets only its own nonce'd style and script run.
     fn status_page(&self, view: &page::AccountView) -> Response<Full<Bytes>> {
         let nonce = crate::random::token(16);
+        let config = self.view.config();
         let body = page::render(
-            &self.view.config(),
+            &config,
             &self.view.credentials(),
             &self.view.accounts(),
             &self.view.requests_by_route(),
             view,
             &nonce,
         );
-        secure_page(html(StatusCode::OK, &body), &nonce)
+        secure_page(html(StatusCode::OK, &body), &nonce, &page::sign_in_origins(&config))
     }
 
     /// `GET /tokens`: every credential's metadata; an account credential's accounts under
@@ -315,10 +316,10 @@ impl Admin {
 }
 
 /// `res`, an HTML page of this listener, with the headers every such page carries: a CSP
-/// that lets only `nonce`'d style and script run, never stored, never sniffed, never
-/// framed.
-fn secure_page(res: Response<Full<Bytes>>, nonce: &str) -> Response<Full<Bytes>> {
-    response::lock_down(res, &page::content_security_policy(nonce))
+/// that lets only `nonce`'d style and script run and forms go nowhere but here (and on
+/// to `sign_in_origins`), never stored, never sniffed, never framed.
+fn secure_page(res: Response<Full<Bytes>>, nonce: &str, sign_in_origins: &[String]) -> Response<Full<Bytes>> {
+    response::lock_down(res, &page::content_security_policy(nonce, sign_in_origins))
 }
 
 fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {

@@ -21,12 +21,36 @@ use super::{AccountSets, Credentials};
 const REFRESH_SECS: u32 = 5;
 
 /// The `Content-Security-Policy` of a page whose inline style and script carry `nonce`:
-/// nothing else may run or load; fetches and form posts go to this listener only.
-pub(super) fn content_security_policy(nonce: &str) -> String {
+/// nothing else may run or load; fetches and forms go to this listener only — and, for
+/// forms, on to `sign_in_origins` (a browser holds a form's redirect to `form-action`
+/// too, and **Connect an account** is a form that `/login` redirects to the sign-in page).
+pub(super) fn content_security_policy(nonce: &str, sign_in_origins: &[String]) -> String {
+    let mut form_action = String::from("'self'");
+    for origin in sign_in_origins {
+        form_action.push(' ');
+        form_action.push_str(origin);
+    }
     format!(
         "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; connect-src 'self'; \
-         img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+         img-src 'self'; form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
     )
+}
+
+/// The origins (`https://host[:port]`) of the account credentials' sign-in pages: where
+/// the page's **Connect an account** forms end up.
+pub(super) fn sign_in_origins(config: &Config) -> Vec<String> {
+    let mut origins: Vec<String> = config
+        .credentials
+        .values()
+        .filter(|c| c.accounts)
+        .filter_map(|c| url::Url::parse(&c.authorize_url).ok())
+        .map(|u| u.origin())
+        .filter(|o| o.is_tuple())
+        .map(|o| o.ascii_serialization())
+        .collect();
+    origins.sort();
+    origins.dedup();
+    origins
 }
 
 /// Accounts shown per page under an account credential.
@@ -132,9 +156,10 @@ fn matches(a: &Account, needle: &str) -> bool {
         return true;
     }
     let token = a.cred.load();
-    let Some(t) = token.as_ref() else { return false };
-    let found = [&t.principal, &t.organizer_key, &t.account_key].into_iter().flatten().any(|s| contains(s));
-    found
+    token
+        .as_ref()
+        .as_ref()
+        .is_some_and(|t| [&t.principal, &t.organizer_key, &t.account_key].into_iter().flatten().any(|s| contains(s)))
 }
 
 /// The page: a row per credential (an account credential's accounts under it, a page at

@@ -379,6 +379,10 @@ mod accounts {
         sign_in(&s, Some("alice"), &one.email).await;
         sign_in(&s, None, &two.email).await;
 
+        // Connect an account is a form that ends at the sign-in page: the CSP lets it go there.
+        let r = s.http.get(s.admin("/")).send().await.unwrap();
+        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains(&format!("form-action 'self' {};", s.mock.url())), "{csp}");
         let all = page(&s, "/").await;
         assert_eq!(listed(&all), ["alice", "user2_example.com"], "{all}");
         assert!(all.contains(r#"<tr class="accounts" data-accounts="goto">"#), "{all}");
