@@ -33,6 +33,9 @@ mod page;
 /// Credentials by name, as the admin listener sees them.
 pub(crate) type Credentials = BTreeMap<String, Arc<Credential>>;
 
+/// The accounts of each account credential, by credential name.
+pub(crate) type AccountSets = BTreeMap<String, Arc<AccountSet>>;
+
 /// What the admin listener reads of the running proxy. `app` implements it over its live
 /// state, so `admin` imports nothing of the wiring, and every reload is seen at once.
 pub(crate) trait View: Send + Sync {
@@ -47,7 +50,7 @@ pub(crate) trait View: Send + Sync {
     /// Requests answered so far, per route prefix.
     fn requests_by_route(&self) -> BTreeMap<String, u64>;
     /// The accounts of each account credential (`accounts = true`), by credential.
-    fn accounts(&self) -> Arc<BTreeMap<String, Arc<AccountSet>>>;
+    fn accounts(&self) -> Arc<AccountSets>;
 }
 
 /// The admin service.
@@ -119,7 +122,9 @@ impl Admin {
         }
         let credentials = self.view.credentials();
         match (&method, segments.as_slice()) {
-            (&Method::GET | &Method::HEAD, [""]) => self.status_page(),
+            (&Method::GET | &Method::HEAD, [""]) => {
+                self.status_page(&page::AccountView::parse(req.uri().query().unwrap_or("").as_bytes()))
+            }
             (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
             (&Method::GET, ["metrics"]) => {
@@ -143,8 +148,10 @@ impl Admin {
                 }
                 let Some(a) = set.index().get(&account).cloned() else { return unknown_account(&name, &account) };
                 if from_a_form(req.headers()) {
+                    // The status page's button: back to the same search and page.
+                    let back = page::AccountView::parse(&form_body(req).await).location();
                     let _outcome_is_on_the_page = a.cred.refresh(Trigger::Manual).await;
-                    return see_other("/");
+                    return see_other(&back);
                 }
                 match a.cred.refresh(Trigger::Manual).await {
                     Ok(_) => json(StatusCode::OK, &serde_json::to_value(a.cred.info()).unwrap_or_default()),
@@ -159,8 +166,20 @@ impl Admin {
                 let Some(set) = self.view.accounts().get(&name).cloned() else {
                     return unknown(&credentials, &name);
                 };
+                let mut back = None;
+                if from_a_form(req.headers()) {
+                    // The status page asks first: its form removes only with "yes, remove" ticked.
+                    let body = form_body(req).await;
+                    let view = page::AccountView::parse(&body).location();
+                    let confirmed = url::form_urlencoded::parse(&body).any(|(k, v)| k == "confirm" && v == "yes");
+                    if !confirmed {
+                        let page = page::not_removed(&name, &account, &view);
+                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &crate::random::token(16), &[]);
+                    }
+                    back = Some(view);
+                }
                 match set.remove(&account).await {
-                    Ok(true) if from_a_form(req.headers()) => see_other("/"),
+                    Ok(true) if back.is_some() => see_other(back.as_deref().unwrap_or("/")),
                     Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": account, "credential": name })),
                     Ok(false) => unknown_account(&name, &account),
                     Err(e) => json(
@@ -199,7 +218,7 @@ impl Admin {
                 let query = req.uri().query().unwrap_or("");
                 let (status, page) = self.login.callback(query, &credentials, &self.view.accounts()).await;
                 // A page with neither style nor script: its nonce is never used.
-                secure_page(html(status, &page), &crate::random::token(16))
+                secure_page(html(status, &page), &crate::random::token(16), &[])
             }
             (
                 _,
@@ -218,12 +237,20 @@ impl Admin {
         }
     }
 
-    /// `GET /`: the status page, under a CSP that lets only its own nonce'd style and
-    /// script run.
-    fn status_page(&self) -> Response<Full<Bytes>> {
+    /// `GET /?credential=&q=&offset=`: the status page (showing that search and page of
+    /// accounts), under a CSP that lets only its own nonce'd style and script run.
+    fn status_page(&self, view: &page::AccountView) -> Response<Full<Bytes>> {
         let nonce = crate::random::token(16);
-        let body = page::render(&self.view.config(), &self.view.credentials(), &self.view.requests_by_route(), &nonce);
-        secure_page(html(StatusCode::OK, &body), &nonce)
+        let config = self.view.config();
+        let body = page::render(
+            &config,
+            &self.view.credentials(),
+            &self.view.accounts(),
+            &self.view.requests_by_route(),
+            view,
+            &nonce,
+        );
+        secure_page(html(StatusCode::OK, &body), &nonce, &page::sign_in_origins(&config))
     }
 
     /// `GET /tokens`: every credential's metadata; an account credential's accounts under
@@ -289,10 +316,10 @@ impl Admin {
 }
 
 /// `res`, an HTML page of this listener, with the headers every such page carries: a CSP
-/// that lets only `nonce`'d style and script run, never stored, never sniffed, never
-/// framed.
-fn secure_page(res: Response<Full<Bytes>>, nonce: &str) -> Response<Full<Bytes>> {
-    response::lock_down(res, &page::content_security_policy(nonce))
+/// that lets only `nonce`'d style and script run and forms go nowhere but here (and on
+/// to `sign_in_origins`), never stored, never sniffed, never framed.
+fn secure_page(res: Response<Full<Bytes>>, nonce: &str, sign_in_origins: &[String]) -> Response<Full<Bytes>> {
+    response::lock_down(res, &page::content_security_policy(nonce, sign_in_origins))
 }
 
 fn unknown(credentials: &Credentials, name: &str) -> Response<Full<Bytes>> {
@@ -312,7 +339,20 @@ fn unknown_account(credential: &str, account: &str) -> Response<Full<Bytes>> {
 
 /// The `account` query parameter of `/login/{credential}?account=NAME`.
 fn account_param(query: Option<&str>) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "account").map(|(_, v)| v.into_owned())
+    // The status page's Connect form sends `account=` when the name is left empty.
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "account")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A form post's body (at most 8 KiB; a larger or unreadable one reads as empty).
+async fn form_body(req: Request<Incoming>) -> Bytes {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), 8 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -331,10 +371,12 @@ fn redirect(url: &str) -> Response<Full<Bytes>> {
     response::redirect(url)
 }
 
-/// `303 See Other` to `location`: after a form post, the browser GETs the page again.
-fn see_other(location: &'static str) -> Response<Full<Bytes>> {
+/// `303 See Other` to `location` (a path of this listener): after a form post, the
+/// browser GETs the page again.
+fn see_other(location: &str) -> Response<Full<Bytes>> {
     let mut res = response::with_body(StatusCode::SEE_OTHER, response::TEXT, Bytes::new());
-    res.headers_mut().insert(header::LOCATION, HeaderValue::from_static(location));
+    let location = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
+    res.headers_mut().insert(header::LOCATION, location);
     res
 }
 

@@ -446,9 +446,11 @@ async fn secrets_never_leak() {
         let seed = mock.mint_refresh_token();
         // Lines before the first table land in config_text's [state] section.
         let rest = format!(
-            "encryption_keys = [{state_key:?}]\n\n[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{tls}\n{}\n{}\n{pat}\n{}\n{}\n{}\n{via_proxy}",
+            "encryption_keys = [{state_key:?}]\n\n[inbound]\nkeys = [\"SECRET-inbound-key\"]\n\n{tls}\n{}\n{}\n{}accounts = true\n{pat}\n{}\n{}\n{}\n{via_proxy}",
             password_cred("g2a", &mock),
             code_cred("goto", &mock, Some(&seed)),
+            // An account credential: a person signs in, and the page lists the account.
+            code_cred("many", &mock, None),
             route("/G2A/", &mock, Some("g2a")),
             route("/P/", &mock, Some("pat")),
             route("/", &mock, Some("goto")),
@@ -490,6 +492,12 @@ async fn secrets_never_leak() {
         let key = "SECRET-inbound-key";
         let get = |url: String| http.get(url).header("x-goto-auth-proxy-key", key).send();
         wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
+        // A person signs in to the account credential (its tokens, too, must never show).
+        let login = get(p.admin("/login/many?account=alice")).await.unwrap();
+        assert_eq!(login.status(), 302);
+        let authorize = http.get(login.headers()["location"].to_str().unwrap()).send().await.unwrap();
+        let callback = get(authorize.headers()["location"].to_str().unwrap().to_string()).await.unwrap();
+        seen.push_str(&callback.text().await.unwrap());
         // Query strings stay out of the access log.
         for path in
             ["/G2A/x", "/P/G2W/x", "/G2W/x?SECRET-query=1", "/G2W/forbidden", "/nothing/../G2W/x", "/via-proxy/x"]
@@ -507,7 +515,7 @@ async fn secrets_never_leak() {
         let text = |r: reqwest::RequestBuilder| async move { r.send().await.unwrap().text().await.unwrap() };
         seen.push_str(&text(http.get(p.url("/G2A/x")).header("x-goto-auth-proxy-key", "SECRET-wrong")).await);
         // The status page, with every credential's state on it.
-        for admin in ["/", "/tokens", "/metrics", "/readyz"] {
+        for admin in ["/", "/?credential=many&q=alice", "/tokens", "/metrics", "/readyz"] {
             seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
         }
         seen.push_str(&text(http.post(p.admin("/refresh/goto")).header("x-goto-auth-proxy-key", key)).await);
@@ -529,6 +537,7 @@ async fn secrets_never_leak() {
     assert!(seen.contains("client certificate: ") && seen.contains("(key [redacted])"), "check showed [tls]");
     assert!(seen.contains("goto_auth_proxy::access"), "the access log was audited");
     assert!(seen.contains("Refresh now"), "the status page was audited");
+    assert!(seen.contains(r#"<tr data-account="alice">"#), "the status page's accounts were audited");
     for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key, &key_line] {
         assert!(
             !seen.contains(secret),

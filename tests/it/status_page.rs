@@ -329,3 +329,322 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
     assert!(width.as_u64().unwrap() <= 400, "the page is {width}px wide on a phone");
     b.stop().await;
 }
+
+// ===== account credentials =====
+
+mod accounts {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use fantoccini::Locator;
+    use goto_auth_proxy::demo::mock::{MockOptions, MockUser};
+    use goto_auth_proxy::token::store::{account_key, FileStore, StoredToken, TokenStore};
+
+    use super::Browser;
+    use crate::accounts::{accounts_config, sign_in, two_users};
+    use crate::support::*;
+
+    /// The status page's HTML at `path` (`/?…`).
+    async fn page(s: &Stack, path: &str) -> String {
+        let r = s.http.get(s.admin(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.unwrap()
+    }
+
+    /// The names of the accounts a page lists, in order.
+    fn listed(page: &str) -> Vec<String> {
+        page.split(r#"<tr data-account=""#).skip(1).map(|r| r.split('"').next().unwrap().to_string()).collect()
+    }
+
+    async fn account_names(s: &Stack) -> Vec<String> {
+        let t: serde_json::Value = s.http.get(s.admin("/tokens")).send().await.unwrap().json().await.unwrap();
+        t["goto"]["accounts"]["items"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().into()).collect()
+    }
+
+    /// A form post as the page's own form sends it.
+    async fn post_form(s: &Stack, path: &str, body: &str) -> reqwest::Response {
+        s.http
+            .post(s.admin(path))
+            .header("origin", format!("http://{}", s.proxy.admin_addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_javascript_accounts_are_listed_searched_renewed_and_removed_only_when_confirmed() {
+        let s = stack(two_users(), |m, d| accounts_config(m, d, "")).await;
+        let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
+        sign_in(&s, Some("alice"), &one.email).await;
+        sign_in(&s, None, &two.email).await;
+
+        // Connect an account is a form that ends at the sign-in page: the CSP lets it go there.
+        let r = s.http.get(s.admin("/")).send().await.unwrap();
+        let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(csp.contains(&format!("form-action 'self' {};", s.mock.url())), "{csp}");
+        let all = page(&s, "/").await;
+        assert_eq!(listed(&all), ["alice", "user2_example.com"], "{all}");
+        assert!(all.contains(r#"<tr class="accounts" data-accounts="goto">"#), "{all}");
+        assert!(all.contains(r#"data-state="valid">valid 2</span>"#), "{all}");
+        assert!(all.contains(r#"data-state="needs_login">needs_login 0</span>"#), "{all}");
+        assert!(all.contains(&one.email) && all.contains(&two.organizer_key) && all.contains(&two.account_key));
+        // Each row's own buttons, and the Connect form.
+        assert!(all.contains(r#"href="/login/goto?account=alice""#), "{all}");
+        assert!(all.contains(r#"<form class="refresh" method="post" action="/refresh/goto/alice">"#), "{all}");
+        assert!(all.contains(r#"action="/accounts/goto/user2_example.com/remove""#), "{all}");
+        assert!(all.contains(r#"<input type="checkbox" name="confirm" value="yes" required>"#), "{all}");
+        assert!(all.contains(r#"<form class="connect" method="get" action="/login/goto">"#), "{all}");
+        assert!(all.contains(r#"<form class="search" method="get" action="/" role="search">"#), "{all}");
+
+        // The search box: name, email, keys, any case.
+        for (q, found) in [
+            ("ALI", vec!["alice"]),
+            ("user2@EXAMPLE", vec!["user2_example.com"]),
+            (one.organizer_key.as_str(), vec!["alice"]),
+            (two.account_key.as_str(), vec!["user2_example.com"]),
+            ("example.com", vec!["alice", "user2_example.com"]),
+            ("nobody", vec![]),
+        ] {
+            let p = page(
+                &s,
+                &format!(
+                    "/?credential=goto&q={}",
+                    url::form_urlencoded::byte_serialize(q.as_bytes()).collect::<String>()
+                ),
+            )
+            .await;
+            assert_eq!(listed(&p), found, "q={q}");
+        }
+        let none = page(&s, "/?credential=goto&q=%3Cscript%3E").await;
+        assert!(none.contains("No account matches") && none.contains("&lt;script&gt;") && !none.contains("<script>x"));
+
+        // Refresh now: renews that account only, back to the same search.
+        let calls = s.mock.stats().token_calls;
+        let r = post_form(&s, "/refresh/goto/alice", "credential=goto&q=ali").await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/?credential=goto&q=ali");
+        assert_eq!(s.mock.stats().token_calls, calls + 1);
+
+        // Remove without "yes, remove": nothing happens, and the page says so.
+        let r = post_form(&s, "/accounts/goto/alice/remove", "credential=goto").await;
+        assert_eq!(r.status(), 400);
+        assert!(r.headers()["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"));
+        let said = r.text().await.unwrap();
+        assert!(said.contains("Nothing was removed") && said.contains(r#"href="/?credential=goto""#), "{said}");
+        assert_eq!(account_names(&s).await, ["alice", "user2_example.com"]);
+        // Confirmed: gone, and back to the page.
+        let r = post_form(&s, "/accounts/goto/alice/remove", "credential=goto&confirm=yes").await;
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/?credential=goto");
+        assert_eq!(account_names(&s).await, ["user2_example.com"]);
+        assert_eq!(listed(&page(&s, "/").await), ["user2_example.com"]);
+
+        // Connect an account with the name left empty: a sign-in named after the person.
+        let r = s.http.get(s.admin("/login/goto?account=")).send().await.unwrap();
+        assert_eq!(r.status(), 302, "{}", r.text().await.unwrap());
+        assert!(r.headers()["location"].to_str().unwrap().starts_with(&format!("{}/oauth/authorize", s.mock.url())));
+    }
+
+    /// 10,000 accounts in the store (written as the proxy writes them): the page answers
+    /// a page of 50, searches and pages through them in under 200 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_accounts_page_and_search_in_under_200_ms() {
+        const N: u64 = 10_000;
+        let s = stack(MockOptions::default(), |mock, dir| {
+            let store = FileStore::open(dir.join("state.json")).unwrap();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let expires = now.as_secs() + 3600;
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| {
+                rt.block_on(async {
+                    for i in 1..=N {
+                        let user = MockUser::numbered(u32::try_from(i).unwrap());
+                        let record = StoredToken {
+                            access_token: format!("mock-at-{i}"),
+                            refresh_token: Some(format!("mock-rt-{i}")),
+                            expires_at: expires,
+                            expires_at_ms: Some(expires * 1000),
+                            obtained_at_ms: u64::try_from(now.as_millis()).unwrap(),
+                            organizer_key: Some(user.organizer_key),
+                            account_key: Some(user.account_key),
+                            principal: Some(user.email),
+                            version: 0,
+                        };
+                        store.save(&account_key("goto", &format!("person{i:05}")), &record).await.unwrap();
+                    }
+                })
+            });
+            accounts_config(mock, dir, "")
+        })
+        .await;
+        let t: serde_json::Value = s.http.get(s.admin("/tokens?limit=1")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(t["goto"]["accounts"]["total"], N, "{t}");
+
+        let mut slowest = Duration::ZERO;
+        let timed = |path: &'static str| {
+            let s = &s;
+            async move {
+                let started = Instant::now();
+                let p = page(s, path).await;
+                let took = started.elapsed();
+                println!("GET {path} at {N} accounts: {} ms, {} KiB", took.as_millis(), p.len() / 1024);
+                (p, took)
+            }
+        };
+        let mut pages = Vec::new();
+        for path in [
+            "/",
+            "/?credential=goto&offset=5000",
+            "/?credential=goto&q=user9999%40",
+            "/?credential=goto&q=example&offset=9950",
+        ] {
+            // The first of each warms nothing the second would not: take the better of two.
+            let (p, a) = timed(path).await;
+            let (_, b) = timed(path).await;
+            slowest = slowest.max(a.min(b));
+            pages.push(p);
+        }
+        assert_eq!(listed(&pages[0]).len(), 50);
+        assert_eq!(listed(&pages[0])[0], "person00001");
+        assert!(pages[0].contains(&format!("data-state=\"valid\">valid {N}</span>")), "the counts cover every account");
+        assert!(pages[0].contains(r#"<a class="button" rel="next" href="/?credential=goto&amp;offset=50">"#));
+        assert!(!pages[0].contains(r#"rel="prev""#));
+        assert_eq!(listed(&pages[1])[0], "person05001");
+        assert!(pages[1].contains(r#"rel="prev" href="/?credential=goto&amp;offset=4950""#));
+        assert_eq!(listed(&pages[2]), ["person09999"]);
+        assert_eq!(listed(&pages[3]).len(), 50);
+        assert_eq!(listed(&pages[3]).last().unwrap(), "person10000");
+        assert!(
+            pages[3].contains(r#"rel="prev" href="/?credential=goto&amp;q=example&amp;offset=9900""#),
+            "previous keeps q"
+        );
+        assert!(!pages[3].contains(r#"rel="next""#));
+        for secret in ["mock-at-", "mock-rt-"] {
+            assert!(!pages.iter().any(|p| p.contains(secret)), "{secret} on the page");
+        }
+        println!("slowest page at {N} accounts: {} ms", slowest.as_millis());
+        assert!(slowest < Duration::from_millis(200), "the page took {} ms at {N} accounts", slowest.as_millis());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_chromium_accounts_are_searched_renewed_removed_after_asking_and_connected() {
+        let s = stack(two_users(), |m, d| accounts_config(m, d, "")).await;
+        let (one, two) = (MockUser::numbered(1), MockUser::numbered(2));
+        sign_in(&s, Some("alice"), &one.email).await;
+        sign_in(&s, Some("bob"), &two.email).await;
+        let Some(b) = Browser::start().await else { return };
+        b.client.set_window_size(1600, 900).await.unwrap();
+        b.client.goto(&s.admin("/")).await.unwrap();
+
+        // Both people under the credential, with the counts.
+        let rows = |b: &Browser| {
+            let b = b.client.clone();
+            async move {
+                let mut names = Vec::new();
+                for row in b.find_all(Locator::Css(r#"tr[data-accounts="goto"] tr[data-account]"#)).await.unwrap() {
+                    names.push(row.attr("data-account").await.unwrap().unwrap());
+                }
+                names
+            }
+        };
+        assert_eq!(rows(&b).await, ["alice", "bob"]);
+        assert_eq!(b.text(r#"tr[data-account="bob"] td[data-label="Signed in as"]"#).await, two.email);
+        assert_eq!(b.text(r#"tr[data-accounts="goto"] .count[data-state="valid"]"#).await, "valid 2");
+
+        // The search box narrows to one; the address keeps the search.
+        let search = b.client.find(Locator::Css(r#"form.search input[name="q"]"#)).await.unwrap();
+        search.send_keys(&two.organizer_key).await.unwrap();
+        b.client.find(Locator::Css("form.search button")).await.unwrap().click().await.unwrap();
+        wait_until(&b, "the search", |url: &url::Url| url.query().unwrap_or("").contains("q=")).await;
+        assert_eq!(rows(&b).await, ["bob"]);
+
+        // Refresh now on bob's row: one renewal at the mock, back on the same search.
+        let calls = s.mock.stats().token_calls;
+        b.client
+            .find(Locator::Css(r#"tr[data-account="bob"] form.refresh button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while s.mock.stats().token_calls == calls {
+            assert!(tokio::time::Instant::now() < deadline, "Refresh now never renewed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(s.mock.stats().token_calls, calls + 1);
+        wait_until(&b, "back from Refresh now", |url: &url::Url| url.path() == "/").await;
+        assert!(b.client.current_url().await.unwrap().query().unwrap().contains(&two.organizer_key));
+        assert_eq!(rows(&b).await, ["bob"]);
+
+        // Remove: the box must be ticked, and the browser asks once more.
+        b.client.goto(&s.admin("/")).await.unwrap();
+        b.client
+            .find(Locator::Css(r#"tr[data-account="alice"] form.remove button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert_eq!(rows(&b).await, ["alice", "bob"], "removed without the box ticked");
+        b.client
+            .find(Locator::Css(r#"tr[data-account="alice"] form.remove input[name="confirm"]"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.client
+            .find(Locator::Css(r#"tr[data-account="alice"] form.remove button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let asked = b.client.get_alert_text().await.unwrap();
+        assert!(asked.contains("Remove the account alice?"), "{asked}");
+        b.client.dismiss_alert().await.unwrap();
+        assert_eq!(rows(&b).await, ["alice", "bob"], "removed although the question was answered no");
+        b.client
+            .find(Locator::Css(r#"tr[data-account="alice"] form.remove button"#))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        b.client.accept_alert().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while account_names(&s).await.contains(&"alice".to_string()) {
+            assert!(tokio::time::Instant::now() < deadline, "alice was never removed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(account_names(&s).await, ["bob"]);
+        wait_until(&b, "back from Remove", |url: &url::Url| url.path() == "/").await;
+        assert_eq!(rows(&b).await, ["bob"]);
+
+        // Connect an account: to the mock's authorize page, and back signed in as carol.
+        let name = b.client.find(Locator::Css(r#"form.connect input[name="account"]"#)).await.unwrap();
+        name.send_keys("carol").await.unwrap();
+        b.client.find(Locator::Css("form.connect button")).await.unwrap().click().await.unwrap();
+        wait_until(&b, "the sign-in", |url: &url::Url| url.path() == "/callback").await;
+        assert_eq!(s.mock.stats().code_exchanges, 3, "carol's code, from the mock's authorize page, was exchanged");
+        assert!(b.text("body").await.contains("signed in"));
+        b.client.goto(&s.admin("/")).await.unwrap();
+        assert_eq!(rows(&b).await, ["bob", "carol"]);
+        b.stop().await;
+    }
+
+    /// Waits until the browser's address satisfies `ok`.
+    async fn wait_until(b: &Browser, what: &str, ok: impl Fn(&url::Url) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = b.client.current_url().await.unwrap();
+            if ok(&url) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: still at {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
