@@ -342,8 +342,8 @@ fn account_param(query: Option<&str>) -> Option<String> {
     // The status page's Connect form sends `account=` when the name is left empty.
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "account")
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.trim().is_empty())
 }
 
 /// A form post's body (at most 8 KiB; a larger or unreadable one reads as empty).
