@@ -8,7 +8,6 @@
 //! client and its `token_rate` gate. The data path reads the [`AccountIndex`] through
 //! one `ArcSwap::load`: names, and the principals and keys an account is also known by.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::handle::TokenHandle;
 use super::redis_store::REMOVED;
+use super::refresher::Calendar;
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
-use super::refresher::Calendar;
 use super::{Credential, RefreshError};
 use crate::config::{is_valid_name, CredentialConfig};
 use crate::limit::RateLimiter;
@@ -44,42 +43,79 @@ pub struct Account {
 }
 
 /// Accounts by name, and by what else a request may call them: principal (any case),
-/// organizer key, account key. An alias two accounts share chooses neither.
-#[derive(Default)]
+/// organizer key, account key. An alias two accounts share chooses neither. Persistent
+/// maps (`imbl`): adding or removing one account copies a path, not the whole index, so a
+/// first wave of thousands of sign-ins costs O(n log n), not O(n²).
+#[derive(Clone, Default)]
 pub struct AccountIndex {
-    by_name: BTreeMap<String, Arc<Account>>,
-    alias: HashMap<String, Option<Arc<Account>>>,
+    /// Each account with the aliases it was indexed under (what its token said then).
+    by_name: imbl::OrdMap<String, (Arc<Account>, Arc<[String]>)>,
+    alias: imbl::HashMap<String, Alias>,
+}
+
+/// Who an alias names: `only` while exactly one account has it.
+#[derive(Clone)]
+struct Alias {
+    count: u32,
+    only: Option<Arc<Account>>,
+}
+
+/// What a request may call `a` besides its name, from its current token.
+fn aliases_of(a: &Account) -> Arc<[String]> {
+    let token = a.cred.load();
+    let Some(t) = token.as_ref() else { return Arc::from([]) };
+    [t.principal.as_ref().map(|p| p.to_ascii_lowercase()), t.organizer_key.clone(), t.account_key.clone()]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl AccountIndex {
     fn build(accounts: impl IntoIterator<Item = Arc<Account>>) -> AccountIndex {
-        let mut index = AccountIndex::default();
-        for a in accounts {
-            index.by_name.insert(a.name.clone(), a);
+        accounts.into_iter().fold(AccountIndex::default(), |index, a| index.with(a))
+    }
+
+    /// This index with `a` added (or, under its name, indexed again from its token).
+    fn with(&self, a: Arc<Account>) -> AccountIndex {
+        let mut next = self.without(&a.name);
+        let aliases = aliases_of(&a);
+        for alias in aliases.iter() {
+            let entry = match next.alias.get(alias) {
+                Some(seen) => Alias { count: seen.count.saturating_add(1), only: None },
+                None => Alias { count: 1, only: Some(a.clone()) },
+            };
+            next.alias.insert(alias.clone(), entry);
         }
-        for a in index.by_name.values() {
-            let token = a.cred.load();
-            let Some(t) = token.as_ref() else { continue };
-            let aliases =
-                [t.principal.as_ref().map(|p| p.to_ascii_lowercase()), t.organizer_key.clone(), t.account_key.clone()];
-            for alias in aliases.into_iter().flatten() {
-                index
-                    .alias
-                    .entry(alias)
-                    .and_modify(|seen| {
-                        if !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, a)) {
-                            *seen = None;
-                        }
-                    })
-                    .or_insert_with(|| Some(a.clone()));
+        next.by_name.insert(a.name.clone(), (a, aliases));
+        next
+    }
+
+    /// This index without the account `name`. An alias it shared with exactly one other
+    /// account names that one again (found by a scan: removals are rare).
+    fn without(&self, name: &str) -> AccountIndex {
+        let mut next = self.clone();
+        let Some((_, aliases)) = next.by_name.remove(name) else { return next };
+        for alias in aliases.iter() {
+            let Some(seen) = next.alias.get(alias).cloned() else { continue };
+            match seen.count {
+                0 | 1 => {
+                    next.alias.remove(alias);
+                }
+                2 => {
+                    let only = next.by_name.values().find(|(_, a)| a.contains(alias)).map(|(acc, _)| acc.clone());
+                    next.alias.insert(alias.clone(), Alias { count: 1, only });
+                }
+                n => {
+                    next.alias.insert(alias.clone(), Alias { count: n.saturating_sub(1), only: None });
+                }
             }
         }
-        index
+        next
     }
 
     /// The accounts in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
-        self.by_name.values()
+        self.by_name.values().map(|(a, _)| a)
     }
 
     /// How many there are.
@@ -94,27 +130,27 @@ impl AccountIndex {
 
     /// The account named `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Account>> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|(a, _)| a)
     }
 
     /// The account an `X-GoTo-Account` value names: its name, principal, organizer or
     /// account key.
     pub fn named(&self, value: &str) -> Option<&Arc<Account>> {
-        if let Some(a) = self.by_name.get(value) {
+        if let Some(a) = self.get(value) {
             return Some(a);
         }
         if let Some(found) = self.alias.get(value) {
-            return found.as_ref();
+            return found.only.as_ref();
         }
         if value.bytes().any(|b| b.is_ascii_uppercase()) {
-            return self.alias.get(&value.to_ascii_lowercase()).and_then(Option::as_ref);
+            return self.alias.get(&value.to_ascii_lowercase()).and_then(|f| f.only.as_ref());
         }
         None
     }
 
     /// The one account whose organizer or account key is `key`.
     pub fn keyed(&self, key: &str) -> Option<&Arc<Account>> {
-        self.alias.get(key).and_then(Option::as_ref)
+        self.alias.get(key).and_then(|f| f.only.as_ref())
     }
 }
 
@@ -265,11 +301,8 @@ impl AccountSet {
         if fresh {
             (self.start)(account.cred.clone(), account.stop.clone());
         }
-        let mut all: Vec<Arc<Account>> = index.iter().cloned().collect();
-        if fresh {
-            all.push(account.clone());
-        }
-        self.index.store(Arc::new(AccountIndex::build(all)));
+        // Indexed again either way: a new sign-in may bring new keys.
+        self.index.store(Arc::new(index.with(account.clone())));
         tracing::info!(credential = %self.name(), account = %account.name, added = fresh, "account signed in");
         Ok(account.name.clone())
     }
@@ -282,7 +315,7 @@ impl AccountSet {
         let Some(gone) = index.get(name).cloned() else { return Ok(false) };
         self.store.remove(gone.cred.key()).await?;
         gone.stop.cancel();
-        self.index.store(Arc::new(AccountIndex::build(index.iter().filter(|a| a.name != name).cloned())));
+        self.index.store(Arc::new(index.without(name)));
         tracing::info!(credential = %self.name(), account = %name, "account removed");
         Ok(true)
     }
@@ -354,9 +387,7 @@ impl AccountSet {
         let a = self.account(name);
         a.cred.init().await;
         (self.start)(a.cred.clone(), a.stop.clone());
-        let mut all: Vec<Arc<Account>> = index.iter().cloned().collect();
-        all.push(a);
-        self.index.store(Arc::new(AccountIndex::build(all)));
+        self.index.store(Arc::new(index.with(a)));
         tracing::info!(credential = %self.name(), account = %name, "picked up an account signed in elsewhere");
         true
     }
@@ -408,7 +439,7 @@ impl AccountSet {
         let index = self.index.load_full();
         let Some(gone) = index.get(name).cloned() else { return };
         gone.stop.cancel();
-        self.index.store(Arc::new(AccountIndex::build(index.iter().filter(|a| a.name != name).cloned())));
+        self.index.store(Arc::new(index.without(name)));
         tracing::info!(credential = %self.name(), account = %name, "account removed by another replica");
     }
 

@@ -210,6 +210,12 @@ async fn a_key_two_accounts_share_or_a_stray_header_chooses_no_one() {
     let bobs = format!("/G2W/rest/v2/organizers/{}/webinars", two.organizer_key);
     let (status, body) = get_as(&s, &bobs, Some("alice")).await;
     assert_eq!(status, 403, "{body}");
+
+    // Bob removed: the key is Alice's alone again, and chooses her.
+    let r = s.http.post(s.admin("/accounts/goto/bob/remove")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, body) = get_as(&s, &shared, None).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
