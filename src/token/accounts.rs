@@ -343,7 +343,7 @@ impl AccountSet {
         let mut counts: [(&'static str, usize); 5] =
             [("valid", 0), ("renewing", 0), ("needs_login", 0), ("failing", 0), ("no_token", 0)];
         for a in self.index.load().iter() {
-            let state = a.cred.info().state.as_str();
+            let state = a.cred.state().as_str();
             if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
                 c.1 = c.1.saturating_add(1);
             }
