@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handle::TokenHandle;
 use super::redis_store::REMOVED;
-use super::refresher::Calendar;
+use super::refresher::{token_gate, Calendar};
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
 use super::{Credential, RefreshError};
@@ -192,7 +192,7 @@ impl AccountSet {
         start: Starter,
         stop: CancellationToken,
     ) -> AccountSet {
-        let gate = Arc::new(RateLimiter::new(cfg.token_rate));
+        let gate = Arc::new(token_gate(cfg.token_rate));
         let calendar = Arc::new(Calendar::new(cfg.token_rate));
         AccountSet {
             calendar,

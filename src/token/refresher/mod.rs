@@ -34,8 +34,8 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 use coordinate::Coordinated;
-pub(crate) use schedule::Calendar;
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
+pub(crate) use schedule::{token_gate, Calendar};
 pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
@@ -102,7 +102,7 @@ impl Credential {
     ) -> Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
-        let gate = Arc::new(RateLimiter::new(cfg.token_rate));
+        let gate = Arc::new(token_gate(cfg.token_rate));
         Credential::build(cfg, None, http, store, metrics, (gate, None))
     }
 

@@ -37,6 +37,13 @@ pub(crate) fn refresh_delay(
     }
 }
 
+/// The gate that spaces a credential's token calls at `token_rate` per second, 2 % wider
+/// than exact: the token endpoint sees the calls with network and scheduling jitter, and
+/// must never count more than `token_rate` in any second.
+pub(crate) fn token_gate(rate: f64) -> crate::limit::RateLimiter {
+    crate::limit::RateLimiter::new(rate * 0.98)
+}
+
 /// The renewals the accounts of one credential have planned, per second: each account
 /// books the latest second before its wanted renewal that still has room under
 /// `token_rate`, so renewals that would bunch up (many people signed in within a minute
