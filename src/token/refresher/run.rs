@@ -56,7 +56,7 @@ impl Credential {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                report = inbox.next() => self.answer(report).await,
+                report = inbox.next() => Box::pin(self.answer(report)).await,
             }
         }
     }
@@ -64,7 +64,7 @@ impl Credential {
     /// Renews a reported rejection (single-flight: reports of a token already renewed
     /// get the newer one) and answers the request that reported it.
     async fn answer(&self, report: Report) {
-        let answer = self.refresh(Trigger::Rejected(report.generation())).await;
+        let answer = Box::pin(self.refresh(Trigger::Rejected(report.generation()))).await;
         report.answer(answer);
     }
 
@@ -91,25 +91,27 @@ impl Credential {
                 _ = tokio::time::sleep_until(when) => {}
                 _ = published.changed() => continue,
                 report = inbox.next() => {
-                    self.answer(report).await;
+                    Box::pin(self.answer(report)).await;
                     continue;
                 }
                 _ = next_change(&mut changes, self.key()) => {
-                    self.sync_with_store().await;
+                    Box::pin(self.sync_with_store()).await;
                     continue;
                 }
                 _ = tick(&mut poll) => {
-                    self.sync_with_store().await;
+                    Box::pin(self.sync_with_store()).await;
                     continue;
                 }
             }
             if waiting {
-                self.sync_with_store().await;
+                Box::pin(self.sync_with_store()).await;
                 continue;
             }
             plan = None;
             // Failures are recorded and logged inside; the loop's backoff handles them.
-            let _outcome = self.refresh(Trigger::Scheduled(next.generation)).await;
+            // Boxed, like every renewal or store read here: a loop waits far more than it
+            // works, and 10,000 accounts' idle loops must each stay small.
+            let _outcome = Box::pin(self.refresh(Trigger::Scheduled(next.generation))).await;
         }
     }
 
