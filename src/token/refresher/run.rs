@@ -14,7 +14,7 @@ use super::schedule::{not_before_clamp, refresh_delay};
 use super::{Credential, Trigger};
 use crate::token::handle::{OpenInbox, Report};
 use crate::token::source::Renewal;
-use crate::token::{deadline_in, half, later};
+use crate::token::{deadline_in, later};
 
 /// How often a credential that waits for a person reads the store for a token someone
 /// else obtained (no token endpoint call).
@@ -138,7 +138,7 @@ impl Credential {
                 let left = expires_at.and_then(|e| e.duration_since(now).ok());
                 let (delay, booked) = match (&self.calendar, left) {
                     (Some(cal), Some(left)) if failures == 0 && !waiting && !delay.is_zero() => {
-                        let (d, second) = cal.book(now, delay, half(left).min(delay));
+                        let (d, second) = cal.book(now, delay, left.checked_div(10).unwrap_or_default().min(delay));
                         (d, Some(second))
                     }
                     _ => (delay, None),

@@ -37,18 +37,24 @@ pub(crate) fn refresh_delay(
     }
 }
 
-/// The gate that spaces a credential's token calls at `token_rate` per second, 2 % wider
-/// than exact: the token endpoint sees the calls with network and scheduling jitter, and
-/// must never count more than `token_rate` in any second.
+/// The calls per second the gate lets through: `token_rate`, 2 % under, since the token
+/// endpoint sees the calls with network and scheduling jitter and must never count more
+/// than `token_rate` in any second.
+fn gated(rate: f64) -> f64 {
+    rate * 0.98
+}
+
+/// The gate that spaces a credential's token calls at [`gated`] `token_rate`.
 pub(crate) fn token_gate(rate: f64) -> crate::limit::RateLimiter {
-    crate::limit::RateLimiter::new(rate * 0.98)
+    crate::limit::RateLimiter::new(gated(rate))
 }
 
 /// The renewals the accounts of one credential have planned, per second: each account
 /// books the latest second before its wanted renewal that still has room under
 /// `token_rate`, so renewals that would bunch up (many people signed in within a minute
-/// all come due within a minute) spread over the tokens' second half-life instead of
-/// queueing at the token endpoint past their expiry.
+/// all come due within a minute) spread back over the tokens' life (to a tenth of it)
+/// instead of queueing at the token endpoint past their expiry. It books at the gate's
+/// rate, so what it books the gate lets through on time.
 pub(crate) struct Calendar {
     per_second: u32,
     /// Unix second → renewals booked in it (seconds gone by are dropped).
@@ -56,10 +62,11 @@ pub(crate) struct Calendar {
 }
 
 impl Calendar {
-    /// A calendar for `rate` renewals per second (at least one).
-    pub(crate) fn new(rate: f64) -> Calendar {
+    /// A calendar for `token_rate` renewals per second (what the gate lets through; at
+    /// least one).
+    pub(crate) fn new(token_rate: f64) -> Calendar {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let per_second = (rate.floor() as u32).max(1);
+        let per_second = (gated(token_rate).floor() as u32).max(1);
         Calendar { per_second, booked: std::sync::Mutex::default() }
     }
 
@@ -105,7 +112,7 @@ mod tests {
     #[test]
     fn a_calendar_spreads_renewals_that_come_due_together_back_over_the_half_life() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let cal = Calendar::new(2.0);
+        let cal = Calendar::new(3.0); // 2.94 through the gate: two a second
         let wanted = Duration::from_secs(100);
         let seconds: Vec<u64> = (0..7).map(|_| cal.book(now, wanted, Duration::from_secs(98)).1).collect();
         // Two per second, latest first, then after `wanted` once the window is full.
