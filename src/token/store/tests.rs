@@ -953,7 +953,9 @@ fn renewal_cost(path: &Path, accounts: usize, saves: u64) -> ((u64, u64, u64), D
 #[test]
 fn a_renewal_of_one_account_writes_the_same_at_100_and_at_10000_accounts() {
     // On the disk the state lives on in practice (tmpfs counts no disk bytes).
+    // (`target/` beside the sources: it exists unless CARGO_TARGET_DIR points elsewhere.)
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&base).unwrap();
     let small_dir = tempfile::tempdir_in(&base).unwrap();
     let big_dir = tempfile::tempdir_in(&base).unwrap();
     let (small, small_prepare, small_each) = renewal_cost(&small_dir.path().join("state.json"), 100, 20);
