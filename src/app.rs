@@ -20,7 +20,7 @@ use crate::notify::Notifier;
 use crate::outbound::{Outbound, OutboundError};
 use crate::proxy::{Proxy, RouteCredential, Snapshot};
 use crate::server::{ConnInfo, Serve};
-use crate::token::accounts::{AccountSet, Starter};
+use crate::token::accounts::AccountSet;
 use crate::token::redis_budget::RedisBudget;
 use crate::token::redis_store::RedisStore;
 use crate::token::seal::Sealer;
@@ -243,18 +243,21 @@ impl Core {
             let set = match old.get(name) {
                 Some(s) if same_net && **s.config() == **cfg => s.clone(),
                 _ => {
+                    // Cancelled when the set is replaced or removed (`AccountSet::stop`).
+                    let stop = self.shutdown.child_token();
                     let set = Arc::new(AccountSet::new(
                         cfg.clone(),
                         net.http.clone(),
                         self.store.clone(),
                         self.metrics.clone(),
-                        self.starter(),
-                        self.shutdown.child_token(),
+                        Arc::new(crate::notify::Accounts::new(self.notifier.clone())),
+                        stop.clone(),
                     ));
                     set.load().await;
-                    if self.store.is_shared() {
-                        self.tasks.spawn(set.clone().follow());
-                    }
+                    // One task renews all the set's accounts, supervised like a credential's loop.
+                    let restarts = self.metrics.refresher_restarts.with_label_values(&[name.as_str()]);
+                    let s = set.clone();
+                    self.tasks.spawn(supervise(name.clone(), stop, restarts, move || s.clone().run()));
                     set
                 }
             };
@@ -266,18 +269,6 @@ impl Core {
             }
         }
         sets
-    }
-
-    /// How an account's refresh loop and notifications start: supervised like a
-    /// credential's, until its stop token is cancelled.
-    fn starter(&self) -> Starter {
-        let (tasks, notifier, metrics) = (self.tasks.clone(), self.notifier.clone(), self.metrics.clone());
-        Arc::new(move |cred: Arc<Credential>, stop: CancellationToken| {
-            let restarts = metrics.refresher_restarts.with_label_values(&[cred.name()]);
-            let (c, s) = (cred.clone(), stop.clone());
-            tasks.spawn(supervise(cred.key().to_string(), stop.clone(), restarts, move || c.clone().run(s.clone())));
-            tasks.spawn(notifier.clone().watch(cred, stop));
-        })
     }
 
     /// The account credentials' account sets, by name.

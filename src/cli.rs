@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, GrantKind, StateSettings, DEFAULT_CONFIG_PATH};
 use crate::login::{parse_pasted, LoginFlows};
 use crate::metrics::Metrics;
-use crate::token::accounts::AccountSet;
+use crate::token::accounts::{AccountSet, Unobserved};
 use crate::token::{Credential, Token};
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
@@ -459,8 +459,14 @@ async fn one_shot_accounts(
         let metrics = Metrics::new(prometheus::Registry::new())?;
         let store = crate::app::open_checked_store(config, &metrics).await?;
         let http = crate::outbound::Outbound::from_config(config)?.token_client(config.proxy.connect_timeout)?;
-        let set =
-            AccountSet::new(cred.config().clone(), http, store, metrics, Arc::new(|_, _| {}), CancellationToken::new());
+        let set = AccountSet::new(
+            cred.config().clone(),
+            http,
+            store,
+            metrics,
+            Arc::new(Unobserved),
+            CancellationToken::new(),
+        );
         set.load().await;
         sets.insert(cred.name().to_string(), Arc::new(set));
     }

@@ -140,7 +140,8 @@ impl Notifier {
     /// Follows `cred` until `stop`: each change of condition becomes one event per
     /// entry that wants it.
     pub async fn watch(self: Arc<Self>, cred: Arc<Credential>, stop: CancellationToken) {
-        let mut health = cred.health();
+        // An account has no health channel: its set's task calls `Accounts` instead.
+        let Some(mut health) = cred.health() else { return };
         // Per entry (each has its own `after_failures`), in entry order; a reload that
         // changes the number of entries starts them all from "fine".
         let mut was: Vec<Condition> = Vec::new();
@@ -152,17 +153,23 @@ impl Notifier {
                 changed = health.changed() => if changed.is_err() { return },
             }
             let h = health.borrow_and_update().clone();
-            let targets = self.targets.load_full();
-            was.resize(targets.len(), Condition::Fine);
-            for (target, was) in targets.iter().zip(was.iter_mut()) {
-                let (next, event) = transition(*was, Condition::of(&h, target.after_failures));
-                *was = next;
-                let Some(event) = event.filter(|e| target.events.contains(e)) else { continue };
-                let payload = self.payload(&cred, event, &h);
-                tracing::info!(credential = %cred.key(), event = event.as_str(), "notifying");
-                let (me, target) = (self.clone(), target.clone());
-                self.tasks.spawn(async move { me.deliver(&target, &payload).await });
-            }
+            self.observe(&cred, &h, &mut was);
+        }
+    }
+
+    /// Moves `was` (one condition per entry) to what `h` says, sending each event an
+    /// entry wants on the way.
+    fn observe(self: &Arc<Self>, cred: &Credential, h: &Health, was: &mut Vec<Condition>) {
+        let targets = self.targets.load_full();
+        was.resize(targets.len(), Condition::Fine);
+        for (target, was) in targets.iter().zip(was.iter_mut()) {
+            let (next, event) = transition(*was, Condition::of(h, target.after_failures));
+            *was = next;
+            let Some(event) = event.filter(|e| target.events.contains(e)) else { continue };
+            let payload = self.payload(cred, event, h);
+            tracing::info!(credential = %cred.key(), event = event.as_str(), "notifying");
+            let (me, target) = (self.clone(), target.clone());
+            self.tasks.spawn(async move { me.deliver(&target, &payload).await });
         }
     }
 
@@ -283,6 +290,39 @@ async fn run_command(argv: &[String], body: &[u8]) -> Result<(), String> {
         Ok(Err(e)) => Err(format!("{program}: {e}")),
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("{program} exited with {status}")),
+    }
+}
+
+/// Notifications for the accounts of account credentials, without a task or channel per
+/// account: each set's task tells it of every outcome. Only accounts that are not fine
+/// are remembered, so 10,000 healthy accounts cost nothing here.
+pub struct Accounts {
+    notifier: Arc<Notifier>,
+    was: std::sync::Mutex<std::collections::HashMap<String, Vec<Condition>>>,
+}
+
+impl Accounts {
+    /// Follows accounts for `notifier`.
+    pub fn new(notifier: Arc<Notifier>) -> Accounts {
+        Accounts { notifier, was: std::sync::Mutex::default() }
+    }
+}
+
+impl crate::token::accounts::Observer for Accounts {
+    fn outcome(&self, account: &Credential) {
+        let h = account.health_now();
+        let Ok(mut all) = self.was.lock() else { return };
+        let mut was = all.remove(account.key()).unwrap_or_default();
+        self.notifier.observe(account, &h, &mut was);
+        if was.iter().any(|c| *c != Condition::Fine) {
+            all.insert(account.key().to_string(), was);
+        }
+    }
+
+    fn removed(&self, key: &str) {
+        if let Ok(mut all) = self.was.lock() {
+            all.remove(key);
+        }
     }
 }
 

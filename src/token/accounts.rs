@@ -3,32 +3,45 @@
 //! chosen per request.
 //!
 //! Each account is a [`Credential`] of its own (record `credential/account` in the
-//! store, its own refresh loop and health), so one account's dead refresh token never
+//! store, its own token, renewals and health), so one account's dead refresh token never
 //! touches another's. What they share is the credential's config, its token endpoint
-//! client and its `token_rate` gate. The data path reads the [`AccountIndex`] through
-//! one `ArcSwap::load`: names, and the principals and keys an account is also known by.
+//! client, its `token_rate` gate and calendar, and one task ([`AccountSet::run`], in
+//! `run.rs`) that renews them all: 10,000 accounts keep no task, timer or channel each.
+//! The data path reads the [`AccountIndex`] through one `ArcSwap::load`: names, and the
+//! principals and keys an account is also known by.
+
+mod run;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::handle::TokenHandle;
-use super::redis_store::REMOVED;
-use super::refresher::{token_gate, Calendar};
+use super::handle::{Inbox, TokenHandle};
+use super::refresher::{token_gate, AccountParts, Calendar};
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
 use super::{Credential, RefreshError};
 use crate::config::{is_valid_name, CredentialConfig};
-use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 
-/// How often a set following a shared store reads the stored account list again.
-const RELIST_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Hears of every account's renewal outcomes, from the set's task: how notifications
+/// follow accounts without a task each (the wiring, `app`, provides it).
+pub trait Observer: Send + Sync {
+    /// `account` has news (a token, a failure, a sign-in).
+    fn outcome(&self, account: &Credential);
+    /// The account stored under `key` (`credential/account`) was removed.
+    fn removed(&self, key: &str);
+}
 
-/// Starts an account's refresh loop (and whatever watches its health) until the token
-/// is cancelled; the wiring (`app`) provides it.
-pub type Starter = Arc<dyn Fn(Arc<Credential>, CancellationToken) + Send + Sync>;
+/// An observer for a process that notifies nobody (a one-shot `login`).
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn outcome(&self, _: &Credential) {}
+    fn removed(&self, _: &str) {}
+}
 
 /// One signed-in person of an account credential.
 pub struct Account {
@@ -38,8 +51,6 @@ pub struct Account {
     pub cred: Arc<Credential>,
     /// What the data path reads.
     pub handle: TokenHandle,
-    /// Stops its refresh loop (when removed, or the credential is replaced).
-    stop: CancellationToken,
 }
 
 /// Accounts by name, and by what else a request may call them: principal (any case),
@@ -166,45 +177,48 @@ pub enum NoAccount {
 /// The accounts of one account credential.
 pub struct AccountSet {
     cfg: Arc<CredentialConfig>,
-    http: reqwest::Client,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
-    gate: Arc<RateLimiter>,
-    /// Where the accounts book their renewals (spread under `token_rate`).
-    calendar: Arc<Calendar>,
-    /// The token endpoint client, for the keys lookup that names a sign-in.
-    source: TokenSource,
+    /// What every account shares: gate, calendar, inbox, outcome queue, token source.
+    parts: AccountParts,
+    /// The outcome queue's receiving end, held by the running [`AccountSet::run`].
+    outcomes: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<str>>>,
+    observer: Arc<dyn Observer>,
     index: ArcSwap<AccountIndex>,
     /// Serialises adding and removing (the index is rebuilt under it).
     edit: tokio::sync::Mutex<()>,
-    start: Starter,
-    /// Cancelled when the set is replaced: every account's loop stops.
+    /// Cancelled when the set is replaced: its task stops.
     stop: CancellationToken,
 }
 
 impl AccountSet {
-    /// An empty set for `cfg`; [`AccountSet::load`] reads the stored accounts.
+    /// An empty set for `cfg`; [`AccountSet::load`] reads the stored accounts and
+    /// [`AccountSet::run`] renews them.
     pub fn new(
         cfg: Arc<CredentialConfig>,
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        start: Starter,
+        observer: Arc<dyn Observer>,
         stop: CancellationToken,
     ) -> AccountSet {
-        let gate = Arc::new(token_gate(cfg.token_rate));
-        let calendar = Arc::new(Calendar::new(cfg.token_rate));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let parts = AccountParts {
+            gate: Arc::new(token_gate(cfg.token_rate)),
+            calendar: Arc::new(Calendar::new(cfg.token_rate)),
+            inbox: Arc::new(Inbox::new()),
+            outcomes: tx,
+            source: TokenSource::new(http, cfg.clone()),
+        };
         AccountSet {
-            calendar,
-            source: TokenSource::new(http.clone(), cfg.clone()),
             cfg,
-            http,
             store,
             metrics,
-            gate,
+            parts,
+            outcomes: tokio::sync::Mutex::new(rx),
+            observer,
             index: ArcSwap::default(),
             edit: tokio::sync::Mutex::new(()),
-            start,
             stop,
         }
     }
@@ -224,8 +238,8 @@ impl AccountSet {
         self.index.load()
     }
 
-    /// Reads every stored account and starts renewing each (a store that cannot be
-    /// listed now leaves the set empty, logged: people can still sign in).
+    /// Reads every stored account (a store that cannot be listed now leaves the set
+    /// empty, logged: people can still sign in); the set's task renews them.
     pub async fn load(&self) {
         let _edit = self.edit.lock().await;
         let names = match self.store.accounts(self.name()).await {
@@ -239,7 +253,6 @@ impl AccountSet {
         for name in names.into_iter().filter(|n| is_valid_name(n)) {
             let a = self.account(&name);
             a.cred.init().await;
-            (self.start)(a.cred.clone(), a.stop.clone());
             accounts.push(a);
         }
         tracing::info!(credential = %self.name(), accounts = accounts.len(), "loaded stored accounts");
@@ -250,13 +263,12 @@ impl AccountSet {
         let cred = Arc::new(Credential::for_account(
             self.cfg.clone(),
             name,
-            self.http.clone(),
             self.store.clone(),
             self.metrics.clone(),
-            (self.gate.clone(), self.calendar.clone()),
+            &self.parts,
         ));
         let handle = cred.handle();
-        Arc::new(Account { name: name.to_string(), cred, handle, stop: self.stop.child_token() })
+        Arc::new(Account { name: name.to_string(), cred, handle })
     }
 
     /// Stores and serves a sign-in's token answer as the account `name` (or, without
@@ -267,7 +279,7 @@ impl AccountSet {
         let mut response = response;
         if response.principal.is_none() && response.organizer_key.is_none() && response.account_key.is_none() {
             // Who signed in decides which account this is: ask the keys endpoint now.
-            if let Some(keys) = self.source.fetch_keys(&response.access_token).await {
+            if let Some(keys) = self.parts.source.fetch_keys(&response.access_token).await {
                 response.organizer_key = keys.organizer_key;
                 response.account_key = keys.account_key;
                 response.principal = keys.principal;
@@ -298,11 +310,9 @@ impl AccountSet {
             }
         };
         account.cred.install_response(response).await?;
-        if fresh {
-            (self.start)(account.cred.clone(), account.stop.clone());
-        }
         // Indexed again either way: a new sign-in may bring new keys.
         self.index.store(Arc::new(index.with(account.clone())));
+        self.tell(&account.name);
         tracing::info!(credential = %self.name(), account = %account.name, added = fresh, "account signed in");
         Ok(account.name.clone())
     }
@@ -314,8 +324,8 @@ impl AccountSet {
         let index = self.index.load_full();
         let Some(gone) = index.get(name).cloned() else { return Ok(false) };
         self.store.remove(gone.cred.key()).await?;
-        gone.stop.cancel();
         self.index.store(Arc::new(index.without(name)));
+        self.tell(name);
         tracing::info!(credential = %self.name(), account = %name, "account removed");
         Ok(true)
     }
@@ -386,41 +396,10 @@ impl AccountSet {
         }
         let a = self.account(name);
         a.cred.init().await;
-        (self.start)(a.cred.clone(), a.stop.clone());
         self.index.store(Arc::new(index.with(a)));
+        self.tell(name);
         tracing::info!(credential = %self.name(), account = %name, "picked up an account signed in elsewhere");
         true
-    }
-
-    /// Follows a shared store (Redis) until the set stops: an account signed in or
-    /// removed on another replica is taken up or forgotten here within a moment (the
-    /// change notice names it), and the stored list is read again now and then in case
-    /// a notice was lost. A record that merely vanished (Redis restarted empty) is not
-    /// a removal: its account keeps its token and writes it back.
-    pub async fn follow(self: Arc<Self>) {
-        let Some(mut changes) = self.store.changes() else { return };
-        let ours = format!("{}/", self.name());
-        let mut relist = tokio::time::interval(RELIST_EVERY);
-        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = relist.tick() => self.relist().await,
-                notice = changes.recv() => match notice {
-                    Ok(key) => {
-                        if let Some(name) = key.strip_prefix(REMOVED).and_then(|k| k.strip_prefix(ours.as_str())) {
-                            self.forget(name).await;
-                        } else if let Some(name) = key.strip_prefix(ours.as_str()) {
-                            self.adopt(name).await;
-                        } else if key.is_empty() {
-                            self.relist().await;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.relist().await,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-            }
-        }
     }
 
     /// Takes up every stored account this set does not know yet.
@@ -437,15 +416,24 @@ impl AccountSet {
     async fn forget(&self, name: &str) {
         let _edit = self.edit.lock().await;
         let index = self.index.load_full();
-        let Some(gone) = index.get(name).cloned() else { return };
-        gone.stop.cancel();
+        if index.get(name).is_none() {
+            return;
+        }
         self.index.store(Arc::new(index.without(name)));
+        self.tell(name);
         tracing::info!(credential = %self.name(), account = %name, "account removed by another replica");
     }
 
     /// Stops every account's renewals (the credential was replaced or removed).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Tells the set's task that the account `name` was added, signed in again or
+    /// removed: it plans (or drops) its renewal.
+    fn tell(&self, name: &str) {
+        // The task is gone only when the set is: nobody to tell.
+        let _ = self.parts.outcomes.send(Arc::from(name));
     }
 }
 

@@ -26,6 +26,8 @@ pub(super) type Answer = Result<Arc<Token>, RefreshError>;
 pub(super) struct Report {
     /// The generation of the token the upstream rejected.
     generation: u64,
+    /// Whose token it was (an account set's inbox is shared by all its accounts).
+    from: Arc<TokenSlot>,
     /// Where the renewed token (or why there is none) goes.
     reply: oneshot::Sender<Answer>,
 }
@@ -34,6 +36,11 @@ impl Report {
     /// The generation of the rejected token.
     pub(super) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The store key of the credential (or `credential/account`) whose token it was.
+    pub(super) fn key(&self) -> &str {
+        &self.from.name
     }
 
     /// Sends the outcome to the request that reported the rejection.
@@ -45,8 +52,9 @@ impl Report {
     }
 }
 
-/// The refresher's end of a credential's rejection reports. Held by the credential, so a
-/// refresh loop started again after a panic finds the same queue.
+/// The refresher's end of a credential's rejection reports. Held by the credential (an
+/// account set's by the set, shared by its accounts), so a refresh loop started again
+/// after a panic finds the same queue.
 pub(super) struct Inbox {
     /// Cloned into every handle.
     tx: mpsc::UnboundedSender<Report>,
@@ -145,7 +153,7 @@ impl TokenHandle {
             return Err(self.not_running());
         }
         let (reply, answer) = oneshot::channel();
-        if self.reports.send(Report { generation, reply }).is_err() {
+        if self.reports.send(Report { generation, from: self.slot.clone(), reply }).is_err() {
             return Err(self.not_running());
         }
         tokio::select! {

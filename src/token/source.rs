@@ -449,8 +449,9 @@ impl Renewal {
 pub struct TokenSource {
     http: reqwest::Client,
     cfg: Arc<CredentialConfig>,
-    /// Where keys are looked up, in order: the next is tried when one fails.
-    keys_urls: Vec<String>,
+    /// Where keys are looked up, in order: the next is tried when one fails (shared by
+    /// the clones an account credential's accounts hold).
+    keys_urls: Arc<[String]>,
 }
 
 impl TokenSource {
@@ -465,7 +466,7 @@ impl TokenSource {
         } else {
             Vec::new()
         };
-        TokenSource { http, cfg, keys_urls }
+        TokenSource { http, cfg, keys_urls: keys_urls.into() }
     }
 
     /// The credential's configuration.

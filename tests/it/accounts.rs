@@ -322,3 +322,49 @@ async fn an_inbound_key_limited_to_accounts_uses_no_other() {
     assert_eq!(send(WEBINARS.into(), None, "open-k3y").await.unwrap().status(), 200);
     assert_eq!(send(bobs, None, "open-k3y").await.unwrap().status(), 200);
 }
+
+/// Accounts renew without a task each: the set's one task renews every account before
+/// its token dies, under traffic that picks each account by the organizer key in its
+/// path, and never calls the token endpoint more than `token_rate` times in a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_account_renews_on_time_under_token_rate() {
+    let users = [MockUser::numbered(1), MockUser::numbered(2), MockUser::numbered(3)];
+    let opts = MockOptions {
+        token_lifetime: std::time::Duration::from_secs(3),
+        more_users: users.to_vec(),
+        ..MockOptions::default()
+    };
+    let s = stack(opts, |m, d| accounts_config(m, d, "refresh_before = \"1s\"\ntoken_rate = 2")).await;
+    for u in &users {
+        sign_in(&s, None, &u.email).await;
+    }
+    let signed_in = s.mock.issued().len();
+    let urls: Vec<String> =
+        users.iter().map(|u| s.url(&format!("/G2W/rest/v2/organizers/{}/webinars", u.organizer_key))).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load(urls, 3, std::time::Duration::from_millis(20), stop.clone()));
+    // Three lifetimes of three accounts: each must renew at least twice.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.mock.issued().len() < signed_in + 6 {
+        assert!(tokio::time::Instant::now() < deadline, "accounts did not renew: {:?}", s.mock.stats());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And keep serving through one more lifetime.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    stop.cancel();
+    traffic.await.unwrap().assert_no_failures();
+    // (The mock kills a chain's access tokens at each refresh, as GoTo may: requests in
+    // flight then are retried with the new token, so none failed above.)
+    let tokens: Value = s.http.get(s.admin("/tokens?credential=goto")).send().await.unwrap().json().await.unwrap();
+    let items = tokens["goto"]["accounts"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{tokens}");
+    for a in items {
+        assert_eq!(a["state"], "valid", "{tokens}");
+    }
+    let renewals: Vec<_> = s.mock.issued().into_iter().skip(signed_in).map(|i| i.at).collect();
+    for (i, at) in renewals.iter().enumerate() {
+        let in_second =
+            renewals[i..].iter().take_while(|t| t.duration_since(*at) < std::time::Duration::from_secs(1)).count();
+        assert!(in_second <= 2, "{in_second} token calls within one second, token_rate = 2: {renewals:?}");
+    }
+}

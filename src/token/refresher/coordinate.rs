@@ -108,7 +108,7 @@ impl Credential {
 
     /// Follows the shared store between renewals: adopts a newer stored token, writes
     /// back a newer held one (Redis came back empty, or this replica renewed alone).
-    pub(super) async fn sync_with_store(&self) {
+    pub(crate) async fn sync_with_store(&self) {
         // A renewal under way reads the store itself.
         let Ok(_guard) = self.refresh_lock.try_lock() else { return };
         let stored = match self.store.load(self.key()).await {

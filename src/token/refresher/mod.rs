@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 use coordinate::Coordinated;
+pub(crate) use run::{Plan, SIGN_IN_CHECK};
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
 pub(crate) use schedule::{token_gate, Calendar};
 pub use state::{CredentialState, Health, TokenInfo};
@@ -64,6 +65,30 @@ pub enum Trigger {
     Manual,
 }
 
+/// Where a credential's renewal outcomes go.
+enum Outcomes {
+    /// A credential's [`Health`], followed by its notifier.
+    Health(tokio::sync::watch::Sender<Health>),
+    /// An account's name, sent to the one task of its set, which plans the account's next
+    /// renewal and notifies from it (10,000 accounts keep no task or channel each).
+    Set(tokio::sync::mpsc::UnboundedSender<Arc<str>>),
+}
+
+/// What the accounts of one account credential share: its `token_rate` gate and
+/// calendar, its rejection inbox, and the queue its task learns of outcomes from.
+pub(in crate::token) struct AccountParts {
+    /// `token_rate`: spaces the token endpoint calls of all the accounts.
+    pub(in crate::token) gate: Arc<RateLimiter>,
+    /// Where the accounts book their renewals.
+    pub(in crate::token) calendar: Arc<Calendar>,
+    /// The accounts' rejection reports, answered by the set's task.
+    pub(in crate::token) inbox: Arc<Inbox>,
+    /// Account names, one per renewal outcome, for the set's task.
+    pub(in crate::token) outcomes: tokio::sync::mpsc::UnboundedSender<Arc<str>>,
+    /// The token endpoint client.
+    pub(in crate::token) source: TokenSource,
+}
+
 /// A credential at run time: its token slot, how it renews, where it stores.
 pub struct Credential {
     cfg: Arc<CredentialConfig>,
@@ -74,8 +99,9 @@ pub struct Credential {
     key: String,
     /// The current token and what waits on it; shared with every [`TokenHandle`].
     slot: Arc<TokenSlot>,
-    /// Rejections reported through handles, answered by the refresh loop.
-    inbox: Inbox,
+    /// Rejections reported through handles, answered by the refresh loop (an account's
+    /// by its set's one task, through the set's inbox).
+    inbox: Arc<Inbox>,
     /// Serialises renewals: at most one token call per credential at a time.
     refresh_lock: tokio::sync::Mutex<()>,
     /// What renews the token: the config (`static`) or the token endpoint.
@@ -84,8 +110,8 @@ pub struct Credential {
     source: TokenSource,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,
-    /// The credential's health, published at every renewal outcome (for notifications).
-    health: tokio::sync::watch::Sender<Health>,
+    /// Who hears of every renewal outcome: the credential's notifier, or an account's set.
+    outcomes: Outcomes,
     /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
     gate: Arc<RateLimiter>,
     /// An account's: where the credential's accounts book their renewals.
@@ -103,30 +129,36 @@ impl Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
         let gate = Arc::new(token_gate(cfg.token_rate));
-        Credential::build(cfg, None, http, store, metrics, (gate, None))
+        let source = TokenSource::new(http, cfg.clone());
+        let outcomes = Outcomes::Health(tokio::sync::watch::Sender::new(Health::default()));
+        Credential::build(cfg, None, source, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
     }
 
     /// One account of an account credential (`accounts = true`): its own token, record
     /// (`credential/account`), renewals and health; metrics count it under the credential.
-    pub(crate) fn for_account(
+    pub(in crate::token) fn for_account(
         cfg: Arc<CredentialConfig>,
         account: &str,
-        http: reqwest::Client,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        pace: (Arc<RateLimiter>, Arc<Calendar>),
+        parts: &AccountParts,
     ) -> Credential {
-        let (gate, calendar) = pace;
-        Credential::build(cfg, Some(account.to_string()), http, store, metrics, (gate, Some(calendar)))
+        let shared = (
+            parts.gate.clone(),
+            Some(parts.calendar.clone()),
+            parts.inbox.clone(),
+            Outcomes::Set(parts.outcomes.clone()),
+        );
+        Credential::build(cfg, Some(account.to_string()), parts.source.clone(), store, metrics, shared)
     }
 
     fn build(
         cfg: Arc<CredentialConfig>,
         account: Option<String>,
-        http: reqwest::Client,
+        source: TokenSource,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        (gate, calendar): (Arc<RateLimiter>, Option<Arc<Calendar>>),
+        (gate, calendar, inbox, outcomes): (Arc<RateLimiter>, Option<Arc<Calendar>>, Arc<Inbox>, Outcomes),
     ) -> Credential {
         let key = match &account {
             Some(a) => format!("{}/{a}", cfg.name),
@@ -137,14 +169,14 @@ impl Credential {
             account,
             key,
             renewal: Renewal::of(&cfg),
-            source: TokenSource::new(http, cfg.clone()),
+            source,
             cfg,
             slot,
-            inbox: Inbox::new(),
+            inbox,
             refresh_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
-            health: tokio::sync::watch::Sender::new(Health::default()),
+            outcomes,
             gate,
             calendar,
         }
@@ -524,6 +556,7 @@ impl Credential {
             self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
         }
         self.slot.changed.send_modify(|g| *g = token.generation);
+        self.tell_set();
         token
     }
 }

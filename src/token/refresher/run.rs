@@ -18,16 +18,16 @@ use crate::token::{deadline_in, later};
 
 /// How often a credential that waits for a person reads the store for a token someone
 /// else obtained (no token endpoint call).
-const SIGN_IN_CHECK: Duration = Duration::from_secs(30);
+pub(crate) const SIGN_IN_CHECK: Duration = Duration::from_secs(30);
 
 /// The renewal planned by the loop, kept while the token and the failure count stay:
 /// store polls wake the loop often, and planning again each time would keep pushing a
 /// half-life renewal later.
 #[derive(Clone, Copy)]
-struct Plan {
+pub(crate) struct Plan {
     generation: u64,
     failures: u32,
-    when: Instant,
+    pub(crate) when: Instant,
     /// The second booked in the credential's [`Calendar`](super::schedule::Calendar).
     booked: Option<u64>,
 }
@@ -63,7 +63,7 @@ impl Credential {
 
     /// Renews a reported rejection (single-flight: reports of a token already renewed
     /// get the newer one) and answers the request that reported it.
-    async fn answer(&self, report: Report) {
+    pub(in crate::token) async fn answer(&self, report: Report) {
         let answer = Box::pin(self.refresh(Trigger::Rejected(report.generation()))).await;
         report.answer(answer);
     }
@@ -117,7 +117,7 @@ impl Credential {
 
     /// The renewal to wait for: `previous` while it was planned for the same token and
     /// failure count, else a new one (noted as `next_refresh` for `/tokens`).
-    fn plan(&self, previous: Option<Plan>) -> Plan {
+    pub(crate) fn plan(&self, previous: Option<Plan>) -> Plan {
         let (failures, not_before) =
             self.slot.status.lock().map(|s| (s.consecutive_failures, s.not_before)).unwrap_or_default();
         let current = self.slot.current.load_full();
@@ -149,6 +149,23 @@ impl Credential {
                 }
                 Plan { generation, failures, when: deadline_in(delay), booked }
             }
+        }
+    }
+}
+
+impl Plan {
+    /// The generation of the token it renews.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Credential {
+    /// Gives back the calendar second `plan` booked (an account removed before its
+    /// renewal).
+    pub(crate) fn unplan(&self, plan: &Plan) {
+        if let (Some(cal), Some(second)) = (&self.calendar, plan.booked) {
+            cal.release(second);
         }
     }
 }

@@ -2,11 +2,12 @@
 //! read) and what `/tokens` shows of a credential.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{Credential, RefreshError};
+use super::{Credential, Outcomes, RefreshError};
 use crate::config::GrantKind;
 use crate::token::later;
 use crate::token::source::SourceError;
@@ -138,25 +139,48 @@ impl Credential {
         }
     }
 
-    /// Follows [`Health`] changes: each renewal outcome publishes one.
-    pub fn health(&self) -> tokio::sync::watch::Receiver<Health> {
-        self.health.subscribe()
+    /// Follows [`Health`] changes: each renewal outcome publishes one. `None` for an
+    /// account: its set's task hears of its outcomes instead ([`Credential::health_now`]).
+    pub fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        match &self.outcomes {
+            Outcomes::Health(h) => Some(h.subscribe()),
+            Outcomes::Set(_) => None,
+        }
     }
 
-    /// Publishes the credential's [`Health`] as the slot records it now.
-    fn publish_health(&self) {
+    /// The credential's [`Health`] as the slot records it now.
+    pub fn health_now(&self) -> Health {
         let status = self.slot.status.lock().map(|s| s.clone()).unwrap_or_default();
-        let health = Health {
+        Health {
             needs_login: self.slot.needs_login.load(Ordering::Relaxed),
             consecutive_failures: status.consecutive_failures,
             token_served: self.slot.current.load().as_ref().is_some_and(|t| t.is_valid_at(SystemTime::now())),
             last_error: status.last_error,
-        };
-        self.health.send_if_modified(|h| {
-            let changed = *h != health;
-            *h = health;
-            changed
-        });
+        }
+    }
+
+    /// Publishes the credential's [`Health`] (an account's set is told instead).
+    fn publish_health(&self) {
+        match &self.outcomes {
+            Outcomes::Health(sender) => {
+                let health = self.health_now();
+                sender.send_if_modified(|h| {
+                    let changed = *h != health;
+                    *h = health;
+                    changed
+                });
+            }
+            Outcomes::Set(_) => self.tell_set(),
+        }
+    }
+
+    /// Tells an account's set that the account has news (a token, a failure): its task
+    /// plans the next renewal and notifies. Nothing for a credential.
+    pub(super) fn tell_set(&self) {
+        if let (Outcomes::Set(tx), Some(account)) = (&self.outcomes, &self.account) {
+            // The set's task is gone only when the set is: nobody to tell.
+            let _ = tx.send(Arc::from(account.as_str()));
+        }
     }
 
     /// Says whether only a person can renew now: `/tokens`, waiting requests and the
@@ -238,7 +262,7 @@ impl Credential {
     /// then nothing calls the token endpoint on its own — neither the schedule nor a
     /// rejected token — until a sign-in, a token adopted from the store, a reload that
     /// changes the credential, or `POST /refresh/{credential}`.
-    pub(super) fn awaits_a_person(&self) -> bool {
+    pub(crate) fn awaits_a_person(&self) -> bool {
         self.slot.needs_login.load(Ordering::Relaxed)
     }
 
