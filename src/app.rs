@@ -251,6 +251,7 @@ impl Core {
                         self.store.clone(),
                         self.metrics.clone(),
                         Arc::new(crate::notify::Accounts::new(self.notifier.clone())),
+                        self.shared_budget(),
                         stop.clone(),
                     ));
                     set.load().await;
@@ -269,6 +270,12 @@ impl Core {
             }
         }
         sets
+    }
+
+    /// The replicas' shared rate budget, when the state lives in Redis.
+    fn shared_budget(&self) -> Option<Arc<dyn crate::limit::SharedBudget>> {
+        let budget = self.redis.as_ref()?.budget.clone()?;
+        Some(budget)
     }
 
     /// The account credentials' account sets, by name.

@@ -465,6 +465,7 @@ async fn one_shot_accounts(
             store,
             metrics,
             Arc::new(Unobserved),
+            None,
             CancellationToken::new(),
         );
         set.load().await;

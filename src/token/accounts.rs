@@ -19,11 +19,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{Inbox, TokenHandle};
-use super::refresher::{token_gate, AccountParts, Calendar};
+use super::refresher::{AccountParts, Calendar, TokenGate};
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
 use super::{Credential, RefreshError};
 use crate::config::{is_valid_name, CredentialConfig};
+use crate::limit::SharedBudget;
 use crate::metrics::Metrics;
 
 /// Hears of every account's renewal outcomes, from the set's task: how notifications
@@ -193,18 +194,20 @@ pub struct AccountSet {
 
 impl AccountSet {
     /// An empty set for `cfg`; [`AccountSet::load`] reads the stored accounts and
-    /// [`AccountSet::run`] renews them.
+    /// [`AccountSet::run`] renews them. With `budget` (Redis), `token_rate` is one budget
+    /// for every replica.
     pub fn new(
         cfg: Arc<CredentialConfig>,
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
         observer: Arc<dyn Observer>,
+        budget: Option<Arc<dyn SharedBudget>>,
         stop: CancellationToken,
     ) -> AccountSet {
         let (tx, rx) = mpsc::unbounded_channel();
         let parts = AccountParts {
-            gate: Arc::new(token_gate(cfg.token_rate)),
+            gate: Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, budget)),
             calendar: Arc::new(Calendar::new(cfg.token_rate)),
             inbox: Arc::new(Inbox::new()),
             outcomes: tx,

@@ -280,6 +280,52 @@ async fn replicas_sharing_redis_take_up_and_forget_accounts() {
     b.stop().await;
 }
 
+/// `token_rate` is one budget for every replica sharing Redis: two replicas each asked to
+/// renew two accounts at the same moment make their four token calls at most one a
+/// second between them (each alone would make two at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_share_token_rate() {
+    let Some(redis) = RedisServer::start().await else { return };
+    let users: Vec<MockUser> = (1..=4).map(MockUser::numbered).collect();
+    let mock = MockGoto::start(MockOptions { more_users: users.clone(), ..MockOptions::default() }).await.unwrap();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n{}\n{}accounts = true\ntoken_rate = 1\n\n{}",
+        redis.state("rate"),
+        code_cred("goto", &mock, None),
+        route("/", &mock, Some("goto"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = Stack { mock, proxy: start_proxy(&text).await, dir, http: client() };
+    let b = start_proxy(&text).await;
+    for (i, u) in users.iter().enumerate() {
+        sign_in(&a, Some(&format!("p{i}")), &u.email).await;
+    }
+    let before = a.mock.issued().len();
+    let refresh = |admin: std::net::SocketAddr, who: &'static str| {
+        let http = a.http.clone();
+        async move {
+            let r = http.post(format!("http://{admin}/refresh/goto/{who}")).send().await.unwrap();
+            assert!(r.status().is_success() || r.status().is_redirection(), "{who}: {}", r.status());
+        }
+    };
+    tokio::join!(
+        refresh(a.proxy.admin_addr, "p0"),
+        refresh(a.proxy.admin_addr, "p1"),
+        refresh(b.admin_addr, "p2"),
+        refresh(b.admin_addr, "p3")
+    );
+    let calls: Vec<_> = a.mock.issued().into_iter().skip(before).map(|i| i.at).collect();
+    assert_eq!(calls.len(), 4, "one renewal per account");
+    for pair in calls.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(
+            gap >= std::time::Duration::from_millis(950),
+            "two token calls {gap:?} apart under token_rate = 1: {calls:?}"
+        );
+    }
+    b.stop().await;
+}
+
 /// An inbound key limited to accounts uses those only — chosen by header, by key in the
 /// path, or by falling back to the default account; an unlimited key uses any.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,14 +29,13 @@ use super::source::{Renewal, SourceError, TokenResponse, TokenSource};
 use super::store::{Saved, TokenStore};
 use super::{later, lifetime_of, unix_secs, Token, MAX_LIFETIME, STATIC_LIFETIME};
 use crate::config::CredentialConfig;
-use crate::limit::RateLimiter;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 use coordinate::Coordinated;
 pub(crate) use run::{Plan, SIGN_IN_CHECK};
 use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
-pub(crate) use schedule::{token_gate, Calendar};
+pub(crate) use schedule::{Calendar, TokenGate};
 pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
@@ -78,7 +77,7 @@ enum Outcomes {
 /// calendar, its rejection inbox, and the queue its task learns of outcomes from.
 pub(in crate::token) struct AccountParts {
     /// `token_rate`: spaces the token endpoint calls of all the accounts.
-    pub(in crate::token) gate: Arc<RateLimiter>,
+    pub(in crate::token) gate: Arc<TokenGate>,
     /// Where the accounts book their renewals.
     pub(in crate::token) calendar: Arc<Calendar>,
     /// The accounts' rejection reports, answered by the set's task.
@@ -113,7 +112,7 @@ pub struct Credential {
     /// Who hears of every renewal outcome: the credential's notifier, or an account's set.
     outcomes: Outcomes,
     /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
-    gate: Arc<RateLimiter>,
+    gate: Arc<TokenGate>,
     /// An account's: where the credential's accounts book their renewals.
     calendar: Option<Arc<Calendar>>,
 }
@@ -128,7 +127,7 @@ impl Credential {
     ) -> Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
-        let gate = Arc::new(token_gate(cfg.token_rate));
+        let gate = Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, None));
         let source = TokenSource::new(http, cfg.clone());
         let outcomes = Outcomes::Health(tokio::sync::watch::Sender::new(Health::default()));
         Credential::build(cfg, None, source, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
@@ -158,7 +157,7 @@ impl Credential {
         source: TokenSource,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
-        (gate, calendar, inbox, outcomes): (Arc<RateLimiter>, Option<Arc<Calendar>>, Arc<Inbox>, Outcomes),
+        (gate, calendar, inbox, outcomes): (Arc<TokenGate>, Option<Arc<Calendar>>, Arc<Inbox>, Outcomes),
     ) -> Credential {
         let key = match &account {
             Some(a) => format!("{}/{a}", cfg.name),
@@ -368,11 +367,7 @@ impl Credential {
         if let Some(last) = last {
             tokio::time::sleep_until(last.checked_add(MIN_RENEWAL_SPACING).unwrap_or(last)).await;
         }
-        if let Ok(wait) = self.gate.reserve(std::time::Instant::now(), Duration::MAX) {
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        self.gate.turn().await;
         if let Ok(mut s) = self.slot.status.lock() {
             s.last_call = Some(tokio::time::Instant::now());
         }

@@ -44,9 +44,56 @@ fn gated(rate: f64) -> f64 {
     rate * 0.98
 }
 
-/// The gate that spaces a credential's token calls at [`gated`] `token_rate`.
-pub(crate) fn token_gate(rate: f64) -> crate::limit::RateLimiter {
-    crate::limit::RateLimiter::new(gated(rate))
+/// The longest a token call waits for its turn in the replicas' shared budget; a longer
+/// wait (a budget far behind) falls back to this replica's own gate.
+const SHARED_TURN_WAIT: Duration = Duration::from_secs(60);
+
+/// Spaces a credential's token calls at [`gated`] `token_rate`: with Redis, in the
+/// budget every replica shares (so N replicas together stay under `token_rate`), else,
+/// or while Redis cannot be asked, in this process alone.
+pub(crate) struct TokenGate {
+    local: crate::limit::RateLimiter,
+    /// The shared budget and this credential's key in it.
+    shared: Option<(std::sync::Arc<dyn crate::limit::SharedBudget>, String)>,
+    interval: Duration,
+}
+
+impl TokenGate {
+    /// A gate for `credential` at `rate` calls a second, shared through `budget` when
+    /// there is one.
+    pub(crate) fn new(
+        credential: &str,
+        rate: f64,
+        budget: Option<std::sync::Arc<dyn crate::limit::SharedBudget>>,
+    ) -> TokenGate {
+        TokenGate {
+            local: crate::limit::RateLimiter::new(gated(rate)),
+            // Route keys start with `/`: a credential's cannot meet one.
+            shared: budget.map(|b| (b, format!("token_rate:{credential}"))),
+            interval: Duration::from_secs_f64(1.0 / gated(rate)),
+        }
+    }
+
+    /// Waits for this call's turn.
+    pub(crate) async fn turn(&self) {
+        if let Some((budget, key)) = &self.shared {
+            match budget.reserve(key, self.interval, SHARED_TURN_WAIT).await {
+                Ok(Ok(wait)) => return tokio::time::sleep(wait).await,
+                Ok(Err(wait)) => {
+                    tracing::warn!(
+                        wait_secs = wait.as_secs(),
+                        "the shared token_rate budget is far behind; spacing this replica's token calls alone"
+                    )
+                }
+                Err(e) => tracing::debug!(error = %e, "spacing this replica's token calls alone"),
+            }
+        }
+        if let Ok(wait) = self.local.reserve(std::time::Instant::now(), Duration::MAX) {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
 }
 
 /// The renewals the accounts of one credential have planned, per second: each account
