@@ -125,6 +125,12 @@ impl AccountIndex {
         next
     }
 
+    /// Whether `a` is indexed under the aliases its token gives now (a renewal may bring
+    /// new keys or a new principal).
+    fn current(&self, a: &Account) -> bool {
+        self.by_name.get(&a.name).is_some_and(|(_, indexed)| **indexed == *aliases_of(a))
+    }
+
     /// The accounts in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.by_name.values().map(|(a, _)| a)
@@ -430,6 +436,18 @@ impl AccountSet {
     /// Stops every account's renewals (the credential was replaced or removed).
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Indexes `name` again from its current token when its aliases changed (keys or
+    /// principal from a renewal); serialised with sign-ins and removals.
+    async fn reindex(&self, name: &str) {
+        let _edit = self.edit.lock().await;
+        let index = self.index.load_full();
+        let Some(a) = index.get(name).cloned() else { return };
+        if !index.current(&a) {
+            self.index.store(Arc::new(index.with(a)));
+            tracing::info!(credential = %self.name(), account = %name, "account's keys or principal changed: indexed again");
+        }
     }
 
     /// Tells the set's task that the account `name` was added, signed in again or

@@ -193,13 +193,18 @@ impl AccountSet {
         }
     }
 
-    /// An account has news (or was added or removed): plan it again, and tell the
-    /// observer (notifications).
-    fn heard(&self, plans: &mut Plans, name: &Arc<str>) {
-        match self.index.load().get(name) {
+    /// An account has news (or was added or removed): plan it again, index it again when
+    /// its keys changed, and tell the observer (notifications).
+    fn heard(self: &Arc<Self>, plans: &mut Plans, name: &Arc<str>) {
+        let index = self.index.load();
+        match index.get(name) {
             Some(a) => {
                 plans.plan(name, a);
                 self.observer.outcome(&a.cred);
+                if !index.current(a) {
+                    let (me, name) = (self.clone(), name.clone());
+                    tokio::spawn(async move { me.reindex(&name).await });
+                }
             }
             None => {
                 plans.drop_account(name, None);
