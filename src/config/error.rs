@@ -37,6 +37,10 @@ pub enum ConfigError {
         /// What is wrong, in words.
         message: String,
     },
+    /// Several secrets cannot be read (unset variables, missing files): all of them, so
+    /// one run tells everything to set.
+    #[error("{} secrets cannot be read:{}", .0.len(), .0.iter().map(|e| format!("\n  {e}")).collect::<String>())]
+    Secrets(Vec<ConfigError>),
 }
 
 /// Turns byte offsets into line numbers and builds located errors (and warnings).
@@ -48,6 +52,8 @@ pub(super) struct Locator<'a> {
     /// What validation found worth telling but not refusing, located like errors; it
     /// becomes [`super::Config::warnings`].
     pub(super) warnings: RefCell<Vec<String>>,
+    /// Secrets that could not be read, reported together at the end of validation.
+    pub(super) missing: RefCell<Vec<ConfigError>>,
 }
 
 impl Locator<'_> {
@@ -65,6 +71,14 @@ impl Locator<'_> {
             key: key.into(),
             message: message.into(),
         }
+    }
+
+    /// Notes a secret that cannot be read (reported with every other one when validation
+    /// ends) and answers a placeholder that stands in for it meanwhile.
+    pub(super) fn missing(&self, span: &Range<usize>, key: &str, message: String) -> crate::secret::Secret {
+        let e = self.err(span, key, message);
+        self.missing.borrow_mut().push(e);
+        crate::secret::Secret::new("http://unreadable-secret.invalid/")
     }
 
     /// Notes a warning at the line `span` starts on, in the form errors print.

@@ -540,7 +540,7 @@ impl Config {
 
     /// Validates config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let loc = error::Locator { file, text, warnings: Default::default() };
+        let loc = error::Locator { file, text, warnings: Default::default(), missing: Default::default() };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| error::toml_error(&loc, &e))?;
         validate::validate(&loc, raw)
     }

@@ -29,6 +29,18 @@ pub use outbound::proxy_url;
 /// The whole file, checked in file-section order: `[proxy]`, `[state]`, `[inbound]`,
 /// `[tls]`, credentials, routes (which name credentials).
 pub(super) fn validate(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+    let validated = validate_all(loc, raw);
+    // Every secret that cannot be read is told in one run (a fresh machine often lacks
+    // several); an error found after one is likely its consequence.
+    let mut missing = loc.missing.take();
+    match missing.len() {
+        0 => validated,
+        1 => Err(missing.remove(0)),
+        _ => Err(ConfigError::Secrets(missing)),
+    }
+}
+
+fn validate_all(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let proxy = validate_proxy(loc, raw.proxy)?;
     let state_encryption_keys = validate_state_keys(loc, &raw.state.encryption_keys)?;
     let state = validate_state(loc, raw.state)?;
@@ -454,27 +466,36 @@ fn parse_url(loc: &Locator<'_>, s: &Spanned<String>, key: &str) -> Result<url::U
 }
 
 /// A secret's value: the literal, the environment variable's value, or the secret
-/// file's text without its final line break; never empty.
+/// file's text without its final line break; never empty. One that cannot be read is
+/// noted in the locator (every such secret is reported together) and stands in as a
+/// placeholder meanwhile.
 fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Result<Secret, ConfigError> {
-    let value = match s.get_ref() {
-        RawSecret::Literal(v) => v.clone(),
-        // The variable's name and the file's path say where the secret is; they are not it.
-        RawSecret::Env { env } => std::env::var(env).map_err(|e| {
-            let why = match e {
-                std::env::VarError::NotPresent => "is not set",
-                std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
-            };
-            loc.err(&s.span(), key, format!("environment variable {env} {why}"))
-        })?,
-        RawSecret::File { file } => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| loc.err(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))?;
-            warn_if_others_read(loc, &s.span(), key, file);
-            text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string()
-        }
+    // The variable's name and the file's path say where the secret is; they are not it.
+    let (value, source) = match s.get_ref() {
+        RawSecret::Literal(v) => (v.clone(), String::new()),
+        RawSecret::Env { env } => match std::env::var(env) {
+            Ok(v) => (v, format!(" (environment variable {env})")),
+            Err(e) => {
+                let why = match e {
+                    std::env::VarError::NotPresent => "is not set",
+                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                return Ok(loc.missing(&s.span(), key, format!("environment variable {env} {why}")));
+            }
+        },
+        RawSecret::File { file } => match std::fs::read_to_string(file) {
+            Ok(text) => {
+                warn_if_others_read(loc, &s.span(), key, file);
+                let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+                (value.to_string(), format!(" (secret file {})", file.display()))
+            }
+            Err(e) => {
+                return Ok(loc.missing(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))
+            }
+        },
     };
     if value.is_empty() {
-        return Err(loc.err(&s.span(), key, "is empty"));
+        return Err(loc.err(&s.span(), key, format!("is empty{source}")));
     }
     Ok(Secret::new(value))
 }
@@ -593,6 +614,45 @@ mod tests {
         let text = GOOD.replace("\"pw-literal-secret\"", "{ env = \"GOTO_AUTH_PROXY_TEST_UNSET_VAR\" }");
         let e = err(&text);
         assert!(e.contains("credentials.g2a.password") && e.contains("GOTO_AUTH_PROXY_TEST_UNSET_VAR"), "{e}");
+    }
+
+    #[test]
+    fn every_unreadable_secret_is_reported_in_one_run_with_its_line() {
+        let text = GOOD
+            .replace("\"pw-literal-secret\"", "{ env = \"GOTO_AUTH_PROXY_TEST_UNSET_A\" }")
+            .replace("\"cs-literal-secret\"", "{ file = \"/nonexistent/goto_client_secret\" }")
+            .replace("client_id = \"cid\"", "client_id = { env = \"GOTO_AUTH_PROXY_TEST_UNSET_B\" }");
+        let e = err(&text);
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert!(e.starts_with("3 secrets cannot be read:"), "{e}");
+        for (key, what, needle) in [
+            ("credentials.g2a.password", "GOTO_AUTH_PROXY_TEST_UNSET_A is not set", "UNSET_A"),
+            ("credentials.goto.client_id", "GOTO_AUTH_PROXY_TEST_UNSET_B is not set", "UNSET_B"),
+            (
+                "credentials.goto.client_secret",
+                "cannot read secret file /nonexistent/goto_client_secret",
+                "nonexistent",
+            ),
+        ] {
+            let line = format!("t.toml:{}: {key}: ", line_of(needle));
+            assert!(e.lines().any(|l| l.trim_start().starts_with(&line) && l.contains(what)), "{line} {what}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_empty_secret_names_where_it_came_from() {
+        std::env::set_var("GOTO_AUTH_PROXY_TEST_EMPTY_VAR", "");
+        let text = GOOD.replace("\"pw-literal-secret\"", "{ env = \"GOTO_AUTH_PROXY_TEST_EMPTY_VAR\" }");
+        let e = err(&text);
+        assert!(
+            e.contains("credentials.g2a.password: is empty (environment variable GOTO_AUTH_PROXY_TEST_EMPTY_VAR)"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("empty");
+        std::fs::write(&p, "\n").unwrap();
+        let text = GOOD.replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", p.display().to_string()));
+        assert!(err(&text).contains(&format!("is empty (secret file {})", p.display())), "{}", err(&text));
     }
 
     #[test]
