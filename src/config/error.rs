@@ -48,6 +48,9 @@ pub(super) struct Locator<'a> {
     /// What validation found worth telling but not refusing, located like errors; it
     /// becomes [`super::Config::warnings`].
     pub(super) warnings: RefCell<Vec<String>>,
+    /// Every file validation read (secret and PEM files): it becomes
+    /// [`super::Config::files`], what a running proxy watches.
+    pub(super) files: RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl Locator<'_> {
@@ -68,6 +71,14 @@ impl Locator<'_> {
     }
 
     /// Notes a warning at the line `span` starts on, in the form errors print.
+    /// Notes a file validation read, for [`super::Config::files`].
+    pub(super) fn read_file(&self, path: &std::path::Path) {
+        let mut files = self.files.borrow_mut();
+        if !files.iter().any(|f| f == path) {
+            files.push(path.to_path_buf());
+        }
+    }
+
     pub(super) fn warn(&self, span: &Range<usize>, key: &str, message: impl std::fmt::Display) {
         let line = self.line_of(span.start);
         self.warnings.borrow_mut().push(format!("{}:{line}: {key}: {message}", self.file));
