@@ -142,13 +142,18 @@ impl Source {
     /// Reads and validates the file, with the flags' overrides applied.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(&self.path)?;
+        self.override_listen(&mut config);
+        Ok(config)
+    }
+
+    /// Puts the flags' listen addresses over `config`'s.
+    pub fn override_listen(&self, config: &mut Config) {
         if let Some(l) = self.listen {
             config.proxy.listen = l;
         }
         if let Some(l) = self.admin_listen {
             config.proxy.admin_listen = l;
         }
-        Ok(config)
     }
 
     /// The files a reload reads: this one and every file `config` names.

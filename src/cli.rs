@@ -276,17 +276,13 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
 
 fn run(a: &RunArgs) -> ExitCode {
     with_config(&a.config, |mut config| {
-        if let Some(l) = a.listen.listen {
-            config.proxy.listen = l;
-        }
-        if let Some(l) = a.listen.admin_listen {
-            config.proxy.admin_listen = l;
-        }
+        // Where reloads read the file again, with the same flags over it.
         let source = crate::app::Source {
             path: a.config.config.clone(),
             listen: a.listen.listen,
             admin_listen: a.listen.admin_listen,
         };
+        source.override_listen(&mut config);
         // The data path runs on its own threads (`workers`); this runtime only renews
         // tokens and answers the admin listener.
         block_on(Some(1), async move {

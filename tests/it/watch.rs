@@ -199,7 +199,22 @@ async fn a_rotated_client_secret_is_used_at_the_next_token_call_without_a_signal
     assert_eq!(refresh_now(&p, "cc").await, 200, "the next token call uses the new secret\n{}", p.log_text());
     assert_eq!(mock.stats().token_calls, calls + 1, "one call, no refusal first");
     assert_eq!(client().get(p.url("/CC/x")).send().await.unwrap().status(), 200);
-    assert!(!p.log_text().contains("rotated-client-secret-1"), "{}", p.log_text());
+
+    // The config now names a secret file in another directory: watched from then on.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let moved = elsewhere.path().join("client_secret");
+    std::fs::write(&moved, "rotated-client-secret-1\n").unwrap();
+    replace_by_rename(&path, &config_text(dir.path(), "", &client_secret_cred(&mock, &moved)));
+    until_reloads(&p, "file", "applied", 2.0, WITHIN).await;
+    mock.set_client_secret("rotated-client-secret-2");
+    std::fs::write(&moved, "rotated-client-secret-2\n").unwrap();
+    until_reloads(&p, "file", "applied", 3.0, WITHIN).await;
+    let calls = mock.stats().token_calls;
+    assert_eq!(refresh_now(&p, "cc").await, 200, "{}", p.log_text());
+    assert_eq!(mock.stats().token_calls, calls + 1, "the file in the new directory was applied before the call");
+    for s in ["rotated-client-secret-1", "rotated-client-secret-2"] {
+        assert!(!p.log_text().contains(s), "{}", p.log_text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
