@@ -213,6 +213,7 @@ pub(crate) fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
 mod tests {
     use super::*;
 
+    #[cfg(unix)]
     #[test]
     fn a_kubernetes_secret_volume_watches_the_volume_and_the_current_data_directory() {
         let vol = tempfile::tempdir().unwrap();
