@@ -522,6 +522,8 @@ async fn secrets_never_leak() {
             seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
         }
         seen.push_str(&text(http.post(p.admin("/refresh/goto")).header("x-goto-auth-proxy-key", key)).await);
+        // A reload on demand: its answer and its log line.
+        seen.push_str(&text(http.post(p.admin("/reload")).header("x-goto-auth-proxy-key", key)).await);
         p.signal(15);
         let mut p = p;
         tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
@@ -540,6 +542,7 @@ async fn secrets_never_leak() {
     assert!(seen.contains("client certificate: ") && seen.contains("(key [redacted])"), "check showed [tls]");
     assert!(seen.contains("goto_auth_proxy::access"), "the access log was audited");
     assert!(seen.contains("Refresh now"), "the status page was audited");
+    assert!(seen.contains(r#""outcome":"applied""#), "POST /reload's answer was audited");
     assert!(seen.contains(r#"<tr data-account="alice">"#), "the status page's accounts were audited");
     for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key, &key_line] {
         assert!(
