@@ -21,6 +21,8 @@
 #     (recovery within 20 s, while the rest of the round goes on)
 #   every access token revoked at the mock
 #   SIGHUP to every replica with a changed route (checked to serve)
+#   the OAuth client secret rotated at the mocks and in its file (renamed into place), no
+#     signal: each replica applies it by its file watch (checked from its reload count)
 #   Redis killed (-9) and restarted empty; next round shut down and restarted with its data
 #   kill -9 of replica b, restarted on the same state
 #
@@ -195,7 +197,7 @@ ca_file = "$WORK/hostile-ca.pem"
 [credentials.goto]
 grant = "authorization_code"
 client_id = "demo-client-id"
-client_secret = "demo-client-secret"
+client_secret = { file = "$WORK/secrets/client_secret" }
 refresh_token = { env = "SOAK_SEED" }
 token_url = "$mock/oauth/token?replica=$r"
 authorize_url = "$mock/oauth/authorize"
@@ -389,6 +391,45 @@ reload_all() {
     window reload "*" "$t0" "$(now_ms)" 0 "SIGHUP to every replica with a changed route"
 }
 
+# file_reloads REPLICA — its count of reloads a watched file's change applied.
+file_reloads() {
+    curl -fs --max-time 2 "http://127.0.0.1:${ADMIN_PORT[$1]}/metrics" |
+        awk '/^goto_auth_proxy_config_reloads_total\{/ && /trigger="file"/ && /outcome="applied"/ {n = $2} END {print n + 0}'
+}
+file_reloaded() { (($(file_reloads "$1") > $2)); } # REPLICA COUNT_BEFORE
+
+# write_secret VALUE — the client secret file every replica's `goto` reads, replaced by a
+# rename as secrets tools write it.
+write_secret() {
+    printf '%s\n' "$1" >"$WORK/secrets/client_secret.tmp"
+    mv "$WORK/secrets/client_secret.tmp" "$WORK/secrets/client_secret"
+}
+
+SECRET_ROUND=0
+# rotate_secret — the client secret rotated at both mocks (the old one refused from then
+# on), then in its file at once; no signal. Each replica applies the file by its watch; a
+# token call refused in between reads the file again.
+rotate_secret() {
+    local t0 r m secret
+    local -A before
+    t0=$(now_ms)
+    SECRET_ROUND=$((SECRET_ROUND + 1))
+    secret="soak-client-secret-$SECRET_ROUND-$RANDOM$RANDOM"
+    for r in a b c; do before[$r]=$(file_reloads "$r"); done
+    for m in mock-redis mock-file; do
+        curl -fsS -o /dev/null --max-time 5 -X POST --data-binary "$secret" "http://127.0.0.1:${PORT[$m]}/_mock/client_secret"
+    done
+    write_secret "$secret"
+    for r in a b c; do
+        if wait_until 3 "replica $r to apply the rotated client secret" file_reloaded "$r" "${before[$r]}"; then
+            check "client secret rotated in its file, no signal: applied by the watch" ok "$r"
+        else
+            check "client secret rotated in its file, no signal: applied by the watch" fail "replica $r"
+        fi
+    done
+    window rotate "*" "$t0" "$(now_ms)" 0 "client secret rotated at the mock and in its file, no signal"
+}
+
 REDIS_ROUND=0
 restart_redis() {
     local t0 kind desc
@@ -455,6 +496,7 @@ STEPS=(
     "2 quiet 2"
     "1 reload_all"
     "1 quiet 1"
+    "1 rotate_secret"
     "1 restart_redis"
     "1 quiet 1"
     "4 keepalive_race"
@@ -503,7 +545,8 @@ main() {
     build
     rm -rf "$WORK"
     mkdir -p "$WORK"
-    mkdir -m 700 -p "$WORK/c"
+    mkdir -m 700 -p "$WORK/c" "$WORK/secrets"
+    write_secret demo-client-secret # what the mocks accept until the first rotation
     : >"$WORK/windows.tsv"
     : >"$WORK/checks.tsv"
     : >"$WORK/refresh.tsv"

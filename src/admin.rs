@@ -10,6 +10,7 @@
 //! | `POST /refresh/{credential}` | renew now (a browser's form post: a redirect back to `/`) |
 //! | `GET /login/{credential}` | 302 to GoTo's sign-in page (see [`crate::login`]) |
 //! | `GET /callback?code=…&state=…` | finishes a sign-in |
+//! | `POST /reload` | reloads the configuration file as `SIGHUP` does: JSON saying what changed, or why it was refused |
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ pub(crate) trait View: Send + Sync {
     fn requests_by_route(&self) -> BTreeMap<String, u64>;
     /// The accounts of each account credential (`accounts = true`), by credential.
     fn accounts(&self) -> Arc<AccountSets>;
+    /// Reloads the configuration file as `SIGHUP` does (`POST /reload`): what changed
+    /// (`[proxy]`, `credentials.NAME`, `routes`…), or why it was refused.
+    fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<String>, String>>;
 }
 
 /// The admin service.
@@ -204,6 +208,14 @@ impl Admin {
                     ),
                 },
             },
+            // The same validation, swap, log line and metric as a signal's reload.
+            (&Method::POST, ["reload"]) => match self.view.reload().await {
+                Ok(changed) => json(StatusCode::OK, &serde_json::json!({ "outcome": "applied", "changed": changed })),
+                Err(why) => json(
+                    StatusCode::CONFLICT,
+                    &serde_json::json!({ "outcome": "refused", "error": "reload_refused", "message": why }),
+                ),
+            },
             (&Method::GET, ["login", name]) => match credentials.get(&named(name)) {
                 None => unknown(&credentials, &named(name)),
                 Some(c) => match self.login.start(c, account_param(req.uri().query()).as_deref()) {
@@ -222,7 +234,7 @@ impl Admin {
             }
             (
                 _,
-                ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback"]
+                ["" | "healthz" | "readyz" | "metrics" | "tokens" | "callback" | "reload"]
                 | ["refresh" | "login", _]
                 | ["refresh", _, _]
                 | ["accounts", _, _, "remove"],
@@ -232,7 +244,7 @@ impl Admin {
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({ "error": "not_found", "message": format!("{path}: try / (the status page), /healthz, /readyz, /metrics, /tokens, POST /refresh/{{credential}}, /login/{{credential}}") }),
+                &serde_json::json!({ "error": "not_found", "message": format!("{path}: try / (the status page), /healthz, /readyz, /metrics, /tokens, POST /refresh/{{credential}}, /login/{{credential}}, POST /reload") }),
             ),
         }
     }

@@ -276,21 +276,21 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
 
 fn run(a: &RunArgs) -> ExitCode {
     with_config(&a.config, |mut config| {
-        if let Some(l) = a.listen.listen {
-            config.proxy.listen = l;
-        }
-        if let Some(l) = a.listen.admin_listen {
-            config.proxy.admin_listen = l;
-        }
-        let reload = Reload { path: a.config.config.clone(), overrides: a.listen.clone() };
+        // Where reloads read the file again, with the same flags over it.
+        let source = crate::app::Source {
+            path: a.config.config.clone(),
+            listen: a.listen.listen,
+            admin_listen: a.listen.admin_listen,
+        };
+        source.override_listen(&mut config);
         // The data path runs on its own threads (`workers`); this runtime only renews
         // tokens and answers the admin listener.
         block_on(Some(1), async move {
             for w in &config.warnings {
                 tracing::warn!("{w}");
             }
-            let running = crate::app::start(config).await?;
-            wait_for_stop(running.shutdown_token(), Some((&running.core, &reload))).await;
+            let running = crate::app::start_from(config, Some(source)).await?;
+            wait_for_stop(running.shutdown_token(), Some(&running.core)).await;
             tracing::info!("stopping: draining in-flight requests");
             running.wait().await;
             tracing::info!("stopped");
@@ -321,44 +321,9 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Where a SIGHUP reload reads the config from, and the flags that override it.
-struct Reload {
-    path: PathBuf,
-    overrides: ListenArgs,
-}
-
-impl Reload {
-    /// Re-reads and validates the config, then applies it; any failure keeps the
-    /// running configuration and is logged.
-    async fn run(&self, core: &crate::app::Core) {
-        let mut config = match Config::load(&self.path) {
-            Ok(c) => c,
-            Err(e) => {
-                core.reload_rejected();
-                tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one");
-                return;
-            }
-        };
-        if let Some(l) = self.overrides.listen {
-            config.proxy.listen = l;
-        }
-        if let Some(l) = self.overrides.admin_listen {
-            config.proxy.admin_listen = l;
-        }
-        // A rotated secret file may have come with looser permissions than the old one.
-        for w in &config.warnings {
-            tracing::warn!("{w}");
-        }
-        match core.reload(config).await {
-            Ok(()) => tracing::info!(config = %self.path.display(), "SIGHUP: configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused"),
-        }
-    }
-}
-
 /// Returns when SIGTERM or SIGINT arrives (cancelling `shutdown`), or when `shutdown`
-/// is cancelled some other way; SIGHUP reloads when `reload` is given.
-async fn wait_for_stop(shutdown: CancellationToken, reload: Option<(&Arc<crate::app::Core>, &Reload)>) {
+/// is cancelled some other way; SIGHUP reloads `core`'s configuration file when given.
+async fn wait_for_stop(shutdown: CancellationToken, reload: Option<&Arc<crate::app::Core>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -374,7 +339,10 @@ async fn wait_for_stop(shutdown: CancellationToken, reload: Option<(&Arc<crate::
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => match reload {
-                    Some((core, r)) => r.run(core).await,
+                    Some(core) => {
+                        // Logged and counted by the reload itself.
+                        let _outcome = core.reload_from_source(crate::app::ReloadTrigger::Signal).await;
+                    }
                     None => tracing::info!("SIGHUP ignored: nothing to reload"),
                 },
                 _ = shutdown.cancelled() => return,

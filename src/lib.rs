@@ -4,7 +4,9 @@
 //!
 //! * [`cli`] — the command line: `run`, `demo`, `check`, `login`, `token`.
 //! * [`config`] — TOML → validated [`config::Config`]; errors name file, line and key.
-//! * [`app`] — wiring: store, credentials, refreshers, listeners, orderly stop.
+//! * [`app`] — wiring: store, credentials, refreshers, listeners, reloads, orderly stop.
+//! * [`watch`] — the config file and the files it names, watched: a change reloads
+//!   without a signal (Kubernetes' `..data` swaps and editors' renames included).
 //! * [`proxy`] — the data path: route, inject, forward, retry once on a rejected token.
 //! * [`upstream`] — upstream connections: per client connection, idle lists, HTTP/2,
 //!   through an outbound proxy's `CONNECT` tunnel when one applies.
@@ -50,6 +52,7 @@ pub mod secret;
 pub mod server;
 pub mod token;
 mod upstream;
+mod watch;
 
 /// Header a client sends its inbound key in; never forwarded upstream. A `HeaderName`
 /// (not a `&str`) so a lookup does not parse the name again for every request.

@@ -33,7 +33,8 @@ pub struct Metrics {
     pub rate_limit_queue: prometheus::IntGaugeVec,
     /// Time requests spent in a route's rate-limit queue.
     pub rate_limit_wait: HistogramVec,
-    /// Config reloads (SIGHUP), by outcome.
+    /// Config reloads, by what set them off (`signal`, `file`, `admin`) and outcome
+    /// (`applied`, `refused`).
     pub reloads: IntCounterVec,
     /// Shared-store (Redis) operations that failed, by op: replicas keep serving through
     /// them, so this is where an outage shows.
@@ -113,8 +114,11 @@ impl Metrics {
             &["route"],
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("goto_auth_proxy_config_reloads_total", "Configuration reloads, by outcome (applied, rejected)."),
-            &["outcome"],
+            Opts::new(
+                "goto_auth_proxy_config_reloads_total",
+                "Configuration reloads, by trigger (signal, file, admin) and outcome (applied, refused).",
+            ),
+            &["trigger", "outcome"],
         )?;
         registry.register(Box::new(rate_limit_queue.clone()))?;
         registry.register(Box::new(rate_limit_wait.clone()))?;

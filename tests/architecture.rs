@@ -24,6 +24,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     ("route", &[], "pure routing decisions: a leaf"),
     ("limit", &[], "rate limit and in-flight cap: pure, a leaf"),
     ("server", &[], "the accept loop, generic over per-connection state: a leaf"),
+    ("watch", &[], "file watching and content fingerprints: a leaf; app acts on its wake-ups"),
     (
         "upstream",
         &["outbound"],
@@ -57,7 +58,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     // Wiring: only these put the parts together.
     (
         "app",
-        &["admin", "config", "inbound", "login", "metrics", "notify", "outbound", "proxy", "server", "token", "upstream"],
+        &["admin", "config", "inbound", "login", "metrics", "notify", "outbound", "proxy", "server", "token", "upstream", "watch"],
         "wiring",
     ),
     (

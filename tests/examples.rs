@@ -528,6 +528,11 @@ async fn kubernetes_manifests_parse_and_their_configs_and_probes_work() {
         ] {
             assert!(y.contains(needle), "{} lacks {needle:?}", f.display());
         }
+        // Rotation relies on the file watch: never turned off, and no `subPath` mount
+        // (the kubelet never updates one in a running pod).
+        for banned in ["watch_files = false", "subPath"] {
+            assert!(!y.contains(banned), "{} has {banned:?}: rotated secrets would not apply", f.display());
+        }
     }
     let redis = read(&dir.join("redis-replicas.yaml"));
     assert!(redis.contains("store = \"redis\"") && redis.contains("redis_url"), "redis-replicas.yaml");

@@ -2,7 +2,8 @@
 //! round of every fault (token endpoint down, 500s, 429s, upstream resets and slow
 //! answers, an upstream closing kept-alive connections as requests arrive, a network
 //! black-holing the upstream connections, a revocation of every token, a SIGHUP with a
-//! changed route, Redis restarted, `kill -9` of a replica), with the binary under test. It passes when the script's
+//! changed route, the client secret rotated in its file with no signal, Redis restarted,
+//! `kill -9` of a replica), with the binary under test. It passes when the script's
 //! verdict does (no failure the proxy could have avoided, no refresh token lost, flat
 //! memory and fds…), and when nothing it wrote holds a token or a secret.
 //!
@@ -32,8 +33,9 @@ const NAME: &str = "soak_sixty_seconds_of_every_fault";
 /// The run takes about 70 s; past this it has hung.
 const TIMEOUT: Duration = Duration::from_secs(240);
 /// What must never appear in what the soak wrote: the mock's access and refresh tokens
-/// (`mock-at-…`, `mock-rt-…`), the Direct Login password and the OAuth client secret.
-const SECRETS: &[&str] = &["mock-at-", "mock-rt-", "demo-password", "demo-client-secret"];
+/// (`mock-at-…`, `mock-rt-…`), the Direct Login password and the OAuth client secret, the
+/// first and each rotated one.
+const SECRETS: &[&str] = &["mock-at-", "mock-rt-", "demo-password", "demo-client-secret", "soak-client-secret-"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -125,8 +127,8 @@ fn run_soak() {
     audit(out.path());
 }
 
-/// Everything the soak wrote but the stores and the configs (which hold them by design)
-/// is free of tokens and secrets.
+/// Everything the soak wrote but the stores, the configs and the client secret's file
+/// (which hold them by design) is free of tokens and secrets.
 fn audit(dir: &Path) {
     let mut files = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
@@ -135,8 +137,9 @@ fn audit(dir: &Path) {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if p.is_dir() {
-                // redis/ holds Redis' dump, c/ the file store: the stores themselves.
-                if name != "redis" && name != "c" {
+                // redis/ holds Redis' dump, c/ the file store: the stores themselves;
+                // secrets/ the client secret file the replicas read.
+                if name != "redis" && name != "c" && name != "secrets" {
                     todo.push(p);
                 }
             } else if !name.ends_with(".toml") {

@@ -145,6 +145,7 @@ impl fmt::Display for Config {
             write_route(f, r)?;
         }
         writeln!(f, "access_log: {}", if p.access_log { "on" } else { "off" })?;
+        writeln!(f, "watch_files: {}", if p.watch_files { "on" } else { "off" })?;
         for n in &self.notify {
             let events: Vec<&str> = n.events.iter().map(|e| e.as_str()).collect();
             let to = match &n.target {

@@ -54,6 +54,9 @@ pub(super) struct Locator<'a> {
     pub(super) warnings: RefCell<Vec<String>>,
     /// Secrets that could not be read, reported together at the end of validation.
     pub(super) missing: RefCell<Vec<ConfigError>>,
+    /// Every file validation read (secret and PEM files): it becomes
+    /// [`super::Config::files`], what a running proxy watches.
+    pub(super) files: RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl Locator<'_> {
@@ -79,6 +82,14 @@ impl Locator<'_> {
         let e = self.err(span, key, message);
         self.missing.borrow_mut().push(e);
         crate::secret::Secret::new("http://unreadable-secret.invalid/")
+    }
+
+    /// Notes a file validation read, for [`super::Config::files`].
+    pub(super) fn read_file(&self, path: &std::path::Path) {
+        let mut files = self.files.borrow_mut();
+        if !files.iter().any(|f| f == path) {
+            files.push(path.to_path_buf());
+        }
     }
 
     /// Notes a warning at the line `span` starts on, in the form errors print.

@@ -106,6 +106,7 @@ const SECTION_KEYS: &[&str] = &[
     "rate_limit",
     "retry_429",
     "access_log",
+    "watch_files",
     "outbound_proxy",
     "system_roots",
     "client_key",
@@ -164,9 +165,39 @@ pub struct Config {
     /// read (container runtimes often mount secrets 0644): `check` prints these and `run`
     /// logs them at start. Each names the file, the line and the key, never a value.
     pub warnings: Vec<String>,
+    /// Every file the configuration read besides itself — `{ file = … }` secrets,
+    /// `tls.ca_file`, `tls.client_cert` — in file order: what a running proxy watches
+    /// for changes (`proxy.watch_files`). Not `inbound.tls_cert`/`tls_key`: the data
+    /// listener's TLS needs a restart.
+    pub files: Vec<PathBuf>,
 }
 
 impl Config {
+    /// What differs from `self` in `new`, as an operator reads it: `[proxy]`,
+    /// `[inbound]`, `[tls]`, `[state]`, `credentials.NAME` (added, removed or changed),
+    /// `routes`, `[[notify]]`. Empty when `new` would change nothing. Names only, never
+    /// a value.
+    pub fn changes(&self, new: &Config) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut differs = |changed: bool, what: &str| {
+            if changed {
+                out.push(what.to_string());
+            }
+        };
+        differs(self.proxy != new.proxy, "[proxy]");
+        differs(self.inbound != new.inbound, "[inbound]");
+        differs(self.tls != new.tls, "[tls]");
+        differs(self.state != new.state || self.state_encryption_keys != new.state_encryption_keys, "[state]");
+        let names: std::collections::BTreeSet<&String> =
+            self.credentials.keys().chain(new.credentials.keys()).collect();
+        for name in names {
+            differs(self.credentials.get(name) != new.credentials.get(name), &format!("credentials.{name}"));
+        }
+        differs(self.routes != new.routes, "routes");
+        differs(self.notify != new.notify, "[[notify]]");
+        out
+    }
+
     /// The key ids of `state.encryption_keys` in order, the sealing key first
     /// ([`crate::secret::key_id`]): what `check` and a reload's comparison show, never
     /// the keys.
@@ -180,7 +211,7 @@ impl Config {
 }
 
 /// `[proxy]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxySettings {
     /// Data-path listener.
     pub listen: SocketAddr,
@@ -206,6 +237,9 @@ pub struct ProxySettings {
     pub outbound_proxy: Option<Secret>,
     /// One line per request on target `goto_auth_proxy::access` (default on).
     pub access_log: bool,
+    /// `proxy.watch_files`: a change to the config file or to a file it names is applied
+    /// like a `SIGHUP`, without one (default on).
+    pub watch_files: bool,
 }
 
 /// `[inbound]`: who may send requests, since any request becomes an authenticated one.
@@ -279,7 +313,7 @@ pub struct ClientCert {
 }
 
 /// `[state]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StateSettings {
     /// One JSON file, written atomically with mode 0600.
     File {
@@ -463,10 +497,45 @@ pub struct CredentialConfig {
     /// Token endpoint calls per second this credential may make (all its accounts
     /// together; with Redis, all replicas together).
     pub token_rate: f64,
+    /// The files `client_secret` and `password` came from (`{ file = … }`): read again
+    /// when the token endpoint refuses them ([`CredentialConfig::with_secret_files_reread`]).
+    pub secret_files: SecretFiles,
+}
+
+/// Where a credential's client secret and password were read from, when from files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretFiles {
+    /// `client_secret = { file = … }`.
+    pub client_secret: Option<PathBuf>,
+    /// `password = { file = … }` (Direct Login).
+    pub password: Option<PathBuf>,
+}
+
+impl CredentialConfig {
+    /// This credential with its client secret and password read again from their files,
+    /// when either file now holds another value: what a token call refused with
+    /// `invalid_client` (or a refused password) retries with, so a rotated secret is
+    /// used even when no reload brought it. `None` when nothing changed or a file cannot
+    /// be read (the refusal then stands).
+    pub fn with_secret_files_reread(&self) -> Option<CredentialConfig> {
+        let reread = |file: &Option<PathBuf>, current: &Option<Secret>| -> Option<Secret> {
+            let value = validate::read_secret_file(file.as_deref()?).ok()?;
+            (current.as_ref().map(Secret::expose) != Some(value.expose())).then_some(value)
+        };
+        let client_secret = reread(&self.secret_files.client_secret, &self.client_secret);
+        let password = reread(&self.secret_files.password, &self.password);
+        if client_secret.is_none() && password.is_none() {
+            return None;
+        }
+        let mut fresh = self.clone();
+        fresh.client_secret = client_secret.or(fresh.client_secret);
+        fresh.password = password.or(fresh.password);
+        Some(fresh)
+    }
 }
 
 /// One `[[routes]]` entry. `Debug` hides the upstream's user info (`display.rs`).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct RouteConfig {
     /// Path prefix matched against the normalised request path.
     pub prefix: String,
@@ -540,7 +609,13 @@ impl Config {
 
     /// Validates config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let loc = error::Locator { file, text, warnings: Default::default(), missing: Default::default() };
+        let loc = error::Locator {
+            file,
+            text,
+            warnings: Default::default(),
+            missing: Default::default(),
+            files: Default::default(),
+        };
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| error::toml_error(&loc, &e))?;
         validate::validate(&loc, raw)
     }
@@ -572,5 +647,40 @@ mod tests {
         let shown = c.to_string();
         assert!(!shown.contains("pw-literal-secret") && !shown.contains("cs-literal-secret"));
         assert!(!format!("{c:?}").contains("pw-literal-secret"));
+    }
+
+    #[test]
+    fn changes_name_what_differs_and_nothing_else() {
+        let old = Config::parse("t.toml", GOOD).unwrap();
+        assert!(old.changes(&Config::parse("t.toml", GOOD).unwrap()).is_empty());
+        let new = GOOD.replace("cs-literal-secret", "cs-rotated-secret").replace("max_request_body = \"1MiB\"", "");
+        let new = Config::parse("t.toml", &new).unwrap();
+        assert_eq!(old.changes(&new), vec!["[proxy]", "credentials.goto"]);
+        let shown = format!("{:?}", old.changes(&new));
+        assert!(!shown.contains("cs-"), "names only, never a value: {shown}");
+    }
+
+    #[test]
+    fn secret_files_are_read_again_only_when_they_hold_another_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, password) = (dir.path().join("cs"), dir.path().join("pw"));
+        std::fs::write(&secret, "cs-one\n").unwrap();
+        std::fs::write(&password, "pw-one\n").unwrap();
+        let text = GOOD
+            .replace("\"cs-literal-secret\"", &format!("{{ file = {:?} }}", secret.display().to_string()))
+            .replace("\"pw-literal-secret\"", &format!("{{ file = {:?} }}", password.display().to_string()));
+        let c = Config::parse("t.toml", &text).unwrap();
+        assert_eq!(c.files, vec![password.clone(), secret.clone()], "every file read, in file order");
+        let goto = &c.credentials["goto"];
+        assert_eq!(goto.secret_files.client_secret.as_deref(), Some(secret.as_path()));
+        assert!(goto.with_secret_files_reread().is_none(), "unchanged: nothing to retry with");
+        std::fs::write(&secret, "cs-two\n").unwrap();
+        let fresh = goto.with_secret_files_reread().unwrap();
+        assert_eq!(fresh.client_secret.as_ref().map(Secret::expose), Some("cs-two"));
+        std::fs::write(&secret, "\n").unwrap();
+        assert!(goto.with_secret_files_reread().is_none(), "an emptied file is no new secret");
+        std::fs::write(&password, "pw-two").unwrap();
+        let g2a = c.credentials["g2a"].with_secret_files_reread().unwrap();
+        assert_eq!(g2a.password.as_ref().map(Secret::expose), Some("pw-two"));
     }
 }

@@ -62,6 +62,10 @@ pub(super) struct RawProxy {
     pub(super) outbound_proxy: Option<Spanned<RawSecret>>,
     #[serde(default = "default_access_log")]
     pub(super) access_log: bool,
+    /// `proxy.watch_files`: apply changes to the config and the files it names without
+    /// a signal (default on).
+    #[serde(default = "default_watch_files")]
+    pub(super) watch_files: bool,
 }
 
 impl Default for RawProxy {
@@ -78,6 +82,7 @@ impl Default for RawProxy {
             max_concurrent_requests: default_max_concurrent_requests(),
             outbound_proxy: None,
             access_log: default_access_log(),
+            watch_files: default_watch_files(),
         }
     }
 }
@@ -107,6 +112,10 @@ fn default_max_concurrent_requests() -> usize {
     4096
 }
 fn default_access_log() -> bool {
+    true
+}
+
+fn default_watch_files() -> bool {
     true
 }
 

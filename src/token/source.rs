@@ -51,6 +51,14 @@ impl SourceError {
         matches!(self, SourceError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
     }
 
+    /// True when the endpoint refused what the configuration's secret files hold: the
+    /// client (`invalid_client`), or a Direct Login password. Before such a refusal
+    /// counts, the files are read again ([`TokenSource::obtain`]).
+    pub fn is_secret_refused(&self) -> bool {
+        matches!(self, SourceError::Refused { error, .. } if error == "invalid_client")
+            || matches!(self, SourceError::Refused { kind: "password", .. } if self.is_grant_refused())
+    }
+
     /// True when the endpoint said the grant itself is dead (`invalid_grant`: a revoked
     /// PAT, a wrong password) or the client is not accepted (`invalid_client`, or any
     /// 401): asking again with the same values cannot succeed.
@@ -449,6 +457,10 @@ impl Renewal {
 pub struct TokenSource {
     http: reqwest::Client,
     cfg: Arc<CredentialConfig>,
+    /// `cfg` with the client secret and password read again from their files after the
+    /// endpoint refused them: used instead of `cfg` until a reload brings a credential
+    /// built on the new values (which also drops this source).
+    reread: Arc<arc_swap::ArcSwapOption<CredentialConfig>>,
     /// Where keys are looked up, in order: the next is tried when one fails (shared by
     /// the clones an account credential's accounts hold).
     keys_urls: Arc<[String]>,
@@ -466,7 +478,32 @@ impl TokenSource {
         } else {
             Vec::new()
         };
-        TokenSource { http, cfg, keys_urls: keys_urls.into() }
+        TokenSource { http, cfg, reread: Arc::default(), keys_urls: keys_urls.into() }
+    }
+
+    /// What token calls send: the configuration, or its secrets read again.
+    fn current(&self) -> Arc<CredentialConfig> {
+        self.reread.load_full().unwrap_or_else(|| self.cfg.clone())
+    }
+
+    /// Makes `call` with the current secrets; when the endpoint refuses them
+    /// ([`SourceError::is_secret_refused`]) and their files now hold other values (a
+    /// rotation no reload has brought yet), once more at once with those.
+    async fn with_reread<F, Fut>(&self, call: F) -> Result<TokenResponse, SourceError>
+    where
+        F: Fn(Arc<CredentialConfig>) -> Fut,
+        Fut: std::future::Future<Output = Result<TokenResponse, SourceError>>,
+    {
+        let cfg = self.current();
+        match call(cfg.clone()).await {
+            Err(e) if e.is_secret_refused() => {
+                let Some(fresh) = cfg.with_secret_files_reread().map(Arc::new) else { return Err(e) };
+                tracing::info!(credential = %cfg.name, error = %e, "refused, and a secret file holds a new value: calling again with it");
+                self.reread.store(Some(fresh.clone()));
+                call(fresh).await
+            }
+            other => other,
+        }
     }
 
     /// The credential's configuration.
@@ -477,8 +514,18 @@ impl TokenSource {
     /// Obtains a new token with whatever this grant renews with.
     ///
     /// `refresh_token` is the newest one held (stored, or the config's seed).
+    /// A refusal of the client secret or password reads their files again first
+    /// ([`TokenSource::with_reread`]).
     pub(crate) async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
-        let cfg = &self.cfg;
+        self.with_reread(|cfg| async move { self.obtain_with(&cfg, refresh_token).await }).await
+    }
+
+    /// [`TokenSource::obtain`] with `cfg`'s secrets.
+    async fn obtain_with(
+        &self,
+        cfg: &CredentialConfig,
+        refresh_token: Option<&Secret>,
+    ) -> Result<TokenResponse, SourceError> {
         match cfg.grant {
             // Never asked: a static credential renews from its config ([`Renewal::Static`]).
             GrantKind::Static => Err(SourceError::Unreachable(format!(
@@ -486,7 +533,7 @@ impl TokenSource {
                 cfg.name
             ))),
             GrantKind::AuthorizationCode => match refresh_token {
-                Some(rt) => self.send(grant::refresh(cfg, rt)).await,
+                Some(rt) => self.send_with(cfg, grant::refresh(cfg, rt)).await,
                 None => Err(SourceError::NeedsLogin(format!(
                     "credential {:?} has never been signed in: run `goto-auth-proxy login --credential {}`",
                     cfg.name, cfg.name
@@ -494,17 +541,17 @@ impl TokenSource {
             },
             GrantKind::Password => {
                 if let Some(rt) = refresh_token {
-                    match self.send(grant::refresh(cfg, rt)).await {
+                    match self.send_with(cfg, grant::refresh(cfg, rt)).await {
                         Err(e) if e.is_grant_refused() => {
                             tracing::info!(credential = %cfg.name, error = %e, "refresh refused; logging in with the password again");
                         }
                         other => return other,
                     }
                 }
-                self.send(grant::password(cfg)).await
+                self.send_with(cfg, grant::password(cfg)).await
             }
-            GrantKind::PersonalAccessToken => self.send(grant::personal_access_token(cfg)).await,
-            GrantKind::ClientCredentials => self.send(grant::client_credentials(cfg)).await,
+            GrantKind::PersonalAccessToken => self.send_with(cfg, grant::personal_access_token(cfg)).await,
+            GrantKind::ClientCredentials => self.send_with(cfg, grant::client_credentials(cfg)).await,
         }
     }
 
@@ -515,11 +562,18 @@ impl TokenSource {
         redirect_uri: &str,
         verifier: Option<&str>,
     ) -> Result<TokenResponse, SourceError> {
-        self.send(grant::authorization_code(&self.cfg, code, redirect_uri, verifier)).await
+        self.with_reread(|cfg| async move {
+            self.send_with(&cfg, grant::authorization_code(&cfg, code, redirect_uri, verifier)).await
+        })
+        .await
     }
 
-    /// Sends one token request and parses the answer.
-    pub(crate) async fn send(&self, req: TokenRequest) -> Result<TokenResponse, SourceError> {
+    /// Sends one token request built from `cfg` and parses the answer.
+    pub(crate) async fn send_with(
+        &self,
+        cfg: &CredentialConfig,
+        req: TokenRequest,
+    ) -> Result<TokenResponse, SourceError> {
         let mut b = self.http.post(&req.url).form(&req.form).header(http::header::ACCEPT, "application/json");
         if let Some(authorization) = &req.authorization {
             let mut value = http::HeaderValue::try_from(authorization.expose())
@@ -545,7 +599,7 @@ impl TokenSource {
         let body = read_capped(res).await?;
         // Words from outside go into logs, pages and notifications: with any secret this
         // request sent blanked out (an endpoint may quote it back), escaped and bounded.
-        let secrets = req.secrets(&self.cfg);
+        let secrets = req.secrets(cfg);
         let outside = |text: &str, max| crate::error::printable(&blank_out(text, &secrets), max);
         if !(200..300).contains(&status) {
             let parsed: Option<OAuthError> = serde_json::from_slice(&body).ok();

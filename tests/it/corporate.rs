@@ -398,7 +398,10 @@ async fn a_reload_rebuilds_the_outbound_tls_configuration() {
     let url = format!("http://{}/r/x", p.proxy_addr);
     assert_eq!(http.get(&url).send().await.unwrap().status(), 502);
     let text = config_text(dir.path(), "", &format!("{}\n{route}", pki.tls_toml(false)));
-    p.core.reload(Config::parse("reload.toml", &text).unwrap()).await.unwrap();
+    p.core
+        .reload(Config::parse("reload.toml", &text).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
+        .await
+        .unwrap();
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
     p.stop().await;
     stop.cancel();
@@ -764,7 +767,7 @@ async fn a_reload_with_a_new_ca_and_client_certificate_reconnects_rediss() {
     }
     redis.restart().await;
     p.core
-        .reload(Config::parse("reload.toml", &config(&new)).unwrap())
+        .reload(Config::parse("reload.toml", &config(&new)).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
         .await
         .expect("a [tls] change under rediss:// is applied");
     let refreshed = http.post(format!("http://{}/refresh/g2a", p.admin_addr)).send().await.unwrap();

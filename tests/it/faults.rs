@@ -252,7 +252,14 @@ async fn a_reload_changes_the_connect_timeout_of_new_upstream_connections() {
     assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
 
     let text = config_text(s.dir.path(), "connect_timeout = \"2s\"", &routes(&s.mock));
-    s.proxy.core.reload(goto_auth_proxy::config::Config::parse("reload.toml", &text).unwrap()).await.unwrap();
+    s.proxy
+        .core
+        .reload(
+            goto_auth_proxy::config::Config::parse("reload.toml", &text).unwrap(),
+            goto_auth_proxy::app::ReloadTrigger::Signal,
+        )
+        .await
+        .unwrap();
     let started = Instant::now();
     let msg = expect_error(s.get("/silent/x").await, 502, "upstream_unreachable").await;
     assert!(msg.contains("timed out after 2s"), "the reloaded timeout applies: {msg}");

@@ -41,3 +41,4 @@ mod status_page;
 mod support;
 mod tokens;
 mod upstream_conn;
+mod watch;

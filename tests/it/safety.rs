@@ -307,7 +307,9 @@ async fn sighup_reloads_routes_keeps_tokens_and_rejects_bad_configs() {
     let mock = MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let base = format!("{}\n{}", password_cred("g2a", &mock), route("/G2A/", &mock, Some("g2a")));
-    let path = write_config(dir.path(), "proxy.toml", &config_text(dir.path(), "", &base));
+    // The signal alone: no file watch racing it to each change.
+    let no_watch = "watch_files = false\n";
+    let path = write_config(dir.path(), "proxy.toml", &config_text(dir.path(), no_watch, &base));
     let p = Proc::spawn(&path);
     let http = client();
     wait_ready(&http, &p.admin("/readyz"), Duration::from_secs(10)).await;
@@ -321,7 +323,7 @@ async fn sighup_reloads_routes_keeps_tokens_and_rejects_bad_configs() {
         async move { http.get(url).send().await.unwrap().status().as_u16() }
     });
     let added = format!("{base}\n{}", route("/G2W/", &mock, Some("g2a")));
-    std::fs::write(&path, config_text(dir.path(), "", &added)).unwrap();
+    std::fs::write(&path, config_text(dir.path(), no_watch, &added)).unwrap();
     p.signal(1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while http.get(p.url("/G2W/x")).send().await.unwrap().status() != 200 {
@@ -337,8 +339,8 @@ async fn sighup_reloads_routes_keeps_tokens_and_rejects_bad_configs() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = http.get(p.admin("/metrics")).send().await.unwrap().text().await.unwrap();
-        if metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"rejected\"}") == 1.0 {
-            assert_eq!(metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"applied\"}"), 1.0);
+        if reloads(&m, "signal", "refused") == 1.0 {
+            assert_eq!(reloads(&m, "signal", "applied"), 1.0);
             break;
         }
         assert!(Instant::now() < deadline, "rejection never counted");
@@ -363,7 +365,8 @@ async fn a_keep_alive_client_across_reloads_holds_no_upstream_connection_per_rel
             route("/G2A/", &mock, Some("g2a")),
             mock.url()
         );
-        config_text(dir.path(), "", &format!("{}\n{routes}", password_cred("g2a", &mock)))
+        // The signal alone: no file watch racing it to each change.
+        config_text(dir.path(), "watch_files = false\n", &format!("{}\n{routes}", password_cred("g2a", &mock)))
     };
     let path = write_config(dir.path(), "proxy.toml", &config(0));
     let p = Proc::spawn(&path);
@@ -380,7 +383,7 @@ async fn a_keep_alive_client_across_reloads_holds_no_upstream_connection_per_rel
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let m = admin.get(p.admin("/metrics")).send().await.unwrap().text().await.unwrap();
-            if metric(&m, "goto_auth_proxy_config_reloads_total{outcome=\"applied\"}") == f64::from(generation) {
+            if reloads(&m, "signal", "applied") == f64::from(generation) {
                 break;
             }
             assert!(Instant::now() < deadline, "reload {generation} never applied");
@@ -519,6 +522,8 @@ async fn secrets_never_leak() {
             seen.push_str(&get(p.admin(admin)).await.unwrap().text().await.unwrap());
         }
         seen.push_str(&text(http.post(p.admin("/refresh/goto")).header("x-goto-auth-proxy-key", key)).await);
+        // A reload on demand: its answer and its log line.
+        seen.push_str(&text(http.post(p.admin("/reload")).header("x-goto-auth-proxy-key", key)).await);
         p.signal(15);
         let mut p = p;
         tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
@@ -537,6 +542,7 @@ async fn secrets_never_leak() {
     assert!(seen.contains("client certificate: ") && seen.contains("(key [redacted])"), "check showed [tls]");
     assert!(seen.contains("goto_auth_proxy::access"), "the access log was audited");
     assert!(seen.contains("Refresh now"), "the status page was audited");
+    assert!(seen.contains(r#""outcome":"applied""#), "POST /reload's answer was audited");
     assert!(seen.contains(r#"<tr data-account="alice">"#), "the status page's accounts were audited");
     for secret in ["SECRET-", "mock-at-", "mock-rt-", &seeds[0], &seeds[1], &state_key, &key_line] {
         assert!(

@@ -264,6 +264,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `goto_auth_proxy_config_reloads_total` for one trigger (`signal`, `file`, `admin`)
+/// and outcome (`applied`, `refused`), whatever order the labels are printed in.
+pub fn reloads(text: &str, trigger: &str, outcome: &str) -> f64 {
+    let (t, o) = (format!("trigger=\"{trigger}\""), format!("outcome=\"{outcome}\""));
+    text.lines()
+        .filter(|l| l.starts_with("goto_auth_proxy_config_reloads_total{") && l.contains(&t) && l.contains(&o))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 // ===== a real redis-server =====
 
 /// A `redis-server` of its own on a free loopback port, no persistence; killed on drop.

@@ -340,7 +340,14 @@ async fn a_refused_client_secret_waits_for_a_person_and_a_reload_ends_it() {
     assert_eq!(s.mock.stats().token_calls, calls, "token calls while waiting for a person");
 
     let right = config(&s.mock, s.dir.path(), &s.mock.options().client_secret);
-    s.proxy.core.reload(goto_auth_proxy::config::Config::parse("reload.toml", &right).unwrap()).await.unwrap();
+    s.proxy
+        .core
+        .reload(
+            goto_auth_proxy::config::Config::parse("reload.toml", &right).unwrap(),
+            goto_auth_proxy::app::ReloadTrigger::Signal,
+        )
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while s.get("/admin/rest/v1/me").await.status() != 200 {
         assert!(tokio::time::Instant::now() < deadline, "never served after the reload: {}", tokens_of(&s).await);

@@ -16,8 +16,8 @@ use super::names::quoted;
 use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
     ClientAuth, Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings,
-    RouteConfig, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL,
-    GOTO_TOKEN_URL,
+    RouteConfig, SecretFiles, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL,
+    GOTO_KEYS_URL, GOTO_TOKEN_URL,
 };
 use crate::secret::Secret;
 
@@ -71,6 +71,7 @@ fn validate_all(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError
 
     Ok(Config {
         warnings: loc.warnings.take(),
+        files: loc.files.take(),
         source: loc.file.to_string(),
         proxy,
         state,
@@ -98,6 +99,7 @@ fn validate_proxy(loc: &Locator<'_>, raw: RawProxy) -> Result<ProxySettings, Con
         max_concurrent_requests: raw.max_concurrent_requests,
         outbound_proxy: outbound::validate_outbound_proxy(loc, raw.outbound_proxy.as_ref())?,
         access_log: raw.access_log,
+        watch_files: raw.watch_files,
     };
     if proxy.workers == Some(0) {
         return Err(loc.err_key("proxy.workers", &(0..0), "must be at least 1"));
@@ -331,7 +333,16 @@ fn validate_credential(
         accounts,
         default_account: raw.default_account.as_ref().map(|s| s.get_ref().clone()),
         token_rate: token_rate(loc, &raw.token_rate, &key("token_rate"))?,
+        secret_files: SecretFiles { client_secret: file_of(&raw.client_secret), password: file_of(&raw.password) },
     })
+}
+
+/// The file a `{ file = … }` secret names.
+fn file_of(s: &Option<Spanned<RawSecret>>) -> Option<PathBuf> {
+    match s.as_ref().map(Spanned::get_ref) {
+        Some(RawSecret::File { file }) => Some(file.clone()),
+        _ => None,
+    }
 }
 
 /// The default `token_rate`: token endpoint calls per second per credential.
@@ -483,19 +494,47 @@ fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Resul
                 return Ok(loc.missing(&s.span(), key, format!("environment variable {env} {why}")));
             }
         },
-        RawSecret::File { file } => match std::fs::read_to_string(file) {
-            Ok(text) => {
-                warn_if_others_read(loc, &s.span(), key, file);
-                let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-                (value.to_string(), format!(" (secret file {})", file.display()))
-            }
-            Err(e) => {
-                return Ok(loc.missing(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))
-            }
-        },
+        RawSecret::File { file } => {
+            loc.read_file(file);
+            return match read_secret_file(file) {
+                Ok(text) => {
+                    warn_if_others_read(loc, &s.span(), key, file);
+                    Ok(text)
+                }
+                Err(SecretFileError::Read(e)) => {
+                    Ok(loc.missing(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))
+                }
+                Err(SecretFileError::Empty) => {
+                    Err(loc.err(&s.span(), key, format!("is empty (secret file {})", file.display())))
+                }
+            };
+        }
     };
     if value.is_empty() {
         return Err(loc.err(&s.span(), key, format!("is empty{source}")));
+    }
+    Ok(Secret::new(value))
+}
+
+/// Why a secret file gave no secret.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SecretFileError {
+    /// It could not be read (or is not UTF-8).
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// It holds nothing but a line break.
+    #[error("is empty")]
+    Empty,
+}
+
+/// A secret file's text without its final line break (`\n` or `\r\n`); never empty.
+/// The one reading of a `{ file = … }` secret, at load and when a refused token call
+/// reads it again.
+pub(crate) fn read_secret_file(file: &std::path::Path) -> Result<Secret, SecretFileError> {
+    let text = std::fs::read_to_string(file)?;
+    let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    if value.is_empty() {
+        return Err(SecretFileError::Empty);
     }
     Ok(Secret::new(value))
 }

@@ -25,6 +25,7 @@ pub(super) fn validate_tls(loc: &Locator<'_>, raw: RawTls) -> Result<OutboundTls
         let PathList(paths) = list.get_ref();
         for (i, path) in paths.iter().enumerate() {
             let key = if paths.len() == 1 { "tls.ca_file".to_string() } else { format!("tls.ca_file[{i}]") };
+            loc.read_file(path);
             let certs = read_certs(path).map_err(|why| loc.err(&span, &key, format!("{}: {why}", path.display())))?;
             let mut roots = rustls::RootCertStore::empty();
             for (n, cert) in certs.iter().enumerate() {
@@ -56,6 +57,7 @@ fn client_cert(
     key: &Spanned<RawSecret>,
 ) -> Result<ClientCert, ConfigError> {
     let path = cert.get_ref();
+    loc.read_file(path);
     let chain = read_certs(path)
         .map_err(|why| loc.err(&cert.span(), "tls.client_cert", format!("{}: {why}", path.display())))?;
     let secret = resolve_secret(loc, key, "tls.client_key")?;

@@ -12,6 +12,8 @@
 //!   live newest refresh token, K have that newest token in the array. `N - K` refresh
 //!   tokens were lost (no store holds what the next renewal needs). Tokens are never
 //!   echoed.
+//! * `POST /_mock/client_secret` — body: the OAuth client secret accepted from now on
+//!   ([`MockGoto::set_client_secret`]), as a rotation in GoTo's developer center.
 //! * `GET /_mock/token_calls` — `{"calls":[{"at_ms","endpoint","query"}],
 //!   "password_logins_ms":[…]}`, unix milliseconds: each token call with the query of the
 //!   URL it was sent to (the soak tags each replica's `token_url` with one), and each
@@ -19,6 +21,7 @@
 //!
 //! [`MockGoto`]: super::MockGoto
 //! [`MockGoto::mint_refresh_token`]: super::MockGoto::mint_refresh_token
+//! [`MockGoto::set_client_secret`]: super::MockGoto::set_client_secret
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,6 +71,13 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Result<Resp
         }
         (&Method::POST, "/_mock/refresh_tokens/check") => check_refresh_tokens(state, req).await,
         (&Method::GET, "/_mock/token_calls") => token_calls(state),
+        (&Method::POST, "/_mock/client_secret") => match req.into_body().collect().await.map(|b| b.to_bytes()) {
+            Ok(bytes) if !bytes.is_empty() => {
+                lock(&state.opts).client_secret = String::from_utf8_lossy(&bytes).trim().to_string();
+                json(StatusCode::OK, "{}".to_string())
+            }
+            _ => json(StatusCode::BAD_REQUEST, r#"{"error":"a body with the new client secret"}"#.to_string()),
+        },
         _ => return Err(req),
     };
     Ok(res)

@@ -400,6 +400,17 @@ impl MockGoto {
         lock(&self.state.opts).token_lifetime = d;
     }
 
+    /// Changes the OAuth client secret it accepts from now on, as rotating it in GoTo's
+    /// developer center does: calls with the old one get `401 invalid_client`.
+    pub fn set_client_secret(&self, secret: &str) {
+        lock(&self.state.opts).client_secret = secret.to_string();
+    }
+
+    /// Changes the Direct Login password it accepts from now on.
+    pub fn set_password(&self, password: &str) {
+        lock(&self.state.opts).password = password.to_string();
+    }
+
     /// Makes token endpoints fail (or stop failing, with `None`).
     pub fn set_fault(&self, fault: Option<TokenFault>) {
         self.state.fault.send_replace(fault);
