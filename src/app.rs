@@ -338,9 +338,8 @@ impl Core {
     }
 
     /// The replicas' shared rate budget, when the state lives in Redis.
-    fn shared_budget(&self) -> Option<Arc<dyn crate::limit::SharedBudget>> {
-        let budget = self.redis.as_ref()?.budget.clone()?;
-        Some(budget)
+    fn shared_budget(&self) -> Option<Arc<RedisBudget>> {
+        self.redis.as_ref()?.budget.clone()
     }
 
     /// The account credentials' account sets, by name.

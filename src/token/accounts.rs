@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handle::{Inbox, TokenHandle};
+use super::redis_budget::RedisBudget;
 use super::refresher::{AccountParts, Calendar, TokenGate};
 use super::source::{TokenResponse, TokenSource};
 use super::store::TokenStore;
@@ -208,12 +209,12 @@ impl AccountSet {
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
         observer: Arc<dyn Observer>,
-        budget: Option<Arc<dyn SharedBudget>>,
+        budget: Option<Arc<RedisBudget>>,
         stop: CancellationToken,
     ) -> AccountSet {
         let (tx, rx) = mpsc::unbounded_channel();
         let parts = AccountParts {
-            gate: Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, budget)),
+            gate: Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, budget.map(|b| b as Arc<dyn SharedBudget>))),
             calendar: Arc::new(Calendar::new(cfg.token_rate)),
             inbox: Arc::new(Inbox::new()),
             outcomes: tx,
