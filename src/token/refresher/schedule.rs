@@ -56,6 +56,12 @@ pub(crate) struct TokenGate {
     /// The shared budget and this credential's key in it.
     shared: Option<(std::sync::Arc<dyn crate::limit::SharedBudget>, String)>,
     interval: Duration,
+    /// The hard bound behind the spacing: when this process's last `cap` calls left,
+    /// none more within `span`. Spacing alone is a schedule, and timers that fire late
+    /// (a starved CPU) let a backlog out at once; this counts the calls as they leave.
+    window: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
+    cap: usize,
+    span: Duration,
 }
 
 impl TokenGate {
@@ -66,16 +72,30 @@ impl TokenGate {
         rate: f64,
         budget: Option<std::sync::Arc<dyn crate::limit::SharedBudget>>,
     ) -> TokenGate {
+        // `cap` calls per `span`: a whole second at rates of one or more (5 % longer, for
+        // the jitter between leaving here and arriving there), longer below one.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let cap = (rate.floor() as usize).max(1);
+        let span = Duration::from_secs_f64(1.05 / rate.clamp(1e-3, 1.0));
         TokenGate {
             local: crate::limit::RateLimiter::new(gated(rate)),
             // Route keys start with `/`: a credential's cannot meet one.
             shared: budget.map(|b| (b, format!("token_rate:{credential}"))),
             interval: Duration::from_secs_f64(1.0 / gated(rate)),
+            window: std::sync::Mutex::default(),
+            cap,
+            span,
         }
     }
 
     /// Waits for this call's turn.
     pub(crate) async fn turn(&self) {
+        self.spaced().await;
+        self.within_window().await;
+    }
+
+    /// Waits for this call's place in the spacing: the replicas' shared one, else ours.
+    async fn spaced(&self) {
         if let Some((budget, key)) = &self.shared {
             match budget.reserve(key, self.interval, SHARED_TURN_WAIT).await {
                 Ok(Ok(wait)) => return tokio::time::sleep(wait).await,
@@ -92,6 +112,28 @@ impl TokenGate {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+
+    /// Waits until fewer than `cap` calls left within the last `span`, and counts this
+    /// one as leaving now.
+    async fn within_window(&self) {
+        loop {
+            let wait = {
+                let Ok(mut left) = self.window.lock() else { return };
+                let now = tokio::time::Instant::now();
+                while left.front().is_some_and(|t| now.duration_since(*t) >= self.span) {
+                    left.pop_front();
+                }
+                match left.front() {
+                    Some(oldest) if left.len() >= self.cap => self.span.saturating_sub(now.duration_since(*oldest)),
+                    _ => {
+                        left.push_back(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -154,6 +196,35 @@ pub(crate) fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Opt
 
 #[cfg(test)]
 mod tests {
+    /// However late the spacing's timers fire, no second holds more than `token_rate`
+    /// calls: 40 callers whose slots all came due at once (a stalled runtime) leave ten a
+    /// second.
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_never_lets_more_than_token_rate_leave_in_a_second() {
+        let gate = std::sync::Arc::new(super::TokenGate::new("c", 10.0, None));
+        let mut calls = Vec::new();
+        for _ in 0..40 {
+            let g = gate.clone();
+            calls.push(tokio::spawn(async move {
+                g.within_window().await;
+                tokio::time::Instant::now()
+            }));
+        }
+        let mut at = Vec::new();
+        for c in calls {
+            at.push(c.await.unwrap());
+        }
+        at.sort();
+        for (i, t) in at.iter().enumerate() {
+            let in_second = at[i..].iter().take_while(|u| u.duration_since(*t) < super::Duration::from_secs(1)).count();
+            assert!(in_second <= 10, "{in_second} calls within one second at token_rate 10");
+        }
+        assert!(
+            at[39].duration_since(at[0]) < super::Duration::from_secs(5),
+            "the gate held calls far longer than needed"
+        );
+    }
+
     use super::*;
 
     #[test]
