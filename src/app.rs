@@ -35,8 +35,8 @@ pub const DRAIN_TIMEOUT: Duration = crate::server::DRAIN_TIMEOUT;
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// A listener could not be bound (the OS error follows as its source, once).
+    #[error("cannot listen on {addr} ({what}){}", bind_hint(what, source))]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -686,6 +686,16 @@ async fn bind(addr: SocketAddr, what: &'static str, config: &Config) -> Result<T
         return Err(StartError::NotLoopback { addr, what });
     }
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// What to do about a listener that cannot be bound: for an address in use, the flag or
+/// key that picks another.
+fn bind_hint(what: &str, source: &std::io::Error) -> String {
+    if source.kind() != std::io::ErrorKind::AddrInUse {
+        return String::new();
+    }
+    let flag = what.replace('_', "-");
+    format!(": the address is in use (another proxy running?); choose another with --{flag} ADDR or proxy.{what}")
 }
 
 /// Data-path threads: `proxy.workers`, or one per core.

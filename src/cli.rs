@@ -170,6 +170,12 @@ pub fn main() -> ExitCode {
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
     Config::load(&arg.config).map_err(|e| {
         eprintln!("error: {e}");
+        let default = arg.config == std::path::Path::new(DEFAULT_CONFIG_PATH);
+        if default && matches!(&e, crate::config::ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound) {
+            eprintln!(
+                "hint: {DEFAULT_CONFIG_PATH} is the default config file, relative to the current directory; name yours with --config FILE (or GOTO_AUTH_PROXY_CONFIG), see --help, or try `goto-auth-proxy demo`, which needs none"
+            );
+        }
         ExitCode::from(EXIT_CONFIG)
     })
 }

@@ -33,7 +33,7 @@ pub enum DemoError {
     #[error("demo config: {0}")]
     Config(#[from] ConfigError),
     /// The proxy could not start (a busy port, usually).
-    #[error("{0}")]
+    #[error(transparent)]
     Start(#[from] StartError),
     /// `GOTO_AUTH_PROXY_DEMO_TOKEN_LIFETIME` is not a duration.
     #[error("{TOKEN_LIFETIME_ENV}={0:?} is not a duration such as \"2s\" or \"2m\"")]

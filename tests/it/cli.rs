@@ -129,6 +129,41 @@ fn config_path_comes_from_the_environment() {
 }
 
 #[test]
+fn a_missing_default_config_says_it_is_the_default_and_how_to_name_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).current_dir(dir.path()).env_remove("GOTO_AUTH_PROXY_CONFIG").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("cannot read config file config/goto-auth-proxy.toml"), "{stderr}");
+    assert!(stderr.contains("is the default config file") && stderr.contains("--config FILE"), "{stderr}");
+    // A path the user named gets no such hint: they know where it is.
+    let out = Command::new(BIN).args(["check", "--config", "elsewhere.toml"]).current_dir(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("elsewhere.toml") && !stderr.contains("default config file"), "{stderr}");
+}
+
+#[test]
+fn a_busy_port_is_one_line_naming_the_address_and_the_flag_to_change() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "busy.toml", "");
+    for (args, flag) in [
+        (vec!["run", "--config", path.to_str().unwrap(), "--listen", &addr], "--listen ADDR or proxy.listen"),
+        (vec!["run", "--config", path.to_str().unwrap(), "--admin-listen", &addr], "--admin-listen ADDR"),
+        (vec!["demo", "--listen", &addr], "--listen ADDR"),
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(errors[0].contains(&addr) && errors[0].contains(flag), "{args:?}: {stderr}");
+        assert_eq!(errors[0].matches("in use").count(), 2, "{args:?}: the OS error once, the hint once: {stderr}");
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+    }
+}
+
+#[test]
 fn help_on_every_command() {
     for cmd in [
         vec!["--help"],
