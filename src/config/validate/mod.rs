@@ -48,8 +48,10 @@ fn validate_all(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError
     let tls = outbound::validate_tls(loc, raw.tls)?;
 
     let mut credentials = BTreeMap::new();
+    let mut spans = Vec::new();
     for (name, spanned) in raw.credentials {
         let span = spanned.span();
+        spans.push((name.clone(), span.clone()));
         if !super::is_valid_name(&name) {
             let why = format!("{} is not a credential name: {}", quoted(&name), super::NAME_RULE);
             return Err(loc.err(&span, "credentials", why));
@@ -62,6 +64,15 @@ fn validate_all(loc: &Locator<'_>, raw: RawConfig) -> Result<Config, ConfigError
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (i, spanned) in raw.routes.into_iter().enumerate() {
         routes.push(validate_route(loc, i, spanned.into_inner(), &credentials, &mut seen)?);
+    }
+    // A credential no route names is never sent: usually a route that forgot its
+    // `credential` (GoTo then answers its requests 401).
+    for (name, span) in spans.iter().filter(|(n, _)| !routes.iter().any(|r| r.credential.as_deref() == Some(n))) {
+        let why = format!(
+            "no route uses credential {}: its token is never sent; name it in a route's `credential`, or remove it",
+            quoted(name)
+        );
+        loc.warn(span, &format!("credentials.{name}"), why);
     }
 
     let mut notify = Vec::new();
@@ -676,6 +687,16 @@ mod tests {
             let line = format!("t.toml:{}: {key}: ", line_of(needle));
             assert!(e.lines().any(|l| l.trim_start().starts_with(&line) && l.contains(what)), "{line} {what}: {e}");
         }
+    }
+
+    #[test]
+    fn a_credential_no_route_uses_is_warned_about_by_name_and_line() {
+        let text = GOOD.replace("credential = \"goto\"\n", "");
+        let c = Config::parse("t.toml", &text).unwrap();
+        let line = text.lines().position(|l| l.contains("[credentials.goto]")).unwrap() + 1;
+        let expected = format!("t.toml:{line}: credentials.goto: no route uses credential \"goto\"");
+        assert!(c.warnings.iter().any(|w| w.starts_with(&expected)), "{:?}", c.warnings);
+        assert!(Config::parse("t.toml", GOOD).unwrap().warnings.is_empty());
     }
 
     #[test]
