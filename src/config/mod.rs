@@ -500,6 +500,9 @@ pub struct CredentialConfig {
     /// The files `client_secret` and `password` came from (`{ file = … }`): read again
     /// when the token endpoint refuses them ([`CredentialConfig::with_secret_files_reread`]).
     pub secret_files: SecretFiles,
+    /// The config file it was read from, when not the default one: the `login` command a
+    /// message suggests names it ([`CredentialConfig::login_command`]).
+    pub config_file: Option<String>,
 }
 
 /// Where a credential's client secret and password were read from, when from files.
@@ -512,6 +515,20 @@ pub struct SecretFiles {
 }
 
 impl CredentialConfig {
+    /// The command that signs this credential (or its `account`) in again, with the
+    /// `--config` it was read from.
+    pub fn login_command(&self, account: Option<&str>) -> String {
+        let mut cmd = String::from("goto-auth-proxy login");
+        if let Some(file) = &self.config_file {
+            cmd.push_str(&format!(" --config {file}"));
+        }
+        cmd.push_str(&format!(" --credential {}", self.name));
+        if let Some(a) = account {
+            cmd.push_str(&format!(" --account {a}"));
+        }
+        cmd
+    }
+
     /// This credential with its client secret and password read again from their files,
     /// when either file now holds another value: what a token call refused with
     /// `invalid_client` (or a refused password) retries with, so a rotated secret is

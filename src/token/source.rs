@@ -535,8 +535,9 @@ impl TokenSource {
             GrantKind::AuthorizationCode => match refresh_token {
                 Some(rt) => self.send_with(cfg, grant::refresh(cfg, rt)).await,
                 None => Err(SourceError::NeedsLogin(format!(
-                    "credential {:?} has never been signed in: run `goto-auth-proxy login --credential {}`",
-                    cfg.name, cfg.name
+                    "credential {:?} has never been signed in: run `{}`",
+                    cfg.name,
+                    cfg.login_command(None)
                 ))),
             },
             GrantKind::Password => {

@@ -113,7 +113,8 @@ async fn token_unavailable_says_login_is_needed_when_never_signed_in() {
     .await;
     let started = std::time::Instant::now();
     let msg = assert_error(s.get("/admin/rest/v1/me").await, 503, "token_unavailable").await;
-    assert!(msg.contains("goto-auth-proxy login --credential goto"), "{msg}");
+    // The command as the user would type it, with the config file the proxy was given.
+    assert!(msg.contains("goto-auth-proxy login --config test.toml --credential goto"), "{msg}");
     assert!(started.elapsed() < Duration::from_secs(5), "no point waiting token_wait when only a person can help");
     let ready = s.http.get(s.admin("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);

@@ -324,6 +324,9 @@ fn validate_credential(
     };
     let accounts = accounts_of(loc, name, &raw)?;
     Ok(CredentialConfig {
+        // The demo's generated config ("(demo)") has no file to name.
+        config_file: (loc.file != super::DEFAULT_CONFIG_PATH && !loc.file.starts_with('('))
+            .then(|| loc.file.to_string()),
         name: name.to_string(),
         grant,
         client_id: secret(&raw.client_id, "client_id")?.map(|s| s.expose().to_string()),
@@ -697,6 +700,17 @@ mod tests {
         let expected = format!("t.toml:{line}: credentials.goto: no route uses credential \"goto\"");
         assert!(c.warnings.iter().any(|w| w.starts_with(&expected)), "{:?}", c.warnings);
         assert!(Config::parse("t.toml", GOOD).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn the_login_command_a_message_suggests_carries_the_config_file_given() {
+        let c = Config::parse("conf/mine.toml", GOOD).unwrap();
+        assert_eq!(
+            c.credentials["goto"].login_command(Some("alice")),
+            "goto-auth-proxy login --config conf/mine.toml --credential goto --account alice"
+        );
+        let c = Config::parse(crate::config::DEFAULT_CONFIG_PATH, GOOD).unwrap();
+        assert_eq!(c.credentials["goto"].login_command(None), "goto-auth-proxy login --credential goto");
     }
 
     #[test]

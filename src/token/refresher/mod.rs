@@ -196,12 +196,9 @@ impl Credential {
         &self.key
     }
 
-    /// The arguments of the `login` command that signs this in again.
-    pub fn login_args(&self) -> String {
-        match &self.account {
-            Some(a) => format!("--credential {} --account {a}", self.cfg.name),
-            None => format!("--credential {}", self.cfg.name),
-        }
+    /// The `login` command that signs this in again.
+    pub fn login_command(&self) -> String {
+        self.cfg.login_command(self.account())
     }
 
     /// Its configuration.

@@ -207,11 +207,9 @@ impl Credential {
     pub(super) fn record_failure(&self, e: SourceError) -> RefreshError {
         let (outcome, needs_login, message) = match &e {
             SourceError::NeedsLogin(m) => ("needs_login", true, m.clone()),
-            SourceError::Refused { .. } if e.is_grant_refused() && self.cfg.grant == GrantKind::AuthorizationCode => (
-                "refused",
-                true,
-                format!("{e}; the refresh token is dead: run `goto-auth-proxy login {}`", self.login_args()),
-            ),
+            SourceError::Refused { .. } if e.is_grant_refused() && self.cfg.grant == GrantKind::AuthorizationCode => {
+                ("refused", true, format!("{e}; the refresh token is dead: run `{}`", self.login_command()))
+            }
             // A refused client secret, like a refused password: asking again cannot succeed,
             // and identity providers lock out clients that keep trying.
             SourceError::Refused { .. }
