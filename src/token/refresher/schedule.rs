@@ -44,6 +44,16 @@ fn gated(rate: f64) -> f64 {
     rate * 0.98
 }
 
+/// How many renewals the [`Calendar`] books in one second: 5 % under `token_rate`, so
+/// what it books fits through the gate's spacing and its window (both 2 % under) with
+/// room to spare; a calendar that books exactly what the gate lets through has renewals
+/// queue at the gate, late, whenever CPU is short.
+fn booked_per_second(rate: f64) -> u32 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = (rate * 0.95).floor() as u32;
+    n.max(1)
+}
+
 /// The longest a token call waits for its turn in the replicas' shared budget; a longer
 /// wait (a budget far behind) falls back to this replica's own gate.
 const SHARED_TURN_WAIT: Duration = Duration::from_secs(60);
@@ -72,11 +82,11 @@ impl TokenGate {
         rate: f64,
         budget: Option<std::sync::Arc<dyn crate::limit::SharedBudget>>,
     ) -> TokenGate {
-        // `cap` calls per `span`: a whole second at rates of one or more (5 % longer, for
+        // `cap` calls per `span`: a whole second at rates of one or more (2 % longer, for
         // the jitter between leaving here and arriving there), longer below one.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let cap = (rate.floor() as usize).max(1);
-        let span = Duration::from_secs_f64(1.05 / rate.clamp(1e-3, 1.0));
+        let span = Duration::from_secs_f64(1.02 / rate.clamp(1e-3, 1.0));
         TokenGate {
             local: crate::limit::RateLimiter::new(gated(rate)),
             // Route keys start with `/`: a credential's cannot meet one.
@@ -154,8 +164,7 @@ impl Calendar {
     /// A calendar for `token_rate` renewals per second (what the gate lets through; at
     /// least one).
     pub(crate) fn new(token_rate: f64) -> Calendar {
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let per_second = (gated(token_rate).floor() as u32).max(1);
+        let per_second = booked_per_second(token_rate);
         Calendar { per_second, booked: std::sync::Mutex::default() }
     }
 
@@ -196,6 +205,21 @@ pub(crate) fn not_before_clamp(delay: Duration, now: SystemTime, not_before: Opt
 
 #[cfg(test)]
 mod tests {
+    /// What the calendar books a second fits through the gate's window with room: at
+    /// every rate from 2 on (below, one a second is the least it can book).
+    #[test]
+    fn the_calendar_books_less_than_the_gate_lets_through() {
+        for rate in [2.0, 5.0, 10.0, 50.0, 100.0, 333.0] {
+            let gate = super::TokenGate::new("c", rate, None);
+            let window_rate = gate.cap as f64 / gate.span.as_secs_f64();
+            let booked = f64::from(super::booked_per_second(rate));
+            assert!(
+                booked < window_rate && booked < super::gated(rate),
+                "rate {rate}: books {booked}, lets {window_rate}"
+            );
+        }
+    }
+
     /// However late the spacing's timers fire, no second holds more than `token_rate`
     /// calls: 40 callers whose slots all came due at once (a stalled runtime) leave ten a
     /// second.
@@ -230,7 +254,7 @@ mod tests {
     #[test]
     fn a_calendar_spreads_renewals_that_come_due_together_back_over_the_half_life() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let cal = Calendar::new(3.0); // 2.94 through the gate: two a second
+        let cal = Calendar::new(3.0); // 2.85 booked: two a second
         let wanted = Duration::from_secs(100);
         let seconds: Vec<u64> = (0..7).map(|_| cal.book(now, wanted, Duration::from_secs(98)).1).collect();
         // Two per second, latest first, then after `wanted` once the window is full.
