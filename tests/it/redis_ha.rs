@@ -138,6 +138,8 @@ impl Relay {
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { continue };
+                // As Redis's own replication link: no Nagle delay on small writes.
+                let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                 let (mut ir, mut iw) = inbound.into_split();
                 let (mut or, mut ow) = outbound.into_split();
                 tokio::spawn(async move { tokio::io::copy(&mut ir, &mut ow).await });
@@ -321,89 +323,142 @@ async fn wait_serving_stored(reps: &[&Running], node: &Node, key: &str, within: 
     }
 }
 
+/// Two proxies serving `g2a` (Direct Login: a second login revokes the others' tokens)
+/// with tokens of `lifetime` seconds, under load.
+struct LoadedPair {
+    mock: MockGoto,
+    config: String,
+    a: Running,
+    b: Running,
+    lifetime: f64,
+    stop: CancellationToken,
+    load: tokio::task::JoinHandle<LoadReport>,
+    started: Instant,
+}
+
+impl LoadedPair {
+    async fn start(state: &str, lifetime: u64) -> LoadedPair {
+        let mock = MockGoto::start(short_tokens(lifetime)).await.unwrap();
+        let config = g2a_config(&mock, state);
+        let (a, b) = (start_proxy(&config).await, start_proxy(&config).await);
+        let http = client();
+        for r in [&a, &b] {
+            wait_ready(&http, &format!("http://{}/readyz", r.admin_addr), Duration::from_secs(10)).await;
+        }
+        let stop = CancellationToken::new();
+        let load = tokio::spawn(load(urls(&[&a, &b]), 4, Duration::from_millis(5), stop.clone()));
+        let pair = LoadedPair { mock, config, a, b, lifetime: lifetime as f64, stop, load, started: Instant::now() };
+        // Through one renewal, so the stored record is one the proxies renewed.
+        pair.wait_renewal(Duration::from_secs(10), "no renewal before the kill").await;
+        pair
+    }
+
+    /// Waits for the next token the mock issues.
+    async fn wait_renewal(&self, within: Duration, what: &str) {
+        let before = self.mock.issued().len();
+        let deadline = tokio::time::Instant::now() + within;
+        while self.mock.issued().len() <= before {
+            assert!(tokio::time::Instant::now() < deadline, "{what}: {:?}", self.mock.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the load and checks what a user would notice: no failed request, one
+    /// password login, the token calls of one replica (×1.5); then a third replica
+    /// started now takes the stored token up without a login.
+    async fn finish(self, measured: &str) {
+        self.stop.cancel();
+        let report = self.load.await.unwrap();
+        let secs = self.started.elapsed().as_secs_f64();
+        eprintln!("MEASURED {measured}; {} requests, {} failed", report.requests, report.failures.len());
+        report.assert_no_failures();
+        let stats = self.mock.stats();
+        assert_eq!(stats.password_logins, 1, "a second password login: {stats:?}");
+        let one = 1.0 + secs / (self.lifetime / 2.0 * 0.9);
+        assert!(
+            stats.token_calls as f64 <= 1.5 * one,
+            "{} token calls in {secs:.1} s; one replica makes about {one:.0}: {stats:?}",
+            stats.token_calls
+        );
+
+        let c = start_proxy(&self.config).await;
+        let res = client().get(format!("http://{}/G2A/rest/v1/sessions", c.proxy_addr)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let after = self.mock.stats();
+        assert_eq!(after.password_logins, 1, "the third replica logged in: {after:?}");
+        assert!(
+            after.token_calls <= stats.token_calls + 1,
+            "the third replica made a token call of its own: {after:?}"
+        );
+        for r in [self.a, self.b, c] {
+            r.stop().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_under_load_loses_no_token_and_costs_no_login() {
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
     let Some(mut set) = Sentinels::start().await else { return };
-    let lifetime = 4.0;
-    let mock = MockGoto::start(short_tokens(4)).await.unwrap();
-    let config = g2a_config(&mock, &set.state("ha"));
-    let (a, b) = (start_proxy(&config).await, start_proxy(&config).await);
-    let http = client();
-    for r in [&a, &b] {
-        wait_ready(&http, &format!("http://{}/readyz", r.admin_addr), Duration::from_secs(10)).await;
-    }
-
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let load = tokio::spawn(load(urls(&[&a, &b]), 4, Duration::from_millis(5), stop.clone()));
-    // Through one renewal before the kill, so the record is one the proxies renewed.
-    let before = mock.issued().len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mock.issued().len() < before + 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no renewal before the kill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    wait_serving_stored(&[&a, &b], &set.master, "ha:token:g2a", Duration::from_secs(5)).await;
+    measure_wait(&set, 200).await;
+    let key = "ha:token:g2a";
+    let pair = LoadedPair::start(&set.state("ha"), 4).await;
+    wait_serving_stored(&[&pair.a, &pair.b], &set.master, key, Duration::from_secs(5)).await;
 
     let killed = Instant::now();
     set.master.kill();
     let promoted = set.wait_promoted(Duration::from_secs(15)).await;
-    // The next renewal happens on the new master, and both replicas serve it.
-    let issued = mock.issued().len();
+    // The next renewal is stored on the new master, and both proxies serve it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let issued = pair.mock.issued().len();
     let on_new = loop {
-        if let Some(s) = stored_on(&set.replica, "ha:token:g2a").await {
-            if mock.issued().len() > issued && mock.is_valid(&s.access_token) {
+        if let Some(s) = stored_on(&set.replica, key).await {
+            if pair.mock.issued().len() > issued && pair.mock.is_valid(&s.access_token) {
                 break Instant::now();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no renewal stored on the new master: {:?}", mock.stats());
+        assert!(tokio::time::Instant::now() < deadline, "no renewal stored on the new master: {:?}", pair.mock.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    // And one more, to be sure the chain of refresh tokens goes on.
-    let issued = mock.issued().len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mock.issued().len() < issued + 1 {
-        assert!(tokio::time::Instant::now() < deadline, "renewals stopped after the failover");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let shared = wait_serving_stored(&[&a, &b], &set.replica, "ha:token:g2a", Duration::from_secs(5)).await;
-    stop.cancel();
-    let report = load.await.unwrap();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "MEASURED sentinel failover: promotion {:.2} s after the kill; first renewal stored on the new master {:.2} s \
-         after the kill ({:.2} s after the promotion); {} requests, {} failed",
+    // And one more: the chain of refresh tokens goes on.
+    pair.wait_renewal(Duration::from_secs(10), "renewals stopped after the failover").await;
+    let shared = wait_serving_stored(&[&pair.a, &pair.b], &set.replica, key, Duration::from_secs(5)).await;
+    assert!(pair.mock.is_valid(&shared.access_token));
+    pair.finish(&format!(
+        "sentinel failover: promotion {:.2} s after the kill; first renewal stored on the new master {:.2} s \
+         after the kill ({:.2} s after the promotion)",
         promoted.duration_since(killed).as_secs_f64(),
         on_new.duration_since(killed).as_secs_f64(),
         on_new.saturating_duration_since(promoted).as_secs_f64(),
-        report.requests,
-        report.failures.len()
-    );
-
-    report.assert_no_failures();
-    let stats = mock.stats();
-    assert_eq!(stats.password_logins, 1, "a second password login: {stats:?}");
-    let one = 1.0 + secs / (lifetime / 2.0 * 0.9);
-    assert!(
-        stats.token_calls as f64 <= 1.5 * one,
-        "{} token calls in {secs:.1} s; one replica makes about {one:.0}: {stats:?}",
-        stats.token_calls
-    );
-    assert!(mock.is_valid(&shared.access_token));
-
-    // A third replica started after the failover takes the stored token up: no login.
-    let calls = mock.stats().token_calls;
-    let c = start_proxy(&config).await;
-    let res = http.get(format!("http://{}/G2A/rest/v1/sessions", c.proxy_addr)).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let after = mock.stats();
-    assert_eq!(after.password_logins, 1, "the third replica logged in: {after:?}");
-    assert!(after.token_calls <= calls + 1, "the third replica made a token call of its own: {after:?}");
-    for r in [a, b, c] {
-        r.stop().await;
+    ))
+    .await;
+}
+/// What `WAIT` costs a save: `n` saves through the sentinels (each waits for the
+/// replica) against `n` straight to the master (none waits), on loopback.
+async fn measure_wait(set: &Sentinels, n: u64) {
+    use goto_auth_proxy::config::RedisTarget;
+    use goto_auth_proxy::secret::Secret;
+    use goto_auth_proxy::token::redis_store::RedisStore;
+    use goto_auth_proxy::token::store::TokenStore;
+    let sentinels = RedisTarget::Sentinel {
+        sentinels: set.sentinels.iter().map(|s| Secret::new(s.url())).collect(),
+        master: MASTER.to_string(),
+    };
+    let waits = RedisStore::connect_with_tls(&sentinels, "cost", None, None).unwrap();
+    let plain = RedisStore::connect(&Secret::new(set.master.url()), "cost", None).unwrap();
+    let mut per_save = Vec::new();
+    for (store, key) in [(&waits, "waits"), (&plain, "plain")] {
+        store.save(key, &crate::redis::record(0, 0)).await.unwrap(); // connected
+        let started = Instant::now();
+        for v in 1..=n {
+            store.save(key, &crate::redis::record(v, v)).await.unwrap();
+        }
+        per_save.push(started.elapsed().as_secs_f64() * 1000.0 / n as f64);
     }
+    eprintln!(
+        "MEASURED WAIT cost: a save takes {:.3} ms with WAIT for the replica, {:.3} ms without ({} saves each, loopback)",
+        per_save[0], per_save[1], n
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,25 +642,9 @@ async fn cluster_failover_of_the_credentials_master_under_load_loses_nothing() {
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
     let Some(mut cluster) = Cluster::start().await else { return };
     let key = "hac:token:{g2a}";
-    let lifetime = 6.0;
-    let mock = MockGoto::start(short_tokens(6)).await.unwrap();
-    let config = g2a_config(&mock, &cluster.state("hac"));
-    let (a, b) = (start_proxy(&config).await, start_proxy(&config).await);
-    let http = client();
-    for r in [&a, &b] {
-        wait_ready(&http, &format!("http://{}/readyz", r.admin_addr), Duration::from_secs(10)).await;
-    }
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let load = tokio::spawn(load(urls(&[&a, &b]), 4, Duration::from_millis(5), stop.clone()));
-    let before = mock.issued().len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while mock.issued().len() < before + 1 {
-        assert!(tokio::time::Instant::now() < deadline, "no renewal before the kill");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pair = LoadedPair::start(&cluster.state("hac"), 6).await;
     let holder = cluster.master_of(key).await.expect("a master");
-    wait_serving_stored(&[&a, &b], &cluster.nodes[holder], key, Duration::from_secs(5)).await;
+    wait_serving_stored(&[&pair.a, &pair.b], &cluster.nodes[holder], key, Duration::from_secs(5)).await;
 
     let killed = Instant::now();
     cluster.nodes[holder].kill();
@@ -617,50 +656,27 @@ async fn cluster_failover_of_the_credentials_master_under_load_loses_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "no cluster failover");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let issued = mock.issued().len();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let issued = pair.mock.issued().len();
     let on_new = loop {
         if let Some(s) = cluster.stored(key).await {
-            if mock.issued().len() > issued && mock.is_valid(&s.access_token) {
+            if pair.mock.issued().len() > issued && pair.mock.is_valid(&s.access_token) {
                 break Instant::now();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "no renewal stored on the new master: {:?}", mock.stats());
+        assert!(tokio::time::Instant::now() < deadline, "no renewal stored on the new master: {:?}", pair.mock.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let holder = cluster.master_of(key).await.expect("a master");
-    let shared = wait_serving_stored(&[&a, &b], &cluster.nodes[holder], key, Duration::from_secs(5)).await;
-    stop.cancel();
-    let report = load.await.unwrap();
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "MEASURED cluster failover: promotion {:.2} s after the kill; first renewal stored on the new master {:.2} s \
-         after the kill; {} requests, {} failed",
+    let shared = wait_serving_stored(&[&pair.a, &pair.b], &cluster.nodes[holder], key, Duration::from_secs(5)).await;
+    assert!(pair.mock.is_valid(&shared.access_token));
+    pair.finish(&format!(
+        "cluster failover: promotion {:.2} s after the kill; first renewal stored on the new master {:.2} s after the kill",
         promoted.duration_since(killed).as_secs_f64(),
         on_new.duration_since(killed).as_secs_f64(),
-        report.requests,
-        report.failures.len()
-    );
-    report.assert_no_failures();
-    let stats = mock.stats();
-    assert_eq!(stats.password_logins, 1, "a second password login: {stats:?}");
-    let one = 1.0 + secs / (lifetime / 2.0 * 0.9);
-    assert!(stats.token_calls as f64 <= 1.5 * one, "{} token calls in {secs:.1} s: {stats:?}", stats.token_calls);
-    assert!(mock.is_valid(&shared.access_token));
-
-    // A third replica takes the stored token up from the cluster: no login.
-    let calls = mock.stats().token_calls;
-    let c = start_proxy(&config).await;
-    let res = http.get(format!("http://{}/G2A/rest/v1/sessions", c.proxy_addr)).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let after = mock.stats();
-    assert_eq!(after.password_logins, 1, "the third replica logged in: {after:?}");
-    assert!(after.token_calls <= calls + 1, "the third replica made a token call of its own: {after:?}");
-    for r in [a, b, c] {
-        r.stop().await;
-    }
+    ))
+    .await;
 }
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_each_credentials_keys_share_a_slot_and_changes_are_announced() {
     use goto_auth_proxy::config::RedisTarget;
