@@ -370,7 +370,14 @@ impl LoadedPair {
         self.stop.cancel();
         let report = self.load.await.unwrap();
         let secs = self.started.elapsed().as_secs_f64();
-        eprintln!("MEASURED {measured}; {} requests, {} failed", report.requests, report.failures.len());
+        eprintln!(
+            "MEASURED {measured}; {} requests, {} failed; latency p50 {:.1} ms, p99 {:.1} ms, slowest {:.1} ms",
+            report.requests,
+            report.failures.len(),
+            report.latency(0.5).as_secs_f64() * 1000.0,
+            report.latency(0.99).as_secs_f64() * 1000.0,
+            report.latency(1.0).as_secs_f64() * 1000.0
+        );
         report.assert_no_failures();
         let stats = self.mock.stats();
         assert_eq!(stats.password_logins, 1, "a second password login: {stats:?}");
