@@ -27,6 +27,8 @@ const MASTER: &str = "gapmaster";
 struct Node {
     child: Option<Child>,
     port: u16,
+    /// What clients authenticate with (`requirepass`), if anything.
+    password: Option<String>,
 }
 
 impl Node {
@@ -39,11 +41,12 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        Node { child: Some(child), port }
+        Node { child: Some(child), port, password: None }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let auth = self.password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+        format!("redis://{auth}127.0.0.1:{}/0", self.port)
     }
 
     /// SIGKILL, as a crash would.
@@ -180,12 +183,13 @@ struct Sentinels {
 
 impl Sentinels {
     async fn start() -> Option<Sentinels> {
-        Sentinels::start_with(false).await
+        Sentinels::start_with(false, None).await
     }
 
     /// `relayed`: the replica replicates through a [`Relay`]. (Sentinel would point it
     /// at the master directly after `failover-timeout`, 60 s here: longer than a test.)
-    async fn start_with(relayed: bool) -> Option<Sentinels> {
+    /// `password`: every server and sentinel requires it.
+    async fn start_with(relayed: bool, password: Option<&str>) -> Option<Sentinels> {
         if !installed(&["redis-server", "redis-sentinel"]) {
             return None;
         }
@@ -195,14 +199,20 @@ impl Sentinels {
             std::fs::create_dir_all(&p).expect("mkdir");
             p
         };
+        let auth: Vec<&str> = match password {
+            Some(p) => vec!["--requirepass", p, "--masterauth", p],
+            None => vec![],
+        };
         let mport = free_port();
-        let master = Node::spawn("redis-server", &server_args(mport, &sub("master"), &[]));
+        let mut master = Node::spawn("redis-server", &server_args(mport, &sub("master"), &auth));
+        master.password = password.map(str::to_string);
         master.conn().await;
         let relay = if relayed { Some(Relay::start(mport).await) } else { None };
         let upstream = relay.as_ref().map_or(mport, |r| r.port).to_string();
         let rport = free_port();
-        let replica =
-            Node::spawn("redis-server", &server_args(rport, &sub("replica"), &["--replicaof", "127.0.0.1", &upstream]));
+        let replica_args = [&auth[..], &["--replicaof", "127.0.0.1", &upstream]].concat();
+        let mut replica = Node::spawn("redis-server", &server_args(rport, &sub("replica"), &replica_args));
+        replica.password = password.map(str::to_string);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !replica.info("replication").await.contains("master_link_status:up") {
             assert!(tokio::time::Instant::now() < deadline, "the replica did not sync");
@@ -220,11 +230,14 @@ impl Sentinels {
                      sentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} {}\n",
                     conf.parent().unwrap().display(),
                     if relayed { 60_000 } else { 5_000 }
-                ),
+                ) + &password
+                    .map(|p| format!("requirepass {p}\nsentinel auth-pass {MASTER} {p}\n"))
+                    .unwrap_or_default(),
             )
             .expect("sentinel.conf");
             let mut node = Node::spawn("redis-sentinel", &[conf.display().to_string()]);
             node.port = port;
+            node.password = password.map(str::to_string);
             sentinels.push(node);
         }
         let set = Sentinels { master, replica, sentinels, relay, _dir: dir };
@@ -471,7 +484,7 @@ async fn measure_wait(set: &Sentinels, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_raced_against_the_master_kill_is_not_lost() {
     let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_test_writer().try_init();
-    let Some(mut set) = Sentinels::start_with(true).await else { return };
+    let Some(mut set) = Sentinels::start_with(true, None).await else { return };
     let mock = MockGoto::start(short_tokens(3600)).await.unwrap();
     let config = g2a_config(&mock, &set.state("race"));
     let proxy = start_proxy(&config).await;
@@ -741,4 +754,37 @@ async fn on_a_cluster_each_credentials_keys_share_a_slot_and_changes_are_announc
         assert_eq!(slot(key).await, goto, "{key}");
     }
     assert!(cluster.stored("unit:token:{goto}/bob").await.is_some(), "the record is under its hash-tagged name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_master_behind_a_password_are_followed_and_the_password_never_shows() {
+    use goto_auth_proxy::config::RedisTarget;
+    use goto_auth_proxy::secret::Secret;
+    use goto_auth_proxy::token::redis_store::RedisStore;
+    use goto_auth_proxy::token::store::{Saved, TokenStore};
+    let record = crate::redis::record;
+    let Some(mut set) = Sentinels::start_with(false, Some("hunter2-sentinel")).await else { return };
+    let target = |urls: Vec<String>| RedisTarget::Sentinel {
+        sentinels: urls.into_iter().map(Secret::new).collect(),
+        master: MASTER.to_string(),
+    };
+    let store =
+        RedisStore::connect_with_tls(&target(set.sentinels.iter().map(Node::url).collect()), "pw", None, None).unwrap();
+    assert_eq!(store.save("c", &record(1, 0)).await.unwrap(), Saved::Stored(1));
+    assert!(!store.describe().contains("hunter2"), "{}", store.describe());
+
+    // A wrong password is refused, and the error does not quote it.
+    let wrong = set.sentinels.iter().map(|s| s.url().replace("hunter2-sentinel", "wrong-hunter2")).collect();
+    let e = RedisStore::connect_with_tls(&target(wrong), "pw", None, None).unwrap().load("c").await.unwrap_err();
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+
+    // Through a failover, with the password on the new master too.
+    set.master.kill();
+    set.wait_promoted(Duration::from_secs(15)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.save("c", &record(2, 1)).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "not on the new master within 5 s of the promotion");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_on(&set.replica, "pw:token:c").await, Some(record(2, 2)));
 }
