@@ -137,7 +137,9 @@ enum Wired {
         conn: ConnectionManager,
     },
     Sentinel {
-        sentinel: tokio::sync::Mutex<SentinelClient>,
+        /// One client per sentinel, asked all at once: a sentinel that does not answer
+        /// (its host gone) cannot hold up the others' answer.
+        sentinels: Vec<tokio::sync::Mutex<SentinelClient>>,
         master: ArcSwapOption<Master>,
     },
     Cluster {
@@ -184,7 +186,10 @@ impl Link {
                 Wired::Single { client, conn }
             }
             RedisTarget::Sentinel { sentinels, master } => Wired::Sentinel {
-                sentinel: tokio::sync::Mutex::new(sentinel_client(sentinels, master, tls)?),
+                sentinels: sentinels
+                    .iter()
+                    .map(|s| Ok(tokio::sync::Mutex::new(sentinel_client(s, &sentinels[0], master, tls.clone())?)))
+                    .collect::<RedisResult<_>>()?,
                 master: ArcSwapOption::empty(),
             },
             RedisTarget::Cluster(seeds) => Wired::Cluster {
@@ -262,23 +267,24 @@ impl Link {
             }
             *asked = Some(Instant::now());
         }
-        if let Err(e) =
-            tokio::time::timeout(self.timeouts.response.saturating_mul(2), self.ask(&wired)).await.unwrap_or_else(
-                |_| Err(redis::RedisError::from((redis::ErrorKind::Io, "the sentinels gave no answer in time"))),
-            )
-        {
+        if let Err(e) = self.ask(&wired).await {
             tracing::debug!(error = %e, "cannot learn the master from the sentinels yet");
         }
     }
 
-    /// Asks the sentinels for the master (the client checks it says it is one); when
-    /// they name another than the one in use, operations move there.
+    /// Asks every sentinel for the master at once, within twice the response timeout;
+    /// the first answer whose node says it is a master counts (the client checks). When
+    /// it names another than the one in use, operations move there.
     async fn ask(&self, wired: &Wired) -> RedisResult<Arc<Master>> {
-        let Wired::Sentinel { sentinel, master } = wired else {
+        let Wired::Sentinel { sentinels, master } = wired else {
             return Err(redis::RedisError::from((redis::ErrorKind::Client, "not a Sentinel link")));
         };
-        let mut sentinel = sentinel.lock().await;
-        let client = sentinel.async_get_client().await?;
+        let asks = sentinels.iter().map(|s| Box::pin(async move { s.lock().await.async_get_client().await }));
+        let answer =
+            tokio::time::timeout(self.timeouts.response.saturating_mul(2), futures_util::future::select_ok(asks));
+        let (client, _) = answer.await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((redis::ErrorKind::Io, "the sentinels gave no answer in time")))
+        })?;
         let address = client.get_connection_info().addr().to_string();
         if let Some(m) = master.load_full().filter(|m| m.address == address) {
             return Ok(m);
@@ -321,16 +327,21 @@ fn client_for(url: &Secret, tls: Option<TlsCertificates>) -> RedisResult<redis::
     }
 }
 
-/// A client that asks `sentinels` for `master`'s address. Sentinels and master are
-/// reached with the user and password of the first sentinel URL, the master with its
-/// database too; over TLS (trusting `tls`) when that URL is `rediss://`.
-fn sentinel_client(sentinels: &[Secret], master: &str, tls: Option<TlsCertificates>) -> RedisResult<SentinelClient> {
-    let infos = sentinels.iter().map(|u| u.expose().into_connection_info()).collect::<RedisResult<Vec<_>>>()?;
-    let first = infos.first().ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no sentinel")))?;
-    let settings = first.redis_settings().clone();
-    let secure = sentinels[0].expose().starts_with("rediss://");
-    let mut b = SentinelClientBuilder::new(infos.iter().map(|i| i.addr().clone()), master, SentinelServerType::Master)?
-        .set_client_to_redis_db(settings.db());
+/// A client that asks the sentinel at `sentinel` for `master`'s address. Sentinels and
+/// master are reached with the user and password of `first` (the first sentinel URL),
+/// the master with its database too; over TLS (trusting `tls`) when that URL is
+/// `rediss://`.
+fn sentinel_client(
+    sentinel: &Secret,
+    first: &Secret,
+    master: &str,
+    tls: Option<TlsCertificates>,
+) -> RedisResult<SentinelClient> {
+    let addr = sentinel.expose().into_connection_info()?.addr().clone();
+    let settings = first.expose().into_connection_info()?.redis_settings().clone();
+    let secure = first.expose().starts_with("rediss://");
+    let mut b =
+        SentinelClientBuilder::new([addr], master, SentinelServerType::Master)?.set_client_to_redis_db(settings.db());
     if let Some(user) = settings.username() {
         b = b.set_client_to_redis_username(user).set_client_to_sentinel_username(user);
     }

@@ -757,7 +757,7 @@ async fn on_a_cluster_each_credentials_keys_share_a_slot_and_changes_are_announc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinels_and_master_behind_a_password_are_followed_and_the_password_never_shows() {
+async fn sentinels_and_master_behind_a_password_are_followed_past_a_silent_sentinel() {
     use goto_auth_proxy::config::RedisTarget;
     use goto_auth_proxy::secret::Secret;
     use goto_auth_proxy::token::redis_store::RedisStore;
@@ -768,8 +768,18 @@ async fn sentinels_and_master_behind_a_password_are_followed_and_the_password_ne
         sentinels: urls.into_iter().map(Secret::new).collect(),
         master: MASTER.to_string(),
     };
-    let store =
-        RedisStore::connect_with_tls(&target(set.sentinels.iter().map(Node::url).collect()), "pw", None, None).unwrap();
+    // The first sentinel listed accepts connections and never answers (its host gone
+    // silent): the others' answer is taken all the same.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("redis://:hunter2-sentinel@{}/0", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let urls = std::iter::once(silent_url).chain(set.sentinels.iter().map(Node::url)).collect();
+    let store = RedisStore::connect_with_tls(&target(urls), "pw", None, None).unwrap();
     assert_eq!(store.save("c", &record(1, 0)).await.unwrap(), Saved::Stored(1));
     assert!(!store.describe().contains("hunter2"), "{}", store.describe());
 
@@ -787,4 +797,5 @@ async fn sentinels_and_master_behind_a_password_are_followed_and_the_password_ne
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stored_on(&set.replica, "pw:token:c").await, Some(record(2, 2)));
+    held.abort();
 }
