@@ -196,7 +196,7 @@ start_redis() {
         mkdir -p "$WORK/sentinel$i"
         printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor soak 127.0.0.1 %s 2\n%s\n%s\n' \
             "${PORT[sentinel$i]}" "$WORK/sentinel$i" "${PORT[$MASTER]}" \
-            "sentinel down-after-milliseconds soak 1000" "sentinel failover-timeout soak 5000" \
+            "sentinel down-after-milliseconds soak 2000" "sentinel failover-timeout soak 5000" \
             >"$WORK/sentinel$i/sentinel.conf"
         start "sentinel$i" redis-sentinel "$WORK/sentinel$i/sentinel.conf"
     done

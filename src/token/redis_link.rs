@@ -11,8 +11,12 @@
 //! client (the node must say it is a master). On a cluster the client itself follows
 //! `MOVED`/`ASK` and a failover of a node.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -41,8 +45,10 @@ pub(crate) struct Timeouts {
 /// connection, or on the cluster connection, which sends each command to its slot's node.
 #[derive(Clone)]
 pub(crate) enum Conn {
-    /// One server, or the master Sentinel names.
+    /// One server.
     Single(ConnectionManager),
+    /// The master Sentinel named, at this address.
+    Master(ConnectionManager, Arc<str>),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
@@ -50,7 +56,7 @@ pub(crate) enum Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) | Conn::Master(c, _) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -62,14 +68,14 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) | Conn::Master(c, _) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c) | Conn::Master(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -89,18 +95,20 @@ pub(crate) enum Replication {
 impl Conn {
     /// Waits up to `timeout` until a replica of the master holding `key` has every write
     /// made so far on this connection (`WAIT 1`). A master with no replica (`ROLE`
-    /// lists none) answers at once.
+    /// lists none) answers at once; where `ROLE` is refused (a managed Redis's rules),
+    /// `WAIT` alone decides.
     pub(crate) async fn replicated(&mut self, key: &str, timeout: Duration) -> RedisResult<Replication> {
-        let role: Value = self.on_node_of(key, &redis::cmd("ROLE")).await?;
-        // A master answers ["master", offset, [[ip, port, offset], …]].
-        let replicas = match &role {
-            Value::Array(parts) => match parts.get(2) {
-                Some(Value::Array(r)) => r.len(),
-                _ => 0,
+        let replicas = match self.on_node_of(key, &redis::cmd("ROLE")).await {
+            // A master answers ["master", offset, [[ip, port, offset], …]].
+            Ok(Value::Array(parts)) => match parts.get(2) {
+                Some(Value::Array(r)) => Some(r.len()),
+                _ => Some(0),
             },
-            _ => 0,
+            Ok(_) => Some(0),
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => return Err(e),
+            Err(_) => None,
         };
-        if replicas == 0 {
+        if replicas == Some(0) {
             return Ok(Replication::NoReplica);
         }
         let mut wait = redis::cmd("WAIT");
@@ -114,7 +122,7 @@ impl Conn {
     /// the cluster client would otherwise send `WAIT` to every master).
     async fn on_node_of(&mut self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
         match self {
-            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Single(c) | Conn::Master(c, _) => cmd.query_async(c).await,
             Conn::Cluster(c) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 c.route_command(cmd.clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await
@@ -125,7 +133,7 @@ impl Conn {
 
 /// The master Sentinel named last, and the connection to it.
 struct Master {
-    address: String,
+    address: Arc<str>,
     client: redis::Client,
     conn: ConnectionManager,
 }
@@ -163,19 +171,53 @@ pub(crate) struct Link {
     moved: tokio::sync::watch::Sender<u64>,
     /// When the sentinels were last asked, so that a burst of failures asks once.
     asked: std::sync::Mutex<Option<Instant>>,
+    /// Set when a sentinel announces `+switch-master`: the next operation asks the
+    /// sentinels first ([`watch_switches`]).
+    switched: Arc<AtomicBool>,
+    /// Stops the `+switch-master` watch when the link goes.
+    stop: CancellationToken,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl Link {
     /// Connects lazily (inside a tokio runtime): a proxy starts while Redis is down.
     pub(crate) fn new(target: &RedisTarget, tls: Option<TlsCertificates>, timeouts: Timeouts) -> RedisResult<Link> {
-        let wired = Link::wire(target, tls, timeouts)?;
+        let wired = Link::wire(target, tls.clone(), timeouts)?;
+        let (switched, stop) = (Arc::new(AtomicBool::new(false)), CancellationToken::new());
+        if let RedisTarget::Sentinel { sentinels, .. } = target {
+            for url in sentinels {
+                tokio::spawn(watch_switches(url.clone(), tls.clone(), switched.clone(), stop.clone()));
+            }
+        }
         Ok(Link {
             target: target.clone(),
             timeouts,
             wired: ArcSwap::from_pointee(wired),
             moved: tokio::sync::watch::channel(0).0,
             asked: std::sync::Mutex::new(None),
+            switched,
+            stop,
         })
+    }
+
+    /// Whether `conn` (the connection a save went through) is still on the master the
+    /// sentinels name, asking them now: a master that has lost its replica may be one
+    /// they have just replaced, whose writes the failover discards. `true` off Sentinel.
+    pub(crate) async fn still_master(&self, conn: &Conn) -> bool {
+        let Conn::Master(_, address) = conn else { return true };
+        let wired = self.wired.load_full();
+        match self.ask(&wired).await {
+            Ok(m) => m.address == *address,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the sentinels whether the master is still the master");
+                false
+            }
+        }
     }
 
     fn wire(target: &RedisTarget, tls: Option<TlsCertificates>, t: Timeouts) -> RedisResult<Wired> {
@@ -207,10 +249,14 @@ impl Link {
         let wired = self.wired.load_full();
         match &*wired {
             Wired::Single { conn, .. } => Ok(Conn::Single(conn.clone())),
-            Wired::Sentinel { master, .. } => match master.load_full() {
-                Some(m) => Ok(Conn::Single(m.conn.clone())),
-                None => Ok(Conn::Single(self.ask(&wired).await?.conn.clone())),
-            },
+            Wired::Sentinel { master, .. } => {
+                let m = match master.load_full() {
+                    // A sentinel announced a failover: ask which master won first.
+                    Some(m) if !self.switched.swap(false, Ordering::SeqCst) => m,
+                    _ => self.ask(&wired).await?,
+                };
+                Ok(Conn::Master(m.conn.clone(), m.address.clone()))
+            }
             Wired::Cluster { client, conn, .. } => {
                 let c = conn.get_or_try_init(|| client.get_async_connection()).await?;
                 Ok(Conn::Cluster(c.clone()))
@@ -285,7 +331,7 @@ impl Link {
         let (client, _) = answer.await.unwrap_or_else(|_| {
             Err(redis::RedisError::from((redis::ErrorKind::Io, "the sentinels gave no answer in time")))
         })?;
-        let address = client.get_connection_info().addr().to_string();
+        let address: Arc<str> = client.get_connection_info().addr().to_string().into();
         if let Some(m) = master.load_full().filter(|m| m.address == address) {
             return Ok(m);
         }
@@ -306,6 +352,45 @@ impl Link {
         self.wired.store(Arc::new(wired));
         self.moved.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+}
+
+/// Subscribes to `+switch-master` on the sentinel at `url` (reconnecting with a capped
+/// backoff) and sets `switched` at each announcement, so a failover is followed at the
+/// next operation even when the old master still answers (a false alarm, a partition):
+/// writes there would be discarded when it rejoins as a replica.
+async fn watch_switches(url: Secret, tls: Option<TlsCertificates>, switched: Arc<AtomicBool>, stop: CancellationToken) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut pubsub = client_for(&url, tls.clone())?.get_async_pubsub().await?;
+            pubsub.subscribe("+switch-master").await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let subscribed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(Duration::from_secs(2), attempt) => r,
+        };
+        if let Ok(Ok(pubsub)) = subscribed {
+            pause = Duration::from_millis(100);
+            // Announcements missed while not subscribed: ask once now.
+            switched.store(true, Ordering::SeqCst);
+            let mut messages = pubsub.into_on_message();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => match m {
+                        Some(_) => switched.store(true, Ordering::SeqCst),
+                        None => break,
+                    },
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = pause.saturating_mul(2).min(Duration::from_secs(5));
     }
 }
 

@@ -310,8 +310,15 @@ impl RedisStore {
         key: String,
         mut conn: super::redis_link::Conn,
     ) -> Result<(), StoreError> {
+        let held = conn.clone();
         match self.run("wait", async move { conn.replicated(&key, REPLICATION_WAIT).await }).await {
-            Ok(Replication::Confirmed | Replication::NoReplica) => Ok(()),
+            Ok(Replication::Confirmed) => Ok(()),
+            Ok(Replication::NoReplica) if self.link.still_master(&held).await => Ok(()),
+            Ok(Replication::NoReplica) => Err(StoreError::Backend(format!(
+                "redis {} wait: the master had no replica and the sentinels no longer name it \
+                 (the token was saved there; no replica confirmed it)",
+                self.location
+            ))),
             Ok(Replication::TimedOut) => {
                 if let Some(c) = &self.replication_timeouts {
                     c.inc();
