@@ -164,12 +164,13 @@ sentinel_master_port() {
 }
 
 # start_server NAME [MASTER_NAME] — a Redis server (with what its dump holds, if any),
-# a replica of MASTER_NAME when given.
+# a replica of MASTER_NAME when given. A replica loads its master's data straight from
+# the socket: no copy of the tokens on disk (the soak checks that nothing holds one).
 start_server() {
     local name=$1 of=${2:-}
     mkdir -p "$WORK/$name"
     start "$name" redis-server --port "${PORT[$name]}" --bind 127.0.0.1 --save "" --appendonly no \
-        --repl-diskless-sync-delay 0 --dir "$WORK/$name" --dbfilename dump.rdb \
+        --repl-diskless-sync-delay 0 --repl-diskless-load swapdb --dir "$WORK/$name" --dbfilename dump.rdb \
         ${of:+--replicaof 127.0.0.1 "${PORT[$of]}"}
     wait_until 10 "redis-server $name" redis_pings "$name"
 }
