@@ -5,7 +5,8 @@
 //!
 //! A [`Link`] hands each operation a [`Conn`]. With Sentinel it follows a failover: an
 //! operation that fails (the master died, or answers `READONLY` after being demoted)
-//! makes it ask the sentinels again ([`Link::suspect`]), and once they name another
+//! makes it ask the sentinels again ([`Link::suspect`]), so does a sentinel's
+//! `+switch-master` announcement ([`watch_switches`]), and once they name another
 //! master every new operation — saves, locks, the change subscription — goes there.
 //! A read-only replica is never written to: the sentinels' answer is checked by the
 //! client (the node must say it is a master). On a cluster the client itself follows
@@ -251,9 +252,14 @@ impl Link {
             Wired::Single { conn, .. } => Ok(Conn::Single(conn.clone())),
             Wired::Sentinel { master, .. } => {
                 let m = match master.load_full() {
-                    // A sentinel announced a failover: ask which master won first.
+                    // A sentinel announced a failover: ask which master won first (and
+                    // again at the next operation while they cannot say).
                     Some(m) if !self.switched.swap(false, Ordering::SeqCst) => m,
-                    _ => self.ask(&wired).await?,
+                    known => self.ask(&wired).await.inspect_err(|_| {
+                        if known.is_some() {
+                            self.switched.store(true, Ordering::SeqCst);
+                        }
+                    })?,
                 };
                 Ok(Conn::Master(m.conn.clone(), m.address.clone()))
             }
