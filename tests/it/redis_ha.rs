@@ -506,6 +506,26 @@ async fn a_save_raced_against_the_master_kill_is_not_lost() {
     }
     set.relay.as_ref().expect("relayed").cut.store(true, Ordering::SeqCst);
 
+    // A save no replica confirms in time stands, and is logged and counted.
+    {
+        use goto_auth_proxy::config::RedisTarget;
+        use goto_auth_proxy::secret::Secret;
+        use goto_auth_proxy::token::redis_store::RedisStore;
+        use goto_auth_proxy::token::store::{Saved, TokenStore};
+        let counter = prometheus::IntCounter::new("replication_timeouts", "test").unwrap();
+        let target = RedisTarget::Sentinel {
+            sentinels: set.sentinels.iter().map(|s| Secret::new(s.url())).collect(),
+            master: MASTER.to_string(),
+        };
+        let store = RedisStore::connect_with_tls(&target, "slow", None, None)
+            .unwrap()
+            .with_replication_counter(counter.clone());
+        let started = Instant::now();
+        assert_eq!(store.save("c", &crate::redis::record(1, 0)).await.unwrap(), Saved::Stored(1));
+        assert!(started.elapsed() >= Duration::from_millis(450), "the save did not wait for a replica");
+        assert_eq!(counter.get(), 1, "the timed-out wait is counted");
+    }
+
     // A renewal; the master is killed the moment it holds the new record.
     let refresh = {
         let http = http.clone();
