@@ -4,8 +4,9 @@
 #   SOAK_SECONDS=600 bash benches/soak.sh      # ten minutes (the default)
 #   SOAK_SECONDS=60 bash benches/soak.sh       # one round of every fault (what `cargo test` runs)
 #
-# Three replicas of goto-auth-proxy: `a` and `b` share one real Redis (`store = "redis"`),
-# `c` has the file store to itself. Each holds two short-lived refreshing credentials
+# Three replicas of goto-auth-proxy: `a` and `b` share one real Redis (`store = "redis"`:
+# a master, its replica and three sentinels, `redis_sentinels`), `c` has the file store
+# to itself. Each holds two short-lived refreshing credentials
 # from its own mock GoTo (the crate's shared mock, `src/demo/mock/`, one process per
 # group, since a Direct Login revokes every other token of its application): `goto`,
 # authorization code with rotating refresh tokens (seeded once), and `g2a`, Direct
@@ -24,6 +25,9 @@
 #   the OAuth client secret rotated at the mocks and in its file (renamed into place), no
 #     signal: each replica applies it by its file watch (checked from its reload count)
 #   Redis killed (-9) and restarted empty; next round shut down and restarted with its data
+#   the Redis master killed (-9): Sentinel promotes its replica, the old one rejoins
+#     empty as a replica (tokens lengthened to 20 s meanwhile: a failover takes about 2 s,
+#     and an outage must stay under a quarter of a token's life, README "When Redis is down")
 #   kill -9 of replica b, restarted on the same state
 #
 # and reports (stdout and $BENCH_OUT/soak.md): requests; failures split by cause, where
@@ -70,6 +74,7 @@ install_deps() {
     local missing=()
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
     command -v curl >/dev/null || missing+=(curl)
     if ((${#missing[@]})); then
         log "installing ${missing[*]} with apt-get"
@@ -150,13 +155,55 @@ wait_until() {
 }
 
 ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:${ADMIN_PORT[$1]}/readyz") == 200 ]]; }
-redis_pings() { [[ $(redis-cli -p "${PORT[redis]}" ping 2>/dev/null) == PONG ]]; }
+# Redis for a and b: two servers, `redis` and `redis2`, one the master (MASTER) and the
+# other its replica (REPLICA), watched by three sentinels as "soak".
+MASTER=redis
+REPLICA=redis2
+redis_pings() { [[ $(redis-cli -p "${PORT[$1]}" ping 2>/dev/null) == PONG ]]; }
+synced() { redis-cli -p "${PORT[$1]}" info replication 2>/dev/null | grep -q '^master_link_status:up'; }
+sentinel_master_port() {
+    redis-cli -p "${PORT[sentinel1]}" sentinel get-master-addr-by-name soak 2>/dev/null | sed -n 2p
+}
+
+# start_server NAME [MASTER_NAME] — a Redis server (with what its dump holds, if any),
+# a replica of MASTER_NAME when given. A replica loads its master's data straight from
+# the socket: no copy of the tokens on disk (the soak checks that nothing holds one).
+start_server() {
+    local name=$1 of=${2:-}
+    mkdir -p "$WORK/$name"
+    start "$name" redis-server --port "${PORT[$name]}" --bind 127.0.0.1 --save "" --appendonly no \
+        --repl-diskless-sync-delay 0 --repl-diskless-load swapdb --dir "$WORK/$name" --dbfilename dump.rdb \
+        ${of:+--replicaof 127.0.0.1 "${PORT[$of]}"}
+    wait_until 10 "redis-server $name" redis_pings "$name"
+}
+
+# Each sentinel knows the other two and the replica, and they all name one master that
+# says it is one, its replica synced to it: a failover can happen, and MASTER is known.
+sentinels_settled() {
+    local s port
+    for s in sentinel1 sentinel2 sentinel3; do
+        [[ $(redis-cli -p "${PORT[$s]}" sentinel sentinels soak 2>/dev/null | grep -c '^name$') == 2 ]] || return 1
+        [[ $(redis-cli -p "${PORT[$s]}" sentinel replicas soak 2>/dev/null | grep -c '^name$') -ge 1 ]] || return 1
+        [[ $(redis-cli -p "${PORT[$s]}" sentinel get-master-addr-by-name soak 2>/dev/null | sed -n 2p) == \
+            "$(sentinel_master_port)" ]] || return 1
+    done
+    port=$(sentinel_master_port)
+    if [[ $port == "${PORT[redis2]}" ]]; then MASTER=redis2 REPLICA=redis; else MASTER=redis REPLICA=redis2; fi
+    redis-cli -p "$port" info replication | grep -q '^role:master' && synced "$REPLICA"
+}
 
 start_redis() {
-    mkdir -p "$WORK/redis"
-    start redis redis-server --port "${PORT[redis]}" --bind 127.0.0.1 --save "" --appendonly no \
-        --dir "$WORK/redis" --dbfilename dump.rdb
-    wait_until 10 "redis-server" redis_pings
+    start_server "$MASTER" && start_server "$REPLICA" "$MASTER" || return 1
+    local i
+    for i in 1 2 3; do
+        mkdir -p "$WORK/sentinel$i"
+        printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor soak 127.0.0.1 %s 2\n%s\n%s\n' \
+            "${PORT[sentinel$i]}" "$WORK/sentinel$i" "${PORT[$MASTER]}" \
+            "sentinel down-after-milliseconds soak 2000" "sentinel failover-timeout soak 5000" \
+            >"$WORK/sentinel$i/sentinel.conf"
+        start "sentinel$i" redis-sentinel "$WORK/sentinel$i/sentinel.conf"
+    done
+    wait_until 30 "the sentinels to find each other and the replica" sentinels_settled
 }
 
 start_mock() { # NAME
@@ -177,7 +224,8 @@ write_config() {
         state="path = \"$WORK/c/state.json\""
     else
         state="store = \"redis\"
-redis_url = \"redis://127.0.0.1:${PORT[redis]}/0\"
+redis_sentinels = [\"redis://127.0.0.1:${PORT[sentinel1]}\", \"redis://127.0.0.1:${PORT[sentinel2]}\", \"redis://127.0.0.1:${PORT[sentinel3]}\"]
+redis_master = \"soak\"
 redis_prefix = \"soak\""
     fi
     cat >"$WORK/$r.toml.tmp" <<EOF
@@ -287,7 +335,8 @@ check_refresh() { # — both groups: is the newest refresh token of each chain s
     local out group args chains held
     for group in redis file; do
         if [[ $group == redis ]]; then
-            args=(--redis-url "redis://127.0.0.1:${PORT[redis]}/0" --redis-prefix soak)
+            sentinels_settled || true # MASTER as the sentinels name it
+            args=(--redis-url "redis://127.0.0.1:${PORT[$MASTER]}/0" --redis-prefix soak)
         else
             args=(--state-file "$WORK/c/state.json")
         fi
@@ -435,23 +484,63 @@ restart_redis() {
     local t0 kind desc
     t0=$(now_ms)
     REDIS_ROUND=$((REDIS_ROUND + 1))
+    local back=true
     if ((REDIS_ROUND % 2)); then
         kind=redis-crash
-        desc="Redis killed (-9) and restarted empty"
-        stop redis KILL
-        rm -f "$WORK/redis/dump.rdb"
+        desc="Redis (master and replica) killed (-9) and restarted empty"
+        stop "$MASTER" KILL
+        stop "$REPLICA" KILL
+        rm -f "$WORK/$MASTER/dump.rdb" "$WORK/$REPLICA/dump.rdb"
+        start_server "$MASTER" && start_server "$REPLICA" "$MASTER" || back=false
     else
         kind=redis-restart
-        desc="Redis shut down and restarted with its data"
-        redis-cli -p "${PORT[redis]}" shutdown save >/dev/null 2>&1 || true
-        stop redis
+        desc="the Redis master shut down and restarted with its data"
+        redis-cli -p "${PORT[$MASTER]}" shutdown save >/dev/null 2>&1 || true
+        stop "$MASTER"
+        start_server "$MASTER" || back=false
     fi
-    if start_redis; then
+    # (A restart slower than down-after-milliseconds may have been a failover too.)
+    if $back && wait_until 20 "the sentinels to settle" sentinels_settled; then
         check "Redis back after a restart" ok "$kind"
     else
         check "Redis back after a restart" fail "$kind"
     fi
     window "$kind" "*" "$t0" "$(now_ms)" 0 "$desc"
+}
+
+# The master dies; Sentinel promotes the replica, and the proxies follow it. Tokens are
+# lengthened first (to 20 s: the failover takes about 2 s, longer than a quarter of a
+# 2-second token's life, the most an outage may last without replicas renewing alone)
+# and shortened again after, with a renewal forced so the next fault meets 2-s tokens.
+failover_redis() {
+    local t0 old=$MASTER ok=ok detail
+    curl -fsS -o /dev/null --max-time 5 -X POST "http://127.0.0.1:${PORT[mock-redis]}/_mock/token_lifetime?ms=20000"
+    sleep 2.5 # every 2-s token renewed by now, to a 20-s one
+    t0=$(now_ms)
+    stop "$old" KILL
+    if wait_until 15 "Sentinel to promote the replica" sentinel_named_other "$old"; then
+        detail="promoted in $(($(now_ms) - t0)) ms"
+    else
+        ok=fail detail="no promotion within 15 s"
+    fi
+    rm -f "$WORK/$old/dump.rdb"
+    MASTER=$REPLICA REPLICA=$old
+    if ! { start_server "$old" "$MASTER" && wait_until 20 "the sentinels to settle" sentinels_settled; }; then
+        ok=fail detail="$detail; the old master did not rejoin as a replica"
+    fi
+    check "Redis master killed: Sentinel promoted the replica, the old master rejoined as its replica" "$ok" "$detail"
+    curl -fsS -o /dev/null --max-time 5 -X POST "http://127.0.0.1:${PORT[mock-redis]}/_mock/token_lifetime?ms=$TOKEN_LIFETIME_MS"
+    local cred
+    for cred in goto g2a; do
+        curl -fsS -o /dev/null --max-time 10 -X POST "http://127.0.0.1:${ADMIN_PORT[a]}/refresh/$cred" ||
+            log "forced renewal of $cred after the failover failed"
+    done
+    window redis-failover "*" "$t0" "$(now_ms)" 0 "Redis master killed (-9): Sentinel promotes its replica, the old one rejoins empty as a replica"
+}
+sentinel_named_other() { # OLD — the sentinels name a master other than OLD, and it is one
+    local port
+    port=$(sentinel_master_port)
+    [[ -n $port && $port != "${PORT[$1]}" ]] && redis-cli -p "$port" info replication | grep -q '^role:master'
 }
 
 kill_replica() { # REPLICA
@@ -499,6 +588,7 @@ STEPS=(
     "1 rotate_secret"
     "1 restart_redis"
     "1 quiet 1"
+    "6 failover_redis"
     "4 keepalive_race"
     "1 kill_replica b"
     "3 quiet 3"
@@ -553,7 +643,9 @@ main() {
     : >"$WORK/samples.tsv"
 
     local r
-    for r in redis mock-redis mock-file hostile relay a b c; do free_port "PORT[$r]"; done
+    for r in redis redis2 sentinel1 sentinel2 sentinel3 mock-redis mock-file hostile relay a b c; do
+        free_port "PORT[$r]"
+    done
     for r in a b c; do free_port "ADMIN_PORT[$r]"; done
 
     start_redis
@@ -570,7 +662,7 @@ main() {
         write_config "$r" "$GEN"
         start_replica "$r"
     done
-    log "replicas a, b (Redis 127.0.0.1:${PORT[redis]}) and c (file store) ready; load for ${SOAK_SECONDS}s"
+    log "replicas a, b (Redis Sentinel 127.0.0.1:${PORT[sentinel1]}, master 127.0.0.1:${PORT[$MASTER]}) and c (file store) ready; load for ${SOAK_SECONDS}s"
 
     local targets=()
     for r in a b c; do targets+=(--target "$r=http://127.0.0.1:${PORT[$r]}"); done
@@ -585,7 +677,7 @@ main() {
 
     run_schedule
 
-    for r in a b c mock-redis mock-file hostile redis load; do
+    for r in a b c mock-redis mock-file hostile redis redis2 sentinel1 sentinel2 sentinel3 load; do
         if kill -0 "${PID[$r]:-0}" 2>/dev/null; then
             check "every process still running at the end" ok "$r"
         else
@@ -619,7 +711,7 @@ main() {
         --group redis=a,b --group file=c --shared a --shared b --alone c --long-lived a --long-lived c \
         --header "$(date -u +%Y-%m-%dT%H:%MZ), commit $commit; $(nproc) cores, $machine, Linux $(uname -r)." \
         --fd-slack "$fd_slack" \
-        --header "${ROUNDS} round(s) of every fault in ${seconds} s of load: replicas a and b on one Redis, c on the file store; 2-second tokens (rotating refresh tokens, and Direct Login), \`token_wait\` ${TOKEN_WAIT_S} s; ${CONNS} keep-alive connection(s) per replica, one request at a time, ${PACE_MS} ms apart. Warm-up (\"start\"): $warm." \
+        --header "${ROUNDS} round(s) of every fault in ${seconds} s of load: replicas a and b on Redis Sentinel (a master and its replica), c on the file store; 2-second tokens (rotating refresh tokens, and Direct Login), \`token_wait\` ${TOKEN_WAIT_S} s; ${CONNS} keep-alive connection(s) per replica, one request at a time, ${PACE_MS} ms apart. Warm-up (\"start\"): $warm." \
         --command "SOAK_SECONDS=$SOAK_SECONDS bash benches/soak.sh"
 }
 

@@ -3,6 +3,7 @@
 #   curl           examples/scripts/list-webinars.sh
 #   python3-yaml   tests/examples.rs parses deploy/kubernetes/*.yaml
 #   redis-server   the Redis state store's tests, and the chaos soak (benches/soak.sh; redis-cli comes with it)
+#   redis-sentinel the Sentinel failover tests (tests/it/redis_ha.rs; Redis Cluster needs only redis-server)
 #   tinyproxy      a real forward proxy for the outbound-proxy tests (tests/it/corporate.rs)
 #   newman         runs examples/postman against the demo proxy (npm; needs node/npm)
 #   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into
@@ -74,6 +75,13 @@ else
   apt_install redis-server || true
 fi
 
+# ---- redis-sentinel ----
+if command -v redis-sentinel >/dev/null; then
+  say "redis-sentinel: present ($(command -v redis-sentinel))"
+else
+  apt_install redis-sentinel || true
+fi
+
 # ---- tinyproxy ----
 if command -v tinyproxy >/dev/null; then
   say "tinyproxy: present ($(command -v tinyproxy))"
@@ -121,6 +129,7 @@ missing=()
 command -v curl >/dev/null || missing+=(curl)
 has_yaml || missing+=("python3 yaml")
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 if ! command -v newman >/dev/null; then
   hint=""
@@ -134,4 +143,4 @@ if ((${#missing[@]})); then
   say "still missing: ${missing[*]}" >&2
   exit 1
 fi
-say "done: curl, python3 yaml, redis-server, tinyproxy, newman, oidc-provider, chromium and chromedriver are installed"
+say "done: curl, python3 yaml, redis-server, redis-sentinel, tinyproxy, newman, oidc-provider, chromium and chromedriver are installed"

@@ -629,15 +629,16 @@ async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -
             Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer)),
             None,
         )),
-        StateSettings::Redis { url, prefix, .. } => {
+        StateSettings::Redis { target, prefix } => {
             // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
             let tls = match (config.state.is_rediss(), outbound) {
                 (false, _) => None,
                 (true, Some(outbound)) => outbound.redis_tls(),
                 (true, None) => Outbound::from_config(config)?.redis_tls(),
             };
-            let store = RedisStore::connect_with_tls(url, prefix, Some(metrics.store_errors.clone()), tls)
+            let store = RedisStore::connect_with_tls(target, prefix, Some(metrics.store_errors.clone()), tls)
                 .map_err(|e| StartError::Store(e.to_string()))?
+                .with_replication_counter(metrics.store_replication_timeouts.clone())
                 .with_sealer(sealer);
             if let Err(e) = store.ping().await {
                 tracing::warn!(error = %e, "shared store unreachable at start; serving what can be served and retrying");
@@ -782,10 +783,10 @@ pub async fn start_from(config: Config, source: Option<Source>) -> Result<Runnin
     let empty = Snapshot::compile(&config, &HashMap::new(), &metrics, &net.outbound);
     let mut proxy = Proxy::new(empty, Connector, metrics.clone());
     let mut shared_budget = None;
-    if let StateSettings::Redis { url, prefix, .. } = &config.state {
+    if let StateSettings::Redis { target, prefix } = &config.state {
         // GoTo's quota is one budget: routes' pace lives next to the shared tokens.
         let tls = net.outbound.redis_tls();
-        match RedisBudget::connect(url, prefix, tls) {
+        match RedisBudget::connect(target, prefix, tls) {
             Ok(budget) => {
                 let budget = Arc::new(budget);
                 shared_budget = Some(budget.clone());

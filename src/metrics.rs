@@ -39,6 +39,9 @@ pub struct Metrics {
     /// Shared-store (Redis) operations that failed, by op: replicas keep serving through
     /// them, so this is where an outage shows.
     pub store_errors: IntCounterVec,
+    /// `goto_auth_proxy_store_replication_timeouts_total`: saves whose `WAIT` for a
+    /// Redis replica timed out (the token was used anyway).
+    pub store_replication_timeouts: IntCounter,
     /// Refresh loops that ended before the proxy stopped and were started again, by
     /// credential: should stay 0; anything else is a bug worth a report.
     pub refresher_restarts: IntCounterVec,
@@ -134,6 +137,11 @@ impl Metrics {
         registry.register(Box::new(token_expiry.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        let store_replication_timeouts = IntCounter::new(
+            "goto_auth_proxy_store_replication_timeouts_total",
+            "Token saves whose WAIT for a Redis replica timed out (the token was used anyway).",
+        )?;
+        registry.register(Box::new(store_replication_timeouts.clone()))?;
         let refresher_restarts = IntCounterVec::new(
             Opts::new(
                 "goto_auth_proxy_refresher_restarts_total",
@@ -186,6 +194,7 @@ impl Metrics {
             rate_limit_wait,
             reloads,
             store_errors,
+            store_replication_timeouts,
             refresher_restarts,
             upstream_throttled,
             rate_limit_local,

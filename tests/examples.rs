@@ -180,11 +180,13 @@ fn tls_paths(toml: &str) -> Vec<String> {
 
 /// A dummy secret for `key` that `check` accepts, and the part of it that must never be
 /// printed: a PEM key for `tls.client_key` (the certificate's, see [`check_config`]), a
-/// proxy URL for `outbound_proxy` (its password), else the dummy itself.
+/// proxy URL for `outbound_proxy` and a Redis URL for `redis_sentinels`/`redis_cluster`
+/// (their password), else the dummy itself.
 fn dummy_secret(key: &str, dummy: String, client_key: &str) -> (String, String) {
     match key {
         "client_key" => (client_key.to_string(), client_key.lines().nth(1).unwrap_or_default().to_string()),
         "outbound_proxy" => (format!("http://dummy-user:{dummy}@proxy.corp.example:3128"), dummy),
+        "redis_sentinels" | "redis_cluster" => (format!("redis://:{dummy}@redis.example:26379/0"), dummy),
         _ => (dummy.clone(), dummy),
     }
 }

@@ -3,7 +3,7 @@
 //! answers, an upstream closing kept-alive connections as requests arrive, a network
 //! black-holing the upstream connections, a revocation of every token, a SIGHUP with a
 //! changed route, the client secret rotated in its file with no signal, Redis restarted,
-//! `kill -9` of a replica), with the binary under test. It passes when the script's
+//! a Redis Sentinel failover, `kill -9` of a replica), with the binary under test. It passes when the script's
 //! verdict does (no failure the proxy could have avoided, no refresh token lost, flat
 //! memory and fds…), and when nothing it wrote holds a token or a secret.
 //!

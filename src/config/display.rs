@@ -123,7 +123,10 @@ impl fmt::Display for Config {
         )?;
         match &self.state {
             StateSettings::File { path } => writeln!(f, "state: file {}", path.display())?,
-            StateSettings::Redis { prefix, .. } => writeln!(f, "state: redis [redacted url] prefix {prefix}")?,
+            StateSettings::Redis { target, prefix } => {
+                let urls = if target.urls().len() == 1 { "url" } else { "urls" };
+                writeln!(f, "state: redis {} [redacted {urls}] prefix {prefix}", target.mode())?
+            }
         }
         let kids = self.state_key_ids();
         match kids.split_first() {

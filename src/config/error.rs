@@ -203,7 +203,7 @@ fn expected_for_key(leaf: &str, indexed: bool) -> Option<&'static str> {
             "client_id" | "client_secret" | "refresh_token" | "username" | "password" | "pat" | "token" | "redis_url",
             false,
         )
-        | ("keys", true) => Some(SECRET_FORMS),
+        | ("keys" | "redis_sentinels" | "redis_cluster", true) => Some(SECRET_FORMS),
         ("connect_timeout" | "request_timeout" | "token_wait" | "refresh_before", false) => {
             Some("a duration such as \"30s\"")
         }

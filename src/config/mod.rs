@@ -90,6 +90,9 @@ const SECTION_KEYS: &[&str] = &[
     "store",
     "path",
     "redis_url",
+    "redis_sentinels",
+    "redis_master",
+    "redis_cluster",
     "redis_prefix",
     "allow_remote",
     "keys",
@@ -322,17 +325,73 @@ pub enum StateSettings {
     },
     /// Shared by replicas through Redis.
     Redis {
-        /// Connection URL (may hold a password, so a secret).
-        url: Secret,
+        /// Which Redis: one server, Sentinel's master, or a cluster.
+        target: RedisTarget,
         /// Key prefix.
         prefix: String,
     },
 }
 
+/// Where the shared store's Redis is. URLs are secrets: they may hold a password.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    /// `redis_url`: one server (or a managed endpoint that follows its own failover).
+    Single(Secret),
+    /// `redis_sentinels` + `redis_master`: the master the sentinels name, followed
+    /// through failovers. The master is reached with the user, password and database
+    /// of the first sentinel URL, over TLS when that URL is `rediss://`.
+    Sentinel {
+        /// The sentinels' URLs.
+        sentinels: Vec<Secret>,
+        /// The name they monitor the master under.
+        master: String,
+    },
+    /// `redis_cluster`: seed nodes of a Redis Cluster; the client learns the rest.
+    Cluster(Vec<Secret>),
+}
+
+impl RedisTarget {
+    /// Every URL it names (for the TLS question and for messages).
+    pub fn urls(&self) -> &[Secret] {
+        match self {
+            RedisTarget::Single(url) => std::slice::from_ref(url),
+            RedisTarget::Sentinel { sentinels, .. } => sentinels,
+            RedisTarget::Cluster(seeds) => seeds,
+        }
+    }
+
+    /// Whether a save waits for a replica (`WAIT`): with Sentinel or Cluster, where a
+    /// replica is what a failover promotes.
+    pub fn is_replicated(&self) -> bool {
+        !matches!(self, RedisTarget::Single(_))
+    }
+
+    /// The mode in words, as `check` prints it: `single`, `sentinel mymaster via 3
+    /// sentinels`, `cluster of 6 seeds` (no URL: they may hold a password).
+    pub fn mode(&self) -> String {
+        match self {
+            RedisTarget::Single(_) => "single".to_string(),
+            RedisTarget::Sentinel { sentinels, master } => {
+                format!("sentinel {master} via {} sentinel{}", sentinels.len(), plural(sentinels.len()))
+            }
+            RedisTarget::Cluster(seeds) => format!("cluster of {} seed{}", seeds.len(), plural(seeds.len())),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 impl StateSettings {
     /// Whether the store is Redis over TLS (`rediss://`), which trusts `[tls]`.
     pub fn is_rediss(&self) -> bool {
-        matches!(self, StateSettings::Redis { url, .. } if url.expose().starts_with("rediss://"))
+        matches!(self, StateSettings::Redis { target, .. }
+            if target.urls().iter().any(|u| u.expose().starts_with("rediss://")))
     }
 }
 

@@ -196,6 +196,15 @@ pub(super) struct RawState {
     pub(super) path: Option<PathBuf>,
     #[serde(default)]
     pub(super) redis_url: Option<Spanned<RawSecret>>,
+    /// `state.redis_sentinels`: Sentinel URLs (secrets: they may carry a password).
+    #[serde(default)]
+    pub(super) redis_sentinels: Option<Spanned<Vec<Spanned<RawSecret>>>>,
+    /// `state.redis_master`: the name the sentinels monitor the master under.
+    #[serde(default)]
+    pub(super) redis_master: Option<Spanned<String>>,
+    /// `state.redis_cluster`: seed URLs of a Redis Cluster (secrets, as above).
+    #[serde(default)]
+    pub(super) redis_cluster: Option<Spanned<Vec<Spanned<RawSecret>>>>,
     #[serde(default)]
     pub(super) redis_prefix: Option<String>,
     /// `state.encryption_keys`: secrets, each base64 of 32 bytes; the first seals.

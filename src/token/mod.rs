@@ -23,6 +23,7 @@ mod handle;
 mod id_token;
 mod key;
 pub mod redis_budget;
+mod redis_link;
 pub mod redis_store;
 pub mod refresher;
 pub mod seal;

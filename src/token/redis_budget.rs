@@ -8,15 +8,17 @@
 //!   clock; GCRA: each reservation moves it one interval on).
 //! * `{prefix}:pause:{route}` — until when an upstream 429 pauses the route.
 //!
+//! On a Redis Cluster the route's name is a hash tag (`{prefix}:pace:{{route}}`), so a
+//! route's two keys share a slot and each script runs on one node.
+//!
 //! Both expire shortly after they stop mattering. Nothing here holds a secret.
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
-
-use super::redis_store::{describe, location_of, Link};
+use super::redis_link::{location_of, Link, Timeouts};
+use super::redis_store::describe;
+use crate::config::RedisTarget;
 use crate::limit::{BudgetUnavailable, SharedBudget, QUEUE_STEP};
-use crate::secret::Secret;
 
 /// Reserves a route's next slot: after the previous one by the interval, and not before
 /// the pause ends. KEYS: pace, pause. ARGV: interval µs, max wait µs, queue step µs.
@@ -69,6 +71,8 @@ return math.max(0, untl - now)
 pub struct RedisBudget {
     link: Link,
     prefix: String,
+    /// Keys carry the route as a hash tag (a cluster).
+    tagged: bool,
     /// `host:port/db` for messages; never the password.
     location: String,
     reserve: redis::Script,
@@ -77,27 +81,23 @@ pub struct RedisBudget {
 }
 
 impl RedisBudget {
-    /// A budget at `url` under `prefix`, on its own connection (the data path never
+    /// A budget on `target` under `prefix`, on its own connection (the data path never
     /// queues behind token-store traffic). Connects lazily; must be called inside a
     /// tokio runtime. `tls`: as for the store (`rediss://` trusts `[tls]`).
     pub fn connect(
-        url: &Secret,
+        target: &RedisTarget,
         prefix: &str,
         tls: Option<redis::TlsCertificates>,
     ) -> Result<RedisBudget, BudgetUnavailable> {
-        let location = location_of(url.expose());
+        let location = location_of(target);
         // Short timeouts: a request waits for this answer (the data path gives up sooner).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250)))
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let link = Link::new(url, tls, config).map_err(|e| {
-            BudgetUnavailable(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
-        })?;
+        let timeouts = Timeouts { connect: Duration::from_millis(250), response: Duration::from_millis(250) };
+        let link = Link::new(target, tls, timeouts)
+            .map_err(|e| BudgetUnavailable(format!("[state] Redis ({location}) is not usable: {}", e.category())))?;
         Ok(RedisBudget {
             link,
             prefix: prefix.to_string(),
+            tagged: matches!(target, RedisTarget::Cluster(_)),
             location,
             reserve: redis::Script::new(RESERVE),
             pause: redis::Script::new(PAUSE),
@@ -107,15 +107,36 @@ impl RedisBudget {
 
     /// A reload changed `[tls]`: requests from now on use a new connection trusting `tls`.
     pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), BudgetUnavailable> {
-        self.link.retls(tls).map_err(|e| self.failed(&e))
+        self.link.retls(tls).map_err(|e| BudgetUnavailable(format!("redis {}: {}", self.location, describe(&e))))
     }
 
     fn key(&self, kind: &str, route: &str) -> String {
-        format!("{}:{kind}:{route}", self.prefix)
+        if self.tagged {
+            format!("{}:{kind}:{{{route}}}", self.prefix)
+        } else {
+            format!("{}:{kind}:{route}", self.prefix)
+        }
     }
 
-    fn failed(&self, e: &redis::RedisError) -> BudgetUnavailable {
+    /// A failed call: the master may have moved (Sentinel), so the next goes where it is.
+    async fn failed(&self, e: &redis::RedisError) -> BudgetUnavailable {
+        self.link.suspect().await;
         BudgetUnavailable(format!("redis {}: {}", self.location, describe(e)))
+    }
+
+    /// Runs `script`'s call on the connection in force.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: redis::ScriptInvocation<'_>,
+    ) -> Result<T, BudgetUnavailable> {
+        let result = match self.link.conn().await {
+            Ok(mut conn) => call.invoke_async(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(&e).await),
+        }
     }
 }
 
@@ -131,37 +152,22 @@ impl SharedBudget for RedisBudget {
         interval: Duration,
         max_wait: Duration,
     ) -> Result<Result<Duration, Duration>, BudgetUnavailable> {
-        let mut conn = self.link.conn();
-        let (reserved, wait): (u8, u64) = self
-            .reserve
-            .key(self.key("pace", route))
-            .key(self.key("pause", route))
-            .arg(micros(interval))
-            .arg(micros(max_wait))
-            .arg(micros(QUEUE_STEP))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(&e))?;
+        let mut call = self.reserve.key(self.key("pace", route));
+        call.key(self.key("pause", route)).arg(micros(interval)).arg(micros(max_wait)).arg(micros(QUEUE_STEP));
+        let (reserved, wait): (u8, u64) = self.invoke(call).await?;
         let wait = Duration::from_micros(wait);
         Ok(if reserved == 1 { Ok(wait) } else { Err(wait) })
     }
 
     async fn pause(&self, route: &str, pause: Duration) -> Result<(), BudgetUnavailable> {
-        let mut conn = self.link.conn();
-        let _: u8 = self
-            .pause
-            .key(self.key("pause", route))
-            .arg(micros(pause))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(&e))?;
+        let mut call = self.pause.key(self.key("pause", route));
+        call.arg(micros(pause));
+        let _: u8 = self.invoke(call).await?;
         Ok(())
     }
 
     async fn paused_for(&self, route: &str) -> Result<Duration, BudgetUnavailable> {
-        let mut conn = self.link.conn();
-        let left: u64 =
-            self.paused_for.key(self.key("pause", route)).invoke_async(&mut conn).await.map_err(|e| self.failed(&e))?;
+        let left: u64 = self.invoke(self.paused_for.key(self.key("pause", route))).await?;
         Ok(Duration::from_micros(left))
     }
 }

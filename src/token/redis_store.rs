@@ -21,8 +21,18 @@
 //!   name, a removal deletes the record and the name in one step), so listing the
 //!   accounts reads one set, never a `SCAN`.
 //! * channel `{prefix}:changed` — the record's key is published on every save; a
-//!   subscriber task (started on first use, reconnecting by itself) turns it into
-//!   [`TokenStore::changes`]. Replicas also poll, in case a message was lost.
+//!   subscriber task (started on first use, reconnecting by itself, and again on the
+//!   new master after a failover) turns it into [`TokenStore::changes`]. Replicas also
+//!   poll, in case a message was lost.
+//!
+//! On a Redis Cluster (`redis_cluster`) the credential's name in each key is a hash
+//! tag — `{prefix}:token:{{credential}}`, `{prefix}:token:{{credential}}/{account}`,
+//! `{prefix}:lock:{{credential}}`, `{prefix}:accounts:{{credential}}` — so a credential's
+//! keys share one slot and each script runs on one node; elsewhere the names stay as
+//! they were (no stored token is orphaned by an upgrade).
+//!
+//! With Sentinel or Cluster a save counts once a replica has it ([`REPLICATION_WAIT`]):
+//! a failover then promotes a replica that holds every refresh token this proxy used.
 //!
 //! Every operation is bounded by [`OP_TIMEOUT`]: a slow Redis is a down Redis, and the
 //! caller keeps serving the token it holds. Failures are counted in
@@ -33,20 +43,27 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use prometheus::IntCounterVec;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::redis_link::{location_of, Link, Replication, Timeouts};
 use super::seal::Sealer;
 use super::store::sealing::{verdict, Codec, Decoded, RecordState};
 use super::store::{
     account_key, next_version, split_account_key, version_in, LockToken, Saved, StoreError, StoredToken, TokenStore,
 };
+use crate::config::RedisTarget;
 use crate::secret::Secret;
 
 /// Longest any one Redis operation may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a save waits for a Redis replica to confirm it has the record (`WAIT`)
+/// before the new token is used anyway — availability over the last milliseconds of
+/// durability, as the file store trades with fsync. Counted in
+/// `goto_auth_proxy_store_replication_timeouts_total` when it runs out.
+pub const REPLICATION_WAIT: Duration = Duration::from_millis(500);
 
 /// How often replicas re-read the stored token (backstop for lost notifications).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
@@ -55,8 +72,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 /// from, then tells the other replicas; otherwise answers what is stored. The version is
 /// read as [`super::store::version_in`] reads it (an integer from 0 to 2^53 - 1, else 0),
 /// so both sides agree whatever a planted record holds. No timestamp is looked at.
-/// KEYS: token, channel, and for an account's record the credential's account set.
-/// ARGV: record json, expected version, key, and the account's name (with the set).
+/// KEYS: token, and for an account's record the credential's account set (one slot: the
+/// channel is an argument, not a key). ARGV: record json, expected version, key,
+/// channel, and the account's name (with the set).
 /// Returns `{1, false}` when stored, `{0, stored value or false}` when refused.
 const SAVE_IF_VERSION: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -74,23 +92,23 @@ if have ~= tonumber(ARGV[2]) then
   return {0, cur or false}
 end
 redis.call('SET', KEYS[1], ARGV[1])
-if KEYS[3] then
-  redis.call('SADD', KEYS[3], ARGV[4])
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], ARGV[5])
 end
-redis.call('PUBLISH', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
 return {1, false}
 "#;
 
 /// Deletes a record and, for an account's, its name from the credential's account set,
 /// in one step; tells the other replicas when something was deleted.
-/// KEYS: token, channel, account set (for an account). ARGV: key, account name.
+/// KEYS: token, account set (for an account). ARGV: notice, channel, account name.
 const REMOVE: &str = r#"
 local n = redis.call('DEL', KEYS[1])
-if KEYS[3] then
-  redis.call('SREM', KEYS[3], ARGV[2])
+if KEYS[2] then
+  redis.call('SREM', KEYS[2], ARGV[3])
 end
 if n > 0 then
-  redis.call('PUBLISH', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
 end
 return n
 "#;
@@ -113,9 +131,15 @@ return 0
 pub struct RedisStore {
     link: std::sync::Arc<Link>,
     prefix: String,
+    /// Keys carry the credential as a hash tag (a cluster).
+    tagged: bool,
+    /// Saves wait for a replica (Sentinel, Cluster).
+    replicated: bool,
     /// `host:port/db` for logs; never the password.
     location: String,
     errors: Option<IntCounterVec>,
+    /// Saves whose wait for a replica ran out.
+    replication_timeouts: Option<IntCounter>,
     save_script: redis::Script,
     unlock_script: redis::Script,
     remove_script: redis::Script,
@@ -130,95 +154,36 @@ pub struct RedisStore {
     reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
-/// The Redis client for `url`: a `rediss://` URL with `tls` trusts `[tls]`'s roots and
-/// presents its client certificate (the store and the shared rate budget alike).
-fn client_for(url: &Secret, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<redis::Client> {
-    match tls {
-        Some(certs) if url.expose().starts_with("rediss://") => redis::Client::build_with_tls(url.expose(), certs),
-        _ => redis::Client::open(url.expose()),
-    }
-}
-
-/// A Redis client and its connection, replaced together when a reload changes `[tls]`
-/// ([`Link::retls`]): each operation takes the pair in force; a replaced connection
-/// closes once its last operation is done. Shared by the store and the rate budget.
-pub(crate) struct Link {
-    url: Secret,
-    config: ConnectionManagerConfig,
-    current: arc_swap::ArcSwap<(redis::Client, ConnectionManager)>,
-}
-
-impl Link {
-    /// Connects lazily (inside a tokio runtime): a proxy starts while Redis is down.
-    pub(crate) fn new(
-        url: &Secret,
-        tls: Option<redis::TlsCertificates>,
-        config: ConnectionManagerConfig,
-    ) -> redis::RedisResult<Link> {
-        let pair = Link::open(url, tls, config.clone())?;
-        Ok(Link { url: url.clone(), config, current: arc_swap::ArcSwap::from_pointee(pair) })
-    }
-
-    fn open(
-        url: &Secret,
-        tls: Option<redis::TlsCertificates>,
-        config: ConnectionManagerConfig,
-    ) -> redis::RedisResult<(redis::Client, ConnectionManager)> {
-        let client = client_for(url, tls)?;
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-        Ok((client, conn))
-    }
-
-    /// The connection in force (a cheap handle).
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.current.load().1.clone()
-    }
-
-    /// The client in force, for connections of their own (the change subscriber).
-    fn client(&self) -> redis::Client {
-        self.current.load().0.clone()
-    }
-
-    /// New connections trust `tls` (a reload changed `[tls]` under `rediss://`).
-    pub(crate) fn retls(&self, tls: Option<redis::TlsCertificates>) -> redis::RedisResult<()> {
-        let pair = Link::open(&self.url, tls, self.config.clone())?;
-        self.current.store(std::sync::Arc::new(pair));
-        Ok(())
-    }
-}
-
 impl RedisStore {
     /// A store at `url` (`redis://` or `rediss://`) under `prefix`. Connects lazily: a
     /// proxy starts while Redis is down and serves once it can obtain a token.
     /// Must be called inside a tokio runtime.
     pub fn connect(url: &Secret, prefix: &str, errors: Option<IntCounterVec>) -> Result<RedisStore, StoreError> {
-        RedisStore::connect_with_tls(url, prefix, errors, None)
+        RedisStore::connect_with_tls(&RedisTarget::Single(url.clone()), prefix, errors, None)
     }
 
-    /// [`RedisStore::connect`], a `rediss://` connection trusting `tls`'s roots (and
-    /// presenting its client certificate) instead of the client's bundled roots: the
-    /// proxy's `[tls]`. Ignored for `redis://`.
+    /// A store on `target` (one server, Sentinel's master, or a cluster), a `rediss://`
+    /// connection trusting `tls`'s roots (and presenting its client certificate)
+    /// instead of the client's bundled roots: the proxy's `[tls]`. Ignored for `redis://`.
     pub fn connect_with_tls(
-        url: &Secret,
+        target: &RedisTarget,
         prefix: &str,
         errors: Option<IntCounterVec>,
         tls: Option<redis::TlsCertificates>,
     ) -> Result<RedisStore, StoreError> {
-        let location = location_of(url.expose());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        // The URL may hold a password: errors name the location only.
-        let link = Link::new(url, tls, config).map_err(|e| {
-            StoreError::Backend(format!("redis_url ({location}) is not a usable Redis URL: {}", e.category()))
-        })?;
+        let location = location_of(target);
+        let timeouts = Timeouts { connect: OP_TIMEOUT, response: OP_TIMEOUT };
+        // The URLs may hold a password: errors name the location only.
+        let link = Link::new(target, tls, timeouts)
+            .map_err(|e| StoreError::Backend(format!("[state] Redis ({location}) is not usable: {}", e.category())))?;
         Ok(RedisStore {
             link: std::sync::Arc::new(link),
             prefix: prefix.to_string(),
+            tagged: matches!(target, RedisTarget::Cluster(_)),
+            replicated: target.is_replicated(),
             location,
             errors,
+            replication_timeouts: None,
             save_script: redis::Script::new(SAVE_IF_VERSION),
             unlock_script: redis::Script::new(UNLOCK),
             remove_script: redis::Script::new(REMOVE),
@@ -227,6 +192,12 @@ impl RedisStore {
             codec: Codec::default(),
             reported: std::sync::Mutex::default(),
         })
+    }
+
+    /// The same store, counting saves whose wait for a replica ran out in `counter`.
+    pub fn with_replication_counter(mut self, counter: IntCounter) -> RedisStore {
+        self.replication_timeouts = Some(counter);
+        self
     }
 
     /// The same store, sealing every record it writes with `sealer`'s first key and
@@ -248,10 +219,10 @@ impl RedisStore {
 
     /// The raw value of `credential`'s record, read and classified.
     async fn read(&self, credential: &str) -> Result<Option<(Option<Decoded>, RecordState)>, StoreError> {
-        let mut conn = self.link.conn();
-        let key = self.token_key(credential);
-        let raw: Option<String> =
-            self.run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut conn).await }).await?;
+        let (link, key) = (&self.link, self.token_key(credential));
+        let raw: Option<String> = self
+            .run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut link.conn().await?).await })
+            .await?;
         let Some(json) = raw else { return Ok(None) };
         self.classify(credential, &json).map(Some)
     }
@@ -277,10 +248,11 @@ impl RedisStore {
         let keys: Vec<String> = self.accounts(credential).await?.iter().map(|a| account_key(credential, a)).collect();
         let mut out = Vec::with_capacity(keys.len());
         for batch in keys.chunks(ACCOUNT_BATCH) {
-            let mut conn = self.link.conn();
+            let link = &self.link;
             let names: Vec<String> = batch.iter().map(|k| self.token_key(k)).collect();
-            let values: Vec<Option<String>> =
-                self.run("load", async move { redis::cmd("MGET").arg(&names).query_async(&mut conn).await }).await?;
+            let values: Vec<Option<String>> = self
+                .run("load", async move { redis::cmd("MGET").arg(&names).query_async(&mut link.conn().await?).await })
+                .await?;
             for (key, value) in batch.iter().zip(values) {
                 let Some(json) = value else { continue };
                 match self.classify(key, &json) {
@@ -302,21 +274,67 @@ impl RedisStore {
     ) -> Result<Option<Saved>, StoreError> {
         let sealed = self.codec.encode(&self.aad(credential), record)?;
         let json = serde_json::to_string(&sealed).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut conn = self.link.conn();
-        let mut call = self.save_script.key(self.token_key(credential));
-        call.key(self.channel()).arg(json).arg(expected).arg(credential);
+        let key = self.token_key(credential);
+        let mut call = self.save_script.key(&key);
+        call.arg(json).arg(expected).arg(credential).arg(self.channel());
         if let Some((c, account)) = split_account_key(credential) {
             call.key(self.accounts_key(c)).arg(account);
         }
-        let (written, current): (i64, Option<String>) =
-            self.run("save", async move { call.invoke_async(&mut conn).await }).await?;
+        let link = &self.link;
+        let (written, current, conn) = self
+            .run("save", async move {
+                let mut conn = link.conn().await?;
+                let (written, current): (i64, Option<String>) = call.invoke_async(&mut conn).await?;
+                Ok((written, current, conn))
+            })
+            .await?;
         if written == 1 {
+            if self.replicated {
+                self.confirm(credential, key, conn).await?;
+            }
             return Ok(None);
         }
         let value = current.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
         let version = version_in(value.as_ref().and_then(|v| v.get("version")));
         let current = value.and_then(|v| self.codec.decode(&self.aad(credential), &v).0).map(|(t, _)| t);
         Ok(Some(Saved::Stale { current, version }))
+    }
+
+    /// Waits until a replica has the record just saved on `conn` (see
+    /// [`REPLICATION_WAIT`]). A wait that runs out is logged and counted, and the save
+    /// stands; a failure (the master went away right after the save) is an error: the
+    /// caller keeps the token and writes it back to whichever master comes next.
+    async fn confirm(
+        &self,
+        credential: &str,
+        key: String,
+        mut conn: super::redis_link::Conn,
+    ) -> Result<(), StoreError> {
+        let held = conn.clone();
+        match self.run("wait", async move { conn.replicated(&key, REPLICATION_WAIT).await }).await {
+            Ok(Replication::Confirmed) => Ok(()),
+            Ok(Replication::NoReplica) if self.link.still_master(&held).await => Ok(()),
+            Ok(Replication::NoReplica) => Err(StoreError::Backend(format!(
+                "redis {} wait: the master had no replica and the sentinels no longer name it \
+                 (the token was saved there; no replica confirmed it)",
+                self.location
+            ))),
+            Ok(Replication::TimedOut) => {
+                if let Some(c) = &self.replication_timeouts {
+                    c.inc();
+                }
+                tracing::warn!(
+                    credential,
+                    wait_ms = REPLICATION_WAIT.as_millis() as u64,
+                    "no Redis replica confirmed the saved token in time; using it anyway (a failover now could lose it)"
+                );
+                Ok(())
+            }
+            Err(StoreError::Backend(why)) => {
+                Err(StoreError::Backend(format!("{why} (the token was saved on the master; no replica confirmed it)")))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A new record of `credential` is stored, sealed with the first key.
@@ -348,21 +366,34 @@ impl RedisStore {
 
     /// Asks Redis for `PONG` (start-up diagnostics).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.link.conn();
-        self.run("ping", async move { redis::cmd("PING").query_async::<String>(&mut conn).await }).await.map(|_| ())
+        let link = &self.link;
+        self.run("ping", async move { redis::cmd("PING").query_async::<String>(&mut link.conn().await?).await })
+            .await
+            .map(|_| ())
     }
 
     fn token_key(&self, credential: &str) -> String {
-        format!("{}:token:{credential}", self.prefix)
+        self.key("token", credential)
     }
 
     /// The set of `credential`'s account names.
     fn accounts_key(&self, credential: &str) -> String {
-        format!("{}:accounts:{credential}", self.prefix)
+        self.key("accounts", credential)
     }
 
     fn lock_key(&self, credential: &str) -> String {
-        format!("{}:lock:{credential}", self.prefix)
+        self.key("lock", credential)
+    }
+
+    /// `{prefix}:{kind}:{credential}`; on a cluster with the credential (not the
+    /// account) as the hash tag, so all of one credential's keys share a slot.
+    fn key(&self, kind: &str, credential: &str) -> String {
+        let prefix = &self.prefix;
+        match (self.tagged, split_account_key(credential)) {
+            (false, _) => format!("{prefix}:{kind}:{credential}"),
+            (true, Some((c, account))) => format!("{prefix}:{kind}:{{{c}}}/{account}"),
+            (true, None) => format!("{prefix}:{kind}:{{{credential}}}"),
+        }
     }
 
     fn channel(&self) -> String {
@@ -383,6 +414,8 @@ impl RedisStore {
         if let Some(c) = &self.errors {
             c.with_label_values(&[op]).inc();
         }
+        // The master may have moved (Sentinel): the next operation goes where it is.
+        self.link.suspect().await;
         Err(StoreError::Backend(format!("redis {} {op}: {err}", self.location)))
     }
 }
@@ -509,23 +542,23 @@ impl TokenStore for RedisStore {
     }
 
     async fn accounts(&self, credential: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.link.conn();
-        let key = self.accounts_key(credential);
-        let mut names: Vec<String> =
-            self.run("accounts", async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut conn).await }).await?;
+        let (link, key) = (&self.link, self.accounts_key(credential));
+        let mut names: Vec<String> = self
+            .run("accounts", async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut link.conn().await?).await })
+            .await?;
         names.sort();
         Ok(names)
     }
 
     async fn remove(&self, key: &str) -> Result<(), StoreError> {
-        let mut conn = self.link.conn();
         let mut call = self.remove_script.key(self.token_key(key));
         // `!key`: a removal, told apart from a save (`!` is in no name).
-        call.key(self.channel()).arg(format!("{REMOVED}{key}"));
+        call.arg(format!("{REMOVED}{key}")).arg(self.channel());
         if let Some((c, account)) = split_account_key(key) {
             call.key(self.accounts_key(c)).arg(account);
         }
-        let _deleted: i64 = self.run("remove", async move { call.invoke_async(&mut conn).await }).await?;
+        let link = &self.link;
+        let _deleted: i64 = self.run("remove", async move { call.invoke_async(&mut link.conn().await?).await }).await?;
         self.codec.note(key, None);
         if let Ok(mut r) = self.reported.lock() {
             r.remove(key);
@@ -539,12 +572,12 @@ impl TokenStore for RedisStore {
 
     async fn lock(&self, credential: &str, ttl: Duration) -> Result<Option<LockToken>, StoreError> {
         let lock = LockToken::random();
-        let mut conn = self.link.conn();
-        let key = self.lock_key(credential);
+        let (link, key) = (&self.link, self.lock_key(credential));
         let value = lock.as_str().to_string();
         let ms = ttl.as_millis().max(1) as u64;
         let set: Result<Option<String>, StoreError> = self
             .run("lock", async move {
+                let mut conn = link.conn().await?;
                 redis::cmd("SET").arg(&key).arg(&value).arg("NX").arg("PX").arg(ms).query_async(&mut conn).await
             })
             .await;
@@ -562,10 +595,10 @@ impl TokenStore for RedisStore {
     }
 
     async fn unlock(&self, credential: &str, lock: LockToken) -> Result<(), StoreError> {
-        let mut conn = self.link.conn();
         let mut call = self.unlock_script.key(self.lock_key(credential));
         call.arg(lock.as_str());
-        let _deleted: i64 = self.run("unlock", async move { call.invoke_async(&mut conn).await }).await?;
+        let link = &self.link;
+        let _deleted: i64 = self.run("unlock", async move { call.invoke_async(&mut link.conn().await?).await }).await?;
         Ok(())
     }
 
@@ -590,8 +623,46 @@ impl TokenStore for RedisStore {
     }
 }
 
+/// The change notices of one subscription, as they arrive ("" after a cluster
+/// connection subscribed again: anything may have changed meanwhile).
+type Notices = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
+
+/// Subscribes to `channel` where `link` points now: on one server or Sentinel's
+/// master a pub/sub connection of its own; on a cluster a RESP3 connection whose
+/// pushes arrive on a channel (the connection is kept in the stream).
+async fn subscribe(link: &Link, channel: &str) -> redis::RedisResult<Notices> {
+    if let Some(client) = link.pubsub_client().await? {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        return Ok(Box::pin(pubsub.into_on_message().filter_map(|m| async move { m.get_payload::<String>().ok() })));
+    }
+    let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
+    let Some(mut conn) = link.cluster_subscriber(push).await? else {
+        return Err(redis::RedisError::from((redis::ErrorKind::Client, "no way to subscribe")));
+    };
+    conn.subscribe(channel).await?;
+    // The connection lives as long as the stream: dropping it ends the subscription.
+    let notices = futures_util::stream::unfold((pushes, conn), |(mut pushes, conn)| async move {
+        loop {
+            let p = pushes.recv().await?;
+            let notice = match p.kind {
+                redis::PushKind::Message => {
+                    p.data.into_iter().nth(1).and_then(|v| redis::from_redis_value::<String>(v).ok())
+                }
+                redis::PushKind::Subscribe => Some(String::new()),
+                _ => None,
+            };
+            if let Some(n) = notice {
+                return Some((n, (pushes, conn)));
+            }
+        }
+    });
+    Ok(Box::pin(notices))
+}
+
 /// Subscribes to the change channel and forwards credential names, reconnecting with a
-/// capped backoff; after each (re)subscribe it sends "" (anything may have changed).
+/// capped backoff, and subscribing again on the new master when operations move
+/// (a failover); after each (re)subscribe it sends "" (anything may have changed).
 async fn subscribe_loop(
     link: std::sync::Arc<Link>,
     channel: String,
@@ -601,42 +672,46 @@ async fn subscribe_loop(
     errors: Option<IntCounterVec>,
 ) {
     let mut failures: u32 = 0;
+    let mut moves = link.moves();
     loop {
-        let attempt = async {
-            let mut pubsub = link.client().get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
+        moves.mark_unchanged();
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(OP_TIMEOUT, attempt) => r,
+            r = tokio::time::timeout(OP_TIMEOUT, subscribe(&link, &channel)) => r,
         };
         match outcome {
-            Ok(Ok(pubsub)) => {
+            Ok(Ok(mut notices)) => {
                 if failures > 0 {
                     tracing::info!(redis = %location, "change notifications resumed");
                 }
                 failures = 0;
                 let _ = tx.send(String::new()); // no receivers yet is fine
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    let msg = tokio::select! {
+                let moved = loop {
+                    let notice = tokio::select! {
                         _ = stop.cancelled() => return,
-                        m = messages.next() => m,
+                        _ = moves.changed() => break true,
+                        n = notices.next() => n,
                     };
-                    let Some(msg) = msg else { break };
-                    if let Ok(name) = msg.get_payload::<String>() {
-                        let _ = tx.send(name);
-                    }
+                    let Some(name) = notice else { break false };
+                    let _ = tx.send(name);
+                };
+                if moved {
+                    tracing::info!(redis = %location, "subscribing to change notifications where the store moved");
+                    continue;
                 }
                 tracing::warn!(redis = %location, "change notifications interrupted; reconnecting");
+                link.suspect().await;
             }
-            Ok(Err(e)) => note_failure(&location, &errors, &mut failures, &describe(&e)),
+            Ok(Err(e)) => {
+                note_failure(&location, &errors, &mut failures, &describe(&e));
+                link.suspect().await;
+            }
             Err(_) => note_failure(&location, &errors, &mut failures, "no answer in time"),
         }
         let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(2));
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = moves.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }
@@ -657,29 +732,9 @@ pub(super) fn describe(e: &redis::RedisError) -> String {
     e.to_string()
 }
 
-/// `host:port/db` of a Redis URL, without user or password.
-pub(super) fn location_of(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or("");
-            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{host}{port}{}", u.scheme(), u.path())
-        }
-        Err(_) => "(unparsable URL)".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn location_hides_the_password() {
-        let l = location_of("redis://user:hunter2@cache.internal:6380/2");
-        assert_eq!(l, "redis://cache.internal:6380/2");
-        assert!(!location_of("rediss://:hunter2@h/0").contains("hunter2"));
-        assert_eq!(location_of("not a url"), "(unparsable URL)");
-    }
 
     #[tokio::test]
     async fn bad_url_error_has_no_password() {

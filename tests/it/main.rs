@@ -35,6 +35,7 @@ mod notify;
 mod oidc;
 mod props;
 mod redis;
+mod redis_ha;
 mod safety;
 mod state_files;
 mod status_page;

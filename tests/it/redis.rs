@@ -390,7 +390,7 @@ async fn unreachable_redis_fails_operations_quickly_and_counts_them() {
 }
 
 /// A record for the store tests: `n` names its tokens, `version` is what it renewed from.
-fn record(n: u64, version: u64) -> StoredToken {
+pub(crate) fn record(n: u64, version: u64) -> StoredToken {
     StoredToken {
         access_token: format!("at{n}"),
         refresh_token: Some(format!("rt{n}")),

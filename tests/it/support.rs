@@ -427,9 +427,19 @@ impl Drop for RedisServer {
 pub struct LoadReport {
     pub requests: u64,
     pub failures: Vec<String>,
+    /// Every request's time to its whole answer (or its failure), in the order sent.
+    pub latencies: Vec<Duration>,
 }
 
 impl LoadReport {
+    /// The `q` quantile (0.0 to 1.0) of the requests' latencies.
+    pub fn latency(&self, q: f64) -> Duration {
+        let mut all = self.latencies.clone();
+        all.sort();
+        let i = ((all.len() as f64 - 1.0) * q).round() as usize;
+        all.get(i).copied().unwrap_or_default()
+    }
+
     /// Fails the test, listing every failed request, unless all succeeded.
     pub fn assert_no_failures(&self) {
         assert!(self.failures.is_empty(), "{} of {} failed: {:#?}", self.failures.len(), self.requests, self.failures);
@@ -455,6 +465,7 @@ pub async fn load(
                 let url = &urls[i % urls.len()];
                 i += 1;
                 report.requests += 1;
+                let sent = tokio::time::Instant::now();
                 match http.get(url).timeout(Duration::from_secs(10)).send().await {
                     Ok(r) if r.status() == 200 => {
                         // Read the body: a truncated answer is a failure too.
@@ -468,6 +479,7 @@ pub async fn load(
                     }
                     Err(e) => report.failures.push(format!("{url}: {e}")),
                 }
+                report.latencies.push(sent.elapsed());
                 tokio::time::sleep(pace).await;
             }
             report
@@ -478,6 +490,7 @@ pub async fn load(
         let r = t.await.expect("load task");
         total.requests += r.requests;
         total.failures.extend(r.failures);
+        total.latencies.extend(r.latencies);
     }
     total
 }

@@ -16,8 +16,8 @@ use super::names::quoted;
 use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
 use super::{
     ClientAuth, Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings,
-    RouteConfig, SecretFiles, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL, GOTO_DIRECT_LOGIN_URL,
-    GOTO_KEYS_URL, GOTO_TOKEN_URL,
+    RedisTarget, RouteConfig, SecretFiles, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL,
+    GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
 };
 use crate::secret::Secret;
 
@@ -255,16 +255,76 @@ fn validate_state(loc: &Locator<'_>, raw: RawState) -> Result<StateSettings, Con
             Ok(StateSettings::File { path: raw.path.unwrap_or_else(|| PathBuf::from("state/goto-auth-proxy.json")) })
         }
         "redis" => {
-            let url = match raw.redis_url {
-                Some(s) => resolve_secret(loc, &s, "state.redis_url")?,
-                None => Secret::new("redis://127.0.0.1:6379/0"),
-            };
-            Ok(StateSettings::Redis { url, prefix: raw.redis_prefix.unwrap_or_else(|| "goto-auth-proxy".to_string()) })
+            let target = validate_redis_target(loc, &raw)?;
+            Ok(StateSettings::Redis {
+                target,
+                prefix: raw.redis_prefix.unwrap_or_else(|| "goto-auth-proxy".to_string()),
+            })
         }
         _ => {
             let span = raw.store.as_ref().map(|s| s.span()).unwrap_or(0..0);
             Err(loc.err(&span, "state.store", "is not a store: expected \"file\" or \"redis\""))
         }
+    }
+}
+
+/// Which Redis `[state]` names: `redis_url` (default: a local server), or
+/// `redis_sentinels` with `redis_master`, or `redis_cluster` — one of the three.
+fn validate_redis_target(loc: &Locator<'_>, raw: &RawState) -> Result<RedisTarget, ConfigError> {
+    let urls = |list: &Spanned<Vec<Spanned<RawSecret>>>, key: &str| -> Result<Vec<Secret>, ConfigError> {
+        if list.get_ref().is_empty() {
+            return Err(loc.err(&list.span(), format!("state.{key}"), "is empty: list at least one redis:// URL"));
+        }
+        list.get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let k = format!("state.{key}[{i}]");
+                let url = resolve_secret(loc, s, &k)?;
+                // The URL may hold a password: the message never quotes it.
+                if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
+                    return Err(loc.err(&s.span(), k, "must be a redis:// or rediss:// URL"));
+                }
+                Ok(url)
+            })
+            .collect()
+    };
+    let single = raw.redis_url.as_ref().map(|s| s.span());
+    match (&raw.redis_sentinels, &raw.redis_master, &raw.redis_cluster) {
+        (Some(_), _, Some(c)) => {
+            Err(loc.err(&c.span(), "state.redis_cluster", "cannot be set together with state.redis_sentinels"))
+        }
+        (Some(s), _, None) | (None, None, Some(s)) if single.is_some() => Err(loc.err(
+            &s.span(),
+            if raw.redis_cluster.is_some() { "state.redis_cluster" } else { "state.redis_sentinels" },
+            "cannot be set together with state.redis_url: name one Redis",
+        )),
+        (Some(s), None, None) => Err(loc.err(
+            &s.span(),
+            "state.redis_sentinels",
+            "needs state.redis_master, the name the sentinels monitor the master under",
+        )),
+        (None, Some(m), _) => Err(loc.err(&m.span(), "state.redis_master", "needs state.redis_sentinels")),
+        (Some(s), Some(m), None) => {
+            let master = m.get_ref().trim();
+            if master.is_empty() {
+                return Err(loc.err(&m.span(), "state.redis_master", "is empty"));
+            }
+            Ok(RedisTarget::Sentinel { sentinels: urls(s, "redis_sentinels")?, master: master.to_string() })
+        }
+        (None, None, Some(c)) => {
+            let seeds = urls(c, "redis_cluster")?;
+            let tls = seeds[0].expose().starts_with("rediss://");
+            if let Some(i) = seeds.iter().position(|u| u.expose().starts_with("rediss://") != tls) {
+                let span = c.get_ref()[i].span();
+                return Err(loc.err(&span, format!("state.redis_cluster[{i}]"), "mixes redis:// and rediss://"));
+            }
+            Ok(RedisTarget::Cluster(seeds))
+        }
+        (None, None, None) => Ok(RedisTarget::Single(match &raw.redis_url {
+            Some(s) => resolve_secret(loc, s, "state.redis_url")?,
+            None => Secret::new("redis://127.0.0.1:6379/0"),
+        })),
     }
 }
 
@@ -585,6 +645,62 @@ fn readable_by_others(_path: &std::path::Path) -> Option<u32> {
 mod tests {
     use super::super::fixtures::{err, GOOD};
     use super::super::Config;
+
+    #[test]
+    fn redis_sentinel_and_cluster_are_read_and_shown_without_their_passwords() {
+        use super::super::{RedisTarget, StateSettings};
+        let with = |state: &str| format!("{GOOD}\n[state]\nstore = \"redis\"\n{state}\n");
+        let c = Config::parse(
+            "t.toml",
+            &with(
+                "redis_sentinels = [\"redis://:s3cret@10.0.0.1:26379\", \"redis://:s3cret@10.0.0.2:26379\", \"redis://:s3cret@10.0.0.3:26379\"]\nredis_master = \"gapmaster\"",
+            ),
+        )
+        .unwrap();
+        let StateSettings::Redis { target, .. } = &c.state else { panic!("redis") };
+        assert!(
+            matches!(target, RedisTarget::Sentinel { sentinels, master } if sentinels.len() == 3 && master == "gapmaster")
+        );
+        let shown = c.to_string();
+        assert!(shown.contains("state: redis sentinel gapmaster via 3 sentinels [redacted urls]"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let c =
+            Config::parse("t.toml", &with("redis_cluster = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]"))
+                .unwrap();
+        assert!(c.to_string().contains("state: redis cluster of 2 seeds [redacted urls]"), "{c}");
+        let c = Config::parse("t.toml", &with("redis_url = \"redis://:s3cret@h:6379/0\"")).unwrap();
+        assert!(c.to_string().contains("state: redis single [redacted url]"), "{c}");
+    }
+
+    #[test]
+    fn redis_targets_that_conflict_or_are_incomplete_are_refused_by_name() {
+        let with = |state: &str| format!("{GOOD}\n[state]\nstore = \"redis\"\n{state}\n");
+        for (state, says) in [
+            ("redis_sentinels = [\"redis://a:26379\"]", "state.redis_sentinels: needs state.redis_master"),
+            ("redis_master = \"m\"", "state.redis_master: needs state.redis_sentinels"),
+            (
+                "redis_url = \"redis://h/0\"\nredis_cluster = [\"redis://a:7000\"]",
+                "state.redis_cluster: cannot be set together with state.redis_url",
+            ),
+            (
+                "redis_sentinels = [\"redis://a:26379\"]\nredis_master = \"m\"\nredis_cluster = [\"redis://a:7000\"]",
+                "state.redis_cluster: cannot be set together with state.redis_sentinels",
+            ),
+            ("redis_cluster = []", "state.redis_cluster: is empty"),
+            ("redis_cluster = [\"http://:pw@a:7000\"]", "state.redis_cluster[0]: must be a redis:// or rediss:// URL"),
+            (
+                "redis_cluster = [\"redis://a:7000\", \"rediss://b:7000\"]",
+                "state.redis_cluster[1]: mixes redis:// and rediss://",
+            ),
+            ("redis_sentinels = [\"redis://a:26379\"]\nredis_master = \" \"", "state.redis_master: is empty"),
+        ] {
+            let e = err(&with(state));
+            assert!(e.contains(says), "{state}: {e}");
+            assert!(!e.contains(":pw@"), "{e}");
+            assert!(e.starts_with("t.toml:"), "names the line: {e}");
+        }
+    }
 
     #[test]
     fn dangling_credential_is_quoted_with_the_names_that_exist() {

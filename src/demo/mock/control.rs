@@ -5,6 +5,8 @@
 //!
 //! * `POST /_mock/fault?status=N` | `?retry_after=S` | `?delay_ms=MS` — the
 //!   [`TokenFault`] `Status`, `TooManyRequests` or `Delay`; no query lifts the fault.
+//! * `POST /_mock/token_lifetime?ms=MS` — tokens issued from now on live `MS`
+//!   milliseconds, as [`MockGoto::set_token_lifetime`].
 //! * `POST /_mock/refresh_tokens/mint` — `{"refresh_token":…}`, a new OAuth chain, as
 //!   [`MockGoto::mint_refresh_token`].
 //! * `POST /_mock/refresh_tokens/check` — body: a JSON array of refresh tokens found in
@@ -22,6 +24,7 @@
 //! [`MockGoto`]: super::MockGoto
 //! [`MockGoto::mint_refresh_token`]: super::MockGoto::mint_refresh_token
 //! [`MockGoto::set_client_secret`]: super::MockGoto::set_client_secret
+//! [`MockGoto::set_token_lifetime`]: super::MockGoto::set_token_lifetime
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +68,7 @@ pub(super) fn note_token_call(state: &State, req: &Request<Incoming>) {
 pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Result<Response<MockBody>, Request<Incoming>> {
     let res = match (req.method(), req.uri().path()) {
         (&Method::POST, "/_mock/fault") => set_fault(state, req.uri().query().unwrap_or("")),
+        (&Method::POST, "/_mock/token_lifetime") => set_token_lifetime(state, req.uri().query().unwrap_or("")),
         (&Method::POST, "/_mock/refresh_tokens/mint") => {
             let rt = lock(&state.tokens).mint_refresh(App::OAuth, 0);
             json(StatusCode::OK, serde_json::json!({ "refresh_token": rt }).to_string())
@@ -101,6 +105,19 @@ fn set_fault(state: &State, query: &str) -> Response<MockBody> {
     let described = format!("{fault:?}");
     state.fault.send_replace(fault);
     json(StatusCode::OK, serde_json::json!({ "fault": described }).to_string())
+}
+
+/// `POST /_mock/token_lifetime?ms=MS`: the lifetime of every token issued from now on.
+fn set_token_lifetime(state: &State, query: &str) -> Response<MockBody> {
+    let ms = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "ms")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0);
+    let Some(ms) = ms else {
+        return json(StatusCode::BAD_REQUEST, r#"{"error":"expected ms, a positive number"}"#.into());
+    };
+    lock(&state.opts).token_lifetime = Duration::from_millis(ms);
+    json(StatusCode::OK, serde_json::json!({ "token_lifetime_ms": ms }).to_string())
 }
 
 /// `POST /_mock/refresh_tokens/check`: how many refresh chains have their newest refresh
