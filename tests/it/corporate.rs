@@ -840,3 +840,186 @@ fn check_counts_roots_per_source_and_hides_the_proxy_credentials() {
         "{out}"
     );
 }
+
+// ===== Redis Sentinel over TLS =====
+
+/// `redis-cli --tls` against `port`, trusting the test CA: one command's answer.
+fn tls_cli(pki: &Pki, port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", &pki.ca_file.display().to_string(), "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sentinels, master and replica that speak TLS only (`rediss://`, the private CA in
+/// `[tls]`): the proxy finds the master through the sentinels, stores there, follows a
+/// failover (master killed), and a replica started afterwards takes the token stored on
+/// the new master up without a login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_is_followed_through_a_failover() {
+    for p in ["redis-server", "redis-sentinel", "redis-cli"] {
+        if std::process::Command::new(p).arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "{p} is not installed");
+            return;
+        }
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = |port: u16| -> Vec<String> {
+        let mut a: Vec<String> = ["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for (flag, f) in [
+            ("--tls-cert-file", &pki.server_cert_file),
+            ("--tls-key-file", &pki.server_key_file),
+            ("--tls-ca-cert-file", &pki.ca_file),
+        ] {
+            a.push(flag.into());
+            a.push(f.display().to_string());
+        }
+        a.extend(
+            ["--tls-auth-clients", "no", "--tls-replication", "yes", "--save", "", "--appendonly", "no"]
+                .map(String::from),
+        );
+        a.extend(["--repl-diskless-sync-delay", "0"].map(String::from));
+        a
+    };
+    let spawn = |program: &str, args: &[String], sub: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::process::Command::new(program)
+            .args(args)
+            .current_dir(&d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    struct Killed(Vec<std::process::Child>);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let (mport, rport) = (free_port(), free_port());
+    let mut procs = Killed(vec![spawn("redis-server", &tls(mport), "master")]);
+    let mut replica_args = tls(rport);
+    replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), mport.to_string()]);
+    procs.0.push(spawn("redis-server", &replica_args, "replica"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !tls_cli(&pki, rport, &["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(tokio::time::Instant::now() < deadline, "the replica did not sync over TLS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sentinel_ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let d = dir.path().join(format!("s{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let conf = d.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
+                 tls-auth-clients no\ntls-replication yes\nsentinel monitor gapmaster 127.0.0.1 {mport} 2\n\
+                 sentinel down-after-milliseconds gapmaster 2000\nsentinel failover-timeout gapmaster 5000\n",
+                d.display(),
+                pki.server_cert_file.display(),
+                pki.server_key_file.display(),
+                pki.ca_file.display()
+            ),
+        )
+        .unwrap();
+        procs.0.push(spawn("redis-sentinel", &[conf.display().to_string()], &format!("s{i}")));
+        sentinel_ports.push(port);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = sentinel_ports.iter().all(|p| {
+            let replicas = tls_cli(&pki, *p, &["SENTINEL", "REPLICAS", "gapmaster"]);
+            let peers = tls_cli(&pki, *p, &["SENTINEL", "SENTINELS", "gapmaster"]);
+            replicas.contains(&rport.to_string()) && peers.matches("name").count() == 2
+        });
+        if ready {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the sentinels did not find each other over TLS");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mock = MockGoto::start(MockOptions::default()).await.unwrap();
+    let urls: Vec<String> = sentinel_ports.iter().map(|p| format!("\"rediss://127.0.0.1:{p}\"")).collect();
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntoken_wait = \"5s\"\n\n[state]\nstore = \"redis\"\nredis_sentinels = [{}]\nredis_master = \"gapmaster\"\nredis_prefix = \"tls\"\n\n{}\n{}\n{}",
+        urls.join(", "),
+        pki.tls_toml(false),
+        password_cred("g2a", &mock),
+        route("/", &mock, Some("g2a"))
+    );
+    let http = client();
+    let a = start_proxy(&text).await;
+    wait_ready(&http, &format!("http://{}/readyz", a.admin_addr), Duration::from_secs(10)).await;
+    assert_eq!(http.get(format!("http://{}/x", a.proxy_addr)).send().await.unwrap().status(), 200);
+    let stored = |port: u16| tls_cli(&pki, port, &["EXISTS", "tls:token:g2a"]).trim() == "1";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !stored(mport) {
+        assert!(tokio::time::Instant::now() < deadline, "the token was not stored on the master over TLS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The master dies; the sentinels promote the replica.
+    let _ = procs.0[0].kill();
+    let _ = procs.0[0].wait();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !tls_cli(&pki, sentinel_ports[0], &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "gapmaster"])
+        .contains(&rport.to_string())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A renewal now goes to the new master, over TLS.
+    let logins = mock.stats().password_logins;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.post(format!("http://{}/refresh/g2a", a.admin_addr)).send().await.unwrap();
+        if r.status().is_success() || r.status().is_redirection() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no renewal after the failover: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stored(rport), "the renewal was not stored on the new master");
+    // A reload that changes `[tls]` (now with a client certificate) is applied, not
+    // refused, and the connections it rebuilds reach the new master.
+    let with_client = text.replace(&pki.tls_toml(false), &pki.tls_toml(true));
+    a.core
+        .reload(Config::parse("reload.toml", &with_client).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
+        .await
+        .expect("a [tls] change under Sentinel is applied");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let version = tls_cli(&pki, rport, &["GET", "tls:token:g2a"]);
+    loop {
+        let r = http.post(format!("http://{}/refresh/g2a", a.admin_addr)).send().await.unwrap();
+        if (r.status().is_success() || r.status().is_redirection())
+            && tls_cli(&pki, rport, &["GET", "tls:token:g2a"]) != version
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no renewal stored after the [tls] reload: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let calls = mock.stats().token_calls;
+    let b = start_proxy(&text).await;
+    wait_ready(&http, &format!("http://{}/readyz", b.admin_addr), Duration::from_secs(10)).await;
+    assert_eq!(http.get(format!("http://{}/x", b.proxy_addr)).send().await.unwrap().status(), 200);
+    assert_eq!(mock.stats().token_calls, calls, "the replica started after the failover called the token endpoint");
+    assert!(mock.stats().password_logins <= logins + 1, "more than one login for the failover");
+    b.stop().await;
+    a.stop().await;
+}
