@@ -93,14 +93,16 @@ pub struct Demo {
     pub banner: String,
 }
 
-/// The demo's config: three credentials against the mock, state under `state_dir`.
+/// The demo's config: three credentials against the mock, state under `state_dir`,
+/// written there too (0600: it holds the mock's client secret) so that a user can read
+/// it, `check` it, and copy from it.
 fn config(
     mock: &MockGoto,
     seed_refresh_token: &str,
     listen: SocketAddr,
     admin_listen: SocketAddr,
     state_dir: &Path,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, Option<std::path::PathBuf>), ConfigError> {
     let o = mock.options();
     let m = mock.url();
     let text = format!(
@@ -164,7 +166,20 @@ credential = "goto"
         user_id = o.user_id,
         password = o.password,
     );
-    Config::parse("(demo)", &text)
+    let path = state_dir.join("goto-auth-proxy-demo.toml");
+    let written = {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path).and_then(|mut f| f.write_all(text.as_bytes()))
+    };
+    match written {
+        Ok(()) => Config::parse(&path.display().to_string(), &text).map(|c| (c, Some(path))),
+        // Nowhere to show it: the demo runs all the same.
+        Err(_) => Config::parse("(demo)", &text).map(|c| (c, None)),
+    }
 }
 
 /// Starts the mock and the proxy, and builds the banner. Public: `cli`'s `demo` command
@@ -179,7 +194,7 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Pat
     })
     .await?;
     let seed = mock.mint_refresh_token();
-    let cfg = config(&mock, &seed, listen, admin_listen, state_dir)?;
+    let (cfg, cfg_file) = config(&mock, &seed, listen, admin_listen, state_dir)?;
     let running = app::start(cfg).await?;
     for (name, user) in people() {
         if let Err(e) = sign_in(running.admin_addr, name, &user.email).await {
@@ -187,7 +202,7 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Pat
             return Err(e);
         }
     }
-    let banner = banner(running.proxy_addr, running.admin_addr, &mock.url(), &people());
+    let banner = banner(running.proxy_addr, running.admin_addr, &mock.url(), &people(), cfg_file.as_deref());
     Ok(Demo { running, mock, banner })
 }
 
@@ -220,7 +235,19 @@ fn location(res: &reqwest::Response, what: &str) -> Result<url::Url, DemoError> 
         .ok_or_else(|| DemoError::SignIn(format!("{what} answered {} with no redirect", res.status())))
 }
 
-fn banner(proxy: SocketAddr, admin: SocketAddr, mock: &str, people: &[(&str, MockUser)]) -> String {
+fn banner(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    mock: &str,
+    people: &[(&str, MockUser)],
+    config_file: Option<&Path>,
+) -> String {
+    let config = config_file.map_or_else(String::new, |f| {
+        let f = f.display();
+        format!(
+            "The config it runs is {f}; this prints it, secrets redacted:\n\n  goto-auth-proxy check --config {f}\n\n"
+        )
+    });
     let (first, second) = match people {
         [a, b, ..] => (a, b),
         _ => unreachable!("the demo signs two people in"),
@@ -265,7 +292,7 @@ organizer key in its path; each answer's organizerKey is whose token served it:
 
 The status page http://{admin}/ lists them; its Connect an account form adds more.
 
-Ctrl-C stops the demo.
+{config}Ctrl-C stops the demo.
 "#
     )
 }

@@ -206,6 +206,12 @@ fn keygen_prints_one_fresh_key_and_nothing_else() {
 /// The `demo` binary, started on free ports, and the `curl` lines of its banner (read up
 /// to its last line, `Ctrl-C …`). The caller kills the child.
 fn start_demo() -> (std::process::Child, Vec<String>) {
+    let (child, curls, _) = start_demo_lines();
+    (child, curls)
+}
+
+/// [`start_demo`], with the `goto-auth-proxy …` command lines of the banner too.
+fn start_demo_lines() -> (std::process::Child, Vec<String>, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdin(Stdio::null())
@@ -222,16 +228,19 @@ fn start_demo() -> (std::process::Child, Vec<String>) {
             }
         }
     });
-    let mut curls = Vec::new();
+    let (mut curls, mut commands) = (Vec::new(), Vec::new());
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
         if let Some(c) = line.trim_start().strip_prefix("curl ") {
             curls.push(format!("curl {c}"));
+        }
+        if let Some(c) = line.trim_start().strip_prefix("goto-auth-proxy ") {
+            commands.push(c.to_string());
         }
         if line.starts_with("Ctrl-C") {
             break;
         }
     }
-    (child, curls)
+    (child, curls, commands)
 }
 
 /// Runs a curl line through `sh` as a user pastes it: the status and the body.
@@ -251,6 +260,27 @@ fn demo_banner_curl_lines_work() {
         let out = Command::new("sh").arg("-c").arg(format!("{c} -o /dev/null -w '%{{http_code}}'")).output().unwrap();
         let code = String::from_utf8_lossy(&out.stdout).to_string();
         assert_eq!(code, "200", "{c} answered {code}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The demo prints where its config is and a `check` line that works as printed: the
+/// config a newcomer can read and copy from.
+#[test]
+fn demo_prints_its_config_and_a_check_line_that_works() {
+    let (mut child, _, commands) = start_demo_lines();
+    let check = commands.iter().find(|c| c.starts_with("check --config ")).expect("a check line in the banner");
+    let out = Command::new(BIN).args(check.split_whitespace()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{check}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("people") && stdout.ends_with("ok\n"), "{stdout}");
+    let file = check.trim_start_matches("check --config ");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} holds the mock's client secret");
     }
     let _ = child.kill();
     let _ = child.wait();
