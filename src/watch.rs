@@ -15,7 +15,7 @@
 //! [`FileWatch::settled`] then waits until no batch has come for [`SETTLE`], so a burst
 //! of writes — an editor's temporary files, a script writing a hundred times — makes one
 //! reload once it stops. A change is applied about half a second after the last write
-//! (0.5–0.6 s measured by the integration tests; SPEC's bound is 2 s).
+//! (0.5–0.6 s measured by the integration tests; a change must apply within 2 s).
 //!
 //! Only events about the watched files count ([`Interest::covers`]): other files in a
 //! watched directory (`/etc` holds many; a state file may sit beside the config) wake

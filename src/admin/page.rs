@@ -246,23 +246,12 @@ pub(super) fn render(
 }
 
 fn credential_row(name: &str, grant: GrantKind, info: &TokenInfo, now: SystemTime) -> Markup {
-    let state = info.state.as_str();
     html! {
         tr data-credential=(name) {
             td data-label="Name" { strong { (name) } }
-            td data-label="State" {
-                span class={ "state state-" (state) } { (state) }
-                @if let Some(e) = &info.last_error { div.error { (e) } }
-            }
+            (state_cell(info))
             td data-label="Grant" { (grant.as_str()) }
-            td data-label="Signed in as" { (optional(info.principal.as_deref())) }
-            td.keys data-label="Organizer / account key" {
-                (optional(info.organizer_key.as_deref())) br; (optional(info.account_key.as_deref()))
-            }
-            td data-label="Time left" { (time_left(info, now)) }
-            td.last-renewal data-label="Last renewal" { (when(info.last_refresh.as_deref(), now)) }
-            td.next-renewal data-label="Next renewal" { (when(info.next_refresh.as_deref(), now)) }
-            td.num data-label="Failures" { (info.consecutive_failures) }
+            (token_cells(info, now))
             td.actions data-label="Actions" {
                 @if grant == GrantKind::AuthorizationCode {
                     a.button.primary href=(login_path(name)) { "Sign in" }
@@ -342,22 +331,11 @@ fn account_row(credential: &str, name: &str, info: &TokenInfo, back: &AccountVie
     );
     let refresh = format!("{}/{account}", refresh_path(credential));
     let remove = format!("/accounts/{}/{account}/remove", name_to_path(credential));
-    let state = info.state.as_str();
     html! {
         tr data-account=(name) {
             td data-label="Account" { strong { (name) } }
-            td data-label="State" {
-                span class={ "state state-" (state) } { (state) }
-                @if let Some(e) = &info.last_error { div.error { (e) } }
-            }
-            td data-label="Signed in as" { (optional(info.principal.as_deref())) }
-            td.keys data-label="Organizer / account key" {
-                (optional(info.organizer_key.as_deref())) br; (optional(info.account_key.as_deref()))
-            }
-            td data-label="Time left" { (time_left(info, now)) }
-            td.last-renewal data-label="Last renewal" { (when(info.last_refresh.as_deref(), now)) }
-            td.next-renewal data-label="Next renewal" { (when(info.next_refresh.as_deref(), now)) }
-            td.num data-label="Failures" { (info.consecutive_failures) }
+            (state_cell(info))
+            (token_cells(info, now))
             td.actions data-label="Actions" {
                 a.button.primary href=(login) { "Sign in again" }
                 form.refresh method="post" action=(refresh) {
@@ -371,6 +349,32 @@ fn account_row(credential: &str, name: &str, info: &TokenInfo, back: &AccountVie
                 }
             }
         }
+    }
+}
+
+/// The State cell of a credential's or an account's row: its word, and the last error.
+fn state_cell(info: &TokenInfo) -> Markup {
+    let state = info.state.as_str();
+    html! {
+        td data-label="State" {
+            span class={ "state state-" (state) } { (state) }
+            @if let Some(e) = &info.last_error { div.error { (e) } }
+        }
+    }
+}
+
+/// The cells a credential's row and an account's row share: who signed in, the keys,
+/// time left, last and next renewal, failures.
+fn token_cells(info: &TokenInfo, now: SystemTime) -> Markup {
+    html! {
+        td data-label="Signed in as" { (optional(info.principal.as_deref())) }
+        td.keys data-label="Organizer / account key" {
+            (optional(info.organizer_key.as_deref())) br; (optional(info.account_key.as_deref()))
+        }
+        td data-label="Time left" { (time_left(info, now)) }
+        td.last-renewal data-label="Last renewal" { (when(info.last_refresh.as_deref(), now)) }
+        td.next-renewal data-label="Next renewal" { (when(info.next_refresh.as_deref(), now)) }
+        td.num data-label="Failures" { (info.consecutive_failures) }
     }
 }
 
