@@ -742,23 +742,45 @@ async fn binary_needs_only_what_the_runtime_image_has() {
     assert!(stdout.contains("libc.so.6") && stdout.contains("ok:"), "{stdout}");
 }
 
+/// The manual: the README and every page of `docs/`, each with its repository path.
+fn manual_pages() -> Vec<(String, String)> {
+    let mut pages = vec![("README.md".to_string(), read(&repo().join("README.md")))];
+    let mut docs: Vec<_> = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    for p in docs {
+        let name = format!("docs/{}", p.file_name().unwrap().to_string_lossy());
+        pages.push((name, read(&p)));
+    }
+    pages
+}
+
 /// Every TOML example in the README is a config `check` accepts (file secrets and TLS
 /// files pointed at temporary stand-ins), so the manual cannot drift from the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_toml_examples_pass_check() {
-    let readme = read(&repo().join("README.md"));
-    let blocks: Vec<&str> = readme.split("```toml\n").skip(1).filter_map(|rest| rest.split("```").next()).collect();
-    assert!(blocks.len() >= 4, "README has {} TOML examples", blocks.len());
+    let pages = manual_pages();
+    let blocks: Vec<(&str, &str)> = pages
+        .iter()
+        .flat_map(|(name, text)| {
+            text.split("```toml\n").skip(1).filter_map(|rest| rest.split("```").next()).map(move |b| (name.as_str(), b))
+        })
+        .collect();
+    assert!(blocks.len() >= 4, "the manual has {} TOML examples", blocks.len());
     let dir = tempfile::tempdir().expect("tempdir");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_file, cert.cert.pem()).expect("cert");
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("key");
-    for (i, block) in blocks.iter().enumerate() {
+    for (i, (page, block)) in blocks.iter().enumerate() {
         let toml = block
             .replace("/etc/goto-auth-proxy/tls/cert.pem", &cert_file.display().to_string())
             .replace("/etc/goto-auth-proxy/tls/key.pem", &key_file.display().to_string());
-        check_config(&format!("README example {i}"), &toml).await;
+        check_config(&format!("{page} example {i}"), &toml).await;
     }
 }
 
@@ -822,12 +844,16 @@ fn exists_in_repo(repo: &Path, pattern: &str) -> bool {
 /// example or deploy file would otherwise go on being recommended).
 #[test]
 fn readme_paths_exist() {
-    let readme = read(&repo().join("README.md"));
-    let paths = readme_repo_paths(&readme);
-    assert!(paths.len() >= 20, "found only {} paths in the README: {paths:?}", paths.len());
-    let missing: Vec<String> =
-        paths.iter().filter(|(_, p)| !exists_in_repo(&repo(), p)).map(|(n, p)| format!("README.md:{n}: {p}")).collect();
-    assert!(missing.is_empty(), "the README names paths that do not exist:\n{}", missing.join("\n"));
+    let mut found = 0;
+    let mut missing: Vec<String> = Vec::new();
+    for (page, text) in manual_pages() {
+        let paths = readme_repo_paths(&text);
+        found += paths.len();
+        missing
+            .extend(paths.iter().filter(|(_, p)| !exists_in_repo(&repo(), p)).map(|(n, p)| format!("{page}:{n}: {p}")));
+    }
+    assert!(found >= 20, "found only {found} paths in the manual");
+    assert!(missing.is_empty(), "the manual names paths that do not exist:\n{}", missing.join("\n"));
 }
 
 /// Shell words of `line`, and the operators that separate commands (`;`, `&&`, `|`,
@@ -913,33 +939,34 @@ fn binary_invocations(line: &str) -> Vec<Vec<String>> {
 /// accepts: run with `--help` appended, clap parses what comes before it and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_command_lines_parse() {
-    let readme = read(&repo().join("README.md"));
-    let mut lines: Vec<(usize, String)> =
-        readme_code_lines(&readme).into_iter().map(|(n, l)| (n, l.to_string())).collect();
-    for (n, line) in readme.lines().enumerate() {
-        for span in line.split('`').skip(1).step_by(2) {
-            if span.starts_with("goto-auth-proxy ") && !span.contains(['[', '…', '<']) {
-                lines.push((n + 1, span.to_string()));
+    let mut lines: Vec<(String, usize, String)> = Vec::new();
+    for (page, text) in manual_pages() {
+        lines.extend(readme_code_lines(&text).into_iter().map(|(n, l)| (page.clone(), n, l.to_string())));
+        for (n, line) in text.lines().enumerate() {
+            for span in line.split('`').skip(1).step_by(2) {
+                if span.starts_with("goto-auth-proxy ") && !span.contains(['[', '…', '<']) {
+                    lines.push((page.clone(), n + 1, span.to_string()));
+                }
             }
         }
     }
     let mut checked = 0;
-    for (n, line) in &lines {
+    for (page, n, line) in &lines {
         for args in binary_invocations(line) {
             let mut cmd = Command::new(BIN);
             cmd.args(&args).arg("--help").env_remove("GOTO_AUTH_PROXY_CONFIG");
-            let out = run(cmd, &format!("README.md:{n}")).await;
+            let out = run(cmd, &format!("{page}:{n}")).await;
             let (_, stderr) = text(&out);
             assert!(
                 out.status.success(),
-                "README.md:{n}: `goto-auth-proxy {}` is not accepted by the CLI ({}):\n{stderr}",
+                "{page}:{n}: `goto-auth-proxy {}` is not accepted by the CLI ({}):\n{stderr}",
                 args.join(" "),
                 out.status
             );
             checked += 1;
         }
     }
-    assert!(checked >= 10, "found only {checked} command lines running the binary in the README");
+    assert!(checked >= 10, "found only {checked} command lines running the binary in the manual");
 }
 
 #[test]

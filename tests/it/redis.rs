@@ -167,7 +167,7 @@ async fn redis_killed_and_restarted_mid_run_fails_no_request() {
     let Some(mut redis) = RedisServer::start().await else { return };
     // Tokens that outlive the outage by far: the outage must not overlap a renewal.
     // (Killed between a renewal and its save, the others would hold a token the renewal
-    // revoked: an inherent window, see the README, "Running several replicas".)
+    // revoked: an inherent window, see docs/replicas.md.)
     let lifetime = 20.0;
     let mock = MockGoto::start(short_tokens(20)).await.unwrap();
     let seed = mock.mint_refresh_token();
