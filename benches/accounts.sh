@@ -18,8 +18,8 @@ if [ -z "${GAP_BIN:-}" ]; then
     cargo build --release --bin goto-auth-proxy
     GAP_BIN=target/release/goto-auth-proxy
 fi
-cargo build --release --example accounts_bench
-exec target/release/examples/accounts_bench --bin "$GAP_BIN" \
+cargo build --release -p goto-bench-tools --bin accounts_bench
+exec target/release/accounts_bench --bin "$GAP_BIN" \
     --accounts "${ACCOUNTS:-10000}" --seconds "${DURATION:-600}" \
     --token-secs "${TOKEN_SECS:-300}" --token-rate "${TOKEN_RATE:-50}" \
     --workers "${WORKERS:-8}" --out "$OUT"

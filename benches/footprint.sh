@@ -8,7 +8,7 @@
 #   STARTS=5 bash benches/footprint.sh     # a quick look
 #
 # Two `client_credentials` credentials get their tokens (one hour) from the crate's mock
-# token endpoint (benches/tools/mock_goto.rs) and store them in the state file. Then:
+# token endpoint (crates/bench-tools/src/mock_goto.rs) and store them in the state file. Then:
 #   idle RSS       the proxy after its first tokens and a few requests on each route,
 #                  left alone IDLE_SECS (3): VmRSS and VmHWM from /proc, and the anonymous
 #                  (heap, stacks) and file-backed (binary, libc) parts
@@ -39,10 +39,13 @@ log() { printf '[footprint.sh] %s\n' "$*" >&2; }
 
 if [[ -z "${GAP_BIN:-}" || -z "${MOCK_BIN:-}" ]]; then
     log "building goto-auth-proxy and the mock token endpoint (release)"
-    cargo build --release --locked --quiet --bin goto-auth-proxy --example bench_mock_goto
+    # Two builds, so the product is built as users build it (the tool enables the mock's
+    # test-only faults, which one build of both would give the product too).
+    cargo build --release --locked --quiet --bin goto-auth-proxy
+    cargo build --release --locked --quiet -p goto-bench-tools --bin bench_mock_goto
     dir="${CARGO_TARGET_DIR:-target}"
     GAP_BIN=${GAP_BIN:-$dir/release/goto-auth-proxy}
-    MOCK_BIN=${MOCK_BIN:-$dir/release/examples/bench_mock_goto}
+    MOCK_BIN=${MOCK_BIN:-$dir/release/bench_mock_goto}
 fi
 
 start mock "$MOCK_BIN" --token-lifetime-ms 3600000

@@ -94,10 +94,13 @@ build() {
         return
     fi
     log "building goto-auth-proxy and soak_tool (release)"
-    cargo build --release --locked --quiet --bin goto-auth-proxy --example soak_tool
+    # Two builds, so the product is built as users build it (the tool enables the mock's
+    # test-only faults, which one build of both would give the product too).
+    cargo build --release --locked --quiet --bin goto-auth-proxy
+    cargo build --release --locked --quiet -p goto-bench-tools --bin soak_tool
     local dir=${CARGO_TARGET_DIR:-target}
     GAP_BIN=${SOAK_BIN:-$dir/release/goto-auth-proxy}
-    TOOL=("${SOAK_TOOL:-$dir/release/examples/soak_tool}" ${SOAK_TOOL_ARG:+"$SOAK_TOOL_ARG"})
+    TOOL=("${SOAK_TOOL:-$dir/release/soak_tool}" ${SOAK_TOOL_ARG:+"$SOAK_TOOL_ARG"})
 }
 
 tool() { "${TOOL[@]}" "$@"; }
@@ -306,7 +309,7 @@ start_replica() { # REPLICA
     wait_until 20 "replica $r to be ready" ready "$r"
 }
 
-# ===== what the report reads (see benches/tools/soak/report.rs) =====
+# ===== what the report reads (see crates/bench-tools/src/soak/report.rs) =====
 
 window() { # KIND REPLICA START_MS END_MS LONG DESCRIPTION
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$WORK/windows.tsv"

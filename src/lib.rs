@@ -24,9 +24,8 @@
 //! * [`metrics`] — the Prometheus metrics, in a registry passed in.
 //! * [`error`] — the proxy's own error answers (stable codes).
 //! * [`server`] — the shared hyper accept loop with graceful drain.
-//! * [`demo`] — `goto-auth-proxy demo`: the mock GoTo plus a proxy, zero set-up.
-//!   Its `demo::mock` (a faithful mock of GoTo's token endpoints and APIs) is test
-//!   equipment for this crate's tests and benches, hidden and not part of the API.
+//! * [`demo`] — `goto-auth-proxy demo`: the mock GoTo (the `goto-mock` crate, which the
+//!   tests and benches run too) plus a proxy, zero set-up.
 //! * [`secret`] — the redacting `Secret` type.
 //! * [`random`] — unguessable values: OAuth `state`, PKCE, lock fencing tokens.
 //! * [`response`] — the one builder of the small answers the proxy makes itself.

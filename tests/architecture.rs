@@ -66,7 +66,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
         &["app", "config", "demo", "log", "login", "metrics", "outbound", "proxy", "response", "server", "token"],
         "the command line",
     ),
-    ("demo", &["app", "config", "error", "random", "response", "server"], "`demo` and its mock GoTo"),
+    ("demo", &["app", "config"], "`demo`: a proxy wired to the mock GoTo of the goto-mock crate"),
 ];
 
 /// Paths a module must never name, even inside a module it may import, and why.
@@ -78,9 +78,12 @@ const FORBIDDEN_PATHS: &[(&str, &str, &str)] = &[
     ("proxy", "crate::token::redis_store", "the data path never touches a store"),
     ("proxy", "crate::token::redis_budget", "the data path knows the shared budget only as limit::SharedBudget"),
     ("proxy", "crate::demo", "the mock is test equipment"),
+    ("proxy", "goto_mock", "the mock is test equipment"),
     ("upstream", "reqwest", "the data path never talks to token endpoints"),
     ("token", "crate::demo", "the mock is test equipment"),
+    ("token", "goto_mock", "the mock is test equipment"),
     ("admin", "crate::demo", "the mock is test equipment"),
+    ("admin", "goto_mock", "the mock is test equipment"),
 ];
 
 fn src() -> PathBuf {
@@ -250,4 +253,42 @@ fn the_scanner_sees_grouped_and_nested_imports() {
     // The table itself lists every module once.
     let names: BTreeSet<&str> = ALLOWED.iter().map(|(m, _, _)| *m).collect();
     assert_eq!(names.len(), ALLOWED.len());
+}
+
+// ===== the crate map =====
+
+/// `cargo tree` of the product alone, with features, for the edges `kinds` names.
+fn product_tree(kinds: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["tree", "--offline", "--locked", "-p", "goto-auth-proxy", "--prefix", "none", "-e"])
+        .arg(kinds)
+        .output()
+        .expect("cargo tree");
+    assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The binary users build runs the mock GoTo for `demo`, but not its test-only fault
+/// injection and remote control: only tests, benches and the soak enable `faults`.
+#[test]
+fn the_product_builds_the_mock_without_its_faults() {
+    let faults = "goto-mock feature \"faults\"";
+    let shipped = product_tree("normal,build,features");
+    assert!(shipped.contains("goto-mock v"), "the product runs the mock for `demo`:\n{shipped}");
+    assert!(!shipped.contains(faults), "the shipped binary would hold the mock's faults:\n{shipped}");
+    // The check can fail: the tests' edge does enable them.
+    assert!(product_tree("normal,build,dev,features").contains(faults));
+}
+
+/// The workspace: the product at the root, its test equipment in `crates/`, never published.
+#[test]
+fn test_equipment_lives_in_unpublished_crates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for krate in ["goto-mock", "bench-tools"] {
+        let manifest = std::fs::read_to_string(root.join("crates").join(krate).join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("publish = false"), "crates/{krate} must not be published");
+    }
+    let product = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(!product.contains("[[example]]"), "bench and soak programs belong in crates/bench-tools");
 }

@@ -8,7 +8,7 @@
 //! memory and fds…), and when nothing it wrote holds a token or a secret.
 //!
 //! No libtest harness: this binary is also the script's helper. Run with `soak-tool` as
-//! its first argument it is `soak_tool` (`benches/tools/soak/`), so the script's mock,
+//! its first argument it is `soak_tool` (`crates/bench-tools/src/soak/`), so the script's mock,
 //! load and report are built from the same tree as the proxy, with no build of their own.
 //! A missing `redis-server` (the script exits 77) skips it with a notice, except under
 //! CI (`CI` set), where `scripts/install-test-deps.sh` installs it.
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-#[path = "../benches/tools/soak/mod.rs"]
+#[path = "../crates/bench-tools/src/soak/mod.rs"]
 mod soak;
 
 /// The first argument that makes this binary the script's helper.

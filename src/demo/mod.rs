@@ -1,12 +1,11 @@
 //! `goto-auth-proxy demo`: the whole product with no set-up. Starts the mock GoTo
-//! server (`demo::mock`) on loopback, a proxy configured for it with one OAuth
+//! server (the `goto-mock` crate) on loopback, a proxy configured for it with one OAuth
 //! credential (seeded as if signed in), one Direct Login credential and one account
 //! credential (`people`, under `/people/`) that two mock people sign in to through the
 //! proxy's own `/login`, and builds a banner of `curl` lines that work as printed.
 //!
-//! The mock lives here because the demo is the one part of the product that runs it;
-//! the integration tests and benches use the same mock, so what the demo shows is what
-//! the tests prove. It is not part of the proxy's API (see its module doc).
+//! The integration tests and benches use the same mock (with its `faults` feature), so
+//! what the demo shows is what the tests prove.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,12 +14,7 @@ use std::time::Duration;
 use crate::app::{self, Running, StartError};
 use crate::config::{Config, ConfigError};
 
-// Hidden from the docs and not a supported API: public only so this crate's integration
-// tests, benches and the `bench_mock_goto` example can run the one mock the demo runs.
-#[doc(hidden)]
-pub mod mock;
-
-use mock::{MockGoto, MockOptions, MockUser};
+use goto_mock::{MockGoto, MockOptions, MockUser};
 
 /// Why the demo could not start. Public: `cli` tells it apart from the proxy's own
 /// start-up errors.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 fn config(mock: &MockGoto, dir: &std::path::Path, proxy_extra: &str) -> std::path::PathBuf {
     let text = config_text(

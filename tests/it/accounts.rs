@@ -2,7 +2,7 @@
 //! sign-in, each chosen per request — by `X-GoTo-Account`, by a key in the path or
 //! query, or by `default_account` — and each renewing on its own.
 
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions, MockUser};
+use goto_mock::{MockGoto, MockOptions, MockUser};
 use serde_json::Value;
 
 use crate::support::*;
@@ -191,7 +191,7 @@ async fn a_key_two_accounts_share_or_a_stray_header_chooses_no_one() {
     assert_eq!(status, 200, "{body}");
 
     // A header that is not text, or is huge, names no one; nothing leaves.
-    let api = |st: goto_auth_proxy::demo::mock::Stats| st.api_ok + st.api_rejected;
+    let api = |st: goto_mock::Stats| st.api_ok + st.api_rejected;
     let calls = api(s.mock.stats());
     let r = s
         .http

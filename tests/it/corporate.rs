@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use goto_auth_proxy::config::Config;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
 use goto_auth_proxy::secret::Secret;
 use goto_auth_proxy::server::{ConnInfo, Serve};
 use goto_auth_proxy::token::redis_store::RedisStore;
+use goto_mock::{MockGoto, MockOptions};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

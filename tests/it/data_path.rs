@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::MockOptions;
+use goto_mock::MockOptions;
 
 #[tokio::test]
 async fn injects_token_and_replaces_client_authorization() {
@@ -180,7 +180,7 @@ async fn continuous_load_across_two_second_tokens_loses_no_request() {
 /// memory (SPEC: "a 1 GB download goes through in bounded memory").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_download_streams_in_bounded_memory() {
-    let mock = goto_auth_proxy::demo::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = goto_mock::MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text =
         config_text(dir.path(), "", &format!("{}\n{}", password_cred("g2a", &mock), route("/", &mock, Some("g2a"))));

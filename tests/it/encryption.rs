@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 /// A new random key, as `goto-auth-proxy keygen` prints one.
 fn new_key() -> String {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockOptions, TokenFault};
+use goto_mock::{MockOptions, TokenFault};
 
 async fn assert_error(r: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(r.status(), status, "expected {code}");

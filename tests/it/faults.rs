@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions, TokenFault};
+use goto_mock::{MockGoto, MockOptions, TokenFault};
 
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> SocketAddr {

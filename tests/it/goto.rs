@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::MockOptions;
+use goto_mock::MockOptions;
 
 /// The mock user's account key (the first of the identity answer's two accounts).
 const ACCOUNT_KEY: &str = "9999982253621659654";
@@ -59,7 +59,7 @@ async fn keys_come_from_the_admin_me_when_the_identity_endpoint_fails() {
 const QUOTA: u32 = 50;
 
 /// A mock enforcing [`QUOTA`], an OAuth credential, and `routes` (TOML) to it.
-async fn quota_stack(token_wait: &str, routes: impl FnOnce(&goto_auth_proxy::demo::mock::MockGoto) -> String) -> Stack {
+async fn quota_stack(token_wait: &str, routes: impl FnOnce(&goto_mock::MockGoto) -> String) -> Stack {
     let opts = MockOptions { api_quota: Some(QUOTA), ..MockOptions::default() };
     let wait = format!("token_wait = \"{token_wait}\"");
     stack(opts, |mock, dir| {
@@ -196,9 +196,7 @@ async fn retry_429_resends_a_get_after_the_pause_but_never_a_post() {
 async fn three_replicas_on_one_redis_spend_one_quota() {
     let Some(mut redis) = RedisServer::start().await else { return };
     let mock =
-        goto_auth_proxy::demo::mock::MockGoto::start(MockOptions { api_quota: Some(QUOTA), ..MockOptions::default() })
-            .await
-            .unwrap();
+        goto_mock::MockGoto::start(MockOptions { api_quota: Some(QUOTA), ..MockOptions::default() }).await.unwrap();
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntoken_wait = \"10s\"\n\n{}\n{}\n{}rate_limit = {QUOTA}\n\n{}",
         redis.state("quota"),

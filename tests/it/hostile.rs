@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::MockOptions;
+use goto_mock::MockOptions;
 
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     raw.lines().take_while(|l| !l.is_empty()).find_map(|l| {

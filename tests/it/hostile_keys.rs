@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 /// An organizer key that climbs out of `/organizers/`, adds a parameter and a fragment.
 const HOSTILE_KEY: &str = "../../../admin/rest/v1/users?evil=1#frag";

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions, TokenFault};
+use goto_mock::{MockGoto, MockOptions, TokenFault};
 
 /// A forged access line: a newline, a fake event, a colour escape, CR, NUL, DEL and C1.
 const FORGED: &str = "%0A2026-12-07T10:00:00.000000Z%20%20INFO%20goto_auth_proxy::access:%20method=GET%20status=200%1B[31m%0D%00%7F%C2%9B2J";

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 use goto_auth_proxy::app::Running;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 /// A record written "in the year 5138": the obtained_at_ms the attack used.
 const FAR_FUTURE_MS: u64 = 99_999_999_999_999_999;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::TokenFault;
+use goto_mock::TokenFault;
 
 /// Lifetime of the tokens the mock issues: the first renewal comes at about half of it,
 /// which leaves the other half to watch the proxy serve its token through the fault.
@@ -378,9 +378,7 @@ fn expires_in_secs(info: &Value) -> Result<f64, String> {
 /// proxy shows — its log, `/tokens`, the status page — and the rest of the reason stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_quoted_back_by_the_token_endpoint_are_never_shown() {
-    let mock = goto_auth_proxy::demo::mock::MockGoto::start(goto_auth_proxy::demo::mock::MockOptions::default())
-        .await
-        .unwrap();
+    let mock = goto_mock::MockGoto::start(goto_mock::MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seed = mock.mint_refresh_token();
     let client_secret = mock.options().client_secret;

@@ -2,7 +2,7 @@
 //! authorize and token endpoints, each token stays its user's through refreshes, and its
 //! APIs refuse another user's keys with a permission 403, as GoTo does.
 
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions, MockUser};
+use goto_mock::{MockGoto, MockOptions, MockUser};
 use serde_json::Value;
 
 /// Where the sign-in redirects: nobody serves it (like GoTo's 404 page), the code is

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockOptions, TokenFault};
+use goto_mock::{MockOptions, TokenFault};
 
 /// A webhook receiver: records every POSTed JSON body and answers the statuses it is
 /// given in turn (200 once they run out).
@@ -280,7 +280,7 @@ async fn a_receiver_that_fails_twice_gets_the_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_accounts_dead_refresh_token_touches_no_other_account() {
     use crate::accounts::{accounts_config, get_as, sign_in, two_users, WEBINARS};
-    use goto_auth_proxy::demo::mock::MockUser;
+    use goto_mock::MockUser;
     let events_dir = tempfile::tempdir().unwrap();
     let (script, out) = recorder(events_dir.path());
     let notify =

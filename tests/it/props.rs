@@ -667,7 +667,7 @@ fn raw_target() -> impl Strategy<Value = String> {
 async fn raw_request_targets_reach_only_the_route_their_normalised_path_selects() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    let s = crate::support::stack(goto_auth_proxy::demo::mock::MockOptions::default(), |mock, dir| {
+    let s = crate::support::stack(goto_mock::MockOptions::default(), |mock, dir| {
         crate::support::config_text(
             dir,
             "",

@@ -9,10 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 use goto_auth_proxy::app::Running;
-use goto_auth_proxy::demo::mock::MockGoto;
 use goto_auth_proxy::secret::Secret;
 use goto_auth_proxy::token::redis_store::RedisStore;
 use goto_auth_proxy::token::store::{Saved, StoredToken, TokenStore};
+use goto_mock::MockGoto;
 
 /// Config for one replica: the usual two credentials, state in `redis` under `prefix`.
 fn replica_config(mock: &MockGoto, redis: &RedisServer, prefix: &str, seed: &str) -> String {

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 use goto_auth_proxy::app::Running;
-use goto_auth_proxy::demo::mock::MockGoto;
 use goto_auth_proxy::token::store::StoredToken;
+use goto_mock::MockGoto;
 
 /// The name the sentinels monitor the master under.
 const MASTER: &str = "gapmaster";

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 fn header<'a>(raw: &'a str, name: &str) -> Option<&'a str> {
     raw.lines().find_map(|l| {

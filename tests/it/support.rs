@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use goto_auth_proxy::app::{self, Running};
 use goto_auth_proxy::config::Config;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 /// The compiled binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_goto-auth-proxy");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 #[tokio::test]
 async fn restart_reuses_a_valid_stored_token_without_logging_in() {
@@ -165,7 +165,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let mock = goto_auth_proxy::demo::mock::MockGoto::start(short_tokens(2)).await.unwrap();
+    let mock = goto_mock::MockGoto::start(short_tokens(2)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let seed = mock.mint_refresh_token();
     let text = format!(
@@ -196,7 +196,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
-    let mock = goto_auth_proxy::demo::mock::MockGoto::start(MockOptions::default()).await.unwrap();
+    let mock = goto_mock::MockGoto::start(MockOptions::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text =
         config_text(dir.path(), "", &format!("{}\n{}", password_cred("g2a", &mock), route("/", &mock, Some("g2a"))));

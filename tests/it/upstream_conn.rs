@@ -235,7 +235,7 @@ async fn a_post_caught_by_the_keep_alive_race_is_not_resent() {
 /// `upstream`; ready (a token is there) when it returns.
 async fn credential_stack(upstream: SocketAddr, proxy_extra: &str) -> Stack {
     let extra = proxy_extra.to_string();
-    let s = stack(goto_auth_proxy::demo::mock::MockOptions::default(), move |mock, dir| {
+    let s = stack(goto_mock::MockOptions::default(), move |mock, dir| {
         config_text(
             dir,
             &extra,

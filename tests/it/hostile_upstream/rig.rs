@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -472,6 +472,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Inject<S> {
 
 // ===== a relay that can black-hole its connections =====
 
-#[path = "../../../benches/tools/relay.rs"]
+#[path = "../../../crates/bench-tools/src/relay.rs"]
 mod relay;
 pub use relay::Relay;

@@ -2,7 +2,7 @@
 //! the conductor: it starts Redis, the mocks and the proxies, and injects the faults on a
 //! schedule; these do what a shell does badly):
 //!
-//! * `mock` — a mock GoTo ([`goto_auth_proxy::demo::mock`]) in its own process, with its
+//! * `mock` — a mock GoTo ([`goto_mock`]) in its own process, with its
 //!   remote control (`/_mock/fault`, `/_mock/token_calls`…); the same as `bench_mock_goto`.
 //! * `load` — the steady client: a few keep-alive connections per replica, paced, every
 //!   answer checked (status, body) and recorded with its start and end time ([`load`]).

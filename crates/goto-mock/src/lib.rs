@@ -1,10 +1,10 @@
 //! A mock of GoTo's token endpoints and APIs on a real socket, faithful to how GoTo
-//! issues tokens (as GoTo documents it). `demo` runs it, and every test runs
-//! against it, so what the demo shows is what the tests prove.
+//! issues tokens (as GoTo documents it). goto-auth-proxy's `demo` runs it, and every test
+//! runs against it, so what the demo shows is what the tests prove.
 //!
-//! **Not a supported API.** It is test equipment, exported (and hidden from the docs)
-//! only so this crate's integration tests, benches and the `bench_mock_goto` example can
-//! start it; it is not part of the proxy and may change with any release.
+//! Test equipment, not published. The `faults` feature adds what only tests, benches and
+//! the chaos soak need (injected token-endpoint faults, the remote control, odd upstream
+//! answers); the proxy's `demo` builds without it.
 //!
 //! * `POST /oauth/token` — Basic client auth; grants `authorization_code` (single-use
 //!   codes, `redirect_uri` must match, PKCE S256 checked), `refresh_token` (rotating:
@@ -37,12 +37,12 @@
 //!   that many times per second; beyond, `429` with `Retry-After`. GoTo Connect paths
 //!   (`/voice-admin/…`, `/call-history/…`, `/notification-channel/…`) answer `400`
 //!   without `?accountKey=`.
-//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo; and the
-//!   remote control of `control` (`/_mock/fault`, `/_mock/refresh_tokens/…`,
+//! * `GET /_mock/stats`, `POST /_mock/revoke` — for scripts poking the demo; and, with
+//!   `faults`, the remote control of `control` (`/_mock/fault`, `/_mock/refresh_tokens/…`,
 //!   `/_mock/token_calls`) for the chaos soak, which drives a mock in another process.
-//! * `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token` — the token
-//!   endpoints without faults: where [`TokenFault::Redirect`] points, so a client that
-//!   followed the redirect would get a token.
+//! * With `faults`: `POST /_mock/moved/oauth/token`, `POST /_mock/moved/oauth/access_token`
+//!   — the token endpoints without faults: where `TokenFault::Redirect` points, so a
+//!   client that followed the redirect would get a token.
 //!
 //! The files, one per GoTo surface: `token_endpoint` (both token endpoints, one function
 //! per grant), `authorize` (the sign-in redirect), `api` (the API and its `_mock/…`
@@ -62,19 +62,21 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
+#[cfg(feature = "faults")]
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::response;
-use crate::server::{ConnInfo, Serve};
-
 mod api;
 mod authorize;
+#[cfg(feature = "faults")]
 mod control;
+#[cfg(feature = "faults")]
 mod faults;
+mod serve;
 mod token_endpoint;
 mod tokens;
 
+#[cfg(feature = "faults")]
 use faults::{Drip, Zeros};
 use tokens::{App, Tokens};
 
@@ -189,6 +191,7 @@ impl MockUser {
     }
 }
 
+#[cfg(feature = "faults")]
 /// A fault the token endpoints answer with instead of a token (or a token answer it
 /// bends), for tests of how the proxy treats a token endpoint it cannot trust. Public:
 /// tests inject it with [`MockGoto::set_fault`].
@@ -223,6 +226,12 @@ pub enum TokenFault {
     Redirect(u16),
 }
 
+/// Without the `faults` feature no fault can be injected: a type with no value.
+#[cfg(not(feature = "faults"))]
+#[derive(Debug, Clone)]
+enum TokenFault {}
+
+#[cfg(feature = "faults")]
 /// The pace of [`TokenFault::Drip`]: one body byte each. Public: it is part of what the
 /// fault means, for a test that times a dripping answer.
 pub const DRIP_EVERY: Duration = Duration::from_millis(200);
@@ -290,6 +299,7 @@ struct State {
     signed_in: AtomicUsize,
     tokens: Mutex<Tokens>,
     /// The fault in force; a dripping body watches it to break off when it is lifted.
+    #[cfg(feature = "faults")]
     fault: watch::Sender<Option<TokenFault>>,
     counters: Counters,
     /// When each token endpoint call arrived, oldest first.
@@ -303,6 +313,7 @@ struct State {
     /// GoTo's quota ([`MockOptions::api_quota`]) and the calls it saw.
     quota: Mutex<api::Quota>,
     /// What the remote control (`/_mock/fault`, `/_mock/token_calls`…) records.
+    #[cfg(feature = "faults")]
     control: control::Book,
 }
 
@@ -316,8 +327,12 @@ pub struct MockGoto {
     shutdown: CancellationToken,
 }
 
-/// Every answer's body: a buffered one, or one of the streaming bodies of [`faults`].
+/// Every answer's body: a buffered one, or one of the streaming bodies of `faults`.
+#[cfg(feature = "faults")]
 type MockBody = Either<Full<Bytes>, Either<Zeros, Drip>>;
+/// Every answer's body: a buffered one (the streaming ones come with `faults`).
+#[cfg(not(feature = "faults"))]
+type MockBody = Either<Full<Bytes>, http_body_util::Empty<Bytes>>;
 
 impl MockGoto {
     /// Starts on a free loopback port.
@@ -351,6 +366,7 @@ impl MockGoto {
             users,
             signed_in: AtomicUsize::new(0),
             tokens: Mutex::new(Tokens::default()),
+            #[cfg(feature = "faults")]
             fault: watch::channel(None).0,
             counters: Counters::default(),
             token_call_times: Mutex::new(Vec::new()),
@@ -358,14 +374,14 @@ impl MockGoto {
             issued: Mutex::new(Vec::new()),
             api_targets: Mutex::new(Vec::new()),
             quota: Mutex::new(api::Quota::default()),
+            #[cfg(feature = "faults")]
             control: control::Book::default(),
         });
         let shutdown = CancellationToken::new();
         let s = state.clone();
-        let serve = Serve::new(shutdown.clone()).tls(tls).drain(Duration::from_secs(1));
-        tokio::spawn(serve.run(listener, move |req, conn: Arc<ConnInfo>| {
+        tokio::spawn(serve::run(listener, tls, shutdown.clone(), move |req, peer| {
             let s = s.clone();
-            async move { handle(&s, req, conn.peer).await }
+            async move { handle(&s, req, peer).await }
         }));
         Ok(MockGoto { addr, scheme, state, shutdown })
     }
@@ -412,6 +428,7 @@ impl MockGoto {
     }
 
     /// Makes token endpoints fail (or stop failing, with `None`).
+    #[cfg(feature = "faults")]
     pub fn set_fault(&self, fault: Option<TokenFault>) {
         self.state.fault.send_replace(fault);
     }
@@ -541,7 +558,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Sends a request to the surface that answers it.
 async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Response<MockBody> {
+    #[cfg(feature = "faults")]
     control::note_token_call(state, &req);
+    #[cfg(feature = "faults")]
     let req = match control::answer(state, req).await {
         Ok(res) => return res,
         Err(req) => req,
@@ -550,7 +569,9 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     match (req.method(), path.as_str()) {
         (&Method::POST, "/oauth/token") => token_endpoint::answer(state, req, false, true).await,
         (&Method::POST, "/oauth/access_token") => token_endpoint::answer(state, req, true, true).await,
+        #[cfg(feature = "faults")]
         (&Method::POST, "/_mock/moved/oauth/token") => token_endpoint::answer(state, req, false, false).await,
+        #[cfg(feature = "faults")]
         (&Method::POST, "/_mock/moved/oauth/access_token") => token_endpoint::answer(state, req, true, false).await,
         (&Method::GET, "/oauth/authorize") => authorize::answer(state, &req),
         (&Method::GET, "/_mock/stats") => {
@@ -567,9 +588,9 @@ async fn handle(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
 }
 
-/// An answer with `status` and `body` and no `Content-Type`, which the crate's shared
-/// builder ([`crate::response`]) always sets: the odd answers (a fault's raw body, the
-/// empty 401 of `/identity/…`) and the echo, which sends back the caller's own type.
+/// An answer with `status` and `body` and no `Content-Type`: the odd answers (a fault's
+/// raw body, the empty 401 of `/identity/…`) and the echo, which sends back the caller's
+/// own type.
 fn respond(status: StatusCode, body: Bytes) -> Response<MockBody> {
     let mut res = Response::new(Either::Left(Full::new(body)));
     *res.status_mut() = status;
@@ -578,7 +599,33 @@ fn respond(status: StatusCode, body: Bytes) -> Response<MockBody> {
 
 /// A JSON answer (the body as given: no newline added).
 fn json(status: StatusCode, body: String) -> Response<MockBody> {
-    response::with_body::<Full<Bytes>>(status, response::JSON, body).map(Either::Left)
+    let mut res = respond(status, Bytes::from(body));
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    res
+}
+
+/// `302 Found` to `location` (no `Location` when it is not a valid header value).
+fn redirect(location: &str) -> Response<MockBody> {
+    let mut res = respond(StatusCode::FOUND, Bytes::new());
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        res.headers_mut().insert(http::header::LOCATION, v);
+    }
+    res
+}
+
+/// An unguessable URL-safe token of `bytes` random bytes: codes and tokens the mock issues.
+fn random_token(bytes: usize) -> String {
+    use base64::Engine as _;
+    let buf: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// `BASE64URL(SHA256(verifier))` without padding: the PKCE S256 challenge GoTo checks a
+/// code exchange's verifier against (RFC 7636).
+fn pkce_challenge(verifier: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
 }
 
 /// An OAuth error answer: `{"error":…,"error_description":…}`.

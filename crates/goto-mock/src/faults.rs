@@ -13,7 +13,7 @@ use http_body_util::Either;
 use hyper::body::{Frame, SizeHint};
 use tokio::sync::watch;
 
-use super::{oauth_error, respond, MockBody, State, TokenFault, DRIP_EVERY};
+use super::{json, oauth_error, respond, MockBody, State, TokenFault, DRIP_EVERY};
 
 /// The size of [`TokenFault::Drip`]'s body: a minute's worth of bytes at [`DRIP_EVERY`].
 const DRIP_BYTES: usize = 300;
@@ -64,19 +64,13 @@ fn drip(state: &State) -> Response<MockBody> {
     res
 }
 
-/// The `expires_in` of an issued token's answer: what the fault dictates, else the real
-/// lifetime (a string in Direct Login answers, as GoTo sends it).
-pub(super) fn expires_in(
-    fault: Option<&TokenFault>,
-    lifetime: Duration,
-    direct_login: bool,
-) -> Option<serde_json::Value> {
-    let secs = lifetime.as_secs().max(1);
+/// The `expires_in` a fault dictates for an issued token's answer: `Some(None)` for no
+/// `expires_in` at all, `Some(Some(v))` for `v`; `None` when the fault does not bend it.
+pub(super) fn bent_expires_in(fault: Option<&TokenFault>) -> Option<Option<serde_json::Value>> {
     match fault {
-        Some(TokenFault::NoExpiresIn) => None,
-        Some(TokenFault::ExpiresIn(v)) => Some(v.clone()),
-        _ if direct_login => Some(serde_json::Value::String(secs.to_string())),
-        _ => Some(serde_json::Value::from(secs)),
+        Some(TokenFault::NoExpiresIn) => Some(None),
+        Some(TokenFault::ExpiresIn(v)) => Some(Some(v.clone())),
+        _ => None,
     }
 }
 
@@ -178,5 +172,42 @@ impl hyper::body::Body for Drip {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.body.len() as u64)
+    }
+}
+
+/// The `…/_mock/…` operation `op` (the segments after `_mock`): its answer, or `None` to
+/// answer as usual (after `slow/MS` has waited, or for an unknown operation).
+pub(super) async fn mock_operation(op: &[&str]) -> Option<Response<MockBody>> {
+    match op {
+        ["bytes", n] => {
+            let n: u64 = n.parse().unwrap_or(0);
+            let mut res = Response::new(Either::Right(Either::Left(Zeros::new(n))));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Some(res)
+        }
+        ["close"] => {
+            // Like an upstream ending keep-alive: answer, then close the connection.
+            let mut res = json(StatusCode::OK, r#"{"closing":true}"#.into());
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Some(res)
+        }
+        ["reset", n] => {
+            // Announce twice what is sent, send N bytes, then fail the body: hyper drops
+            // the connection, as a crashing upstream or a middlebox reset would.
+            let n: u64 = n.parse().unwrap_or(0);
+            let mut res = Response::new(Either::Right(Either::Left(Zeros::failing(n))));
+            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
+            Some(res)
+        }
+        ["redirect"] => {
+            let mut res = json(StatusCode::FOUND, r#"{"moved":true}"#.into());
+            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://elsewhere.invalid/collect"));
+            Some(res)
+        }
+        ["slow", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            None
+        }
+        _ => None,
     }
 }

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions, MockUser};
+use goto_mock::{MockGoto, MockOptions, MockUser};
 
 struct Args {
     bin: String,

@@ -1,7 +1,7 @@
 //! A TCP relay that can black-hole its connections: [`Relay::freeze`] makes every
 //! connection open at that moment stop forwarding both ways without closing (what a NAT
 //! or load balancer that forgot an idle flow does); connections opened later forward
-//! normally. Test equipment shared by the chaos soak (`benches/tools/soak/hostile.rs`)
+//! normally. Test equipment shared by the chaos soak (`src/soak/hostile.rs`)
 //! and the hostile-upstream tests (`tests/it/hostile_upstream/rig.rs`).
 
 // Each includer uses part of it.

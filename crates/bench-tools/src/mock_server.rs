@@ -1,4 +1,4 @@
-//! The crate's own mock GoTo server ([`goto_auth_proxy::demo::mock`]) as a process of its
+//! The crate's own mock GoTo server ([`goto_mock`]) as a process of its
 //! own, issuing short-lived tokens: `benches/load.sh` points its refreshing credential at
 //! it (`bench_mock_goto`), and `benches/soak.sh` runs two (`soak_tool mock`).
 //!
@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use goto_auth_proxy::demo::mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions};
 
 struct Args {
     listen: SocketAddr,

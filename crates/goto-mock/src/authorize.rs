@@ -6,15 +6,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+
 use hyper::body::Incoming;
 
 use super::tokens::CodeEntry;
 use super::{lock, oauth_error, MockBody, State};
-use crate::random::token as random_token;
-use crate::response;
+use crate::random_token;
 
 /// The sign-in answer: 302 to `redirect_uri?code=…&state=…`, or 400 with an OAuth error.
 pub(super) fn answer(state: &State, req: &Request<Incoming>) -> Response<MockBody> {
@@ -46,5 +44,5 @@ pub(super) fn answer(state: &State, req: &Request<Incoming>) -> Response<MockBod
     if let Some(s) = q.get("state") {
         target.query_pairs_mut().append_pair("state", s);
     }
-    response::redirect::<Full<Bytes>>(target.as_str()).map(Either::Left)
+    crate::redirect(target.as_str())
 }

@@ -1,7 +1,7 @@
 //! "The API": every path the other surfaces do not claim. The bearer token is checked
 //! the way GoTo's products each reject a dead one; then organizer and account keys in
 //! the path and query must be the token's user's, the `…/_mock/…` operations run
-//! (bytes, slow, redirect, close, reset), `…/me` answers the token's user's keys, and
+//! (bytes, slow, redirect, close, reset; with the `faults` feature), `…/me` answers the token's user's keys, and
 //! anything else echoes the request.
 
 use std::collections::HashMap;
@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Either};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::faults::Zeros;
 use super::{json, lock, respond, MockBody, MockOptions, MockUser, State};
 
 /// An API call's answer.
@@ -43,8 +42,9 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
     if let Some(res) = account_key_refused(&path, req.uri().query(), user) {
         return res;
     }
+    #[cfg(feature = "faults")]
     if let Some(op) = segments.iter().position(|s| *s == "_mock").map(|i| &segments[i + 1..]) {
-        if let Some(res) = mock_operation(op).await {
+        if let Some(res) = crate::faults::mock_operation(op).await {
             return res;
         }
     }
@@ -200,43 +200,6 @@ fn refused(segments: &[&str], user: &MockUser) -> Option<Response<MockBody>> {
 /// `InvalidToken`, so a client must not take it for a dead token.
 fn no_permission(msg: &str) -> Response<MockBody> {
     json(StatusCode::FORBIDDEN, serde_json::json!({ "int_err_code": "NoPermission", "msg": msg }).to_string())
-}
-
-/// The `…/_mock/…` operation `op` (the segments after `_mock`): its answer, or `None` to
-/// answer as usual (after `slow/MS` has waited, or for an unknown operation).
-async fn mock_operation(op: &[&str]) -> Option<Response<MockBody>> {
-    match op {
-        ["bytes", n] => {
-            let n: u64 = n.parse().unwrap_or(0);
-            let mut res = Response::new(Either::Right(Either::Left(Zeros::new(n))));
-            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            Some(res)
-        }
-        ["close"] => {
-            // Like an upstream ending keep-alive: answer, then close the connection.
-            let mut res = json(StatusCode::OK, r#"{"closing":true}"#.into());
-            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Some(res)
-        }
-        ["reset", n] => {
-            // Announce twice what is sent, send N bytes, then fail the body: hyper drops
-            // the connection, as a crashing upstream or a middlebox reset would.
-            let n: u64 = n.parse().unwrap_or(0);
-            let mut res = Response::new(Either::Right(Either::Left(Zeros::failing(n))));
-            res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(n.saturating_mul(2).max(1)));
-            Some(res)
-        }
-        ["redirect"] => {
-            let mut res = json(StatusCode::FOUND, r#"{"moved":true}"#.into());
-            res.headers_mut().insert(header::LOCATION, HeaderValue::from_static("http://elsewhere.invalid/collect"));
-            Some(res)
-        }
-        ["slow", ms] => {
-            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-            None
-        }
-        _ => None,
-    }
 }
 
 /// `GET /admin/rest/v1/me`: the token's user and their keys, in the Admin API's shape.

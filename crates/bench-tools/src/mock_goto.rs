@@ -2,7 +2,7 @@
 //! credential at (2-second tokens, so the proxy under load renews about once a second).
 //!
 //! ```text
-//! cargo run --release --example bench_mock_goto -- [--listen 127.0.0.1:0] [--token-lifetime-ms 2000]
+//! cargo run --release -p goto-bench-tools --bin bench_mock_goto -- [--listen 127.0.0.1:0] [--token-lifetime-ms 2000]
 //! ```
 
 // Test and bench code may unwrap, expect and print (the house lints in Cargo.toml are

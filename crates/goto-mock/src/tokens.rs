@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::random::token as random_token;
+use crate::random_token;
 
 /// Which application a token belongs to: Direct Login revokes every other token of its
 /// own application when it issues one.

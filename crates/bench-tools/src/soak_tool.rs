@@ -1,8 +1,8 @@
 //! `soak_tool`: the helpers of `benches/soak.sh` (a mock GoTo, the steady load, upstream
-//! probes, the refresh-token check, the report); see `benches/tools/soak/mod.rs`.
+//! probes, the refresh-token check, the report); see `src/soak/mod.rs`.
 //!
 //! ```text
-//! cargo build --release --example soak_tool && target/release/examples/soak_tool --help
+//! cargo build --release -p goto-bench-tools --bin soak_tool && target/release/soak_tool --help
 //! ```
 
 // Test and bench code may unwrap, expect and print (the house lints in Cargo.toml are

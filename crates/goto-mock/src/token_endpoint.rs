@@ -8,17 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::faults::{self, expires_in};
 use super::tokens::{App, Tokens};
 use super::{json, lock, oauth_error, Issued, MockBody, MockOptions, State, TokenFault};
-use crate::random::pkce_challenge;
+use crate::pkce_challenge;
 
 /// A token endpoint call; `direct_login` for `/oauth/access_token`, `with_faults` false
 /// for the `/_mock/moved/…` endpoints (which ignore the fault in force).
@@ -30,12 +29,19 @@ pub(super) async fn answer(
 ) -> Response<MockBody> {
     state.counters.token_calls.fetch_add(1, Ordering::Relaxed);
     lock(&state.token_call_times).push(Instant::now());
+    #[cfg(feature = "faults")]
     let fault = if with_faults { state.fault.borrow().clone() } else { None };
+    #[cfg(feature = "faults")]
     if let Some(f) = &fault {
-        if let Some(answer) = faults::answer(state, f, direct_login).await {
+        if let Some(answer) = crate::faults::answer(state, f, direct_login).await {
             return answer;
         }
     }
+    #[cfg(not(feature = "faults"))]
+    let fault: Option<TokenFault> = {
+        let _ = with_faults;
+        None
+    };
     let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
@@ -256,4 +262,21 @@ fn personal_access_token(t: &mut Tokens, form: &Form, opts: &MockOptions) -> Gra
         return Err(refused(StatusCode::BAD_REQUEST, "invalid_grant", "personal access token not accepted"));
     }
     Ok(((t.new_chain(), 0), false))
+}
+
+/// The `expires_in` of an issued token's answer: what an injected fault dictates, else the
+/// real lifetime (a string in Direct Login answers, as GoTo sends it).
+fn expires_in(fault: Option<&TokenFault>, lifetime: Duration, direct_login: bool) -> Option<serde_json::Value> {
+    #[cfg(feature = "faults")]
+    if let Some(bent) = crate::faults::bent_expires_in(fault) {
+        return bent;
+    }
+    #[cfg(not(feature = "faults"))]
+    let _ = fault;
+    let secs = lifetime.as_secs().max(1);
+    if direct_login {
+        Some(serde_json::Value::String(secs.to_string()))
+    } else {
+        Some(serde_json::Value::from(secs))
+    }
 }
