@@ -183,6 +183,7 @@ pub async fn start(listen: SocketAddr, admin_listen: SocketAddr, state_dir: &Pat
     let mock = MockGoto::start(MockOptions {
         token_lifetime: lifetime,
         api_quota: Some(DEMO_QUOTA),
+        known_paths_only: true,
         more_users: people().into_iter().map(|(_, user)| user).collect(),
         ..MockOptions::default()
     })
@@ -239,7 +240,11 @@ fn banner(
     let config = config_file.map_or_else(String::new, |f| {
         let f = f.display();
         format!(
-            "The config it runs is {f}; this prints it, secrets redacted:\n\n  goto-auth-proxy check --config {f}\n\n"
+            "The config it runs is {f}; this prints it, secrets redacted:\n\n  goto-auth-proxy check --config {f}\n\n\
+             Sign in the way you will with a real GoTo account (the mock approves at once): this\n\
+             prints a sign-in URL; open it, then paste the address your browser ends on into the\n\
+             same terminal.\n\n  \
+             goto-auth-proxy login --config {f} --credential goto\n\n"
         )
     });
     let (first, second) = match people {
@@ -268,8 +273,9 @@ Paste any of these into another terminal:
   curl -s http://{admin}/metrics
   curl -sL http://{admin}/login/goto
 
-The first line calls "GoTo" with no auth; the second fills in the organizer key; the
-third, a GoTo Connect call, the account key in the query string; the
+The first line calls "GoTo" with no auth; the second fills in the organizer key (the
+answer shows the path and query "GoTo" received; a path no GoTo API serves answers a
+JSON 404 naming it); the third, a GoTo Connect call, the account key in the query string; the
 POST body passes through byte for byte; /G2A/ uses a Direct Login credential. The
 `_mock/revoke` line kills every token at "GoTo": the next request is rejected upstream,
 and the proxy renews the token and retries it, so you still get a 200. The last line

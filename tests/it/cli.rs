@@ -1,6 +1,6 @@
 //! The binary's commands as a user runs them: `check`, `demo`, `token`, `keygen`, `--help`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -282,6 +282,63 @@ fn demo_prints_its_config_and_a_check_line_that_works() {
         let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{file} holds the mock's client secret");
     }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The demo's `login` line works as printed against the running demo: the sign-in URL it
+/// prints, auto-approved by the mock, and the address the browser ends on pasted back.
+#[test]
+fn demo_login_line_signs_in_against_the_running_demo() {
+    let (mut child, _, commands) = start_demo_lines();
+    let login = commands.iter().find(|c| c.starts_with("login --config ")).expect("a login line in the banner");
+    let mut cli = Command::new(BIN)
+        .args(login.split_whitespace())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    let mut stdout = BufReader::new(cli.stdout.take().unwrap());
+    stdout.read_line(&mut url).unwrap();
+    assert!(url.starts_with("http://127.0.0.1:") && url.contains("/oauth/authorize?"), "{url}");
+    // The browser's part: the mock's sign-in page redirects to the callback at once.
+    let out =
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{redirect_url}", url.trim()]).output().unwrap();
+    let ended_on = String::from_utf8(out.stdout).unwrap();
+    assert!(ended_on.contains("/callback?code="), "{ended_on}");
+    writeln!(cli.stdin.take().unwrap(), "{ended_on}").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let done = cli.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{login}: {stderr}");
+    assert!(stderr.contains("signed in"), "{stderr}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The demo's mock answers like GoTo where a newcomer's mistakes show: a path no GoTo API
+/// serves is a JSON 404 naming the path and query it got, and a right path's answer shows
+/// the query and the organizer key the proxy filled in for `{organizerKey}`.
+#[test]
+fn demo_mock_shows_wrong_paths_and_what_it_received() {
+    let (mut child, curls) = start_demo();
+    let me = curls.iter().find(|c| c.ends_with("/admin/rest/v1/me")).unwrap();
+    let proxy = me.trim_start_matches("curl -s ").trim_end_matches("/admin/rest/v1/me");
+    let (code, body) = curl(&format!("curl -s '{proxy}/G2W/rest/v3/organisers/1/webinars?fromTime=2026'"));
+    assert_eq!(code, "404", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON 404");
+    assert_eq!(v["path"], "/G2W/rest/v3/organisers/1/webinars", "{body}");
+    assert_eq!(v["query"], "fromTime=2026", "{body}");
+    let (code, body) =
+        curl(&format!("curl -s '{proxy}/G2W/rest/v2/organizers/%7BorganizerKey%7D/webinars?fromTime=2026'"));
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["query"], "fromTime=2026", "{body}");
+    let path = v["path"].as_str().unwrap();
+    assert!(!path.contains("organizerKey") && path.contains(&v["organizerKey"].to_string()), "{body}");
     let _ = child.kill();
     let _ = child.wait();
 }

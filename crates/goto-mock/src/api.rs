@@ -48,6 +48,9 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
             return res;
         }
     }
+    if opts.known_paths_only && !API_FAMILIES.iter().any(|f| path.starts_with(f)) {
+        return not_found(&path, req.uri().query());
+    }
     if path == "/admin/rest/v1/me" {
         return me(user);
     }
@@ -58,6 +61,33 @@ pub(super) async fn answer(state: &State, req: Request<Incoming>) -> Response<Mo
         return identity_me(user);
     }
     echo(req, &path, user).await
+}
+
+/// Where GoTo's APIs live, by product: with [`MockOptions::known_paths_only`], a path
+/// under none of these answers `404`, as GoTo does.
+const API_FAMILIES: &[&str] = &[
+    "/G2M/rest/",
+    "/G2W/rest/v1/",
+    "/G2W/rest/v2/",
+    "/G2T/rest/",
+    "/G2A/rest/",
+    "/admin/rest/v1/",
+    "/identity/v1/",
+    "/voice-admin/v1/",
+    "/call-history/v1/",
+    "/notification-channel/v1/",
+];
+
+/// `404` for a path no GoTo API serves: JSON that names the path and query received, so
+/// a mistyped path (or a placeholder the proxy did not fill) shows.
+fn not_found(path: &str, query: Option<&str>) -> Response<MockBody> {
+    let body = serde_json::json!({
+        "error": "not_found",
+        "message": "no GoTo API at this path",
+        "path": path,
+        "query": query.unwrap_or(""),
+    });
+    json(StatusCode::NOT_FOUND, body.to_string())
 }
 
 /// The user of the request's access token, if it is live; using one confirms its chain
@@ -268,8 +298,9 @@ async fn echo(req: Request<Incoming>, path: &str, user: &MockUser) -> Response<M
         json(
             StatusCode::OK,
             format!(
-                r#"{{"path":{},"webinarKey":8439885694023999999,"organizerKey":{}}}"#,
+                r#"{{"path":{},"query":{},"webinarKey":8439885694023999999,"organizerKey":{}}}"#,
                 serde_json::Value::String(path.to_string()),
+                serde_json::Value::String(query.clone()),
                 user.organizer_key
             ),
         )

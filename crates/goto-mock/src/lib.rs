@@ -29,7 +29,9 @@
 //!   `…/_mock/redirect` answers 302 to another host; `…/_mock/close` closes the
 //!   connection after answering; `…/_mock/reset/N` promises more than it sends: headers
 //!   and N bytes, then the connection is dropped; other requests echo their body (or a
-//!   JSON document with keys beyond 2^53).
+//!   JSON document with keys beyond 2^53, the path and the query received); with
+//!   [`MockOptions::known_paths_only`], a path outside GoTo's API families answers a JSON
+//!   `404` naming the path and query.
 //!   `GET /identity/v1/Users/me` answers the SCIM shape for the token's user (`id`,
 //!   `userName`, accounts under the `urn:scim:schemas:extension:getgo:1.0` extension;
 //!   two accounts, the user's first).
@@ -118,6 +120,10 @@ pub struct MockOptions {
     /// `Retry-After`. `None` (the default, for tests and benches that fire at will): no
     /// quota. The demo sets 10, GoTo's documented rate.
     pub api_quota: Option<u32>,
+    /// Whether an API path outside GoTo's API families (`/G2W/rest/v2/…`, `/admin/rest/v1/…`,
+    /// …) answers a JSON `404`, as GoTo does. The demo sets it, so a wrong path looks
+    /// wrong; off by default, so tests may forward any path and get it echoed.
+    pub known_paths_only: bool,
     /// Whether `/identity/v1/Users/me` answers `503` (so a key lookup must fall back to
     /// the Admin API's `/me`).
     pub identity_unavailable: bool,
@@ -141,6 +147,7 @@ impl Default for MockOptions {
             rotate_refresh_tokens: true,
             api_quota: None,
             identity_unavailable: false,
+            known_paths_only: false,
         }
     }
 }
