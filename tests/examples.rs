@@ -1282,6 +1282,27 @@ assert rules >= 4, f"only {rules} alert rules"
     assert_success(&out, "parsing the manual's YAML with PyYAML");
 }
 
+/// The README stays a front page (at most 400 lines, the rest in `docs/`), and no page
+/// of the manual cites what a reader does not have: a document outside the repository
+/// or an issue number.
+#[test]
+fn manual_speaks_of_the_product_only() {
+    let pages = manual_pages();
+    let readme_lines = pages[0].1.lines().count();
+    assert!(readme_lines <= 400, "README.md has {readme_lines} lines; keep it a front page (at most 400)");
+    for (page, text) in &pages {
+        for (n, line) in text.lines().enumerate() {
+            let words: Vec<&str> = line.split(|c: char| !c.is_ascii_alphanumeric() && c != '#').collect();
+            assert!(!words.contains(&"SPEC"), "{page}:{}: cites a document outside the repository: {line}", n + 1);
+            let issue = words.windows(2).any(|w| {
+                matches!(w[0].to_ascii_lowercase().as_str(), "issue" | "issues" | "pr")
+                    && w[1].strip_prefix('#').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            });
+            assert!(!issue, "{page}:{}: cites an issue number: {line}", n + 1);
+        }
+    }
+}
+
 #[test]
 fn headings_and_links_are_read_as_github_does() {
     assert_eq!(heading_anchor(" GoTo's quota"), "gotos-quota");
