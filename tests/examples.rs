@@ -3,8 +3,10 @@
 //! Kubernetes manifests parse and carry their probes and hardening (their embedded
 //! configs pass `check`, their probe commands answer), the systemd unit verifies, the
 //! Dockerfile's health check answers, and the binary needs nothing the runtime image
-//! lacks. The README is held to the repository: every path it names exists, every
-//! command line running the binary parses, every TOML example passes `check`.
+//! lacks. The manual (the README and `docs/`) is held to the repository and the code:
+//! every path it names exists, every link resolves, every command line running the
+//! binary parses, every TOML example passes `check`, its pages are listed and chained in
+//! reading order, and it names every config key, error code and only metrics that exist.
 //!
 //! Tools that may be missing on a developer's machine (newman, PyYAML, systemd-analyze)
 //! make their test print a notice and pass; under CI (`CI` set), where
@@ -762,7 +764,7 @@ fn manual_pages() -> Vec<(String, String)> {
 /// Every TOML example in the README is a config `check` accepts (file secrets and TLS
 /// files pointed at temporary stand-ins), so the manual cannot drift from the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_toml_examples_pass_check() {
+async fn manual_toml_examples_pass_check() {
     let pages = manual_pages();
     let blocks: Vec<(&str, &str)> = pages
         .iter()
@@ -786,14 +788,15 @@ async fn readme_toml_examples_pass_check() {
 
 // ===== the README against the repository and the CLI =====
 
-/// The README's fenced code blocks, each line with its line number (1-based).
-fn readme_code_lines(readme: &str) -> Vec<(usize, &str)> {
+/// The lines of `text` inside fenced code blocks (`code`) or outside them, each with its
+/// line number (1-based).
+fn fenced_lines(text: &str, code: bool) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut inside = false;
-    for (i, line) in readme.lines().enumerate() {
+    for (i, line) in text.lines().enumerate() {
         if line.trim_start().starts_with("```") {
             inside = !inside;
-        } else if inside {
+        } else if inside == code {
             out.push((i + 1, line));
         }
     }
@@ -843,7 +846,7 @@ fn exists_in_repo(repo: &Path, pattern: &str) -> bool {
 /// Every repository path the README mentions exists (a removed script, a renamed
 /// example or deploy file would otherwise go on being recommended).
 #[test]
-fn readme_paths_exist() {
+fn manual_paths_exist() {
     let mut found = 0;
     let mut missing: Vec<String> = Vec::new();
     for (page, text) in manual_pages() {
@@ -938,10 +941,10 @@ fn binary_invocations(line: &str) -> Vec<Vec<String>> {
 /// `goto-auth-proxy …` spans without placeholders) names subcommands and flags the CLI
 /// accepts: run with `--help` appended, clap parses what comes before it and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_command_lines_parse() {
+async fn manual_command_lines_parse() {
     let mut lines: Vec<(String, usize, String)> = Vec::new();
     for (page, text) in manual_pages() {
-        lines.extend(readme_code_lines(&text).into_iter().map(|(n, l)| (page.clone(), n, l.to_string())));
+        lines.extend(fenced_lines(&text, true).into_iter().map(|(n, l)| (page.clone(), n, l.to_string())));
         for (n, line) in text.lines().enumerate() {
             for span in line.split('`').skip(1).step_by(2) {
                 if span.starts_with("goto-auth-proxy ") && !span.contains(['[', '…', '<']) {
@@ -998,20 +1001,6 @@ fn shell_words_split_commands_and_drop_redirections() {
 
 // ===== the manual: order, links, and what it must name =====
 
-/// The lines of `text` outside fenced code blocks, with their line numbers (1-based).
-fn prose_lines(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut inside = false;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with("```") {
-            inside = !inside;
-        } else if !inside {
-            out.push((i + 1, line));
-        }
-    }
-    out
-}
-
 /// The anchor GitHub gives a heading: lower case, spaces to `-`, every character but
 /// letters, digits, `-` and `_` dropped (`GoTo's quota` → `gotos-quota`).
 fn heading_anchor(heading: &str) -> String {
@@ -1029,7 +1018,7 @@ fn heading_anchor(heading: &str) -> String {
 
 /// The anchors of `text`'s headings (outside code blocks).
 fn anchors(text: &str) -> Vec<String> {
-    prose_lines(text)
+    fenced_lines(text, false)
         .into_iter()
         .filter_map(|(_, l)| l.strip_prefix('#').map(|h| heading_anchor(h.trim_start_matches('#'))))
         .collect()
@@ -1038,7 +1027,7 @@ fn anchors(text: &str) -> Vec<String> {
 /// Markdown link targets `[text](target)` in `text`'s prose, with their line numbers.
 fn link_targets(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    for (n, line) in prose_lines(text) {
+    for (n, line) in fenced_lines(text, false) {
         let mut rest = line;
         while let Some(i) = rest.find("](") {
             rest = &rest[i + 2..];
