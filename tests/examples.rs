@@ -3,8 +3,10 @@
 //! Kubernetes manifests parse and carry their probes and hardening (their embedded
 //! configs pass `check`, their probe commands answer), the systemd unit verifies, the
 //! Dockerfile's health check answers, and the binary needs nothing the runtime image
-//! lacks. The README is held to the repository: every path it names exists, every
-//! command line running the binary parses, every TOML example passes `check`.
+//! lacks. The manual (the README and `docs/`) is held to the repository and the code:
+//! every path it names exists, every link resolves, every command line running the
+//! binary parses, every TOML example passes `check`, its pages are listed and chained in
+//! reading order, and it names every config key, error code and only metrics that exist.
 //!
 //! Tools that may be missing on a developer's machine (newman, PyYAML, systemd-analyze)
 //! make their test print a notice and pass; under CI (`CI` set), where
@@ -762,7 +764,7 @@ fn manual_pages() -> Vec<(String, String)> {
 /// Every TOML example in the README is a config `check` accepts (file secrets and TLS
 /// files pointed at temporary stand-ins), so the manual cannot drift from the code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_toml_examples_pass_check() {
+async fn manual_toml_examples_pass_check() {
     let pages = manual_pages();
     let blocks: Vec<(&str, &str)> = pages
         .iter()
@@ -786,14 +788,15 @@ async fn readme_toml_examples_pass_check() {
 
 // ===== the README against the repository and the CLI =====
 
-/// The README's fenced code blocks, each line with its line number (1-based).
-fn readme_code_lines(readme: &str) -> Vec<(usize, &str)> {
+/// The lines of `text` inside fenced code blocks (`code`) or outside them, each with its
+/// line number (1-based).
+fn fenced_lines(text: &str, code: bool) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
     let mut inside = false;
-    for (i, line) in readme.lines().enumerate() {
+    for (i, line) in text.lines().enumerate() {
         if line.trim_start().starts_with("```") {
             inside = !inside;
-        } else if inside {
+        } else if inside == code {
             out.push((i + 1, line));
         }
     }
@@ -843,7 +846,7 @@ fn exists_in_repo(repo: &Path, pattern: &str) -> bool {
 /// Every repository path the README mentions exists (a removed script, a renamed
 /// example or deploy file would otherwise go on being recommended).
 #[test]
-fn readme_paths_exist() {
+fn manual_paths_exist() {
     let mut found = 0;
     let mut missing: Vec<String> = Vec::new();
     for (page, text) in manual_pages() {
@@ -938,10 +941,10 @@ fn binary_invocations(line: &str) -> Vec<Vec<String>> {
 /// `goto-auth-proxy …` spans without placeholders) names subcommands and flags the CLI
 /// accepts: run with `--help` appended, clap parses what comes before it and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_command_lines_parse() {
+async fn manual_command_lines_parse() {
     let mut lines: Vec<(String, usize, String)> = Vec::new();
     for (page, text) in manual_pages() {
-        lines.extend(readme_code_lines(&text).into_iter().map(|(n, l)| (page.clone(), n, l.to_string())));
+        lines.extend(fenced_lines(&text, true).into_iter().map(|(n, l)| (page.clone(), n, l.to_string())));
         for (n, line) in text.lines().enumerate() {
             for span in line.split('`').skip(1).step_by(2) {
                 if span.starts_with("goto-auth-proxy ") && !span.contains(['[', '…', '<']) {
@@ -994,4 +997,306 @@ fn shell_words_split_commands_and_drop_redirections() {
         readme_repo_paths("see `benches/load.sh`, deploy/kubernetes/*.yaml and https://x/docs/a, /etc/config/x."),
         vec![(1, "benches/load.sh".to_string()), (1, "deploy/kubernetes/*.yaml".to_string())]
     );
+}
+
+// ===== the manual: order, links, and what it must name =====
+
+/// The anchor GitHub gives a heading: lower case, spaces to `-`, every character but
+/// letters, digits, `-` and `_` dropped (`GoTo's quota` → `gotos-quota`).
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The anchors of `text`'s headings (outside code blocks).
+fn anchors(text: &str) -> Vec<String> {
+    fenced_lines(text, false)
+        .into_iter()
+        .filter_map(|(_, l)| l.strip_prefix('#').map(|h| heading_anchor(h.trim_start_matches('#'))))
+        .collect()
+}
+
+/// Markdown link targets `[text](target)` in `text`'s prose, with their line numbers.
+fn link_targets(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (n, line) in fenced_lines(text, false) {
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            if let Some(end) = rest.find(')') {
+                out.push((n, rest[..end].to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The README's "Manual" section: the numbered list of `docs/` pages, in reading order.
+fn manual_order(readme: &str) -> Vec<String> {
+    let section = readme.split("\n## Manual\n").nth(1).expect("the README has a \"## Manual\" section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut pages = Vec::new();
+    for line in section.lines() {
+        let Some((number, rest)) = line.split_once(". [") else { continue };
+        assert_eq!(number, (pages.len() + 1).to_string(), "the Manual list is numbered 1, 2, 3…: {line:?}");
+        let target = rest.split("](").nth(1).and_then(|t| t.split(')').next()).expect("a link");
+        pages.push(target.to_string());
+    }
+    pages
+}
+
+/// Every page of `docs/` is in the README's numbered Manual list exactly once, and each
+/// page but the last ends by pointing at the next one, so the manual reads in order.
+#[test]
+fn manual_lists_every_page_in_reading_order() {
+    let pages = manual_pages();
+    let readme = &pages[0].1;
+    let order = manual_order(readme);
+    let docs: Vec<&str> = pages[1..].iter().map(|(name, _)| name.as_str()).collect();
+    for page in &docs {
+        let times = order.iter().filter(|o| o == page).count();
+        assert_eq!(times, 1, "{page} is listed {times} times in the README's Manual list (want once)");
+    }
+    for listed in &order {
+        assert!(docs.contains(&listed.as_str()), "the Manual lists {listed}, which is not a page of docs/");
+    }
+    for pair in order.windows(2) {
+        let text = &pages.iter().find(|(name, _)| *name == pair[0]).expect("listed page").1;
+        let next = format!("]({})", pair[1].trim_start_matches("docs/"));
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        assert!(
+            last.starts_with("Next: [") && last.ends_with(&next),
+            "{} should end with \"Next: [...]{next}\" (the next page of the Manual), not {last:?}",
+            pair[0]
+        );
+    }
+}
+
+/// Every relative link of the manual leads to a file of the repository, and every
+/// `#anchor` to a heading of its page.
+#[test]
+fn manual_links_resolve() {
+    let pages = manual_pages();
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for (page, text) in &pages {
+        let dir = Path::new(page).parent().unwrap_or(Path::new(""));
+        for (n, target) in link_targets(text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let path = if file.is_empty() { PathBuf::from(page) } else { dir.join(file) };
+            let Ok(resolved) = repo().join(&path).canonicalize() else {
+                broken.push(format!("{page}:{n}: {target} (no file {})", path.display()));
+                continue;
+            };
+            if !anchor.is_empty()
+                && resolved.extension().is_some_and(|e| e == "md")
+                && !anchors(&read(&resolved)).iter().any(|a| a == anchor)
+            {
+                broken.push(format!("{page}:{n}: {target} (no heading #{anchor} there)"));
+            }
+        }
+    }
+    assert!(checked >= 40, "found only {checked} relative links in the manual");
+    assert!(broken.is_empty(), "broken links in the manual:\n{}", broken.join("\n"));
+}
+
+/// The codes the proxy answers with, as `src/error.rs` spells them (`ErrorCode::X => "code"`).
+fn error_codes() -> Vec<String> {
+    let src = read(&repo().join("src/error.rs"));
+    let codes: Vec<String> = src
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ErrorCode::"))
+        .filter_map(|l| l.split_once("=> \"").map(|(_, code)| code.trim_end_matches(['"', ','])))
+        .map(str::to_string)
+        .collect();
+    assert!(codes.len() >= 10, "found only {} error codes in src/error.rs: {codes:?}", codes.len());
+    codes
+}
+
+/// Every error code the proxy can answer with has a section of its own in the
+/// troubleshooting page (cause and fix) and a row in its table: a new code cannot ship
+/// undocumented.
+#[test]
+fn troubleshooting_explains_every_error_code() {
+    let page = read(&repo().join("docs/troubleshooting.md"));
+    let mut missing = Vec::new();
+    for code in error_codes() {
+        let section = format!("### `{code}`\n");
+        let row = format!("| [`{code}`](#{code}) |");
+        if !page.contains(&section) || !page.contains(&row) {
+            missing.push(code.clone());
+            continue;
+        }
+        let body = page.split(&section).nth(1).unwrap_or("").split("\n### ").next().unwrap_or("");
+        assert!(
+            body.contains("**Cause**") && body.contains("**Fix**"),
+            "docs/troubleshooting.md: the section of `{code}` should give its **Cause** and its **Fix**"
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md lacks a row in its table and a \"### `code`\" section for: {}",
+        missing.join(", ")
+    );
+    let data_path = read(&repo().join("docs/data-path.md"));
+    for code in error_codes() {
+        assert!(data_path.contains(&format!("| `{code}` |")), "docs/data-path.md's error table lacks `{code}`");
+    }
+}
+
+/// Every metric name the manual mentions (alert rules included) is one the proxy
+/// registers in `src/metrics.rs`: a renamed metric would otherwise leave alerts that
+/// never fire.
+#[test]
+fn manual_metric_names_exist() {
+    let src = read(&repo().join("src/metrics.rs"));
+    let mut names = Vec::new();
+    for (page, text) in manual_pages() {
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("goto_auth_proxy_") {
+            let name: String =
+                rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            rest = &rest[i + name.len()..];
+            let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            names.push((page.clone(), name.clone(), base.to_string()));
+        }
+    }
+    assert!(names.len() >= 15, "found only {} metric names in the manual", names.len());
+    let unknown: Vec<String> = names
+        .iter()
+        .filter(|(_, _, base)| !src.contains(&format!("\"{base}\"")))
+        .map(|(page, name, _)| format!("{page}: {name}"))
+        .collect();
+    assert!(unknown.is_empty(), "the manual names metrics src/metrics.rs does not register:\n{}", unknown.join("\n"));
+}
+
+/// The keys of each table of the config file, as `src/config/raw.rs` declares them
+/// (`pub(super) NAME:` fields of the `Raw*` structs), with the prefix the reference
+/// writes them under.
+fn config_keys() -> Vec<String> {
+    let src = read(&repo().join("src/config/raw.rs"));
+    let tables = [
+        ("RawProxy", "proxy."),
+        ("RawInbound", "inbound."),
+        ("RawTls", "tls."),
+        ("RawState", "state."),
+        ("RawCredential", "credentials.NAME."),
+        ("RawRoute", "routes[]."),
+        ("RawNotify", "notify[]."),
+    ];
+    let mut keys = Vec::new();
+    for (strukt, prefix) in tables {
+        let body = src
+            .split(&format!("struct {strukt} {{"))
+            .nth(1)
+            .and_then(|b| b.split("\n}").next())
+            .unwrap_or_else(|| panic!("src/config/raw.rs has no struct {strukt}"));
+        for line in body.lines() {
+            if let Some(field) = line.trim().strip_prefix("pub(super) ").and_then(|f| f.split(':').next()) {
+                keys.push(format!("{prefix}{field}"));
+            }
+        }
+    }
+    assert!(keys.len() >= 50, "found only {} config keys in src/config/raw.rs", keys.len());
+    keys
+}
+
+/// The configuration reference has a row for every key the config file takes, each
+/// with a default and an example.
+#[test]
+fn configuration_reference_has_every_key() {
+    let page = read(&repo().join("docs/configuration.md"));
+    let mut missing = Vec::new();
+    for key in config_keys() {
+        let Some(row) = page.lines().find(|l| l.starts_with(&format!("| `{key}` |"))) else {
+            missing.push(key);
+            continue;
+        };
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(
+            cells.len() >= 4 && cells[1..3].iter().all(|c| !c.trim().is_empty()),
+            "docs/configuration.md: the row of `{key}` needs a default and an example: {row}"
+        );
+    }
+    assert!(missing.is_empty(), "docs/configuration.md has no row for: {}", missing.join(", "));
+}
+
+/// The manual's YAML (the Prometheus alert rules) parses, and every rule has a name and
+/// an expression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_yaml_examples_parse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (page, text) in manual_pages() {
+        for (i, block) in text.split("```yaml\n").skip(1).filter_map(|r| r.split("```").next()).enumerate() {
+            let file = dir.path().join(format!("{}-{i}.yaml", page.replace('/', "_")));
+            std::fs::write(&file, block).expect("write yaml");
+            files.push(file);
+        }
+    }
+    assert!(!files.is_empty(), "the manual has no YAML example (the alert rules of docs/operations.md)");
+    if !tool_available(
+        "python3 with PyYAML",
+        python_has_yaml().await,
+        "run scripts/install-test-deps.sh (python3-yaml)",
+    ) {
+        return;
+    }
+    const CHECK: &str = r#"
+import sys, yaml
+rules = 0
+for path in sys.argv[1:]:
+    doc = yaml.safe_load(open(path))
+    for group in (doc or {}).get("groups", []):
+        for rule in group["rules"]:
+            assert rule.get("alert") and rule.get("expr"), f"{path}: a rule without alert or expr: {rule}"
+            rules += 1
+assert rules >= 4, f"only {rules} alert rules"
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(CHECK).args(&files);
+    let out = run(cmd, "python3 yaml check").await;
+    assert_success(&out, "parsing the manual's YAML with PyYAML");
+}
+
+/// The README stays a front page (at most 400 lines, the rest in `docs/`), and no page
+/// of the manual cites what a reader does not have: a document outside the repository
+/// or an issue number.
+#[test]
+fn manual_speaks_of_the_product_only() {
+    let pages = manual_pages();
+    let readme_lines = pages[0].1.lines().count();
+    assert!(readme_lines <= 400, "README.md has {readme_lines} lines; keep it a front page (at most 400)");
+    for (page, text) in &pages {
+        for (n, line) in text.lines().enumerate() {
+            let words: Vec<&str> = line.split(|c: char| !c.is_ascii_alphanumeric() && c != '#').collect();
+            assert!(!words.contains(&"SPEC"), "{page}:{}: cites a document outside the repository: {line}", n + 1);
+            let issue = words.windows(2).any(|w| {
+                matches!(w[0].to_ascii_lowercase().as_str(), "issue" | "issues" | "pr")
+                    && w[1].strip_prefix('#').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            });
+            assert!(!issue, "{page}:{}: cites an issue number: {line}", n + 1);
+        }
+    }
+}
+
+#[test]
+fn headings_and_links_are_read_as_github_does() {
+    assert_eq!(heading_anchor(" GoTo's quota"), "gotos-quota");
+    assert_eq!(heading_anchor("Telling a person: `[[notify]]`"), "telling-a-person-notify");
+    assert_eq!(heading_anchor("`no_route`"), "no_route");
+    assert_eq!(anchors("# A\n```toml\n# not a heading\n```\n## B, c\n"), vec!["a".to_string(), "b-c".to_string()]);
+    assert_eq!(link_targets("see [x](a.md#b) and [y](../c.md)."), vec![(1, "a.md#b".into()), (1, "../c.md".into())]);
 }
