@@ -59,7 +59,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
 /// True when the path has nothing to normalise: no `%`, no `\\`, no `//` or `/.`.
 ///
 /// One pass over the bytes: it runs on every request, and `str::contains` with a
-/// two-byte needle on a short path costs a searcher's set-up each time (issue #7).
+/// two-byte needle on a short path costs a searcher's set-up each time.
 fn is_plain(path: &[u8]) -> bool {
     let mut prev = 0u8;
     for &b in path {

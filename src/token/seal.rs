@@ -1,4 +1,4 @@
-//! Token records at rest (`state.encryption_keys`, issue #18): AES-256-GCM envelopes.
+//! Token records at rest (`state.encryption_keys`): AES-256-GCM envelopes.
 //!
 //! A sealed record is a JSON object `{"v":1,"kid":"…","nonce":"<b64>","ct":"<b64>"}`
 //! plus any *public* fields the store needs in clear (the Redis save script compares the
