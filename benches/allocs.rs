@@ -151,7 +151,7 @@ fn main() {
 
     let own = proxied.0 - direct.0;
     assert!(own > 0.0, "the proxy allocates something per request ({own})");
-    // 5 when this was written (README "Performance"): hyper's four (the request's head
+    // 5 when this was written (docs/performance.md): hyper's four (the request's head
     // and header map, its client dispatch, the upstream read buffer) and the retry copy's `Vec`.
     // More means a new allocation on the hot path: find it (this bench's building blocks,
     // or heaptrack) before raising this.

@@ -21,7 +21,7 @@
 # Environment: STARTS, IDLE_SECS, GAP_BIN and MOCK_BIN (built binaries; default: cargo
 # build --release), MALLOC_CONF_TRY (a jemalloc option string to measure in the same run
 # through `_RJEM_MALLOC_CONF`, e.g. "narenas:1"), GAP_STATIC_BIN (another build of the
-# proxy, e.g. the static musl one, measured idle in the same run; README "Footprint"
+# proxy, e.g. the static musl one, measured idle in the same run; docs/performance.md "Footprint"
 # says how to build it), BENCH_OUT (target/bench). Loopback only; everything started is
 # stopped by pid however the script exits.
 #

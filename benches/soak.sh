@@ -7,7 +7,7 @@
 # Three replicas of goto-auth-proxy: `a` and `b` share one real Redis (`store = "redis"`:
 # a master, its replica and three sentinels, `redis_sentinels`), `c` has the file store
 # to itself. Each holds two short-lived refreshing credentials
-# from its own mock GoTo (the crate's shared mock, `src/demo/mock/`, one process per
+# from its own mock GoTo (the shared mock, `crates/goto-mock/`, one process per
 # group, since a Direct Login revokes every other token of its application): `goto`,
 # authorization code with rotating refresh tokens (seeded once), and `g2a`, Direct
 # Login (password). Tokens live 2 s, so each credential renews about once a second.
@@ -27,7 +27,7 @@
 #   Redis killed (-9) and restarted empty; next round shut down and restarted with its data
 #   the Redis master killed (-9): Sentinel promotes its replica, the old one rejoins
 #     empty as a replica (tokens lengthened to 20 s meanwhile: a failover takes about 2 s,
-#     and an outage must stay under a quarter of a token's life, README "When Redis is down")
+#     and an outage must stay under a quarter of a token's life, docs/replicas.md "When Redis is down or slow")
 #   kill -9 of replica b, restarted on the same state
 #
 # and reports (stdout and $BENCH_OUT/soak.md): requests; failures split by cause, where

@@ -807,7 +807,7 @@ fn fenced_lines(text: &str, code: bool) -> Vec<(usize, &str)> {
 /// directories (not inside a longer path or a URL), trailing punctuation dropped.
 fn readme_repo_paths(readme: &str) -> Vec<(usize, String)> {
     const ROOTS: &[&str] =
-        &["benches/", "deploy/", "config/", "examples/", "scripts/", "docs/", "tests/", "src/", ".ci/"];
+        &["benches/", "crates/", "deploy/", "config/", "examples/", "scripts/", "docs/", "tests/", "src/", ".ci/"];
     let path_char = |c: char| c.is_ascii_alphanumeric() || "_.-/*".contains(c);
     let mut out = Vec::new();
     for (n, line) in readme.lines().enumerate() {
@@ -857,6 +857,48 @@ fn manual_paths_exist() {
     }
     assert!(found >= 20, "found only {found} paths in the manual");
     assert!(missing.is_empty(), "the manual names paths that do not exist:\n{}", missing.join("\n"));
+}
+
+/// Every repository path the code's comments, the manifests, the scripts and the deploy
+/// and config examples name exists: a file moved in a restructuring leaves no comment or
+/// `Cargo.toml` pointing at where it used to be.
+#[test]
+fn code_and_manifests_name_paths_that_exist() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if !p.ends_with("target") && !p.ends_with("node_modules") {
+                    walk(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| ["rs", "toml", "sh", "yaml", "yml", "py"].iter().any(|k| x == *k))
+                || p.file_name().is_some_and(|n| n == "run" || n == "Dockerfile")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let repo = repo();
+    let mut files = vec![repo.join("Cargo.toml"), repo.join(".ci/run")];
+    for dir in ["src", "crates", "benches", "scripts", "deploy", "config", "tests"] {
+        walk(&repo.join(dir), &mut files);
+    }
+    let (mut found, mut missing) = (0, Vec::new());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for (n, p) in readme_repo_paths(&text) {
+            found += 1;
+            // Not checked: a path with a placeholder, and what the install script fetches.
+            // A crate's own files name paths from that crate's directory.
+            let home = file.ancestors().find(|d| d.join("Cargo.toml").exists()).unwrap_or(&repo);
+            let installed = p.contains("node_modules");
+            if !exists_in_repo(&repo, &p) && !exists_in_repo(home, &p) && !p.contains('{') && !installed {
+                missing.push(format!("{}:{n}: {p}", file.strip_prefix(&repo).unwrap_or(file).display()));
+            }
+        }
+    }
+    assert!(found >= 50, "found only {found} paths");
+    assert!(missing.is_empty(), "these name paths that do not exist:\n{}", missing.join("\n"));
 }
 
 /// Shell words of `line`, and the operators that separate commands (`;`, `&&`, `|`,

@@ -9,7 +9,7 @@
 //! Prints one line, `http://127.0.0.1:PORT`, once it is listening, then serves until
 //! SIGTERM or Ctrl-C. Its client id and secret are `MockOptions::default()`'s
 //! (`demo-client-id` / `demo-client-secret`); its remote control (`/_mock/fault`,
-//! `/_mock/token_calls`…) is described in `src/demo/mock/control.rs`.
+//! `/_mock/token_calls`…) is described in `crates/goto-mock/src/control.rs`.
 
 use std::io::Write;
 use std::net::SocketAddr;
