@@ -292,3 +292,60 @@ fn test_equipment_lives_in_unpublished_crates() {
     let product = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(!product.contains("[[example]]"), "bench and soak programs belong in crates/bench-tools");
 }
+
+// ===== the layout map in docs/architecture.md =====
+
+/// The first two columns of the map's table: the modules a row is about, and its text.
+fn layout_rows() -> Vec<(Vec<String>, String)> {
+    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md")).unwrap();
+    let ticked = |s: &str| s.split('`').skip(1).step_by(2).map(|w| w.trim_end_matches('/').to_string()).collect();
+    page.lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            (ticked(cells[0].trim_start_matches("| ")), cells.get(1).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+/// The map names every module of `src/lib.rs` and no module that is gone; a module with a
+/// directory lists its files as `` `name` (what it is) ``, and each such file exists.
+#[test]
+fn the_layout_map_is_current() {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).unwrap();
+    let modules: BTreeSet<String> = lib
+        .lines()
+        .filter_map(|l| l.trim_start_matches("pub ").strip_prefix("mod "))
+        .map(|l| l.trim_end_matches(';').to_string())
+        .filter(|m| !m.contains(' '))
+        .collect();
+    let rows = layout_rows();
+    let mapped: BTreeSet<String> = rows.iter().flat_map(|(m, _)| m.clone()).collect();
+    assert!(modules.len() >= 15, "{modules:?}");
+    let unmapped: Vec<_> = modules.difference(&mapped).collect();
+    assert!(unmapped.is_empty(), "docs/architecture.md does not map {unmapped:?}");
+    let gone: Vec<_> = mapped.difference(&modules).collect();
+    assert!(gone.is_empty(), "docs/architecture.md maps modules that are gone: {gone:?}");
+    let mut stale = Vec::new();
+    for (names, text) in &rows {
+        let [dir] = names.as_slice() else { continue };
+        if !src().join(dir).is_dir() {
+            continue;
+        }
+        // `file` (what it is): a part of the directory.
+        let pieces: Vec<&str> = text.split('`').collect();
+        for i in (1..pieces.len()).step_by(2) {
+            let name = pieces[i].trim_end_matches('/');
+            let follows_paren = pieces.get(i + 1).is_some_and(|rest| rest.starts_with(" ("));
+            if !follows_paren || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            let base = src().join(dir);
+            let exists = name == "mod" || base.join(format!("{name}.rs")).exists() || base.join(name).is_dir();
+            if !exists {
+                stale.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "docs/architecture.md names files that are gone: {stale:?}");
+}
