@@ -179,8 +179,9 @@ impl Admin {
                     let view = accounts::AccountView::parse(&body).location();
                     let confirmed = url::form_urlencoded::parse(&body).any(|(k, v)| k == "confirm" && v == "yes");
                     if !confirmed {
-                        let page = page::not_removed(&name, &account, &view);
-                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &crate::random::token(16), &[]);
+                        let nonce = crate::random::token(16);
+                        let page = page::not_removed(&name, &account, &view, &nonce);
+                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &nonce, &[]);
                     }
                     back = Some(view);
                 }
@@ -230,9 +231,9 @@ impl Admin {
             },
             (&Method::GET, ["callback"]) => {
                 let query = req.uri().query().unwrap_or("");
-                let (status, page) = self.login.callback(query, &credentials, &self.view.accounts()).await;
-                // A page with neither style nor script: its nonce is never used.
-                secure_page(html(status, &page), &crate::random::token(16), &[])
+                let outcome = self.login.finish_callback(query, &credentials, &self.view.accounts()).await;
+                let nonce = crate::random::token(16);
+                secure_page(html(outcome.status, &page::after_sign_in(&outcome, &nonce)), &nonce, &[])
             }
             (
                 _,

@@ -131,7 +131,7 @@ pub(super) fn accounts_row(credential: &str, page: &AccountPage, now: SystemTime
     let back = AccountView { credential: Some(credential.to_string()), q: page.q.clone(), offset: page.offset };
     html! {
         tr.accounts data-accounts=(credential) {
-            td colspan="10" {
+            td colspan="8" {
                 div.accounts-head {
                     strong { (page.total) " account" @if page.total != 1 { "s" } }
                     @for (state, n) in &page.counts {
@@ -152,13 +152,13 @@ pub(super) fn accounts_row(credential: &str, page: &AccountPage, now: SystemTime
                 }
                 table.accounts {
                     thead { tr {
-                        th { "Account" } th { "State · last error" } th { "Signed in as" } th { "Organizer / account key" }
-                        th { "Time left" } th { "Last renewal" } th { "Next renewal" } th { "Failures" } th { "Actions" }
+                        th { "Account" } th { "State · last error" } th { "Signed in as" } th { "Keys" }
+                        th { "Time left" } th { "Last renewal" } th { "Next renewal" } th { "Actions" }
                     } }
                     tbody {
-                        @for (a, info) in &page.rows { (account_row(credential, &a.name, info, &back, now)) }
+                        @for (a, info) in &page.rows { (account_row(credential, a, info, &back, now)) }
                         @if page.rows.is_empty() {
-                            tr { td colspan="9" {
+                            tr { td colspan="8" {
                                 @if page.total == 0 { "No account has signed in yet: connect one." }
                                 @else if page.matching == 0 { "No account matches \u{201c}" (page.q) "\u{201d}." }
                                 @else { "No accounts on this page." }
@@ -177,24 +177,28 @@ pub(super) fn accounts_row(credential: &str, page: &AccountPage, now: SystemTime
     }
 }
 
+/// An account row's button that signs its person in again.
+const SIGN_IN_AGAIN: &str = "Sign in again";
+
 /// One account: its state and metadata, and its **Sign in again**, **Refresh now** and
 /// **Remove** (which asks first) buttons. Each form carries the view to come back to.
-fn account_row(credential: &str, name: &str, info: &TokenInfo, back: &AccountView, now: SystemTime) -> Markup {
-    let account = name_to_path(name);
+fn account_row(credential: &str, account: &Account, info: &TokenInfo, back: &AccountView, now: SystemTime) -> Markup {
+    let name = account.name.as_str();
+    let path = name_to_path(name);
     let login = format!(
         "{}?{}",
         login_path(credential),
         url::form_urlencoded::Serializer::new(String::new()).append_pair("account", name).finish()
     );
-    let refresh = format!("{}/{account}", refresh_path(credential));
-    let remove = format!("/accounts/{}/{account}/remove", name_to_path(credential));
+    let refresh = format!("{}/{path}", refresh_path(credential));
+    let remove = format!("/accounts/{}/{path}/remove", name_to_path(credential));
     html! {
         tr data-account=(name) {
-            td data-label="Account" { strong { (name) } }
-            (state_cell(info))
+            td.name data-label="Account" { strong { (name) } }
+            (state_cell(info, Some((SIGN_IN_AGAIN, &account.cred))))
             (token_cells(info, now))
             td.actions data-label="Actions" {
-                a.button.primary href=(login) { "Sign in again" }
+                a.button.primary href=(login) { (SIGN_IN_AGAIN) }
                 form.refresh method="post" action=(refresh) {
                     (back_fields(back))
                     button type="submit" { "Refresh now" }

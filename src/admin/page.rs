@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use maud::{html, PreEscaped, DOCTYPE};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 
-use crate::config::{display_url, Config, GrantKind};
-use crate::token::TokenInfo;
+use crate::config::{display_url, Config};
+use crate::login::Outcome;
+use crate::token::{Credential, TokenInfo};
 
 use super::accounts::{accounts_row, AccountPage, AccountView};
 use super::credentials::credential_row;
@@ -64,90 +65,113 @@ pub(super) fn render(
     nonce: &str,
 ) -> String {
     let now = SystemTime::now();
-    let rows: Vec<(&str, GrantKind, TokenInfo, Option<AccountPage>)> = credentials
+    let rows: Vec<(&str, &Credential, TokenInfo, Option<AccountPage>)> = credentials
         .iter()
         .map(|(name, c)| {
             let page = accounts.get(name).map(|set| {
                 let (q, offset) = view.of(name);
                 AccountPage::of(set, q, offset)
             });
-            (name.as_str(), c.config().grant, c.info(), page)
+            (name.as_str(), c.as_ref(), c.info(), page)
         })
         .collect();
-    let page = html! {
+    let body = html! {
+        header {
+            h1 { "goto-auth-proxy" }
+            p.muted id="updated" { "As of " (rfc3339(now)) " · " a href="/tokens" { "/tokens" } " · " a href="/metrics" { "/metrics" } " · " a href="/readyz" { "/readyz" } }
+        }
+        main {
+            h2 { "Credentials" }
+            div.scroll {
+                table id="credentials" {
+                    thead { tr {
+                        th { "Name · grant" } th { "State · last error" } th { "Signed in as" } th { "Keys" }
+                        th { "Time left" } th { "Last renewal" } th { "Next renewal" } th { "Actions" }
+                    } }
+                    tbody {
+                        @for (name, credential, info, page) in &rows {
+                            (credential_row(name, credential, info, now))
+                            @if let Some(page) = page { (accounts_row(name, page, now)) }
+                        }
+                        @if rows.is_empty() {
+                            tr { td colspan="8" { "No credentials are configured." } }
+                        }
+                    }
+                }
+            }
+            h2 { "Routes" }
+            div.scroll {
+                table id="routes" {
+                    thead { tr { th { "Prefix" } th { "Upstream" } th { "Credential" } th { "Rate limit" } th { "Requests served" } } }
+                    tbody {
+                        @for r in &config.routes {
+                            tr {
+                                td data-label="Prefix" { code { (r.prefix) } }
+                                td data-label="Upstream" { (display_url(&r.upstream)) }
+                                td data-label="Credential" {
+                                    @match &r.credential { Some(c) => { (c) }, None => span.muted { "none (passed through)" } }
+                                }
+                                td data-label="Rate limit" {
+                                    @match r.rate_limit { Some(l) => { (l) " / s" }, None => span.muted { "none" } }
+                                }
+                                td.num data-label="Requests served" { (requests.get(&r.prefix).copied().unwrap_or(0)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        script nonce=(nonce) { (PreEscaped(SCRIPT.replace("REFRESH_MS", &(REFRESH_SECS * 1000).to_string()))) }
+    };
+    document("goto-auth-proxy", nonce, body)
+}
+
+/// The answer to a **Remove** posted without "yes, remove" ticked: nothing was removed,
+/// and a way back to `back` (the page the form was on).
+pub(super) fn not_removed(credential: &str, account: &str, back: &str, nonce: &str) -> String {
+    message(
+        "Nothing was removed",
+        nonce,
+        html! { "The account " strong { (account) } " of " strong { (credential) } " is still there: tick \u{201c}yes, remove\u{201d} next to Remove to confirm." },
+        back,
+    )
+}
+
+/// The page a sign-in's `/callback` answers with, signed in or not: in the status page's
+/// look, and with a way back to it.
+pub(super) fn after_sign_in(outcome: &Outcome, nonce: &str) -> String {
+    // Relative: the status page is `/` of the listener serving `/callback`, also behind a
+    // reverse proxy that serves it under a path.
+    message(outcome.title, nonce, outcome.message.clone(), "./")
+}
+
+/// A page of one message in the status page's look, with a link back to the page at
+/// `back`.
+fn message(title: &str, nonce: &str, said: Markup, back: &str) -> String {
+    let body = html! {
+        header { h1 { "goto-auth-proxy" } }
+        main.message {
+            h2 { (title) }
+            p { (said) }
+            p { a.button.primary href=(back) { "Back to the status page" } }
+        }
+    };
+    document(title, nonce, body)
+}
+
+/// An HTML document of this listener: `title`, the page's style (allowed by `nonce`),
+/// and `body`.
+fn document(title: &str, nonce: &str, body: Markup) -> String {
+    html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "goto-auth-proxy" }
+                title { (title) }
                 style nonce=(nonce) { (PreEscaped(STYLE)) }
             }
-            body {
-                header {
-                    h1 { "goto-auth-proxy" }
-                    p.muted id="updated" { "As of " (rfc3339(now)) " · " a href="/tokens" { "/tokens" } " · " a href="/metrics" { "/metrics" } " · " a href="/readyz" { "/readyz" } }
-                }
-                main {
-                    h2 { "Credentials" }
-                    div.scroll {
-                        table id="credentials" {
-                            thead { tr {
-                                th { "Name" } th { "State · last error" } th { "Grant" } th { "Signed in as" } th { "Organizer / account key" }
-                                th { "Time left" } th { "Last renewal" } th { "Next renewal" } th { "Failures" } th { "Actions" }
-                            } }
-                            tbody {
-                                @for (name, grant, info, page) in &rows {
-                                    (credential_row(name, *grant, info, now))
-                                    @if let Some(page) = page { (accounts_row(name, page, now)) }
-                                }
-                                @if rows.is_empty() {
-                                    tr { td colspan="10" { "No credentials are configured." } }
-                                }
-                            }
-                        }
-                    }
-                    h2 { "Routes" }
-                    div.scroll {
-                        table id="routes" {
-                            thead { tr { th { "Prefix" } th { "Upstream" } th { "Credential" } th { "Rate limit" } th { "Requests served" } } }
-                            tbody {
-                                @for r in &config.routes {
-                                    tr {
-                                        td data-label="Prefix" { code { (r.prefix) } }
-                                        td data-label="Upstream" { (display_url(&r.upstream)) }
-                                        td data-label="Credential" {
-                                            @match &r.credential { Some(c) => { (c) }, None => span.muted { "none (passed through)" } }
-                                        }
-                                        td data-label="Rate limit" {
-                                            @match r.rate_limit { Some(l) => { (l) " / s" }, None => span.muted { "none" } }
-                                        }
-                                        td.num data-label="Requests served" { (requests.get(&r.prefix).copied().unwrap_or(0)) }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                script nonce=(nonce) { (PreEscaped(SCRIPT.replace("REFRESH_MS", &(REFRESH_SECS * 1000).to_string()))) }
-            }
-        }
-    };
-    page.into_string()
-}
-
-/// The answer to a **Remove** posted without "yes, remove" ticked: nothing was removed,
-/// and a way back to `back` (the page the form was on).
-pub(super) fn not_removed(credential: &str, account: &str, back: &str) -> String {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head { meta charset="utf-8"; title { "Nothing was removed" } }
-            body {
-                h1 { "Nothing was removed" }
-                p { "The account " strong { (account) } " of " strong { (credential) } " is still there: tick \u{201c}yes, remove\u{201d} next to Remove to confirm." }
-                p { a href=(back) { "Back to the status page" } }
-            }
+            body { (body) }
         }
     }
     .into_string()
@@ -157,7 +181,8 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The page's look: plain CSS, one column per field, wrapping long values.
+/// The look of the status page and of the pages it leads to: plain CSS; long values
+/// wrap, so a 1,280 px window shows every column.
 const STYLE: &str = include_str!("page.css");
 
 /// Fetches the page again and swaps its tables in; without JavaScript the page is
