@@ -304,11 +304,6 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    if let Ok(path) = std::env::var("GOTO_AUTH_PROXY_SCREENSHOT") {
-        std::fs::write(&path, b.client.screenshot().await.unwrap()).unwrap();
-        println!("screenshot saved to {path}");
-    }
-
     // Sign in: through the mock's (auto-approving) authorize page back to /callback.
     b.client.find(Locator::Css(&row("signin", "a.button"))).await.unwrap().click().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -463,9 +458,6 @@ async fn in_chromium_every_button_is_in_view_at_1280_px_with_long_values() {
         )
         .await
         .unwrap();
-    if let Ok(path) = std::env::var("GOTO_AUTH_PROXY_SCREENSHOT_1280") {
-        std::fs::write(&path, b.client.screenshot().await.unwrap()).unwrap();
-    }
     b.stop().await;
     let width = seen["width"].as_u64().unwrap();
     assert!((1200..=1280).contains(&width), "the window is {width}px wide, not a 1280px one: {seen}");
