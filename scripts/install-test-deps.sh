@@ -9,7 +9,8 @@
 #   oidc-provider  the certified OpenID provider of tests/it/oidc.rs: `npm ci` into
 #                  tests/oidc/node_modules, the version pinned by tests/oidc/package-lock.json
 #   chromium, chromedriver  tests/it/status_page.rs drives the admin status page in a
-#                  headless browser (Debian's chromium + chromium-driver)
+#                  headless browser (Debian's chromium + chromium-driver);
+#                  scripts/status-page-screenshot.sh takes docs/status-page.png with it
 #
 # Idempotent and non-interactive (stdin is never read), meant for root on a Debian
 # machine (CI runs it before the tests):

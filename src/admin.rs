@@ -29,6 +29,8 @@ use crate::response;
 use crate::token::accounts::AccountSet;
 use crate::token::{Credential, Trigger};
 
+mod accounts;
+mod credentials;
 mod page;
 
 /// Credentials by name, as the admin listener sees them.
@@ -127,7 +129,7 @@ impl Admin {
         let credentials = self.view.credentials();
         match (&method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, [""]) => {
-                self.status_page(&page::AccountView::parse(req.uri().query().unwrap_or("").as_bytes()))
+                self.status_page(&accounts::AccountView::parse(req.uri().query().unwrap_or("").as_bytes()))
             }
             (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, ["readyz"]) => self.readyz(),
@@ -153,7 +155,7 @@ impl Admin {
                 let Some(a) = set.index().get(&account).cloned() else { return unknown_account(&name, &account) };
                 if from_a_form(req.headers()) {
                     // The status page's button: back to the same search and page.
-                    let back = page::AccountView::parse(&form_body(req).await).location();
+                    let back = accounts::AccountView::parse(&form_body(req).await).location();
                     let _outcome_is_on_the_page = a.cred.refresh(Trigger::Manual).await;
                     return see_other(&back);
                 }
@@ -174,11 +176,12 @@ impl Admin {
                 if from_a_form(req.headers()) {
                     // The status page asks first: its form removes only with "yes, remove" ticked.
                     let body = form_body(req).await;
-                    let view = page::AccountView::parse(&body).location();
+                    let view = accounts::AccountView::parse(&body).location();
                     let confirmed = url::form_urlencoded::parse(&body).any(|(k, v)| k == "confirm" && v == "yes");
                     if !confirmed {
-                        let page = page::not_removed(&name, &account, &view);
-                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &crate::random::token(16), &[]);
+                        let nonce = crate::random::token(16);
+                        let page = page::not_removed(&name, &account, &view, &nonce);
+                        return secure_page(html(StatusCode::BAD_REQUEST, &page), &nonce, &[]);
                     }
                     back = Some(view);
                 }
@@ -228,9 +231,9 @@ impl Admin {
             },
             (&Method::GET, ["callback"]) => {
                 let query = req.uri().query().unwrap_or("");
-                let (status, page) = self.login.callback(query, &credentials, &self.view.accounts()).await;
-                // A page with neither style nor script: its nonce is never used.
-                secure_page(html(status, &page), &crate::random::token(16), &[])
+                let outcome = self.login.finish_callback(query, &credentials, &self.view.accounts()).await;
+                let nonce = crate::random::token(16);
+                secure_page(html(outcome.status, &page::after_sign_in(&outcome, &nonce)), &nonce, &[])
             }
             (
                 _,
@@ -251,7 +254,7 @@ impl Admin {
 
     /// `GET /?credential=&q=&offset=`: the status page (showing that search and page of
     /// accounts), under a CSP that lets only its own nonce'd style and script run.
-    fn status_page(&self, view: &page::AccountView) -> Response<Full<Bytes>> {
+    fn status_page(&self, view: &accounts::AccountView) -> Response<Full<Bytes>> {
         let nonce = crate::random::token(16);
         let config = self.view.config();
         let body = page::render(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
+use maud::{html, Markup, DOCTYPE};
 
 use crate::config::GrantKind;
 use crate::token::accounts::AccountSet;
@@ -190,13 +191,14 @@ impl LoginFlows {
         Ok((cred, None))
     }
 
-    /// Handles `GET /callback?…`, answering a short HTML page.
-    pub(crate) async fn callback(
+    /// Finishes the sign-in a `GET /callback?…` brings back: what the page answering it
+    /// says.
+    pub(crate) async fn finish_callback(
         &self,
         query: &str,
         credentials: &BTreeMap<String, Arc<Credential>>,
         accounts: &BTreeMap<String, Arc<AccountSet>>,
-    ) -> (StatusCode, String) {
+    ) -> Outcome {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let result = match (params.get("code"), params.get("state")) {
             (Some(code), Some(state)) => self.finish(credentials, accounts, code, state).await,
@@ -204,34 +206,58 @@ impl LoginFlows {
             (Some(_), None) => Err(LoginError::BadState),
         };
         match result {
-            Ok((cred, None)) => (
-                StatusCode::OK,
-                page(
-                    "Signed in",
-                    &format!("Credential <b>{}</b> is now signed in. You can close this tab.", escape(cred.name())),
-                ),
-            ),
-            Ok((cred, Some(account))) => (
-                StatusCode::OK,
-                page(
-                    "Signed in",
-                    &format!(
-                        "Account <b>{}</b> of credential <b>{}</b> is now signed in. You can close this tab.",
-                        escape(&account),
-                        escape(cred.name())
-                    ),
-                ),
-            ),
+            Ok((cred, None)) => Outcome {
+                status: StatusCode::OK,
+                title: "Signed in",
+                message: html! { "Credential " b { (cred.name()) } " is now signed in." },
+            },
+            Ok((cred, Some(account))) => Outcome {
+                status: StatusCode::OK,
+                title: "Signed in",
+                message: html! { "Account " b { (account) } " of credential " b { (cred.name()) } " is now signed in." },
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "sign-in callback failed");
                 let status = match e {
                     LoginError::Exchange(_) => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                (status, page("Sign-in failed", &escape(&e.to_string())))
+                Outcome { status, title: "Sign-in failed", message: html! { (e.to_string()) } }
             }
         }
     }
+
+    /// Handles `GET /callback?…` where nothing else is served (`login`'s own listener):
+    /// a page with neither style nor script.
+    pub(crate) async fn callback(
+        &self,
+        query: &str,
+        credentials: &BTreeMap<String, Arc<Credential>>,
+        accounts: &BTreeMap<String, Arc<AccountSet>>,
+    ) -> (StatusCode, String) {
+        let outcome = self.finish_callback(query, credentials, accounts).await;
+        let page = html! {
+            (DOCTYPE)
+            html {
+                head { meta charset="utf-8"; title { "goto-auth-proxy: " (outcome.title) } }
+                body {
+                    h1 { (outcome.title) }
+                    p { (outcome.message) @if outcome.status.is_success() { " You can close this tab." } }
+                }
+            }
+        };
+        (outcome.status, page.into_string())
+    }
+}
+
+/// What a sign-in's callback came to, for the page that says so.
+pub(crate) struct Outcome {
+    /// The answer's status: 200 when signed in.
+    pub status: StatusCode,
+    /// "Signed in" or "Sign-in failed".
+    pub title: &'static str,
+    /// Who signed in, or why not (escaped by maud).
+    pub message: Markup,
 }
 
 /// The authorize URL with every parameter the code flow needs, then the credential's
@@ -285,14 +311,6 @@ pub(crate) fn parse_pasted(line: &str) -> Option<(String, Option<String>)> {
     let params: HashMap<String, String> = url::form_urlencoded::parse(query?.as_bytes()).into_owned().collect();
     let code = params.get("code")?.clone();
     Some((code, params.get("state").cloned()))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-fn page(title: &str, body: &str) -> String {
-    format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>goto-auth-proxy: {title}</title></head><body><h1>{title}</h1><p>{body}</p></body></html>\n")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use goto_mock::{MockGoto, MockOptions};
+use goto_mock::{MockGoto, MockOptions, MockUser};
 
 use crate::support::*;
 
@@ -247,7 +247,7 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
     wait_state(&s, "signin", "needs_login").await;
     assert_eq!(s.get("/admin/rest/v1/me").await.status(), 200);
     let Some(b) = Browser::start().await else { return };
-    b.client.set_window_size(1600, 900).await.unwrap();
+    b.client.set_window_size(1280, 800).await.unwrap();
     b.client.goto(&s.admin("/")).await.unwrap();
 
     // The rows, as a person reads them.
@@ -255,8 +255,9 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
     assert_eq!(b.text(&row("goto", ".state")).await, "valid");
     assert_eq!(b.text(&row("g2a", ".state")).await, "valid");
     assert_eq!(b.text(&row("signin", ".state")).await, "needs_login");
-    assert_eq!(b.text(&row("goto", "td[data-label=Grant]")).await, "authorization_code");
-    assert!(b.text(&row("goto", "td[data-label='Organizer / account key']")).await.contains("8439885694023999999"));
+    assert_eq!(b.text(&row("goto", ".grant")).await, "authorization_code");
+    let keys = b.text(&row("goto", "td.keys")).await;
+    assert!(keys.contains("organizer 8439885694023999999") && keys.contains("account 9999982253621659654"), "{keys}");
     assert_eq!(b.text(&row("goto", "a.button")).await, "Sign in");
     assert!(b.client.find(Locator::Css(&row("g2a", "a.button"))).await.is_err(), "no Sign in for Direct Login");
     let routes = b.text("#routes").await;
@@ -303,11 +304,6 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    if let Ok(path) = std::env::var("GOTO_AUTH_PROXY_SCREENSHOT") {
-        std::fs::write(&path, b.client.screenshot().await.unwrap()).unwrap();
-        println!("screenshot saved to {path}");
-    }
-
     // Sign in: through the mock's (auto-approving) authorize page back to /callback.
     b.client.find(Locator::Css(&row("signin", "a.button"))).await.unwrap().click().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -318,7 +314,16 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
     let said = b.text("body").await;
     assert!(said.contains("signed in"), "{said}");
     assert_eq!(s.mock.stats().code_exchanges, 1);
-    b.client.goto(&s.admin("/")).await.unwrap();
+    // In the status page's look (its style ran: the page's background), with a way back.
+    let look: serde_json::Value =
+        b.client.execute("return getComputedStyle(document.body).backgroundColor", vec![]).await.unwrap();
+    assert_eq!(look, "rgb(247, 248, 250)", "the callback page is unstyled");
+    b.client.find(Locator::LinkText("Back to the status page")).await.unwrap().click().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.client.current_url().await.unwrap().path() != "/" {
+        assert!(tokio::time::Instant::now() < deadline, "the link never led back to the status page");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(b.text(&row("signin", ".state")).await, "valid");
     assert_eq!(s.get("/S/admin/rest/v1/me").await.status(), 200, "the signed-in credential serves");
 
@@ -327,6 +332,139 @@ async fn in_chromium_rows_refresh_now_and_sign_in_work() {
     let width: serde_json::Value =
         b.client.execute("return document.documentElement.scrollWidth", vec![]).await.unwrap();
     assert!(width.as_u64().unwrap() <= 400, "the page is {width}px wide on a phone");
+    b.stop().await;
+}
+
+/// An account credential `goto` with two people signed in — one with a long account
+/// name, email and keys, and `bob`, whose renewal was refused since — beside a credential
+/// with a long name that was never signed in, on a route whose prefix and upstream are
+/// long: what overflows a narrow table.
+async fn long_values() -> (Stack, MockUser) {
+    let long = MockUser {
+        organizer_key: "7123456789012345678901234567".into(),
+        account_key: "5123456789012345678901234567".into(),
+        email: "maximiliane.oberhauser-wittgenstein@customer-success.emea.example-company.com".into(),
+        first_name: "Maximiliane".into(),
+        last_name: "Oberhauser-Wittgenstein".into(),
+    };
+    let opts = MockOptions { more_users: vec![long.clone(), MockUser::numbered(2)], ..MockOptions::default() };
+    let s = stack(opts, |mock, dir| {
+        let never = code_cred(LONG_CREDENTIAL, mock, None);
+        let route = format!(
+            "[[routes]]\nprefix = \"/regional-webinars-and-customer-success-calls/\"\nupstream = \"{}/api/gateway/v2/tenants/emea-production-01/\"\ncredential = \"{LONG_CREDENTIAL}\"\n",
+            mock.url()
+        );
+        crate::accounts::accounts_config(mock, dir, &format!("\n{never}\n{route}"))
+    })
+    .await;
+    crate::accounts::sign_in(&s, Some(LONG_ACCOUNT), &long.email).await;
+    crate::accounts::sign_in(&s, Some("bob"), &MockUser::numbered(2).email).await;
+    wait_state(&s, LONG_CREDENTIAL, "needs_login").await;
+    // Bob revoked the app: his renewal is refused, and only he can sign in again.
+    assert!(s.mock.revoke_refresh_tokens_of(&MockUser::numbered(2).email));
+    assert_eq!(s.http.post(s.admin("/refresh/goto/bob")).send().await.unwrap().status(), 502);
+    let t = tokens(&s).await;
+    let bob = t["goto"]["accounts"]["items"].as_array().unwrap().iter().find(|a| a["name"] == "bob").unwrap();
+    assert_eq!(bob["state"], "needs_login", "{t}");
+    (s, long)
+}
+
+const LONG_CREDENTIAL: &str = "warehouse-eu-west-1-production-goto-connect-webinars-and-calls";
+const LONG_ACCOUNT: &str = "regional-customer-success-team-emea-webinar-organizer-account-01";
+
+/// The row `<tr ATTR="NAME">` of a page's HTML.
+fn row_html<'p>(page: &'p str, attr: &str, name: &str) -> &'p str {
+    let start = page.find(&format!(r#"<tr {attr}="{name}">"#)).unwrap_or_else(|| panic!("no row {name}: {page}"));
+    let row = &page[start..];
+    &row[..row.find("</tr>").unwrap_or(row.len())]
+}
+
+/// A credential or an account that only a person can renew points at its row's sign-in
+/// button, with the `login` command (naming the config the proxy runs with) as the other
+/// way; keys say which is which; the page after a sign-in, failed or not, has the status
+/// page's look and a link back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_needs_a_person_is_pointed_at_the_button_keys_are_labelled_and_callback_pages_lead_back() {
+    let (s, long) = long_values().await;
+    let page = s.http.get(s.admin("/")).send().await.unwrap().text().await.unwrap();
+
+    let never = row_html(&page, "data-credential", LONG_CREDENTIAL);
+    assert!(never.contains(r#"<span class="state state-needs_login">needs_login</span>"#), "{never}");
+    assert!(never.contains("has never been signed in</div>"), "the reason, without the command: {never}");
+    assert!(never.contains(r#"Sign in with the <strong>Sign in</strong> button on this row."#), "{never}");
+    let command = format!("goto-auth-proxy login --config test.toml --credential {LONG_CREDENTIAL}");
+    assert!(never.contains(&format!("Or run <code>{command}</code>")), "the command, second: {never}");
+    assert!(!never.contains("run `"), "{never}");
+
+    let bob = row_html(&page, "data-account", "bob");
+    assert!(bob.contains(r#"<span class="state state-needs_login">needs_login</span>"#), "{bob}");
+    assert!(bob.contains("the refresh token is dead</div>"), "the reason, without the command: {bob}");
+    assert!(bob.contains(r#"Sign in with the <strong>Sign in again</strong> button on this row."#), "{bob}");
+    assert!(bob.contains("<code>goto-auth-proxy login --config test.toml --credential goto --account bob</code>"));
+    // A valid row says nothing of the sort.
+    let fine = row_html(&page, "data-account", LONG_ACCOUNT);
+    assert!(!fine.contains("Sign in with") && !fine.contains("Or run"), "{fine}");
+
+    // Keys, labelled.
+    for (label, key) in [("organizer", &long.organizer_key), ("account", &long.account_key)] {
+        assert!(fine.contains(&format!(r#"<span class="key-label">{label}</span> {key}"#)), "{label}: {fine}");
+    }
+
+    // The page after a sign-in that failed: the status page's style, allowed by the
+    // answer's nonce, and the way back.
+    let r = s.http.get(s.admin("/callback?error=access_denied")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let said = r.text().await.unwrap();
+    let nonce = csp.split("style-src 'nonce-").nth(1).and_then(|r| r.split('\'').next()).expect("a style nonce");
+    assert!(csp.starts_with("default-src 'none';") && !csp.contains("script-src 'unsafe"), "{csp}");
+    assert!(said.contains(&format!("<style nonce=\"{nonce}\">")) && said.contains("td.actions"), "{said}");
+    assert!(said.contains("Sign-in failed") && said.contains("access_denied"), "{said}");
+    assert!(said.contains(r#"<a class="button primary" href="./">Back to the status page</a>"#), "{said}");
+}
+
+/// What of the page a person cannot see without scrolling sideways: each row button out
+/// of its table's or the window's view, a table or the page wider than its box.
+const OUT_OF_VIEW: &str = r#"
+    const width = window.innerWidth, out = [];
+    const buttons = [...document.querySelectorAll("td.actions a, td.actions button, td.actions label")];
+    for (const el of buttons) {
+      const r = el.getBoundingClientRect(), table = el.closest(".scroll").getBoundingClientRect();
+      const row = el.closest("tr").dataset;
+      if (r.left < table.left || r.right > Math.min(width, table.right)) {
+        out.push(`${el.textContent.trim()} of ${row.credential || row.account}: ${r.left}-${r.right}, table ${table.left}-${table.right}`);
+      }
+    }
+    for (const t of document.querySelectorAll(".scroll")) {
+      if (t.scrollWidth > t.clientWidth) out.push(`a table scrolls sideways: ${t.scrollWidth} > ${t.clientWidth}`);
+    }
+    const page = document.documentElement.scrollWidth;
+    if (page > width) out.push(`the page is ${page}px wide`);
+    return { width, buttons: buttons.length, out };
+"#;
+
+/// At 1,280 × 800, a laptop's window, every row's buttons are in view without scrolling
+/// sideways — the page's or a table's — even with long names, emails, keys and URLs; and
+/// still at 1,024 × 768, where the page keeps its tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_every_button_is_in_view_at_1280_px_with_long_values() {
+    let (s, long) = long_values().await;
+    let Some(b) = Browser::start().await else { return };
+    b.client.set_window_size(1280, 800).await.unwrap();
+    b.client.goto(&s.admin("/")).await.unwrap();
+    let shown = b.text(&format!(r#"tr[data-account="{LONG_ACCOUNT}"] td[data-label="Signed in as"]"#)).await;
+    assert_eq!(shown, long.email);
+
+    for (width, height) in [(1280u64, 800u64), (1024, 768)] {
+        b.client.set_window_size(u32::try_from(width).unwrap(), u32::try_from(height).unwrap()).await.unwrap();
+        let seen: serde_json::Value = b.client.execute(OUT_OF_VIEW, vec![]).await.unwrap();
+        let inner = seen["width"].as_u64().unwrap();
+        assert!((width - 80..=width).contains(&inner), "the window is {inner}px wide, not a {width}px one: {seen}");
+        // Sign in + Refresh now on two credential rows; Sign in again, Refresh now, the
+        // "yes, remove" box and Remove on two account rows.
+        assert_eq!(seen["buttons"], 12, "{seen}");
+        assert_eq!(seen["out"], serde_json::json!([]), "out of view at {inner}px: {seen}");
+    }
     b.stop().await;
 }
 
@@ -537,7 +675,7 @@ mod accounts {
         sign_in(&s, Some("alice"), &one.email).await;
         sign_in(&s, Some("bob"), &two.email).await;
         let Some(b) = Browser::start().await else { return };
-        b.client.set_window_size(1600, 900).await.unwrap();
+        b.client.set_window_size(1280, 800).await.unwrap();
         b.client.goto(&s.admin("/")).await.unwrap();
 
         // Both people under the credential, with the counts.
