@@ -29,7 +29,7 @@ pub(super) fn credential_row(name: &str, credential: &Credential, info: &TokenIn
 }
 
 /// The State cell of a credential's or an account's row: its word, the last error, and
-/// how many renewals in a row failed, if any.
+/// how many renewals in a row failed (0 included: the operator sees it was counted).
 /// When only a person can help and the row has a sign-in button (`sign_in`: its label,
 /// and the credential it signs in), the cell points at the button, and gives the
 /// `login` command, with the `--config` the proxy runs with, as the other way.
@@ -46,7 +46,7 @@ pub(super) fn state_cell(info: &TokenInfo, sign_in: Option<(&str, &Credential)>)
             span class={ "state state-" (state) } { (state) }
             @if let Some(e) = error { div.error { (e) } }
             @match info.consecutive_failures {
-                0 => {},
+                0 => div.failures { "0 failed renewals" },
                 1 => div.failures { "1 renewal failed" },
                 n => div.failures { (n) " renewals in a row failed" },
             }

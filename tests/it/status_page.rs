@@ -95,6 +95,10 @@ async fn the_page_is_self_contained_readable_without_javascript_and_shows_no_sec
     }
     assert!(page.contains("<code>/G2A/</code>") && page.contains(&s.mock.url()), "{page}");
     assert!(page.contains("8439885694023999999"), "the organizer key: {page}");
+    // Every row counts its failed renewals in a row, 0 included.
+    let counted = ["0 failed renewals<", "1 renewal failed<", " renewals in a row failed<"];
+    assert_eq!(counted.iter().map(|c| page.matches(c).count()).sum::<usize>(), 3, "{page}");
+    assert!(page.contains(r#"<div class="failures">0 failed renewals</div>"#), "{page}");
 
     // Never a token: the mock's access and refresh tokens look like these.
     let o = s.mock.options();
