@@ -1,5 +1,8 @@
 //! Token endpoint answers as GoTo sends them, and hostile ones.
 
+use super::endpoint::keys_urls;
+use super::redact::{blank_out, BLANK_LIMIT};
+use super::response::SCIM_GETGO;
 use super::*;
 
 fn fixture(name: &str) -> Vec<u8> {
