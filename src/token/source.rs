@@ -1,19 +1,27 @@
-//! Talks to token endpoints (reqwest): sends a [`TokenRequest`], parses GoTo's answers
-//! (string or number `expires_in`, keys as strings or big integers), and looks up
-//! organizer/account keys when a token response lacks them.
+//! Where a credential's tokens come from: its token endpoint ([`TokenSource`]), or for
+//! a `static` credential the token its configuration holds ([`ConfiguredToken`]).
+//! [`Source`] is the one place the grant decides which.
 //!
-//! [`Renewal`] says which kind of source a credential has: its token endpoint, or
-//! (`static`) its own config.
+//! * `endpoint` — the token endpoint client: the call, the bounded read, key lookups.
+//! * `response` — its answers, parsed as GoTo sends them and checked.
+//! * `redact` — error texts from outside, with the secrets sent blanked out.
+//! * `configured` — the `static` credential's token: source and store at once.
 
+mod configured;
 mod endpoint;
 mod redact;
 mod response;
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::store::TokenStore;
+use super::InvalidTokenChars;
 use crate::config::{CredentialConfig, GrantKind};
 use crate::secret::Secret;
 
+pub(crate) use configured::ConfiguredToken;
 pub use endpoint::TokenSource;
 pub use response::TokenResponse;
 pub(crate) use response::{parse_keys, parse_retry_after, Keys, MAX_RETRY_AFTER};
@@ -42,6 +50,9 @@ pub enum SourceError {
     /// The body was not a token response.
     #[error("token endpoint answered something that is not a token: {0}")]
     Malformed(String),
+    /// The answer's access token cannot be sent in an HTTP header.
+    #[error("token endpoint answered something that is not a token: {0}")]
+    InvalidToken(#[from] InvalidTokenChars),
     /// Nothing to renew with: a person must sign in.
     #[error("{0}")]
     NeedsLogin(String),
@@ -78,24 +89,64 @@ impl SourceError {
         }
     }
 }
-/// What renews a credential's token: the refresher asks this, never the grant.
-pub(crate) enum Renewal {
+/// Where a credential's tokens come from; the refresher asks this, never the grant.
+pub(crate) enum Source {
+    /// Every grant but `static`: the token endpoint. Its answers are stored, and the
+    /// next renewal planned before they expire.
+    Endpoint(TokenSource),
     /// `static`: the configured token, served as given and read again at every
-    /// renewal. Nothing to call, store, schedule or look keys up for; it never expires
-    /// on its own within [`super::MAX_LIFETIME`].
-    Static(Secret),
-    /// Every other grant: the token endpoint, called through the credential's
-    /// [`TokenSource`]; its answers are stored, and the next renewal scheduled.
-    Endpoint,
+    /// renewal. Nothing is called, stored or looked up for it; it never expires.
+    Configured(Arc<ConfiguredToken>),
 }
 
-impl Renewal {
-    /// The kind of source `cfg`'s grant is: the one place the grant decides it.
-    pub(crate) fn of(cfg: &CredentialConfig) -> Renewal {
+impl Source {
+    /// The source `cfg`'s grant has, calling through `client` when it calls.
+    pub(crate) fn of(cfg: &CredentialConfig, client: TokenSource) -> Source {
         match cfg.grant {
-            GrantKind::Static => Renewal::Static(cfg.token.clone().unwrap_or_else(|| Secret::new(""))),
-            _ => Renewal::Endpoint,
+            GrantKind::Static => {
+                Source::Configured(Arc::new(ConfiguredToken::new(cfg.token.clone().unwrap_or_else(|| Secret::new("")))))
+            }
+            _ => Source::Endpoint(client),
         }
+    }
+
+    /// Where the credential keeps its tokens: `store`, except that a configured token is
+    /// kept by the configuration.
+    pub(crate) fn store(&self, store: Arc<dyn TokenStore>) -> Arc<dyn TokenStore> {
+        match self {
+            Source::Endpoint(_) => store,
+            Source::Configured(configured) => configured.clone(),
+        }
+    }
+
+    /// A new token: the token endpoint's answer once `turn` (the call's place in the
+    /// credential's spacing) has come, or the configured token at once. `refresh_token`
+    /// is the newest one held.
+    pub(crate) async fn obtain(
+        &self,
+        refresh_token: Option<&Secret>,
+        turn: impl Future<Output = ()>,
+    ) -> Result<TokenResponse, SourceError> {
+        match self {
+            Source::Endpoint(client) => {
+                turn.await;
+                client.obtain(refresh_token).await
+            }
+            Source::Configured(configured) => Ok(configured.answer()),
+        }
+    }
+
+    /// Organizer/account keys for `access_token`, where they can be looked up.
+    pub(crate) async fn fetch_keys(&self, access_token: &Secret) -> Option<Keys> {
+        match self {
+            Source::Endpoint(client) => client.fetch_keys(access_token).await,
+            Source::Configured(_) => None,
+        }
+    }
+
+    /// Whether its tokens expire, so that a renewal is planned: a configured one does not.
+    pub(crate) fn expires(&self) -> bool {
+        matches!(self, Source::Endpoint(_))
     }
 }
 

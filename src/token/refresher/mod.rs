@@ -3,16 +3,18 @@
 //! [`TokenHandle`]s), the background refresh loop, and renewals that are serialised and
 //! single-flight.
 //!
-//! Order of a renewal, which is what makes a crash harmless: obtain → store (durable) →
-//! publish. A refresh token received is on disk before the access token is used.
-//!
-//! * [`schedule`] — when to renew (pure).
-//! * [`coordinate`] — replicas sharing a store: one renewal at a time, the newest token wins.
-//! * [`state`] — recording outcomes, and what `/tokens` shows.
+//! * [`renew`] — one renewal, top-down: decide → coordinate → obtain → validate → store
+//!   → publish → reschedule.
+//! * [`coordinate`] — [`Coordinator`](coordinate::Coordinator): the store's lock, the
+//!   version order of records, taking up what other processes stored.
+//! * [`record`] — [`Recorder`](record::Recorder): outcomes (counters, last error,
+//!   health) and the token served.
+//! * [`schedule`] — when to renew (pure), and the `token_rate` gate.
 //! * `run` — the refresh loop: the schedule, the store's news, the data path's rejections.
+//! * [`state`] — what `/tokens` shows.
 //!
-//! A `static` credential is its own kind of source ([`Renewal::Static`]): its token is
-//! read again from the config at every renewal, never stored, never scheduled.
+//! Where tokens come from is the credential's [`Source`]: its token endpoint, or for
+//! `static` the configured token, which is its own store and never expires.
 
 mod coordinate;
 mod record;
@@ -22,33 +24,23 @@ mod schedule;
 mod state;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::handle::{Inbox, TokenHandle};
 use super::slot::TokenSlot;
-use super::source::{Renewal, TokenSource};
+use super::source::{Source, TokenSource};
 use super::store::TokenStore;
 use super::{later, unix_secs, Token, MAX_LIFETIME};
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
 
+use coordinate::Coordinator;
+use record::{Outcomes, Recorder};
 pub(crate) use run::{Plan, SIGN_IN_CHECK};
 pub(crate) use schedule::{Calendar, TokenGate};
 pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
-
-/// How many times a save is tried again over the version the store reports (a sign-in,
-/// or nothing readable stored) before it is given up as a store error.
-const SAVE_ATTEMPTS: usize = 5;
-
-/// What [`Credential::persist`] made of a new token.
-enum Persisted {
-    /// Stored (or the store failed): serve this token.
-    Ours(Token),
-    /// Another process stored a newer one first: serve that one.
-    Theirs(Token),
-}
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,15 +52,6 @@ pub enum Trigger {
     Rejected(u64),
     /// An operator asked (`POST /refresh/{credential}`).
     Manual,
-}
-
-/// Where a credential's renewal outcomes go.
-enum Outcomes {
-    /// A credential's [`Health`], followed by its notifier.
-    Health(tokio::sync::watch::Sender<Health>),
-    /// An account's name, sent to the one task of its set, which plans the account's next
-    /// renewal and notifies from it (10,000 accounts keep no task or channel each).
-    Set(tokio::sync::mpsc::UnboundedSender<Arc<str>>),
 }
 
 /// What the accounts of one account credential share: its `token_rate` gate and
@@ -86,14 +69,9 @@ pub(in crate::token) struct AccountParts {
     pub(in crate::token) source: TokenSource,
 }
 
-/// A credential at run time: its token slot, how it renews, where it stores.
+/// A credential at run time: its token slot, where its tokens come from, its store.
 pub struct Credential {
     cfg: Arc<CredentialConfig>,
-    /// The account of an account credential this renews (`None`: the credential itself).
-    account: Option<String>,
-    /// Its record's key in the store and its name in logs: the credential's name, or
-    /// `credential/account` for an account.
-    key: String,
     /// The current token and what waits on it; shared with every [`TokenHandle`].
     slot: Arc<TokenSlot>,
     /// Rejections reported through handles, answered by the refresh loop (an account's
@@ -101,14 +79,14 @@ pub struct Credential {
     inbox: Arc<Inbox>,
     /// Serialises renewals: at most one token call per credential at a time.
     refresh_lock: tokio::sync::Mutex<()>,
-    /// What renews the token: the config (`static`) or the token endpoint.
-    renewal: Renewal,
-    /// The token endpoint client (renewals, `login`'s code exchange, key lookups).
-    source: TokenSource,
-    store: Arc<dyn TokenStore>,
-    metrics: Metrics,
-    /// Who hears of every renewal outcome: the credential's notifier, or an account's set.
-    outcomes: Outcomes,
+    /// Where tokens come from: the token endpoint, or the configuration (`static`).
+    source: Source,
+    /// The token endpoint client (`login`'s code exchange).
+    client: TokenSource,
+    /// The store, and the rules for sharing it with other processes.
+    peers: Coordinator,
+    /// Where outcomes are written down: the token served, counters, status, health.
+    record: Recorder,
     /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
     gate: Arc<TokenGate>,
     /// An account's: where the credential's accounts book their renewals.
@@ -126,9 +104,9 @@ impl Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
         let gate = Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, None));
-        let source = TokenSource::new(http, cfg.clone());
+        let client = TokenSource::new(http, cfg.clone());
         let outcomes = Outcomes::Health(tokio::sync::watch::Sender::new(Health::default()));
-        Credential::build(cfg, None, source, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
+        Credential::build(cfg, None, client, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
     }
 
     /// One account of an account credential (`accounts = true`): its own token, record
@@ -152,28 +130,24 @@ impl Credential {
     fn build(
         cfg: Arc<CredentialConfig>,
         account: Option<String>,
-        source: TokenSource,
+        client: TokenSource,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
         (gate, calendar, inbox, outcomes): (Arc<TokenGate>, Option<Arc<Calendar>>, Arc<Inbox>, Outcomes),
     ) -> Credential {
-        let key = match &account {
-            Some(a) => format!("{}/{a}", cfg.name),
-            None => cfg.name.clone(),
-        };
-        let slot = Arc::new(TokenSlot::new(key.clone(), metrics.token_refreshes.clone()));
+        let record = Recorder::new(cfg.clone(), account, metrics, outcomes);
+        let slot = record.slot().clone();
+        let source = Source::of(&cfg, client.clone());
+        let peers = Coordinator::new(source.store(store), cfg.refresh_before);
         Credential {
-            account,
-            key,
-            renewal: Renewal::of(&cfg),
             source,
+            client,
             cfg,
             slot,
             inbox,
             refresh_lock: tokio::sync::Mutex::new(()),
-            store,
-            metrics,
-            outcomes,
+            peers,
+            record,
             gate,
             calendar,
         }
@@ -186,17 +160,17 @@ impl Credential {
 
     /// The account this renews, for an account of an account credential.
     pub fn account(&self) -> Option<&str> {
-        self.account.as_deref()
+        self.record.account()
     }
 
     /// The store key and the name in logs: `credential` or `credential/account`.
     pub fn key(&self) -> &str {
-        &self.key
+        self.record.key()
     }
 
     /// The `login` command that signs this in again.
     pub fn login_command(&self) -> String {
-        self.cfg.login_command(self.account())
+        self.record.login_command()
     }
 
     /// Its configuration.
@@ -204,9 +178,9 @@ impl Credential {
         &self.cfg
     }
 
-    /// Its token source (login uses it for the code exchange).
+    /// Its token endpoint client (login uses it for the code exchange).
     pub fn source(&self) -> &TokenSource {
-        &self.source
+        &self.client
     }
 
     /// The narrow handle the data path holds: read, wait, report a rejection. Reported
@@ -226,16 +200,10 @@ impl Credential {
         self.slot.valid_token()
     }
 
-    /// Loads the stored token (even an expired one: its refresh token still counts); a
-    /// `static` credential reads its token from the config instead.
+    /// Loads the stored token (even an expired one: its refresh token still counts). A
+    /// `static` credential's store is its configuration: its token is served from here.
     pub async fn init(&self) {
-        if let Renewal::Static(_) = self.renewal {
-            if let Err(e) = self.refresh(Trigger::Manual).await {
-                tracing::error!(credential = %self.key(), error = %e, "static token unusable");
-            }
-            return;
-        }
-        match self.store.load(self.key()).await {
+        match self.peers.store().load(self.key()).await {
             Ok(Some(stored)) => match Token::from_stored(self.key(), &stored, SystemTime::now()) {
                 Ok(t) => {
                     if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
@@ -243,7 +211,7 @@ impl Credential {
                     }
                     let valid = t.is_valid_at(SystemTime::now());
                     tracing::info!(credential = %self.key(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
-                    self.publish(t);
+                    self.record.publish(t);
                 }
                 Err(e) => tracing::warn!(credential = %self.key(), error = %e, "stored token unusable; ignoring it"),
             },
@@ -252,13 +220,33 @@ impl Credential {
         }
     }
 
-    /// Waits up to `timeout` for a valid token; the error says why there is none.
-    pub async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
-        self.slot.wait_valid(timeout).await
-    }
-
     /// Why no valid token is held, for 503 bodies and `/readyz`.
     pub fn why_unavailable(&self) -> String {
         self.slot.why_unavailable()
+    }
+
+    /// Follows [`Health`] changes: each renewal outcome publishes one. `None` for an
+    /// account: its set's task hears of its outcomes instead ([`Credential::health_now`]).
+    pub fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        self.record.health()
+    }
+
+    /// The credential's [`Health`] as the slot records it now.
+    pub fn health_now(&self) -> Health {
+        self.record.health_now()
+    }
+
+    /// Whether only a person can make a token again: then nothing calls the token
+    /// endpoint on its own until a sign-in, a token adopted from the store, a reload that
+    /// changes the credential, or `POST /refresh/{credential}`.
+    pub(crate) fn awaits_a_person(&self) -> bool {
+        self.record.awaits_a_person()
+    }
+
+    /// Follows the shared store between renewals ([`Coordinator::sync`]); skipped while a
+    /// renewal is under way (it reads the store itself).
+    pub(crate) async fn sync_with_store(&self) {
+        let Ok(_guard) = self.refresh_lock.try_lock() else { return };
+        self.peers.sync(&self.record).await;
     }
 }

@@ -126,12 +126,12 @@ impl Credential {
             organizer_key: cur.as_ref().and_then(|t| t.organizer_key.clone()),
             account_key: cur.as_ref().and_then(|t| t.account_key.clone()),
             last_refresh: status.last_refresh.map(rfc),
-            // Only the refresh schedule plans one: never set for a `static` credential.
+            // Only the refresh schedule plans one: never set for a token that does not expire.
             next_refresh: status.next_refresh.map(rfc),
             consecutive_failures: status.consecutive_failures,
             last_error: status.last_error,
             needs_login,
-            state_key_id: self.store.key_id(self.key()),
+            state_key_id: self.peers.store().key_id(self.key()),
         }
     }
 }

@@ -105,7 +105,7 @@ impl TokenSource {
         refresh_token: Option<&Secret>,
     ) -> Result<TokenResponse, SourceError> {
         match cfg.grant {
-            // Never asked: a static credential renews from its config ([`Renewal::Static`]).
+            // Never asked: a static credential's source is its configuration ([`super::Source`]).
             GrantKind::Static => Err(SourceError::Unreachable(format!(
                 "credential {:?} is static: it has no token endpoint to call",
                 cfg.name

@@ -89,6 +89,21 @@ impl TokenResponse {
         Ok(r)
     }
 
+    /// An answer no endpoint gave: `access_token`, living `lifetime`, nothing else.
+    pub(crate) fn configured(access_token: Secret, lifetime: Duration) -> TokenResponse {
+        TokenResponse {
+            access_token,
+            expires_in: Some(lifetime.as_secs()),
+            refresh_token: None,
+            organizer_key: None,
+            account_key: None,
+            principal: None,
+            email: None,
+            id_token: None,
+            dropped: Vec::new(),
+        }
+    }
+
     /// Logs a warning for each key or principal [`Self::parse`] dropped, naming
     /// `credential` and the field (never the value).
     pub(crate) fn warn_dropped(&self, credential: &str) {
