@@ -21,17 +21,23 @@ use super::InvalidTokenChars;
 use crate::config::{CredentialConfig, GrantKind};
 use crate::secret::Secret;
 
-pub(crate) use configured::ConfiguredToken;
-pub use endpoint::TokenSource;
+use configured::ConfiguredToken;
+pub use endpoint::{TokenSource, Transport};
+use response::Keys;
 pub use response::TokenResponse;
-pub(crate) use response::{parse_keys, parse_retry_after, Keys, MAX_RETRY_AFTER};
 
 /// Why a token endpoint call did not yield a token.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// Network, TLS or timeout.
     #[error("token endpoint unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[from] Transport),
+    /// The client id and secret cannot be sent in a Basic header.
+    #[error("token endpoint unreachable: the client credentials do not form a header")]
+    ClientCredentials(#[source] http::header::InvalidHeaderValue),
+    /// The credential has no token endpoint: its token is configured (`static`).
+    #[error("token endpoint unreachable: credential {0:?} is static: it has no token endpoint to call")]
+    NoEndpoint(String),
     /// The endpoint refused the grant (OAuth error body).
     #[error("token endpoint refused the {kind} grant: HTTP {status} {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Refused {

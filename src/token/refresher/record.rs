@@ -207,7 +207,9 @@ impl Recorder {
             }
             SourceError::Refused { status: 429, .. } => ("rate_limited", false, e.to_string()),
             SourceError::Refused { .. } => ("refused", false, e.to_string()),
-            SourceError::Unreachable(_) => ("unreachable", false, e.to_string()),
+            SourceError::Unreachable(_) | SourceError::ClientCredentials(_) | SourceError::NoEndpoint(_) => {
+                ("unreachable", false, e.to_string())
+            }
             SourceError::Malformed(_) | SourceError::InvalidToken(_) => ("malformed", false, e.to_string()),
         };
         self.count(outcome);

@@ -37,7 +37,7 @@ enum Turn {
 impl Credential {
     /// Renews the token: serialised (one renewal of a credential at a time),
     /// single-flight for rejections, stored before published, and with a shared store one
-    /// replica at a time.
+    /// replica at a time. Every step is a method below, in this order.
     pub async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         if let Decision::Answer(answer) = self.decide(trigger).await {
@@ -47,42 +47,32 @@ impl Credential {
             Turn::Answer(answer) => return answer,
             Turn::Call(lock) => lock,
         };
-        let renewed = self.renew(trigger).await;
-        if let Some(lock) = lock {
-            self.peers.unlock(&self.record, lock).await;
+        let renewed = async {
+            // Read after coordinating, which may have taken up a newer version of it.
+            let current = self.record.current();
+            let refresh_token = self.refresh_token_of(current.as_deref());
+            let response = self.obtain(trigger, current.as_deref(), refresh_token.as_ref()).await?;
+            let token = self.validate(response, current.as_deref(), refresh_token).await?;
+            let token = self.store(token, false).await;
+            let served = self.publish(token);
+            self.reschedule(&served);
+            tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(served.expires_at), "token renewed");
+            Ok(served)
         }
+        .await;
+        self.release(lock).await;
         renewed
     }
 
-    /// Obtain → validate → store → publish → reschedule, from the token held now.
-    async fn renew(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
-        let current = self.record.current();
-        let refresh_token = self.refresh_token_of(current.as_deref());
-        let response = match self.obtain(refresh_token.as_ref()).await {
-            Ok(r) => r,
-            Err(e) => {
-                if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
-                    // The upstream said this token is dead and no new one came: stop sending it, so
-                    // requests wait for (or are told about) the renewal instead.
-                    self.retire(cur);
-                }
-                return Err(self.record.failure(e));
-            }
-        };
-        let token = self.validate(response, current.as_deref(), refresh_token).await?;
-        let token = self.store(token, false).await;
-        let served = self.publish(token);
-        tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(served.expires_at), "token renewed");
-        Ok(served)
-    }
-
     /// Stores and serves the answer of a code exchange (`login`, `/callback`): validate →
-    /// store (over whatever is stored: a person's sign-in is the newest) → publish.
+    /// store (over whatever is stored: a person's sign-in is the newest) → publish →
+    /// reschedule.
     pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         let token = self.validate(response, None, None).await?;
         let token = self.store(token, true).await;
         let served = self.publish(token);
+        self.reschedule(&served);
         tracing::info!(credential = %self.key(), expires_at = unix_secs(served.expires_at), "signed in");
         Ok(served)
     }
@@ -151,12 +141,34 @@ impl Credential {
         }
     }
 
+    /// Gives the shared store's renewal lock back, once the token is stored.
+    async fn release(&self, lock: Option<LockToken>) {
+        if let Some(lock) = lock {
+            self.peers.unlock(&self.record, lock).await;
+        }
+    }
+
     // ===== obtain =====
 
     /// A new token from the credential's source: a token endpoint call, in its turn, or
-    /// the configured token.
-    async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
-        self.source.obtain(refresh_token, self.space_calls()).await
+    /// the configured token. On failure a token the upstream rejected is no longer sent.
+    async fn obtain(
+        &self,
+        trigger: Trigger,
+        current: Option<&Token>,
+        refresh_token: Option<&Secret>,
+    ) -> Result<TokenResponse, RefreshError> {
+        match self.source.obtain(refresh_token, self.space_calls()).await {
+            Ok(response) => Ok(response),
+            Err(e) => {
+                if let (Trigger::Rejected(_), Some(cur)) = (trigger, current) {
+                    // The upstream said this token is dead and no new one came: stop sending it, so
+                    // requests wait for (or are told about) the renewal instead.
+                    self.retire(cur);
+                }
+                Err(self.record.failure(e))
+            }
+        }
     }
 
     /// The newest refresh token held: the current token's, else the config's seed.
@@ -238,15 +250,12 @@ impl Credential {
         }
     }
 
-    // ===== publish, reschedule =====
+    // ===== publish =====
 
-    /// Serves `token` as the next generation, records the success, then wakes the
-    /// waiting requests and whoever plans the next renewal (the refresh loop, or the
-    /// account's set), which plans it from this token.
+    /// Serves `token` as the next generation and records the success.
     fn publish(&self, token: Token) -> Arc<Token> {
         let served = self.record.serve(token);
         self.record.success(SystemTime::now());
-        self.record.reschedule(&served);
         served
     }
 
@@ -262,5 +271,13 @@ impl Credential {
         copy.principal = dead.principal.clone();
         copy.version = dead.version;
         self.record.publish(copy);
+    }
+
+    // ===== reschedule =====
+
+    /// Wakes the requests waiting for a token and whoever plans the next renewal (the
+    /// refresh loop, or the account's set), which plans it from `served`.
+    fn reschedule(&self, served: &Token) {
+        self.record.reschedule(served);
     }
 }

@@ -17,13 +17,13 @@ pub(crate) struct ConfiguredToken {
 
 impl ConfiguredToken {
     /// The token `token` as configured.
-    pub(crate) fn new(token: Secret) -> ConfiguredToken {
+    pub(super) fn new(token: Secret) -> ConfiguredToken {
         ConfiguredToken { token }
     }
 
     /// The token, as a token endpoint would answer it: living [`MAX_LIFETIME`], the
     /// longest believed (so, for as long as anything is planned).
-    pub(crate) fn answer(&self) -> TokenResponse {
+    pub(super) fn answer(&self) -> TokenResponse {
         TokenResponse::configured(self.token.clone(), MAX_LIFETIME)
     }
 }
@@ -52,5 +52,29 @@ impl TokenStore for ConfiguredToken {
 
     async fn remove(&self, _key: &str) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_configured_token_loads_living_a_year_and_nothing_is_ever_stored() {
+        let configured = ConfiguredToken::new(Secret::new("tok"));
+        let before = SystemTime::now();
+        let loaded = configured.load("s").await.unwrap().expect("the configured token");
+        assert_eq!(loaded.access_token, "tok");
+        assert!(loaded.expires_at_time() >= later(before, MAX_LIFETIME - Duration::from_secs(1)));
+
+        let mut other = loaded.clone();
+        other.access_token = "something else".into();
+        other.version = 7;
+        assert!(matches!(configured.save("s", &other).await.unwrap(), Saved::Stored(7)));
+        assert_eq!(configured.load("s").await.unwrap().unwrap().access_token, "tok", "nothing was written");
+        assert!(!configured.is_shared(), "no other process renews a configured token");
+        assert_eq!(configured.answer().expires_in, Some(MAX_LIFETIME.as_secs()));
     }
 }

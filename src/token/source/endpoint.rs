@@ -14,21 +14,34 @@ use crate::token::key;
 
 /// Largest token endpoint (or keys endpoint) answer read: beyond it the answer is
 /// refused, like a malformed one, instead of growing the process (1 MiB).
-pub(crate) const MAX_ANSWER: usize = 1024 * 1024;
+const MAX_ANSWER: usize = 1024 * 1024;
 
-/// An error with its causes ("error sending request: connection refused"), without the
-/// URL: a configured URL's user info and query are never logged.
-fn describe(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// A failed exchange with an endpoint (network, TLS, timeout), shown with its causes
+/// ("error sending request: connection refused") and never with its URL: a configured
+/// URL's user info and query are never logged.
+#[derive(Debug)]
+pub struct Transport(reqwest::Error);
+
+impl From<reqwest::Error> for Transport {
+    fn from(e: reqwest::Error) -> Transport {
+        Transport(e.without_url())
     }
-    out
 }
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(&self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+/// No `source()`: the display already walks the causes, and would show them twice.
+impl std::error::Error for Transport {}
 
 /// Obtains tokens for one credential from its token endpoint.
 #[derive(Clone)]
@@ -94,7 +107,7 @@ impl TokenSource {
     /// `refresh_token` is the newest one held (stored, or the config's seed).
     /// A refusal of the client secret or password reads their files again first
     /// ([`TokenSource::with_reread`]).
-    pub(crate) async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
+    pub(super) async fn obtain(&self, refresh_token: Option<&Secret>) -> Result<TokenResponse, SourceError> {
         self.with_reread(|cfg| async move { self.obtain_with(&cfg, refresh_token).await }).await
     }
 
@@ -106,10 +119,7 @@ impl TokenSource {
     ) -> Result<TokenResponse, SourceError> {
         match cfg.grant {
             // Never asked: a static credential's source is its configuration ([`super::Source`]).
-            GrantKind::Static => Err(SourceError::Unreachable(format!(
-                "credential {:?} is static: it has no token endpoint to call",
-                cfg.name
-            ))),
+            GrantKind::Static => Err(SourceError::NoEndpoint(cfg.name.clone())),
             GrantKind::AuthorizationCode => match refresh_token {
                 Some(rt) => self.send_with(cfg, grant::refresh(cfg, rt)).await,
                 None => Err(SourceError::NeedsLogin(format!(
@@ -148,19 +158,15 @@ impl TokenSource {
     }
 
     /// Sends one token request built from `cfg` and parses the answer.
-    pub(crate) async fn send_with(
-        &self,
-        cfg: &CredentialConfig,
-        req: TokenRequest,
-    ) -> Result<TokenResponse, SourceError> {
+    async fn send_with(&self, cfg: &CredentialConfig, req: TokenRequest) -> Result<TokenResponse, SourceError> {
         let mut b = self.http.post(&req.url).form(&req.form).header(http::header::ACCEPT, "application/json");
         if let Some(authorization) = &req.authorization {
-            let mut value = http::HeaderValue::try_from(authorization.expose())
-                .map_err(|_| SourceError::Unreachable("the client credentials do not form a header".into()))?;
+            let mut value =
+                http::HeaderValue::try_from(authorization.expose()).map_err(SourceError::ClientCredentials)?;
             value.set_sensitive(true);
             b = b.header(http::header::AUTHORIZATION, value);
         }
-        let res = b.send().await.map_err(|e| SourceError::Unreachable(describe(e)))?;
+        let res = b.send().await.map_err(Transport::from)?;
         let status = res.status().as_u16();
         let retry_after = parse_retry_after(res.headers().get(http::header::RETRY_AFTER), SystemTime::now());
         if (300..400).contains(&status) {
@@ -220,7 +226,7 @@ impl TokenSource {
                     tracing::warn!(credential = %self.cfg.name, status = r.status().as_u16(), fallback, "organizer/account key lookup failed");
                 }
                 Err(e) => {
-                    tracing::warn!(credential = %self.cfg.name, error = %describe(e), fallback, "organizer/account key lookup failed");
+                    tracing::warn!(credential = %self.cfg.name, error = %Transport::from(e), fallback, "organizer/account key lookup failed");
                 }
             }
         }
@@ -252,7 +258,7 @@ async fn read_capped(mut res: reqwest::Response) -> Result<bytes::Bytes, SourceE
         return Err(too_large());
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = res.chunk().await.map_err(|e| SourceError::Unreachable(describe(e)))? {
+    while let Some(chunk) = res.chunk().await.map_err(Transport::from)? {
         if body.len().saturating_add(chunk.len()) > MAX_ANSWER {
             return Err(too_large());
         }

@@ -10,11 +10,11 @@ use crate::secret::Secret;
 use crate::token::key::{self, Dropped};
 
 /// Longest `Retry-After` honoured: a broken header must not stop renewals for a day.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// A token endpoint's `Retry-After` (seconds or an HTTP-date, as the data path reads an
 /// API's), capped at [`MAX_RETRY_AFTER`]; garbage counts as absent.
-pub(crate) fn parse_retry_after(value: Option<&http::HeaderValue>, now: SystemTime) -> Option<Duration> {
+pub(super) fn parse_retry_after(value: Option<&http::HeaderValue>, now: SystemTime) -> Option<Duration> {
     crate::limit::retry_after(value, now).map(|d| d.min(MAX_RETRY_AFTER))
 }
 
@@ -90,7 +90,7 @@ impl TokenResponse {
     }
 
     /// An answer no endpoint gave: `access_token`, living `lifetime`, nothing else.
-    pub(crate) fn configured(access_token: Secret, lifetime: Duration) -> TokenResponse {
+    pub(super) fn configured(access_token: Secret, lifetime: Duration) -> TokenResponse {
         TokenResponse {
             access_token,
             expires_in: Some(lifetime.as_secs()),
@@ -106,7 +106,7 @@ impl TokenResponse {
 
     /// Logs a warning for each key or principal [`Self::parse`] dropped, naming
     /// `credential` and the field (never the value).
-    pub(crate) fn warn_dropped(&self, credential: &str) {
+    pub(super) fn warn_dropped(&self, credential: &str) {
         key::warn_dropped(credential, "token answer", &self.dropped);
     }
 }
@@ -200,7 +200,7 @@ pub(super) const SCIM_GETGO: &str = "urn:scim:schemas:extension:getgo:1.0";
 /// `urn:scim:schemas:extension:getgo:1.0` extension the account key, `userName` who
 /// signed in). Keys may be strings or integers beyond 2^53; both stay exact. Each is
 /// the first valid one of its fields; those not valid are dropped ([`Keys::dropped`]).
-pub(crate) fn parse_keys(body: &[u8]) -> Keys {
+pub(super) fn parse_keys(body: &[u8]) -> Keys {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Keys::default();
     };
