@@ -9,8 +9,8 @@
 //! * `slot` — the state a credential shares with its handles (current token, waiters).
 //! * `grant` — what each grant sends to the token endpoint (pure).
 //! * `key` — organizer/account keys and the principal checked where they come in.
-//! * [`source`] — the token endpoint calls and response parsing (reqwest); `static` is
-//!   its own kind of source.
+//! * [`source`] — where tokens come from: the token endpoint (reqwest), or for `static`
+//!   the configured token, which never expires.
 //! * [`store`] — persistence (`FileStore`; the `TokenStore` trait for others).
 //! * [`redis_store`] — the store replicas share: one token, one renewal at a time.
 //! * [`seal`] — token records at rest: AES-256-GCM envelopes under `state.encryption_keys`.
@@ -38,7 +38,7 @@ use http::HeaderValue;
 use crate::secret::Secret;
 pub use handle::TokenHandle;
 pub use key::{valid_key, MAX_PRINCIPAL};
-pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
+pub use refresher::{Credential, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent
@@ -52,10 +52,6 @@ pub(crate) const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 /// a stored expiry further ahead, is clamped to it: a token answer is data, not trust,
 /// and no later arithmetic on the expiry can overflow.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Lifetime of a `static` token: it never expires on its own (within [`MAX_LIFETIME`];
-/// a static token is re-read from its config at every renewal).
-const STATIC_LIFETIME: Duration = MAX_LIFETIME;
 
 /// An access token with everything the data path needs, built once per token.
 pub struct Token {
@@ -116,12 +112,8 @@ impl Token {
 
     /// A token from a token endpoint answer received at `now`; the lifetime is clamped
     /// to [`MAX_LIFETIME`] (see [`lifetime_of`]).
-    pub fn from_response(
-        r: source::TokenResponse,
-        now: SystemTime,
-        is_static: bool,
-    ) -> Result<Token, InvalidTokenChars> {
-        let lifetime = if is_static { STATIC_LIFETIME } else { lifetime_of(r.expires_in).0 };
+    pub fn from_response(r: source::TokenResponse, now: SystemTime) -> Result<Token, InvalidTokenChars> {
+        let lifetime = lifetime_of(r.expires_in).0;
         let mut t = Token::new(r.access_token, r.refresh_token, later(now, lifetime), now)?;
         t.organizer_key = r.organizer_key;
         t.account_key = r.account_key;

@@ -30,8 +30,8 @@ pub struct RefreshError {
 pub(super) struct Status {
     /// Last successful renewal.
     pub(super) last_refresh: Option<SystemTime>,
-    /// The planned renewal; only the refresh schedule writes it, so a `static`
-    /// credential (which has none) never shows one.
+    /// The planned renewal; only the refresh schedule writes it, and never for a token
+    /// that does not expire (a `static` credential's).
     pub(super) next_refresh: Option<SystemTime>,
     /// Failed (or deferred) renewals since the last success: the backoff.
     pub(super) consecutive_failures: u32,

@@ -3,54 +3,44 @@
 //! [`TokenHandle`]s), the background refresh loop, and renewals that are serialised and
 //! single-flight.
 //!
-//! Order of a renewal, which is what makes a crash harmless: obtain → store (durable) →
-//! publish. A refresh token received is on disk before the access token is used.
-//!
-//! * [`schedule`] — when to renew (pure).
-//! * [`coordinate`] — replicas sharing a store: one renewal at a time, the newest token wins.
-//! * [`state`] — recording outcomes, and what `/tokens` shows.
+//! * [`renew`] — one renewal, top-down: decide → coordinate → obtain → validate → store
+//!   → publish → reschedule.
+//! * [`coordinate`] — [`Coordinator`](coordinate::Coordinator): the store's lock, the
+//!   version order of records, taking up what other processes stored.
+//! * [`record`] — [`Recorder`](record::Recorder): outcomes (counters, last error,
+//!   health) and the token served.
+//! * [`schedule`] — when to renew (pure), and the `token_rate` gate.
 //! * `run` — the refresh loop: the schedule, the store's news, the data path's rejections.
+//! * [`state`] — what `/tokens` shows.
 //!
-//! A `static` credential is its own kind of source ([`Renewal::Static`]): its token is
-//! read again from the config at every renewal, never stored, never scheduled.
+//! Where tokens come from is the credential's [`Source`]: its token endpoint, or for
+//! `static` the configured token, which is its own store and never expires.
 
 mod coordinate;
+mod record;
+mod renew;
 mod run;
 mod schedule;
 mod state;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::handle::{Inbox, TokenHandle};
 use super::slot::TokenSlot;
-use super::source::{Renewal, SourceError, TokenResponse, TokenSource};
-use super::store::{Saved, TokenStore};
-use super::{later, lifetime_of, unix_secs, Token, MAX_LIFETIME, STATIC_LIFETIME};
+use super::source::{Source, TokenSource};
+use super::store::TokenStore;
+use super::{later, unix_secs, Token, MAX_LIFETIME};
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
-use crate::secret::Secret;
 
-use coordinate::Coordinated;
+use coordinate::Coordinator;
+use record::{Outcomes, Recorder};
 pub(crate) use run::{Plan, SIGN_IN_CHECK};
-use schedule::{refresh_delay, MIN_RENEWAL_SPACING};
 pub(crate) use schedule::{Calendar, TokenGate};
 pub use state::{CredentialState, Health, TokenInfo};
 
 pub use super::slot::RefreshError;
-
-/// How many times a save is tried again over the version the store reports (a sign-in,
-/// or nothing readable stored) before it is given up as a store error.
-const SAVE_ATTEMPTS: usize = 5;
-
-/// What [`Credential::persist`] made of a new token.
-enum Persisted {
-    /// Stored (or the store failed): serve this token.
-    Ours(Token),
-    /// Another process stored a newer one first: serve that one.
-    Theirs(Token),
-}
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,15 +52,6 @@ pub enum Trigger {
     Rejected(u64),
     /// An operator asked (`POST /refresh/{credential}`).
     Manual,
-}
-
-/// Where a credential's renewal outcomes go.
-enum Outcomes {
-    /// A credential's [`Health`], followed by its notifier.
-    Health(tokio::sync::watch::Sender<Health>),
-    /// An account's name, sent to the one task of its set, which plans the account's next
-    /// renewal and notifies from it (10,000 accounts keep no task or channel each).
-    Set(tokio::sync::mpsc::UnboundedSender<Arc<str>>),
 }
 
 /// What the accounts of one account credential share: its `token_rate` gate and
@@ -88,14 +69,9 @@ pub(in crate::token) struct AccountParts {
     pub(in crate::token) source: TokenSource,
 }
 
-/// A credential at run time: its token slot, how it renews, where it stores.
+/// A credential at run time: its token slot, where its tokens come from, its store.
 pub struct Credential {
     cfg: Arc<CredentialConfig>,
-    /// The account of an account credential this renews (`None`: the credential itself).
-    account: Option<String>,
-    /// Its record's key in the store and its name in logs: the credential's name, or
-    /// `credential/account` for an account.
-    key: String,
     /// The current token and what waits on it; shared with every [`TokenHandle`].
     slot: Arc<TokenSlot>,
     /// Rejections reported through handles, answered by the refresh loop (an account's
@@ -103,14 +79,14 @@ pub struct Credential {
     inbox: Arc<Inbox>,
     /// Serialises renewals: at most one token call per credential at a time.
     refresh_lock: tokio::sync::Mutex<()>,
-    /// What renews the token: the config (`static`) or the token endpoint.
-    renewal: Renewal,
-    /// The token endpoint client (renewals, `login`'s code exchange, key lookups).
-    source: TokenSource,
-    store: Arc<dyn TokenStore>,
-    metrics: Metrics,
-    /// Who hears of every renewal outcome: the credential's notifier, or an account's set.
-    outcomes: Outcomes,
+    /// Where tokens come from: the token endpoint, or the configuration (`static`).
+    source: Source,
+    /// The token endpoint client (`login`'s code exchange).
+    client: TokenSource,
+    /// The store, and the rules for sharing it with other processes.
+    peers: Coordinator,
+    /// Where outcomes are written down: the token served, counters, status, health.
+    record: Recorder,
     /// `token_rate`: spaces the token endpoint calls of the credential (all its accounts).
     gate: Arc<TokenGate>,
     /// An account's: where the credential's accounts book their renewals.
@@ -128,9 +104,9 @@ impl Credential {
         // The series exists from the start, so an alert on it needs no `absent()`.
         metrics.credential_needs_login.with_label_values(&[cfg.name.as_str()]).set(0);
         let gate = Arc::new(TokenGate::new(&cfg.name, cfg.token_rate, None));
-        let source = TokenSource::new(http, cfg.clone());
+        let client = TokenSource::new(http, cfg.clone());
         let outcomes = Outcomes::Health(tokio::sync::watch::Sender::new(Health::default()));
-        Credential::build(cfg, None, source, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
+        Credential::build(cfg, None, client, store, metrics, (gate, None, Arc::new(Inbox::new()), outcomes))
     }
 
     /// One account of an account credential (`accounts = true`): its own token, record
@@ -154,28 +130,24 @@ impl Credential {
     fn build(
         cfg: Arc<CredentialConfig>,
         account: Option<String>,
-        source: TokenSource,
+        client: TokenSource,
         store: Arc<dyn TokenStore>,
         metrics: Metrics,
         (gate, calendar, inbox, outcomes): (Arc<TokenGate>, Option<Arc<Calendar>>, Arc<Inbox>, Outcomes),
     ) -> Credential {
-        let key = match &account {
-            Some(a) => format!("{}/{a}", cfg.name),
-            None => cfg.name.clone(),
-        };
-        let slot = Arc::new(TokenSlot::new(key.clone(), metrics.token_refreshes.clone()));
+        let record = Recorder::new(cfg.clone(), account, metrics, outcomes);
+        let slot = record.slot().clone();
+        let source = Source::of(&cfg, client.clone());
+        let peers = Coordinator::new(source.store(store), cfg.refresh_before);
         Credential {
-            account,
-            key,
-            renewal: Renewal::of(&cfg),
             source,
+            client,
             cfg,
             slot,
             inbox,
             refresh_lock: tokio::sync::Mutex::new(()),
-            store,
-            metrics,
-            outcomes,
+            peers,
+            record,
             gate,
             calendar,
         }
@@ -188,17 +160,17 @@ impl Credential {
 
     /// The account this renews, for an account of an account credential.
     pub fn account(&self) -> Option<&str> {
-        self.account.as_deref()
+        self.record.account()
     }
 
     /// The store key and the name in logs: `credential` or `credential/account`.
     pub fn key(&self) -> &str {
-        &self.key
+        self.record.key()
     }
 
     /// The `login` command that signs this in again.
     pub fn login_command(&self) -> String {
-        self.cfg.login_command(self.account())
+        self.record.login_command()
     }
 
     /// Its configuration.
@@ -206,9 +178,9 @@ impl Credential {
         &self.cfg
     }
 
-    /// Its token source (login uses it for the code exchange).
+    /// Its token endpoint client (login uses it for the code exchange).
     pub fn source(&self) -> &TokenSource {
-        &self.source
+        &self.client
     }
 
     /// The narrow handle the data path holds: read, wait, report a rejection. Reported
@@ -228,16 +200,10 @@ impl Credential {
         self.slot.valid_token()
     }
 
-    /// Loads the stored token (even an expired one: its refresh token still counts); a
-    /// `static` credential reads its token from the config instead.
+    /// Loads the stored token (even an expired one: its refresh token still counts). A
+    /// `static` credential's store is its configuration: its token is served from here.
     pub async fn init(&self) {
-        if let Renewal::Static(_) = self.renewal {
-            if let Err(e) = self.refresh(Trigger::Manual).await {
-                tracing::error!(credential = %self.key(), error = %e, "static token unusable");
-            }
-            return;
-        }
-        match self.store.load(self.key()).await {
+        match self.peers.store().load(self.key()).await {
             Ok(Some(stored)) => match Token::from_stored(self.key(), &stored, SystemTime::now()) {
                 Ok(t) => {
                     if stored.expires_at_time() > later(SystemTime::now(), MAX_LIFETIME) {
@@ -245,7 +211,7 @@ impl Credential {
                     }
                     let valid = t.is_valid_at(SystemTime::now());
                     tracing::info!(credential = %self.key(), valid, expires_at = unix_secs(t.expires_at), "loaded stored token");
-                    self.publish(t);
+                    self.record.publish(t);
                 }
                 Err(e) => tracing::warn!(credential = %self.key(), error = %e, "stored token unusable; ignoring it"),
             },
@@ -254,301 +220,33 @@ impl Credential {
         }
     }
 
-    /// Waits up to `timeout` for a valid token; the error says why there is none.
-    pub async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
-        self.slot.wait_valid(timeout).await
-    }
-
     /// Why no valid token is held, for 503 bodies and `/readyz`.
     pub fn why_unavailable(&self) -> String {
         self.slot.why_unavailable()
     }
 
-    /// Renews the token: serialised, single-flight for rejections, store before publish;
-    /// with a shared store, one replica at a time (see [`coordinate`]).
-    pub async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
-        let _guard = self.refresh_lock.lock().await;
-        let now = SystemTime::now();
-        let current = self.slot.current.load_full();
-
-        // Someone renewed (or adopted a replica's token) while this caller waited for the
-        // lock: that token will do. Without this, a timer that fired for the old token
-        // would renew again right after a renewal forced by a rejection.
-        if let (Trigger::Rejected(seen) | Trigger::Scheduled(seen), Some(cur)) = (trigger, &current) {
-            if cur.generation != seen && self.good_enough(trigger, cur, now) {
-                return Ok(cur.clone());
-            }
-        }
-        // A token renews on rejection once; later rejections of it pass through.
-        if let Trigger::Rejected(seen) = trigger {
-            if self.slot.renewed_on_rejection.fetch_max(seen, Ordering::AcqRel) >= seen {
-                return Err(self.slot.rejection_passed(seen));
-            }
-        }
-        if let Renewal::Static(configured) = &self.renewal {
-            return self.reread_static(configured, trigger);
-        }
-
-        // Another process (a `login`, a replica) may have stored a newer token.
-        if let Some(adopted) = self.adopt_if_good_enough(trigger).await {
-            return Ok(adopted);
-        }
-
-        // A dead grant is not asked again on a timer or a rejection: only a person helps.
-        if trigger != Trigger::Manual && self.awaits_a_person() {
-            return Err(self.left_for_a_person(trigger, current.as_deref()));
-        }
-
-        // The token endpoint asked for a pause (429 + Retry-After): honour it.
-        if let Some(until) = self.slot.status.lock().ok().and_then(|s| s.not_before).filter(|t| *t > now) {
-            let wait = until.duration_since(now).unwrap_or_default();
-            let last = self.slot.status.lock().ok().and_then(|s| s.last_error.clone()).unwrap_or_default();
-            return Err(RefreshError {
-                message: format!("{last}; the token endpoint asked to wait {}s more", wait.as_secs_f64().ceil()),
-                needs_login: false,
-            });
-        }
-
-        if !self.store.is_shared() {
-            return self.renew(trigger).await;
-        }
-        match self.coordinate(trigger).await {
-            Coordinated::Adopted(t) => Ok(t),
-            Coordinated::Deferred(e) => Err(e),
-            Coordinated::Alone => self.renew(trigger).await,
-            Coordinated::Locked(lock) => {
-                let result = self.renew(trigger).await;
-                if let Err(e) = self.store.unlock(self.key(), lock).await {
-                    // It expires by itself after LOCK_TTL.
-                    tracing::warn!(credential = %self.key(), error = %e, "cannot release the renewal lock");
-                }
-                result
-            }
-        }
+    /// Follows [`Health`] changes: each renewal outcome publishes one. `None` for an
+    /// account: its set's task hears of its outcomes instead ([`Credential::health_now`]).
+    pub fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+        self.record.health()
     }
 
-    /// The answer to a renewal not attempted because only a person can help: a rejected
-    /// token is no longer sent (requests are told why instead), and no call is made.
-    fn left_for_a_person(&self, trigger: Trigger, current: Option<&Token>) -> RefreshError {
-        if let (Trigger::Rejected(seen), Some(cur)) = (trigger, current) {
-            if cur.generation == seen && cur.is_valid_at(SystemTime::now()) {
-                self.retire(cur);
-            }
-        }
-        let message = self.slot.status.lock().ok().and_then(|s| s.last_error.clone());
-        RefreshError { message: message.unwrap_or_else(|| self.why_unavailable()), needs_login: true }
+    /// The credential's [`Health`] as the slot records it now.
+    pub fn health_now(&self) -> Health {
+        self.record.health_now()
     }
 
-    /// Reports that a token issued for a rejection was itself rejected at once (the
-    /// request's retry): the path, not the token, is refused, so its later rejections
-    /// pass through instead of renewing again.
-    pub fn rejected_again(&self, generation: u64) {
-        self.slot.rejected_again(generation);
+    /// Whether only a person can make a token again: then nothing calls the token
+    /// endpoint on its own until a sign-in, a token adopted from the store, a reload that
+    /// changes the credential, or `POST /refresh/{credential}`.
+    pub(crate) fn awaits_a_person(&self) -> bool {
+        self.record.awaits_a_person()
     }
 
-    /// Whether `token`, newer than the one the trigger was about, serves its purpose: a
-    /// valid token for a rejection or an operator, one not yet due for the timer.
-    fn good_enough(&self, trigger: Trigger, token: &Token, now: SystemTime) -> bool {
-        match trigger {
-            Trigger::Rejected(_) | Trigger::Manual => token.is_valid_at(now),
-            Trigger::Scheduled(_) => {
-                refresh_delay(now, Some(token.expires_at), self.cfg.refresh_before, 0, 0.0) > Duration::ZERO
-            }
-        }
-    }
-
-    /// Waits until [`MIN_RENEWAL_SPACING`] has passed since the last token endpoint call,
-    /// and for the credential's `token_rate` turn, and notes this call.
-    async fn space_calls(&self) {
-        let last = self.slot.status.lock().ok().and_then(|s| s.last_call);
-        if let Some(last) = last {
-            tokio::time::sleep_until(last.checked_add(MIN_RENEWAL_SPACING).unwrap_or(last)).await;
-        }
-        self.gate.turn().await;
-        if let Ok(mut s) = self.slot.status.lock() {
-            s.last_call = Some(tokio::time::Instant::now());
-        }
-    }
-
-    /// One token endpoint call with what this credential renews with, then store and publish.
-    async fn renew(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
-        self.space_calls().await;
-        let current = self.slot.current.load_full();
-        let refresh_token = self.refresh_token_of(current.as_deref());
-        let response = match self.source.obtain(refresh_token.as_ref()).await {
-            Ok(r) => r,
-            Err(e) => {
-                if let (Trigger::Rejected(_), Some(cur)) = (trigger, &current) {
-                    // The upstream said this token is dead and no new one came: stop sending it, so
-                    // requests wait for (or are told about) the renewal instead.
-                    self.retire(cur);
-                }
-                return Err(self.record_failure(e));
-            }
-        };
-        let published = self.complete(response, current.as_deref(), refresh_token, false).await?;
-        tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
-        Ok(published)
-    }
-
-    /// The newest refresh token held: the current token's, else the config's seed.
-    fn refresh_token_of(&self, current: Option<&Token>) -> Option<Secret> {
-        current.and_then(|t| t.refresh_token.clone()).or_else(|| self.cfg.refresh_token.clone())
-    }
-
-    /// A `static` credential's renewal: its configured token, served again as a new
-    /// generation that lives [`STATIC_LIFETIME`]. No call, no store, no key lookup.
-    fn reread_static(&self, configured: &Secret, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
-        let now = SystemTime::now();
-        let current = self.slot.current.load_full();
-        let refresh_token = self.refresh_token_of(current.as_deref());
-        let token = match Token::new(configured.clone(), refresh_token, later(now, STATIC_LIFETIME), now) {
-            Ok(t) => t,
-            Err(e) => return Err(self.record_failure(SourceError::Malformed(e.to_string()))),
-        };
-        self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
-        let published = self.publish(token);
-        self.record_success(SystemTime::now());
-        tracing::info!(credential = %self.key(), ?trigger, expires_at = unix_secs(published.expires_at), "token renewed");
-        Ok(published)
-    }
-
-    /// Stores and serves the answer of a code exchange (`login`, `/callback`).
-    pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
-        let _guard = self.refresh_lock.lock().await;
-        let token = self.complete(response, None, None, true).await?;
-        tracing::info!(credential = %self.key(), expires_at = unix_secs(token.expires_at), "signed in");
-        Ok(token)
-    }
-
-    /// Turns a token endpoint's answer into the served token: carries over the refresh
-    /// token and keys the answer lacks, looks keys up when still missing, stores, then
-    /// publishes. A renewal is stored as renewed from `previous`'s version; a `sign_in`
-    /// (a person's new sign-in) over whatever is stored ([`Credential::persist`]).
-    async fn complete(
-        &self,
-        response: TokenResponse,
-        previous: Option<&Token>,
-        previous_refresh: Option<Secret>,
-        sign_in: bool,
-    ) -> Result<Arc<Token>, RefreshError> {
-        if lifetime_of(response.expires_in).1 {
-            tracing::warn!(credential = %self.key(), expires_in = response.expires_in, "the token endpoint says the token lives more than a year: treated as living one year");
-        }
-        let mut token = match Token::from_response(response, SystemTime::now(), false) {
-            Ok(t) => t,
-            Err(e) => return Err(self.record_failure(SourceError::Malformed(e.to_string()))),
-        };
-        if token.refresh_token.is_none() {
-            token.refresh_token = previous_refresh; // a response without one keeps the old
-        }
-        if let Some(old) = previous {
-            if token.organizer_key.is_none() && token.account_key.is_none() {
-                token.organizer_key = old.organizer_key.clone();
-                token.account_key = old.account_key.clone();
-            }
-            if token.principal.is_none() {
-                token.principal = old.principal.clone();
-            }
-        }
-        if token.organizer_key.is_none() && token.account_key.is_none() {
-            if let Some(keys) = self.source.fetch_keys(&token.access_token).await {
-                token.organizer_key = keys.organizer_key;
-                token.account_key = keys.account_key;
-                token.principal = token.principal.or(keys.principal);
-            }
-        }
-        token.version = match previous {
-            Some(p) => p.version,
-            None => self.slot.current.load().as_ref().map_or(0, |t| t.version),
-        };
-        self.metrics.token_refreshes.with_label_values(&[self.name(), "success"]).inc();
-        let published = match self.persist(token, sign_in).await {
-            Persisted::Ours(token) => self.publish(token),
-            Persisted::Theirs(stored) => {
-                tracing::info!(credential = %self.key(), "another process stored a newer token first: took it up instead of this renewal's");
-                self.metrics.token_refreshes.with_label_values(&[self.name(), "adopted"]).inc();
-                self.publish(stored)
-            }
-        };
-        self.record_success(SystemTime::now());
-        Ok(published)
-    }
-
-    /// Stores `token`, renewed from the stored version `token.version`. When the store
-    /// has moved on (another replica, or a `login`, saved first), a renewal takes the
-    /// stored token up instead: it is the newer one, and this renewal's is dropped
-    /// unused. A sign-in is a person's decision, newer than anything stored, so it is
-    /// saved again over the version the store reports until it is stored (bounded); so
-    /// is a renewal when nothing readable is stored.
-    async fn persist(&self, mut token: Token, sign_in: bool) -> Persisted {
-        for _ in 0..SAVE_ATTEMPTS {
-            match self.store.save(self.key(), &token.to_stored()).await {
-                Ok(Saved::Stored(version)) => {
-                    token.version = version;
-                    return Persisted::Ours(token);
-                }
-                // The store holds what this renewal was made from (its refresh token: a
-                // replica wrote its copy back after the store lost its data): this renewal
-                // is the newer one, and the refresh token stored may be dead already.
-                Ok(Saved::Stale { current: Some(stored), version }) if !sign_in && self.renewed_from(&stored) => {
-                    token.version = version
-                }
-                Ok(Saved::Stale { current: Some(stored), version }) if !sign_in => {
-                    match Token::from_stored(self.key(), &stored, SystemTime::now()) {
-                        Ok(theirs) => return Persisted::Theirs(theirs),
-                        // Unusable (not a header value): ours replaces it.
-                        Err(_) => token.version = version,
-                    }
-                }
-                Ok(Saved::Stale { version, .. }) => token.version = version,
-                Err(e) => {
-                    // Serving the new token still beats failing requests; say loudly that
-                    // a crash now would lose the refresh token.
-                    tracing::error!(credential = %self.key(), error = %e, "could not persist the new token");
-                    self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
-                    return Persisted::Ours(token);
-                }
-            }
-        }
-        tracing::error!(credential = %self.key(), attempts = SAVE_ATTEMPTS, "could not persist the new token: the stored record kept changing");
-        self.metrics.token_refreshes.with_label_values(&[self.name(), "store_error"]).inc();
-        Persisted::Ours(token)
-    }
-
-    /// Whether `stored` carries the refresh token of the token held now, the one a
-    /// renewal under way was made from.
-    fn renewed_from(&self, stored: &crate::token::StoredToken) -> bool {
-        let held = self.slot.current.load();
-        let held = held.as_ref().and_then(|t| t.refresh_token.as_ref()).map(|r| r.expose());
-        held.is_some() && held == stored.refresh_token.as_deref()
-    }
-
-    /// Replaces `dead` by a copy that is already expired but keeps its refresh token.
-    fn retire(&self, dead: &Token) {
-        let Ok(mut copy) =
-            Token::new(dead.access_token.clone(), dead.refresh_token.clone(), SystemTime::UNIX_EPOCH, dead.obtained_at)
-        else {
-            return;
-        };
-        copy.organizer_key = dead.organizer_key.clone();
-        copy.account_key = dead.account_key.clone();
-        copy.principal = dead.principal.clone();
-        copy.version = dead.version;
-        self.publish(copy);
-    }
-
-    /// Serves `token` as the next generation and wakes whoever waits for one.
-    fn publish(&self, mut token: Token) -> Arc<Token> {
-        token.generation = self.slot.next_generation();
-        let token = Arc::new(token);
-        self.slot.current.store(Some(token.clone()));
-        if self.account.is_none() {
-            // Accounts are counted by state instead (`goto_auth_proxy_accounts`).
-            self.metrics.token_expiry.with_label_values(&[self.name()]).set(unix_secs(token.expires_at) as f64);
-        }
-        self.slot.changed.send_modify(|g| *g = token.generation);
-        self.tell_set();
-        token
+    /// Follows the shared store between renewals ([`Coordinator::sync`]); skipped while a
+    /// renewal is under way (it reads the store itself).
+    pub(crate) async fn sync_with_store(&self) {
+        let Ok(_guard) = self.refresh_lock.try_lock() else { return };
+        self.peers.sync(&self.record).await;
     }
 }

@@ -13,7 +13,6 @@ use super::coordinate::next_change;
 use super::schedule::{not_before_clamp, refresh_delay};
 use super::{Credential, Trigger};
 use crate::token::handle::{OpenInbox, Report};
-use crate::token::source::Renewal;
 use crate::token::{deadline_in, later};
 
 /// How often a credential that waits for a person reads the store for a token someone
@@ -35,8 +34,7 @@ pub(crate) struct Plan {
 impl Credential {
     /// The refresh loop: sleeps until the next renewal, renews, repeats; follows the
     /// shared store's notifications in between; renews the rejections reported through
-    /// [`Credential::handle`]s. A `static` credential only answers those (its token is
-    /// read again). Returns only once `shutdown` is cancelled.
+    /// [`Credential::handle`]s. Returns only once `shutdown` is cancelled.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // The inbox stays with this loop for its life, and passes to the next one a
         // supervisor starts should this one panic.
@@ -44,21 +42,7 @@ impl Credential {
             _ = shutdown.cancelled() => return,
             inbox = self.inbox.open() => inbox,
         };
-        match self.renewal {
-            Renewal::Static(_) => self.answer_reports(&mut inbox, &shutdown).await,
-            Renewal::Endpoint => self.renew_on_schedule(&mut inbox, &shutdown).await,
-        }
-    }
-
-    /// Nothing to renew on a schedule; the task lives on so a supervisor never sees it
-    /// end, and answers the data path's rejections.
-    async fn answer_reports(&self, inbox: &mut OpenInbox<'_>, shutdown: &CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                report = inbox.next() => Box::pin(self.answer(report)).await,
-            }
-        }
+        self.renew_on_schedule(&mut inbox, &shutdown).await;
     }
 
     /// Renews a reported rejection (single-flight: reports of a token already renewed
@@ -72,8 +56,8 @@ impl Credential {
         // Every publish (whoever renewed: this loop, `POST /refresh`, a rejection, a
         // `login`, a replica) and every failure wakes the loop to plan again.
         let mut published = self.slot.changed.subscribe();
-        let mut changes = self.store.changes();
-        let mut poll = self.store.poll_interval().map(|every| {
+        let mut changes = self.peers.store().changes();
+        let mut poll = self.peers.store().poll_interval().map(|every| {
             let mut i = tokio::time::interval_at(deadline_in(every), every);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
@@ -144,8 +128,9 @@ impl Credential {
                     _ => (delay, None),
                 };
                 if let Ok(mut s) = self.slot.status.lock() {
-                    // None is planned while only a person can help.
-                    s.next_refresh = (!waiting).then(|| later(now, delay));
+                    // None is planned while only a person can help, nor for a token
+                    // that does not expire (a configured one).
+                    s.next_refresh = (!waiting && self.source.expires()).then(|| later(now, delay));
                 }
                 Plan { generation, failures, when: deadline_in(delay), booked }
             }

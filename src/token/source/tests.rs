@@ -1,5 +1,8 @@
 //! Token endpoint answers as GoTo sends them, and hostile ones.
 
+use super::endpoint::keys_urls;
+use super::redact::{blank_out, BLANK_LIMIT};
+use super::response::{parse_keys, parse_retry_after, MAX_RETRY_AFTER, SCIM_GETGO};
 use super::*;
 
 fn fixture(name: &str) -> Vec<u8> {
