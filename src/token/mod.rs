@@ -38,7 +38,7 @@ use http::HeaderValue;
 use crate::secret::Secret;
 pub use handle::TokenHandle;
 pub use key::{valid_key, MAX_PRINCIPAL};
-pub use refresher::{Credential, Health, RefreshError, TokenInfo, Trigger};
+pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent
