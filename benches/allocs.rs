@@ -22,9 +22,9 @@ mod support;
 use std::alloc::System;
 use std::hint::black_box;
 
-use goto_auth_proxy::metrics::Metrics;
-use goto_auth_proxy::proxy::strip_hop_by_hop;
-use goto_auth_proxy::route::normalize_path;
+use goto_auth_proxy::testing::normalize_path;
+use goto_auth_proxy::testing::strip_hop_by_hop;
+use goto_auth_proxy::testing::Metrics;
 use http::header::{self, HeaderMap, HeaderValue};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 

@@ -29,12 +29,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
-use goto_auth_proxy::config::Config;
-use goto_auth_proxy::metrics::Metrics;
-use goto_auth_proxy::proxy::strip_hop_by_hop;
-use goto_auth_proxy::route::{normalize_path, Router};
-use goto_auth_proxy::secret::Secret;
-use goto_auth_proxy::token::{Credential, Token};
+use goto_auth_proxy::testing::strip_hop_by_hop;
+use goto_auth_proxy::testing::Metrics;
+use goto_auth_proxy::testing::Secret;
+use goto_auth_proxy::testing::{normalize_path, Router};
+use goto_auth_proxy::testing::{Credential, Token};
+use goto_auth_proxy::Config;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
@@ -75,9 +75,9 @@ fn static_credential(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Arc
     );
     let config = Config::parse("bench.toml", &text).expect("the bench config is valid");
     let metrics = Metrics::new(prometheus::Registry::new()).expect("metrics register");
-    let store = rt.block_on(goto_auth_proxy::app::open_store(&config, &metrics)).expect("a file store");
+    let store = rt.block_on(goto_auth_proxy::testing::open_store(&config, &metrics)).expect("a file store");
     let creds: BTreeMap<String, Arc<Credential>> =
-        goto_auth_proxy::app::credentials(&config, &store, &metrics).expect("the outbound settings build");
+        goto_auth_proxy::testing::credentials(&config, &store, &metrics).expect("the outbound settings build");
     let cred = creds.get("bench").expect("the bench credential").clone();
     rt.block_on(cred.init());
     assert!(cred.valid_token().is_some(), "the static token is loaded");

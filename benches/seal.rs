@@ -14,8 +14,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use goto_auth_proxy::secret::Secret;
-use goto_auth_proxy::token::seal::{generate_key, Sealer};
+use goto_auth_proxy::testing::Secret;
+use goto_auth_proxy::testing::{generate_key, Sealer};
 use serde_json::{json, Value};
 
 /// A record shaped like the stores' `StoredToken`: a JWT-sized access token and a

@@ -18,7 +18,7 @@ use crate::config::{InboundSettings, TlsFiles};
 use crate::error::{ErrorCode, ProxyError};
 
 /// Decides whether a request from `peer` with these headers (the inbound key among them) may proceed.
-pub fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub(crate) fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
     admit_address(inbound, peer)?;
     if inbound.keys.is_empty() {
         return Ok(());
@@ -38,7 +38,7 @@ pub fn admit(inbound: &InboundSettings, peer: IpAddr, headers: &HeaderMap) -> Re
 
 /// The accounts the request's inbound key may use: `None` when it may use any (no key
 /// is limited, or its key is not). Read only on account credentials' routes.
-pub fn key_accounts<'a>(inbound: &'a InboundSettings, headers: &HeaderMap) -> Option<&'a [String]> {
+pub(crate) fn key_accounts<'a>(inbound: &'a InboundSettings, headers: &HeaderMap) -> Option<&'a [String]> {
     if inbound.key_accounts.iter().all(Option::is_none) {
         return None;
     }
@@ -57,7 +57,7 @@ pub fn key_accounts<'a>(inbound: &'a InboundSettings, headers: &HeaderMap) -> Op
 
 /// What the browser check decided about a request that may proceed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub(crate) enum Caller {
     /// Not a browser (curl, scripts, newman send neither `Origin` nor `Sec-Fetch-Site`),
     /// or a page of the listener's own origin: answered as usual.
     Plain,
@@ -74,7 +74,11 @@ const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-
 /// Checked before routing and before a token is touched. The data path's version: one
 /// pass over the few names a script sends instead of three hashed lookups; the first
 /// value of each name counts, as `HeaderMap::get` would take it.
-pub fn check_caller(inbound: &InboundSettings, local: SocketAddr, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+pub(crate) fn check_caller(
+    inbound: &InboundSettings,
+    local: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Caller, ProxyError> {
     let (mut host, mut origin, mut site) = (None, None, None);
     for (name, value) in headers {
         if name == header::HOST {
@@ -92,7 +96,7 @@ pub fn check_caller(inbound: &InboundSettings, local: SocketAddr, headers: &Head
 /// The `Host` rule: the listener's own address, a loopback address or `localhost` (any
 /// port), or a name in `inbound.hosts` (`["*"]`: any). A request without `Host` (HTTP/1.0
 /// tools) passes: browsers always send one. This is what defeats DNS rebinding.
-pub fn check_host(inbound: &InboundSettings, local: SocketAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub(crate) fn check_host(inbound: &InboundSettings, local: SocketAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
     host_rule(inbound, local, headers.get(header::HOST))
 }
 
@@ -115,7 +119,11 @@ fn host_rule(inbound: &InboundSettings, local: SocketAddr, host: Option<&HeaderV
 /// The browser rule: an `Origin` in `allow_origins` is served (with CORS); otherwise a
 /// `Sec-Fetch-Site` of `cross-site`/`same-site`, or an `Origin` other than the
 /// listener's own, is refused.
-pub fn check_origin(inbound: &InboundSettings, local: SocketAddr, headers: &HeaderMap) -> Result<Caller, ProxyError> {
+pub(crate) fn check_origin(
+    inbound: &InboundSettings,
+    local: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Caller, ProxyError> {
     origin_rule(inbound, local, headers.get(header::ORIGIN), headers.get(SEC_FETCH_SITE))
 }
 
@@ -218,7 +226,7 @@ fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> 
 /// The answer to a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`) from
 /// an allowed origin: the proxy answers it itself, since it is the proxy the browser
 /// asks. `None` when the request is not a preflight.
-pub fn preflight<B: Default>(caller: &Caller, method: &Method, headers: &HeaderMap) -> Option<Response<B>> {
+pub(crate) fn preflight<B: Default>(caller: &Caller, method: &Method, headers: &HeaderMap) -> Option<Response<B>> {
     let Caller::Cors(origin) = caller else { return None };
     if method != Method::OPTIONS {
         return None;
@@ -237,7 +245,7 @@ pub fn preflight<B: Default>(caller: &Caller, method: &Method, headers: &HeaderM
 }
 
 /// Marks an answer to an allowed origin as readable by it (and only it).
-pub fn add_cors(headers: &mut HeaderMap, origin: &HeaderValue) {
+pub(crate) fn add_cors(headers: &mut HeaderMap, origin: &HeaderValue) {
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
@@ -249,7 +257,7 @@ pub struct TlsError(String);
 
 /// Decides whether `peer` may connect at all: loopback always; a remote peer when it
 /// is in `allow_cidrs`, or, with no CIDRs listed, when keys guard every request.
-pub fn admit_address(inbound: &InboundSettings, peer: IpAddr) -> Result<(), ProxyError> {
+pub(crate) fn admit_address(inbound: &InboundSettings, peer: IpAddr) -> Result<(), ProxyError> {
     let peer = peer.to_canonical();
     if peer.is_loopback() || inbound.allow_cidrs.iter().any(|n| n.contains(&peer)) {
         return Ok(());

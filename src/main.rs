@@ -1,4 +1,4 @@
-//! The `goto-auth-proxy` binary: everything lives in the library; see [`goto_auth_proxy::cli`].
+//! The `goto-auth-proxy` binary: everything lives in the library; see [`goto_auth_proxy::main`].
 
 /// jemalloc: hyper allocates a few buffers per request (an 8 KiB read buffer among them),
 /// and glibc's malloc cost measurably more CPU per request; mimalloc was as fast but held
@@ -7,5 +7,5 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    goto_auth_proxy::cli::main()
+    goto_auth_proxy::main()
 }

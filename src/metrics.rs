@@ -206,7 +206,7 @@ impl Metrics {
 
     /// Requests answered so far per route prefix (every method and status): the status
     /// page's "requests served".
-    pub fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
+    pub(crate) fn requests_by_route(&self) -> std::collections::BTreeMap<String, u64> {
         use prometheus::core::Collector as _;
         let mut out = std::collections::BTreeMap::new();
         for family in self.requests_total.collect() {
@@ -220,7 +220,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything registered.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let families = self.registry.gather();
         prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_default()
     }
@@ -253,7 +253,7 @@ fn method_slot(m: &Method) -> usize {
 /// other, so clients cannot mint a new series per request (no label takes a value
 /// from the request).
 #[inline]
-pub fn method_label(m: &Method) -> &'static str {
+pub(crate) fn method_label(m: &Method) -> &'static str {
     METHOD_LABELS.get(method_slot(m)).copied().unwrap_or("OTHER")
 }
 
@@ -262,7 +262,7 @@ const STATUSES: usize = 500;
 
 /// `requests_total` handles of one route, resolved once per (method, status) and then
 /// read with an atomic load: no label hashing or registry lock per request.
-pub struct RequestCounters {
+pub(crate) struct RequestCounters {
     vec: IntCounterVec,
     route: String,
     slots: [OnceLock<Box<[OnceLock<IntCounter>]>>; METHOD_LABELS.len()],
@@ -270,13 +270,13 @@ pub struct RequestCounters {
 
 impl RequestCounters {
     /// Handles for `route`'s samples of `vec`.
-    pub fn new(vec: &IntCounterVec, route: &str) -> RequestCounters {
+    pub(crate) fn new(vec: &IntCounterVec, route: &str) -> RequestCounters {
         RequestCounters { vec: vec.clone(), route: route.to_string(), slots: Default::default() }
     }
 
     /// Counts one answered request; a non-standard method counts as `OTHER`.
     #[inline]
-    pub fn inc(&self, method: &Method, status: StatusCode) {
+    pub(crate) fn inc(&self, method: &Method, status: StatusCode) {
         let m = method_slot(method);
         let label = METHOD_LABELS.get(m).copied().unwrap_or("OTHER");
         let s = (status.as_u16() as usize).checked_sub(100).filter(|s| *s < STATUSES);

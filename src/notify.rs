@@ -22,16 +22,16 @@ use crate::metrics::Metrics;
 use crate::token::{Credential, Health};
 
 /// How long one delivery attempt (an HTTP POST, a command run) may take.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a failing delivery is retried before it is given up (and counted `failed`).
-pub const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 /// The first retry's delay; each later one doubles, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What a notification holds, and nothing else (never a secret).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Payload {
+pub(crate) struct Payload {
     /// `needs_login`, `refresh_failing` or `recovered`.
     pub event: &'static str,
     /// The credential's name.
@@ -96,7 +96,7 @@ fn transition(was: Condition, now: Condition) -> (Condition, Option<NotifyEvent>
 }
 
 /// Watches credentials and delivers their events to the `[[notify]]` entries in force.
-pub struct Notifier {
+pub(crate) struct Notifier {
     targets: ArcSwap<Vec<NotifyConfig>>,
     /// `http://ADMIN`: the admin listener, where a person signs in.
     admin_base: String,
@@ -112,7 +112,7 @@ impl Notifier {
     /// A notifier for `targets`, posting webhooks with `http` (built by the caller from
     /// the outbound settings, with [`ATTEMPT_TIMEOUT`]); sign-in links point at the admin
     /// listener `admin`.
-    pub fn new(
+    pub(crate) fn new(
         targets: Vec<NotifyConfig>,
         http: reqwest::Client,
         admin: std::net::SocketAddr,
@@ -132,14 +132,14 @@ impl Notifier {
 
     /// Replaces the `[[notify]]` entries and the webhook client (a reload); watchers keep
     /// their conditions.
-    pub fn set_targets(&self, targets: Vec<NotifyConfig>, http: reqwest::Client) {
+    pub(crate) fn set_targets(&self, targets: Vec<NotifyConfig>, http: reqwest::Client) {
         self.targets.store(Arc::new(targets));
         self.http.store(Arc::new(http));
     }
 
     /// Follows `cred` until `stop`: each change of condition becomes one event per
     /// entry that wants it.
-    pub async fn watch(self: Arc<Self>, cred: Arc<Credential>, stop: CancellationToken) {
+    pub(crate) async fn watch(self: Arc<Self>, cred: Arc<Credential>, stop: CancellationToken) {
         // An account has no health channel: its set's task calls `Accounts` instead.
         let Some(mut health) = cred.health() else { return };
         // Per entry (each has its own `after_failures`), in entry order; a reload that
@@ -296,14 +296,14 @@ async fn run_command(argv: &[String], body: &[u8]) -> Result<(), String> {
 /// Notifications for the accounts of account credentials, without a task or channel per
 /// account: each set's task tells it of every outcome. Only accounts that are not fine
 /// are remembered, so 10,000 healthy accounts cost nothing here.
-pub struct Accounts {
+pub(crate) struct Accounts {
     notifier: Arc<Notifier>,
     was: std::sync::Mutex<std::collections::HashMap<String, Vec<Condition>>>,
 }
 
 impl Accounts {
     /// Follows accounts for `notifier`.
-    pub fn new(notifier: Arc<Notifier>) -> Accounts {
+    pub(crate) fn new(notifier: Arc<Notifier>) -> Accounts {
         Accounts { notifier, was: std::sync::Mutex::default() }
     }
 }

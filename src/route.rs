@@ -118,7 +118,7 @@ fn decode_separators(raw: &str) -> String {
 
 /// True when `prefix` covers `path` at a segment boundary: `/G2A/` covers `/G2A/x`
 /// and `/G2A`; `/G2A` covers `/G2A/x` but not `/G2AX`.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     if let Some(rest) = path.strip_prefix(prefix) {
         return prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/');
     }
@@ -126,7 +126,7 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// The path forwarded when the route strips its prefix; always starts with `/`.
-pub fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Cow<'a, str> {
+pub(crate) fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Cow<'a, str> {
     let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
     if rest.starts_with('/') {
         Cow::Borrowed(rest)
@@ -157,7 +157,7 @@ impl<T> Router<T> {
     }
 
     /// All values, longest prefix first.
-    pub fn values(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().map(|(_, v)| v)
     }
 }
@@ -165,7 +165,7 @@ impl<T> Router<T> {
 /// True when `path` (or a query string) may hold a `{organizerKey}`/`{accountKey}`
 /// placeholder (raw or escaped): a cheap look for `{` or `%7b`, no allocation.
 #[inline]
-pub fn has_key_placeholder(path: &str) -> bool {
+pub(crate) fn has_key_placeholder(path: &str) -> bool {
     let b = path.as_bytes();
     b.contains(&b'{') || b.windows(3).any(|w| w[0] == b'%' && w[1] == b'7' && (w[2] | 0x20) == b'b')
 }
@@ -181,7 +181,7 @@ pub enum KeyName {
 
 impl KeyName {
     /// The key in words, for messages: `organizer key`, `account key`.
-    pub fn words(self) -> &'static str {
+    pub(crate) fn words(self) -> &'static str {
         match self {
             KeyName::Organizer => "organizer key",
             KeyName::Account => "account key",
@@ -189,7 +189,7 @@ impl KeyName {
     }
 
     /// The placeholder as a client writes it.
-    pub fn placeholder(self) -> &'static str {
+    pub(crate) fn placeholder(self) -> &'static str {
         match self {
             KeyName::Organizer => "{organizerKey}",
             KeyName::Account => "{accountKey}",

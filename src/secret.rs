@@ -51,12 +51,12 @@ impl From<String> for Secret {
 }
 
 /// Length in bytes of a state encryption key (`state.encryption_keys`, AES-256).
-pub const STATE_KEY_LEN: usize = 32;
+pub(crate) const STATE_KEY_LEN: usize = 32;
 
 /// Decodes a state encryption key: standard base64 of exactly [`STATE_KEY_LEN`] bytes,
 /// with or without padding (surrounding whitespace ignored). `None` when it is not one;
 /// the value is never echoed. Shared by `config` (validation) and `token::seal`.
-pub fn decode_state_key(encoded: &str) -> Option<[u8; STATE_KEY_LEN]> {
+pub(crate) fn decode_state_key(encoded: &str) -> Option<[u8; STATE_KEY_LEN]> {
     let encoded = encoded.trim();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
@@ -68,7 +68,7 @@ pub fn decode_state_key(encoded: &str) -> Option<[u8; STATE_KEY_LEN]> {
 /// The key id of a state encryption key: the first 8 hex digits of
 /// `SHA-256("goto-auth-proxy state key v1" || key)`. A short, domain-separated
 /// fingerprint safe to show (`check`, `/tokens`, the envelope's `kid`), never the key.
-pub fn key_id(key_bytes: &[u8]) -> String {
+pub(crate) fn key_id(key_bytes: &[u8]) -> String {
     let mut hasher = sha2::Sha256::new();
     hasher.update(b"goto-auth-proxy state key v1");
     hasher.update(key_bytes);

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use goto_auth_proxy::demo::Demo;
+use goto_auth_proxy::testing::Demo;
 use tokio::process::Command;
 
 /// The binary under test, built by cargo for this test run.
@@ -104,7 +104,7 @@ impl RunningDemo {
     async fn start() -> RunningDemo {
         let state = tempfile::tempdir().expect("tempdir");
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let demo = goto_auth_proxy::demo::start(any, any, state.path()).await.expect("demo starts");
+        let demo = goto_auth_proxy::testing::start_demo(any, any, state.path()).await.expect("demo starts");
         let ready = format!("http://{}/readyz", demo.running.admin_addr);
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = reqwest::Client::new();
@@ -386,7 +386,7 @@ async fn postman_collection_passes_under_newman() {
     let single = newman(&dir, &[format!("baseUrl={}", demo.url())]).await;
     // The demo's account credential, once per person: `account` picks who answers.
     let mut people = Vec::new();
-    for (name, user) in goto_auth_proxy::demo::people() {
+    for (name, user) in goto_auth_proxy::testing::people() {
         let before = demo.demo.mock.api_targets().len();
         let vars = [format!("baseUrl={}/people", demo.url()), format!("account={name}")];
         let run = newman(&dir, &vars).await;

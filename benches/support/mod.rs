@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use goto_auth_proxy::app::{self, Running};
-use goto_auth_proxy::config::Config;
+use goto_auth_proxy::Config;
+use goto_auth_proxy::{self as app, Running};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,7 +34,7 @@ pub type BenchClient = Client<HttpConnector, Empty<Bytes>>;
 pub async fn start_upstream(shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let addr = listener.local_addr()?;
-    let serve = goto_auth_proxy::server::Serve::new(shutdown).drain(Duration::from_millis(100));
+    let serve = goto_auth_proxy::testing::Serve::new(shutdown).drain(Duration::from_millis(100));
     tokio::spawn(serve.run(listener, |_req, _conn| async {
         let mut res = Response::new(Full::new(Bytes::from_static(BODY.as_bytes())));
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

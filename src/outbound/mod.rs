@@ -23,7 +23,7 @@ use crate::config::{Config, OutboundTls};
 mod roots;
 mod rules;
 
-pub use rules::{BadProxyVar, ProxyEndpoint, ProxyRules};
+pub(crate) use rules::{BadProxyVar, ProxyEndpoint, ProxyRules};
 
 /// Why the outbound settings could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub struct Outbound {
 impl Outbound {
     /// The outbound settings of `config` in this process's environment (the proxy
     /// variables are read here; `rules.rs` is tested with an injected one).
-    pub fn from_config(config: &Config) -> Result<Outbound, OutboundError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Outbound, OutboundError> {
         let env = |name: &str| std::env::var(name).ok();
         let proxy = Arc::new(ProxyRules::new(config.proxy.outbound_proxy.as_ref(), env)?);
         let roots = roots::Roots::load(&config.tls, config.state.is_rediss());
@@ -86,12 +86,12 @@ impl Outbound {
 
     /// The outbound TLS configuration offering HTTP/2 and HTTP/1.1 by ALPN: the upstream
     /// connector's.
-    pub fn upstream_tls(&self) -> &Arc<rustls::ClientConfig> {
+    pub(crate) fn upstream_tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.upstream_tls
     }
 
     /// The proxy to reach `url` through, or `None` to connect directly.
-    pub fn proxy_for(&self, url: &url::Url) -> Option<&Arc<ProxyEndpoint>> {
+    pub(crate) fn proxy_for(&self, url: &url::Url) -> Option<&Arc<ProxyEndpoint>> {
         self.proxy.proxy_for(url)
     }
 
@@ -100,7 +100,7 @@ impl Outbound {
     /// destinations through `HTTPS_PROXY`), `connect_timeout`, no redirects followed (a
     /// request carrying a secret must not follow one) and the proxy's `User-Agent`. For
     /// every HTTP client the proxy makes: token and keys endpoints, notification webhooks.
-    pub fn client_builder(&self, connect_timeout: Duration) -> reqwest::ClientBuilder {
+    pub(crate) fn client_builder(&self, connect_timeout: Duration) -> reqwest::ClientBuilder {
         let mut tls = (*self.tls).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let builder = reqwest::Client::builder()
@@ -120,7 +120,7 @@ impl Outbound {
 
     /// The client for token and keys endpoints: [`Outbound::client_builder`] with a 30 s
     /// bound on every call.
-    pub fn token_client(&self, connect_timeout: Duration) -> Result<reqwest::Client, OutboundError> {
+    pub(crate) fn token_client(&self, connect_timeout: Duration) -> Result<reqwest::Client, OutboundError> {
         self.client_builder(connect_timeout)
             .timeout(Duration::from_secs(30))
             .build()
@@ -130,7 +130,7 @@ impl Outbound {
     /// The roots and client certificate for the `rediss://` connection, in the PEM form
     /// the Redis client takes: the same trust as every other connection. `None` unless
     /// the config's store is `rediss://`.
-    pub fn redis_tls(&self) -> Option<redis::TlsCertificates> {
+    pub(crate) fn redis_tls(&self) -> Option<redis::TlsCertificates> {
         let certs = self.roots.certs.as_ref()?;
         Some(redis::TlsCertificates {
             client_tls: self.settings.client_cert.as_ref().map(|a| redis::ClientTlsConfig {

@@ -70,7 +70,7 @@ impl ProxyEndpoint {
     }
 
     /// The proxy URL with its credentials, for a client library that takes one.
-    pub fn url(&self) -> &Secret {
+    pub(crate) fn url(&self) -> &Secret {
         &self.url
     }
 }
@@ -88,7 +88,7 @@ pub struct BadProxyVar {
 
 /// The outbound proxy decision for one configuration and environment.
 #[derive(Debug, Default)]
-pub struct ProxyRules {
+pub(crate) struct ProxyRules {
     /// `proxy.outbound_proxy`: every destination, loopback included.
     explicit: Option<Arc<ProxyEndpoint>>,
     /// `HTTPS_PROXY`: `https://` destinations that are not loopback.
@@ -102,7 +102,10 @@ pub struct ProxyRules {
 impl ProxyRules {
     /// The rules for `explicit` (`proxy.outbound_proxy`, already checked by the config)
     /// and the environment that `env` looks variables up in (`std::env::var` in `run`).
-    pub fn new(explicit: Option<&Secret>, env: impl Fn(&str) -> Option<String>) -> Result<ProxyRules, BadProxyVar> {
+    pub(crate) fn new(
+        explicit: Option<&Secret>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ProxyRules, BadProxyVar> {
         let first = |names: [&'static str; 2]| {
             names.into_iter().find_map(|n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v.trim().to_string())))
         };
@@ -125,7 +128,7 @@ impl ProxyRules {
     }
 
     /// The proxy to reach `url` through, or `None` to connect directly.
-    pub fn proxy_for(&self, url: &url::Url) -> Option<&Arc<ProxyEndpoint>> {
+    pub(crate) fn proxy_for(&self, url: &url::Url) -> Option<&Arc<ProxyEndpoint>> {
         let host = url.host()?;
         if self.no_proxy.covers(&host, url.port_or_known_default()) {
             return None;
@@ -144,7 +147,7 @@ impl ProxyRules {
     }
 
     /// Whether any proxy may apply at all (else clients are built without one).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.explicit.is_none() && self.https.is_none() && self.http.is_none()
     }
 

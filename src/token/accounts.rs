@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 
 /// Hears of every account's renewal outcomes, from the set's task: how notifications
 /// follow accounts without a task each (the wiring, `app`, provides it).
-pub trait Observer: Send + Sync {
+pub(crate) trait Observer: Send + Sync {
     /// `account` has news (a token, a failure, a sign-in).
     fn outcome(&self, account: &Credential);
     /// The account stored under `key` (`credential/account`) was removed.
@@ -38,7 +38,7 @@ pub trait Observer: Send + Sync {
 }
 
 /// An observer for a process that notifies nobody (a one-shot `login`).
-pub struct Unobserved;
+pub(crate) struct Unobserved;
 
 impl Observer for Unobserved {
     fn outcome(&self, _: &Credential) {}
@@ -46,7 +46,7 @@ impl Observer for Unobserved {
 }
 
 /// One signed-in person of an account credential.
-pub struct Account {
+pub(crate) struct Account {
     /// Its name (unique within the credential).
     pub name: String,
     /// Its token, renewals and health.
@@ -60,7 +60,7 @@ pub struct Account {
 /// maps (`imbl`): adding or removing one account copies a path, not the whole index, so a
 /// first wave of thousands of sign-ins costs O(n log n), not O(n²).
 #[derive(Clone, Default)]
-pub struct AccountIndex {
+pub(crate) struct AccountIndex {
     /// Each account with the aliases it was indexed under (what its token said then).
     by_name: imbl::OrdMap<String, (Arc<Account>, Arc<[String]>)>,
     alias: imbl::HashMap<String, Alias>,
@@ -133,28 +133,28 @@ impl AccountIndex {
     }
 
     /// The accounts in name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Account>> {
         self.by_name.values().map(|(a, _)| a)
     }
 
     /// How many there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_name.len()
     }
 
     /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
 
     /// The account named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Account>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Account>> {
         self.by_name.get(name).map(|(a, _)| a)
     }
 
     /// The account an `X-GoTo-Account` value names: its name, principal, organizer or
     /// account key.
-    pub fn named(&self, value: &str) -> Option<&Arc<Account>> {
+    pub(crate) fn named(&self, value: &str) -> Option<&Arc<Account>> {
         if let Some(a) = self.get(value) {
             return Some(a);
         }
@@ -168,14 +168,14 @@ impl AccountIndex {
     }
 
     /// The one account whose organizer or account key is `key`.
-    pub fn keyed(&self, key: &str) -> Option<&Arc<Account>> {
+    pub(crate) fn keyed(&self, key: &str) -> Option<&Arc<Account>> {
         self.alias.get(key).and_then(|f| f.only.as_ref())
     }
 }
 
 /// Why no account was chosen for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoAccount {
+pub(crate) enum NoAccount {
     /// Nothing in the request chose one and there is no `default_account`.
     Required,
     /// `X-GoTo-Account` names no account.
@@ -203,7 +203,7 @@ impl AccountSet {
     /// An empty set for `cfg`; [`AccountSet::load`] reads the stored accounts and
     /// [`AccountSet::run`] renews them. With `budget` (Redis), `token_rate` is one budget
     /// for every replica.
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<CredentialConfig>,
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
@@ -234,23 +234,23 @@ impl AccountSet {
     }
 
     /// The credential's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
     /// Its configuration.
-    pub fn config(&self) -> &Arc<CredentialConfig> {
+    pub(crate) fn config(&self) -> &Arc<CredentialConfig> {
         &self.cfg
     }
 
     /// The accounts now (one `ArcSwap::load`).
-    pub fn index(&self) -> arc_swap::Guard<Arc<AccountIndex>> {
+    pub(crate) fn index(&self) -> arc_swap::Guard<Arc<AccountIndex>> {
         self.index.load()
     }
 
     /// Reads every stored account (a store that cannot be listed now leaves the set
     /// empty, logged: people can still sign in); the set's task renews them.
-    pub async fn load(&self) {
+    pub(crate) async fn load(&self) {
         let _edit = self.edit.lock().await;
         let names = match self.store.accounts(self.name()).await {
             Ok(n) => n,
@@ -285,7 +285,7 @@ impl AccountSet {
     /// one, the account named after the principal's email, else its organizer key).
     /// Signing in again as an existing account (same name, or same principal) renews
     /// it instead of adding another. Answers the account's name.
-    pub async fn sign_in(&self, name: Option<&str>, response: TokenResponse) -> Result<String, RefreshError> {
+    pub(crate) async fn sign_in(&self, name: Option<&str>, response: TokenResponse) -> Result<String, RefreshError> {
         let mut response = response;
         if response.principal.is_none() && response.organizer_key.is_none() && response.account_key.is_none() {
             // Who signed in decides which account this is: ask the keys endpoint now.
@@ -329,7 +329,7 @@ impl AccountSet {
 
     /// Forgets the account `name`: its renewals stop and its record is deleted. False
     /// when there is no such account.
-    pub async fn remove(&self, name: &str) -> Result<bool, crate::token::store::StoreError> {
+    pub(crate) async fn remove(&self, name: &str) -> Result<bool, crate::token::store::StoreError> {
         let _edit = self.edit.lock().await;
         let index = self.index.load_full();
         let Some(gone) = index.get(name).cloned() else { return Ok(false) };
@@ -343,7 +343,12 @@ impl AccountSet {
     /// The account a request uses: `X-GoTo-Account` (`header`) first, then an organizer
     /// or account key in the path (after `/organizers/` or `/accounts/`) or the
     /// `accountKey` query value, then the `default_account`.
-    pub fn choose(&self, header: Option<&str>, path: &str, query: Option<&str>) -> Result<Arc<Account>, NoAccount> {
+    pub(crate) fn choose(
+        &self,
+        header: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Arc<Account>, NoAccount> {
         let index = self.index.load();
         if let Some(value) = header {
             return index.named(value.trim()).cloned().ok_or(NoAccount::Unknown);
@@ -359,7 +364,7 @@ impl AccountSet {
 
     /// How many accounts are in each state (`valid`, `renewing`, `needs_login`,
     /// `failing`, `no_token`), every state listed.
-    pub fn state_counts(&self) -> [(&'static str, usize); 5] {
+    pub(crate) fn state_counts(&self) -> [(&'static str, usize); 5] {
         let mut counts: [(&'static str, usize); 5] =
             [("valid", 0), ("renewing", 0), ("needs_login", 0), ("failing", 0), ("no_token", 0)];
         for a in self.index.load().iter() {
@@ -373,7 +378,7 @@ impl AccountSet {
 
     /// Whether requests can be served: the `default_account` holds a valid token, or,
     /// without one, at least one account does.
-    pub fn ready(&self) -> Result<(), String> {
+    pub(crate) fn ready(&self) -> Result<(), String> {
         let index = self.index.load();
         match &self.cfg.default_account {
             Some(d) => match index.get(d) {
@@ -391,7 +396,7 @@ impl AccountSet {
 
     /// Adds an account another process stored (a `login` command, a replica) that this
     /// set does not know yet. True when it is known now.
-    pub async fn adopt(&self, name: &str) -> bool {
+    pub(crate) async fn adopt(&self, name: &str) -> bool {
         if self.index.load().get(name).is_some() {
             return true;
         }
@@ -435,7 +440,7 @@ impl AccountSet {
     }
 
     /// Stops every account's renewals (the credential was replaced or removed).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
     }
 
@@ -462,7 +467,7 @@ impl AccountSet {
 /// The name an unnamed sign-in gets: the principal's email with every character outside
 /// the name rule made `_` (`alice@example.com` → `alice_example.com`), else the
 /// organizer key.
-pub fn derived_name(response: &TokenResponse) -> Option<String> {
+pub(crate) fn derived_name(response: &TokenResponse) -> Option<String> {
     if let Some(p) = &response.principal {
         let name: String = p
             .chars()

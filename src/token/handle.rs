@@ -128,18 +128,18 @@ pub struct TokenHandle {
 
 impl TokenHandle {
     /// The credential's name, for logs and errors.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.slot.name
     }
 
     /// The hot path's read: one `ArcSwap::load`, no lock, no reference count taken.
     #[inline]
-    pub fn load(&self) -> arc_swap::Guard<Option<Arc<Token>>> {
+    pub(crate) fn load(&self) -> arc_swap::Guard<Option<Arc<Token>>> {
         self.slot.load()
     }
 
     /// Waits up to `timeout` for a valid token; the error says why there is none.
-    pub async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
+    pub(crate) async fn wait_valid(&self, timeout: Duration) -> Result<Arc<Token>, String> {
         self.slot.wait_valid(timeout).await
     }
 
@@ -147,7 +147,7 @@ impl TokenHandle {
     /// renews it (once, however many requests report it) and the renewed token comes
     /// back. Never renews on the calling thread; an error when the renewal failed, was
     /// already done once for this token, or no refresh loop is running.
-    pub async fn rejected(&self, generation: u64) -> Result<Arc<Token>, RefreshError> {
+    pub(crate) async fn rejected(&self, generation: u64) -> Result<Arc<Token>, RefreshError> {
         let mut renewer = self.renewer.clone();
         if !*renewer.borrow_and_update() {
             return Err(self.not_running());
@@ -165,7 +165,7 @@ impl TokenHandle {
 
     /// A token issued for a rejection was rejected at once too (the request's retry):
     /// the path, not the token, is refused, so its later rejections pass through.
-    pub fn rejected_again(&self, generation: u64) {
+    pub(crate) fn rejected_again(&self, generation: u64) {
         self.slot.rejected_again(generation);
     }
 

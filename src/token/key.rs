@@ -9,7 +9,7 @@ const MAX_KEY_LEN: usize = 64;
 
 /// Longest principal accepted, in characters. A longer one is dropped, not cut: it
 /// names an account and matches `X-GoTo-Account`, and a cut name would be another one.
-pub const MAX_PRINCIPAL: usize = 200;
+pub(crate) const MAX_PRINCIPAL: usize = 200;
 
 /// True when `key` may stand in for `{organizerKey}`/`{accountKey}`: 1–64 ASCII letters,
 /// digits, `-`, `_` and `.`, and not dots alone (`.` or `..` in a path is a dot segment

@@ -17,28 +17,29 @@
 //! * [`refresher`] — the per-credential refresh loop and single-flight renewals: the
 //!   schedule, replica coordination, recorded outcomes.
 
-pub mod accounts;
+pub(crate) mod accounts;
 mod grant;
 mod handle;
 mod id_token;
 mod key;
-pub mod redis_budget;
+pub(crate) mod redis_budget;
 mod redis_link;
-pub mod redis_store;
-pub mod refresher;
-pub mod seal;
+pub(crate) mod redis_store;
+pub(crate) mod refresher;
+pub(crate) mod seal;
 mod slot;
-pub mod source;
-pub mod store;
+pub(crate) mod source;
+pub(crate) mod store;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 
 use crate::secret::Secret;
-pub use handle::TokenHandle;
-pub use key::{valid_key, MAX_PRINCIPAL};
-pub use refresher::{Credential, CredentialState, Health, RefreshError, TokenInfo, Trigger};
+pub(crate) use handle::TokenHandle;
+pub use key::valid_key;
+pub use refresher::Credential;
+pub(crate) use refresher::{CredentialState, Health, RefreshError, TokenInfo, Trigger};
 use store::StoredToken;
 
 /// A token treated as expired this long before its real expiry, so it is never sent

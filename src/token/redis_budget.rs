@@ -68,7 +68,7 @@ return math.max(0, untl - now)
 "#;
 
 /// Routes' pace in Redis, shared by every replica under one `redis_prefix`.
-pub struct RedisBudget {
+pub(crate) struct RedisBudget {
     link: Link,
     prefix: String,
     /// Keys carry the route as a hash tag (a cluster).
@@ -84,7 +84,7 @@ impl RedisBudget {
     /// A budget on `target` under `prefix`, on its own connection (the data path never
     /// queues behind token-store traffic). Connects lazily; must be called inside a
     /// tokio runtime. `tls`: as for the store (`rediss://` trusts `[tls]`).
-    pub fn connect(
+    pub(crate) fn connect(
         target: &RedisTarget,
         prefix: &str,
         tls: Option<redis::TlsCertificates>,
@@ -106,7 +106,7 @@ impl RedisBudget {
     }
 
     /// A reload changed `[tls]`: requests from now on use a new connection trusting `tls`.
-    pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), BudgetUnavailable> {
+    pub(crate) fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), BudgetUnavailable> {
         self.link.retls(tls).map_err(|e| BudgetUnavailable(format!("redis {}: {}", self.location, describe(&e))))
     }
 

@@ -97,7 +97,7 @@ impl Sealer {
     }
 
     /// The key ids, first (sealing) key first: a short fingerprint, never the key.
-    pub fn kids(&self) -> Vec<String> {
+    pub(crate) fn kids(&self) -> Vec<String> {
         self.keys.iter().map(|(kid, _)| kid.clone()).collect()
     }
 
@@ -184,12 +184,12 @@ fn associated_data(aad: &str, public: &BTreeMap<String, Value>) -> Vec<u8> {
 
 /// True when a stored record (JSON value) is a sealed envelope (has `v` and `ct`),
 /// false for a plaintext record.
-pub fn is_sealed(record: &Value) -> bool {
+pub(crate) fn is_sealed(record: &Value) -> bool {
     record.get("v").is_some() && record.get("ct").is_some()
 }
 
 /// The kid of a sealed envelope, if it is one.
-pub fn kid_of(record: &Value) -> Option<&str> {
+pub(crate) fn kid_of(record: &Value) -> Option<&str> {
     if is_sealed(record) {
         record.get("kid").and_then(Value::as_str)
     } else {

@@ -17,7 +17,7 @@ use super::{deadline_in, Token};
 /// A failed renewal, in words safe to show (no secrets).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct RefreshError {
+pub(crate) struct RefreshError {
     /// What went wrong and what to do.
     pub message: String,
     /// True when only a person can fix it (`login`).

@@ -22,7 +22,7 @@ use crate::config::{CredentialConfig, GrantKind};
 use crate::secret::Secret;
 
 use configured::ConfiguredToken;
-pub use endpoint::{TokenSource, Transport};
+pub(crate) use endpoint::{TokenSource, Transport};
 use response::Keys;
 pub use response::TokenResponse;
 
@@ -67,14 +67,14 @@ pub enum SourceError {
 impl SourceError {
     /// True when the grant itself was refused (a dead refresh token, wrong password…),
     /// as opposed to a transient failure worth retrying as is.
-    pub fn is_grant_refused(&self) -> bool {
+    pub(crate) fn is_grant_refused(&self) -> bool {
         matches!(self, SourceError::Refused { status, .. } if (400..500).contains(status) && *status != 429)
     }
 
     /// True when the endpoint refused what the configuration's secret files hold: the
     /// client (`invalid_client`), or a Direct Login password. Before such a refusal
     /// counts, the files are read again ([`TokenSource::obtain`]).
-    pub fn is_secret_refused(&self) -> bool {
+    pub(crate) fn is_secret_refused(&self) -> bool {
         matches!(self, SourceError::Refused { error, .. } if error == "invalid_client")
             || matches!(self, SourceError::Refused { kind: "password", .. } if self.is_grant_refused())
     }
@@ -82,13 +82,13 @@ impl SourceError {
     /// True when the endpoint said the grant itself is dead (`invalid_grant`: a revoked
     /// PAT, a wrong password) or the client is not accepted (`invalid_client`, or any
     /// 401): asking again with the same values cannot succeed.
-    pub fn is_invalid_grant(&self) -> bool {
+    pub(crate) fn is_invalid_grant(&self) -> bool {
         matches!(self, SourceError::Refused { status, error, .. }
             if error == "invalid_grant" || error == "invalid_client" || *status == 401)
     }
 
     /// How long the endpoint asked the proxy to wait before calling again, if it did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             SourceError::Refused { retry_after, .. } => *retry_after,
             _ => None,

@@ -350,7 +350,7 @@ fn demo_mock_shows_wrong_paths_and_what_it_received() {
 #[test]
 fn demo_account_lines_each_reach_the_right_person() {
     let (mut child, curls) = start_demo();
-    let people = goto_auth_proxy::demo::people();
+    let people = goto_auth_proxy::testing::people();
     let lines: Vec<&String> = curls.iter().filter(|c| c.contains("/people/")).collect();
     let by_header = |name: &str| lines.iter().find(|c| c.contains(&format!("X-GoTo-Account: {name}'"))).copied();
     let mut served = Vec::new();

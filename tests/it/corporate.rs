@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use goto_auth_proxy::config::Config;
-use goto_auth_proxy::secret::Secret;
-use goto_auth_proxy::server::{ConnInfo, Serve};
-use goto_auth_proxy::token::redis_store::RedisStore;
+use goto_auth_proxy::testing::RedisStore;
+use goto_auth_proxy::testing::Secret;
+use goto_auth_proxy::testing::{ConnInfo, Serve};
+use goto_auth_proxy::Config;
 use goto_mock::{MockGoto, MockOptions};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -398,10 +398,7 @@ async fn a_reload_rebuilds_the_outbound_tls_configuration() {
     let url = format!("http://{}/r/x", p.proxy_addr);
     assert_eq!(http.get(&url).send().await.unwrap().status(), 502);
     let text = config_text(dir.path(), "", &format!("{}\n{route}", pki.tls_toml(false)));
-    p.core
-        .reload(Config::parse("reload.toml", &text).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
-        .await
-        .unwrap();
+    p.core.reload(Config::parse("reload.toml", &text).unwrap(), goto_auth_proxy::ReloadTrigger::Signal).await.unwrap();
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
     p.stop().await;
     stop.cancel();
@@ -767,7 +764,7 @@ async fn a_reload_with_a_new_ca_and_client_certificate_reconnects_rediss() {
     }
     redis.restart().await;
     p.core
-        .reload(Config::parse("reload.toml", &config(&new)).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
+        .reload(Config::parse("reload.toml", &config(&new)).unwrap(), goto_auth_proxy::ReloadTrigger::Signal)
         .await
         .expect("a [tls] change under rediss:// is applied");
     let refreshed = http.post(format!("http://{}/refresh/g2a", p.admin_addr)).send().await.unwrap();
@@ -999,7 +996,7 @@ async fn sentinel_over_tls_is_followed_through_a_failover() {
     // refused, and the connections it rebuilds reach the new master.
     let with_client = text.replace(&pki.tls_toml(false), &pki.tls_toml(true));
     a.core
-        .reload(Config::parse("reload.toml", &with_client).unwrap(), goto_auth_proxy::app::ReloadTrigger::Signal)
+        .reload(Config::parse("reload.toml", &with_client).unwrap(), goto_auth_proxy::ReloadTrigger::Signal)
         .await
         .expect("a [tls] change under Sentinel is applied");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

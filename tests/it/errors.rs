@@ -154,14 +154,14 @@ async fn upstream_unreachable_and_timeout() {
 async fn untrusted_upstream_certificate_is_upstream_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let files = goto_auth_proxy::config::TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem") };
+    let files = goto_auth_proxy::testing::TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem") };
     std::fs::write(&files.cert, cert.cert.pem()).unwrap();
     std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
-    let acceptor = goto_auth_proxy::inbound::tls_acceptor(&files).unwrap();
+    let acceptor = goto_auth_proxy::testing::tls_acceptor(&files).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tls_addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let serve = goto_auth_proxy::server::Serve::new(stop.clone()).tls(Some(acceptor)).drain(Duration::from_secs(1));
+    let serve = goto_auth_proxy::testing::Serve::new(stop.clone()).tls(Some(acceptor)).drain(Duration::from_secs(1));
     tokio::spawn(serve.run(listener, |_req, _peer| async {
         http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"should not be reached")))
     }));

@@ -254,10 +254,7 @@ async fn a_reload_changes_the_connect_timeout_of_new_upstream_connections() {
     let text = config_text(s.dir.path(), "connect_timeout = \"2s\"", &routes(&s.mock));
     s.proxy
         .core
-        .reload(
-            goto_auth_proxy::config::Config::parse("reload.toml", &text).unwrap(),
-            goto_auth_proxy::app::ReloadTrigger::Signal,
-        )
+        .reload(goto_auth_proxy::Config::parse("reload.toml", &text).unwrap(), goto_auth_proxy::ReloadTrigger::Signal)
         .await
         .unwrap();
     let started = Instant::now();

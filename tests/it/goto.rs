@@ -223,13 +223,13 @@ async fn three_replicas_on_one_redis_spend_one_quota() {
 
     // A 429 one replica got pauses the route (here one without rate_limit) for the others
     // too: they learn of it within PAUSE_POLL, and send nothing more until it ends.
-    let g2m = |r: &goto_auth_proxy::app::Running| format!("http://{}/G2M/rest/meetings", r.proxy_addr);
+    let g2m = |r: &goto_auth_proxy::Running| format!("http://{}/G2M/rest/meetings", r.proxy_addr);
     assert_eq!(burst(&[g2m(&reps[1])], 1).await, [200]);
     mock.throttle_once("2");
     let t0 = Instant::now();
     assert_eq!(burst(&[g2m(&reps[0])], 1).await, [429]);
     let before = mock.api_call_times().len();
-    tokio::time::sleep_until((Instant::now() + goto_auth_proxy::proxy::PAUSE_POLL).into()).await;
+    tokio::time::sleep_until((Instant::now() + goto_auth_proxy::testing::PAUSE_POLL).into()).await;
     // One at a time: a request that arrives while its replica is asking (one Redis round
     // trip) may still go; one per replica and PAUSE_POLL at most.
     for r in [&reps[1], &reps[2], &reps[1]] {

@@ -10,7 +10,7 @@ use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-use goto_auth_proxy::app::Running;
+use goto_auth_proxy::Running;
 use goto_mock::{MockGoto, MockOptions};
 
 /// A record written "in the year 5138": the obtained_at_ms the attack used.

@@ -38,7 +38,7 @@ async fn start_with(idle: Duration, drain: Duration) -> Started {
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let (slow_tx, slow_started) = tokio::sync::mpsc::unbounded_channel();
-    let serve = goto_auth_proxy::server::Serve::new(stop.clone()).drain(drain).idle(idle);
+    let serve = goto_auth_proxy::testing::Serve::new(stop.clone()).drain(drain).idle(idle);
     let served = tokio::spawn(serve.run(listener, move |req: http::Request<hyper::body::Incoming>, _conn| {
         let slow_tx = slow_tx.clone();
         async move {

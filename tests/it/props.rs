@@ -5,11 +5,11 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
-use goto_auth_proxy::config::Config;
-use goto_auth_proxy::proxy::strip_hop_by_hop;
-use goto_auth_proxy::route::{normalize_path, substitute_keys, substitute_query_keys, KeyName, Router};
-use goto_auth_proxy::token::source::TokenResponse;
-use goto_auth_proxy::token::{valid_key, Token};
+use goto_auth_proxy::testing::strip_hop_by_hop;
+use goto_auth_proxy::testing::TokenResponse;
+use goto_auth_proxy::testing::{normalize_path, substitute_keys, substitute_query_keys, KeyName, Router};
+use goto_auth_proxy::testing::{valid_key, Token};
+use goto_auth_proxy::Config;
 
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
@@ -28,7 +28,7 @@ fn config_line() -> impl Strategy<Value = String> {
         "\\[[a-z.\\[\\]]{0,12}\\]?",
     ];
     let key = prop_oneof![
-        prop::sample::select(goto_auth_proxy::config::echo_checked_keys()).prop_map(|k| k.to_string()),
+        prop::sample::select(goto_auth_proxy::testing::echo_checked_keys()).prop_map(|k| k.to_string()),
         "[a-z_]{1,10}",
     ];
     let value = prop_oneof![
@@ -82,7 +82,7 @@ proptest! {
     #[test]
     fn config_errors_name_a_line_inside_the_file(lines in prop::collection::vec(config_line(), 1..12)) {
         let text = lines.join("\n");
-        if let Err(goto_auth_proxy::config::ConfigError::At { line, file, .. }) = Config::parse("prop.toml", &text) {
+        if let Err(goto_auth_proxy::testing::ConfigError::At { line, file, .. }) = Config::parse("prop.toml", &text) {
             prop_assert_eq!(file, "prop.toml");
             // An error at the very end (an unterminated string) is on the line after the last.
             let last = text.lines().count() + 1;
@@ -123,7 +123,7 @@ proptest! {
         if let Err(e) = Config::parse("prop.toml", &text) {
             let e = e.to_string();
             // A grant, prefix or route's credential is a name the user chose, quoted back on purpose.
-            let name = goto_auth_proxy::config::is_quoted_name(&key, &value) && e.contains(&format!("\"{secret}\""));
+            let name = goto_auth_proxy::testing::is_quoted_name(&key, &value) && e.contains(&format!("\"{secret}\""));
             prop_assert!(name || !e.contains(&secret), "{} echoed in: {}\n--- config:\n{}", secret, e, text);
         }
     }
@@ -131,7 +131,7 @@ proptest! {
 
 fn config_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        prop::sample::select(goto_auth_proxy::config::echo_checked_keys()).prop_map(|k| k.to_string()),
+        prop::sample::select(goto_auth_proxy::testing::echo_checked_keys()).prop_map(|k| k.to_string()),
         "[a-z_]{1,10}",
     ]
 }
@@ -635,9 +635,9 @@ proptest! {
             "access_token": "a", "refresh_token": "r",
             "expires_at": expires_at, "expires_at_ms": expires_at_ms, "obtained_at_ms": obtained_at_ms,
         });
-        let stored: goto_auth_proxy::token::store::StoredToken = serde_json::from_value(json).unwrap();
+        let stored: goto_auth_proxy::testing::StoredToken = serde_json::from_value(json).unwrap();
         let t = Token::from_stored("c", &stored, now).unwrap();
-        prop_assert!(t.expires_at <= goto_auth_proxy::token::later(now, goto_auth_proxy::token::MAX_LIFETIME));
+        prop_assert!(t.expires_at <= goto_auth_proxy::testing::later(now, goto_auth_proxy::testing::MAX_LIFETIME));
         prop_assert!(t.obtained_at <= now);
         let _ = t.is_valid_at(now);
         let _ = t.to_stored();

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-use goto_auth_proxy::app::Running;
-use goto_auth_proxy::secret::Secret;
-use goto_auth_proxy::token::redis_store::RedisStore;
-use goto_auth_proxy::token::store::{Saved, StoredToken, TokenStore};
+use goto_auth_proxy::testing::RedisStore;
+use goto_auth_proxy::testing::Secret;
+use goto_auth_proxy::testing::{Saved, StoredToken, TokenStore};
+use goto_auth_proxy::Running;
 use goto_mock::MockGoto;
 
 /// Config for one replica: the usual two credentials, state in `redis` under `prefix`.
@@ -404,10 +404,10 @@ pub(crate) fn record(n: u64, version: u64) -> StoredToken {
     }
 }
 
-fn sealer_of(byte: u8) -> Option<std::sync::Arc<goto_auth_proxy::token::seal::Sealer>> {
+fn sealer_of(byte: u8) -> Option<std::sync::Arc<goto_auth_proxy::testing::Sealer>> {
     use base64::Engine;
     let key = Secret::new(base64::engine::general_purpose::STANDARD.encode([byte; 32]));
-    Some(std::sync::Arc::new(goto_auth_proxy::token::seal::Sealer::new(&[key]).unwrap()))
+    Some(std::sync::Arc::new(goto_auth_proxy::testing::Sealer::new(&[key]).unwrap()))
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-use goto_auth_proxy::app::Running;
-use goto_auth_proxy::token::store::StoredToken;
+use goto_auth_proxy::testing::StoredToken;
+use goto_auth_proxy::Running;
 use goto_mock::MockGoto;
 
 /// The name the sentinels monitor the master under.
@@ -456,10 +456,10 @@ async fn sentinel_failover_under_load_loses_no_token_and_costs_no_login() {
 /// What `WAIT` costs a save: `n` saves through the sentinels (each waits for the
 /// replica) against `n` straight to the master (none waits), on loopback.
 async fn measure_wait(set: &Sentinels, n: u64) {
-    use goto_auth_proxy::config::RedisTarget;
-    use goto_auth_proxy::secret::Secret;
-    use goto_auth_proxy::token::redis_store::RedisStore;
-    use goto_auth_proxy::token::store::TokenStore;
+    use goto_auth_proxy::testing::RedisStore;
+    use goto_auth_proxy::testing::RedisTarget;
+    use goto_auth_proxy::testing::Secret;
+    use goto_auth_proxy::testing::TokenStore;
     let sentinels = RedisTarget::Sentinel {
         sentinels: set.sentinels.iter().map(|s| Secret::new(s.url())).collect(),
         master: MASTER.to_string(),
@@ -508,10 +508,10 @@ async fn a_save_raced_against_the_master_kill_is_not_lost() {
 
     // A save no replica confirms in time stands, and is logged and counted.
     {
-        use goto_auth_proxy::config::RedisTarget;
-        use goto_auth_proxy::secret::Secret;
-        use goto_auth_proxy::token::redis_store::RedisStore;
-        use goto_auth_proxy::token::store::{Saved, TokenStore};
+        use goto_auth_proxy::testing::RedisStore;
+        use goto_auth_proxy::testing::RedisTarget;
+        use goto_auth_proxy::testing::Secret;
+        use goto_auth_proxy::testing::{Saved, TokenStore};
         let counter = prometheus::IntCounter::new("replication_timeouts", "test").unwrap();
         let target = RedisTarget::Sentinel {
             sentinels: set.sentinels.iter().map(|s| Secret::new(s.url())).collect(),
@@ -735,10 +735,10 @@ async fn cluster_failover_of_the_credentials_master_under_load_loses_nothing() {
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_each_credentials_keys_share_a_slot_and_changes_are_announced() {
-    use goto_auth_proxy::config::RedisTarget;
-    use goto_auth_proxy::secret::Secret;
-    use goto_auth_proxy::token::redis_store::RedisStore;
-    use goto_auth_proxy::token::store::{Saved, TokenStore};
+    use goto_auth_proxy::testing::RedisStore;
+    use goto_auth_proxy::testing::RedisTarget;
+    use goto_auth_proxy::testing::Secret;
+    use goto_auth_proxy::testing::{Saved, TokenStore};
     let record = crate::redis::record;
     let Some(cluster) = Cluster::start().await else { return };
     let seeds = RedisTarget::Cluster(vec![Secret::new(cluster.nodes[0].url())]);
@@ -794,10 +794,10 @@ async fn on_a_cluster_each_credentials_keys_share_a_slot_and_changes_are_announc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinels_and_master_behind_a_password_are_followed_past_a_silent_sentinel() {
-    use goto_auth_proxy::config::RedisTarget;
-    use goto_auth_proxy::secret::Secret;
-    use goto_auth_proxy::token::redis_store::RedisStore;
-    use goto_auth_proxy::token::store::{Saved, TokenStore};
+    use goto_auth_proxy::testing::RedisStore;
+    use goto_auth_proxy::testing::RedisTarget;
+    use goto_auth_proxy::testing::Secret;
+    use goto_auth_proxy::testing::{Saved, TokenStore};
     let record = crate::redis::record;
     let Some(mut set) = Sentinels::start_with(false, Some("hunter2-sentinel")).await else { return };
     let target = |urls: Vec<String>| RedisTarget::Sentinel {

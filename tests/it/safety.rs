@@ -413,7 +413,7 @@ async fn secrets_never_leak() {
     let mock = MockGoto::start(opts.clone()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The state is encrypted: the key, too, must never show (check prints key ids only).
-    let state_key = goto_auth_proxy::token::seal::generate_key();
+    let state_key = goto_auth_proxy::testing::generate_key();
     let pat = format!(
         // basic_rfc6749 (the same bytes as raw Basic for this secret): the mode shows in
         // `check`, the secret nowhere.

@@ -180,10 +180,10 @@ const CHILD_STATE: &str = "GOTO_AUTH_PROXY_TEST_ACCOUNT_WRITER_STATE";
 const CHILD_FIRST: &str = "GOTO_AUTH_PROXY_TEST_ACCOUNT_WRITER_FIRST";
 const WRITER_ACCOUNTS: [&str; 4] = ["goto/alice", "goto/bob", "goto/carol", "other/dave"];
 
-fn writer_sealer() -> Option<std::sync::Arc<goto_auth_proxy::token::seal::Sealer>> {
+fn writer_sealer() -> Option<std::sync::Arc<goto_auth_proxy::testing::Sealer>> {
     use base64::Engine;
-    let key = goto_auth_proxy::secret::Secret::new(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
-    Some(std::sync::Arc::new(goto_auth_proxy::token::seal::Sealer::new(&[key]).unwrap()))
+    let key = goto_auth_proxy::testing::Secret::new(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+    Some(std::sync::Arc::new(goto_auth_proxy::testing::Sealer::new(&[key]).unwrap()))
 }
 
 /// Not a test on its own (it returns at once): the child process of
@@ -191,7 +191,7 @@ fn writer_sealer() -> Option<std::sync::Arc<goto_auth_proxy::token::seal::Sealer
 /// records in a loop and prints `ack <key> <n>` once each save has returned.
 #[test]
 fn account_writer_child() {
-    use goto_auth_proxy::token::store::{FileStore, Saved, StoredToken, TokenStore};
+    use goto_auth_proxy::testing::{FileStore, Saved, StoredToken, TokenStore};
     let Some(path) = std::env::var_os(CHILD_STATE) else { return };
     let first: u64 = std::env::var(CHILD_FIRST).unwrap().parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -221,7 +221,7 @@ fn account_writer_child() {
 
 #[tokio::test]
 async fn account_records_survive_a_writer_killed_at_any_instant() {
-    use goto_auth_proxy::token::store::{FileStore, TokenStore};
+    use goto_auth_proxy::testing::{FileStore, TokenStore};
     use std::collections::BTreeMap;
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();

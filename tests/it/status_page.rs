@@ -478,7 +478,7 @@ mod accounts {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use fantoccini::Locator;
-    use goto_auth_proxy::token::store::{account_key, FileStore, StoredToken, TokenStore};
+    use goto_auth_proxy::testing::{account_key, FileStore, StoredToken, TokenStore};
     use goto_mock::{MockOptions, MockUser};
 
     use super::Browser;

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use goto_auth_proxy::app::{self, Running};
-use goto_auth_proxy::config::Config;
+use goto_auth_proxy::Config;
+use goto_auth_proxy::{self as app, Running};
 use goto_mock::{MockGoto, MockOptions};
 
 /// The compiled binary under test.

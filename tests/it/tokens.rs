@@ -342,10 +342,7 @@ async fn a_refused_client_secret_waits_for_a_person_and_a_reload_ends_it() {
     let right = config(&s.mock, s.dir.path(), &s.mock.options().client_secret);
     s.proxy
         .core
-        .reload(
-            goto_auth_proxy::config::Config::parse("reload.toml", &right).unwrap(),
-            goto_auth_proxy::app::ReloadTrigger::Signal,
-        )
+        .reload(goto_auth_proxy::Config::parse("reload.toml", &right).unwrap(), goto_auth_proxy::ReloadTrigger::Signal)
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

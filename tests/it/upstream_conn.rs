@@ -16,7 +16,7 @@ use crate::support::*;
 // ===== helpers =====
 
 /// A proxy whose one route `/` (no credential) goes to `upstream`, `[proxy]` lines extra.
-async fn proxy_to(upstream: &str, proxy_extra: &str) -> (goto_auth_proxy::app::Running, tempfile::TempDir) {
+async fn proxy_to(upstream: &str, proxy_extra: &str) -> (goto_auth_proxy::Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text =
         config_text(dir.path(), proxy_extra, &format!("[[routes]]\nprefix = \"/\"\nupstream = \"{upstream}\"\n"));

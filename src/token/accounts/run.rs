@@ -116,7 +116,7 @@ impl AccountSet {
     /// Renews every account until the set stops; `app` supervises it like a credential's
     /// refresh loop (started again should it end), and a task started again plans every
     /// account afresh.
-    pub async fn run(self: Arc<Self>) {
+    pub(crate) async fn run(self: Arc<Self>) {
         let (mut inbox, mut outcomes) = tokio::select! {
             _ = self.stop.cancelled() => return,
             held = async { (self.parts.inbox.open().await, self.outcomes.lock().await) } => held,

@@ -38,13 +38,13 @@ use coordinate::Coordinator;
 use record::{Outcomes, Recorder};
 pub(crate) use run::{Plan, SIGN_IN_CHECK};
 pub(crate) use schedule::{Calendar, TokenGate};
-pub use state::{CredentialState, Health, TokenInfo};
+pub(crate) use state::{CredentialState, Health, TokenInfo};
 
-pub use super::slot::RefreshError;
+pub(crate) use super::slot::RefreshError;
 
 /// Why a renewal is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// The refresh loop's timer, planned for the token of this generation (0: none).
     /// A renewal that had to wait and finds a newer token by then has nothing to do.
     Scheduled(u64),
@@ -95,7 +95,7 @@ pub struct Credential {
 
 impl Credential {
     /// A credential with no token yet; call [`Credential::init`] before serving.
-    pub fn new(
+    pub(crate) fn new(
         cfg: Arc<CredentialConfig>,
         http: reqwest::Client,
         store: Arc<dyn TokenStore>,
@@ -154,38 +154,38 @@ impl Credential {
     }
 
     /// The credential's name (an account's credential's: metrics never name accounts).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.cfg.name
     }
 
     /// The account this renews, for an account of an account credential.
-    pub fn account(&self) -> Option<&str> {
+    pub(crate) fn account(&self) -> Option<&str> {
         self.record.account()
     }
 
     /// The store key and the name in logs: `credential` or `credential/account`.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         self.record.key()
     }
 
     /// The `login` command that signs this in again.
-    pub fn login_command(&self) -> String {
+    pub(crate) fn login_command(&self) -> String {
         self.record.login_command()
     }
 
     /// Its configuration.
-    pub fn config(&self) -> &Arc<CredentialConfig> {
+    pub(crate) fn config(&self) -> &Arc<CredentialConfig> {
         &self.cfg
     }
 
     /// Its token endpoint client (login uses it for the code exchange).
-    pub fn source(&self) -> &TokenSource {
+    pub(crate) fn source(&self) -> &TokenSource {
         &self.client
     }
 
     /// The narrow handle the data path holds: read, wait, report a rejection. Reported
     /// rejections are renewed by this credential's refresh loop ([`Credential::run`]).
-    pub fn handle(&self) -> TokenHandle {
+    pub(crate) fn handle(&self) -> TokenHandle {
         self.inbox.handle(&self.slot)
     }
 
@@ -221,18 +221,18 @@ impl Credential {
     }
 
     /// Why no valid token is held, for 503 bodies and `/readyz`.
-    pub fn why_unavailable(&self) -> String {
+    pub(crate) fn why_unavailable(&self) -> String {
         self.slot.why_unavailable()
     }
 
     /// Follows [`Health`] changes: each renewal outcome publishes one. `None` for an
     /// account: its set's task hears of its outcomes instead ([`Credential::health_now`]).
-    pub fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
+    pub(crate) fn health(&self) -> Option<tokio::sync::watch::Receiver<Health>> {
         self.record.health()
     }
 
     /// The credential's [`Health`] as the slot records it now.
-    pub fn health_now(&self) -> Health {
+    pub(crate) fn health_now(&self) -> Health {
         self.record.health_now()
     }
 

@@ -38,7 +38,7 @@ impl Credential {
     /// Renews the token: serialised (one renewal of a credential at a time),
     /// single-flight for rejections, stored before published, and with a shared store one
     /// replica at a time. Every step is a method below, in this order.
-    pub async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
+    pub(crate) async fn refresh(&self, trigger: Trigger) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         if let Decision::Answer(answer) = self.decide(trigger).await {
             return answer;
@@ -67,7 +67,7 @@ impl Credential {
     /// Stores and serves the answer of a code exchange (`login`, `/callback`): validate →
     /// store (over whatever is stored: a person's sign-in is the newest) → publish →
     /// reschedule.
-    pub async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
+    pub(crate) async fn install_response(&self, response: TokenResponse) -> Result<Arc<Token>, RefreshError> {
         let _guard = self.refresh_lock.lock().await;
         let token = self.validate(response, None, None).await?;
         let token = self.store(token, true).await;

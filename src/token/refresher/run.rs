@@ -35,7 +35,7 @@ impl Credential {
     /// The refresh loop: sleeps until the next renewal, renews, repeats; follows the
     /// shared store's notifications in between; renews the rejections reported through
     /// [`Credential::handle`]s. Returns only once `shutdown` is cancelled.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         // The inbox stays with this loop for its life, and passes to the next one a
         // supervisor starts should this one panic.
         let mut inbox = tokio::select! {

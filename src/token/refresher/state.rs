@@ -11,7 +11,7 @@ use super::Credential;
 /// A credential's condition in one word, as the status page and `/tokens` show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CredentialState {
+pub(crate) enum CredentialState {
     /// A valid token is served and the last renewal (if any) succeeded.
     Valid,
     /// A renewal is in progress right now.
@@ -27,7 +27,7 @@ pub enum CredentialState {
 impl CredentialState {
     /// The word the status page and `/tokens` show: `valid`, `renewing`, `needs_login`,
     /// `failing`, `no_token`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CredentialState::Valid => "valid",
             CredentialState::Renewing => "renewing",
@@ -41,7 +41,7 @@ impl CredentialState {
 /// What a credential's renewals say about it, published after every outcome so that
 /// notifications follow changes of state without the token module knowing who listens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     /// Only a person can make a token again.
     pub needs_login: bool,
     /// Failed renewals since the last success.
@@ -54,7 +54,7 @@ pub struct Health {
 
 /// What `/tokens` shows of a credential: metadata, never a token.
 #[derive(Debug, Clone, Serialize)]
-pub struct TokenInfo {
+pub(crate) struct TokenInfo {
     /// The grant.
     pub grant: &'static str,
     /// The credential's condition in one word.
@@ -87,7 +87,7 @@ pub struct TokenInfo {
 impl Credential {
     /// The status page's word for the credential now, without the rest of
     /// [`Credential::info`] (counting 10,000 accounts by state formats nothing).
-    pub fn state(&self) -> CredentialState {
+    pub(crate) fn state(&self) -> CredentialState {
         let failures = self.slot.status.lock().map_or(0, |s| s.consecutive_failures);
         let valid = self.slot.current.load().as_ref().is_some_and(|t| t.is_valid_at(SystemTime::now()));
         self.state_of(self.slot.needs_login.load(Ordering::Relaxed), failures, valid)
@@ -108,7 +108,7 @@ impl Credential {
     }
 
     /// Metadata for `/tokens` and `/readyz`.
-    pub fn info(&self) -> TokenInfo {
+    pub(crate) fn info(&self) -> TokenInfo {
         let now = SystemTime::now();
         let cur = self.slot.current.load_full();
         let status = self.slot.status.lock().map(|s| s.clone()).unwrap_or_default();

@@ -45,7 +45,7 @@ impl std::error::Error for Transport {}
 
 /// Obtains tokens for one credential from its token endpoint.
 #[derive(Clone)]
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     http: reqwest::Client,
     cfg: Arc<CredentialConfig>,
     /// `cfg` with the client secret and password read again from their files after the
@@ -98,7 +98,7 @@ impl TokenSource {
     }
 
     /// The credential's configuration.
-    pub fn config(&self) -> &Arc<CredentialConfig> {
+    pub(crate) fn config(&self) -> &Arc<CredentialConfig> {
         &self.cfg
     }
 
@@ -145,7 +145,7 @@ impl TokenSource {
     }
 
     /// Exchanges an authorization code (once) for tokens.
-    pub async fn exchange_code(
+    pub(crate) async fn exchange_code(
         &self,
         code: &str,
         redirect_uri: &str,

@@ -10,9 +10,9 @@
 
 use anyhow::Context as _;
 use clap::Args;
-use goto_auth_proxy::secret::Secret;
-use goto_auth_proxy::token::redis_store::RedisStore;
-use goto_auth_proxy::token::store::{FileStore, TokenStore};
+use goto_auth_proxy::testing::RedisStore;
+use goto_auth_proxy::testing::Secret;
+use goto_auth_proxy::testing::{FileStore, TokenStore};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
