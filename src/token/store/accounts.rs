@@ -26,7 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::file::{
+use super::fs::{
     check_dir, create_private_dir, io_error, keep_damaged_copy, open_no_follow, read_state, state_dir, suffixed,
     sync_dir, write_atomically,
 };

@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 
 mod accounts;
 mod file;
+mod fs;
 mod recover;
 pub(crate) mod sealing;
 #[cfg(test)]
