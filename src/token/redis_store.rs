@@ -39,22 +39,25 @@
 //! `goto_auth_proxy_store_errors_total{op}`. `rediss://` URLs use rustls (ring), with
 //! the roots and client certificate of `[tls]` ([`RedisStore::connect_with_tls`]).
 
+mod notices;
+mod records;
+mod scripts;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::redis_link::{location_of, Link, Replication, Timeouts};
+use super::redis_link::{location_of, Link, Timeouts};
 use super::seal::Sealer;
-use super::store::sealing::{verdict, Codec, Decoded, RecordState};
-use super::store::{
-    account_key, next_version, split_account_key, version_in, LockToken, Saved, StoreError, StoredToken, TokenStore,
-};
+use super::store::sealing::{verdict, Codec, RecordState};
+use super::store::{next_version, split_account_key, LockToken, Saved, StoreError, StoredToken, TokenStore};
 use crate::config::RedisTarget;
 use crate::secret::Secret;
+use notices::subscribe_loop;
+use scripts::{REMOVE, SAVE_IF_VERSION, UNLOCK};
 
 /// Longest any one Redis operation may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -68,64 +71,11 @@ pub const REPLICATION_WAIT: Duration = Duration::from_millis(500);
 /// How often replicas re-read the stored token (backstop for lost notifications).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 
-/// Stores the record only while the stored one is still at the version it was renewed
-/// from, then tells the other replicas; otherwise answers what is stored. The version is
-/// read as [`super::store::version_in`] reads it (an integer from 0 to 2^53 - 1, else 0),
-/// so both sides agree whatever a planted record holds. No timestamp is looked at.
-/// KEYS: token, and for an account's record the credential's account set (one slot: the
-/// channel is an argument, not a key). ARGV: record json, expected version, key,
-/// channel, and the account's name (with the set).
-/// Returns `{1, false}` when stored, `{0, stored value or false}` when refused.
-const SAVE_IF_VERSION: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-local have = 0
-if cur then
-  local ok, t = pcall(cjson.decode, cur)
-  if ok and type(t) == 'table' then
-    local v = t['version']
-    if type(v) == 'number' and v == v and v >= 0 and v <= 9007199254740991 and math.floor(v) == v then
-      have = v
-    end
-  end
-end
-if have ~= tonumber(ARGV[2]) then
-  return {0, cur or false}
-end
-redis.call('SET', KEYS[1], ARGV[1])
-if KEYS[2] then
-  redis.call('SADD', KEYS[2], ARGV[5])
-end
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return {1, false}
-"#;
-
-/// Deletes a record and, for an account's, its name from the credential's account set,
-/// in one step; tells the other replicas when something was deleted.
-/// KEYS: token, account set (for an account). ARGV: notice, channel, account name.
-const REMOVE: &str = r#"
-local n = redis.call('DEL', KEYS[1])
-if KEYS[2] then
-  redis.call('SREM', KEYS[2], ARGV[3])
-end
-if n > 0 then
-  redis.call('PUBLISH', ARGV[2], ARGV[1])
-end
-return n
-"#;
-
 /// What a removal's change notice starts with, before the removed record's key.
 pub const REMOVED: char = '!';
 
 /// How many account records one `MGET` reads at start-up.
 const ACCOUNT_BATCH: usize = 500;
-
-/// Deletes the lock only if it still holds this holder's fencing value.
-const UNLOCK: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"#;
 
 /// The Redis-backed [`TokenStore`].
 pub struct RedisStore {
@@ -211,157 +161,6 @@ impl RedisStore {
     /// `tls` (roots and client certificate); the change subscriber's next connection too.
     pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), StoreError> {
         self.link.retls(tls).map_err(|e| StoreError::Backend(format!("redis {}: {}", self.location, e.category())))
-    }
-
-    fn aad(&self, credential: &str) -> String {
-        format!("redis:{}:{credential}", self.prefix)
-    }
-
-    /// The raw value of `credential`'s record, read and classified.
-    async fn read(&self, credential: &str) -> Result<Option<(Option<Decoded>, RecordState)>, StoreError> {
-        let (link, key) = (&self.link, self.token_key(credential));
-        let raw: Option<String> = self
-            .run("load", async move { redis::cmd("GET").arg(&key).query_async(&mut link.conn().await?).await })
-            .await?;
-        let Some(json) = raw else { return Ok(None) };
-        self.classify(credential, &json).map(Some)
-    }
-
-    /// A stored value of `credential`, opened and classified.
-    fn classify(&self, credential: &str, json: &str) -> Result<(Option<Decoded>, RecordState), StoreError> {
-        // The value holds tokens: the message names the key only.
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-            StoreError::Backend(format!(
-                "redis {} key {}: not a stored token (line {}, column {})",
-                self.location,
-                self.token_key(credential),
-                e.line(),
-                e.column()
-            ))
-        })?;
-        Ok(self.codec.decode(&self.aad(credential), &value))
-    }
-
-    /// The account records of `credential`, read a batch of keys per round trip:
-    /// `(key, what it is)` for each that exists.
-    async fn read_accounts(&self, credential: &str) -> Result<Vec<(String, Option<Decoded>, RecordState)>, StoreError> {
-        let keys: Vec<String> = self.accounts(credential).await?.iter().map(|a| account_key(credential, a)).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(ACCOUNT_BATCH) {
-            let link = &self.link;
-            let names: Vec<String> = batch.iter().map(|k| self.token_key(k)).collect();
-            let values: Vec<Option<String>> = self
-                .run("load", async move { redis::cmd("MGET").arg(&names).query_async(&mut link.conn().await?).await })
-                .await?;
-            for (key, value) in batch.iter().zip(values) {
-                let Some(json) = value else { continue };
-                match self.classify(key, &json) {
-                    Ok((decoded, state)) => out.push((key.clone(), decoded, state)),
-                    Err(_) => out.push((key.clone(), None, RecordState::Malformed)),
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Stores `record` (its version already set) if the stored record is at `expected`;
-    /// `Some(Saved::Stale)` with what is stored otherwise.
-    async fn write_if(
-        &self,
-        credential: &str,
-        record: &StoredToken,
-        expected: u64,
-    ) -> Result<Option<Saved>, StoreError> {
-        let sealed = self.codec.encode(&self.aad(credential), record)?;
-        let json = serde_json::to_string(&sealed).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let key = self.token_key(credential);
-        let mut call = self.save_script.key(&key);
-        call.arg(json).arg(expected).arg(credential).arg(self.channel());
-        if let Some((c, account)) = split_account_key(credential) {
-            call.key(self.accounts_key(c)).arg(account);
-        }
-        let link = &self.link;
-        let (written, current, conn) = self
-            .run("save", async move {
-                let mut conn = link.conn().await?;
-                let (written, current): (i64, Option<String>) = call.invoke_async(&mut conn).await?;
-                Ok((written, current, conn))
-            })
-            .await?;
-        if written == 1 {
-            if self.replicated {
-                self.confirm(credential, key, conn).await?;
-            }
-            return Ok(None);
-        }
-        let value = current.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
-        let version = version_in(value.as_ref().and_then(|v| v.get("version")));
-        let current = value.and_then(|v| self.codec.decode(&self.aad(credential), &v).0).map(|(t, _)| t);
-        Ok(Some(Saved::Stale { current, version }))
-    }
-
-    /// Waits until a replica has the record just saved on `conn` (see
-    /// [`REPLICATION_WAIT`]). A wait that runs out is logged and counted, and the save
-    /// stands; a failure (the master went away right after the save) is an error: the
-    /// caller keeps the token and writes it back to whichever master comes next.
-    async fn confirm(
-        &self,
-        credential: &str,
-        key: String,
-        mut conn: super::redis_link::Conn,
-    ) -> Result<(), StoreError> {
-        let held = conn.clone();
-        match self.run("wait", async move { conn.replicated(&key, REPLICATION_WAIT).await }).await {
-            Ok(Replication::Confirmed) => Ok(()),
-            Ok(Replication::NoReplica) if self.link.still_master(&held).await => Ok(()),
-            Ok(Replication::NoReplica) => Err(StoreError::Backend(format!(
-                "redis {} wait: the master had no replica and the sentinels no longer name it \
-                 (the token was saved there; no replica confirmed it)",
-                self.location
-            ))),
-            Ok(Replication::TimedOut) => {
-                if let Some(c) = &self.replication_timeouts {
-                    c.inc();
-                }
-                tracing::warn!(
-                    credential,
-                    wait_ms = REPLICATION_WAIT.as_millis() as u64,
-                    "no Redis replica confirmed the saved token in time; using it anyway (a failover now could lose it)"
-                );
-                Ok(())
-            }
-            Err(StoreError::Backend(why)) => {
-                Err(StoreError::Backend(format!("{why} (the token was saved on the master; no replica confirmed it)")))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A new record of `credential` is stored, sealed with the first key.
-    fn saved(&self, credential: &str) {
-        self.codec.note(credential, self.codec.current_kid());
-        if let Ok(mut r) = self.reported.lock() {
-            r.remove(credential);
-        }
-    }
-
-    /// Writes a record back sealed with the first key, at the same version (same
-    /// token), if it is still the stored one. A plaintext one is warned about, naming
-    /// its credential; one sealed with an older key is noted.
-    async fn reseal(&self, credential: &str, token: &StoredToken, was_plain: bool) -> Result<(), StoreError> {
-        if self.write_if(credential, token, token.version).await?.is_none() {
-            self.saved(credential);
-            if was_plain {
-                self.codec.warn_plaintext(credential, &self.describe());
-            } else {
-                tracing::info!(
-                    credential,
-                    key_id = self.codec.current_kid().as_deref().unwrap_or(""),
-                    "stored token record encrypted with the first of state.encryption_keys"
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Asks Redis for `PONG` (start-up diagnostics).
@@ -621,110 +420,6 @@ impl TokenStore for RedisStore {
     fn poll_interval(&self) -> Option<Duration> {
         Some(POLL_INTERVAL)
     }
-}
-
-/// The change notices of one subscription, as they arrive ("" after a cluster
-/// connection subscribed again: anything may have changed meanwhile).
-type Notices = std::pin::Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
-
-/// Subscribes to `channel` where `link` points now: on one server or Sentinel's
-/// master a pub/sub connection of its own; on a cluster a RESP3 connection whose
-/// pushes arrive on a channel (the connection is kept in the stream).
-async fn subscribe(link: &Link, channel: &str) -> redis::RedisResult<Notices> {
-    if let Some(client) = link.pubsub_client().await? {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
-        return Ok(Box::pin(pubsub.into_on_message().filter_map(|m| async move { m.get_payload::<String>().ok() })));
-    }
-    let (push, pushes) = tokio::sync::mpsc::unbounded_channel();
-    let Some(mut conn) = link.cluster_subscriber(push).await? else {
-        return Err(redis::RedisError::from((redis::ErrorKind::Client, "no way to subscribe")));
-    };
-    conn.subscribe(channel).await?;
-    // The connection lives as long as the stream: dropping it ends the subscription.
-    let notices = futures_util::stream::unfold((pushes, conn), |(mut pushes, conn)| async move {
-        loop {
-            let p = pushes.recv().await?;
-            let notice = match p.kind {
-                redis::PushKind::Message => {
-                    p.data.into_iter().nth(1).and_then(|v| redis::from_redis_value::<String>(v).ok())
-                }
-                redis::PushKind::Subscribe => Some(String::new()),
-                _ => None,
-            };
-            if let Some(n) = notice {
-                return Some((n, (pushes, conn)));
-            }
-        }
-    });
-    Ok(Box::pin(notices))
-}
-
-/// Subscribes to the change channel and forwards credential names, reconnecting with a
-/// capped backoff, and subscribing again on the new master when operations move
-/// (a failover); after each (re)subscribe it sends "" (anything may have changed).
-async fn subscribe_loop(
-    link: std::sync::Arc<Link>,
-    channel: String,
-    location: String,
-    tx: broadcast::Sender<String>,
-    stop: CancellationToken,
-    errors: Option<IntCounterVec>,
-) {
-    let mut failures: u32 = 0;
-    let mut moves = link.moves();
-    loop {
-        moves.mark_unchanged();
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = tokio::time::timeout(OP_TIMEOUT, subscribe(&link, &channel)) => r,
-        };
-        match outcome {
-            Ok(Ok(mut notices)) => {
-                if failures > 0 {
-                    tracing::info!(redis = %location, "change notifications resumed");
-                }
-                failures = 0;
-                let _ = tx.send(String::new()); // no receivers yet is fine
-                let moved = loop {
-                    let notice = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = moves.changed() => break true,
-                        n = notices.next() => n,
-                    };
-                    let Some(name) = notice else { break false };
-                    let _ = tx.send(name);
-                };
-                if moved {
-                    tracing::info!(redis = %location, "subscribing to change notifications where the store moved");
-                    continue;
-                }
-                tracing::warn!(redis = %location, "change notifications interrupted; reconnecting");
-                link.suspect().await;
-            }
-            Ok(Err(e)) => {
-                note_failure(&location, &errors, &mut failures, &describe(&e));
-                link.suspect().await;
-            }
-            Err(_) => note_failure(&location, &errors, &mut failures, "no answer in time"),
-        }
-        let pause = Duration::from_millis(100).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(2));
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = moves.changed() => {}
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-}
-
-fn note_failure(location: &str, errors: &Option<IntCounterVec>, failures: &mut u32, why: &str) {
-    if let Some(c) = errors {
-        c.with_label_values(&["subscribe"]).inc();
-    }
-    if *failures == 0 {
-        tracing::warn!(redis = %location, error = %why, "cannot subscribe to change notifications; polling meanwhile");
-    }
-    *failures = failures.saturating_add(1);
 }
 
 /// A Redis error in words (I/O and server errors never carry the URL).

@@ -4,27 +4,26 @@
 //! `proxy.outbound_proxy` theirs, `outbound.rs`.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use toml::Spanned;
 
 use super::error::{ConfigError, Locator};
 use super::names::quoted;
-use super::raw::{RawConfig, RawCredential, RawNotify, RawProxy, RawRoute, RawSecret, RawState};
-use super::{
-    ClientAuth, Config, CredentialConfig, GrantKind, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings,
-    RedisTarget, RouteConfig, SecretFiles, StateSettings, AUTHORIZE_PARAMS_OWN, GOTO_AUTHORIZE_URL,
-    GOTO_DIRECT_LOGIN_URL, GOTO_KEYS_URL, GOTO_TOKEN_URL,
-};
-use crate::secret::Secret;
+use super::raw::{RawConfig, RawNotify, RawProxy, RawRoute};
+use super::{Config, CredentialConfig, NotifyConfig, NotifyEvent, NotifyTarget, ProxySettings, RouteConfig};
 
+mod credential;
 mod inbound;
 mod outbound;
+mod secret;
+mod state;
 
+use credential::validate_credential;
 pub use outbound::proxy_url;
+pub(crate) use secret::read_secret_file;
+use secret::{resolve_secret, warn_if_others_read};
+use state::{validate_state, validate_state_keys};
 
 /// The whole file, checked in file-section order: `[proxy]`, `[state]`, `[inbound]`,
 /// `[tls]`, credentials, routes (which name credentials).
@@ -247,299 +246,6 @@ fn validate_notify(loc: &Locator<'_>, i: usize, spanned: &Spanned<RawNotify>) ->
     Ok(NotifyConfig { target, events, after_failures })
 }
 
-/// `[state]`: a file (the default) or Redis.
-fn validate_state(loc: &Locator<'_>, raw: RawState) -> Result<StateSettings, ConfigError> {
-    let kind = raw.store.as_ref().map(|s| s.get_ref().as_str()).unwrap_or("file");
-    match kind {
-        "file" => {
-            Ok(StateSettings::File { path: raw.path.unwrap_or_else(|| PathBuf::from("state/goto-auth-proxy.json")) })
-        }
-        "redis" => {
-            let target = validate_redis_target(loc, &raw)?;
-            Ok(StateSettings::Redis {
-                target,
-                prefix: raw.redis_prefix.unwrap_or_else(|| "goto-auth-proxy".to_string()),
-            })
-        }
-        _ => {
-            let span = raw.store.as_ref().map(|s| s.span()).unwrap_or(0..0);
-            Err(loc.err(&span, "state.store", "is not a store: expected \"file\" or \"redis\""))
-        }
-    }
-}
-
-/// Which Redis `[state]` names: `redis_url` (default: a local server), or
-/// `redis_sentinels` with `redis_master`, or `redis_cluster` — one of the three.
-fn validate_redis_target(loc: &Locator<'_>, raw: &RawState) -> Result<RedisTarget, ConfigError> {
-    let urls = |list: &Spanned<Vec<Spanned<RawSecret>>>, key: &str| -> Result<Vec<Secret>, ConfigError> {
-        if list.get_ref().is_empty() {
-            return Err(loc.err(&list.span(), format!("state.{key}"), "is empty: list at least one redis:// URL"));
-        }
-        list.get_ref()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let k = format!("state.{key}[{i}]");
-                let url = resolve_secret(loc, s, &k)?;
-                // The URL may hold a password: the message never quotes it.
-                if !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://")) {
-                    return Err(loc.err(&s.span(), k, "must be a redis:// or rediss:// URL"));
-                }
-                Ok(url)
-            })
-            .collect()
-    };
-    let single = raw.redis_url.as_ref().map(|s| s.span());
-    match (&raw.redis_sentinels, &raw.redis_master, &raw.redis_cluster) {
-        (Some(_), _, Some(c)) => {
-            Err(loc.err(&c.span(), "state.redis_cluster", "cannot be set together with state.redis_sentinels"))
-        }
-        (Some(s), _, None) | (None, None, Some(s)) if single.is_some() => Err(loc.err(
-            &s.span(),
-            if raw.redis_cluster.is_some() { "state.redis_cluster" } else { "state.redis_sentinels" },
-            "cannot be set together with state.redis_url: name one Redis",
-        )),
-        (Some(s), None, None) => Err(loc.err(
-            &s.span(),
-            "state.redis_sentinels",
-            "needs state.redis_master, the name the sentinels monitor the master under",
-        )),
-        (None, Some(m), _) => Err(loc.err(&m.span(), "state.redis_master", "needs state.redis_sentinels")),
-        (Some(s), Some(m), None) => {
-            let master = m.get_ref().trim();
-            if master.is_empty() {
-                return Err(loc.err(&m.span(), "state.redis_master", "is empty"));
-            }
-            Ok(RedisTarget::Sentinel { sentinels: urls(s, "redis_sentinels")?, master: master.to_string() })
-        }
-        (None, None, Some(c)) => {
-            let seeds = urls(c, "redis_cluster")?;
-            let tls = seeds[0].expose().starts_with("rediss://");
-            if let Some(i) = seeds.iter().position(|u| u.expose().starts_with("rediss://") != tls) {
-                let span = c.get_ref()[i].span();
-                return Err(loc.err(&span, format!("state.redis_cluster[{i}]"), "mixes redis:// and rediss://"));
-            }
-            Ok(RedisTarget::Cluster(seeds))
-        }
-        (None, None, None) => Ok(RedisTarget::Single(match &raw.redis_url {
-            Some(s) => resolve_secret(loc, s, "state.redis_url")?,
-            None => Secret::new("redis://127.0.0.1:6379/0"),
-        })),
-    }
-}
-
-/// `state.encryption_keys`: each a secret that decodes to a 32-byte key. The error names
-/// the key's position and line, never the value.
-fn validate_state_keys(loc: &Locator<'_>, raw: &[Spanned<RawSecret>]) -> Result<Vec<Secret>, ConfigError> {
-    raw.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let key = format!("state.encryption_keys[{i}]");
-            let secret = resolve_secret(loc, s, &key)?;
-            if crate::secret::decode_state_key(secret.expose()).is_none() {
-                return Err(loc.err(&s.span(), key, "expected base64 of 32 bytes (goto-auth-proxy keygen makes one)"));
-            }
-            Ok(secret)
-        })
-        .collect()
-}
-
-/// `[credentials.NAME]` (at `span`): a known grant, exactly the keys that grant takes,
-/// secrets resolved, endpoints defaulted to GoTo's.
-fn validate_credential(
-    loc: &Locator<'_>,
-    name: &str,
-    span: &Range<usize>,
-    raw: RawCredential,
-) -> Result<CredentialConfig, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let grant = GrantKind::parse(raw.grant.get_ref()).ok_or_else(|| {
-        loc.err(
-            &raw.grant.span(),
-            key("grant"),
-            format!(
-                "{} is not a grant: expected authorization_code, password, personal_access_token, client_credentials or static",
-                quoted(raw.grant.get_ref())
-            ),
-        )
-    })?;
-    check_grant_keys(loc, name, span, grant, &raw)?;
-
-    let secret = |s: &Option<Spanned<RawSecret>>, k: &str| -> Result<Option<Secret>, ConfigError> {
-        s.as_ref().map(|s| resolve_secret(loc, s, &key(k))).transpose()
-    };
-    let url_of = |s: &Option<Spanned<String>>, k: &str, default: &str| -> Result<String, ConfigError> {
-        match s {
-            Some(s) => parse_url(loc, s, &key(k)).map(|u| u.to_string()),
-            None => Ok(default.to_string()),
-        }
-    };
-    let default_token_url = match grant {
-        GrantKind::Password => GOTO_DIRECT_LOGIN_URL,
-        _ => GOTO_TOKEN_URL,
-    };
-    let redirect_uri = match &raw.redirect_uri {
-        Some(s) => Some(parse_url(loc, s, &key("redirect_uri"))?.to_string()),
-        None => None,
-    };
-    let accounts = accounts_of(loc, name, &raw)?;
-    Ok(CredentialConfig {
-        // The demo's generated config ("(demo)") has no file to name.
-        config_file: (loc.file != super::DEFAULT_CONFIG_PATH && !loc.file.starts_with('('))
-            .then(|| loc.file.to_string()),
-        name: name.to_string(),
-        grant,
-        client_id: secret(&raw.client_id, "client_id")?.map(|s| s.expose().to_string()),
-        client_secret: secret(&raw.client_secret, "client_secret")?,
-        redirect_uri,
-        refresh_token: secret(&raw.refresh_token, "refresh_token")?,
-        username: secret(&raw.username, "username")?,
-        password: secret(&raw.password, "password")?,
-        pat: secret(&raw.pat, "pat")?,
-        token: secret(&raw.token, "token")?,
-        token_url: url_of(&raw.token_url, "token_url", default_token_url)?,
-        authorize_url: url_of(&raw.authorize_url, "authorize_url", GOTO_AUTHORIZE_URL)?,
-        keys_url: url_of(&raw.keys_url, "keys_url", GOTO_KEYS_URL)?,
-        scope: raw.scope,
-        refresh_before: raw.refresh_before.unwrap_or(Duration::from_secs(300)),
-        client_auth: client_auth(loc, &raw.client_auth, &key("client_auth"))?,
-        authorize_params: authorize_params(loc, &raw.authorize_params, &key("authorize_params"))?,
-        accounts,
-        default_account: raw.default_account.as_ref().map(|s| s.get_ref().clone()),
-        token_rate: token_rate(loc, &raw.token_rate, &key("token_rate"))?,
-        secret_files: SecretFiles { client_secret: file_of(&raw.client_secret), password: file_of(&raw.password) },
-    })
-}
-
-/// The file a `{ file = … }` secret names.
-fn file_of(s: &Option<Spanned<RawSecret>>) -> Option<PathBuf> {
-    match s.as_ref().map(Spanned::get_ref) {
-        Some(RawSecret::File { file }) => Some(file.clone()),
-        _ => None,
-    }
-}
-
-/// The default `token_rate`: token endpoint calls per second per credential.
-const DEFAULT_TOKEN_RATE: f64 = 5.0;
-
-/// `token_rate`: a positive number of calls per second, at most 1000.
-fn token_rate(loc: &Locator<'_>, raw: &Option<Spanned<f64>>, key: &str) -> Result<f64, ConfigError> {
-    match raw {
-        None => Ok(DEFAULT_TOKEN_RATE),
-        Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 && *r.get_ref() <= 1000.0 => Ok(*r.get_ref()),
-        Some(r) => Err(loc.err(&r.span(), key, "must be a number of calls per second above 0 and at most 1000")),
-    }
-}
-
-/// `accounts` and `default_account`: an account credential takes no seed refresh token
-/// (each account signs in), and its default account is a name.
-fn accounts_of(loc: &Locator<'_>, name: &str, raw: &RawCredential) -> Result<bool, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let on = raw.accounts.as_ref().is_some_and(|a| *a.get_ref());
-    if on {
-        if let Some(seed) = &raw.refresh_token {
-            return Err(loc.err_key(
-                &key("refresh_token"),
-                &seed.span(),
-                "is not used with accounts = true: each account signs in (`login --account NAME`)",
-            ));
-        }
-    }
-    if let Some(d) = &raw.default_account {
-        if !on {
-            return Err(loc.err(&d.span(), key("default_account"), "needs accounts = true"));
-        }
-        if !super::names::is_valid_name(d.get_ref()) {
-            return Err(loc.err(
-                &d.span(),
-                key("default_account"),
-                format!("{} is not an account name: 1-64 ASCII letters, digits, '_', '-' and '.'", quoted(d.get_ref())),
-            ));
-        }
-    }
-    Ok(on)
-}
-
-/// `client_auth`: one of the three names; absent is GoTo's raw Basic.
-fn client_auth(loc: &Locator<'_>, raw: &Option<Spanned<String>>, key: &str) -> Result<ClientAuth, ConfigError> {
-    match raw {
-        None => Ok(ClientAuth::default()),
-        Some(s) => ClientAuth::parse(s.get_ref()).ok_or_else(|| {
-            let expected = "is not a client authentication: expected \"basic\", \"basic_rfc6749\" or \"post\"";
-            loc.err_key(key, &s.span(), expected)
-        }),
-    }
-}
-
-/// `authorize_params`: extra query parameters, none of those the proxy sets itself (a
-/// second `state` or `redirect_uri` would break the sign-in in ways hard to see).
-fn authorize_params(
-    loc: &Locator<'_>,
-    raw: &Option<Spanned<BTreeMap<String, String>>>,
-    key: &str,
-) -> Result<Vec<(String, String)>, ConfigError> {
-    let Some(raw) = raw else { return Ok(Vec::new()) };
-    // The line of `authorize_params = { … }` when a parameter has no statement of its own.
-    let table = super::keys::statement_start(loc.text, key).map_or(raw.span(), |at| at..at);
-    for name in raw.get_ref().keys() {
-        if AUTHORIZE_PARAMS_OWN.contains(&name.as_str()) {
-            let param = format!("{key}.{name}");
-            return Err(loc.err_key(&param, &table, "is set by the proxy itself and cannot be overridden"));
-        }
-        if name.is_empty() {
-            return Err(loc.err(&table, key, "has an empty parameter name"));
-        }
-    }
-    Ok(raw.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-}
-
-/// A credential has every key its grant requires and no key its grant does not use.
-fn check_grant_keys(
-    loc: &Locator<'_>,
-    name: &str,
-    span: &Range<usize>,
-    grant: GrantKind,
-    raw: &RawCredential,
-) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    // Which optional keys are present, with their spans (the table's for the two that
-    // carry none).
-    let present: Vec<(&str, Option<Range<usize>>)> = vec![
-        ("client_id", raw.client_id.as_ref().map(Spanned::span)),
-        ("client_secret", raw.client_secret.as_ref().map(Spanned::span)),
-        ("redirect_uri", raw.redirect_uri.as_ref().map(Spanned::span)),
-        ("refresh_token", raw.refresh_token.as_ref().map(Spanned::span)),
-        ("username", raw.username.as_ref().map(Spanned::span)),
-        ("password", raw.password.as_ref().map(Spanned::span)),
-        ("pat", raw.pat.as_ref().map(Spanned::span)),
-        ("token", raw.token.as_ref().map(Spanned::span)),
-        ("token_url", raw.token_url.as_ref().map(Spanned::span)),
-        ("authorize_url", raw.authorize_url.as_ref().map(Spanned::span)),
-        ("keys_url", raw.keys_url.as_ref().map(Spanned::span)),
-        ("scope", raw.scope.as_ref().map(|_| span.clone())),
-        ("refresh_before", raw.refresh_before.as_ref().map(|_| span.clone())),
-        ("client_auth", raw.client_auth.as_ref().map(Spanned::span)),
-        ("authorize_params", raw.authorize_params.as_ref().map(Spanned::span)),
-        ("accounts", raw.accounts.as_ref().map(Spanned::span)),
-        ("default_account", raw.default_account.as_ref().map(Spanned::span)),
-        ("token_rate", raw.token_rate.as_ref().map(Spanned::span)),
-    ];
-    let (required, optional) = grant.keys();
-    for (k, s) in &present {
-        if let Some(s) = s {
-            if !required.contains(k) && !optional.contains(k) {
-                return Err(loc.err_key(&key(k), s, format!("is not used by grant \"{grant}\"")));
-            }
-        }
-    }
-    for k in required {
-        if present.iter().any(|(p, s)| p == k && s.is_none()) {
-            return Err(loc.err(span, key(k), format!("is required for grant \"{grant}\"")));
-        }
-    }
-    Ok(())
-}
-
 /// An http(s) URL with a host.
 fn parse_url(loc: &Locator<'_>, s: &Spanned<String>, key: &str) -> Result<url::Url, ConfigError> {
     // url's ParseError says what is wrong in fixed words, never quoting the input.
@@ -548,97 +254,6 @@ fn parse_url(loc: &Locator<'_>, s: &Spanned<String>, key: &str) -> Result<url::U
         return Err(loc.err(&s.span(), key, "must be an http:// or https:// URL with a host"));
     }
     Ok(url)
-}
-
-/// A secret's value: the literal, the environment variable's value, or the secret
-/// file's text without its final line break; never empty. One that cannot be read is
-/// noted in the locator (every such secret is reported together) and stands in as a
-/// placeholder meanwhile.
-fn resolve_secret(loc: &Locator<'_>, s: &Spanned<RawSecret>, key: &str) -> Result<Secret, ConfigError> {
-    // The variable's name and the file's path say where the secret is; they are not it.
-    let (value, source) = match s.get_ref() {
-        RawSecret::Literal(v) => (v.clone(), String::new()),
-        RawSecret::Env { env } => match std::env::var(env) {
-            Ok(v) => (v, format!(" (environment variable {env})")),
-            Err(e) => {
-                let why = match e {
-                    std::env::VarError::NotPresent => "is not set",
-                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
-                };
-                return Ok(loc.missing(&s.span(), key, format!("environment variable {env} {why}")));
-            }
-        },
-        RawSecret::File { file } => {
-            loc.read_file(file);
-            return match read_secret_file(file) {
-                Ok(text) => {
-                    warn_if_others_read(loc, &s.span(), key, file);
-                    Ok(text)
-                }
-                Err(SecretFileError::Read(e)) => {
-                    Ok(loc.missing(&s.span(), key, format!("cannot read secret file {}: {e}", file.display())))
-                }
-                Err(SecretFileError::Empty) => {
-                    Err(loc.err(&s.span(), key, format!("is empty (secret file {})", file.display())))
-                }
-            };
-        }
-    };
-    if value.is_empty() {
-        return Err(loc.err(&s.span(), key, format!("is empty{source}")));
-    }
-    Ok(Secret::new(value))
-}
-
-/// Why a secret file gave no secret.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SecretFileError {
-    /// It could not be read (or is not UTF-8).
-    #[error("{0}")]
-    Read(#[from] std::io::Error),
-    /// It holds nothing but a line break.
-    #[error("is empty")]
-    Empty,
-}
-
-/// A secret file's text without its final line break (`\n` or `\r\n`); never empty.
-/// The one reading of a `{ file = … }` secret, at load and when a refused token call
-/// reads it again.
-pub(crate) fn read_secret_file(file: &std::path::Path) -> Result<Secret, SecretFileError> {
-    let text = std::fs::read_to_string(file)?;
-    let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
-    if value.is_empty() {
-        return Err(SecretFileError::Empty);
-    }
-    Ok(Secret::new(value))
-}
-
-/// Warns (not refuses: container runtimes often mount secrets 0644) when the key or
-/// secret file `path` is readable by its group or by everyone. The warning names the
-/// file and its mode, never what it holds.
-fn warn_if_others_read(loc: &Locator<'_>, span: &Range<usize>, key: &str, path: &std::path::Path) {
-    if let Some(mode) = readable_by_others(path) {
-        let message = format!(
-            "{} is readable by other users (mode {mode:04o}); only the proxy's own user should read it (chmod 600)",
-            path.display()
-        );
-        loc.warn(span, key, message);
-    }
-}
-
-/// The permission bits of `path` (the file a symbolic link points at) when its group or
-/// everyone may read it.
-#[cfg(unix)]
-fn readable_by_others(path: &std::path::Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
-    (mode & 0o044 != 0).then_some(mode)
-}
-
-/// Elsewhere files carry no such bits.
-#[cfg(not(unix))]
-fn readable_by_others(_path: &std::path::Path) -> Option<u32> {
-    None
 }
 
 #[cfg(test)]
@@ -1060,7 +675,7 @@ mod tests {
         );
         let c = Config::parse("t.toml", &text).unwrap();
         let goto = &c.credentials["goto"];
-        assert_eq!(goto.client_auth, super::ClientAuth::BasicRfc6749);
+        assert_eq!(goto.client_auth, super::super::ClientAuth::BasicRfc6749);
         assert_eq!(
             goto.authorize_params,
             vec![("prompt".into(), "consent".into()), ("ui_locales".into(), "de".into())]
@@ -1072,7 +687,7 @@ mod tests {
         );
         // The default is not shown.
         let plain = Config::parse("t.toml", GOOD).unwrap();
-        assert_eq!(plain.credentials["goto"].client_auth, super::ClientAuth::Basic);
+        assert_eq!(plain.credentials["goto"].client_auth, super::super::ClientAuth::Basic);
         assert!(!plain.to_string().contains("client_auth"));
     }
 
@@ -1091,7 +706,7 @@ mod tests {
 
     #[test]
     fn authorize_params_may_not_name_what_the_proxy_sets() {
-        for own in super::AUTHORIZE_PARAMS_OWN {
+        for own in super::super::AUTHORIZE_PARAMS_OWN {
             let text = GOOD.replace(
                 "refresh_before = \"2m\"",
                 &format!("refresh_before = \"2m\"\nauthorize_params = {{ prompt = \"consent\", {own} = \"v4lue\" }}"),

@@ -26,7 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::file::{
+use super::fs::{
     check_dir, create_private_dir, io_error, keep_damaged_copy, open_no_follow, read_state, state_dir, suffixed,
     sync_dir, write_atomically,
 };
@@ -194,7 +194,7 @@ impl AccountFile {
     /// Writes `token` (its version set) sealed with the first key; the lock is held.
     fn write(&self, codec: &Codec, token: &StoredToken) -> Result<(), StoreError> {
         let value = codec.encode(&file_aad(&self.key), token)?;
-        let bytes = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let bytes = serde_json::to_vec(&value)?;
         write_atomically(&self.path, &self.dir, &bytes)?;
         codec.note(&self.key, codec.current_kid());
         Ok(())

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::file::{temp_name, temp_prefix};
+use super::fs::{temp_name, temp_prefix};
 use super::recover::{parse_state, StateFile};
 use super::sealing::Codec;
 use super::*;
