@@ -12,7 +12,6 @@ mod supervise;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -38,11 +37,10 @@ use net::{Net, RedisLinks};
 use reload::watch_files;
 use store::open_checked;
 
-pub use reload::{ReloadError, ReloadTrigger, Source};
-pub use store::{credentials, open_checked_store, open_store};
-
-/// How long in-flight requests may take to finish after a stop is asked for.
-pub const DRAIN_TIMEOUT: Duration = crate::server::DRAIN_TIMEOUT;
+pub use reload::ReloadTrigger;
+pub(crate) use reload::{ReloadError, Source};
+pub(crate) use store::open_checked_store;
+pub use store::{credentials, open_store};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,12 +130,12 @@ pub struct Running {
 
 impl Running {
     /// Asks everything to stop; [`Running::wait`] returns once it has.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.core.shutdown.cancel();
     }
 
     /// A handle that stops this proxy when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
         self.core.shutdown.clone()
     }
 
@@ -147,7 +145,7 @@ impl Running {
     }
 
     /// Waits until the listeners have drained and the refreshers have stopped.
-    pub async fn wait(self) {
+    pub(crate) async fn wait(self) {
         self.core.tasks.close();
         self.core.tasks.wait().await;
     }
@@ -169,7 +167,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// [`start`] for a configuration read from `source`: `SIGHUP` and `POST /reload` read
 /// that file again, and (`proxy.watch_files`, the default) so does a change to it or to
 /// a file it names.
-pub async fn start_from(config: Config, source: Option<Source>) -> Result<Running, StartError> {
+pub(crate) async fn start_from(config: Config, source: Option<Source>) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let proxy_listener = bind(config.proxy.listen, "listen", &config).await?;
     let admin_listener = bind(config.proxy.admin_listen, "admin_listen", &config).await?;

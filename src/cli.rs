@@ -24,9 +24,9 @@ use sign_in::login;
 use tokens::{accounts, token};
 
 /// Exit code for a bad config or bad usage (EX_USAGE).
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 /// Exit code when the proxy could not start, e.g. a busy port (EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -5,11 +5,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 
 /// The header that marks an answer as made by the proxy, not by GoTo.
-pub const ERROR_HEADER: &str = "x-goto-auth-proxy-error";
+pub(crate) const ERROR_HEADER: &str = "x-goto-auth-proxy-error";
 
 /// A stable error code users and scripts rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// 404: no route matches.
     NoRoute,
     /// 405: the route's `methods` excludes the method.
@@ -44,7 +44,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The code as users see it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::NoRoute => "no_route",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -64,7 +64,7 @@ impl ErrorCode {
     }
 
     /// The HTTP status that goes with the code.
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             ErrorCode::NoRoute => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -86,7 +86,7 @@ impl ErrorCode {
 /// An error answer the proxy produces, with a message for the user.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]
-pub struct ProxyError {
+pub(crate) struct ProxyError {
     /// The stable code.
     pub code: ErrorCode,
     /// Human-readable detail; never holds a secret.
@@ -97,26 +97,26 @@ pub struct ProxyError {
 
 impl ProxyError {
     /// An error with its code and message.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ProxyError { code, message: message.into(), retry_after_secs: None }
     }
 
     /// The same error, telling the client to come back in `after` (rounded up to whole
     /// seconds, at least one) with `Retry-After`.
-    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+    pub(crate) fn retry_after(mut self, after: std::time::Duration) -> Self {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         self.retry_after_secs = Some(secs.clamp(1, u64::from(u32::MAX)) as u32);
         self
     }
 
     /// The JSON body.
-    pub fn body(&self) -> Bytes {
+    pub(crate) fn body(&self) -> Bytes {
         let v = serde_json::json!({ "error": self.code.as_str(), "message": self.message });
         Bytes::from(v.to_string())
     }
 
     /// The full HTTP answer, for any body type that can be built from bytes.
-    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+    pub(crate) fn into_response<B: From<Bytes>>(self) -> Response<B> {
         let mut res = crate::response::with_body(self.code.status(), crate::response::JSON, self.body());
         res.headers_mut().insert(ERROR_HEADER, HeaderValue::from_static(self.code.as_str()));
         if let Some(secs) = self.retry_after_secs {
@@ -129,7 +129,7 @@ impl ProxyError {
 /// Text from outside (a token endpoint's `error_description`, an upstream's message) made
 /// safe for a log line or a page: control characters escaped (a newline cannot forge a
 /// log line), at most `max` characters kept.
-pub fn printable(text: &str, max: usize) -> String {
+pub(crate) fn printable(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     for (i, c) in text.chars().enumerate() {
         if i == max {

@@ -73,9 +73,8 @@ impl RateLimiter {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
-    /// Reserves a slot: how long to wait before sending, or `Err` with the wait it would
-    /// have taken when that exceeds `max_wait` (nothing is reserved then).
-    pub(crate) fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+    /// Reserves a slot: how long to wait before sending, unless that exceeds `max_wait`.
+    pub(crate) fn reserve(&self, now: Instant, max_wait: Duration) -> Reservation {
         let now_n = self.nanos(now);
         let max_n = max_wait.as_nanos() as u64;
         let mut cur = self.next.load(Ordering::Relaxed);
@@ -83,13 +82,13 @@ impl RateLimiter {
             let slot = cur.max(now_n);
             let wait = slot - now_n;
             if wait > max_n {
-                return Err(Duration::from_nanos(wait));
+                return Reservation::TooFar(Duration::from_nanos(wait));
             }
             // Behind a pause, a route without spacing still lets its queue out in order.
             let step =
                 if wait > 0 { self.interval_nanos.max(QUEUE_STEP.as_nanos() as u64) } else { self.interval_nanos };
             match self.next.compare_exchange_weak(cur, slot + step, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Ok(Duration::from_nanos(wait)),
+                Ok(_) => return Reservation::After(Duration::from_nanos(wait)),
                 Err(actual) => cur = actual,
             }
         }
@@ -108,20 +107,29 @@ impl RateLimiter {
     }
 }
 
+/// What asking a budget for the next slot gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// A slot is reserved: send after this wait.
+    After(Duration),
+    /// The next slot is this far away, beyond what the caller would wait: nothing is
+    /// reserved.
+    TooFar(Duration),
+}
+
 /// A route's pace kept where every replica sees it (`store = "redis"`): the same rules
 /// as [`RateLimiter`], so N replicas together send what one would. Implemented by the
 /// token store's backend; the data path knows only this trait.
 #[async_trait::async_trait]
-pub trait SharedBudget: Send + Sync {
+pub(crate) trait SharedBudget: Send + Sync {
     /// Reserves `route`'s next slot, `interval` after the previous one and not before
-    /// its pause ends: how long to wait for it, or `Err` with that wait when it exceeds
-    /// `max_wait` (nothing is reserved then).
+    /// its pause ends, unless it is more than `max_wait` away.
     async fn reserve(
         &self,
         route: &str,
         interval: Duration,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, BudgetUnavailable>;
+    ) -> Result<Reservation, BudgetUnavailable>;
 
     /// Pauses `route` for `pause` (an upstream 429) for every replica.
     async fn pause(&self, route: &str, pause: Duration) -> Result<(), BudgetUnavailable>;
@@ -179,12 +187,12 @@ mod tests {
         let l = RateLimiter::new(10.0);
         let t = l.base + Duration::from_secs(1);
         let max = Duration::from_millis(250);
-        assert_eq!(l.reserve(t, max), Ok(Duration::ZERO));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_millis(100)));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_millis(200)));
-        assert_eq!(l.reserve(t, max), Err(Duration::from_millis(300)), "300 ms > 250 ms");
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::ZERO));
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::from_millis(100)));
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::from_millis(200)));
+        assert_eq!(l.reserve(t, max), Reservation::TooFar(Duration::from_millis(300)), "300 ms > 250 ms");
         // Time passes: slots free up again.
-        assert_eq!(l.reserve(t + Duration::from_secs(1), max), Ok(Duration::ZERO));
+        assert_eq!(l.reserve(t + Duration::from_secs(1), max), Reservation::After(Duration::ZERO));
     }
 
     #[test]
@@ -193,25 +201,29 @@ mod tests {
         let t = l.base + Duration::from_secs(1);
         let max = Duration::from_secs(10);
         assert!(l.is_open());
-        assert_eq!(l.reserve(t, max), Ok(Duration::ZERO));
-        assert_eq!(l.reserve(t, max), Ok(Duration::ZERO), "no spacing without a rate limit");
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::ZERO));
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::ZERO), "no spacing without a rate limit");
         l.pause(t, Duration::from_secs(2));
         assert!(!l.is_open());
         assert_eq!(l.paused_for(t), Duration::from_secs(2));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_secs(2)));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_secs(2) + QUEUE_STEP), "queued in arrival order");
-        assert_eq!(l.reserve(t, Duration::from_secs(1)), Err(Duration::from_secs(2) + QUEUE_STEP * 2));
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::from_secs(2)));
+        assert_eq!(
+            l.reserve(t, max),
+            Reservation::After(Duration::from_secs(2) + QUEUE_STEP),
+            "queued in arrival order"
+        );
+        assert_eq!(l.reserve(t, Duration::from_secs(1)), Reservation::TooFar(Duration::from_secs(2) + QUEUE_STEP * 2));
         // A shorter pause never shortens a longer one.
         l.pause(t, Duration::from_millis(10));
         assert_eq!(l.paused_for(t), Duration::from_secs(2));
         assert_eq!(l.paused_for(t + Duration::from_secs(3)), Duration::ZERO);
-        assert_eq!(l.reserve(t + Duration::from_secs(3), max), Ok(Duration::ZERO));
+        assert_eq!(l.reserve(t + Duration::from_secs(3), max), Reservation::After(Duration::ZERO));
 
         let l = RateLimiter::new(10.0);
         assert!(!l.is_open(), "a rate limit always reserves");
         l.pause(t, Duration::from_secs(1));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_secs(1)));
-        assert_eq!(l.reserve(t, max), Ok(Duration::from_millis(1100)), "spaced after the pause");
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::from_secs(1)));
+        assert_eq!(l.reserve(t, max), Reservation::After(Duration::from_millis(1100)), "spaced after the pause");
     }
 
     #[test]
@@ -222,7 +234,12 @@ mod tests {
             .map(|_| {
                 let l = l.clone();
                 std::thread::spawn(move || {
-                    (0..100).map(|_| l.reserve(t, Duration::from_secs(10)).unwrap()).collect::<Vec<_>>()
+                    (0..100)
+                        .map(|_| match l.reserve(t, Duration::from_secs(10)) {
+                            Reservation::After(wait) => wait,
+                            Reservation::TooFar(wait) => panic!("no slot within 10 s: {wait:?}"),
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

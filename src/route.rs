@@ -155,11 +155,6 @@ impl<T> Router<T> {
     pub fn find(&self, path: &str) -> Option<&T> {
         self.entries.iter().find(|(p, _)| prefix_matches(p, path)).map(|(_, v)| v)
     }
-
-    /// All values, longest prefix first.
-    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().map(|(_, v)| v)
-    }
 }
 
 /// True when `path` (or a query string) may hold a `{organizerKey}`/`{accountKey}`

@@ -27,14 +27,14 @@ use tokio_util::task::TaskTracker;
 /// A client connection with no request in flight is closed when it starts none for this
 /// long, checked once per period (so after 30 to 60 s): idle keep-alive connections and
 /// request heads sent too slowly. Also the TLS handshake's limit.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many request headers.
-pub const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// At most this many bytes of request line and headers.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How long open requests may take to finish after a listener is asked to stop.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a handler knows of the client connection a request came on, with the state its
 /// user keeps per connection (`S`: the data path keeps its upstream connections there;
@@ -106,7 +106,7 @@ impl Serve {
 
     /// [`Serve::run`] with per-connection state `S` (created with `S::default()` for each
     /// connection) in the [`ConnInfo`] the handler gets.
-    pub async fn run_with<S, F, Fut, B>(self, listener: TcpListener, handler: F)
+    pub(crate) async fn run_with<S, F, Fut, B>(self, listener: TcpListener, handler: F)
     where
         S: Default + Send + Sync + 'static,
         F: Fn(Request<Incoming>, Arc<ConnInfo<S>>) -> Fut + Clone + Send + Sync + 'static,

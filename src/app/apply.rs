@@ -16,17 +16,17 @@ use crate::token::Credential;
 
 impl Core {
     /// Every credential, by name.
-    pub fn credentials(&self) -> Arc<Credentials> {
+    pub(crate) fn credentials(&self) -> Arc<Credentials> {
         self.credentials.load_full()
     }
 
     /// Names of the credentials routes use.
-    pub fn used(&self) -> Arc<Vec<String>> {
+    pub(crate) fn used(&self) -> Arc<Vec<String>> {
         self.used.load_full()
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
 
@@ -147,11 +147,6 @@ impl Core {
     /// The replicas' shared rate budget, when the state lives in Redis.
     fn shared_budget(&self) -> Option<Arc<RedisBudget>> {
         self.redis.as_ref()?.budget.clone()
-    }
-
-    /// The account credentials' account sets, by name.
-    pub fn account_sets_now(&self) -> Arc<BTreeMap<String, Arc<AccountSet>>> {
-        self.accounts.load_full()
     }
 }
 

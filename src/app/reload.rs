@@ -25,7 +25,7 @@ pub enum ReloadTrigger {
 
 impl ReloadTrigger {
     /// The label value and the word in log lines.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReloadTrigger::Signal => "signal",
             ReloadTrigger::File => "file",
@@ -37,7 +37,7 @@ impl ReloadTrigger {
 /// Where `run` read its configuration, so a reload reads it again: the file, and the
 /// command-line flags that override it.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub(crate) struct Source {
     /// `--config`.
     pub path: PathBuf,
     /// `--listen`, which overrides `proxy.listen`.
@@ -48,14 +48,14 @@ pub struct Source {
 
 impl Source {
     /// Reads and validates the file, with the flags' overrides applied.
-    pub fn load(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(&self.path)?;
         self.override_listen(&mut config);
         Ok(config)
     }
 
     /// Puts the flags' listen addresses over `config`'s.
-    pub fn override_listen(&self, config: &mut Config) {
+    pub(crate) fn override_listen(&self, config: &mut Config) {
         if let Some(l) = self.listen {
             config.proxy.listen = l;
         }
@@ -98,7 +98,7 @@ impl Core {
     /// the configuration file again, validates it and applies it ([`Core::reload`]).
     /// Refused — the running configuration stays — when the file does not validate or
     /// when a change needs a restart; counted and logged either way. Answers what changed.
-    pub async fn reload_from_source(&self, trigger: ReloadTrigger) -> Result<Vec<String>, ReloadError> {
+    pub(crate) async fn reload_from_source(&self, trigger: ReloadTrigger) -> Result<Vec<String>, ReloadError> {
         let Some(source) = &self.source else {
             return Err(ReloadError::NoSource);
         };

@@ -62,7 +62,7 @@ async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -
 /// configured credentials: a wrong or missing `state.encryption_keys` stops here
 /// ([`StartError::Keys`]) with nothing written; plaintext records and records sealed
 /// with an older key are sealed again with the first key.
-pub async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
+pub(crate) async fn open_checked_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn TokenStore>, StartError> {
     Ok(open_checked(config, metrics, None).await?.0)
 }
 

@@ -14,7 +14,7 @@ use super::{
 /// parameters, so they are never shown; their place is marked
 /// `[redacted]` (`https://[redacted]@host/token?[redacted]`) so a reader still sees that
 /// the URL has them. A fragment is marked the same way.
-pub fn display_url(url: &url::Url) -> String {
+pub(crate) fn display_url(url: &url::Url) -> String {
     let mut out = String::with_capacity(url.as_str().len());
     out.push_str(url.scheme());
     match url.host_str() {
@@ -44,7 +44,7 @@ pub fn display_url(url: &url::Url) -> String {
 
 /// [`display_url`] for a URL kept as text (credential endpoints); text that does not
 /// parse as a URL is not shown at all, since nothing can be said about what it holds.
-pub fn display_url_str(url: &str) -> String {
+pub(crate) fn display_url_str(url: &str) -> String {
     url::Url::parse(url).map(|u| display_url(&u)).unwrap_or_else(|_| "[not a URL]".to_string())
 }
 

@@ -119,27 +119,27 @@ const SECTION_KEYS: &[&str] = &[
     "after_failures",
 ];
 
-pub use display::{display_url, display_url_str};
+pub(crate) use display::{display_url, display_url_str};
 pub use error::ConfigError;
-pub use names::{is_valid_name, login_path, name_from_path, name_to_path, quoted, refresh_path, NAME_RULE};
-pub use validate::proxy_url;
+pub(crate) use names::{is_valid_name, login_path, name_from_path, name_to_path, quoted, refresh_path, NAME_RULE};
+pub(crate) use validate::proxy_url;
 
 /// Where `--config` points when neither the flag nor `GOTO_AUTH_PROXY_CONFIG` is given.
-pub const DEFAULT_CONFIG_PATH: &str = "config/goto-auth-proxy.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "config/goto-auth-proxy.toml";
 
 /// GoTo's OAuth token endpoint (authorization code, refresh, PAT, client credentials).
-pub const GOTO_TOKEN_URL: &str = "https://authentication.logmeininc.com/oauth/token";
+pub(crate) const GOTO_TOKEN_URL: &str = "https://authentication.logmeininc.com/oauth/token";
 /// GoTo's browser sign-in page.
-pub const GOTO_AUTHORIZE_URL: &str = "https://authentication.logmeininc.com/oauth/authorize";
+pub(crate) const GOTO_AUTHORIZE_URL: &str = "https://authentication.logmeininc.com/oauth/authorize";
 /// GoToAssist Corporate Direct Login endpoint (password grant).
-pub const GOTO_DIRECT_LOGIN_URL: &str = "https://api.getgo.com/oauth/access_token";
+pub(crate) const GOTO_DIRECT_LOGIN_URL: &str = "https://api.getgo.com/oauth/access_token";
 /// Where organizer and account keys come from when a token response lacks them: GoTo's
 /// identity endpoint, which every user may call (SCIM shape).
-pub const GOTO_KEYS_URL: &str = "https://api.getgo.com/identity/v1/Users/me";
+pub(crate) const GOTO_KEYS_URL: &str = "https://api.getgo.com/identity/v1/Users/me";
 /// The Admin API's `/me`, tried when an identity lookup fails (it answers only admins of
 /// Global-platform accounts). The same path is tried on the host of a configured identity
 /// `keys_url`.
-pub const ADMIN_KEYS_PATH: &str = "/admin/rest/v1/me";
+pub(crate) const ADMIN_KEYS_PATH: &str = "/admin/rest/v1/me";
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -180,7 +180,7 @@ impl Config {
     /// `[inbound]`, `[tls]`, `[state]`, `credentials.NAME` (added, removed or changed),
     /// `routes`, `[[notify]]`. Empty when `new` would change nothing. Names only, never
     /// a value.
-    pub fn changes(&self, new: &Config) -> Vec<String> {
+    pub(crate) fn changes(&self, new: &Config) -> Vec<String> {
         let mut out = Vec::new();
         let mut differs = |changed: bool, what: &str| {
             if changed {
@@ -204,7 +204,7 @@ impl Config {
     /// The key ids of `state.encryption_keys` in order, the sealing key first
     /// ([`crate::secret::key_id`]): what `check` and a reload's comparison show, never
     /// the keys.
-    pub fn state_key_ids(&self) -> Vec<String> {
+    pub(crate) fn state_key_ids(&self) -> Vec<String> {
         self.state_encryption_keys
             .iter()
             .filter_map(|k| crate::secret::decode_state_key(k.expose()))
@@ -352,7 +352,7 @@ pub enum RedisTarget {
 
 impl RedisTarget {
     /// Every URL it names (for the TLS question and for messages).
-    pub fn urls(&self) -> &[Secret] {
+    pub(crate) fn urls(&self) -> &[Secret] {
         match self {
             RedisTarget::Single(url) => std::slice::from_ref(url),
             RedisTarget::Sentinel { sentinels, .. } => sentinels,
@@ -362,13 +362,13 @@ impl RedisTarget {
 
     /// Whether a save waits for a replica (`WAIT`): with Sentinel or Cluster, where a
     /// replica is what a failover promotes.
-    pub fn is_replicated(&self) -> bool {
+    pub(crate) fn is_replicated(&self) -> bool {
         !matches!(self, RedisTarget::Single(_))
     }
 
     /// The mode in words, as `check` prints it: `single`, `sentinel mymaster via 3
     /// sentinels`, `cluster of 6 seeds` (no URL: they may hold a password).
-    pub fn mode(&self) -> String {
+    pub(crate) fn mode(&self) -> String {
         match self {
             RedisTarget::Single(_) => "single".to_string(),
             RedisTarget::Sentinel { sentinels, master } => {
@@ -389,7 +389,7 @@ fn plural(n: usize) -> &'static str {
 
 impl StateSettings {
     /// Whether the store is Redis over TLS (`rediss://`), which trusts `[tls]`.
-    pub fn is_rediss(&self) -> bool {
+    pub(crate) fn is_rediss(&self) -> bool {
         matches!(self, StateSettings::Redis { target, .. }
             if target.urls().iter().any(|u| u.expose().starts_with("rediss://")))
     }
@@ -412,7 +412,7 @@ pub enum GrantKind {
 
 impl GrantKind {
     /// The name used in the config file and in `/tokens`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GrantKind::AuthorizationCode => "authorization_code",
             GrantKind::Password => "password",
@@ -487,7 +487,7 @@ pub enum ClientAuth {
 
 impl ClientAuth {
     /// The name in the config file.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ClientAuth::Basic => "basic",
             ClientAuth::BasicRfc6749 => "basic_rfc6749",
@@ -502,7 +502,7 @@ impl ClientAuth {
 }
 
 /// Authorize query parameters the proxy sets itself: `authorize_params` may not name them.
-pub const AUTHORIZE_PARAMS_OWN: [&str; 6] =
+pub(crate) const AUTHORIZE_PARAMS_OWN: [&str; 6] =
     ["client_id", "response_type", "redirect_uri", "state", "code_challenge", "code_challenge_method"];
 
 impl fmt::Display for GrantKind {
@@ -576,7 +576,7 @@ pub struct SecretFiles {
 impl CredentialConfig {
     /// The command that signs this credential (or its `account`) in again, with the
     /// `--config` it was read from.
-    pub fn login_command(&self, account: Option<&str>) -> String {
+    pub(crate) fn login_command(&self, account: Option<&str>) -> String {
         let mut cmd = String::from("goto-auth-proxy login");
         if let Some(file) = &self.config_file {
             cmd.push_str(&format!(" --config {file}"));
@@ -593,7 +593,7 @@ impl CredentialConfig {
     /// `invalid_client` (or a refused password) retries with, so a rotated secret is
     /// used even when no reload brought it. `None` when nothing changed or a file cannot
     /// be read (the refusal then stands).
-    pub fn with_secret_files_reread(&self) -> Option<CredentialConfig> {
+    pub(crate) fn with_secret_files_reread(&self) -> Option<CredentialConfig> {
         let reread = |file: &Option<PathBuf>, current: &Option<Secret>| -> Option<Secret> {
             let value = validate::read_secret_file(file.as_deref()?).ok()?;
             (current.as_ref().map(Secret::expose) != Some(value.expose())).then_some(value)
@@ -646,7 +646,7 @@ impl NotifyEvent {
     pub const ALL: [NotifyEvent; 3] = [NotifyEvent::NeedsLogin, NotifyEvent::RefreshFailing, NotifyEvent::Recovered];
 
     /// The event's name in the config file, the payload and the metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             NotifyEvent::NeedsLogin => "needs_login",
             NotifyEvent::RefreshFailing => "refresh_failing",
@@ -677,7 +677,7 @@ pub struct NotifyConfig {
 
 impl Config {
     /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::parse(&path.display().to_string(), &text)

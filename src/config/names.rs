@@ -16,11 +16,11 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 const NAME_MAX_LEN: usize = 64;
 
 /// What a name may hold, in the words errors use.
-pub const NAME_RULE: &str = "a name is 1 to 64 ASCII letters, digits, \"_\", \"-\" and \".\"";
+pub(crate) const NAME_RULE: &str = "a name is 1 to 64 ASCII letters, digits, \"_\", \"-\" and \".\"";
 
 /// Whether `name` follows the rule. `.` and `..` alone are refused too: they are not
 /// names in a URL path or a file system.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=NAME_MAX_LEN).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         && name != "."
@@ -29,7 +29,7 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// `name` quoted for a message: in double quotes, with quotes, backslashes and control
 /// characters escaped, so an odd name can neither break the line nor pass for another.
-pub fn quoted(name: &str) -> String {
+pub(crate) fn quoted(name: &str) -> String {
     format!("{name:?}")
 }
 
@@ -39,24 +39,24 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'
 
 /// `name` as one URL path segment: `/login/{name_to_path(name)}`. The inverse of
 /// [`name_from_path`].
-pub fn name_to_path(name: &str) -> Cow<'_, str> {
+pub(crate) fn name_to_path(name: &str) -> Cow<'_, str> {
     utf8_percent_encode(name, SEGMENT).into()
 }
 
 /// The name a URL path segment holds (percent-decoded); `None` when the decoded bytes
 /// are not UTF-8 (no credential can have such a name).
-pub fn name_from_path(segment: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn name_from_path(segment: &str) -> Option<Cow<'_, str>> {
     percent_decode_str(segment).decode_utf8().ok()
 }
 
 /// `/login/{name}` on the admin listener: where a person signs `name` in. Every link to
 /// it (the status page, notifications, the command line's hints) is built here.
-pub fn login_path(name: &str) -> String {
+pub(crate) fn login_path(name: &str) -> String {
     format!("/login/{}", name_to_path(name))
 }
 
 /// `/refresh/{name}` on the admin listener: where `name` is renewed now (a `POST`).
-pub fn refresh_path(name: &str) -> String {
+pub(crate) fn refresh_path(name: &str) -> String {
     format!("/refresh/{}", name_to_path(name))
 }
 

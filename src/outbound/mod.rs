@@ -41,7 +41,7 @@ pub enum OutboundError {
 }
 
 /// The outbound TLS configuration and proxy rules of one configuration.
-pub struct Outbound {
+pub(crate) struct Outbound {
     /// Roots and client certificate, no ALPN: each user sets its own on a copy.
     tls: Arc<rustls::ClientConfig>,
     /// The same, offering HTTP/2 and HTTP/1.1 (ALPN), for upstreams.

@@ -23,7 +23,7 @@ use http::HeaderValue;
 use crate::secret::Secret;
 
 /// A forward proxy to connect through: where it is, and what to tell it.
-pub struct ProxyEndpoint {
+pub(crate) struct ProxyEndpoint {
     /// Host name or IP address (without brackets), to open the TCP connection to.
     pub host: String,
     /// Its port (80 when the URL gives none).

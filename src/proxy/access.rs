@@ -16,12 +16,12 @@ use http::{Method, Response};
 use super::table::Snapshot;
 
 /// The tracing target of access log lines, for filters (`RUST_LOG`) and log routers.
-pub const TARGET: &str = "goto_auth_proxy::access";
+pub(crate) const TARGET: &str = "goto_auth_proxy::access";
 
 /// Whether (and why) the request was sent upstream a second time. Put into a
 /// response's extensions by whoever retried ([`mark_retried`]); no mark is `none`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retried {
+pub(crate) enum Retried {
     /// The upstream rejected the token; sent again with a renewed one.
     Token,
     /// The upstream answered `429`; sent again after its pause (`retry_429`).
@@ -33,7 +33,7 @@ pub enum Retried {
 
 impl Retried {
     /// The `retried` field's word.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Retried::Token => "token",
             Retried::TooManyRequests => "429",
@@ -43,12 +43,12 @@ impl Retried {
 }
 
 /// Marks `res` as the answer to a request sent upstream again, for `why`.
-pub fn mark_retried<B>(res: &mut Response<B>, why: Retried) {
+pub(crate) fn mark_retried<B>(res: &mut Response<B>, why: Retried) {
     res.extensions_mut().insert(why);
 }
 
 /// What one request's line needs until its answer has been sent.
-pub struct AccessLine {
+pub(crate) struct AccessLine {
     pub(super) start: Instant,
     pub(super) method: Method,
     /// The request's target as received; only its path is logged.

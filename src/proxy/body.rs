@@ -40,7 +40,7 @@ pub(super) fn passthrough_after(mut res: Response<Incoming>, route: &Route, pref
 
 /// Why an answer's body ended before its end.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// The upstream broke it off.
     #[error("upstream broke off the answer: {0}")]
     Upstream(Box<dyn std::error::Error + Send + Sync>),
@@ -53,7 +53,7 @@ pub enum BodyError {
 /// mid-body, or the body moves no byte for `body_idle_timeout`, the error reaches hyper,
 /// which aborts the client's connection (the client sees a truncated answer, never a
 /// hang), the route's counter counts it and the access line records it.
-pub struct UpstreamStream {
+pub(crate) struct UpstreamStream {
     /// The upstream's body, broken off after `body_idle_timeout` without a byte.
     inner: IdleBody<Incoming>,
     /// Bytes read from `inner` already (a 403 inspected for `InvalidToken`), sent first.

@@ -20,7 +20,7 @@
 //! * [`pace`] — the route's `rate_limit`, the pause after an upstream 429, the budget
 //!   replicas share; [`throttle`] — what a 429 answer does to its request (`retry_429`).
 
-pub mod access;
+pub(crate) mod access;
 mod admit;
 mod body;
 mod credential;
@@ -32,10 +32,11 @@ mod table;
 mod throttle;
 mod verdict;
 
-pub use body::UpstreamStream;
-pub use pace::{Shared, DEFAULT_PAUSE, MAX_PAUSE, PAUSE_POLL};
+pub(crate) use body::UpstreamStream;
+pub(crate) use pace::Shared;
+pub use pace::PAUSE_POLL;
 pub use rewrite::strip_hop_by_hop;
-pub use table::{Route, RouteCredential, Snapshot};
+pub(crate) use table::{RouteCredential, Snapshot};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,10 +57,10 @@ use credential::with_valid_token;
 use respond::{logging, Noted};
 
 /// Bodies up to this size are buffered so the request can be retried after a rejection.
-pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+pub(crate) const RETRY_BODY_LIMIT: u64 = 64 * 1024;
 
 /// What the proxy answers with: the upstream's streamed body, or bytes it made.
-pub type Body = Either<UpstreamStream, Full<Bytes>>;
+pub(crate) type Body = Either<UpstreamStream, Full<Bytes>>;
 
 // ===== the service =====
 
@@ -76,26 +77,21 @@ pub struct Proxy {
 
 impl Proxy {
     /// A proxy serving `snapshot`, connecting upstream with `connector`.
-    pub fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
+    pub(crate) fn new(snapshot: Snapshot, connector: Connector, metrics: Metrics) -> Proxy {
         let in_flight = InFlight::new(snapshot.settings.max_concurrent_requests);
         Proxy { snapshot: ArcSwap::from_pointee(snapshot), connector, metrics, in_flight, shared: None }
     }
 
     /// Keeps every route's pace (`rate_limit`, 429 pauses) in `budget`, shared by the
     /// replicas (`store = "redis"`).
-    pub fn with_shared_budget(mut self, budget: Arc<dyn crate::limit::SharedBudget>) -> Proxy {
+    pub(crate) fn with_shared_budget(mut self, budget: Arc<dyn crate::limit::SharedBudget>) -> Proxy {
         self.shared = Some(Shared::new(budget));
         self
     }
 
     /// Swaps in new routes and settings; requests in flight finish on the old ones.
-    pub fn swap(&self, snapshot: Snapshot) {
+    pub(crate) fn swap(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
-    }
-
-    /// The current routes and settings.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
     }
 
     /// Answers one request that came on `conn`; never fails (errors become the proxy's JSON
@@ -108,7 +104,7 @@ impl Proxy {
     /// parts are held once (an `async fn` would hold its parameters twice), everything
     /// that can be decided without waiting is done in plain functions, and the rare waits
     /// (rate limit, a token wait, a 403 body, a renewal) are boxed.
-    pub fn serve(
+    pub(crate) fn serve(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo<Affinity>>,
@@ -145,6 +141,6 @@ pub(super) fn too_large(max: u64) -> ProxyError {
 }
 
 /// A proxy-made error as a response of the data path's body type.
-pub fn error_response(e: ProxyError) -> Response<Body> {
+pub(crate) fn error_response(e: ProxyError) -> Response<Body> {
     e.into_response::<Full<Bytes>>().map(Either::Right)
 }

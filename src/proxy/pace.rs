@@ -18,14 +18,14 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 
 use crate::error::{ErrorCode, ProxyError};
-use crate::limit::{BudgetUnavailable, RateLimiter, SharedBudget};
+use crate::limit::{BudgetUnavailable, RateLimiter, Reservation, SharedBudget};
 
 /// Longest pause a `Retry-After` may impose: a broken or hostile header must not stop a
 /// route for an hour; after it, one request finds out whether the quota is back.
-pub const MAX_PAUSE: Duration = Duration::from_secs(60);
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(60);
 
 /// The pause after a `429` without a usable `Retry-After`.
-pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Longest a request waits for the shared budget's answer before pacing locally.
 const SHARED_TIMEOUT: Duration = Duration::from_millis(250);
@@ -39,7 +39,7 @@ pub const PAUSE_POLL: Duration = Duration::from_millis(200);
 const SHARED_RETRY: Duration = Duration::from_secs(1);
 
 /// The budget replicas share, with what the data path needs to survive its outages.
-pub struct Shared {
+pub(crate) struct Shared {
     budget: Arc<dyn SharedBudget>,
     base: Instant,
     /// Nanoseconds after `base` before which the budget is not asked (it just failed).
@@ -50,7 +50,7 @@ pub struct Shared {
 
 impl Shared {
     /// Shares every route's pace through `budget`.
-    pub fn new(budget: Arc<dyn SharedBudget>) -> Shared {
+    pub(crate) fn new(budget: Arc<dyn SharedBudget>) -> Shared {
         Shared { budget, base: Instant::now(), down_until: AtomicU64::new(0), degraded: AtomicBool::new(false) }
     }
 
@@ -196,8 +196,8 @@ impl RoutePace {
                 self.local.reserve(Instant::now(), deadline.saturating_duration_since(Instant::now()))
             };
             let wait = match reserved {
-                Ok(wait) => wait,
-                Err(would_wait) => return Err(self.refused(prefix, would_wait)),
+                Reservation::After(wait) => wait,
+                Reservation::TooFar(would_wait) => return Err(self.refused(prefix, would_wait)),
             };
             if wait.is_zero() {
                 break;

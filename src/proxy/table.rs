@@ -18,7 +18,7 @@ use crate::token::TokenHandle;
 use crate::upstream::Target;
 
 /// A route compiled at config load: everything per request is precomputed.
-pub struct Route {
+pub(crate) struct Route {
     /// The prefix, also the metrics label.
     pub prefix: String,
     /// Where requests go, with its connections.
@@ -45,7 +45,7 @@ pub struct Route {
 
 /// Whose token a route injects: one credential's, or the account each request chooses.
 #[derive(Clone)]
-pub enum RouteCredential {
+pub(crate) enum RouteCredential {
     /// A credential with one token.
     One(TokenHandle),
     /// An account credential: the request chooses the account.
@@ -54,7 +54,7 @@ pub enum RouteCredential {
 
 impl RouteCredential {
     /// The credential's name (logs, the access line).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             RouteCredential::One(h) => h.name(),
             RouteCredential::Accounts(a) => a.name(),
@@ -101,7 +101,7 @@ impl Route {
     }
 
     /// The upstream URL the route forwards to (for messages).
-    pub fn upstream(&self) -> String {
+    pub(crate) fn upstream(&self) -> String {
         format!("{}{}", self.target.label, self.base_path)
     }
 }
@@ -115,7 +115,7 @@ impl Drop for Route {
 }
 
 /// What a reload swaps: routes and the data-path settings.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Longest-prefix table.
     pub router: Router<Route>,
     /// Timeouts and limits.
@@ -127,7 +127,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles the config's routes against the running credentials; upstreams are
     /// reached with `outbound`'s TLS configuration and proxy.
-    pub fn compile(
+    pub(crate) fn compile(
         config: &Config,
         credentials: &HashMap<String, RouteCredential>,
         metrics: &Metrics,

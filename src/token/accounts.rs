@@ -183,7 +183,7 @@ pub(crate) enum NoAccount {
 }
 
 /// The accounts of one account credential.
-pub struct AccountSet {
+pub(crate) struct AccountSet {
     cfg: Arc<CredentialConfig>,
     store: Arc<dyn TokenStore>,
     metrics: Metrics,

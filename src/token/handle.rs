@@ -119,7 +119,7 @@ impl Drop for OpenInbox<'_> {
 /// The data path's view of one credential: read the current token, wait for one,
 /// report a rejection. Cheap to clone (three reference counts).
 #[derive(Clone)]
-pub struct TokenHandle {
+pub(crate) struct TokenHandle {
     slot: Arc<TokenSlot>,
     reports: mpsc::UnboundedSender<Report>,
     /// Whether a refresh loop answers reports.

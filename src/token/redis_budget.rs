@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::redis_link::{location_of, Link, Timeouts};
 use super::redis_store::describe;
 use crate::config::RedisTarget;
-use crate::limit::{BudgetUnavailable, SharedBudget, QUEUE_STEP};
+use crate::limit::{BudgetUnavailable, Reservation, SharedBudget, QUEUE_STEP};
 
 /// Reserves a route's next slot: after the previous one by the interval, and not before
 /// the pause ends. KEYS: pace, pause. ARGV: interval µs, max wait µs, queue step µs.
@@ -151,12 +151,12 @@ impl SharedBudget for RedisBudget {
         route: &str,
         interval: Duration,
         max_wait: Duration,
-    ) -> Result<Result<Duration, Duration>, BudgetUnavailable> {
+    ) -> Result<Reservation, BudgetUnavailable> {
         let mut call = self.reserve.key(self.key("pace", route));
         call.key(self.key("pause", route)).arg(micros(interval)).arg(micros(max_wait)).arg(micros(QUEUE_STEP));
         let (reserved, wait): (u8, u64) = self.invoke(call).await?;
         let wait = Duration::from_micros(wait);
-        Ok(if reserved == 1 { Ok(wait) } else { Err(wait) })
+        Ok(if reserved == 1 { Reservation::After(wait) } else { Reservation::TooFar(wait) })
     }
 
     async fn pause(&self, route: &str, pause: Duration) -> Result<(), BudgetUnavailable> {

@@ -60,19 +60,19 @@ use notices::subscribe_loop;
 use scripts::{REMOVE, SAVE_IF_VERSION, UNLOCK};
 
 /// Longest any one Redis operation may take before it counts as failed.
-pub const OP_TIMEOUT: Duration = Duration::from_millis(1000);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long a save waits for a Redis replica to confirm it has the record (`WAIT`)
 /// before the new token is used anyway — availability over the last milliseconds of
 /// durability, as the file store trades with fsync. Counted in
 /// `goto_auth_proxy_store_replication_timeouts_total` when it runs out.
-pub const REPLICATION_WAIT: Duration = Duration::from_millis(500);
+pub(crate) const REPLICATION_WAIT: Duration = Duration::from_millis(500);
 
 /// How often replicas re-read the stored token (backstop for lost notifications).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// What a removal's change notice starts with, before the removed record's key.
-pub const REMOVED: char = '!';
+pub(crate) const REMOVED: char = '!';
 
 /// How many account records one `MGET` reads at start-up.
 const ACCOUNT_BATCH: usize = 500;
@@ -159,7 +159,7 @@ impl RedisStore {
 
     /// A reload changed `[tls]`: operations from now on use a new connection that trusts
     /// `tls` (roots and client certificate); the change subscriber's next connection too.
-    pub fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), StoreError> {
+    pub(crate) fn retls(&self, tls: Option<redis::TlsCertificates>) -> Result<(), StoreError> {
         self.link.retls(tls).map_err(|e| StoreError::Backend(format!("redis {}: {}", self.location, e.category())))
     }
 

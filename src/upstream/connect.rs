@@ -23,7 +23,7 @@ use hyper::body::Body as _;
 /// offering HTTP/2 and HTTP/1.1, all within the target's `connect_timeout` (a target is
 /// compiled with each config load, so a reload's new timeout applies to new connections).
 #[derive(Default)]
-pub struct Connector;
+pub(crate) struct Connector;
 
 impl Connector {
     pub(super) async fn connect(&self, target: &Target) -> Result<Conn, UpstreamError> {

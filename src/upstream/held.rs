@@ -16,7 +16,7 @@ use super::{connect, Connector, Target, UpstreamBody, UpstreamError, H1};
 
 /// A request that can be sent again as it was first sent (its body held), for a resend
 /// after its connection failed it (see [`Resent`]). Made only when a resend may happen.
-pub trait Replay: Sync {
+pub(crate) trait Replay: Sync {
     /// The request again, exactly as first sent.
     fn replay(&self) -> Request<UpstreamBody>;
 }
@@ -36,7 +36,7 @@ pub(crate) struct Resent(pub(crate) &'static str);
 /// Requests on one HTTP/1.1 client connection are sequential, so a request holds it
 /// alone (see [`Affinity::hold`]).
 #[derive(Default)]
-pub struct Held {
+pub(crate) struct Held {
     conns: Conns,
     timer: Timer,
 }
@@ -52,7 +52,7 @@ impl Held {
     /// HTTP/1.1 connection is ready, so the request goes to it right now and the future
     /// only awaits the answer. Anything else (first request, HTTP/2, a connection not
     /// ready or closed) takes [`Connector::send`], boxed.
-    pub fn send<'a>(
+    pub(crate) fn send<'a>(
         &'a mut self,
         connector: &'a Connector,
         target: &'a Arc<Target>,
@@ -78,7 +78,7 @@ impl Held {
 impl Held {
     /// Lets go of this client connection's connection to `target` (it still carries an
     /// answer nobody will read): the next request takes another.
-    pub fn let_go(&mut self, target: &Arc<Target>) {
+    pub(crate) fn let_go(&mut self, target: &Arc<Target>) {
         drop(self.conns.take(target));
     }
 }
@@ -99,7 +99,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     /// A request on its way upstream (see [`Held::send`]). Small on purpose: hyper moves
     /// the request's future, and this is part of it.
-    pub struct Sending<'a, F> {
+    pub(crate) struct Sending<'a, F> {
         #[pin]
         stage: Stage<'a, F>,
         conns: &'a mut Conns,
@@ -230,20 +230,20 @@ impl Timer {
 /// When the client connection closes, its upstream connections go to their routes'
 /// idle lists.
 #[derive(Default)]
-pub struct Affinity {
+pub(crate) struct Affinity {
     slot: AtomicCell<Option<Box<Held>>>,
 }
 
 impl Affinity {
     /// The connection's state for one request (a fresh one for its first); it goes
     /// back when the guard is dropped.
-    pub fn hold(&self) -> Holding<'_> {
+    pub(crate) fn hold(&self) -> Holding<'_> {
         Holding { affinity: self, held: Some(self.slot.take().unwrap_or_default()) }
     }
 }
 
 /// A request's hold on its client connection's [`Held`] state.
-pub struct Holding<'a> {
+pub(crate) struct Holding<'a> {
     affinity: &'a Affinity,
     /// `None` only while being dropped.
     held: Option<Box<Held>>,

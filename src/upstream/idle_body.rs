@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The client's body as it streams upstream, broken off when it moves no byte for
 /// `body_idle_timeout` (a client that stops sending must not hold an upstream
 /// connection forever). The timer is armed only once the body has to wait.
-pub struct IdleBody<B> {
+pub(crate) struct IdleBody<B> {
     inner: B,
     after: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -16,7 +16,7 @@ pub struct IdleBody<B> {
 
 impl<B> IdleBody<B> {
     /// `inner`, broken off after `after` without a byte.
-    pub fn new(inner: B, after: Duration) -> IdleBody<B> {
+    pub(crate) fn new(inner: B, after: Duration) -> IdleBody<B> {
         IdleBody { inner, after, timer: None }
     }
 }

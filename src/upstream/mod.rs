@@ -59,7 +59,7 @@ const MAX_IDLE: usize = 256;
 
 /// Why a request could not be sent upstream or got no response headers.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP connect, TLS or HTTP handshake failed or took too long.
     #[error("cannot connect to {target}: {message}")]
     Connect {
@@ -92,7 +92,7 @@ pub enum UpstreamError {
 }
 
 /// One route's upstream: where to connect, its idle connections, its HTTP/2 connection.
-pub struct Target {
+pub(crate) struct Target {
     /// `scheme://host:port`, for messages.
     pub label: String,
     pub(super) scheme: http::uri::Scheme,
@@ -128,7 +128,7 @@ impl Target {
     /// The upstream of `url` (scheme, host, port), verified with `tls` (whose ALPN offers
     /// HTTP/2 and HTTP/1.1), reached through `via` when an outbound proxy applies, a new
     /// connection given up after `connect_timeout`.
-    pub fn new(
+    pub(crate) fn new(
         url: &url::Url,
         tls: Arc<rustls::ClientConfig>,
         via: Option<Arc<ProxyEndpoint>>,
@@ -196,7 +196,7 @@ impl Target {
     }
 
     /// Marks it as used by no route any more (its route table was replaced).
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
     }
 
@@ -205,7 +205,7 @@ impl Target {
     }
 
     /// `host[:port]` as the `Host` header carries it.
-    pub fn authority(&self) -> &http::uri::Authority {
+    pub(crate) fn authority(&self) -> &http::uri::Authority {
         &self.authority
     }
 

@@ -20,7 +20,7 @@ mod secret;
 mod state;
 
 use credential::validate_credential;
-pub use outbound::proxy_url;
+pub(crate) use outbound::proxy_url;
 pub(crate) use secret::read_secret_file;
 use secret::{resolve_secret, warn_if_others_read};
 use state::{validate_state, validate_state_keys};

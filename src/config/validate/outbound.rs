@@ -125,7 +125,7 @@ pub(super) fn validate_outbound_proxy(
 /// (port 80 when absent), nothing after the authority. Shared with the environment's
 /// `HTTPS_PROXY`/`HTTP_PROXY`, which the outbound module checks by the same rule. The
 /// error never quotes the URL (it may hold a password).
-pub fn proxy_url(text: &str) -> Result<url::Url, &'static str> {
+pub(crate) fn proxy_url(text: &str) -> Result<url::Url, &'static str> {
     let url = url::Url::parse(text).map_err(|_| "is not a URL such as \"http://proxy.example:3128\"")?;
     if url.scheme() != "http" {
         return Err("must be an http:// URL (the proxy is spoken to in plain HTTP; CONNECT carries TLS through it)");

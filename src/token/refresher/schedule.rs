@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::limit::Reservation;
 use crate::token::{half, EXPIRY_MARGIN};
 
 /// Two token endpoint calls of one credential are never closer than this, whatever the
@@ -108,8 +109,8 @@ impl TokenGate {
     async fn spaced(&self) {
         if let Some((budget, key)) = &self.shared {
             match budget.reserve(key, self.interval, SHARED_TURN_WAIT).await {
-                Ok(Ok(wait)) => return tokio::time::sleep(wait).await,
-                Ok(Err(wait)) => {
+                Ok(Reservation::After(wait)) => return tokio::time::sleep(wait).await,
+                Ok(Reservation::TooFar(wait)) => {
                     tracing::warn!(
                         wait_secs = wait.as_secs(),
                         "the shared token_rate budget is far behind; spacing this replica's token calls alone"
@@ -118,7 +119,7 @@ impl TokenGate {
                 Err(e) => tracing::debug!(error = %e, "spacing this replica's token calls alone"),
             }
         }
-        if let Ok(wait) = self.local.reserve(std::time::Instant::now(), Duration::MAX) {
+        if let Reservation::After(wait) = self.local.reserve(std::time::Instant::now(), Duration::MAX) {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }

@@ -97,11 +97,6 @@ impl TokenSource {
         }
     }
 
-    /// The credential's configuration.
-    pub(crate) fn config(&self) -> &Arc<CredentialConfig> {
-        &self.cfg
-    }
-
     /// Obtains a new token with whatever this grant renews with.
     ///
     /// `refresh_token` is the newest one held (stored, or the config's seed).

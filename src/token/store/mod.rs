@@ -225,7 +225,7 @@ impl StoredToken {
     /// or a shared store, so they are data, not trust: an expiry that is not a
     /// representable time is the epoch, i.e. long expired (the refresh token still
     /// renews it), never a panic.
-    pub fn expires_at_time(&self) -> SystemTime {
+    pub(crate) fn expires_at_time(&self) -> SystemTime {
         let since_epoch = match self.expires_at_ms {
             Some(ms) => Duration::from_millis(ms),
             None => Duration::from_secs(self.expires_at),
@@ -241,12 +241,12 @@ pub struct LockToken(String);
 impl LockToken {
     /// A fencing value: random, so a lock that expired and was taken by another
     /// process is never released by the one that lost it.
-    pub fn random() -> LockToken {
+    pub(crate) fn random() -> LockToken {
         LockToken(crate::random::token(24))
     }
 
     /// The value stored with the lock.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -265,7 +265,7 @@ pub fn account_key(credential: &str, account: &str) -> String {
 }
 
 /// `(credential, account)` of an account record's key; `None` for a credential's own.
-pub fn split_account_key(key: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_account_key(key: &str) -> Option<(&str, &str)> {
     key.split_once('/')
 }
 
