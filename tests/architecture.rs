@@ -58,7 +58,7 @@ const ALLOWED: &[(&str, &[&str], &str)] = &[
     // Wiring: only these put the parts together.
     (
         "app",
-        &["admin", "config", "inbound", "login", "metrics", "notify", "outbound", "proxy", "server", "token", "upstream", "watch"],
+        &["admin", "config", "inbound", "limit", "login", "metrics", "notify", "outbound", "proxy", "server", "token", "upstream", "watch"],
         "wiring",
     ),
     (
@@ -350,4 +350,29 @@ fn the_layout_map_is_current() {
         }
     }
     assert!(stale.is_empty(), "docs/architecture.md names files that are gone: {stale:?}");
+}
+
+/// No source file of the workspace is over 500 lines before its tests: a file that grows
+/// past that holds more than one thing, and is split by what its code is.
+#[test]
+fn no_file_is_over_500_lines_before_its_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for krate in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        rust_files(&krate.path().join("src"), &mut files);
+    }
+    assert!(files.len() > 50, "{} files", files.len());
+    let mut long = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        if f.file_name().is_some_and(|n| n == "tests.rs") {
+            continue; // a module's tests, in a file of their own
+        }
+        let code = text.lines().take_while(|l| !l.starts_with("#[cfg(test)]")).count();
+        if code > 500 {
+            long.push(format!("{}: {code} lines", f.strip_prefix(root).unwrap().display()));
+        }
+    }
+    assert!(long.is_empty(), "over 500 lines before the tests:\n{}", long.join("\n"));
 }

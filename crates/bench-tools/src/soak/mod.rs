@@ -29,6 +29,7 @@ mod hostile;
 mod load;
 #[path = "../mock_server.rs"]
 mod mock_server;
+mod read;
 #[path = "../relay.rs"]
 mod relay;
 mod report;

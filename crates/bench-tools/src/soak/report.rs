@@ -29,10 +29,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+
+use super::read::*;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -75,186 +77,10 @@ fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
     Ok((name.to_string(), members.split(',').map(str::to_string).collect()))
 }
 
-/// Unavoidable failures may trail a `kill -9` window by this much (a connection the
-/// client opened just before the replica answered again).
-const RESTART_SLACK_MS: u64 = 1000;
-/// The refresher's backoff cap: a long fault's recovery tail is never longer.
-const BACKOFF_CAP_MS: u64 = 30_000;
-/// Failures of requests to a black-holed upstream are excused this long after it: by
-/// then the proxy must have given up the dead connections and opened new ones.
-const BLACKHOLE_RECOVERY_MS: u64 = 20_000;
 /// RSS may grow by less than this after the warm-up.
 const RSS_GROWTH_LIMIT: f64 = 0.10;
 /// The Redis pair may make this many times the lone replica's token calls.
 const PAIR_CALLS_LIMIT: f64 = 1.5;
-
-/// One answer of `answers.tsv` or `probes.tsv`.
-struct Answer {
-    start: u64,
-    end: u64,
-    replica: String,
-    kind: String,
-    outcome: String,
-    status: String,
-    detail: String,
-}
-
-impl Answer {
-    fn parse(line: &str) -> Option<Answer> {
-        let f: Vec<&str> = line.splitn(7, '\t').collect();
-        if f.len() < 7 {
-            return None;
-        }
-        Some(Answer {
-            start: f[0].parse().ok()?,
-            end: f[1].parse().ok()?,
-            replica: f[2].into(),
-            kind: f[3].into(),
-            outcome: f[4].into(),
-            status: f[5].into(),
-            detail: f[6].into(),
-        })
-    }
-
-    fn overlaps(&self, from: u64, to: u64) -> bool {
-        self.start <= to && self.end >= from
-    }
-
-    fn is_token_unavailable(&self) -> bool {
-        self.outcome == "http" && self.status == "503" && self.detail.starts_with("token_unavailable")
-    }
-
-    fn short(&self) -> String {
-        format!("{} {} {}", self.outcome, self.status, self.detail.chars().take(120).collect::<String>())
-    }
-}
-
-/// One fault the schedule injected.
-struct Window {
-    kind: String,
-    replica: String,
-    start: u64,
-    end: u64,
-    long: bool,
-    description: String,
-}
-
-impl Window {
-    fn parse(line: &str) -> Option<Window> {
-        let f: Vec<&str> = line.splitn(6, '\t').collect();
-        if f.len() < 6 {
-            return None;
-        }
-        Some(Window {
-            kind: f[0].into(),
-            replica: f[1].into(),
-            start: f[2].parse().ok()?,
-            end: f[3].parse().ok()?,
-            long: f[4] == "1",
-            description: f[5].into(),
-        })
-    }
-
-    fn applies_to(&self, replica: &str) -> bool {
-        self.replica == "*" || self.replica == replica
-    }
-
-    /// Until when failures may still be this fault's doing: the recovery of a token
-    /// endpoint fault (the backoff in force when it lifts is at most its length).
-    fn tail_end(&self) -> u64 {
-        if self.kind.starts_with("token") {
-            self.end + (self.end - self.start).min(BACKOFF_CAP_MS) + 1000
-        } else if self.kind == "kill" {
-            self.end + RESTART_SLACK_MS
-        } else if self.kind == "blackhole" {
-            self.end + BLACKHOLE_RECOVERY_MS
-        } else {
-            self.end + 1000
-        }
-    }
-}
-
-/// Why a failure happened, as the table counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cause {
-    OwnRestart,
-    LongTokenFault,
-    BlackHole,
-    Avoidable,
-}
-
-fn classify(a: &Answer, windows: &[Window]) -> (Cause, Option<usize>) {
-    let mine = |w: &&Window| w.applies_to(&a.replica) && a.overlaps(w.start, w.tail_end());
-    if let Some(i) = windows.iter().position(|w| w.kind == "kill" && mine(&w)) {
-        return (Cause::OwnRestart, Some(i));
-    }
-    if a.is_token_unavailable() {
-        if let Some(i) = windows.iter().position(|w| w.long && mine(&w)) {
-            return (Cause::LongTokenFault, Some(i));
-        }
-    }
-    if a.kind == "hostile-h2" {
-        if let Some(i) = windows.iter().position(|w| w.kind == "blackhole" && mine(&w)) {
-            return (Cause::BlackHole, Some(i));
-        }
-    }
-    (Cause::Avoidable, windows.iter().position(|w| mine(&w)))
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
-}
-
-/// One RSS/fd sample.
-struct Sample {
-    phase: String,
-    process: String,
-    pid: String,
-    rss_kb: u64,
-    fds: i64,
-}
-
-fn samples(dir: &Path) -> Vec<Sample> {
-    lines(&dir.join("samples.tsv"))
-        .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.len() >= 6).then(|| Sample {
-                phase: f[1].into(),
-                process: f[2].into(),
-                pid: f[3].into(),
-                rss_kb: f[4].parse().unwrap_or(0),
-                fds: f[5].parse().unwrap_or(0),
-            })
-        })
-        .collect()
-}
-
-/// `GET /_hostile/stats` of `soak_tool hostile`.
-#[derive(serde::Deserialize, Default)]
-struct Hostile {
-    cut: u64,
-    frozen: u64,
-}
-
-/// The replicas the load answered for, in order.
-fn per_replica_names(answers: &[Answer]) -> Vec<String> {
-    let mut names: Vec<String> = answers.iter().map(|a| a.replica.clone()).collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-#[derive(serde::Deserialize, Default)]
-struct Calls {
-    calls: Vec<Call>,
-    password_logins_ms: Vec<u64>,
-}
-
-#[derive(serde::Deserialize)]
-struct Call {
-    query: String,
-}
 
 pub fn report(args: &ReportArgs) -> ExitCode {
     let dir = &args.dir;
