@@ -252,8 +252,20 @@ pub(crate) fn add_cors(headers: &mut HeaderMap, origin: &HeaderValue) {
 
 /// Why the inbound TLS files could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("inbound TLS: {0}")]
-pub struct TlsError(String);
+pub enum TlsError {
+    /// The certificate or key file could not be read as PEM.
+    #[error("inbound TLS: {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What reading it as PEM said.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// rustls refused the certificate and key.
+    #[error("inbound TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
 
 /// Decides whether `peer` may connect at all: loopback always; a remote peer when it
 /// is in `allow_cidrs`, or, with no CIDRs listed, when keys guard every request.
@@ -277,15 +289,13 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, TlsEr
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError(format!("{}: {e}", files.cert.display())))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError(format!("{}: {e}", files.key.display())))?;
+        .map_err(|source| TlsError::File { path: files.cert.clone(), source })?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|source| TlsError::File { path: files.key.clone(), source })?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError(e.to_string()))?;
+        .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -22,7 +22,7 @@ const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
 const PENDING_PER_CREDENTIAL: usize = 32;
 
 /// Why a sign-in could not start or finish; safe to show.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum LoginError {
     /// The credential's grant has no browser sign-in.
     #[error("credential {0:?} does not use grant \"authorization_code\"; it needs no sign-in")]
@@ -43,7 +43,10 @@ pub(crate) enum LoginError {
     NoCode(Option<String>),
     /// The token endpoint refused the code, or was unreachable.
     #[error("code exchange failed: {0}")]
-    Exchange(String),
+    Exchange(#[source] crate::token::source::SourceError),
+    /// The tokens the code brought could not be kept (stored, or indexed as an account).
+    #[error("code exchange failed: {0}")]
+    Install(#[source] crate::token::RefreshError),
 }
 
 /// One sign-in in progress.
@@ -178,16 +181,15 @@ impl LoginFlows {
             .source()
             .exchange_code(code, &pending.redirect_uri, Some(&pending.verifier))
             .await
-            .map_err(|e| LoginError::Exchange(e.to_string()))?;
+            .map_err(LoginError::Exchange)?;
         if let Some(set) = accounts.get(&pending.credential) {
-            let name =
-                set.sign_in(pending.account.as_deref(), response).await.map_err(|e| LoginError::Exchange(e.message))?;
+            let name = set.sign_in(pending.account.as_deref(), response).await.map_err(LoginError::Install)?;
             if let Ok(mut last) = self.last_account.lock() {
                 *last = Some(name.clone());
             }
             return Ok((cred, Some(name)));
         }
-        cred.install_response(response).await.map_err(|e| LoginError::Exchange(e.message))?;
+        cred.install_response(response).await.map_err(LoginError::Install)?;
         Ok((cred, None))
     }
 
@@ -219,7 +221,7 @@ impl LoginFlows {
             Err(e) => {
                 tracing::warn!(error = %e, "sign-in callback failed");
                 let status = match e {
-                    LoginError::Exchange(_) => StatusCode::BAD_GATEWAY,
+                    LoginError::Exchange(_) | LoginError::Install(_) => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::BAD_REQUEST,
                 };
                 Outcome { status, title: "Sign-in failed", message: html! { (e.to_string()) } }

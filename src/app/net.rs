@@ -43,7 +43,7 @@ impl Net {
             .client_builder(config.proxy.connect_timeout)
             .timeout(crate::notify::ATTEMPT_TIMEOUT)
             .build()
-            .map_err(|e| OutboundError::Client(e.to_string()))?;
+            .map_err(OutboundError::Client)?;
         Ok(Net { outbound, http, webhooks })
     }
 }

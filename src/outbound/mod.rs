@@ -34,10 +34,13 @@ pub enum OutboundError {
     /// rustls refused the TLS settings, e.g. the client certificate and key (the config
     /// checks them first, so this is not expected).
     #[error("outbound TLS ([tls]): {0}")]
-    Tls(String),
+    Tls(#[source] rustls::Error),
+    /// `[tls] client_key` holds no PEM private key (the key's text is not repeated).
+    #[error("outbound TLS ([tls]): the key is not a PEM private key")]
+    ClientKey,
     /// The HTTP client for token endpoints could not be built.
     #[error("outbound HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 /// The outbound TLS configuration and proxy rules of one configuration.
@@ -63,14 +66,14 @@ impl Outbound {
         let roots = roots::Roots::load(&config.tls, config.state.is_rediss());
         let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| OutboundError::Tls(e.to_string()))?
+            .map_err(OutboundError::Tls)?
             .with_root_certificates(roots.store.clone());
         let tls = match &config.tls.client_cert {
             None => builder.with_no_client_auth(),
             Some(auth) => {
                 let key = PrivateKeyDer::from_pem_slice(auth.key.expose().as_bytes())
-                    .map_err(|_| OutboundError::Tls("the key is not a PEM private key".to_string()))?;
-                builder.with_client_auth_cert(auth.chain.clone(), key).map_err(|e| OutboundError::Tls(e.to_string()))?
+                    .map_err(|_| OutboundError::ClientKey)?;
+                builder.with_client_auth_cert(auth.chain.clone(), key).map_err(OutboundError::Tls)?
             }
         };
         let mut upstream_tls = tls.clone();
@@ -121,10 +124,7 @@ impl Outbound {
     /// The client for token and keys endpoints: [`Outbound::client_builder`] with a 30 s
     /// bound on every call.
     pub(crate) fn token_client(&self, connect_timeout: Duration) -> Result<reqwest::Client, OutboundError> {
-        self.client_builder(connect_timeout)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| OutboundError::Client(e.to_string()))
+        self.client_builder(connect_timeout).timeout(Duration::from_secs(30)).build().map_err(OutboundError::Client)
     }
 
     /// The roots and client certificate for the `rediss://` connection, in the PEM form
