@@ -3,20 +3,68 @@
 
 use std::borrow::Cow;
 
-use http::Method;
+use bytes::Bytes;
+use http::{Method, Response};
+use http_body_util::Full;
 
 use super::bad_request;
+use super::respond::Noted;
 use super::table::{Route, Snapshot};
 use crate::config::ProxySettings;
 use crate::error::{ErrorCode, ProxyError};
 use crate::inbound;
+use crate::limit::{InFlight, InFlightGuard};
 use crate::route;
 use crate::server::ConnInfo;
 use crate::upstream::Affinity;
 
+/// What admission and routing decided about a request.
+pub(super) enum Admitted<'s> {
+    /// Refused, with its route when it had one (for its metrics).
+    Refused(Option<&'s Route>, ProxyError),
+    /// Answered here, never forwarded: a browser's CORS preflight.
+    Answered(Response<Full<Bytes>>),
+    /// To forward: its route, the path when normalising changed it, and its place
+    /// among the requests in flight (`max_concurrent_requests`), held until it is answered.
+    Routed { route: &'s Route, path: Option<String>, slot: InFlightGuard<'s> },
+}
+
+/// Admission, then routing (`request_filter`, `upstream_peer`), all decided before
+/// anything is awaited: a place among the requests in flight, the client's address and
+/// key, who is asking (a browser's preflight answered here), the request target and its
+/// route.
+pub(super) fn admit<'s>(
+    in_flight: &'s InFlight,
+    snap: &'s Snapshot,
+    parts: &http::request::Parts,
+    conn: &ConnInfo<Affinity>,
+    noted: &mut Noted,
+) -> Admitted<'s> {
+    let Some(slot) = in_flight.enter() else {
+        return Admitted::Refused(None, overloaded(&snap.settings));
+    };
+    let caller = match admit_caller(snap, parts, conn) {
+        Ok(caller) => caller,
+        Err(e) => return Admitted::Refused(None, e),
+    };
+    if let Some(answer) = inbound::preflight::<Full<Bytes>>(&caller, &parts.method, &parts.headers) {
+        return Admitted::Answered(answer);
+    }
+    if let inbound::Caller::Cors(origin) = caller {
+        noted.cors = Some(origin);
+    }
+    match route_request(snap, parts) {
+        Err((route, e)) => Admitted::Refused(route, e),
+        Ok((route, path)) => {
+            noted.normalized(&path);
+            Admitted::Routed { route, path, slot }
+        }
+    }
+}
+
 /// Admission: the client's address and key, then who is asking (`Host`, and for a
 /// browser its origin): before routing and before a token is touched.
-pub(super) fn admit_caller(
+fn admit_caller(
     snap: &Snapshot,
     parts: &http::request::Parts,
     conn: &ConnInfo<Affinity>,
@@ -28,7 +76,7 @@ pub(super) fn admit_caller(
 /// Request-target checks, routing and the route's method list: all that is decided
 /// before anything is awaited. The route and, when normalising changed it, the path; an
 /// error names the route when there is one (for its metrics).
-pub(super) fn route_request<'s>(
+fn route_request<'s>(
     snap: &'s Snapshot,
     parts: &http::request::Parts,
 ) -> Result<(&'s Route, Option<String>), Refused<'s>> {
@@ -62,9 +110,9 @@ pub(super) fn route_request<'s>(
 }
 
 /// A request refused before forwarding, with its route when it had one (for metrics).
-pub(super) type Refused<'s> = (Option<&'s Route>, ProxyError);
+type Refused<'s> = (Option<&'s Route>, ProxyError);
 
-pub(super) fn overloaded(settings: &ProxySettings) -> ProxyError {
+fn overloaded(settings: &ProxySettings) -> ProxyError {
     ProxyError::new(
         ErrorCode::Overloaded,
         format!("{} requests are in flight (max_concurrent_requests); retry shortly", settings.max_concurrent_requests),

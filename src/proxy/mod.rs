@@ -4,16 +4,21 @@
 //! Per request this does one `ArcSwap` load for the routes and one for the token; the
 //! `Authorization` value is built once per token, never per request.
 //!
-//! The phases of a request, one file each (after pingora's request phases):
+//! A request's phases, named after pingora's (`request_filter`, `upstream_peer`,
+//! `upstream_request_filter`, `upstream_response_filter`, `response_filter`,
+//! `logging`), are listed in order by [`Proxy::serve`] and [`Proxy::forward`]:
 //! * [`table`] — the compiled route table (what a reload swaps).
-//! * this file — admission, routing, the request's future: body, token, send, retry.
+//! * [`admit`] — admission and routing: all that is decided before anything is awaited.
+//! * [`forward`] — the routed request's way upstream: account, pace, body, token, send,
+//!   and the one resend after a rejected token; [`credential`] — the account a request
+//!   chooses and the token read once.
 //! * [`rewrite`] — the head as the upstream must see it (pure).
 //! * [`verdict`] — whether the upstream rejected the token, what a retry needs, what an
 //!   upstream failure means.
-//! * [`body`] — the answer streamed back.
+//! * [`body`] — the answer streamed back; [`respond`] — the answer as the client gets
+//!   it, and its access log line ([`access`]).
 //! * [`pace`] — the route's `rate_limit`, the pause after an upstream 429, the budget
 //!   replicas share; [`throttle`] — what a 429 answer does to its request (`retry_429`).
-//! * [`access`] — the access log line, written when the answer has been sent.
 
 pub mod access;
 mod admit;
@@ -21,6 +26,7 @@ mod body;
 mod credential;
 mod forward;
 mod pace;
+mod respond;
 mod rewrite;
 mod table;
 mod throttle;
@@ -33,22 +39,21 @@ pub use table::{Route, RouteCredential, Snapshot};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 
 use crate::error::{ErrorCode, ProxyError};
-use crate::inbound;
 use crate::limit::InFlight;
 use crate::metrics::Metrics;
 use crate::server::ConnInfo;
 use crate::upstream::{Affinity, Connector};
-use admit::{admit_caller, overloaded, route_request};
+use admit::{admit, Admitted};
 use credential::with_valid_token;
+use respond::{logging, Noted};
 
 /// Bodies up to this size are buffered so the request can be retried after a rejection.
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
@@ -94,7 +99,10 @@ impl Proxy {
     }
 
     /// Answers one request that came on `conn`; never fails (errors become the proxy's JSON
-    /// answers).
+    /// answers). One request's walk, its phases named as pingora names them:
+    /// admission and routing ([`admit::admit`]: `request_filter`, `upstream_peer`), the
+    /// way upstream and back ([`Proxy::forward`]), the answer as the client gets it
+    /// ([`Proxy::response_filter`]) and the access log line ([`respond::logging`]).
     ///
     /// hyper moves this future for every request, so it is kept small: the request's
     /// parts are held once (an `async fn` would hold its parameters twice), everything
@@ -108,85 +116,18 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let mut body = Some(body);
         async move {
-            let start = Instant::now();
             let snap = self.snapshot.load_full();
-            let method = parts.method.clone();
-            // The access log's view of the request as received (a shared `Uri`, no copy).
-            let logged = snap
-                .settings
-                .access_log
-                .then(|| (parts.uri.clone(), body.as_ref().and_then(|b| b.size_hint().exact())));
-            let mut normalized = None;
-            // Set for a browser page of an allowed origin: its answers carry CORS headers.
-            let mut cors = None;
-            let (route, result) = match self.in_flight.enter() {
-                None => (None, Err(overloaded(&snap.settings))),
-                Some(_slot) => match admit_caller(&snap, &parts, &conn) {
-                    Err(e) => (None, Err(e)),
-                    Ok(caller) => match inbound::preflight::<Full<Bytes>>(&caller, &parts.method, &parts.headers) {
-                        Some(answer) => (None, Ok(answer.map(Either::Right))),
-                        None => {
-                            if let inbound::Caller::Cors(origin) = caller {
-                                cors = Some(origin);
-                            }
-                            match route_request(&snap, &parts) {
-                                Err((route, e)) => (route, Err(e)),
-                                Ok((route, path)) => {
-                                    if logged.is_some() {
-                                        normalized.clone_from(&path); // allocates only for a path normalising changed
-                                    }
-                                    let forwarded =
-                                        self.forward(&snap, route, path, &mut parts, &mut body, &conn.state);
-                                    (Some(route), forwarded.await)
-                                }
-                            }
-                        }
-                    },
-                },
-            };
-            let head_ms = (route.is_some() && result.is_ok()).then(|| access::millis(start.elapsed().as_secs_f64()));
-            let error = result.as_ref().err().map(|e| e.code.as_str());
-            let mut res = match result {
-                Ok(res) => res,
-                Err(e) => {
-                    tracing::debug!(code = e.code.as_str(), message = %e.message, "proxy error");
-                    error_response(e)
+            let mut noted = Noted::new(&snap.settings, &parts, body.as_ref());
+            let (route, result) = match admit(&self.in_flight, &snap, &parts, &conn, &mut noted) {
+                Admitted::Refused(route, e) => (route, Err(e)),
+                Admitted::Answered(res) => (None, Ok(res.map(Either::Right))),
+                Admitted::Routed { route, path, slot: _slot } => {
+                    let forwarded = self.forward(&snap, route, path, &mut parts, &mut body, &conn.state);
+                    (Some(route), forwarded.await)
                 }
             };
-            if let Some(origin) = &cors {
-                inbound::add_cors(res.headers_mut(), origin);
-            }
-            match route {
-                Some(r) => {
-                    r.requests.inc(&method, res.status());
-                    r.duration.observe(start.elapsed().as_secs_f64());
-                }
-                None => self
-                    .metrics
-                    .requests_total
-                    .with_label_values(&["none", crate::metrics::method_label(&method), res.status().as_str()])
-                    .inc(),
-            }
-            if let Some((uri, bytes_in)) = logged {
-                let line = access::AccessLine {
-                    start,
-                    method,
-                    uri,
-                    normalized,
-                    snap: snap.clone(),
-                    routed: route.is_some(),
-                    client: conn.peer,
-                    status: res.status().as_u16(),
-                    upstream_ms: head_ms,
-                    bytes_in,
-                    retried: res.extensions().get::<access::Retried>().map_or("none", |r| r.as_str()),
-                    error,
-                };
-                match res.body_mut() {
-                    Either::Left(stream) => stream.log_at_end(line),
-                    Either::Right(made) => line.emit(made.size_hint().exact().unwrap_or(0)),
-                }
-            }
+            let mut res = self.response_filter(route, result, &mut noted);
+            logging(noted, &snap, route.is_some(), conn.peer, &mut res);
             res
         }
     }
