@@ -29,7 +29,8 @@ use crate::proxy::{Proxy, Snapshot};
 use crate::server::{ConnInfo, Serve};
 use crate::token::accounts::AccountSet;
 use crate::token::redis_budget::RedisBudget;
-use crate::token::store::TokenStore;
+use crate::token::seal::SealError;
+use crate::token::store::{StoreError, TokenStore};
 use crate::token::Credential;
 use crate::upstream::Connector;
 use listen::{bind, bind_hint, config_workers, data_path_listeners, spawn_data_path_thread};
@@ -71,14 +72,18 @@ pub enum StartError {
     /// are unusable: a configuration error (exit 64).
     #[error(transparent)]
     Outbound(#[from] OutboundError),
-    /// The configured state store is not available.
+    /// The configured state store is not available (its error is shown in this one's
+    /// line, not again as a source).
     #[error("state store: {0}")]
-    Store(String),
+    Store(StoreError),
     /// `state.encryption_keys` open none of the sealed token records (a wrong key), or
     /// sealed records exist and no key is configured: nothing was written (exit 64, a
     /// configuration error).
     #[error("state.encryption_keys: {0}")]
-    Keys(String),
+    Keys(StoreError),
+    /// A key of `state.encryption_keys` is not one (exit 64, a configuration error).
+    #[error("state.encryption_keys: {0}")]
+    BadKey(SealError),
     /// Metrics could not be registered (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

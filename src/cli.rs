@@ -213,8 +213,11 @@ fn block_on(workers: Option<usize>, fut: impl std::future::Future<Output = anyho
             eprintln!("error: {e:#}");
             // A wrong or missing state.encryption_keys, or unusable outbound settings
             // (an HTTPS_PROXY that is no proxy URL), is a configuration error.
-            if let Some(crate::app::StartError::Keys(_) | crate::app::StartError::Outbound(_)) =
-                e.downcast_ref::<crate::app::StartError>()
+            if let Some(
+                crate::app::StartError::Keys(_)
+                | crate::app::StartError::BadKey(_)
+                | crate::app::StartError::Outbound(_),
+            ) = e.downcast_ref::<crate::app::StartError>()
             {
                 return ExitCode::from(EXIT_CONFIG);
             }

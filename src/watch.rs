@@ -52,14 +52,14 @@ const MAX_LINKS: usize = 16;
 pub(crate) enum WatchError {
     /// The operating system's watch could not be set up at all.
     #[error("cannot watch files: {0}")]
-    Start(String),
+    Start(notify_debouncer_full::notify::Error),
     /// One directory could not be watched (gone, not readable, inotify's limit reached).
     #[error("cannot watch {}: {why}", dir.display())]
     Dir {
         /// The directory.
         dir: PathBuf,
         /// What the operating system said.
-        why: String,
+        why: notify_debouncer_full::notify::Error,
     },
 }
 
@@ -90,7 +90,7 @@ impl FileWatch {
             }
             Err(errors) => errors.iter().for_each(|e| tracing::warn!(error = %e, "file watch error")),
         })
-        .map_err(|e| WatchError::Start(e.to_string()))?;
+        .map_err(WatchError::Start)?;
         Ok(FileWatch { debouncer, interest, wakes })
     }
 
@@ -111,7 +111,7 @@ impl FileWatch {
             match self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
                 Ok(()) => true,
                 Err(e) => {
-                    failed.push(WatchError::Dir { dir: dir.clone(), why: e.to_string() });
+                    failed.push(WatchError::Dir { dir: dir.clone(), why: e });
                     false
                 }
             }

@@ -187,6 +187,6 @@ impl crate::admin::View for Core {
     }
 
     fn reload(&self) -> futures_util::future::BoxFuture<'_, Result<Vec<String>, String>> {
-        Box::pin(async move { self.reload_from_source(ReloadTrigger::Admin).await.map_err(|e| e.0) })
+        Box::pin(async move { self.reload_from_source(ReloadTrigger::Admin).await.map_err(|e| e.to_string()) })
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::ReloadError;
 use crate::config::Config;
 use crate::outbound::{Outbound, OutboundError};
 use crate::token::redis_budget::RedisBudget;
@@ -15,11 +16,11 @@ pub(super) struct RedisLinks {
 
 impl RedisLinks {
     /// New connections trust `net`'s `[tls]` (a reload changed it; only `rediss://` cares).
-    pub(super) fn retls(&self, net: &Net) -> Result<(), String> {
+    pub(super) fn retls(&self, net: &Net) -> Result<(), ReloadError> {
         let tls = net.outbound.redis_tls();
-        self.store.retls(tls.clone()).map_err(|e| e.to_string())?;
+        self.store.retls(tls.clone())?;
         if let Some(budget) = &self.budget {
-            budget.retls(tls).map_err(|e| e.to_string())?;
+            budget.retls(tls).map_err(|e| ReloadError::RedisBudget(e.into()))?;
         }
         Ok(())
     }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use super::net::Net;
 use super::Core;
 use crate::config::{Config, ConfigError};
+use crate::outbound::OutboundError;
+use crate::token::store::StoreError;
 
 /// What set a reload off: the `trigger` label of `goto_auth_proxy_config_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +71,27 @@ impl Source {
 
 /// A reload that was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReloadError(pub String);
+pub enum ReloadError {
+    /// Started from no file (as `demo` and in-process tests are).
+    #[error("this proxy was started without a configuration file: nothing to reload")]
+    NoSource,
+    /// The file does not validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Settings only a restart applies changed (their keys or sections).
+    #[error("{} changed: these need a restart", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    /// The new outbound settings (`[tls]`, the outbound proxy) are unusable.
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
+    /// The Redis store's connections could not be rebuilt for the new `[tls]`.
+    #[error(transparent)]
+    RedisStore(#[from] StoreError),
+    /// The shared rate budget's connections could not be rebuilt for the new `[tls]`
+    /// (the budget's own error, boxed: the wiring knows the budget only as a token part).
+    #[error(transparent)]
+    RedisBudget(Box<dyn std::error::Error + Send + Sync>),
+}
 
 impl Core {
     /// The one reload path of `SIGHUP`, a watched file's change and `POST /reload`: reads
@@ -79,14 +100,14 @@ impl Core {
     /// when a change needs a restart; counted and logged either way. Answers what changed.
     pub async fn reload_from_source(&self, trigger: ReloadTrigger) -> Result<Vec<String>, ReloadError> {
         let Some(source) = &self.source else {
-            return Err(ReloadError("this proxy was started without a configuration file: nothing to reload".into()));
+            return Err(ReloadError::NoSource);
         };
         // One at a time, from reading the file to the swap: two triggers at once apply
         // the newest file once each, in order.
         let _one_at_a_time = self.reload_lock.lock().await;
         let config = match source.load() {
             Ok(c) => c,
-            Err(e) => return Err(self.refused(trigger, e.to_string())),
+            Err(e) => return Err(self.refused(trigger, e.into())),
         };
         // A rotated secret file may have come with looser permissions than the old one.
         for w in &config.warnings {
@@ -133,11 +154,10 @@ impl Core {
             || config.proxy.outbound_proxy != current.proxy.outbound_proxy
             || config.proxy.connect_timeout != current.proxy.connect_timeout;
         if !needs_restart.is_empty() {
-            let why = format!("{} changed: these need a restart", needs_restart.join(", "));
-            return Err(self.refused(trigger, why));
+            return Err(self.refused(trigger, ReloadError::NeedsRestart(needs_restart)));
         }
         let net = if outbound_changed {
-            let built = Net::new(&config).map_err(|e| e.to_string()).and_then(|n| {
+            let built = Net::new(&config).map_err(ReloadError::from).and_then(|n| {
                 match &self.redis {
                     Some(redis) if config.tls != current.tls => redis.retls(&n)?,
                     _ => {}
@@ -161,10 +181,10 @@ impl Core {
     }
 
     /// Counts and logs a refused reload; the running configuration stays.
-    pub(super) fn refused(&self, trigger: ReloadTrigger, why: String) -> ReloadError {
+    pub(super) fn refused(&self, trigger: ReloadTrigger, why: ReloadError) -> ReloadError {
         self.metrics.reloads.with_label_values(&[trigger.as_str(), "refused"]).inc();
         tracing::error!(trigger = trigger.as_str(), error = %why, "configuration reload refused; the running configuration stays");
-        ReloadError(why)
+        why
     }
 }
 

@@ -31,18 +31,13 @@ type Opened = (Arc<dyn TokenStore>, Option<Arc<RedisStore>>);
 async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -> Result<Opened, StartError> {
     // `state.encryption_keys`: the first seals, every one opens.
     let keys = &config.state_encryption_keys;
-    let sealer = if keys.is_empty() {
-        None
-    } else {
-        Some(Arc::new(Sealer::new(keys).map_err(|e| StartError::Keys(e.to_string()))?))
-    };
+    let sealer = if keys.is_empty() { None } else { Some(Arc::new(Sealer::new(keys).map_err(StartError::BadKey)?)) };
     match &config.state {
         // Checked before any token is trusted to it: an unsafe directory or a symlinked
         // state file stops the start, naming it: a wrong key, not a damaged record.
-        StateSettings::File { path, .. } => Ok((
-            Arc::new(FileStore::open(path.clone()).map_err(|e| StartError::Store(e.to_string()))?.with_sealer(sealer)),
-            None,
-        )),
+        StateSettings::File { path, .. } => {
+            Ok((Arc::new(FileStore::open(path.clone()).map_err(StartError::Store)?.with_sealer(sealer)), None))
+        }
         StateSettings::Redis { target, prefix } => {
             // `rediss://` trusts what every other outbound connection trusts (`[tls]`).
             let tls = match (config.state.is_rediss(), outbound) {
@@ -51,7 +46,7 @@ async fn open(config: &Config, metrics: &Metrics, outbound: Option<&Outbound>) -
                 (true, None) => Outbound::from_config(config)?.redis_tls(),
             };
             let store = RedisStore::connect_with_tls(target, prefix, Some(metrics.store_errors.clone()), tls)
-                .map_err(|e| StartError::Store(e.to_string()))?
+                .map_err(StartError::Store)?
                 .with_replication_counter(metrics.store_replication_timeouts.clone())
                 .with_sealer(sealer);
             if let Err(e) = store.ping().await {
@@ -80,8 +75,8 @@ pub(super) async fn open_checked(
     let (store, redis) = open(config, metrics, outbound).await?;
     let names: Vec<String> = config.credentials.keys().cloned().collect();
     store.prepare(&names).await.map_err(|e| match e {
-        StoreError::Keys { .. } => StartError::Keys(e.to_string()),
-        other => StartError::Store(other.to_string()),
+        StoreError::Keys { .. } => StartError::Keys(e),
+        other => StartError::Store(other),
     })?;
     Ok((store, redis))
 }

@@ -70,7 +70,7 @@ impl RedisStore {
         expected: u64,
     ) -> Result<Option<Saved>, StoreError> {
         let sealed = self.codec.encode(&self.aad(credential), record)?;
-        let json = serde_json::to_string(&sealed).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let json = serde_json::to_string(&sealed)?;
         let key = self.token_key(credential);
         let mut call = self.save_script.key(&key);
         call.arg(json).arg(expected).arg(credential).arg(self.channel());

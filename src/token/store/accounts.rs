@@ -194,7 +194,7 @@ impl AccountFile {
     /// Writes `token` (its version set) sealed with the first key; the lock is held.
     fn write(&self, codec: &Codec, token: &StoredToken) -> Result<(), StoreError> {
         let value = codec.encode(&file_aad(&self.key), token)?;
-        let bytes = serde_json::to_vec(&value).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let bytes = serde_json::to_vec(&value)?;
         write_atomically(&self.path, &self.dir, &bytes)?;
         codec.note(&self.key, codec.current_kid());
         Ok(())

@@ -250,7 +250,7 @@ impl FileStore {
             credentials.insert(name.clone(), codec.encode(&file_aad(name), token)?);
         }
         let state: StateFile<Value> = StateFile { version: 1, credentials };
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&state)?;
         write_atomically(path, &dir, &bytes)?;
         for name in contents.records.keys() {
             codec.note(name, codec.current_kid());
@@ -294,9 +294,7 @@ impl TokenStore for FileStore {
         let credential = credential.to_string();
         let reported = self.reported.clone();
         let codec = self.codec.clone();
-        tokio::task::spawn_blocking(move || Self::load_blocking(&path, &credential, &reported, &codec))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        tokio::task::spawn_blocking(move || Self::load_blocking(&path, &credential, &reported, &codec)).await?
     }
 
     async fn save(&self, credential: &str, token: &StoredToken) -> Result<Saved, StoreError> {
@@ -305,9 +303,7 @@ impl TokenStore for FileStore {
         let token = token.clone();
         let reported = self.reported.clone();
         let codec = self.codec.clone();
-        tokio::task::spawn_blocking(move || Self::save_blocking(&path, &credential, &token, &reported, &codec))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        tokio::task::spawn_blocking(move || Self::save_blocking(&path, &credential, &token, &reported, &codec)).await?
     }
 
     fn describe(&self) -> String {
@@ -317,9 +313,7 @@ impl TokenStore for FileStore {
     async fn accounts(&self, credential: &str) -> Result<Vec<String>, StoreError> {
         let path = self.path.clone();
         let credential = credential.to_string();
-        tokio::task::spawn_blocking(move || accounts::list(&path, &credential))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        tokio::task::spawn_blocking(move || accounts::list(&path, &credential)).await?
     }
 
     async fn remove(&self, key: &str) -> Result<(), StoreError> {
@@ -331,17 +325,14 @@ impl TokenStore for FileStore {
             Some((c, a)) => AccountFile::new(&path, c, a)?.remove(&path, &codec, &reported),
             None => Self::rewrite_blocking(&path, &reported, &codec, Change::Remove(&key)).map(|_| ()),
         })
-        .await
-        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .await?
     }
 
     async fn prepare(&self, _credentials: &[String]) -> Result<(), StoreError> {
         let path = self.path.clone();
         let reported = self.reported.clone();
         let codec = self.codec.clone();
-        tokio::task::spawn_blocking(move || Self::prepare_blocking(&path, &reported, &codec))
-            .await
-            .map_err(|e| StoreError::Backend(e.to_string()))?
+        tokio::task::spawn_blocking(move || Self::prepare_blocking(&path, &reported, &codec)).await?
     }
 
     fn key_id(&self, credential: &str) -> Option<String> {

@@ -83,6 +83,12 @@ pub enum StoreError {
     /// Any other backend (Redis) failure.
     #[error("state store: {0}")]
     Backend(String),
+    /// A record could not be encoded as JSON.
+    #[error("state store: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The file store's blocking task failed (panicked, or the runtime is shutting down).
+    #[error("state store: {0}")]
+    Task(#[from] tokio::task::JoinError),
     /// Sealed token records exist and none of them opens with the configured
     /// `state.encryption_keys` (a wrong key), or no key is configured at all: the start
     /// is refused and nothing is written (`state.encryption_keys`: a wrong key stops the start).

@@ -95,11 +95,11 @@ impl Codec {
     /// (edited, the record no longer opens: a tamperer can only damage it).
     pub(crate) fn encode(&self, aad: &str, token: &StoredToken) -> Result<Value, StoreError> {
         let Some(sealer) = &self.sealer else {
-            return serde_json::to_value(token).map_err(|e| StoreError::Backend(e.to_string()));
+            return Ok(serde_json::to_value(token)?);
         };
-        let plain = serde_json::to_vec(token).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let plain = serde_json::to_vec(token)?;
         let envelope = sealer.seal(aad, &plain, &[("version", Value::from(token.version))]);
-        serde_json::from_slice(&envelope).map_err(|e| StoreError::Backend(e.to_string()))
+        Ok(serde_json::from_slice(&envelope)?)
     }
 
     /// True when a record in `state` should be written again (sealed with the first key).
