@@ -1,5 +1,6 @@
 //! The command line (clap): `run` (default), `demo`, `check`, `login`, `token`, `keygen`.
-//! Exit codes: 0 success, 1 runtime failure, 64 bad config or usage, 69 could not start.
+//! Exit codes: 0 success, 1 runtime failure, 64 bad config or usage (clap's usage errors
+//! included), 69 could not start (a port in use, a listen address that is not loopback).
 
 // The commands' results (`check`'s report, `token`'s token, `login`'s URL, `demo`'s
 // banner, `keygen`'s key) are their standard output; logs go to stderr through tracing.
@@ -138,7 +139,10 @@ struct AccountsArgs {
 
 /// Entry point: parse, log, dispatch; returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
     // Held until `main` returns: dropping it flushes the log lines still queued.
     let _log_writer = crate::log::init(match cli.log_format {
         LogFormat::Text => crate::log::Format::Text,
@@ -163,6 +167,19 @@ pub fn main() -> ExitCode {
             with_config(&a.config, |c| block_on(Some(1), accounts(c, a.credential.as_deref(), a.json)))
         }
         Command::Keygen => keygen(),
+    }
+}
+
+/// What clap had to say instead of a command: its message as clap prints it (help and
+/// version on stdout, exit 0); a usage error exits 64 (EX_USAGE), not clap's 2.
+fn clap_exit(e: &clap::Error) -> ExitCode {
+    if let Err(io) = e.print() {
+        eprintln!("error: cannot print the command line's error: {io}");
+    }
+    if e.use_stderr() {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -182,6 +182,61 @@ fn help_on_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
+/// The exit codes scripts and supervisors act on: 0 success, 1 a runtime failure, 64 bad
+/// usage or a bad config, 69 could not start.
+#[test]
+fn exit_codes_say_what_went_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).env("IT_G2A_USER", "u").env("IT_G2A_PASSWORD", "p").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // 0: help and version, on stdout.
+    for args in [&["--help"][..], &["--version"], &["run", "--help"]] {
+        let (status, stdout, _) = code(args);
+        assert_eq!(status, Some(0), "{args:?}");
+        assert!(!stdout.is_empty(), "{args:?}");
+    }
+
+    // 64: what clap refuses, with clap's own message; and a configuration that does not validate.
+    let good = write_config(
+        dir.path(),
+        "good.toml",
+        &format!("{GOOD}\n[state]\npath = {:?}\n", dir.path().join("state.json")),
+    );
+    let good = good.to_str().unwrap();
+    for args in [&["--no-such-flag"][..], &["run", "--listen", "not-an-address"], &["no-such-command"]] {
+        let (status, _, stderr) = code(args);
+        assert_eq!(status, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error:") && stderr.contains("--help"), "{args:?}: clap's message: {stderr}");
+    }
+    let bad = write_config(dir.path(), "bad.toml", &GOOD.replace("credential = \"g2a\"", "credential = \"nope\""));
+    for cmd in ["run", "check"] {
+        let (status, _, stderr) = code(&[cmd, "--config", bad.to_str().unwrap()]);
+        assert_eq!(status, Some(64), "{cmd}: {stderr}");
+        assert!(stderr.contains("routes[0].credential"), "{cmd}: {stderr}");
+    }
+
+    // 69: a port in use, a listen address that is not loopback.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    for listen in [busy.as_str(), "192.0.2.1:8080"] {
+        let (status, _, stderr) = code(&["run", "--config", good, "--listen", listen]);
+        assert_eq!(status, Some(69), "{listen}: {stderr}");
+        assert!(stderr.contains(listen), "{listen}: {stderr}");
+    }
+
+    // 1: a command that ran and failed: no token is stored yet.
+    let (status, stdout, stderr) = code(&["token", "--config", good]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stdout.is_empty() && stderr.contains("no token stored"), "{stdout}{stderr}");
+}
+
 /// `keygen`: one line on stdout, standard base64 of 32 bytes, a new one each time;
 /// its help says where the key goes.
 #[test]
